@@ -1,0 +1,13 @@
+//! connector: a reverse tunnel over QUIC.
+//!
+//! An **agent** inside a private network dials out to a **server** next to
+//! the Kubernetes control plane and keeps that connection open; code on the
+//! server side then calls [`Server::dial`] to get a byte stream to any
+//! `host:port` the agent can reach.
+
+#![warn(missing_docs)]
+
+pub mod identifiers;
+pub mod proto;
+
+pub use identifiers::Identifiers;

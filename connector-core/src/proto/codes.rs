@@ -1,0 +1,129 @@
+//! Numeric codes carried on the wire: dial outcomes, rejection reasons, and
+//! the application error codes used when a stream or connection is reset.
+
+use std::fmt;
+
+macro_rules! wire_code {
+    (
+        $(#[$meta:meta])* $name:ident: $repr:ty {
+            $( $(#[$vmeta:meta])* $variant:ident = $value:literal => $text:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )*
+            /// A code this version does not know (sent by a newer peer).
+            Other($repr),
+        }
+
+        impl $name {
+            /// The value on the wire.
+            pub fn to_wire(self) -> $repr {
+                match self {
+                    $( Self::$variant => $value, )*
+                    Self::Other(v) => v,
+                }
+            }
+            /// The code for a wire value; unknown values become [`Self::Other`].
+            pub fn from_wire(v: $repr) -> Self {
+                match v {
+                    $( $value => Self::$variant, )*
+                    other => Self::Other(other),
+                }
+            }
+            /// A short human-readable description.
+            pub fn describe(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $text, )*
+                    Self::Other(_) => "unknown code",
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    Self::Other(v) => write!(f, "unknown code {v}"),
+                    known => f.write_str(known.describe()),
+                }
+            }
+        }
+    };
+}
+
+wire_code! {
+    /// Outcome of a `Dial`, carried in `DialResult`.
+    DialCode: u8 {
+        /// The agent connected to the target; raw bytes follow.
+        Ok = 0 => "connected",
+        /// The target actively refused the connection (TCP RST).
+        Refused = 1 => "connection refused by the target",
+        /// No route to the target's network or host.
+        Unreachable = 2 => "target unreachable",
+        /// The connection attempt did not finish before the dial's deadline.
+        TimedOut = 3 => "dial timed out",
+        /// The target's host name did not resolve on the agent's side.
+        DnsFailure = 4 => "host name did not resolve",
+        /// The agent's destination policy forbids this target.
+        DeniedByPolicy = 5 => "denied by the agent's destination policy",
+        /// The agent has reached its limit of tunnelled connections.
+        Overloaded = 6 => "agent overloaded",
+        /// The target is not a valid `host:port`.
+        InvalidTarget = 7 => "invalid target",
+        /// Any other failure on the agent's side.
+        Internal = 8 => "agent internal error",
+    }
+}
+
+wire_code! {
+    /// Why a server refused an agent, carried in `Reject`.
+    RejectCode: u16 {
+        /// The agent speaks a major protocol version the server does not.
+        UnsupportedVersion = 1 => "unsupported protocol version",
+        /// The credential is missing, wrong or expired.
+        Unauthenticated = 2 => "authentication failed",
+        /// The agent claims identifiers its identity does not allow.
+        IdentifiersNotAllowed = 3 => "identifiers not allowed for this identity",
+        /// The `Hello` could not be decoded.
+        Malformed = 4 => "malformed hello",
+        /// The server has reached its limit of agents.
+        Overloaded = 5 => "server overloaded",
+        /// The server is shutting down.
+        ShuttingDown = 6 => "server shutting down",
+        /// Any other failure on the server's side.
+        Internal = 7 => "server internal error",
+    }
+}
+
+wire_code! {
+    /// Application error code used to reset or stop a data stream.
+    StreamCode: u32 {
+        /// Orderly end; never sent as a reset.
+        NoError = 0 => "no error",
+        /// The peer sent bytes that are not a valid frame where one was expected.
+        ProtocolError = 1 => "protocol error",
+        /// The TCP connection at the far end was reset or failed.
+        TargetReset = 2 => "target connection reset",
+        /// The dialer gave up (deadline passed or the stream was dropped).
+        Cancelled = 3 => "cancelled",
+        /// An internal error ended the stream.
+        Internal = 4 => "internal error",
+    }
+}
+
+wire_code! {
+    /// Application error code used to close a whole agent connection.
+    ConnectionCode: u32 {
+        /// Orderly close.
+        Normal = 0 => "closed",
+        /// The peer violated the protocol on the control stream.
+        ProtocolError = 1 => "protocol error",
+        /// The server rejected the agent (a `Reject` frame says why).
+        Rejected = 2 => "agent rejected",
+        /// A newer connection of the same agent replaced this one.
+        Replaced = 3 => "replaced by a newer connection of the same agent",
+        /// The endpoint is shutting down.
+        Shutdown = 4 => "shutting down",
+    }
+}

@@ -1,0 +1,274 @@
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::identifiers::Identifiers;
+
+fn hello() -> Hello {
+    Hello::new(
+        "node-a",
+        "host=node-a,ipv4=10.0.0.5,ipv6=fd00::5,cidr=10.1.0.0/16,cidr=fd00:1::/64,default-route=true"
+            .parse()
+            .unwrap(),
+        Credential::Bearer(Secret::new("s3cret")),
+    )
+}
+
+#[test]
+fn hello_bytes_are_as_documented() {
+    let bytes = Frame::Hello(Hello::new(
+        "a",
+        "host=n".parse().unwrap(),
+        Credential::Bearer(Secret::new("t")),
+    ))
+    .encode()
+    .unwrap();
+    #[rustfmt::skip]
+    let expected = [
+        0x01, 0, 0, 0, 18,        // type Hello, payload length 18
+        0, 1, 0, 0,               // version 1.0
+        0, 1, b'a',               // agent id "a"
+        0, 1,                     // one identifier
+        1, 0, 1, b'n',            // host "n"
+        0,                        // flags: no default route
+        1, 0, 1, b't',            // bearer token "t"
+    ];
+    assert_eq!(bytes, expected);
+}
+
+#[test]
+fn dial_bytes_are_as_documented() {
+    let bytes = Frame::Dial(Dial {
+        request_id: 1,
+        host: "h".into(),
+        port: 80,
+        timeout_ms: 1000,
+    })
+    .encode()
+    .unwrap();
+    #[rustfmt::skip]
+    let expected = [
+        0x10, 0, 0, 0, 17,
+        0, 0, 0, 0, 0, 0, 0, 1,   // request id
+        0, 1, b'h',               // host
+        0, 80,                    // port
+        0, 0, 0x03, 0xe8,         // timeout 1000 ms
+    ];
+    assert_eq!(bytes, expected);
+}
+
+#[test]
+fn round_trips_every_message() {
+    let frames = [
+        Frame::Hello(hello()),
+        Frame::Welcome(Welcome {
+            server_id: "srv-1".into(),
+            server_count: 3,
+            keepalive_ms: 5000,
+            idle_timeout_ms: 30000,
+            max_streams: 1000,
+            max_frame: MAX_FRAME_PAYLOAD as u32,
+        }),
+        Frame::Reject(Reject {
+            code: RejectCode::Unauthenticated,
+            reason: "bad token".into(),
+        }),
+        Frame::Dial(Dial {
+            request_id: u64::MAX,
+            host: "kubelet.local".into(),
+            port: 10250,
+            timeout_ms: 1,
+        }),
+        Frame::DialResult(DialResult {
+            request_id: 9,
+            code: DialCode::Refused,
+            message: "nope".into(),
+        }),
+    ];
+    for frame in frames {
+        let bytes = frame.encode().unwrap();
+        assert_eq!(decode(&bytes).unwrap(), Some((frame.clone(), bytes.len())));
+        // Every strict prefix asks for more bytes or fails; it never yields a frame.
+        for cut in 0..bytes.len() {
+            assert!(!matches!(decode(&bytes[..cut]), Ok(Some(_))));
+        }
+    }
+}
+
+#[test]
+fn oversized_header_is_refused_before_allocation() {
+    let mut bytes = vec![0x10];
+    bytes.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(
+        decode(&bytes),
+        Err(DecodeError::FrameTooLarge {
+            len: u32::MAX as u64,
+            max: MAX_FRAME_PAYLOAD
+        })
+    );
+    let header = FrameHeader::parse([0x10, 0, 0, 1, 0], 100);
+    assert!(matches!(
+        header,
+        Err(DecodeError::FrameTooLarge { len: 256, max: 100 })
+    ));
+}
+
+#[test]
+fn unknown_major_version_is_named() {
+    let mut bytes = Frame::Hello(hello()).encode().unwrap();
+    bytes[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&2u16.to_be_bytes());
+    assert_eq!(
+        decode(&bytes),
+        Err(DecodeError::UnsupportedVersion { major: 2, minor: 0 })
+    );
+}
+
+#[test]
+fn trailing_payload_bytes_from_newer_minors_are_skipped() {
+    let frame = Frame::DialResult(DialResult {
+        request_id: 1,
+        code: DialCode::Ok,
+        message: String::new(),
+    });
+    let mut bytes = frame.encode().unwrap();
+    bytes.extend_from_slice(b"future");
+    let len = (bytes.len() - HEADER_LEN) as u32;
+    bytes[1..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(decode(&bytes).unwrap().unwrap().0, frame);
+}
+
+#[test]
+fn unknown_codes_survive_a_round_trip() {
+    let frame = Frame::DialResult(DialResult {
+        request_id: 1,
+        code: DialCode::Other(200),
+        message: "x".into(),
+    });
+    assert_eq!(decode(&frame.encode().unwrap()).unwrap().unwrap().0, frame);
+}
+
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let text = format!("{:?}", hello());
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+#[test]
+fn oversized_fields_fail_to_encode() {
+    let dial = Frame::Dial(Dial {
+        request_id: 1,
+        host: "a".repeat(300),
+        port: 1,
+        timeout_ms: 1,
+    });
+    assert!(matches!(
+        dial.encode(),
+        Err(EncodeError::FieldTooLong { field: "host", .. })
+    ));
+}
+
+fn arb_identifiers() -> impl Strategy<Value = Identifiers> {
+    (
+        prop::collection::vec("[a-z0-9]([a-z0-9.-]{0,40}[a-z0-9])?", 0..5),
+        prop::collection::vec(any::<IpAddr>(), 0..5),
+        prop::collection::vec((any::<IpAddr>(), 0u8..=128), 0..5),
+        any::<bool>(),
+    )
+        .prop_map(|(hosts, addresses, nets, default_route)| Identifiers {
+            hosts,
+            addresses,
+            cidrs: nets
+                .into_iter()
+                .map(|(ip, p)| {
+                    let max = if ip.is_ipv4() { 32 } else { 128 };
+                    ipnet::IpNet::new(ip, p % (max + 1)).unwrap().trunc()
+                })
+                .collect(),
+            default_route,
+        })
+}
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    let id = "[A-Za-z0-9_.-]{1,128}";
+    let text = ".{0,200}";
+    prop_oneof![
+        (
+            id,
+            arb_identifiers(),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..4096))
+        )
+            .prop_map(|(agent_id, identifiers, token)| Frame::Hello(Hello::new(
+                agent_id,
+                identifiers,
+                token
+                    .map(|t| Credential::Bearer(Secret::new(t)))
+                    .unwrap_or_default()
+            ))),
+        (
+            id,
+            any::<u16>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>()
+        )
+            .prop_map(|(s, c, k, i, m, f)| {
+                Frame::Welcome(Welcome {
+                    server_id: s,
+                    server_count: c,
+                    keepalive_ms: k,
+                    idle_timeout_ms: i,
+                    max_streams: m,
+                    max_frame: f,
+                })
+            }),
+        (any::<u16>(), text).prop_map(|(c, r)| Frame::Reject(Reject {
+            code: RejectCode::from_wire(c),
+            reason: clip_text(&r)
+        })),
+        (
+            any::<u64>(),
+            "[a-z0-9][a-z0-9.-]{0,60}",
+            any::<u16>(),
+            any::<u32>()
+        )
+            .prop_map(|(id, host, port, t)| {
+                Frame::Dial(Dial {
+                    request_id: id,
+                    host,
+                    port,
+                    timeout_ms: t,
+                })
+            }),
+        (any::<u64>(), any::<u8>(), text).prop_map(|(id, c, m)| Frame::DialResult(DialResult {
+            request_id: id,
+            code: DialCode::from_wire(c),
+            message: clip_text(&m)
+        })),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn encode_decode_round_trip(frame in arb_frame()) {
+        let bytes = frame.encode().unwrap();
+        prop_assert_eq!(decode(&bytes).unwrap(), Some((frame, bytes.len())));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        if let Ok(Some((_, used))) = decode(&bytes) {
+            prop_assert!(used <= bytes.len());
+        }
+    }
+
+    #[test]
+    fn arbitrary_payload_after_valid_header_never_panics(kind in prop::sample::select(vec![1u8, 2, 3, 0x10, 0x11]),
+                                                          payload in prop::collection::vec(any::<u8>(), 0..512)) {
+        let mut bytes = vec![kind];
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&payload);
+        let _ = decode(&bytes);
+    }
+}
