@@ -11,3 +11,8 @@ pub mod identifiers;
 pub mod proto;
 
 pub use identifiers::Identifiers;
+pub mod auth;
+pub mod frame_io;
+pub mod pki;
+pub mod tls;
+pub mod transport;

@@ -1,0 +1,81 @@
+//! Throw-away certificates for `connector demo`, tests and benchmarks: a CA,
+//! a server certificate and client certificates, generated in memory with
+//! rcgen. Never use these in production; issue real certificates instead.
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+
+use crate::tls::Identity;
+
+/// A freshly generated certificate authority.
+pub struct ThrowawayCa {
+    key: KeyPair,
+    cert: rcgen::Certificate,
+}
+
+/// A certificate issued by a [`ThrowawayCa`], as PEM.
+#[derive(Clone)]
+pub struct IssuedPem {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM). Secret.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedPem")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl IssuedPem {
+    /// Parses the PEM into an [`Identity`].
+    pub fn identity(&self) -> Identity {
+        Identity::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes())
+            .expect("rcgen emits valid PEM")
+    }
+}
+
+impl ThrowawayCa {
+    /// Generates a new CA named `name`.
+    pub fn new(name: &str) -> Result<Self, rcgen::Error> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self { key, cert })
+    }
+
+    /// The CA certificate, as PEM.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> rustls_pki_types::CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
+    /// Issues a certificate with common name `cn` and the given DNS names and IP
+    /// addresses as subject alternative names.
+    pub fn issue(&self, cn: &str, names: &[&str]) -> Result<IssuedPem, rcgen::Error> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        for name in names {
+            params
+                .subject_alt_names
+                .push(match name.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName((*name).try_into()?),
+                });
+        }
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(IssuedPem {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}

@@ -1,0 +1,199 @@
+//! TLS material for both ends: PEM loading and the rustls configurations
+//! (TLS 1.3 only, ALPN `connector/1`). The server always proves itself with a
+//! certificate; the agent verifies it against a pinned CA bundle and may
+//! present a client certificate of its own (mTLS).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::proto::ALPN;
+
+/// Why TLS material could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// No certificate in a PEM input that must hold one.
+    #[error("no PEM certificate found in {0}")]
+    NoCertificate(String),
+    /// No private key in a PEM input that must hold one.
+    #[error("no PEM private key found in {0} (expected PKCS#8, PKCS#1 or SEC1)")]
+    NoKey(String),
+    /// The server name the agent should verify is not a valid DNS name or IP.
+    #[error("invalid server name {0:?}: pass the name on the server's certificate")]
+    ServerName(String),
+    /// rustls refused the material (key does not match, bad CA, ...).
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built from the CA bundle.
+    #[error("client CA bundle rejected: {0}")]
+    ClientCa(String),
+}
+
+/// A certificate chain and its private key, as PEM.
+#[derive(Clone)]
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("chain_len", &self.chain.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Identity {
+    /// Parses a PEM certificate chain (leaf first) and a PEM private key.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let chain = certs_from_pem(chain_pem, "certificate PEM")?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|_| TlsError::NoKey("key PEM".into()))?;
+        Ok(Self {
+            chain,
+            key: Arc::new(key),
+        })
+    }
+
+    /// Reads [`Identity::from_pem`]'s inputs from files.
+    pub fn from_files(chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, TlsError> {
+        let chain_pem = read(chain.as_ref())?;
+        let key_pem = read(key.as_ref())?;
+        let chain = certs_from_pem(&chain_pem, &chain.as_ref().display().to_string())?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|_| TlsError::NoKey(key.as_ref().display().to_string()))?;
+        Ok(Self {
+            chain,
+            key: Arc::new(key),
+        })
+    }
+
+    /// The certificate chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Parses every certificate in a PEM bundle; at least one is required.
+pub fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(what.to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM bundle of CA certificates from a file.
+pub fn certs_from_file(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let path = path.as_ref();
+    certs_from_pem(&read(path)?, &path.display().to_string())
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn root_store(cas: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone())?;
+    }
+    Ok(roots)
+}
+
+/// Server-side TLS settings.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate and key.
+    pub identity: Identity,
+    /// CAs whose client certificates are accepted; `None` disables mTLS
+    /// (agents then authenticate with a token). When set, a client
+    /// certificate is verified if presented but not required, so token and
+    /// certificate agents can share one listener; the authenticator decides.
+    pub client_cas: Option<Vec<CertificateDer<'static>>>,
+}
+
+impl ServerTls {
+    /// Builds the rustls configuration (TLS 1.3 only, our ALPN).
+    pub fn rustls_config(&self) -> Result<ServerConfig, TlsError> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let builder = match &self.client_cas {
+            Some(cas) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(root_store(cas)?),
+                    provider(),
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(
+            self.identity.chain.clone(),
+            self.identity.key.as_ref().clone_key(),
+        )?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+}
+
+/// Agent-side TLS settings.
+#[derive(Debug, Clone)]
+pub struct AgentTls {
+    /// CAs the server's certificate must chain to (pinned; no system roots).
+    pub server_cas: Vec<CertificateDer<'static>>,
+    /// The name (or IP) expected on the server's certificate.
+    pub server_name: String,
+    /// A client certificate to present, for mTLS.
+    pub client_identity: Option<Identity>,
+}
+
+impl AgentTls {
+    /// Builds the rustls configuration (TLS 1.3 only, our ALPN).
+    pub fn rustls_config(&self) -> Result<ClientConfig, TlsError> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(root_store(&self.server_cas)?);
+        let mut config = match &self.client_identity {
+            Some(id) => {
+                builder.with_client_auth_cert(id.chain.clone(), id.key.as_ref().clone_key())?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    /// The server name in the form rustls verifies.
+    pub fn server_name(&self) -> Result<ServerName<'static>, TlsError> {
+        ServerName::try_from(self.server_name.clone())
+            .map_err(|_| TlsError::ServerName(self.server_name.clone()))
+    }
+}

@@ -1,0 +1,140 @@
+//! The transport seam: how the agent and the server get a connection that
+//! carries independent bidirectional byte streams. Everything above this
+//! module (server, agent, auth) is written against these traits only; QUIC
+//! ([`quic`]) is the production implementation and [`memory`] runs the same
+//! code inside one process for tests and benchmarks.
+
+pub mod memory;
+pub mod quic;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::proto::{ConnectionCode, StreamCode};
+
+/// A boxed, sendable future (the traits here are used as trait objects).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The sending half of a stream. Shutting it down (`AsyncWriteExt::shutdown`)
+/// sends an orderly end of stream (FIN); [`SendStream::reset`] aborts it.
+pub trait SendStream: AsyncWrite + Send + Unpin {
+    /// Abandons the stream: unsent data is dropped and the peer's reads fail
+    /// with [`StreamReset`] carrying `code`.
+    fn reset(&mut self, code: StreamCode);
+}
+
+/// The receiving half of a stream. A read of 0 bytes is the peer's FIN; a
+/// reset by the peer surfaces as an [`io::Error`] wrapping [`StreamReset`].
+pub trait RecvStream: AsyncRead + Send + Unpin {
+    /// Tells the peer to stop sending: its writes fail with [`StreamReset`] carrying `code`.
+    fn stop(&mut self, code: StreamCode);
+}
+
+/// Both halves of one bidirectional stream.
+pub struct BiStream {
+    /// Bytes towards the peer.
+    pub send: Box<dyn SendStream>,
+    /// Bytes from the peer.
+    pub recv: Box<dyn RecvStream>,
+}
+
+impl fmt::Debug for BiStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BiStream")
+    }
+}
+
+/// What the transport knows about the peer after its handshake.
+#[derive(Debug, Clone, Default)]
+pub struct PeerInfo {
+    /// The peer's network address, when there is one.
+    pub remote_addr: Option<SocketAddr>,
+    /// The peer's verified TLS certificate chain, end-entity first (empty
+    /// when the peer presented none).
+    pub certificates: Vec<CertificateDer<'static>>,
+}
+
+/// One established connection between an agent and a server.
+pub trait Connection: Send + Sync + 'static {
+    /// Opens a new bidirectional stream towards the peer.
+    fn open_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>>;
+    /// Waits for the peer to open a bidirectional stream.
+    fn accept_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>>;
+    /// Closes the connection and every stream on it.
+    fn close(&self, code: ConnectionCode, reason: &str);
+    /// Resolves once the connection is closed, by either side, with the reason.
+    fn closed(&self) -> BoxFuture<'static, TransportError>;
+    /// Who the peer is.
+    fn peer(&self) -> PeerInfo;
+}
+
+/// A connection whose handshake is still in progress.
+pub type Handshake = BoxFuture<'static, Result<Arc<dyn Connection>, TransportError>>;
+
+/// Server side: yields incoming agent connections.
+pub trait Listener: Send + Sync + 'static {
+    /// Waits for the next incoming connection. The returned handshake is
+    /// driven separately so that one slow peer does not hold up the others.
+    fn accept(&self) -> BoxFuture<'_, Option<Handshake>>;
+    /// Where the listener listens, for logs.
+    fn local_addr(&self) -> String;
+    /// Stops accepting and closes every connection made through it.
+    fn shutdown(&self);
+}
+
+/// Agent side: establishes a connection to a server.
+pub trait Connector: Send + Sync + 'static {
+    /// Connects and completes the handshake.
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Connection>, TransportError>>;
+    /// The server this connector reaches, for logs.
+    fn describe(&self) -> String;
+}
+
+/// A transport-level failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// The peer closed the connection with an application code.
+    #[error("closed by peer: {code} ({reason})")]
+    ClosedByPeer {
+        /// The peer's close code.
+        code: ConnectionCode,
+        /// The peer's reason text.
+        reason: String,
+    },
+    /// This side closed the connection.
+    #[error("connection closed locally")]
+    LocallyClosed,
+    /// The peer stopped answering (idle timeout).
+    #[error("connection timed out: the peer stopped answering")]
+    TimedOut,
+    /// The connection could not be set up (address, handshake, TLS, ALPN).
+    #[error("could not connect: {0}")]
+    Connect(String),
+    /// Any other failure of the connection.
+    #[error("connection lost: {0}")]
+    Lost(String),
+}
+
+/// The error inside an [`io::Error`] when the peer reset or stopped a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stream reset by peer: {0}")]
+pub struct StreamReset(pub StreamCode);
+
+impl StreamReset {
+    /// Wraps this reset in an [`io::Error`] of kind `ConnectionReset`.
+    pub fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::ConnectionReset, self)
+    }
+
+    /// The reset code carried by `err`, if it is a stream reset.
+    pub fn from_io(err: &io::Error) -> Option<StreamCode> {
+        err.get_ref()?.downcast_ref::<StreamReset>().map(|r| r.0)
+    }
+}

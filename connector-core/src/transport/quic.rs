@@ -1,0 +1,358 @@
+//! The production transport: QUIC (quinn) with TLS 1.3 (rustls). One QUIC
+//! connection per agent; one QUIC bidirectional stream per tunnelled TCP
+//! connection, each with its own flow control.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, TransportConfig, VarInt};
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{
+    BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream,
+    SendStream, StreamReset, TransportError,
+};
+use crate::proto::{ConnectionCode, StreamCode};
+use crate::tls::{AgentTls, ServerTls, TlsError};
+
+/// QUIC connection settings shared by both ends.
+#[derive(Debug, Clone)]
+pub struct QuicSettings {
+    /// How often to send a keepalive when the connection is otherwise idle.
+    pub keepalive: Duration,
+    /// A connection silent for this long is dead.
+    pub idle_timeout: Duration,
+    /// How many streams the *peer* may open at once on each connection.
+    pub max_incoming_streams: u32,
+    /// Limit for the TLS/QUIC handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for QuicSettings {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_incoming_streams: 1,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a QUIC endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicSetupError {
+    /// TLS material problem.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: io::Error,
+    },
+    /// rustls configuration is unusable for QUIC.
+    #[error("TLS configuration unusable for QUIC: {0}")]
+    Crypto(String),
+}
+
+fn transport_config(settings: &QuicSettings) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.keep_alive_interval(Some(settings.keepalive));
+    t.max_idle_timeout(Some(
+        settings
+            .idle_timeout
+            .try_into()
+            .unwrap_or(VarInt::from_u32(30_000).into()),
+    ));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(settings.max_incoming_streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t
+}
+
+/// Server side: a QUIC endpoint accepting agents.
+pub struct QuicListener {
+    endpoint: Endpoint,
+    handshake_timeout: Duration,
+}
+
+impl QuicListener {
+    /// Binds a UDP socket on `addr` and starts accepting agents. Agents may
+    /// open one stream (their control stream) at a time.
+    pub fn bind(
+        addr: SocketAddr,
+        tls: &ServerTls,
+        settings: &QuicSettings,
+    ) -> Result<Self, QuicSetupError> {
+        let crypto = QuicServerConfig::try_from(tls.rustls_config()?)
+            .map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(settings)));
+        let endpoint = Endpoint::server(config, addr)
+            .map_err(|source| QuicSetupError::Bind { addr, source })?;
+        Ok(Self {
+            endpoint,
+            handshake_timeout: settings.handshake_timeout,
+        })
+    }
+
+    /// The bound address (useful after binding port 0).
+    pub fn local_socket_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+}
+
+impl Listener for QuicListener {
+    fn accept(&self) -> BoxFuture<'_, Option<Handshake>> {
+        Box::pin(async move {
+            let incoming = self.endpoint.accept().await?;
+            let limit = self.handshake_timeout;
+            Some(Box::pin(async move {
+                let connecting = incoming
+                    .accept()
+                    .map_err(|e| TransportError::Connect(e.to_string()))?;
+                let conn = tokio::time::timeout(limit, connecting)
+                    .await
+                    .map_err(|_| TransportError::Connect("handshake timed out".into()))?
+                    .map_err(|e| TransportError::Connect(e.to_string()))?;
+                Ok(Arc::new(QuicConnection::new(conn, None)) as Arc<dyn Connection>)
+            }) as Handshake)
+        })
+    }
+
+    fn local_addr(&self) -> String {
+        self.endpoint
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    fn shutdown(&self) {
+        self.endpoint.close(
+            VarInt::from_u32(ConnectionCode::Shutdown.to_wire()),
+            b"server shutting down",
+        );
+    }
+}
+
+/// Agent side: connects to one server address over QUIC.
+pub struct QuicConnector {
+    server: String,
+    server_name: rustls_pki_types::ServerName<'static>,
+    config: quinn::ClientConfig,
+    handshake_timeout: Duration,
+}
+
+impl QuicConnector {
+    /// A connector for `server` (`host:port`, resolved at each connection
+    /// attempt so that DNS changes are followed).
+    pub fn new(
+        server: impl Into<String>,
+        tls: &AgentTls,
+        settings: &QuicSettings,
+    ) -> Result<Self, QuicSetupError> {
+        let crypto = QuicClientConfig::try_from(tls.rustls_config()?)
+            .map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(settings)));
+        Ok(Self {
+            server: server.into(),
+            server_name: tls.server_name()?,
+            config,
+            handshake_timeout: settings.handshake_timeout,
+        })
+    }
+}
+
+impl Connector for QuicConnector {
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Connection>, TransportError>> {
+        Box::pin(async move {
+            let addr = tokio::net::lookup_host(&self.server)
+                .await
+                .map_err(|e| {
+                    TransportError::Connect(format!("cannot resolve {}: {e}", self.server))
+                })?
+                .next()
+                .ok_or_else(|| {
+                    TransportError::Connect(format!("{} resolved to no address", self.server))
+                })?;
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .expect("literal");
+            let endpoint = Endpoint::client(bind)
+                .map_err(|e| TransportError::Connect(format!("bind {bind}: {e}")))?;
+            let name = self.server_name.to_str();
+            let connecting = endpoint
+                .connect_with(self.config.clone(), addr, &name)
+                .map_err(|e| TransportError::Connect(e.to_string()))?;
+            let conn = tokio::time::timeout(self.handshake_timeout, connecting)
+                .await
+                .map_err(|_| TransportError::Connect(format!("handshake with {addr} timed out")))?
+                .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
+            Ok(Arc::new(QuicConnection::new(conn, Some(endpoint))) as Arc<dyn Connection>)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("quic://{}", self.server)
+    }
+}
+
+/// One QUIC connection.
+struct QuicConnection {
+    conn: quinn::Connection,
+    peer: PeerInfo,
+    /// The agent's own endpoint, kept alive and closed with the connection.
+    endpoint: Option<Endpoint>,
+}
+
+impl QuicConnection {
+    fn new(conn: quinn::Connection, endpoint: Option<Endpoint>) -> Self {
+        let certificates = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .map(|b| *b)
+            .unwrap_or_default();
+        let peer = PeerInfo {
+            remote_addr: Some(conn.remote_address()),
+            certificates,
+        };
+        Self {
+            conn,
+            peer,
+            endpoint,
+        }
+    }
+}
+
+impl Drop for QuicConnection {
+    fn drop(&mut self) {
+        self.conn.close(
+            VarInt::from_u32(ConnectionCode::Normal.to_wire()),
+            b"connection dropped",
+        );
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.close(VarInt::from_u32(ConnectionCode::Normal.to_wire()), b"");
+        }
+    }
+}
+
+fn map_conn_error(err: quinn::ConnectionError) -> TransportError {
+    use quinn::ConnectionError as E;
+    match err {
+        E::ApplicationClosed(close) => TransportError::ClosedByPeer {
+            code: ConnectionCode::from_wire(
+                close.error_code.into_inner().min(u32::MAX as u64) as u32
+            ),
+            reason: String::from_utf8_lossy(&close.reason).into_owned(),
+        },
+        E::LocallyClosed => TransportError::LocallyClosed,
+        E::TimedOut => TransportError::TimedOut,
+        other => TransportError::Lost(other.to_string()),
+    }
+}
+
+fn bi((send, recv): (quinn::SendStream, quinn::RecvStream)) -> BiStream {
+    BiStream {
+        send: Box::new(QuicSend(send)),
+        recv: Box::new(QuicRecv(recv)),
+    }
+}
+
+impl Connection for QuicConnection {
+    fn open_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
+        Box::pin(async move { self.conn.open_bi().await.map(bi).map_err(map_conn_error) })
+    }
+
+    fn accept_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
+        Box::pin(async move { self.conn.accept_bi().await.map(bi).map_err(map_conn_error) })
+    }
+
+    fn close(&self, code: ConnectionCode, reason: &str) {
+        self.conn
+            .close(VarInt::from_u32(code.to_wire()), reason.as_bytes());
+    }
+
+    fn closed(&self) -> BoxFuture<'static, TransportError> {
+        let conn = self.conn.clone();
+        Box::pin(async move { map_conn_error(conn.closed().await) })
+    }
+
+    fn peer(&self) -> PeerInfo {
+        self.peer.clone()
+    }
+}
+
+fn stream_code(code: VarInt) -> StreamCode {
+    StreamCode::from_wire(code.into_inner().min(u32::MAX as u64) as u32)
+}
+
+/// Re-expresses quinn's stream errors as [`StreamReset`] where the peer reset or stopped the stream.
+fn map_io(err: io::Error) -> io::Error {
+    let reset = err.get_ref().and_then(|inner| {
+        if let Some(quinn::ReadError::Reset(code)) = inner.downcast_ref::<quinn::ReadError>() {
+            return Some(stream_code(*code));
+        }
+        if let Some(quinn::WriteError::Stopped(code)) = inner.downcast_ref::<quinn::WriteError>() {
+            return Some(stream_code(*code));
+        }
+        None
+    });
+    match reset {
+        Some(code) => StreamReset(code).into_io(),
+        None => err,
+    }
+}
+
+struct QuicSend(quinn::SendStream);
+struct QuicRecv(quinn::RecvStream);
+
+impl AsyncWrite for QuicSend {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.0), cx, buf).map_err(map_io)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.0), cx).map_err(map_io)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.0), cx).map_err(map_io)
+    }
+}
+
+impl SendStream for QuicSend {
+    fn reset(&mut self, code: StreamCode) {
+        let _ = self.0.reset(VarInt::from_u32(code.to_wire()));
+    }
+}
+
+impl AsyncRead for QuicRecv {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        AsyncRead::poll_read(Pin::new(&mut self.0), cx, buf).map_err(map_io)
+    }
+}
+
+impl RecvStream for QuicRecv {
+    fn stop(&mut self, code: StreamCode) {
+        let _ = self.0.stop(VarInt::from_u32(code.to_wire()));
+    }
+}
