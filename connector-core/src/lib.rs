@@ -14,5 +14,12 @@ pub use identifiers::Identifiers;
 pub mod auth;
 pub mod frame_io;
 pub mod pki;
+pub mod server;
 pub mod tls;
 pub mod transport;
+
+pub use server::{DialError, Selector, Server, ServerConfig, TunnelStream};
+pub mod agent;
+pub mod splice;
+
+pub use agent::{Agent, AgentConfig, AgentStatus};

@@ -28,7 +28,10 @@ pub struct QuicSettings {
     pub keepalive: Duration,
     /// A connection silent for this long is dead.
     pub idle_timeout: Duration,
-    /// How many streams the *peer* may open at once on each connection.
+    /// How many streams the *peer* may open at once on each connection. On
+    /// the server this bounds what an agent can open (its control stream,
+    /// plus a few that are refused); on the agent it bounds the tunnelled
+    /// connections the server can open.
     pub max_incoming_streams: u32,
     /// Limit for the TLS/QUIC handshake.
     pub handshake_timeout: Duration,
@@ -39,7 +42,7 @@ impl Default for QuicSettings {
         Self {
             keepalive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
-            max_incoming_streams: 1,
+            max_incoming_streams: 4,
             handshake_timeout: Duration::from_secs(10),
         }
     }

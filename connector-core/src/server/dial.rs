@@ -1,0 +1,325 @@
+//! Opening a tunnelled connection through an agent.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::Server;
+use super::registry::Selector;
+use super::tunnel::TunnelStream;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use super::registry::AgentEntry;
+
+use crate::frame_io::{read_frame, write_frame};
+use crate::proto::{Dial, DialCode, Frame, MAX_FRAME_PAYLOAD, StreamCode};
+use crate::transport::TransportError;
+
+/// Why a dial failed. [`DialError::code`] maps each case to the protocol's
+/// dial codes (frontends turn those into HTTP statuses).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DialError {
+    /// The target is not `host:port`.
+    #[error("invalid target {target:?}: {reason} (expected host:port or [ipv6]:port)")]
+    InvalidTarget {
+        /// The target as given.
+        target: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// No connected agent matches the selector.
+    #[error("no connected agent for {0}: check that the agent for it is running and claims it")]
+    NoAgent(String),
+    /// The chosen agent already carries its maximum of tunnelled connections.
+    #[error("agent {agent:?} is at its limit of {limit} tunnelled connections")]
+    AgentBusy {
+        /// The agent.
+        agent: String,
+        /// The limit.
+        limit: u32,
+    },
+    /// The dial did not complete before its deadline.
+    #[error("dial to {target} through agent {agent:?} timed out after {after:?}")]
+    TimedOut {
+        /// The target.
+        target: String,
+        /// The agent.
+        agent: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The agent could not or would not connect to the target.
+    #[error("agent {agent:?} could not connect to {target}: {code}{}", if message.is_empty() { String::new() } else { format!(" ({message})") })]
+    Failed {
+        /// The agent.
+        agent: String,
+        /// The target.
+        target: String,
+        /// What the agent reported.
+        code: DialCode,
+        /// The agent's details.
+        message: String,
+    },
+    /// The agent's connection failed during the dial.
+    #[error("connection to agent {agent:?} failed during the dial: {source}")]
+    Transport {
+        /// The agent.
+        agent: String,
+        /// Cause.
+        source: TransportError,
+    },
+    /// The agent answered with something other than a `DialResult`.
+    #[error("agent {agent:?} broke the protocol: {reason}")]
+    Protocol {
+        /// The agent.
+        agent: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl DialError {
+    /// The dial code that best describes this failure.
+    pub fn code(&self) -> DialCode {
+        match self {
+            DialError::InvalidTarget { .. } => DialCode::InvalidTarget,
+            DialError::NoAgent(_) | DialError::Transport { .. } | DialError::ShuttingDown => {
+                DialCode::Unreachable
+            }
+            DialError::AgentBusy { .. } => DialCode::Overloaded,
+            DialError::TimedOut { .. } => DialCode::TimedOut,
+            DialError::Failed { code, .. } => *code,
+            DialError::Protocol { .. } => DialCode::Internal,
+        }
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6 literals) into its parts.
+pub(crate) fn split_target(target: &str) -> Result<(String, u16), DialError> {
+    let invalid = |reason| DialError::InvalidTarget {
+        target: target.to_owned(),
+        reason,
+    };
+    let (host, port) = target
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("missing :port"))?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .ok_or_else(|| invalid("unbalanced brackets"))?,
+        None if host.contains(':') => return Err(invalid("IPv6 addresses need brackets")),
+        None => host,
+    };
+    if host.is_empty() {
+        return Err(invalid("empty host"));
+    }
+    if host.parse::<std::net::IpAddr>().is_err() && !crate::identifiers::valid_host(host) {
+        return Err(invalid("host is neither an IP address nor a DNS name"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid("port is not a number in 1..=65535"))?;
+    if port == 0 {
+        return Err(invalid("port 0"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+impl Server {
+    /// Opens a TCP connection to `target` (`host:port`) from the network of
+    /// an agent chosen by `selector`, with the server's default dial timeout.
+    pub async fn dial(&self, selector: &Selector, target: &str) -> Result<TunnelStream, DialError> {
+        self.dial_timeout(selector, target, self.inner.config.limits.dial_timeout)
+            .await
+    }
+
+    /// Like [`Server::dial`] with an explicit deadline, which covers choosing
+    /// the agent, opening the stream and the agent's TCP connect.
+    pub async fn dial_timeout(
+        &self,
+        selector: &Selector,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<TunnelStream, DialError> {
+        if *self.inner.shutdown.borrow() {
+            return Err(DialError::ShuttingDown);
+        }
+        let (host, port) = split_target(target)?;
+        let agent = self
+            .inner
+            .registry
+            .select(selector)
+            .ok_or_else(|| DialError::NoAgent(selector.to_string()))?;
+        let limit = self.inner.config.limits.max_streams_per_agent;
+        if agent.active.fetch_add(1, Ordering::Relaxed) >= limit {
+            agent.active.fetch_sub(1, Ordering::Relaxed);
+            return Err(DialError::AgentBusy {
+                agent: agent.agent_id.clone(),
+                limit,
+            });
+        }
+        let request_id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let agent_id = agent.agent_id.clone();
+        let span = tracing::debug_span!("dial", request_id, agent = %agent_id, %target);
+        self.dial_through(agent, request_id, host, port, target, timeout)
+            .instrument(span)
+            .await
+    }
+
+    async fn dial_through(
+        &self,
+        agent: Arc<AgentEntry>,
+        request_id: u64,
+        host: String,
+        port: u16,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<TunnelStream, DialError> {
+        let agent_id = agent.agent_id.clone();
+        // From here on, the TunnelStream (or this guard) owns the slot.
+        let slot = SlotGuard(Some(agent.clone()));
+        let bi = tokio::time::timeout(timeout, agent.conn.open_bi()).await;
+        let mut bi = match bi {
+            Err(_) => {
+                return Err(DialError::TimedOut {
+                    target: target.to_owned(),
+                    agent: agent_id,
+                    after: timeout,
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(DialError::Transport {
+                    agent: agent_id,
+                    source,
+                });
+            }
+            Ok(Ok(bi)) => bi,
+        };
+        let timeout_ms = timeout.as_millis().min(u32::MAX as u128) as u32;
+        let dial = Frame::Dial(Dial {
+            request_id,
+            host,
+            port,
+            timeout_ms,
+        });
+        let exchange = async {
+            write_frame(&mut bi.send, &dial).await?;
+            read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD).await
+        };
+        let answer = match tokio::time::timeout(timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                bi.send.reset(StreamCode::Cancelled);
+                bi.recv.stop(StreamCode::Cancelled);
+                return Err(DialError::TimedOut {
+                    target: target.to_owned(),
+                    agent: agent_id,
+                    after: timeout,
+                });
+            }
+        };
+        match answer {
+            Ok(Frame::DialResult(result)) if result.request_id != request_id => {
+                Err(DialError::Protocol {
+                    agent: agent_id,
+                    reason: format!(
+                        "DialResult for request {} on the stream of request {request_id}",
+                        result.request_id
+                    ),
+                })
+            }
+            Ok(Frame::DialResult(result)) if result.code == DialCode::Ok => {
+                tracing::debug!("dial succeeded");
+                Ok(TunnelStream::new(
+                    bi.send,
+                    bi.recv,
+                    request_id,
+                    slot.into_inner(),
+                ))
+            }
+            Ok(Frame::DialResult(result)) => {
+                tracing::debug!(code = %result.code, message = %result.message, "dial failed");
+                Err(DialError::Failed {
+                    agent: agent_id,
+                    target: target.to_owned(),
+                    code: result.code,
+                    message: result.message,
+                })
+            }
+            Ok(other) => {
+                bi.send.reset(StreamCode::ProtocolError);
+                Err(DialError::Protocol {
+                    agent: agent_id,
+                    reason: format!("expected DialResult, got {}", other.name()),
+                })
+            }
+            Err(err) => {
+                bi.send.reset(StreamCode::ProtocolError);
+                match agent.conn.closed().now_or_never() {
+                    Some(source) => Err(DialError::Transport {
+                        agent: agent_id,
+                        source,
+                    }),
+                    None => Err(DialError::Protocol {
+                        agent: agent_id,
+                        reason: err.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Holds one of an agent's stream slots until handed to a [`TunnelStream`].
+struct SlotGuard(Option<Arc<AgentEntry>>);
+
+impl SlotGuard {
+    fn into_inner(mut self) -> Arc<AgentEntry> {
+        self.0.take().expect("slot taken once")
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(agent) = &self.0 {
+            agent.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_target;
+
+    #[test]
+    fn splits_targets() {
+        assert_eq!(
+            split_target("10.0.0.5:10250").unwrap(),
+            ("10.0.0.5".into(), 10250)
+        );
+        assert_eq!(
+            split_target("[fd00::1]:443").unwrap(),
+            ("fd00::1".into(), 443)
+        );
+        assert_eq!(
+            split_target("node-a.cluster.local:80").unwrap(),
+            ("node-a.cluster.local".into(), 80)
+        );
+        for bad in [
+            "10.0.0.5",
+            "fd00::1:443",
+            ":80",
+            "host:0",
+            "host:99999",
+            "ho st:80",
+            "[fd00::1:443",
+        ] {
+            assert!(split_target(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The server: accepts agents, authenticates them, keeps a registry of who
+//! serves what, and opens tunnelled connections through them.
+//!
+//! ```no_run
+//! # async fn example(listener: std::sync::Arc<dyn connector_core::transport::Listener>,
+//! #                  auth: std::sync::Arc<dyn connector_core::auth::Authenticator>) -> anyhow::Result<()> {
+//! use connector_core::server::{Selector, Server, ServerConfig};
+//! use tokio::io::AsyncWriteExt;
+//!
+//! let server = Server::new(ServerConfig::new("apiserver-1", auth));
+//! server.serve(listener);
+//! let mut kubelet = server.dial(&Selector::for_target("10.0.0.5:10250"), "10.0.0.5:10250").await?;
+//! kubelet.write_all(b"...").await?;
+//! # Ok(()) }
+//! ```
+
+mod dial;
+mod registry;
+mod session;
+mod tunnel;
+
+pub use dial::DialError;
+pub use registry::{AgentInfo, Selector};
+pub use tunnel::TunnelStream;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::auth::Authenticator;
+use crate::proto::ConnectionCode;
+use crate::transport::Listener;
+use registry::Registry;
+
+/// Bounds that protect the server from its peers. Defaults are documented
+/// per field.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Agents connected at once (default 10,000).
+    pub max_agents: usize,
+    /// Tunnelled connections open through one agent at once (default 10,000).
+    pub max_streams_per_agent: u32,
+    /// Time an agent has after its handshake to send its `Hello` (default 10 s).
+    pub hello_timeout: Duration,
+    /// Deadline of [`Server::dial`] (default 30 s).
+    pub dial_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_agents: 10_000,
+            max_streams_per_agent: 10_000,
+            hello_timeout: Duration::from_secs(10),
+            dial_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Server settings.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// This replica's id, reported to agents.
+    pub server_id: String,
+    /// How many replicas run behind the agents' server address (0 = unknown).
+    pub server_count: u16,
+    /// Decides who may connect as an agent.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Resource bounds.
+    pub limits: Limits,
+    /// Keepalive interval announced to agents (the transport enforces it).
+    pub keepalive: Duration,
+    /// Idle timeout announced to agents (the transport enforces it).
+    pub idle_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Settings with default limits and timeouts.
+    pub fn new(server_id: impl Into<String>, authenticator: Arc<dyn Authenticator>) -> Self {
+        let quic = crate::transport::quic::QuicSettings::default();
+        Self {
+            server_id: server_id.into(),
+            server_count: 1,
+            authenticator,
+            limits: Limits::default(),
+            keepalive: quic.keepalive,
+            idle_timeout: quic.idle_timeout,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("server_id", &self.server_id)
+            .field("server_count", &self.server_count)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running server. Cheap to clone; all clones share one registry.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ServerConfig,
+    registry: Registry,
+    next_request: AtomicU64,
+    next_conn: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    listeners: Mutex<Vec<Arc<dyn Listener>>>,
+}
+
+impl Server {
+    /// A server with no listener yet; call [`Server::serve`].
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                registry: Registry::new(),
+                next_request: AtomicU64::new(1),
+                next_conn: AtomicU64::new(1),
+                shutdown: watch::channel(false).0,
+                listeners: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Accepts agents from `listener` in a background task until
+    /// [`Server::shutdown`]. Must be called within a tokio runtime.
+    pub fn serve(&self, listener: Arc<dyn Listener>) {
+        tracing::info!(server_id = %self.inner.config.server_id, listen = %listener.local_addr(), "accepting agents");
+        self.inner
+            .listeners
+            .lock()
+            .expect("listeners")
+            .push(listener.clone());
+        let server = self.clone();
+        tokio::spawn(async move { server.accept_loop(listener).await });
+    }
+
+    async fn accept_loop(self, listener: Arc<dyn Listener>) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            let handshake = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                next = listener.accept() => match next {
+                    Some(handshake) => handshake,
+                    None => break,
+                },
+            };
+            tokio::spawn(session::run(self.clone(), handshake));
+        }
+        tracing::debug!(listen = %listener.local_addr(), "stopped accepting agents");
+    }
+
+    /// A snapshot of the connected agents, sorted by agent id.
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        self.inner.registry.snapshot()
+    }
+
+    /// Waits until `predicate` holds for the connected agents (checked now and
+    /// after every change to the registry).
+    pub async fn wait_for_agents(&self, mut predicate: impl FnMut(&[AgentInfo]) -> bool) {
+        let mut changes = self.inner.registry.subscribe();
+        loop {
+            changes.borrow_and_update();
+            if predicate(&self.agents()) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// This server's settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// Stops accepting agents, refuses new dials and closes every agent
+    /// connection (open tunnelled connections end with it).
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        for listener in self.inner.listeners.lock().expect("listeners").drain(..) {
+            listener.shutdown();
+        }
+        for agent in self.inner.registry.drain() {
+            agent
+                .conn
+                .close(ConnectionCode::Shutdown, "server shutting down");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! One agent's connection on the server: handshake, `Hello`, authentication,
+//! registration, then watching the connection until it ends.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use tracing::Instrument;
+
+use super::Server;
+use super::registry::AgentEntry;
+use crate::auth::{AuthRejection, AuthRequest, served_identifiers};
+use crate::frame_io::{FrameIoError, read_frame, write_frame};
+use crate::proto::{
+    ConnectionCode, DecodeError, Frame, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR,
+    Reject, RejectCode, StreamCode, Welcome, clip_text,
+};
+use crate::transport::{BiStream, Connection, Handshake};
+
+/// Drives one agent connection from handshake to close. Never panics on
+/// peer input; every failure is logged and ends this connection only.
+pub(super) async fn run(server: Server, handshake: Handshake) {
+    let conn = match handshake.await {
+        Ok(conn) => conn,
+        Err(err) => {
+            tracing::debug!(%err, "agent handshake failed");
+            return;
+        }
+    };
+    let remote = conn
+        .peer()
+        .remote_addr
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "memory".into());
+    let span = tracing::info_span!("agent", %remote, agent = tracing::field::Empty);
+    async move {
+        let Some((control, entry)) = admit(&server, &conn).await else {
+            return;
+        };
+        tracing::Span::current().record("agent", entry.agent_id.as_str());
+        watch(&server, &conn, control).await;
+        if server.inner.registry.remove(entry.conn_id) {
+            tracing::info!("agent disconnected");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Handshake on the control stream. Returns the control stream and the
+/// registered entry, or `None` when the agent was refused (already logged).
+async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream, Arc<AgentEntry>)> {
+    let limits = &server.inner.config.limits;
+    let first = tokio::time::timeout(limits.hello_timeout, async {
+        let mut control = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let hello = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await;
+        Ok::<_, String>((control, hello))
+    })
+    .await;
+    let (mut control, hello) = match first {
+        Err(_) => {
+            tracing::warn!(
+                "agent sent no Hello within {:?}; closing",
+                limits.hello_timeout
+            );
+            conn.close(ConnectionCode::ProtocolError, "no Hello in time");
+            return None;
+        }
+        Ok(Err(err)) => {
+            tracing::debug!(%err, "agent left before its Hello");
+            return None;
+        }
+        Ok(Ok(x)) => x,
+    };
+    let hello = match hello {
+        Ok(Frame::Hello(hello)) => hello,
+        Ok(other) => {
+            let reason = format!("expected Hello, got {}", other.name());
+            reject(conn, &mut control, RejectCode::Malformed, reason).await;
+            return None;
+        }
+        Err(FrameIoError::Decode(DecodeError::UnsupportedVersion { major, minor })) => {
+            let reason = format!(
+                "agent speaks protocol {major}.{minor}, this server speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}: upgrade the older side"
+            );
+            reject(conn, &mut control, RejectCode::UnsupportedVersion, reason).await;
+            return None;
+        }
+        Err(err) => {
+            reject(
+                conn,
+                &mut control,
+                RejectCode::Malformed,
+                format!("bad Hello: {err}"),
+            )
+            .await;
+            return None;
+        }
+    };
+    let entry = match authorize(server, conn, &hello).await {
+        Ok(entry) => entry,
+        Err(rejection) => {
+            reject(conn, &mut control, rejection.code, rejection.reason).await;
+            return None;
+        }
+    };
+    let config = &server.inner.config;
+    let welcome = Frame::Welcome(Welcome {
+        server_id: config.server_id.clone(),
+        server_count: config.server_count,
+        keepalive_ms: config.keepalive.as_millis().min(u32::MAX as u128) as u32,
+        idle_timeout_ms: config.idle_timeout.as_millis().min(u32::MAX as u128) as u32,
+        max_streams: config.limits.max_streams_per_agent,
+        max_frame: MAX_FRAME_PAYLOAD as u32,
+    });
+    if let Err(err) = write_frame(&mut control.send, &welcome).await {
+        tracing::debug!(%err, "agent left before its Welcome");
+        return None;
+    }
+    server.inner.registry.insert(entry.clone());
+    tracing::info!(
+        agent = %entry.agent_id,
+        identity = %entry.identity,
+        identifiers = %entry.identifiers,
+        "agent connected"
+    );
+    Some((control, entry))
+}
+
+/// Authenticates the agent and checks its claims and the agent limit.
+async fn authorize(
+    server: &Server,
+    conn: &Arc<dyn Connection>,
+    hello: &Hello,
+) -> Result<Arc<AgentEntry>, AuthRejection> {
+    let peer = conn.peer();
+    let identity = server
+        .inner
+        .config
+        .authenticator
+        .authenticate(AuthRequest { hello, peer: &peer })
+        .await?;
+    let identifiers =
+        served_identifiers(&identity, &hello.identifiers).inspect_err(|rejection| {
+            tracing::warn!(
+                agent = %hello.agent_id,
+                identity = %identity.name,
+                claimed = %hello.identifiers,
+                reason = %rejection.reason,
+                "agent claims identifiers its identity does not allow"
+            );
+        })?;
+    let registry = &server.inner.registry;
+    let limit = server.inner.config.limits.max_agents;
+    let reconnecting = registry
+        .snapshot()
+        .iter()
+        .any(|a| a.agent_id == hello.agent_id);
+    if !reconnecting && registry.len() >= limit {
+        return Err(AuthRejection {
+            code: RejectCode::Overloaded,
+            reason: format!("server is at its limit of {limit} agents"),
+        });
+    }
+    if *server.inner.shutdown.borrow() {
+        return Err(AuthRejection {
+            code: RejectCode::ShuttingDown,
+            reason: "server is shutting down".into(),
+        });
+    }
+    Ok(Arc::new(AgentEntry {
+        conn_id: server.inner.next_conn.fetch_add(1, Ordering::Relaxed),
+        agent_id: hello.agent_id.clone(),
+        identity: identity.name,
+        identifiers,
+        conn: conn.clone(),
+        active: AtomicU32::new(0),
+        connected_at: Instant::now(),
+    }))
+}
+
+/// Sends `Reject`, then closes the connection once the agent has read it (or
+/// closed its side).
+async fn reject(
+    conn: &Arc<dyn Connection>,
+    control: &mut BiStream,
+    code: RejectCode,
+    reason: String,
+) {
+    tracing::warn!(%code, %reason, "rejecting agent");
+    let frame = Frame::Reject(Reject {
+        code,
+        reason: clip_text(&reason),
+    });
+    if write_frame(&mut control.send, &frame).await.is_ok() {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut control.send).await;
+        // The agent closes the connection once it has read the Reject; bound the wait.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+    }
+    conn.close(ConnectionCode::Rejected, &clip_text(&reason));
+}
+
+/// Watches a registered agent until its connection or control stream ends.
+/// Streams the agent opens are refused: tunnelled connections only go from
+/// the server to the agent.
+async fn watch(server: &Server, conn: &Arc<dyn Connection>, mut control: BiStream) {
+    let mut shutdown = server.inner.shutdown.subscribe();
+    let control_ended = async {
+        // Nothing may follow the Hello in protocol 1.0: a frame or garbage is a protocol error.
+        match read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await {
+            Ok(frame) => Err(format!("unexpected {} on the control stream", frame.name())),
+            Err(FrameIoError::Eof) => Ok(()),
+            Err(FrameIoError::Io(err)) => Err(format!("control stream failed: {err}")),
+            Err(err) => Err(err.to_string()),
+        }
+    };
+    let refuse_streams = async {
+        while let Ok(mut bi) = conn.accept_bi().await {
+            tracing::warn!(
+                "agent opened a stream; refusing it (streams only go from server to agent)"
+            );
+            bi.recv.stop(StreamCode::ProtocolError);
+            bi.send.reset(StreamCode::ProtocolError);
+        }
+    };
+    tokio::select! {
+        reason = conn.closed() => tracing::debug!(%reason, "agent connection closed"),
+        result = control_ended => match result {
+            Ok(()) => conn.close(ConnectionCode::Normal, "control stream closed"),
+            Err(reason) => {
+                tracing::warn!(%reason, "closing agent connection");
+                conn.close(ConnectionCode::ProtocolError, &clip_text(&reason));
+            }
+        },
+        _ = refuse_streams => {}
+        _ = shutdown.wait_for(|s| *s) => conn.close(ConnectionCode::Shutdown, "server shutting down"),
+    }
+}

@@ -1,0 +1,131 @@
+//! [`TunnelStream`]: the byte stream a successful dial returns.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::registry::AgentEntry;
+use crate::proto::StreamCode;
+use crate::transport::{RecvStream, SendStream};
+
+/// A TCP connection opened by an agent, seen from the server side.
+///
+/// Reads return what the target sent; writes go to the target. Shutting the
+/// write side down (`AsyncWriteExt::shutdown`) becomes a TCP half-close at
+/// the target, which may still answer. Dropping the stream before both
+/// directions finished aborts it: the agent resets the TCP connection.
+pub struct TunnelStream {
+    send: Box<dyn SendStream>,
+    recv: Box<dyn RecvStream>,
+    write_closed: bool,
+    read_eof: bool,
+    request_id: u64,
+    agent: Arc<AgentEntry>,
+}
+
+impl TunnelStream {
+    pub(crate) fn new(
+        send: Box<dyn SendStream>,
+        recv: Box<dyn RecvStream>,
+        request_id: u64,
+        agent: Arc<AgentEntry>,
+    ) -> Self {
+        Self {
+            send,
+            recv,
+            write_closed: false,
+            read_eof: false,
+            request_id,
+            agent,
+        }
+    }
+
+    /// The dial's request id (it appears in both sides' logs).
+    pub fn request_id(&self) -> u64 {
+        self.request_id
+    }
+
+    /// The id of the agent carrying this connection.
+    pub fn agent_id(&self) -> &str {
+        &self.agent.agent_id
+    }
+
+    /// Aborts both directions at once; the agent resets the TCP connection.
+    pub fn abort(mut self) {
+        self.abort_with(StreamCode::Cancelled);
+    }
+
+    fn abort_with(&mut self, code: StreamCode) {
+        if !self.write_closed {
+            self.send.reset(code);
+            self.write_closed = true;
+        }
+        if !self.read_eof {
+            self.recv.stop(code);
+            self.read_eof = true;
+        }
+    }
+}
+
+impl std::fmt::Debug for TunnelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelStream")
+            .field("request_id", &self.request_id)
+            .field("agent_id", &self.agent.agent_id)
+            .finish()
+    }
+}
+
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        self.agent.active.fetch_sub(1, Ordering::Relaxed);
+        if !(self.write_closed && self.read_eof) {
+            self.abort_with(StreamCode::Cancelled);
+        }
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.recv).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            this.read_eof = true;
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.send).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.send).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.send).poll_shutdown(cx);
+        if let Poll::Ready(Ok(())) = poll {
+            self.write_closed = true;
+        }
+        poll
+    }
+}
