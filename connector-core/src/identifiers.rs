@@ -56,7 +56,7 @@ impl Identifiers {
             Ok(ip) => self.serves_ip(ip),
             Err(_) => {
                 let host = normalize_host(host);
-                self.hosts.iter().any(|h| *h == host)
+                self.hosts.contains(&host)
             }
         }
     }

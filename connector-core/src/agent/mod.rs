@@ -90,6 +90,8 @@ pub enum AgentStatus {
     Connected {
         /// The server's id from its `Welcome`.
         server_id: String,
+        /// How many times this agent has connected so far (1 for the first connection).
+        session: u64,
     },
     /// The server refused the agent; it will retry after a backoff.
     Rejected {
@@ -143,12 +145,13 @@ impl Agent {
             .wait_for(|s| matches!(s, AgentStatus::Connected { .. }))
             .await
         {
-            AgentStatus::Connected { server_id } => server_id,
+            AgentStatus::Connected { server_id, .. } => server_id,
             _ => String::new(),
         }
     }
 
-    /// Closes the connection and stops reconnecting.
+    /// Closes the connection and stops reconnecting. Dropping the agent does
+    /// the same without waiting.
     pub async fn stop(self) {
         self.stop.send_replace(true);
         let _ = self.task.await;
@@ -174,10 +177,20 @@ async fn run(
         max_connections: config.max_connections,
     });
     tracing::info!(agent = %config.agent_id, server = %connector.describe(), policy = %config.policy, "agent starting");
+    let mut sessions = 0;
     loop {
         status.send_replace(AgentStatus::Connecting);
         let started = Instant::now();
-        match session(connector.as_ref(), &config, &ctx, &status, &mut stop).await {
+        match session(
+            connector.as_ref(),
+            &config,
+            &ctx,
+            &status,
+            &mut stop,
+            &mut sessions,
+        )
+        .await
+        {
             SessionEnd::Stopped => break,
             SessionEnd::Rejected { code, reason } => {
                 tracing::error!(%code, %reason, "the server rejected this agent");
@@ -206,6 +219,7 @@ async fn session(
     ctx: &Arc<DialContext>,
     status: &watch::Sender<AgentStatus>,
     stop: &mut watch::Receiver<bool>,
+    sessions: &mut u64,
 ) -> SessionEnd {
     let conn = tokio::select! {
         _ = stop.wait_for(|s| *s) => return SessionEnd::Stopped,
@@ -266,8 +280,10 @@ async fn session(
         }
     };
     tracing::info!(server_id = %welcome.server_id, server_count = welcome.server_count, "connected");
+    *sessions += 1;
     status.send_replace(AgentStatus::Connected {
         server_id: welcome.server_id.clone(),
+        session: *sessions,
     });
     let control_ended = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD);
     tokio::pin!(control_ended);

@@ -112,9 +112,12 @@ pub struct TokenAuthenticator {
     state: Mutex<TokenState>,
 }
 
+/// Modification time and length of a file, to notice rewrites.
+type Stamp = Option<(SystemTime, u64)>;
+
 struct TokenState {
-    /// Modification time and length of the file when last loaded.
-    stamp: Option<(SystemTime, u64)>,
+    /// The tokens file's stamp when last loaded.
+    stamp: Stamp,
     entries: Vec<TokenEntry>,
 }
 
@@ -171,12 +174,12 @@ impl TokenAuthenticator {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn load(path: &Path) -> Result<(Option<(SystemTime, u64)>, Vec<TokenEntry>), TokenFileError> {
+fn load(path: &Path) -> Result<(Stamp, Vec<TokenEntry>), TokenFileError> {
     let before = stamp(path);
     let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
         path: path.display().to_string(),

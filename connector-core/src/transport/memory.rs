@@ -319,7 +319,9 @@ impl AsyncWrite for PipeWriter {
         s.buf.extend(&data[..n]);
         let reader = s.reader.take();
         drop(s);
-        reader.map(Waker::wake);
+        if let Some(waker) = reader {
+            waker.wake();
+        }
         Poll::Ready(Ok(n))
     }
 
@@ -370,7 +372,9 @@ impl AsyncRead for PipeReader {
             s.buf.drain(..n);
             let writer = s.writer.take();
             drop(s);
-            writer.map(Waker::wake);
+            if let Some(waker) = writer {
+                waker.wake();
+            }
             return Poll::Ready(Ok(()));
         }
         if s.fin {

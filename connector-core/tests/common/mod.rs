@@ -1,0 +1,225 @@
+//! Shared harness for the end-to-end tests: a server, agents and TCP targets
+//! on loopback, over real QUIC or the in-memory transport.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use connector_core::agent::{Agent, AgentConfig, BackoffConfig, DestinationPolicy};
+use connector_core::auth::{
+    Allowance, Authenticator, CertificateAuthenticator, FirstOf, StaticCredential,
+    TokenAuthenticator, TokenEntry,
+};
+use connector_core::pki::ThrowawayCa;
+use connector_core::proto::{Credential, Secret};
+use connector_core::server::{Server, ServerConfig};
+use connector_core::tls::{AgentTls, Identity, ServerTls};
+use connector_core::transport::memory::{self, MemoryConnector};
+use connector_core::transport::quic::{QuicConnector, QuicListener, QuicSettings};
+use connector_core::transport::{Connector, Listener};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Which transport a test runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Quic,
+    Memory,
+}
+
+/// Tokens the harness server accepts: `token-<name>` for identity `<name>`,
+/// which may claim `host=<name>` and `ipv4=127.0.0.1`.
+pub const NODES: &[&str] = &["node-a", "node-b", "node-c"];
+
+pub fn token(node: &str) -> Credential {
+    Credential::Bearer(Secret::new(format!("token-{node}")))
+}
+
+pub struct Harness {
+    pub kind: Kind,
+    pub server: Server,
+    pub ca: ThrowawayCa,
+    quic_addr: Option<SocketAddr>,
+    memory: Option<MemoryConnector>,
+    pub listener: Arc<dyn Listener>,
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn authenticator() -> Arc<dyn Authenticator> {
+    let entries = NODES
+        .iter()
+        .map(|n| {
+            let allowed = format!("host={n},ipv4=127.0.0.1").parse().unwrap();
+            TokenEntry::new(
+                &Secret::new(format!("token-{n}")),
+                *n,
+                Allowance::Only(allowed),
+            )
+        })
+        .collect();
+    Arc::new(FirstOf(vec![
+        Arc::new(TokenAuthenticator::from_entries(entries)),
+        Arc::new(CertificateAuthenticator),
+    ]))
+}
+
+impl Harness {
+    pub async fn new(kind: Kind) -> Harness {
+        init_tracing();
+        let ca = ThrowawayCa::new("connector test CA").unwrap();
+        let server = Server::new(ServerConfig::new("test-server", authenticator()));
+        let (listener, quic_addr, memory): (Arc<dyn Listener>, _, _) = match kind {
+            Kind::Quic => {
+                let tls = ServerTls {
+                    identity: ca
+                        .issue("connector server", &["localhost", "127.0.0.1"])
+                        .unwrap()
+                        .identity(),
+                    client_cas: Some(vec![ca.cert_der()]),
+                };
+                let listener = QuicListener::bind(
+                    "127.0.0.1:0".parse().unwrap(),
+                    &tls,
+                    &QuicSettings::default(),
+                )
+                .unwrap();
+                let addr = listener.local_socket_addr().unwrap();
+                (Arc::new(listener), Some(addr), None)
+            }
+            Kind::Memory => {
+                let (listener, connector) = memory::pair();
+                (Arc::new(listener), None, Some(connector))
+            }
+        };
+        server.serve(listener.clone());
+        Harness {
+            kind,
+            server,
+            ca,
+            quic_addr,
+            memory,
+            listener,
+        }
+    }
+
+    /// A connector to the harness server, optionally presenting a client certificate.
+    pub fn connector(&self, client: Option<Identity>) -> Arc<dyn Connector> {
+        match self.kind {
+            Kind::Quic => {
+                let tls = AgentTls {
+                    server_cas: vec![self.ca.cert_der()],
+                    server_name: "localhost".into(),
+                    client_identity: client,
+                };
+                let settings = QuicSettings {
+                    max_incoming_streams: 2048,
+                    ..QuicSettings::default()
+                };
+                Arc::new(
+                    QuicConnector::new(self.quic_addr.unwrap().to_string(), &tls, &settings)
+                        .unwrap(),
+                )
+            }
+            Kind::Memory => {
+                let chain = client.map(|id| id.chain().to_vec()).unwrap_or_default();
+                Arc::new(self.memory.clone().unwrap().with_certificates(chain))
+            }
+        }
+    }
+
+    /// Agent settings that reach loopback targets and retry quickly.
+    pub fn agent_config(&self, agent_id: &str, credential: Credential) -> AgentConfig {
+        let mut config = AgentConfig::new(agent_id, Arc::new(StaticCredential(credential)));
+        config.policy = DestinationPolicy::new(vec!["127.0.0.1/32".parse().unwrap()]);
+        config.backoff = BackoffConfig {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            stable_after: Duration::from_secs(60),
+        };
+        config
+    }
+
+    /// Starts agent `node` with its valid token and waits until it is connected.
+    pub async fn agent(&self, node: &str) -> Agent {
+        let agent = Agent::start(self.connector(None), self.agent_config(node, token(node)));
+        agent.connected().await;
+        agent
+    }
+}
+
+/// A TCP echo server on loopback; each connection echoes until EOF, then half-closes.
+pub async fn echo_target() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP server that reads until EOF and only then answers with the SHA-256
+/// of everything it read: it works only if half-close is carried through.
+pub async fn digest_target() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => hasher.update(&buf[..n]),
+                        Err(_) => return,
+                    }
+                }
+                let _ = tcp.write_all(&hasher.finalize()).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Runs a test body with a generous hang guard (a hang is a failure, not a wait).
+pub async fn guard<F: std::future::Future<Output = ()>>(body: F) {
+    tokio::time::timeout(Duration::from_secs(120), body)
+        .await
+        .expect("test hung for 120 s");
+}

@@ -1,0 +1,352 @@
+//! End-to-end behaviour of the tunnel, run over real QUIC on loopback and
+//! over the in-memory transport (each test body runs once per transport).
+
+mod common;
+
+use common::*;
+use connector_core::agent::{Agent, AgentStatus, DestinationPolicy};
+use connector_core::proto::{DialCode, RejectCode};
+use connector_core::server::{DialError, Selector};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Instantiates `$name(kind)` as one test per transport.
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn quic() {
+                guard(super::$name(Kind::Quic)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                guard(super::$name(Kind::Memory)).await
+            }
+        }
+    )*};
+}
+
+on_both_transports!(
+    bulk_64_mib_each_way_arrives_intact,
+    two_hundred_concurrent_connections_through_one_agent,
+    half_close_reaches_the_target_and_the_reply_still_arrives,
+    closed_port_fails_with_refused,
+    wrong_token_is_rejected_and_other_agents_keep_working,
+    identity_bound_to_one_node_cannot_claim_another,
+    restarted_agent_reconnects_and_serves_new_dials,
+    dial_without_matching_agent_fails_at_once,
+    default_policy_denies_loopback,
+    dials_are_routed_by_host_and_by_agent_id,
+    dropping_a_stream_resets_the_target_connection,
+);
+
+async fn bulk_64_mib_each_way_arrives_intact(kind: Kind) {
+    const LEN: usize = 64 * 1024 * 1024;
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let echo = echo_target().await;
+    let stream = h
+        .server
+        .dial(&Selector::Agent("node-a".into()), &echo.to_string())
+        .await
+        .unwrap();
+    let (mut r, mut w) = tokio::io::split(stream);
+    let data = pattern(LEN, 42);
+    let expected = sha256(&data);
+    let writer = async {
+        for chunk in data.chunks(256 * 1024) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    };
+    let reader = async {
+        let mut back = Vec::with_capacity(LEN);
+        r.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = tokio::join!(writer, reader);
+    assert_eq!(back.len(), LEN);
+    assert_eq!(sha256(&back), expected);
+}
+
+async fn two_hundred_concurrent_connections_through_one_agent(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let echo = echo_target().await.to_string();
+    let mut streams = Vec::new();
+    for _ in 0..200 {
+        streams.push(
+            h.server
+                .dial(&Selector::Agent("node-a".into()), &echo)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(h.server.agents()[0].active_streams, 200);
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut stream)| {
+            tokio::spawn(async move {
+                let data = pattern(64 * 1024 + i, i as u64);
+                let (mut r, mut w) = tokio::io::split(&mut stream);
+                let send = async {
+                    w.write_all(&data).await.unwrap();
+                    w.shutdown().await.unwrap();
+                };
+                let mut back = Vec::new();
+                let ((), read) = tokio::join!(send, r.read_to_end(&mut back));
+                read.unwrap();
+                assert_eq!(back, data, "connection {i} corrupted");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    h.server.wait_for_agents(|a| a[0].active_streams == 0).await;
+}
+
+async fn half_close_reaches_the_target_and_the_reply_still_arrives(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let target = digest_target().await;
+    let mut stream = h
+        .server
+        .dial(&Selector::Any, &target.to_string())
+        .await
+        .unwrap();
+    let data = pattern(3 * 1024 * 1024 + 17, 7);
+    stream.write_all(&data).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, sha256(&data));
+}
+
+async fn closed_port_fails_with_refused(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = h
+        .server
+        .dial(&Selector::Any, &format!("127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DialError::Failed {
+                code: DialCode::Refused,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.code(), DialCode::Refused);
+}
+
+async fn wrong_token_is_rejected_and_other_agents_keep_working(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let good = h.agent("node-a").await;
+    let bad = Agent::start(
+        h.connector(None),
+        h.agent_config(
+            "node-b",
+            connector_core::proto::Credential::Bearer(connector_core::proto::Secret::new("wrong")),
+        ),
+    );
+    let status = bad
+        .wait_for(|s| matches!(s, AgentStatus::Rejected { .. }))
+        .await;
+    match status {
+        AgentStatus::Rejected { code, reason } => {
+            assert_eq!(code, RejectCode::Unauthenticated);
+            assert!(reason.contains("not recognised"), "{reason}");
+            assert!(
+                !reason.contains("wrong"),
+                "the reason must not echo the token: {reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let agents = h.server.agents();
+    assert_eq!(
+        agents
+            .iter()
+            .map(|a| a.agent_id.as_str())
+            .collect::<Vec<_>>(),
+        ["node-a"]
+    );
+    let echo = echo_target().await;
+    let mut stream = h
+        .server
+        .dial(&Selector::Agent("node-a".into()), &echo.to_string())
+        .await
+        .unwrap();
+    stream.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+    bad.stop().await;
+    good.stop().await;
+}
+
+async fn identity_bound_to_one_node_cannot_claim_another(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let mut config = h.agent_config("node-a", token("node-a"));
+    config.identifiers = "host=node-b".parse().unwrap();
+    let agent = Agent::start(h.connector(None), config);
+    match agent
+        .wait_for(|s| matches!(s, AgentStatus::Rejected { .. }))
+        .await
+    {
+        AgentStatus::Rejected { code, reason } => {
+            assert_eq!(code, RejectCode::IdentifiersNotAllowed);
+            assert!(reason.contains("host=node-b"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.server.agents().is_empty());
+    agent.stop().await;
+    // Claiming nothing registers what the identity allows.
+    let agent = h.agent("node-a").await;
+    let info = &h.server.agents()[0];
+    assert_eq!(info.identity, "node-a");
+    assert!(info.identifiers.serves("node-a") && !info.identifiers.serves("node-b"));
+    agent.stop().await;
+}
+
+async fn restarted_agent_reconnects_and_serves_new_dials(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let echo = echo_target().await.to_string();
+    let agent = h.agent("node-a").await;
+    h.server
+        .dial(&Selector::Agent("node-a".into()), &echo)
+        .await
+        .unwrap();
+    agent.stop().await;
+    h.server.wait_for_agents(|a| a.is_empty()).await;
+    let err = h
+        .server
+        .dial(&Selector::Agent("node-a".into()), &echo)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DialError::NoAgent(_)), "{err}");
+    let _agent = h.agent("node-a").await;
+    let mut stream = h
+        .server
+        .dial(&Selector::Agent("node-a".into()), &echo)
+        .await
+        .unwrap();
+    stream.write_all(b"x").await.unwrap();
+    let mut one = [0u8];
+    stream.read_exact(&mut one).await.unwrap();
+
+    drop(stream);
+
+    // A connection the server closes is re-established by the agent on its own:
+    // a second agent with the same id replaces the first one's connection...
+    let mut config = h.agent_config("node-a", token("node-a"));
+    config.backoff.initial = std::time::Duration::from_secs(3600);
+    let replacement = Agent::start(h.connector(None), config);
+    replacement.connected().await;
+    // ...the first one reconnects (replacing the second, which waits an hour to retry)...
+    _agent
+        .wait_for(|s| matches!(s, AgentStatus::Connected { session: 2, .. }))
+        .await;
+    h.server.wait_for_agents(|a| a.len() == 1).await;
+    // ...and serves new dials.
+    let mut stream = h
+        .server
+        .dial(&Selector::Agent("node-a".into()), &echo)
+        .await
+        .unwrap();
+    stream.write_all(b"y").await.unwrap();
+    stream.read_exact(&mut one).await.unwrap();
+    assert_eq!(&one, b"y");
+    replacement.stop().await;
+}
+
+async fn dial_without_matching_agent_fails_at_once(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let err = h
+        .server
+        .dial(&Selector::for_target("node-z:10250"), "node-z:10250")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DialError::NoAgent(_)), "{err}");
+    let err = h.server.dial(&Selector::Any, "no-port").await.unwrap_err();
+    assert!(matches!(err, DialError::InvalidTarget { .. }), "{err}");
+}
+
+async fn default_policy_denies_loopback(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let mut config = h.agent_config("node-a", token("node-a"));
+    config.policy = DestinationPolicy::default();
+    let agent = Agent::start(h.connector(None), config);
+    agent.connected().await;
+    let echo = echo_target().await;
+    let err = h
+        .server
+        .dial(&Selector::Any, &echo.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), DialCode::DeniedByPolicy, "{err}");
+    assert!(err.to_string().contains("guarded range"), "{err}");
+    agent.stop().await;
+}
+
+async fn dials_are_routed_by_host_and_by_agent_id(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _a = h.agent("node-a").await;
+    let _b = h.agent("node-b").await;
+    let echo = echo_target().await.to_string();
+    for node in ["node-a", "node-b"] {
+        let stream = h
+            .server
+            .dial(&Selector::Host(node.into()), &echo)
+            .await
+            .unwrap();
+        assert_eq!(stream.agent_id(), node);
+        let stream = h
+            .server
+            .dial(&Selector::Agent(node.into()), &echo)
+            .await
+            .unwrap();
+        assert_eq!(stream.agent_id(), node);
+    }
+    // Both agents serve 127.0.0.1: new dials are spread over them.
+    let s1 = h
+        .server
+        .dial(&Selector::Host("127.0.0.1".into()), &echo)
+        .await
+        .unwrap();
+    let s2 = h
+        .server
+        .dial(&Selector::Host("127.0.0.1".into()), &echo)
+        .await
+        .unwrap();
+    assert_ne!(s1.agent_id(), s2.agent_id());
+}
+
+async fn dropping_a_stream_resets_the_target_connection(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let mut stream = h.server.dial(&Selector::Any, &target).await.unwrap();
+    let (mut accepted, _) = listener.accept().await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    accepted.read_exact(&mut buf).await.unwrap();
+    drop(stream);
+    let mut rest = Vec::new();
+    let err = accepted.read_to_end(&mut rest).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    h.server.wait_for_agents(|a| a[0].active_streams == 0).await;
+}
