@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! # async fn example(listener: std::sync::Arc<dyn connector_core::transport::Listener>,
-//! #                  auth: std::sync::Arc<dyn connector_core::auth::Authenticator>) -> anyhow::Result<()> {
+//! #                  auth: std::sync::Arc<dyn connector_core::auth::Authenticator>) -> Result<(), Box<dyn std::error::Error>> {
 //! use connector_core::server::{Selector, Server, ServerConfig};
 //! use tokio::io::AsyncWriteExt;
 //!

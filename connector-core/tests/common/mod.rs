@@ -38,15 +38,6 @@ pub fn token(node: &str) -> Credential {
     Credential::Bearer(Secret::new(format!("token-{node}")))
 }
 
-pub struct Harness {
-    pub kind: Kind,
-    pub server: Server,
-    pub ca: ThrowawayCa,
-    quic_addr: Option<SocketAddr>,
-    memory: Option<MemoryConnector>,
-    pub listener: Arc<dyn Listener>,
-}
-
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -74,11 +65,20 @@ pub fn authenticator() -> Arc<dyn Authenticator> {
     ]))
 }
 
-impl Harness {
-    pub async fn new(kind: Kind) -> Harness {
+/// A bare transport: a listener and a way to make connectors to it, with no
+/// server attached (tests use it to play a hostile server).
+pub struct RawTransport {
+    pub kind: Kind,
+    pub ca: ThrowawayCa,
+    pub listener: Arc<dyn Listener>,
+    quic_addr: Option<SocketAddr>,
+    memory: Option<MemoryConnector>,
+}
+
+impl RawTransport {
+    pub fn new(kind: Kind) -> RawTransport {
         init_tracing();
         let ca = ThrowawayCa::new("connector test CA").unwrap();
-        let server = Server::new(ServerConfig::new("test-server", authenticator()));
         let (listener, quic_addr, memory): (Arc<dyn Listener>, _, _) = match kind {
             Kind::Quic => {
                 let tls = ServerTls {
@@ -102,18 +102,16 @@ impl Harness {
                 (Arc::new(listener), None, Some(connector))
             }
         };
-        server.serve(listener.clone());
-        Harness {
+        RawTransport {
             kind,
-            server,
             ca,
+            listener,
             quic_addr,
             memory,
-            listener,
         }
     }
 
-    /// A connector to the harness server, optionally presenting a client certificate.
+    /// A connector to the listener, optionally presenting a client certificate.
     pub fn connector(&self, client: Option<Identity>) -> Arc<dyn Connector> {
         match self.kind {
             Kind::Quic => {
@@ -137,9 +135,55 @@ impl Harness {
             }
         }
     }
+}
+
+impl RawTransport {
+    /// A QUIC connector to `other`'s listener that trusts only this transport's CA.
+    pub fn connector_with_ca(&self, other: &RawTransport) -> Arc<dyn Connector> {
+        let tls = AgentTls {
+            server_cas: vec![self.ca.cert_der()],
+            server_name: "localhost".into(),
+            client_identity: None,
+        };
+        Arc::new(
+            QuicConnector::new(
+                other.quic_addr.unwrap().to_string(),
+                &tls,
+                &QuicSettings::default(),
+            )
+            .unwrap(),
+        )
+    }
+}
+
+/// A server on a [`RawTransport`].
+pub struct Harness {
+    pub server: Server,
+    pub transport: RawTransport,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = RawTransport;
+    fn deref(&self) -> &RawTransport {
+        &self.transport
+    }
+}
+
+impl Harness {
+    pub async fn new(kind: Kind) -> Harness {
+        let transport = RawTransport::new(kind);
+        let server = Server::new(ServerConfig::new("test-server", authenticator()));
+        server.serve(transport.listener.clone());
+        Harness { server, transport }
+    }
 
     /// Agent settings that reach loopback targets and retry quickly.
     pub fn agent_config(&self, agent_id: &str, credential: Credential) -> AgentConfig {
+        Self::agent_config_for(agent_id, credential)
+    }
+
+    /// [`Harness::agent_config`] without a harness.
+    pub fn agent_config_for(agent_id: &str, credential: Credential) -> AgentConfig {
         let mut config = AgentConfig::new(agent_id, Arc::new(StaticCredential(credential)));
         config.policy = DestinationPolicy::new(vec!["127.0.0.1/32".parse().unwrap()]);
         config.backoff = BackoffConfig {

@@ -1,0 +1,317 @@
+//! Peers that break the protocol: garbage and oversized frames on raw
+//! streams, unknown versions, wrong certificates. Each gets a protocol error
+//! and nothing else is disturbed.
+
+mod common;
+
+use common::*;
+use connector_core::agent::{Agent, AgentStatus};
+use connector_core::frame_io::{read_frame, write_frame};
+use connector_core::proto::{
+    Credential, Dial, DialCode, Frame, Hello, MAX_FRAME_PAYLOAD, Reject, RejectCode, StreamCode,
+    Welcome,
+};
+use connector_core::server::Selector;
+use connector_core::transport::{BiStream, Connection, StreamReset};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn quic() {
+                guard(super::$name(Kind::Quic)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                guard(super::$name(Kind::Memory)).await
+            }
+        }
+    )*};
+}
+
+on_both_transports!(
+    agent_resets_garbage_streams_and_keeps_serving_the_others,
+    server_rejects_garbage_hello_and_keeps_serving_other_agents,
+    server_rejects_unknown_major_version_clearly,
+    server_refuses_streams_opened_by_an_agent,
+    client_certificate_identifies_the_agent,
+);
+
+/// Asserts the peer reset `stream` with a protocol error.
+async fn assert_protocol_reset(stream: &mut BiStream) {
+    let mut buf = [0u8; 64];
+    let err = loop {
+        match stream.recv.read(&mut buf).await {
+            Ok(0) => panic!("stream ended cleanly; expected a protocol-error reset"),
+            Ok(_) => continue,
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(
+        StreamReset::from_io(&err),
+        Some(StreamCode::ProtocolError),
+        "{err}"
+    );
+}
+
+async fn echo_round_trip(stream: &mut BiStream, payload: &[u8]) {
+    stream.send.write_all(payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    stream.recv.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, payload);
+}
+
+async fn agent_resets_garbage_streams_and_keeps_serving_the_others(kind: Kind) {
+    // The test plays the server.
+    let raw = RawTransport::new(kind);
+    let agent = Agent::start(
+        raw.connector(None),
+        Harness::agent_config_for("node-a", token("node-a")),
+    );
+    let conn = raw.listener.accept().await.unwrap().await.unwrap();
+    let mut control = conn.accept_bi().await.unwrap();
+    let Frame::Hello(hello) = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD)
+        .await
+        .unwrap()
+    else {
+        panic!("expected Hello")
+    };
+    assert_eq!(hello.agent_id, "node-a");
+    let welcome = Welcome {
+        server_id: "fake".into(),
+        server_count: 1,
+        keepalive_ms: 5000,
+        idle_timeout_ms: 30000,
+        max_streams: 100,
+        max_frame: MAX_FRAME_PAYLOAD as u32,
+    };
+    write_frame(&mut control.send, &Frame::Welcome(welcome))
+        .await
+        .unwrap();
+    agent.connected().await;
+
+    // A healthy tunnelled connection, opened first and kept open throughout.
+    let echo = echo_target().await;
+    let dial = |id| {
+        Frame::Dial(Dial {
+            request_id: id,
+            host: "127.0.0.1".into(),
+            port: echo.port(),
+            timeout_ms: 10_000,
+        })
+    };
+    let mut good = conn.open_bi().await.unwrap();
+    write_frame(&mut good.send, &dial(1)).await.unwrap();
+    match read_frame(&mut good.recv, MAX_FRAME_PAYLOAD).await.unwrap() {
+        Frame::DialResult(r) => assert_eq!((r.request_id, r.code), (1, DialCode::Ok)),
+        other => panic!("{other:?}"),
+    }
+    echo_round_trip(&mut good, b"before").await;
+
+    let hostile: [&[u8]; 4] = [
+        b"\xff\x00garbage that is no frame at all",
+        &[0x10, 0xff, 0xff, 0xff, 0xff], // a Dial announcing a 4 GiB payload
+        &[0x10, 0, 0, 0, 3, 1, 2, 3],    // a Dial truncated inside its payload
+        &Frame::Reject(Reject {
+            code: RejectCode::Internal,
+            reason: "wrong frame".into(),
+        })
+        .encode()
+        .unwrap(),
+    ];
+    for bytes in hostile {
+        let mut bad = conn.open_bi().await.unwrap();
+        bad.send.write_all(bytes).await.unwrap();
+        assert_protocol_reset(&mut bad).await;
+    }
+
+    // The healthy connection, the agent and new dials are unaffected.
+    echo_round_trip(&mut good, b"after").await;
+    assert!(matches!(
+        agent.status(),
+        AgentStatus::Connected { session: 1, .. }
+    ));
+    let mut again = conn.open_bi().await.unwrap();
+    write_frame(&mut again.send, &dial(2)).await.unwrap();
+    assert!(
+        matches!(read_frame(&mut again.recv, MAX_FRAME_PAYLOAD).await.unwrap(), Frame::DialResult(r) if r.code == DialCode::Ok)
+    );
+    echo_round_trip(&mut again, b"new").await;
+    agent.stop().await;
+}
+
+async fn hello_exchange(conn: &dyn Connection, bytes: &[u8]) -> Reject {
+    let mut control = conn.open_bi().await.unwrap();
+    control.send.write_all(bytes).await.unwrap();
+    match read_frame(&mut control.recv, MAX_FRAME_PAYLOAD)
+        .await
+        .unwrap()
+    {
+        Frame::Reject(reject) => reject,
+        other => panic!("expected Reject, got {other:?}"),
+    }
+}
+
+async fn server_rejects_garbage_hello_and_keeps_serving_other_agents(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _good = h.agent("node-b").await;
+    let cases: [(&[u8], &str); 3] = [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "unknown frame type"),
+        (&[0x01, 0x7f, 0xff, 0xff, 0xff], "exceeds"),
+        (&[0x01, 0, 0, 0, 4, 0, 1, 0, 0], "truncated"),
+    ];
+    for (bytes, expected) in cases {
+        let conn = h.connector(None).connect().await.unwrap();
+        let reject = hello_exchange(conn.as_ref(), bytes).await;
+        assert_eq!(reject.code, RejectCode::Malformed);
+        assert!(reject.reason.contains(expected), "{}", reject.reason);
+        // As a real agent does after a Reject: close, which lets the server finish at once.
+        conn.close(connector_core::proto::ConnectionCode::Rejected, "rejected");
+    }
+    let echo = echo_target().await;
+    let mut stream = h
+        .server
+        .dial(&Selector::Agent("node-b".into()), &echo.to_string())
+        .await
+        .unwrap();
+    stream.write_all(b"ok").await.unwrap();
+    let mut buf = [0u8; 2];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(h.server.agents().len(), 1);
+}
+
+async fn server_rejects_unknown_major_version_clearly(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let mut hello = Hello::new("future", Default::default(), token("node-a"));
+    hello.version_major = 2;
+    hello.version_minor = 3;
+    let conn = h.connector(None).connect().await.unwrap();
+    let reject = hello_exchange(conn.as_ref(), &Frame::Hello(hello).encode().unwrap()).await;
+    assert_eq!(reject.code, RejectCode::UnsupportedVersion);
+    assert!(
+        reject.reason.contains("2.3") && reject.reason.contains("1.0"),
+        "{}",
+        reject.reason
+    );
+}
+
+async fn server_refuses_streams_opened_by_an_agent(kind: Kind) {
+    let h = Harness::new(kind).await;
+    // A hand-driven agent: valid Hello, then it opens a stream of its own.
+    let conn = h.connector(None).connect().await.unwrap();
+    let mut control = conn.open_bi().await.unwrap();
+    let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
+    write_frame(&mut control.send, &hello).await.unwrap();
+    assert!(matches!(
+        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD)
+            .await
+            .unwrap(),
+        Frame::Welcome(_)
+    ));
+    let mut rogue = conn.open_bi().await.unwrap();
+    rogue
+        .send
+        .write_all(b"let me into the control plane")
+        .await
+        .unwrap();
+    assert_protocol_reset(&mut rogue).await;
+    // The agent is still registered and the server still dials through it.
+    assert_eq!(h.server.agents().len(), 1);
+    let server = h.server.clone();
+    let dial = tokio::spawn(async move {
+        server
+            .dial(&Selector::Agent("node-a".into()), "10.0.0.5:10250")
+            .await
+    });
+    let mut incoming = conn.accept_bi().await.unwrap();
+    let Frame::Dial(d) = read_frame(&mut incoming.recv, MAX_FRAME_PAYLOAD)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((d.host.as_str(), d.port), ("10.0.0.5", 10250));
+    let ok = connector_core::proto::DialResult {
+        request_id: d.request_id,
+        code: DialCode::Ok,
+        message: String::new(),
+    };
+    write_frame(&mut incoming.send, &Frame::DialResult(ok))
+        .await
+        .unwrap();
+    let mut stream = dial.await.unwrap().unwrap();
+    stream.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    incoming.recv.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi");
+}
+
+async fn client_certificate_identifies_the_agent(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let cert =
+        h.ca.issue("node-c", &["node-c", "10.0.0.7"])
+            .unwrap()
+            .identity();
+    let agent = Agent::start(
+        h.connector(Some(cert.clone())),
+        h.agent_config("node-c", Credential::None),
+    );
+    agent.connected().await;
+    let info = &h.server.agents()[0];
+    assert_eq!(info.identity, "node-c");
+    assert!(info.identifiers.serves("node-c") && info.identifiers.serves("10.0.0.7"));
+    agent.stop().await;
+
+    let mut config = h.agent_config("node-c", Credential::None);
+    config.identifiers = "host=node-a".parse().unwrap();
+    let agent = Agent::start(h.connector(Some(cert)), config);
+    match agent
+        .wait_for(|s| matches!(s, AgentStatus::Rejected { .. }))
+        .await
+    {
+        AgentStatus::Rejected { code, .. } => assert_eq!(code, RejectCode::IdentifiersNotAllowed),
+        other => panic!("{other:?}"),
+    }
+    agent.stop().await;
+
+    // Neither token nor certificate: refused, with both reasons.
+    let agent = Agent::start(h.connector(None), h.agent_config("anon", Credential::None));
+    match agent
+        .wait_for(|s| matches!(s, AgentStatus::Rejected { .. }))
+        .await
+    {
+        AgentStatus::Rejected { code, reason } => {
+            assert_eq!(code, RejectCode::Unauthenticated);
+            assert!(
+                reason.contains("no bearer token") && reason.contains("no client certificate"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_a_server_with_an_untrusted_certificate() {
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let impostor_ca = RawTransport::new(Kind::Quic); // another CA, another listener
+        let agent = Agent::start(
+            impostor_ca.connector_with_ca(&h),
+            h.agent_config("node-a", token("node-a")),
+        );
+        let status = agent
+            .wait_for(|s| matches!(s, AgentStatus::Disconnected { .. }))
+            .await;
+        let AgentStatus::Disconnected { reason } = status else {
+            unreachable!()
+        };
+        assert!(reason.contains("certificate"), "{reason}");
+        assert!(h.server.agents().is_empty());
+        agent.stop().await;
+    })
+    .await
+}
