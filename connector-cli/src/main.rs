@@ -1,1 +1,74 @@
-fn main() {}
+//! `connector`: run a tunnel server, an agent, or a self-contained demo.
+
+mod agent_cmd;
+mod demo;
+mod dev_pki;
+mod server_cmd;
+mod units;
+
+use clap::{Parser, Subcommand};
+
+/// Reverse tunnels over QUIC: a control plane reaches nodes in private networks.
+///
+/// An agent in the private network dials out to the server and keeps the
+/// connection open; the server then opens TCP connections through it to any
+/// host:port the agent can reach. Start with `connector demo`.
+#[derive(Debug, Parser)]
+#[command(name = "connector", version, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing-subscriber syntax, e.g. `info` or `connector_core=debug`).
+    #[arg(long, global = true, env = "CONNECTOR_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a server that agents connect to (next to the apiserver).
+    Server(server_cmd::ServerArgs),
+    /// Run an agent that connects out to a server and serves its dials (on the node side).
+    Agent(agent_cmd::AgentArgs),
+    /// Start a server, an agent and a target in one process, tunnel traffic and report.
+    Demo(demo::DemoArgs),
+    /// Write a throw-away CA, certificates and a token for trying server and agent by hand.
+    DevPki(dev_pki::DevPkiArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = match &cli.command {
+        // The demo prints its own report; keep the logs to warnings unless asked.
+        Command::Demo(_) if std::env::var_os("CONNECTOR_LOG").is_none() && cli.log == "info" => "warn".to_owned(),
+        _ => cli.log.clone(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter)?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server_cmd::run(args).await,
+            Command::Agent(args) => agent_cmd::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::DevPki(args) => dev_pki::run(args),
+        }
+    })
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -48,10 +48,7 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
 }
 
 /// Encodes and writes one frame.
-pub async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(
-    send: &mut W,
-    frame: &Frame,
-) -> Result<(), FrameIoError> {
+pub async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(send: &mut W, frame: &Frame) -> Result<(), FrameIoError> {
     let bytes = frame.encode()?;
     send.write_all(&bytes).await?;
     Ok(())

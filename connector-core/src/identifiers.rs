@@ -40,10 +40,7 @@ pub struct IdentifierParseError {
 impl Identifiers {
     /// True when nothing is claimed at all (no names, addresses, networks or default route).
     pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
-            && self.addresses.is_empty()
-            && self.cidrs.is_empty()
-            && !self.default_route
+        self.hosts.is_empty() && self.addresses.is_empty() && self.cidrs.is_empty() && !self.default_route
     }
 
     /// Whether `host` (a name or an address literal) is served by these identifiers:
@@ -63,8 +60,7 @@ impl Identifiers {
 
     fn serves_ip(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
-        self.addresses.iter().any(|a| canonical_ip(*a) == ip)
-            || self.cidrs.iter().any(|n| n.contains(&ip))
+        self.addresses.iter().any(|a| canonical_ip(*a) == ip) || self.cidrs.iter().any(|n| n.contains(&ip))
     }
 
     /// The claims in `claimed` that these identifiers (taken as an allowance) do
@@ -152,31 +148,19 @@ impl Identifiers {
                 self.hosts.push(host);
             }
             "ipv4" => {
-                let ip: std::net::Ipv4Addr = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| err("not an IPv4 address"))?;
+                let ip: std::net::Ipv4Addr = value.trim().parse().map_err(|_| err("not an IPv4 address"))?;
                 self.addresses.push(ip.into());
             }
             "ipv6" => {
-                let ip: std::net::Ipv6Addr = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| err("not an IPv6 address"))?;
+                let ip: std::net::Ipv6Addr = value.trim().parse().map_err(|_| err("not an IPv6 address"))?;
                 self.addresses.push(ip.into());
             }
             "cidr" => {
-                let net: IpNet = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| err("not a CIDR network"))?;
+                let net: IpNet = value.trim().parse().map_err(|_| err("not a CIDR network"))?;
                 self.cidrs.push(net.trunc());
             }
             "default-route" => {
-                self.default_route = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| err("expected true or false"))?;
+                self.default_route = value.trim().parse().map_err(|_| err("expected true or false"))?;
             }
             _ => return Err(err("unknown kind")),
         }
@@ -203,10 +187,9 @@ mod tests {
 
     #[test]
     fn parses_konnectivity_syntax() {
-        let ids: Identifiers =
-            "host=Node-A.,ipv4=10.0.0.5&ipv6=fd00::5,cidr=10.1.0.7/16,default-route=true"
-                .parse()
-                .unwrap();
+        let ids: Identifiers = "host=Node-A.,ipv4=10.0.0.5&ipv6=fd00::5,cidr=10.1.0.7/16,default-route=true"
+            .parse()
+            .unwrap();
         assert_eq!(ids.hosts, vec!["node-a"]);
         assert_eq!(ids.addresses.len(), 2);
         assert_eq!(ids.cidrs, vec!["10.1.0.0/16".parse::<IpNet>().unwrap()]);
@@ -219,9 +202,7 @@ mod tests {
 
     #[test]
     fn serves_names_addresses_and_networks() {
-        let ids: Identifiers = "host=node-a,ipv4=10.0.0.5,cidr=10.1.0.0/16"
-            .parse()
-            .unwrap();
+        let ids: Identifiers = "host=node-a,ipv4=10.0.0.5,cidr=10.1.0.0/16".parse().unwrap();
         assert!(ids.serves("NODE-A"));
         assert!(ids.serves("10.0.0.5"));
         assert!(ids.serves("::ffff:10.0.0.5"));
@@ -233,10 +214,9 @@ mod tests {
     #[test]
     fn uncovered_lists_what_is_not_allowed() {
         let allowed: Identifiers = "host=node-a,cidr=10.0.0.0/8".parse().unwrap();
-        let claimed: Identifiers =
-            "host=node-a,host=node-b,ipv4=10.3.3.3,cidr=10.0.0.0/4,default-route=true"
-                .parse()
-                .unwrap();
+        let claimed: Identifiers = "host=node-a,host=node-b,ipv4=10.3.3.3,cidr=10.0.0.0/4,default-route=true"
+            .parse()
+            .unwrap();
         assert_eq!(
             allowed.uncovered(&claimed),
             vec!["host=node-b", "cidr=0.0.0.0/4", "default-route=true"]

@@ -32,8 +32,7 @@ impl std::fmt::Debug for IssuedPem {
 impl IssuedPem {
     /// Parses the PEM into an [`Identity`].
     pub fn identity(&self) -> Identity {
-        Identity::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes())
-            .expect("rcgen emits valid PEM")
+        Identity::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes()).expect("rcgen emits valid PEM")
     }
 }
 
@@ -64,12 +63,10 @@ impl ThrowawayCa {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, cn);
         for name in names {
-            params
-                .subject_alt_names
-                .push(match name.parse::<std::net::IpAddr>() {
-                    Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName((*name).try_into()?),
-                });
+            params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*name).try_into()?),
+            });
         }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.cert, &self.key)?;

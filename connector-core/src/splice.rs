@@ -40,13 +40,7 @@ enum Side {
     Tunnel,
 }
 
-async fn pump<R, W>(
-    r: &mut R,
-    w: &mut W,
-    from: Side,
-    to: Side,
-    copied: &mut u64,
-) -> Result<(), (Side, io::Error)>
+async fn pump<R, W>(r: &mut R, w: &mut W, from: Side, to: Side, copied: &mut u64) -> Result<(), (Side, io::Error)>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -63,28 +57,12 @@ where
 }
 
 /// Runs until both directions have ended or one side fails.
-pub async fn splice(
-    mut tcp: TcpStream,
-    mut send: Box<dyn SendStream>,
-    mut recv: Box<dyn RecvStream>,
-) -> SpliceOutcome {
+pub async fn splice(mut tcp: TcpStream, mut send: Box<dyn SendStream>, mut recv: Box<dyn RecvStream>) -> SpliceOutcome {
     let (mut to_tunnel, mut to_tcp) = (0u64, 0u64);
     let failure = {
         let (mut tcp_read, mut tcp_write) = tcp.split();
-        let up = pump(
-            &mut tcp_read,
-            &mut send,
-            Side::Tcp,
-            Side::Tunnel,
-            &mut to_tunnel,
-        );
-        let down = pump(
-            &mut recv,
-            &mut tcp_write,
-            Side::Tunnel,
-            Side::Tcp,
-            &mut to_tcp,
-        );
+        let up = pump(&mut tcp_read, &mut send, Side::Tcp, Side::Tunnel, &mut to_tunnel);
+        let down = pump(&mut recv, &mut tcp_write, Side::Tunnel, Side::Tcp, &mut to_tcp);
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
         loop {

@@ -62,8 +62,7 @@ impl Identity {
     /// Parses a PEM certificate chain (leaf first) and a PEM private key.
     pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
         let chain = certs_from_pem(chain_pem, "certificate PEM")?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|_| TlsError::NoKey("key PEM".into()))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::NoKey("key PEM".into()))?;
         Ok(Self {
             chain,
             key: Arc::new(key),
@@ -75,8 +74,8 @@ impl Identity {
         let chain_pem = read(chain.as_ref())?;
         let key_pem = read(key.as_ref())?;
         let chain = certs_from_pem(&chain_pem, &chain.as_ref().display().to_string())?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
-            .map_err(|_| TlsError::NoKey(key.as_ref().display().to_string()))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey(key.as_ref().display().to_string()))?;
         Ok(Self {
             chain,
             key: Arc::new(key),
@@ -98,9 +97,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Parses every certificate in a PEM bundle; at least one is required.
 pub fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
-        .filter_map(Result::ok)
-        .collect();
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect();
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(what.to_owned()));
     }
@@ -140,25 +137,20 @@ pub struct ServerTls {
 impl ServerTls {
     /// Builds the rustls configuration (TLS 1.3 only, our ALPN).
     pub fn rustls_config(&self) -> Result<ServerConfig, TlsError> {
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let builder =
+            ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
         let builder = match &self.client_cas {
             Some(cas) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(root_store(cas)?),
-                    provider(),
-                )
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(cas)?), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_single_cert(
-            self.identity.chain.clone(),
-            self.identity.key.as_ref().clone_key(),
-        )?;
+        let mut config =
+            builder.with_single_cert(self.identity.chain.clone(), self.identity.key.as_ref().clone_key())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
@@ -182,9 +174,7 @@ impl AgentTls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(root_store(&self.server_cas)?);
         let mut config = match &self.client_identity {
-            Some(id) => {
-                builder.with_client_auth_cert(id.chain.clone(), id.key.as_ref().clone_key())?
-            }
+            Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.as_ref().clone_key())?,
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![ALPN.to_vec()];
@@ -193,7 +183,6 @@ impl AgentTls {
 
     /// The server name in the form rustls verifies.
     pub fn server_name(&self) -> Result<ServerName<'static>, TlsError> {
-        ServerName::try_from(self.server_name.clone())
-            .map_err(|_| TlsError::ServerName(self.server_name.clone()))
+        ServerName::try_from(self.server_name.clone()).map_err(|_| TlsError::ServerName(self.server_name.clone()))
     }
 }

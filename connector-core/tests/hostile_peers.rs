@@ -8,8 +8,7 @@ use common::*;
 use connector_core::agent::{Agent, AgentStatus};
 use connector_core::frame_io::{read_frame, write_frame};
 use connector_core::proto::{
-    Credential, Dial, DialCode, Frame, Hello, MAX_FRAME_PAYLOAD, Reject, RejectCode, StreamCode,
-    Welcome,
+    Credential, Dial, DialCode, Frame, Hello, MAX_FRAME_PAYLOAD, Reject, RejectCode, StreamCode, Welcome,
 };
 use connector_core::server::Selector;
 use connector_core::transport::{BiStream, Connection, StreamReset};
@@ -49,11 +48,7 @@ async fn assert_protocol_reset(stream: &mut BiStream) {
             Err(err) => break err,
         }
     };
-    assert_eq!(
-        StreamReset::from_io(&err),
-        Some(StreamCode::ProtocolError),
-        "{err}"
-    );
+    assert_eq!(StreamReset::from_io(&err), Some(StreamCode::ProtocolError), "{err}");
 }
 
 async fn echo_round_trip(stream: &mut BiStream, payload: &[u8]) {
@@ -72,10 +67,7 @@ async fn agent_resets_garbage_streams_and_keeps_serving_the_others(kind: Kind) {
     );
     let conn = raw.listener.accept().await.unwrap().await.unwrap();
     let mut control = conn.accept_bi().await.unwrap();
-    let Frame::Hello(hello) = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD)
-        .await
-        .unwrap()
-    else {
+    let Frame::Hello(hello) = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap() else {
         panic!("expected Hello")
     };
     assert_eq!(hello.agent_id, "node-a");
@@ -87,9 +79,7 @@ async fn agent_resets_garbage_streams_and_keeps_serving_the_others(kind: Kind) {
         max_streams: 100,
         max_frame: MAX_FRAME_PAYLOAD as u32,
     };
-    write_frame(&mut control.send, &Frame::Welcome(welcome))
-        .await
-        .unwrap();
+    write_frame(&mut control.send, &Frame::Welcome(welcome)).await.unwrap();
     agent.connected().await;
 
     // A healthy tunnelled connection, opened first and kept open throughout.
@@ -129,10 +119,7 @@ async fn agent_resets_garbage_streams_and_keeps_serving_the_others(kind: Kind) {
 
     // The healthy connection, the agent and new dials are unaffected.
     echo_round_trip(&mut good, b"after").await;
-    assert!(matches!(
-        agent.status(),
-        AgentStatus::Connected { session: 1, .. }
-    ));
+    assert!(matches!(agent.status(), AgentStatus::Connected { session: 1, .. }));
     let mut again = conn.open_bi().await.unwrap();
     write_frame(&mut again.send, &dial(2)).await.unwrap();
     assert!(
@@ -145,10 +132,7 @@ async fn agent_resets_garbage_streams_and_keeps_serving_the_others(kind: Kind) {
 async fn hello_exchange(conn: &dyn Connection, bytes: &[u8]) -> Reject {
     let mut control = conn.open_bi().await.unwrap();
     control.send.write_all(bytes).await.unwrap();
-    match read_frame(&mut control.recv, MAX_FRAME_PAYLOAD)
-        .await
-        .unwrap()
-    {
+    match read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap() {
         Frame::Reject(reject) => reject,
         other => panic!("expected Reject, got {other:?}"),
     }
@@ -205,31 +189,18 @@ async fn server_refuses_streams_opened_by_an_agent(kind: Kind) {
     let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
     write_frame(&mut control.send, &hello).await.unwrap();
     assert!(matches!(
-        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD)
-            .await
-            .unwrap(),
+        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
         Frame::Welcome(_)
     ));
     let mut rogue = conn.open_bi().await.unwrap();
-    rogue
-        .send
-        .write_all(b"let me into the control plane")
-        .await
-        .unwrap();
+    rogue.send.write_all(b"let me into the control plane").await.unwrap();
     assert_protocol_reset(&mut rogue).await;
     // The agent is still registered and the server still dials through it.
     assert_eq!(h.server.agents().len(), 1);
     let server = h.server.clone();
-    let dial = tokio::spawn(async move {
-        server
-            .dial(&Selector::Agent("node-a".into()), "10.0.0.5:10250")
-            .await
-    });
+    let dial = tokio::spawn(async move { server.dial(&Selector::Agent("node-a".into()), "10.0.0.5:10250").await });
     let mut incoming = conn.accept_bi().await.unwrap();
-    let Frame::Dial(d) = read_frame(&mut incoming.recv, MAX_FRAME_PAYLOAD)
-        .await
-        .unwrap()
-    else {
+    let Frame::Dial(d) = read_frame(&mut incoming.recv, MAX_FRAME_PAYLOAD).await.unwrap() else {
         panic!()
     };
     assert_eq!((d.host.as_str(), d.port), ("10.0.0.5", 10250));
@@ -238,9 +209,7 @@ async fn server_refuses_streams_opened_by_an_agent(kind: Kind) {
         code: DialCode::Ok,
         message: String::new(),
     };
-    write_frame(&mut incoming.send, &Frame::DialResult(ok))
-        .await
-        .unwrap();
+    write_frame(&mut incoming.send, &Frame::DialResult(ok)).await.unwrap();
     let mut stream = dial.await.unwrap().unwrap();
     stream.write_all(b"hi").await.unwrap();
     let mut buf = [0u8; 2];
@@ -250,10 +219,7 @@ async fn server_refuses_streams_opened_by_an_agent(kind: Kind) {
 
 async fn client_certificate_identifies_the_agent(kind: Kind) {
     let h = Harness::new(kind).await;
-    let cert =
-        h.ca.issue("node-c", &["node-c", "10.0.0.7"])
-            .unwrap()
-            .identity();
+    let cert = h.ca.issue("node-c", &["node-c", "10.0.0.7"]).unwrap().identity();
     let agent = Agent::start(
         h.connector(Some(cert.clone())),
         h.agent_config("node-c", Credential::None),
@@ -267,10 +233,7 @@ async fn client_certificate_identifies_the_agent(kind: Kind) {
     let mut config = h.agent_config("node-c", Credential::None);
     config.identifiers = "host=node-a".parse().unwrap();
     let agent = Agent::start(h.connector(Some(cert)), config);
-    match agent
-        .wait_for(|s| matches!(s, AgentStatus::Rejected { .. }))
-        .await
-    {
+    match agent.wait_for(|s| matches!(s, AgentStatus::Rejected { .. })).await {
         AgentStatus::Rejected { code, .. } => assert_eq!(code, RejectCode::IdentifiersNotAllowed),
         other => panic!("{other:?}"),
     }
@@ -278,10 +241,7 @@ async fn client_certificate_identifies_the_agent(kind: Kind) {
 
     // Neither token nor certificate: refused, with both reasons.
     let agent = Agent::start(h.connector(None), h.agent_config("anon", Credential::None));
-    match agent
-        .wait_for(|s| matches!(s, AgentStatus::Rejected { .. }))
-        .await
-    {
+    match agent.wait_for(|s| matches!(s, AgentStatus::Rejected { .. })).await {
         AgentStatus::Rejected { code, reason } => {
             assert_eq!(code, RejectCode::Unauthenticated);
             assert!(
@@ -303,9 +263,7 @@ async fn agent_refuses_a_server_with_an_untrusted_certificate() {
             impostor_ca.connector_with_ca(&h),
             h.agent_config("node-a", token("node-a")),
         );
-        let status = agent
-            .wait_for(|s| matches!(s, AgentStatus::Disconnected { .. }))
-            .await;
+        let status = agent.wait_for(|s| matches!(s, AgentStatus::Disconnected { .. })).await;
         let AgentStatus::Disconnected { reason } = status else {
             unreachable!()
         };

@@ -75,12 +75,7 @@ async fn two_hundred_concurrent_connections_through_one_agent(kind: Kind) {
     let echo = echo_target().await.to_string();
     let mut streams = Vec::new();
     for _ in 0..200 {
-        streams.push(
-            h.server
-                .dial(&Selector::Agent("node-a".into()), &echo)
-                .await
-                .unwrap(),
-        );
+        streams.push(h.server.dial(&Selector::Agent("node-a".into()), &echo).await.unwrap());
     }
     assert_eq!(h.server.agents()[0].active_streams, 200);
     let tasks: Vec<_> = streams
@@ -111,11 +106,7 @@ async fn half_close_reaches_the_target_and_the_reply_still_arrives(kind: Kind) {
     let h = Harness::new(kind).await;
     let _agent = h.agent("node-a").await;
     let target = digest_target().await;
-    let mut stream = h
-        .server
-        .dial(&Selector::Any, &target.to_string())
-        .await
-        .unwrap();
+    let mut stream = h.server.dial(&Selector::Any, &target.to_string()).await.unwrap();
     let data = pattern(3 * 1024 * 1024 + 17, 7);
     stream.write_all(&data).await.unwrap();
     stream.shutdown().await.unwrap();
@@ -159,9 +150,7 @@ async fn wrong_token_is_rejected_and_other_agents_keep_working(kind: Kind) {
             connector_core::proto::Credential::Bearer(connector_core::proto::Secret::new("wrong")),
         ),
     );
-    let status = bad
-        .wait_for(|s| matches!(s, AgentStatus::Rejected { .. }))
-        .await;
+    let status = bad.wait_for(|s| matches!(s, AgentStatus::Rejected { .. })).await;
     match status {
         AgentStatus::Rejected { code, reason } => {
             assert_eq!(code, RejectCode::Unauthenticated);
@@ -175,10 +164,7 @@ async fn wrong_token_is_rejected_and_other_agents_keep_working(kind: Kind) {
     }
     let agents = h.server.agents();
     assert_eq!(
-        agents
-            .iter()
-            .map(|a| a.agent_id.as_str())
-            .collect::<Vec<_>>(),
+        agents.iter().map(|a| a.agent_id.as_str()).collect::<Vec<_>>(),
         ["node-a"]
     );
     let echo = echo_target().await;
@@ -200,10 +186,7 @@ async fn identity_bound_to_one_node_cannot_claim_another(kind: Kind) {
     let mut config = h.agent_config("node-a", token("node-a"));
     config.identifiers = "host=node-b".parse().unwrap();
     let agent = Agent::start(h.connector(None), config);
-    match agent
-        .wait_for(|s| matches!(s, AgentStatus::Rejected { .. }))
-        .await
-    {
+    match agent.wait_for(|s| matches!(s, AgentStatus::Rejected { .. })).await {
         AgentStatus::Rejected { code, reason } => {
             assert_eq!(code, RejectCode::IdentifiersNotAllowed);
             assert!(reason.contains("host=node-b"), "{reason}");
@@ -224,10 +207,7 @@ async fn restarted_agent_reconnects_and_serves_new_dials(kind: Kind) {
     let h = Harness::new(kind).await;
     let echo = echo_target().await.to_string();
     let agent = h.agent("node-a").await;
-    h.server
-        .dial(&Selector::Agent("node-a".into()), &echo)
-        .await
-        .unwrap();
+    h.server.dial(&Selector::Agent("node-a".into()), &echo).await.unwrap();
     agent.stop().await;
     h.server.wait_for_agents(|a| a.is_empty()).await;
     let err = h
@@ -237,11 +217,7 @@ async fn restarted_agent_reconnects_and_serves_new_dials(kind: Kind) {
         .unwrap_err();
     assert!(matches!(err, DialError::NoAgent(_)), "{err}");
     let _agent = h.agent("node-a").await;
-    let mut stream = h
-        .server
-        .dial(&Selector::Agent("node-a".into()), &echo)
-        .await
-        .unwrap();
+    let mut stream = h.server.dial(&Selector::Agent("node-a".into()), &echo).await.unwrap();
     stream.write_all(b"x").await.unwrap();
     let mut one = [0u8];
     stream.read_exact(&mut one).await.unwrap();
@@ -260,11 +236,7 @@ async fn restarted_agent_reconnects_and_serves_new_dials(kind: Kind) {
         .await;
     h.server.wait_for_agents(|a| a.len() == 1).await;
     // ...and serves new dials.
-    let mut stream = h
-        .server
-        .dial(&Selector::Agent("node-a".into()), &echo)
-        .await
-        .unwrap();
+    let mut stream = h.server.dial(&Selector::Agent("node-a".into()), &echo).await.unwrap();
     stream.write_all(b"y").await.unwrap();
     stream.read_exact(&mut one).await.unwrap();
     assert_eq!(&one, b"y");
@@ -291,11 +263,7 @@ async fn default_policy_denies_loopback(kind: Kind) {
     let agent = Agent::start(h.connector(None), config);
     agent.connected().await;
     let echo = echo_target().await;
-    let err = h
-        .server
-        .dial(&Selector::Any, &echo.to_string())
-        .await
-        .unwrap_err();
+    let err = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap_err();
     assert_eq!(err.code(), DialCode::DeniedByPolicy, "{err}");
     assert!(err.to_string().contains("guarded range"), "{err}");
     agent.stop().await;
@@ -307,30 +275,14 @@ async fn dials_are_routed_by_host_and_by_agent_id(kind: Kind) {
     let _b = h.agent("node-b").await;
     let echo = echo_target().await.to_string();
     for node in ["node-a", "node-b"] {
-        let stream = h
-            .server
-            .dial(&Selector::Host(node.into()), &echo)
-            .await
-            .unwrap();
+        let stream = h.server.dial(&Selector::Host(node.into()), &echo).await.unwrap();
         assert_eq!(stream.agent_id(), node);
-        let stream = h
-            .server
-            .dial(&Selector::Agent(node.into()), &echo)
-            .await
-            .unwrap();
+        let stream = h.server.dial(&Selector::Agent(node.into()), &echo).await.unwrap();
         assert_eq!(stream.agent_id(), node);
     }
     // Both agents serve 127.0.0.1: new dials are spread over them.
-    let s1 = h
-        .server
-        .dial(&Selector::Host("127.0.0.1".into()), &echo)
-        .await
-        .unwrap();
-    let s2 = h
-        .server
-        .dial(&Selector::Host("127.0.0.1".into()), &echo)
-        .await
-        .unwrap();
+    let s1 = h.server.dial(&Selector::Host("127.0.0.1".into()), &echo).await.unwrap();
+    let s2 = h.server.dial(&Selector::Host("127.0.0.1".into()), &echo).await.unwrap();
     assert_ne!(s1.agent_id(), s2.agent_id());
 }
 

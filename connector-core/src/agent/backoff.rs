@@ -39,19 +39,13 @@ pub struct Backoff {
 impl Backoff {
     /// Fresh state.
     pub fn new(config: BackoffConfig) -> Self {
-        Self {
-            config,
-            failures: 0,
-        }
+        Self { config, failures: 0 }
     }
 
     /// The cap for the next delay: `initial * 2^failures`, at most `max`.
     pub fn cap(&self) -> Duration {
         let factor = 1u32.checked_shl(self.failures.min(31)).unwrap_or(u32::MAX);
-        self.config
-            .initial
-            .saturating_mul(factor)
-            .min(self.config.max)
+        self.config.initial.saturating_mul(factor).min(self.config.max)
     }
 
     /// Records a failure and returns how long to wait before the next attempt.
@@ -102,19 +96,12 @@ mod tests {
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let delays: Vec<f64> = (0..1000)
-            .map(|_| {
-                Backoff::new(config.clone())
-                    .next_delay(&mut rng)
-                    .as_secs_f64()
-            })
+            .map(|_| Backoff::new(config.clone()).next_delay(&mut rng).as_secs_f64())
             .collect();
         let below_quarter = delays.iter().filter(|d| **d < 2.0).count();
         let above_three_quarters = delays.iter().filter(|d| **d > 6.0).count();
         // Uniform over [0, 8): about 250 in each outer quarter.
         assert!((150..350).contains(&below_quarter), "{below_quarter}");
-        assert!(
-            (150..350).contains(&above_three_quarters),
-            "{above_three_quarters}"
-        );
+        assert!((150..350).contains(&above_three_quarters), "{above_three_quarters}");
     }
 }

@@ -141,10 +141,7 @@ impl Agent {
 
     /// Waits until connected and returns the server id.
     pub async fn connected(&self) -> String {
-        match self
-            .wait_for(|s| matches!(s, AgentStatus::Connected { .. }))
-            .await
-        {
+        match self.wait_for(|s| matches!(s, AgentStatus::Connected { .. })).await {
             AgentStatus::Connected { server_id, .. } => server_id,
             _ => String::new(),
         }
@@ -181,16 +178,7 @@ async fn run(
     loop {
         status.send_replace(AgentStatus::Connecting);
         let started = Instant::now();
-        match session(
-            connector.as_ref(),
-            &config,
-            &ctx,
-            &status,
-            &mut stop,
-            &mut sessions,
-        )
-        .await
-        {
+        match session(connector.as_ref(), &config, &ctx, &status, &mut stop, &mut sessions).await {
             SessionEnd::Stopped => break,
             SessionEnd::Rejected { code, reason } => {
                 tracing::error!(%code, %reason, "the server rejected this agent");
@@ -266,10 +254,7 @@ async fn session(
             };
         }
         Ok(other) => {
-            return protocol_error(
-                conn.as_ref(),
-                format!("expected Welcome, got {}", other.name()),
-            );
+            return protocol_error(conn.as_ref(), format!("expected Welcome, got {}", other.name()));
         }
         Err(err) => {
             let reason = format!("handshake failed: {err}");
@@ -312,10 +297,7 @@ async fn session(
 }
 
 fn protocol_error(conn: &dyn Connection, reason: String) -> SessionEnd {
-    conn.close(
-        ConnectionCode::ProtocolError,
-        &crate::proto::clip_text(&reason),
-    );
+    conn.close(ConnectionCode::ProtocolError, &crate::proto::clip_text(&reason));
     SessionEnd::Failed(reason)
 }
 

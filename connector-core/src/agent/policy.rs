@@ -74,9 +74,7 @@ impl FromStr for Rule {
         let s = s.trim();
         // Split off a port spec: `[v6...]:ports`, or `x:ports` when x has no other colon.
         let (dest, ports) = if let Some(rest) = s.strip_prefix('[') {
-            let (inner, after) = rest
-                .split_once(']')
-                .ok_or_else(|| err("unbalanced brackets"))?;
+            let (inner, after) = rest.split_once(']').ok_or_else(|| err("unbalanced brackets"))?;
             match after.strip_prefix(':') {
                 Some(p) => (inner, Some(p)),
                 None if after.is_empty() => (inner, None),
@@ -186,11 +184,10 @@ impl DestinationPolicy {
         let addr = canonical_ip(addr);
         let in_rule = |net: &IpNet| net.contains(&addr);
         if let Some(guard) = guarded_ranges().find(|g| g.contains(&addr)) {
-            let unlocked = self.rules.iter().any(|r| {
-                r.ports.contains(&port)
-                    && r.network()
-                        .is_some_and(|n| guard.contains(&n) && in_rule(&n))
-            });
+            let unlocked = self
+                .rules
+                .iter()
+                .any(|r| r.ports.contains(&port) && r.network().is_some_and(|n| guard.contains(&n) && in_rule(&n)));
             return if unlocked {
                 Ok(())
             } else {
@@ -249,23 +246,12 @@ mod tests {
             ("10.0.0.5:10250", "10.0.0.5/32:10250-10250"),
             ("[fd00::/8]:443", "[fd00::/8]:443-443"),
             ("fd00::1", "[fd00::1/128]"),
-            (
-                "*.svc.cluster.local:8000-8999",
-                "*.svc.cluster.local:8000-8999",
-            ),
+            ("*.svc.cluster.local:8000-8999", "*.svc.cluster.local:8000-8999"),
             ("Node-A", "node-a"),
         ] {
             assert_eq!(text.parse::<Rule>().unwrap().to_string(), shown);
         }
-        for bad in [
-            "",
-            "10.0.0.0/8:0",
-            "10.0.0.0/8:9-1",
-            "[fd00::/8",
-            "*.*.x",
-            "a b",
-            "x:y",
-        ] {
+        for bad in ["", "10.0.0.0/8:0", "10.0.0.0/8:9-1", "[fd00::/8", "*.*.x", "a b", "x:y"] {
             assert!(bad.parse::<Rule>().is_err(), "{bad}");
         }
     }
@@ -300,20 +286,11 @@ mod tests {
     #[test]
     fn names_are_checked_with_their_resolved_address() {
         let p = policy(&["*.cluster.local:443", "10.1.0.0/16"]);
-        assert!(
-            p.check(Some("api.cluster.local"), ip("10.9.9.9"), 443)
-                .is_ok()
-        );
-        assert!(
-            p.check(Some("api.cluster.local"), ip("10.9.9.9"), 80)
-                .is_err()
-        );
+        assert!(p.check(Some("api.cluster.local"), ip("10.9.9.9"), 443).is_ok());
+        assert!(p.check(Some("api.cluster.local"), ip("10.9.9.9"), 80).is_err());
         assert!(p.check(Some("evil.example"), ip("10.9.9.9"), 443).is_err());
         assert!(p.check(Some("evil.example"), ip("10.1.2.3"), 443).is_ok());
         // A permitted name resolving to the metadata endpoint stays denied.
-        assert!(
-            p.check(Some("api.cluster.local"), ip("169.254.169.254"), 443)
-                .is_err()
-        );
+        assert!(p.check(Some("api.cluster.local"), ip("169.254.169.254"), 443).is_err());
     }
 }

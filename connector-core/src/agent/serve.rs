@@ -31,19 +31,15 @@ pub(super) struct DialContext {
 
 /// Serves one stream opened by the server. Failures end this stream only.
 pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
-    let dial = match tokio::time::timeout(
-        DIAL_FRAME_TIMEOUT,
-        read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD),
-    )
-    .await
-    {
+    let dial = match tokio::time::timeout(DIAL_FRAME_TIMEOUT, read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD)).await {
         Ok(Ok(Frame::Dial(dial))) => dial,
         Ok(Ok(other)) => return refuse(bi, &format!("expected Dial, got {}", other.name())),
         Ok(Err(FrameIoError::Eof)) => return,
         Ok(Err(err)) => return refuse(bi, &err.to_string()),
         Err(_) => return refuse(bi, "no Dial within 10 s"),
     };
-    let span = tracing::info_span!("dial", request_id = dial.request_id, target = %format!("{}:{}", dial.host, dial.port));
+    let span =
+        tracing::info_span!("dial", request_id = dial.request_id, target = %format!("{}:{}", dial.host, dial.port));
     async move {
         let Ok(_slot) = ctx.slots.clone().try_acquire_owned() else {
             let message = format!("agent is at its limit of {} tunnelled connections", ctx.max_connections);
@@ -76,12 +72,7 @@ fn refuse(mut bi: BiStream, reason: &str) {
     bi.recv.stop(StreamCode::ProtocolError);
 }
 
-async fn answer(
-    bi: &mut BiStream,
-    dial: &Dial,
-    code: DialCode,
-    message: &str,
-) -> Result<(), FrameIoError> {
+async fn answer(bi: &mut BiStream, dial: &Dial, code: DialCode, message: &str) -> Result<(), FrameIoError> {
     let result = Frame::DialResult(DialResult {
         request_id: dial.request_id,
         code,
@@ -95,12 +86,7 @@ async fn answer(
 async fn connect(dial: &Dial, policy: &DestinationPolicy) -> Result<TcpStream, (DialCode, String)> {
     let budget = Duration::from_millis(dial.timeout_ms.into()).min(MAX_DIAL_TIMEOUT);
     let deadline = Instant::now() + budget;
-    let timed_out = || {
-        (
-            DialCode::TimedOut,
-            format!("no connection within {budget:?}"),
-        )
-    };
+    let timed_out = || (DialCode::TimedOut, format!("no connection within {budget:?}"));
     let (name, addrs): (Option<&str>, Vec<IpAddr>) = match dial.host.parse::<IpAddr>() {
         Ok(ip) => (None, vec![ip]),
         Err(_) => {
@@ -111,10 +97,7 @@ async fn connect(dial: &Dial, policy: &DestinationPolicy) -> Result<TcpStream, (
                 .map_err(|e| (DialCode::DnsFailure, format!("{}: {e}", dial.host)))?;
             let addrs: Vec<IpAddr> = found.map(|a| a.ip()).collect();
             if addrs.is_empty() {
-                return Err((
-                    DialCode::DnsFailure,
-                    format!("{} has no addresses", dial.host),
-                ));
+                return Err((DialCode::DnsFailure, format!("{} has no addresses", dial.host)));
             }
             (Some(dial.host.as_str()), addrs)
         }

@@ -19,25 +19,20 @@ pub struct CertificateAuthenticator;
 impl CertificateAuthenticator {
     /// Maps a DER leaf certificate to an identity.
     pub fn identity_of(der: &[u8]) -> Result<AgentIdentity, AuthRejection> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| {
-            AuthRejection::unauthenticated(format!("unparsable client certificate: {e}"))
-        })?;
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| AuthRejection::unauthenticated(format!("unparsable client certificate: {e}")))?;
         let name = cert
             .subject()
             .iter_common_name()
             .next()
             .and_then(|cn| cn.as_str().ok())
-            .ok_or_else(|| {
-                AuthRejection::unauthenticated("client certificate has no subject common name")
-            })?
+            .ok_or_else(|| AuthRejection::unauthenticated("client certificate has no subject common name"))?
             .to_owned();
         let mut allowed = Identifiers::default();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for general in &san.value.general_names {
                 match general {
-                    GeneralName::DNSName(dns) if valid_host(dns) => {
-                        allowed.hosts.push(normalize_host(dns))
-                    }
+                    GeneralName::DNSName(dns) if valid_host(dns) => allowed.hosts.push(normalize_host(dns)),
                     GeneralName::IPAddress(raw) => {
                         if let Ok(v4) = <[u8; 4]>::try_from(*raw) {
                             allowed.addresses.push(IpAddr::from(v4));
@@ -57,15 +52,13 @@ impl CertificateAuthenticator {
 }
 
 impl Authenticator for CertificateAuthenticator {
-    fn authenticate<'a>(
-        &'a self,
-        request: AuthRequest<'a>,
-    ) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>> {
+    fn authenticate<'a>(&'a self, request: AuthRequest<'a>) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>> {
         Box::pin(async move {
-            let leaf =
-                request.peer.certificates.first().ok_or_else(|| {
-                    AuthRejection::unauthenticated("no client certificate presented")
-                })?;
+            let leaf = request
+                .peer
+                .certificates
+                .first()
+                .ok_or_else(|| AuthRejection::unauthenticated("no client certificate presented"))?;
             Self::identity_of(leaf)
         })
     }

@@ -47,12 +47,10 @@ impl CredentialSource for TokenFile {
     fn credential(&self) -> BoxFuture<'_, Result<Credential, CredentialError>> {
         Box::pin(async move {
             let path = self.0.display().to_string();
-            let text = tokio::fs::read(&self.0)
-                .await
-                .map_err(|source| CredentialError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+            let text = tokio::fs::read(&self.0).await.map_err(|source| CredentialError::Read {
+                path: path.clone(),
+                source,
+            })?;
             let token = text.trim_ascii();
             if token.is_empty() {
                 return Err(CredentialError::Empty(path));

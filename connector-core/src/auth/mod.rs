@@ -75,10 +75,7 @@ impl AuthRejection {
 /// in your own verifier (for example a Kubernetes TokenReview).
 pub trait Authenticator: Send + Sync + 'static {
     /// Authenticates one agent.
-    fn authenticate<'a>(
-        &'a self,
-        request: AuthRequest<'a>,
-    ) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>>;
+    fn authenticate<'a>(&'a self, request: AuthRequest<'a>) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>>;
 }
 
 /// Tries several authenticators in order; the first to accept wins. When all
@@ -86,10 +83,7 @@ pub trait Authenticator: Send + Sync + 'static {
 pub struct FirstOf(pub Vec<Arc<dyn Authenticator>>);
 
 impl Authenticator for FirstOf {
-    fn authenticate<'a>(
-        &'a self,
-        request: AuthRequest<'a>,
-    ) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>> {
+    fn authenticate<'a>(&'a self, request: AuthRequest<'a>) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>> {
         Box::pin(async move {
             let mut reasons = Vec::new();
             for auth in &self.0 {
@@ -109,10 +103,7 @@ impl Authenticator for FirstOf {
 /// Resolves what an authenticated agent will serve: its claims if they are
 /// all allowed, its allowance if it claimed nothing, or a rejection naming
 /// the claims its identity does not cover.
-pub fn served_identifiers(
-    identity: &AgentIdentity,
-    claimed: &Identifiers,
-) -> Result<Identifiers, AuthRejection> {
+pub fn served_identifiers(identity: &AgentIdentity, claimed: &Identifiers) -> Result<Identifiers, AuthRejection> {
     match &identity.allowance {
         Allowance::Any => Ok(claimed.clone()),
         Allowance::Only(allowed) if claimed.is_empty() => Ok(allowed.clone()),

@@ -87,16 +87,9 @@ fn parse_tokens(text: &str, path: &str) -> Result<Vec<TokenEntry>, TokenFileErro
             .next()
             .ok_or_else(|| syntax("expected TOKEN IDENTITY [IDENTIFIERS|*]".into()))?;
         let allowance = match cols.next() {
-            None => Allowance::Only(
-                format!("host={name}")
-                    .parse()
-                    .map_err(|e| syntax(format!("{e}")))?,
-            ),
+            None => Allowance::Only(format!("host={name}").parse().map_err(|e| syntax(format!("{e}")))?),
             Some("*") => Allowance::Any,
-            Some(ids) => Allowance::Only(
-                ids.parse::<Identifiers>()
-                    .map_err(|e| syntax(e.to_string()))?,
-            ),
+            Some(ids) => Allowance::Only(ids.parse::<Identifiers>().map_err(|e| syntax(e.to_string()))?),
         };
         if cols.next().is_some() {
             return Err(syntax("too many columns".into()));
@@ -126,10 +119,7 @@ impl TokenAuthenticator {
     pub fn from_entries(entries: Vec<TokenEntry>) -> Self {
         Self {
             file: None,
-            state: Mutex::new(TokenState {
-                stamp: None,
-                entries,
-            }),
+            state: Mutex::new(TokenState { stamp: None, entries }),
         }
     }
 
@@ -189,10 +179,7 @@ fn load(path: &Path) -> Result<(Stamp, Vec<TokenEntry>), TokenFileError> {
 }
 
 impl Authenticator for TokenAuthenticator {
-    fn authenticate<'a>(
-        &'a self,
-        request: AuthRequest<'a>,
-    ) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>> {
+    fn authenticate<'a>(&'a self, request: AuthRequest<'a>) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>> {
         Box::pin(async move {
             let Credential::Bearer(token) = &request.hello.credential else {
                 return Err(AuthRejection::unauthenticated("no bearer token presented"));
@@ -222,10 +209,7 @@ mod tests {
         );
         assert_eq!(entries[1].identity.allowance, Allowance::Any);
         let err = parse_tokens("secret-token\n", "f").unwrap_err().to_string();
-        assert!(
-            err.contains("line 1") && !err.contains("secret-token"),
-            "{err}"
-        );
+        assert!(err.contains("line 1") && !err.contains("secret-token"), "{err}");
         assert!(parse_tokens("t n host=x extra\n", "f").is_err());
     }
 

@@ -156,11 +156,7 @@ const CRED_BEARER: u8 = 1;
 
 impl Hello {
     /// A `Hello` at this build's protocol version.
-    pub fn new(
-        agent_id: impl Into<String>,
-        identifiers: Identifiers,
-        credential: Credential,
-    ) -> Self {
+    pub fn new(agent_id: impl Into<String>, identifiers: Identifiers, credential: Credential) -> Self {
         Self {
             version_major: PROTOCOL_MAJOR,
             version_minor: super::PROTOCOL_MINOR,
@@ -203,11 +199,7 @@ impl Hello {
             v.push(net.prefix_len());
             w.bytes(&v);
         }
-        w.u8(if ids.default_route {
-            FLAG_DEFAULT_ROUTE
-        } else {
-            0
-        });
+        w.u8(if ids.default_route { FLAG_DEFAULT_ROUTE } else { 0 });
         match &self.credential {
             Credential::None => {
                 w.u8(CRED_NONE);
@@ -242,27 +234,20 @@ impl Hello {
             };
             match kind {
                 ident::HOST => {
-                    let host =
-                        std::str::from_utf8(value).map_err(|_| DecodeError::InvalidUtf8 {
-                            field: "host identifier",
-                        })?;
+                    let host = std::str::from_utf8(value).map_err(|_| DecodeError::InvalidUtf8 {
+                        field: "host identifier",
+                    })?;
                     if !valid_host(host) {
                         return Err(bad("host is not a valid DNS name"));
                     }
-                    identifiers
-                        .hosts
-                        .push(crate::identifiers::normalize_host(host));
+                    identifiers.hosts.push(crate::identifiers::normalize_host(host));
                 }
                 ident::IPV4 => {
-                    let octets: [u8; 4] = value
-                        .try_into()
-                        .map_err(|_| bad("IPv4 address must be 4 bytes"))?;
+                    let octets: [u8; 4] = value.try_into().map_err(|_| bad("IPv4 address must be 4 bytes"))?;
                     identifiers.addresses.push(Ipv4Addr::from(octets).into());
                 }
                 ident::IPV6 => {
-                    let octets: [u8; 16] = value
-                        .try_into()
-                        .map_err(|_| bad("IPv6 address must be 16 bytes"))?;
+                    let octets: [u8; 16] = value.try_into().map_err(|_| bad("IPv6 address must be 16 bytes"))?;
                     identifiers.addresses.push(Ipv6Addr::from(octets).into());
                 }
                 ident::CIDR => {

@@ -20,10 +20,7 @@ mod message;
 mod wire;
 
 pub use codes::{ConnectionCode, DialCode, RejectCode, StreamCode};
-pub use message::{
-    Credential, Dial, DialResult, Hello, MAX_ID_LEN, MAX_TEXT_LEN, Reject, Secret, Welcome,
-    clip_text,
-};
+pub use message::{Credential, Dial, DialResult, Hello, MAX_ID_LEN, MAX_TEXT_LEN, Reject, Secret, Welcome, clip_text};
 
 use wire::{Reader, Writer};
 
@@ -149,10 +146,7 @@ impl FrameHeader {
         let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
         let max = max_payload.min(MAX_FRAME_PAYLOAD);
         if len > max {
-            return Err(DecodeError::FrameTooLarge {
-                len: len as u64,
-                max,
-            });
+            return Err(DecodeError::FrameTooLarge { len: len as u64, max });
         }
         Ok(Self { kind, len })
     }

@@ -108,10 +108,7 @@ fn oversized_header_is_refused_before_allocation() {
         })
     );
     let header = FrameHeader::parse([0x10, 0, 0, 1, 0], 100);
-    assert!(matches!(
-        header,
-        Err(DecodeError::FrameTooLarge { len: 256, max: 100 })
-    ));
+    assert!(matches!(header, Err(DecodeError::FrameTooLarge { len: 256, max: 100 })));
 }
 
 #[test]
@@ -201,46 +198,30 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             .prop_map(|(agent_id, identifiers, token)| Frame::Hello(Hello::new(
                 agent_id,
                 identifiers,
-                token
-                    .map(|t| Credential::Bearer(Secret::new(t)))
-                    .unwrap_or_default()
+                token.map(|t| Credential::Bearer(Secret::new(t))).unwrap_or_default()
             ))),
-        (
-            id,
-            any::<u16>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u32>()
-        )
-            .prop_map(|(s, c, k, i, m, f)| {
-                Frame::Welcome(Welcome {
-                    server_id: s,
-                    server_count: c,
-                    keepalive_ms: k,
-                    idle_timeout_ms: i,
-                    max_streams: m,
-                    max_frame: f,
-                })
-            }),
+        (id, any::<u16>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(s, c, k, i, m, f)| {
+            Frame::Welcome(Welcome {
+                server_id: s,
+                server_count: c,
+                keepalive_ms: k,
+                idle_timeout_ms: i,
+                max_streams: m,
+                max_frame: f,
+            })
+        }),
         (any::<u16>(), text).prop_map(|(c, r)| Frame::Reject(Reject {
             code: RejectCode::from_wire(c),
             reason: clip_text(&r)
         })),
-        (
-            any::<u64>(),
-            "[a-z0-9][a-z0-9.-]{0,60}",
-            any::<u16>(),
-            any::<u32>()
-        )
-            .prop_map(|(id, host, port, t)| {
-                Frame::Dial(Dial {
-                    request_id: id,
-                    host,
-                    port,
-                    timeout_ms: t,
-                })
-            }),
+        (any::<u64>(), "[a-z0-9][a-z0-9.-]{0,60}", any::<u16>(), any::<u32>()).prop_map(|(id, host, port, t)| {
+            Frame::Dial(Dial {
+                request_id: id,
+                host,
+                port,
+                timeout_ms: t,
+            })
+        }),
         (any::<u64>(), any::<u8>(), text).prop_map(|(id, c, m)| Frame::DialResult(DialResult {
             request_id: id,
             code: DialCode::from_wire(c),

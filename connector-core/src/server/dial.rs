@@ -30,7 +30,7 @@ pub enum DialError {
         reason: &'static str,
     },
     /// No connected agent matches the selector.
-    #[error("no connected agent for {0}: check that the agent for it is running and claims it")]
+    #[error("no connected agent matches {0}: check that the agent for it is running and claims it")]
     NoAgent(String),
     /// The chosen agent already carries its maximum of tunnelled connections.
     #[error("agent {agent:?} is at its limit of {limit} tunnelled connections")]
@@ -88,9 +88,7 @@ impl DialError {
     pub fn code(&self) -> DialCode {
         match self {
             DialError::InvalidTarget { .. } => DialCode::InvalidTarget,
-            DialError::NoAgent(_) | DialError::Transport { .. } | DialError::ShuttingDown => {
-                DialCode::Unreachable
-            }
+            DialError::NoAgent(_) | DialError::Transport { .. } | DialError::ShuttingDown => DialCode::Unreachable,
             DialError::AgentBusy { .. } => DialCode::Overloaded,
             DialError::TimedOut { .. } => DialCode::TimedOut,
             DialError::Failed { code, .. } => *code,
@@ -105,13 +103,9 @@ pub(crate) fn split_target(target: &str) -> Result<(String, u16), DialError> {
         target: target.to_owned(),
         reason,
     };
-    let (host, port) = target
-        .rsplit_once(':')
-        .ok_or_else(|| invalid("missing :port"))?;
+    let (host, port) = target.rsplit_once(':').ok_or_else(|| invalid("missing :port"))?;
     let host = match host.strip_prefix('[') {
-        Some(inner) => inner
-            .strip_suffix(']')
-            .ok_or_else(|| invalid("unbalanced brackets"))?,
+        Some(inner) => inner.strip_suffix(']').ok_or_else(|| invalid("unbalanced brackets"))?,
         None if host.contains(':') => return Err(invalid("IPv6 addresses need brackets")),
         None => host,
     };
@@ -121,9 +115,7 @@ pub(crate) fn split_target(target: &str) -> Result<(String, u16), DialError> {
     if host.parse::<std::net::IpAddr>().is_err() && !crate::identifiers::valid_host(host) {
         return Err(invalid("host is neither an IP address nor a DNS name"));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| invalid("port is not a number in 1..=65535"))?;
+    let port: u16 = port.parse().map_err(|_| invalid("port is not a number in 1..=65535"))?;
     if port == 0 {
         return Err(invalid("port 0"));
     }
@@ -224,23 +216,16 @@ impl Server {
             }
         };
         match answer {
-            Ok(Frame::DialResult(result)) if result.request_id != request_id => {
-                Err(DialError::Protocol {
-                    agent: agent_id,
-                    reason: format!(
-                        "DialResult for request {} on the stream of request {request_id}",
-                        result.request_id
-                    ),
-                })
-            }
+            Ok(Frame::DialResult(result)) if result.request_id != request_id => Err(DialError::Protocol {
+                agent: agent_id,
+                reason: format!(
+                    "DialResult for request {} on the stream of request {request_id}",
+                    result.request_id
+                ),
+            }),
             Ok(Frame::DialResult(result)) if result.code == DialCode::Ok => {
                 tracing::debug!("dial succeeded");
-                Ok(TunnelStream::new(
-                    bi.send,
-                    bi.recv,
-                    request_id,
-                    slot.into_inner(),
-                ))
+                Ok(TunnelStream::new(bi.send, bi.recv, request_id, slot.into_inner()))
             }
             Ok(Frame::DialResult(result)) => {
                 tracing::debug!(code = %result.code, message = %result.message, "dial failed");
@@ -298,14 +283,8 @@ mod tests {
 
     #[test]
     fn splits_targets() {
-        assert_eq!(
-            split_target("10.0.0.5:10250").unwrap(),
-            ("10.0.0.5".into(), 10250)
-        );
-        assert_eq!(
-            split_target("[fd00::1]:443").unwrap(),
-            ("fd00::1".into(), 443)
-        );
+        assert_eq!(split_target("10.0.0.5:10250").unwrap(), ("10.0.0.5".into(), 10250));
+        assert_eq!(split_target("[fd00::1]:443").unwrap(), ("fd00::1".into(), 443));
         assert_eq!(
             split_target("node-a.cluster.local:80").unwrap(),
             ("node-a.cluster.local".into(), 80)

@@ -135,11 +135,7 @@ impl Server {
     /// [`Server::shutdown`]. Must be called within a tokio runtime.
     pub fn serve(&self, listener: Arc<dyn Listener>) {
         tracing::info!(server_id = %self.inner.config.server_id, listen = %listener.local_addr(), "accepting agents");
-        self.inner
-            .listeners
-            .lock()
-            .expect("listeners")
-            .push(listener.clone());
+        self.inner.listeners.lock().expect("listeners").push(listener.clone());
         let server = self.clone();
         tokio::spawn(async move { server.accept_loop(listener).await });
     }
@@ -192,9 +188,7 @@ impl Server {
             listener.shutdown();
         }
         for agent in self.inner.registry.drain() {
-            agent
-                .conn
-                .close(ConnectionCode::Shutdown, "server shutting down");
+            agent.conn.close(ConnectionCode::Shutdown, "server shutting down");
         }
     }
 }

@@ -39,8 +39,8 @@ impl Selector {
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Selector::Agent(id) => write!(f, "agent {id:?}"),
-            Selector::Host(host) => write!(f, "an agent serving {host:?}"),
+            Selector::Agent(id) => write!(f, "agent id {id:?}"),
+            Selector::Host(host) => write!(f, "host {host:?}"),
             Selector::Any => f.write_str("any agent"),
         }
     }
@@ -129,22 +129,15 @@ impl Registry {
         };
         for old in replaced {
             tracing::info!(agent = %old.agent_id, "replacing an older connection of this agent");
-            old.conn.close(
-                ConnectionCode::Replaced,
-                ConnectionCode::Replaced.describe(),
-            );
+            old.conn
+                .close(ConnectionCode::Replaced, ConnectionCode::Replaced.describe());
         }
         self.changed();
     }
 
     /// Unregisters connection `conn_id` (a no-op if it was already replaced).
     pub(crate) fn remove(&self, conn_id: u64) -> bool {
-        let removed = self
-            .agents
-            .lock()
-            .expect("registry")
-            .remove(&conn_id)
-            .is_some();
+        let removed = self.agents.lock().expect("registry").remove(&conn_id).is_some();
         if removed {
             self.changed();
         }
@@ -152,13 +145,7 @@ impl Registry {
     }
 
     pub(crate) fn drain(&self) -> Vec<Arc<AgentEntry>> {
-        let all = self
-            .agents
-            .lock()
-            .expect("registry")
-            .drain()
-            .map(|(_, e)| e)
-            .collect();
+        let all = self.agents.lock().expect("registry").drain().map(|(_, e)| e).collect();
         self.changed();
         all
     }
@@ -188,15 +175,9 @@ impl Registry {
             Selector::Agent(id) => agents.values().filter(|e| e.agent_id == *id).collect(),
             Selector::Any => agents.values().collect(),
             Selector::Host(host) => {
-                let serving: Vec<_> = agents
-                    .values()
-                    .filter(|e| e.identifiers.serves(host))
-                    .collect();
+                let serving: Vec<_> = agents.values().filter(|e| e.identifiers.serves(host)).collect();
                 if serving.is_empty() {
-                    agents
-                        .values()
-                        .filter(|e| e.identifiers.default_route)
-                        .collect()
+                    agents.values().filter(|e| e.identifiers.default_route).collect()
                 } else {
                     serving
                 }

@@ -12,8 +12,8 @@ use super::registry::AgentEntry;
 use crate::auth::{AuthRejection, AuthRequest, served_identifiers};
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::proto::{
-    ConnectionCode, DecodeError, Frame, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR,
-    Reject, RejectCode, StreamCode, Welcome, clip_text,
+    ConnectionCode, DecodeError, Frame, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, Reject, RejectCode,
+    StreamCode, Welcome, clip_text,
 };
 use crate::transport::{BiStream, Connection, Handshake};
 
@@ -59,10 +59,7 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
     .await;
     let (mut control, hello) = match first {
         Err(_) => {
-            tracing::warn!(
-                "agent sent no Hello within {:?}; closing",
-                limits.hello_timeout
-            );
+            tracing::warn!("agent sent no Hello within {:?}; closing", limits.hello_timeout);
             conn.close(ConnectionCode::ProtocolError, "no Hello in time");
             return None;
         }
@@ -87,13 +84,7 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
             return None;
         }
         Err(err) => {
-            reject(
-                conn,
-                &mut control,
-                RejectCode::Malformed,
-                format!("bad Hello: {err}"),
-            )
-            .await;
+            reject(conn, &mut control, RejectCode::Malformed, format!("bad Hello: {err}")).await;
             return None;
         }
     };
@@ -140,22 +131,18 @@ async fn authorize(
         .authenticator
         .authenticate(AuthRequest { hello, peer: &peer })
         .await?;
-    let identifiers =
-        served_identifiers(&identity, &hello.identifiers).inspect_err(|rejection| {
-            tracing::warn!(
-                agent = %hello.agent_id,
-                identity = %identity.name,
-                claimed = %hello.identifiers,
-                reason = %rejection.reason,
-                "agent claims identifiers its identity does not allow"
-            );
-        })?;
+    let identifiers = served_identifiers(&identity, &hello.identifiers).inspect_err(|rejection| {
+        tracing::warn!(
+            agent = %hello.agent_id,
+            identity = %identity.name,
+            claimed = %hello.identifiers,
+            reason = %rejection.reason,
+            "agent claims identifiers its identity does not allow"
+        );
+    })?;
     let registry = &server.inner.registry;
     let limit = server.inner.config.limits.max_agents;
-    let reconnecting = registry
-        .snapshot()
-        .iter()
-        .any(|a| a.agent_id == hello.agent_id);
+    let reconnecting = registry.snapshot().iter().any(|a| a.agent_id == hello.agent_id);
     if !reconnecting && registry.len() >= limit {
         return Err(AuthRejection {
             code: RejectCode::Overloaded,
@@ -181,12 +168,7 @@ async fn authorize(
 
 /// Sends `Reject`, then closes the connection once the agent has read it (or
 /// closed its side).
-async fn reject(
-    conn: &Arc<dyn Connection>,
-    control: &mut BiStream,
-    code: RejectCode,
-    reason: String,
-) {
+async fn reject(conn: &Arc<dyn Connection>, control: &mut BiStream, code: RejectCode, reason: String) {
     tracing::warn!(%code, %reason, "rejecting agent");
     let frame = Frame::Reject(Reject {
         code,
@@ -216,9 +198,7 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, mut control: BiStrea
     };
     let refuse_streams = async {
         while let Ok(mut bi) = conn.accept_bi().await {
-            tracing::warn!(
-                "agent opened a stream; refusing it (streams only go from server to agent)"
-            );
+            tracing::warn!("agent opened a stream; refusing it (streams only go from server to agent)");
             bi.recv.stop(StreamCode::ProtocolError);
             bi.send.reset(StreamCode::ProtocolError);
         }

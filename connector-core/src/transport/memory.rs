@@ -14,8 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream,
-    SendStream, StreamReset, TransportError,
+    BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream, SendStream, StreamReset,
+    TransportError,
 };
 use crate::proto::{ConnectionCode, StreamCode};
 
@@ -292,11 +292,7 @@ struct PipeWriter(Arc<Pipe>);
 struct PipeReader(Arc<Pipe>);
 
 impl AsyncWrite for PipeWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let mut s = self.0.state.lock().unwrap();
         if let Some(code) = s.stopped {
             return Poll::Ready(Err(StreamReset(code).into_io()));
@@ -354,11 +350,7 @@ impl Drop for PipeWriter {
 }
 
 impl AsyncRead for PipeReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let mut s = self.0.state.lock().unwrap();
         if let Some(code) = s.reset {
             return Poll::Ready(Err(StreamReset(code).into_io()));

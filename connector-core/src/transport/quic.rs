@@ -15,8 +15,8 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
-    BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream,
-    SendStream, StreamReset, TransportError,
+    BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream, SendStream, StreamReset,
+    TransportError,
 };
 use crate::proto::{ConnectionCode, StreamCode};
 use crate::tls::{AgentTls, ServerTls, TlsError};
@@ -90,17 +90,12 @@ pub struct QuicListener {
 impl QuicListener {
     /// Binds a UDP socket on `addr` and starts accepting agents. Agents may
     /// open one stream (their control stream) at a time.
-    pub fn bind(
-        addr: SocketAddr,
-        tls: &ServerTls,
-        settings: &QuicSettings,
-    ) -> Result<Self, QuicSetupError> {
-        let crypto = QuicServerConfig::try_from(tls.rustls_config()?)
-            .map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+    pub fn bind(addr: SocketAddr, tls: &ServerTls, settings: &QuicSettings) -> Result<Self, QuicSetupError> {
+        let crypto =
+            QuicServerConfig::try_from(tls.rustls_config()?).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(settings)));
-        let endpoint = Endpoint::server(config, addr)
-            .map_err(|source| QuicSetupError::Bind { addr, source })?;
+        let endpoint = Endpoint::server(config, addr).map_err(|source| QuicSetupError::Bind { addr, source })?;
         Ok(Self {
             endpoint,
             handshake_timeout: settings.handshake_timeout,
@@ -119,9 +114,7 @@ impl Listener for QuicListener {
             let incoming = self.endpoint.accept().await?;
             let limit = self.handshake_timeout;
             Some(Box::pin(async move {
-                let connecting = incoming
-                    .accept()
-                    .map_err(|e| TransportError::Connect(e.to_string()))?;
+                let connecting = incoming.accept().map_err(|e| TransportError::Connect(e.to_string()))?;
                 let conn = tokio::time::timeout(limit, connecting)
                     .await
                     .map_err(|_| TransportError::Connect("handshake timed out".into()))?
@@ -157,13 +150,9 @@ pub struct QuicConnector {
 impl QuicConnector {
     /// A connector for `server` (`host:port`, resolved at each connection
     /// attempt so that DNS changes are followed).
-    pub fn new(
-        server: impl Into<String>,
-        tls: &AgentTls,
-        settings: &QuicSettings,
-    ) -> Result<Self, QuicSetupError> {
-        let crypto = QuicClientConfig::try_from(tls.rustls_config()?)
-            .map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+    pub fn new(server: impl Into<String>, tls: &AgentTls, settings: &QuicSettings) -> Result<Self, QuicSetupError> {
+        let crypto =
+            QuicClientConfig::try_from(tls.rustls_config()?).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(settings)));
         Ok(Self {
@@ -180,22 +169,13 @@ impl Connector for QuicConnector {
         Box::pin(async move {
             let addr = tokio::net::lookup_host(&self.server)
                 .await
-                .map_err(|e| {
-                    TransportError::Connect(format!("cannot resolve {}: {e}", self.server))
-                })?
+                .map_err(|e| TransportError::Connect(format!("cannot resolve {}: {e}", self.server)))?
                 .next()
-                .ok_or_else(|| {
-                    TransportError::Connect(format!("{} resolved to no address", self.server))
-                })?;
-            let bind: SocketAddr = if addr.is_ipv4() {
-                "0.0.0.0:0"
-            } else {
-                "[::]:0"
-            }
-            .parse()
-            .expect("literal");
-            let endpoint = Endpoint::client(bind)
-                .map_err(|e| TransportError::Connect(format!("bind {bind}: {e}")))?;
+                .ok_or_else(|| TransportError::Connect(format!("{} resolved to no address", self.server)))?;
+            let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                .parse()
+                .expect("literal");
+            let endpoint = Endpoint::client(bind).map_err(|e| TransportError::Connect(format!("bind {bind}: {e}")))?;
             let name = self.server_name.to_str();
             let connecting = endpoint
                 .connect_with(self.config.clone(), addr, &name)
@@ -232,11 +212,7 @@ impl QuicConnection {
             remote_addr: Some(conn.remote_address()),
             certificates,
         };
-        Self {
-            conn,
-            peer,
-            endpoint,
-        }
+        Self { conn, peer, endpoint }
     }
 }
 
@@ -256,9 +232,7 @@ fn map_conn_error(err: quinn::ConnectionError) -> TransportError {
     use quinn::ConnectionError as E;
     match err {
         E::ApplicationClosed(close) => TransportError::ClosedByPeer {
-            code: ConnectionCode::from_wire(
-                close.error_code.into_inner().min(u32::MAX as u64) as u32
-            ),
+            code: ConnectionCode::from_wire(close.error_code.into_inner().min(u32::MAX as u64) as u32),
             reason: String::from_utf8_lossy(&close.reason).into_owned(),
         },
         E::LocallyClosed => TransportError::LocallyClosed,
@@ -284,8 +258,7 @@ impl Connection for QuicConnection {
     }
 
     fn close(&self, code: ConnectionCode, reason: &str) {
-        self.conn
-            .close(VarInt::from_u32(code.to_wire()), reason.as_bytes());
+        self.conn.close(VarInt::from_u32(code.to_wire()), reason.as_bytes());
     }
 
     fn closed(&self) -> BoxFuture<'static, TransportError> {
@@ -323,11 +296,7 @@ struct QuicSend(quinn::SendStream);
 struct QuicRecv(quinn::RecvStream);
 
 impl AsyncWrite for QuicSend {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         AsyncWrite::poll_write(Pin::new(&mut self.0), cx, buf).map_err(map_io)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -345,11 +314,7 @@ impl SendStream for QuicSend {
 }
 
 impl AsyncRead for QuicRecv {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         AsyncRead::poll_read(Pin::new(&mut self.0), cx, buf).map_err(map_io)
     }
 }

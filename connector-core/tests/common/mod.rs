@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use connector_core::agent::{Agent, AgentConfig, BackoffConfig, DestinationPolicy};
 use connector_core::auth::{
-    Allowance, Authenticator, CertificateAuthenticator, FirstOf, StaticCredential,
-    TokenAuthenticator, TokenEntry,
+    Allowance, Authenticator, CertificateAuthenticator, FirstOf, StaticCredential, TokenAuthenticator, TokenEntry,
 };
 use connector_core::pki::ThrowawayCa;
 use connector_core::proto::{Credential, Secret};
@@ -40,9 +39,7 @@ pub fn token(node: &str) -> Credential {
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
 }
@@ -52,11 +49,7 @@ pub fn authenticator() -> Arc<dyn Authenticator> {
         .iter()
         .map(|n| {
             let allowed = format!("host={n},ipv4=127.0.0.1").parse().unwrap();
-            TokenEntry::new(
-                &Secret::new(format!("token-{n}")),
-                *n,
-                Allowance::Only(allowed),
-            )
+            TokenEntry::new(&Secret::new(format!("token-{n}")), *n, Allowance::Only(allowed))
         })
         .collect();
     Arc::new(FirstOf(vec![
@@ -88,12 +81,8 @@ impl RawTransport {
                         .identity(),
                     client_cas: Some(vec![ca.cert_der()]),
                 };
-                let listener = QuicListener::bind(
-                    "127.0.0.1:0".parse().unwrap(),
-                    &tls,
-                    &QuicSettings::default(),
-                )
-                .unwrap();
+                let listener =
+                    QuicListener::bind("127.0.0.1:0".parse().unwrap(), &tls, &QuicSettings::default()).unwrap();
                 let addr = listener.local_socket_addr().unwrap();
                 (Arc::new(listener), Some(addr), None)
             }
@@ -124,10 +113,7 @@ impl RawTransport {
                     max_incoming_streams: 2048,
                     ..QuicSettings::default()
                 };
-                Arc::new(
-                    QuicConnector::new(self.quic_addr.unwrap().to_string(), &tls, &settings)
-                        .unwrap(),
-                )
+                Arc::new(QuicConnector::new(self.quic_addr.unwrap().to_string(), &tls, &settings).unwrap())
             }
             Kind::Memory => {
                 let chain = client.map(|id| id.chain().to_vec()).unwrap_or_default();
@@ -145,14 +131,7 @@ impl RawTransport {
             server_name: "localhost".into(),
             client_identity: None,
         };
-        Arc::new(
-            QuicConnector::new(
-                other.quic_addr.unwrap().to_string(),
-                &tls,
-                &QuicSettings::default(),
-            )
-            .unwrap(),
-        )
+        Arc::new(QuicConnector::new(other.quic_addr.unwrap().to_string(), &tls, &QuicSettings::default()).unwrap())
     }
 }
 

@@ -1,0 +1,205 @@
+//! The `connector` binary as a user runs it: real processes, real QUIC on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_connector");
+
+fn connector(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("CONNECTOR_LOG");
+    cmd
+}
+
+/// A child process whose stderr lines arrive on a channel; killed on drop.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn connector");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing every one of `needles` (hang guard: 60 s).
+    fn wait_for(&mut self, needles: &[&str]) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if needles.iter().all(|n| line.contains(n)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no log line with {needles:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dev_pki(dir: &Path) {
+    let out = connector(&["dev-pki", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("connector-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn demo_tunnels_traffic_and_reports_it() {
+    let out = connector(&["demo", "--bytes", "4MiB", "--connections", "20", "--round-trips", "50"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "SHA-256 identical",
+        "Gbit/s",
+        "p99",
+        "dials/s",
+        "connection refused",
+        "no connected agent",
+        "data intact",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for (sub, flag) in [
+        ("server", "--tokens"),
+        ("agent", "--allow"),
+        ("demo", "--bytes"),
+        ("dev-pki", "--out"),
+    ] {
+        let out = connector(&[sub, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(flag),
+            "{sub} --help lacks {flag}"
+        );
+    }
+}
+
+#[test]
+fn server_without_any_authentication_refuses_to_start() {
+    let dir = temp_dir("noauth");
+    dev_pki(&dir);
+    let out = connector(&["server", "--listen", "127.0.0.1:0", "--cert"])
+        .arg(dir.join("server.pem"))
+        .arg("--key")
+        .arg(dir.join("server-key.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tokens"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn agents_connect_to_a_server_with_token_or_certificate_and_bad_tokens_are_rejected() {
+    let dir = temp_dir("e2e");
+    dev_pki(&dir);
+    let mut server = connector(&["server", "--listen", "127.0.0.1:0", "--server-id", "srv-test"]);
+    server
+        .arg("--cert")
+        .arg(dir.join("server.pem"))
+        .arg("--key")
+        .arg(dir.join("server-key.pem"))
+        .arg("--tokens")
+        .arg(dir.join("tokens"))
+        .arg("--client-ca")
+        .arg(dir.join("ca.pem"));
+    let mut server = Running::spawn(server);
+    let line = server.wait_for(&["accepting agents"]);
+    let addr = line.rsplit("listen=").next().unwrap().trim().to_owned();
+
+    let agent_cmd = |extra: &[&str]| {
+        let mut cmd = connector(&["agent", "--server", &addr, "--server-name", "localhost", "--ca"]);
+        cmd.arg(dir.join("ca.pem")).args(extra);
+        cmd
+    };
+    // Token agent.
+    let token = dir.join("node-a.token");
+    let mut agent = Running::spawn({
+        let mut c = agent_cmd(&["--agent-id", "node-a", "--token-file"]);
+        c.arg(&token);
+        c
+    });
+    agent.wait_for(&["connected", "srv-test"]);
+    server.wait_for(&["agent connected", "agent=node-a", "identity=node-a"]);
+    drop(agent);
+
+    // Certificate agent.
+    let mut agent = Running::spawn({
+        let mut c = agent_cmd(&["--agent-id", "node-a", "--cert"]);
+        c.arg(dir.join("node-a.pem"))
+            .arg("--key")
+            .arg(dir.join("node-a-key.pem"));
+        c
+    });
+    agent.wait_for(&["connected", "srv-test"]);
+    server.wait_for(&["agent connected", "agent=node-a"]);
+    drop(agent);
+
+    // Wrong token: rejected with a clear reason, which never contains the token.
+    let bad = dir.join("bad.token");
+    std::fs::write(&bad, "not-the-token\n").unwrap();
+    let mut agent = Running::spawn({
+        let mut c = agent_cmd(&["--agent-id", "node-a", "--token-file"]);
+        c.arg(&bad);
+        c
+    });
+    let line = agent.wait_for(&["the server rejected this agent"]);
+    assert!(
+        line.contains("authentication failed") && line.contains("not recognised"),
+        "{line}"
+    );
+    assert!(!line.contains("not-the-token"), "{line}");
+    let line = server.wait_for(&["rejecting agent"]);
+    assert!(!line.contains("not-the-token"), "{line}");
+}
