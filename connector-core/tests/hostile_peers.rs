@@ -193,7 +193,8 @@ async fn server_refuses_streams_opened_by_an_agent(kind: Kind) {
         Frame::Welcome(_)
     ));
     let mut rogue = conn.open_bi().await.unwrap();
-    rogue.send.write_all(b"let me into the control plane").await.unwrap();
+    // The write may already fail: the server can refuse the stream before the bytes arrive.
+    let _ = rogue.send.write_all(b"let me into the control plane").await;
     assert_protocol_reset(&mut rogue).await;
     // The agent is still registered and the server still dials through it.
     assert_eq!(h.server.agents().len(), 1);
