@@ -54,14 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         server_name: "localhost".into(),
         client_identity: None,
     };
-    let connector = QuicConnector::new(
-        server_addr.to_string(),
-        &agent_tls,
-        &QuicSettings {
-            max_incoming_streams: 1024,
-            ..Default::default()
-        },
-    )?;
+    let connector = QuicConnector::new(server_addr.to_string(), &agent_tls, &QuicSettings::default())?;
     let mut config = AgentConfig::new("node-a", Arc::new(StaticCredential(Credential::Bearer(token))));
     config.policy = DestinationPolicy::new(vec!["127.0.0.1/32".parse()?]); // loopback is denied by default
     let agent = Agent::start(Arc::new(connector), config);

@@ -83,7 +83,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         // The server opens one stream per tunnelled connection, plus headroom
         // so that excess dials get an `Overloaded` answer rather than waiting.
-        max_incoming_streams: u32::try_from(args.max_connections)
+        max_tunnelled_streams: u32::try_from(args.max_connections)
             .unwrap_or(u32::MAX)
             .saturating_add(64),
         ..Default::default()

@@ -79,10 +79,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 server_name: "localhost".into(),
                 client_identity: None,
             };
-            let settings = QuicSettings {
-                max_incoming_streams: 4096,
-                ..Default::default()
-            };
+            let settings = QuicSettings::default();
             let addr = listener.local_socket_addr()?;
             (
                 Arc::new(listener),

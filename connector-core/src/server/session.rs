@@ -104,11 +104,14 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
         max_streams: config.limits.max_streams_per_agent,
         max_frame: MAX_FRAME_PAYLOAD as u32,
     });
+    // Registered before the Welcome leaves, so that an agent that sees its
+    // Welcome can be dialled at once.
+    server.inner.registry.insert(entry.clone());
     if let Err(err) = write_frame(&mut control.send, &welcome).await {
         tracing::debug!(%err, "agent left before its Welcome");
+        server.inner.registry.remove(entry.conn_id);
         return None;
     }
-    server.inner.registry.insert(entry.clone());
     tracing::info!(
         agent = %entry.agent_id,
         identity = %entry.identity,

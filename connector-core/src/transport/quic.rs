@@ -28,11 +28,12 @@ pub struct QuicSettings {
     pub keepalive: Duration,
     /// A connection silent for this long is dead.
     pub idle_timeout: Duration,
-    /// How many streams the *peer* may open at once on each connection. On
-    /// the server this bounds what an agent can open (its control stream,
-    /// plus a few that are refused); on the agent it bounds the tunnelled
-    /// connections the server can open.
-    pub max_incoming_streams: u32,
+    /// Agent side: how many tunnelled connections (streams) the server may
+    /// have open at once. Keep it a little above the agent's own limit so
+    /// that excess dials get an `Overloaded` answer instead of waiting for
+    /// stream credit. (A server always lets an agent open at most
+    /// [`AGENT_OPENED_STREAMS`] streams: its control stream, plus a few that are refused.)
+    pub max_tunnelled_streams: u32,
     /// Limit for the TLS/QUIC handshake.
     pub handshake_timeout: Duration,
 }
@@ -42,7 +43,7 @@ impl Default for QuicSettings {
         Self {
             keepalive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
-            max_incoming_streams: 4,
+            max_tunnelled_streams: 10_064,
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -67,7 +68,10 @@ pub enum QuicSetupError {
     Crypto(String),
 }
 
-fn transport_config(settings: &QuicSettings) -> TransportConfig {
+/// Streams an agent may have open towards a server at once.
+pub const AGENT_OPENED_STREAMS: u32 = 4;
+
+fn transport_config(settings: &QuicSettings, incoming_streams: u32) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.keep_alive_interval(Some(settings.keepalive));
     t.max_idle_timeout(Some(
@@ -76,7 +80,7 @@ fn transport_config(settings: &QuicSettings) -> TransportConfig {
             .try_into()
             .unwrap_or(VarInt::from_u32(30_000).into()),
     ));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(settings.max_incoming_streams));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(incoming_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t
 }
@@ -88,13 +92,12 @@ pub struct QuicListener {
 }
 
 impl QuicListener {
-    /// Binds a UDP socket on `addr` and starts accepting agents. Agents may
-    /// open one stream (their control stream) at a time.
+    /// Binds a UDP socket on `addr` and starts accepting agents.
     pub fn bind(addr: SocketAddr, tls: &ServerTls, settings: &QuicSettings) -> Result<Self, QuicSetupError> {
         let crypto =
             QuicServerConfig::try_from(tls.rustls_config()?).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config(settings)));
+        config.transport_config(Arc::new(transport_config(settings, AGENT_OPENED_STREAMS)));
         let endpoint = Endpoint::server(config, addr).map_err(|source| QuicSetupError::Bind { addr, source })?;
         Ok(Self {
             endpoint,
@@ -154,7 +157,7 @@ impl QuicConnector {
         let crypto =
             QuicClientConfig::try_from(tls.rustls_config()?).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config(settings)));
+        config.transport_config(Arc::new(transport_config(settings, settings.max_tunnelled_streams)));
         Ok(Self {
             server: server.into(),
             server_name: tls.server_name()?,

@@ -109,10 +109,7 @@ impl RawTransport {
                     server_name: "localhost".into(),
                     client_identity: client,
                 };
-                let settings = QuicSettings {
-                    max_incoming_streams: 2048,
-                    ..QuicSettings::default()
-                };
+                let settings = QuicSettings::default();
                 Arc::new(QuicConnector::new(self.quic_addr.unwrap().to_string(), &tls, &settings).unwrap())
             }
             Kind::Memory => {
