@@ -38,6 +38,7 @@ on_both_transports!(
     default_policy_denies_loopback,
     dials_are_routed_by_host_and_by_agent_id,
     dropping_a_stream_resets_the_target_connection,
+    names_resolve_on_the_agent_and_policy_applies_to_addresses,
 );
 
 async fn bulk_64_mib_each_way_arrives_intact(kind: Kind) {
@@ -301,4 +302,26 @@ async fn dropping_a_stream_resets_the_target_connection(kind: Kind) {
     let err = accepted.read_to_end(&mut rest).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     h.server.wait_for_agents(|a| a[0].active_streams == 0).await;
+}
+
+async fn names_resolve_on_the_agent_and_policy_applies_to_addresses(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let echo = echo_target().await;
+    let target = format!("localhost:{}", echo.port());
+    // "localhost" is resolved by the agent; 127.0.0.1 is allowed, so the dial succeeds.
+    let agent = h.agent("node-a").await;
+    let mut stream = h.server.dial(&Selector::Any, &target).await.unwrap();
+    stream.write_all(b"resolved").await.unwrap();
+    let mut buf = [0u8; 8];
+    stream.read_exact(&mut buf).await.unwrap();
+    agent.stop().await;
+    h.server.wait_for_agents(|a| a.is_empty()).await;
+    // A name rule does not unlock a guarded address the name resolves to.
+    let mut config = h.agent_config("node-a", token("node-a"));
+    config.policy = DestinationPolicy::new(vec!["localhost".parse().unwrap()]);
+    let agent = Agent::start(h.connector(None), config);
+    agent.connected().await;
+    let err = h.server.dial(&Selector::Any, &target).await.unwrap_err();
+    assert_eq!(err.code(), DialCode::DeniedByPolicy, "{err}");
+    agent.stop().await;
 }
