@@ -2,6 +2,7 @@
 //! streams, unknown versions, wrong certificates. Each gets a protocol error
 //! and nothing else is disturbed.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -13,22 +14,6 @@ use connector_core::proto::{
 use connector_core::server::Selector;
 use connector_core::transport::{BiStream, Connection, StreamReset};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-macro_rules! on_both_transports {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn quic() {
-                guard(super::$name(Kind::Quic)).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                guard(super::$name(Kind::Memory)).await
-            }
-        }
-    )*};
-}
 
 on_both_transports!(
     agent_resets_garbage_streams_and_keeps_serving_the_others,

@@ -1,6 +1,7 @@
 //! End-to-end behaviour of the tunnel, run over real QUIC on loopback and
 //! over the in-memory transport (each test body runs once per transport).
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -8,23 +9,6 @@ use connector_core::agent::{Agent, AgentStatus, DestinationPolicy};
 use connector_core::proto::{DialCode, RejectCode};
 use connector_core::server::{DialError, Selector};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Instantiates `$name(kind)` as one test per transport.
-macro_rules! on_both_transports {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn quic() {
-                guard(super::$name(Kind::Quic)).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                guard(super::$name(Kind::Memory)).await
-            }
-        }
-    )*};
-}
 
 on_both_transports!(
     bulk_64_mib_each_way_arrives_intact,

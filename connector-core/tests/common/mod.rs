@@ -3,6 +3,23 @@
 
 #![allow(dead_code)]
 
+/// Instantiates `$name(kind)` as one test per transport.
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn quic() {
+                guard(super::$name(Kind::Quic)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                guard(super::$name(Kind::Memory)).await
+            }
+        }
+    )*};
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
