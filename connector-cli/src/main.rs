@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod demo;
 mod dev_pki;
+mod frontends;
 mod server_cmd;
 mod units;
 

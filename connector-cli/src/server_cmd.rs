@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use connector_core::auth::{Authenticator, CertificateAuthenticator, FirstOf, TokenAuthenticator};
-use connector_core::server::{Limits, Server, ServerConfig};
+use connector_core::server::{Limits, ProxyStrategy, Server, ServerConfig};
 use connector_core::tls::{Identity, ServerTls, certs_from_file};
 use connector_core::transport::quic::{QuicListener, QuicSettings};
 
+use crate::frontends::FrontendArgs;
 use crate::units::parse_duration;
 
 #[derive(Debug, Args)]
@@ -54,6 +55,13 @@ pub struct ServerArgs {
     /// Default deadline of a dial.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     dial_timeout: Duration,
+    /// How dials for a host pick an agent, in order (Konnectivity's --proxy-strategies):
+    /// destHost (the agent serving the host), defaultRoute (an agent with
+    /// default-route=true), default (any agent).
+    #[arg(long, default_value = "destHost,defaultRoute")]
+    proxy_strategies: String,
+    #[command(flatten)]
+    frontends: FrontendArgs,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -92,8 +100,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         dial_timeout: args.dial_timeout,
         ..Limits::default()
     };
+    config.proxy_strategies = ProxyStrategy::parse_list(&args.proxy_strategies)?;
     let server = Server::new(config);
     server.serve(Arc::new(listener));
+    args.frontends.start(&server).await?;
     crate::shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown();

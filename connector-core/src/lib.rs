@@ -13,6 +13,7 @@ pub mod proto;
 pub use identifiers::Identifiers;
 pub mod auth;
 pub mod frame_io;
+pub mod frontend;
 pub mod pki;
 pub mod server;
 pub mod tls;

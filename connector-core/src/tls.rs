@@ -186,3 +186,30 @@ impl AgentTls {
         ServerName::try_from(self.server_name.clone()).map_err(|_| TlsError::ServerName(self.server_name.clone()))
     }
 }
+
+/// TLS settings of a TCP frontend (HTTP CONNECT, gRPC): the server's
+/// certificate, and the CAs whose client certificates are *required*
+/// (kube-apiserver's egress selector presents one).
+#[derive(Debug, Clone)]
+pub struct FrontendTls {
+    /// The frontend's certificate and key.
+    pub identity: Identity,
+    /// CAs a client certificate must chain to.
+    pub client_cas: Vec<CertificateDer<'static>>,
+}
+
+impl FrontendTls {
+    /// Builds the rustls configuration: TLS 1.2 or 1.3, client certificate
+    /// required, offering `alpn` (e.g. `h2` for gRPC).
+    pub fn rustls_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(&self.client_cas)?), provider())
+            .build()
+            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.identity.chain.clone(), self.identity.key.as_ref().clone_key())?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+}

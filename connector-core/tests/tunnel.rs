@@ -181,10 +181,14 @@ async fn identity_bound_to_one_node_cannot_claim_another(kind: Kind) {
     assert!(h.server.agents().is_empty());
     agent.stop().await;
     // Claiming nothing registers what the identity allows.
-    let agent = h.agent("node-a").await;
+    let mut config = h.agent_config("node-a", token("node-a"));
+    config.identifiers = Default::default();
+    let agent = Agent::start(h.connector(None), config);
+    agent.connected().await;
     let info = &h.server.agents()[0];
     assert_eq!(info.identity, "node-a");
     assert!(info.identifiers.serves("node-a") && !info.identifiers.serves("node-b"));
+    assert!(info.identifiers.serves("127.0.0.9") && info.identifiers.default_route);
     agent.stop().await;
 }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::Server;
-use super::registry::Selector;
+use super::routing::Selector;
 use super::tunnel::TunnelStream;
 use std::sync::Arc;
 
@@ -145,7 +145,7 @@ impl Server {
         let agent = self
             .inner
             .registry
-            .select(selector)
+            .select(selector, &self.inner.config.proxy_strategies)
             .ok_or_else(|| DialError::NoAgent(selector.to_string()))?;
         let limit = self.inner.config.limits.max_streams_per_agent;
         if agent.active.fetch_add(1, Ordering::Relaxed) >= limit {

@@ -16,11 +16,13 @@
 
 mod dial;
 mod registry;
+mod routing;
 mod session;
 mod tunnel;
 
 pub use dial::DialError;
-pub use registry::{AgentInfo, Selector};
+pub use registry::AgentInfo;
+pub use routing::{DEFAULT_STRATEGIES, ProxyStrategy, Selector, StrategyParseError};
 pub use tunnel::TunnelStream;
 
 use std::sync::atomic::AtomicU64;
@@ -74,6 +76,8 @@ pub struct ServerConfig {
     pub keepalive: Duration,
     /// Idle timeout announced to agents (the transport enforces it).
     pub idle_timeout: Duration,
+    /// How [`Selector::Host`] dials find their agent (default [`DEFAULT_STRATEGIES`]).
+    pub proxy_strategies: Vec<ProxyStrategy>,
 }
 
 impl ServerConfig {
@@ -87,6 +91,7 @@ impl ServerConfig {
             limits: Limits::default(),
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
+            proxy_strategies: DEFAULT_STRATEGIES.to_vec(),
         }
     }
 }
@@ -173,6 +178,11 @@ impl Server {
                 return;
             }
         }
+    }
+
+    /// Resolves once [`Server::shutdown`] has been called.
+    pub async fn stopped(&self) {
+        let _ = self.inner.shutdown.subscribe().wait_for(|s| *s).await;
     }
 
     /// This server's settings.

@@ -1,7 +1,6 @@
 //! The server's table of connected agents and how a dial picks one.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,42 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::routing::{ProxyStrategy, Selector};
 use crate::identifiers::Identifiers;
 use crate::proto::ConnectionCode;
 use crate::transport::Connection;
-
-/// Which agent a dial goes through.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selector {
-    /// The agent with this agent id.
-    Agent(String),
-    /// An agent whose identifiers serve this host name or address (names,
-    /// addresses, networks); failing that, an agent offering the default route.
-    Host(String),
-    /// Any connected agent.
-    Any,
-}
-
-impl Selector {
-    /// Routes by the host part of a `host:port` target, the usual choice for
-    /// an apiserver reaching a node.
-    pub fn for_target(target: &str) -> Self {
-        match super::dial::split_target(target) {
-            Ok((host, _)) => Selector::Host(host),
-            Err(_) => Selector::Host(target.to_owned()),
-        }
-    }
-}
-
-impl fmt::Display for Selector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Selector::Agent(id) => write!(f, "agent id {id:?}"),
-            Selector::Host(host) => write!(f, "host {host:?}"),
-            Selector::Any => f.write_str("any agent"),
-        }
-    }
-}
 
 /// A snapshot of one connected agent.
 #[derive(Debug, Clone)]
@@ -166,22 +133,25 @@ impl Registry {
         self.generation.subscribe()
     }
 
-    /// Picks the agent for a dial: among the matching agents, the one with the
-    /// fewest open tunnelled connections; ties are broken round-robin so that
-    /// equal agents share new dials.
-    pub(crate) fn select(&self, selector: &Selector) -> Option<Arc<AgentEntry>> {
+    /// Picks the agent for a dial: the candidates are those `selector` names
+    /// (for a host, the first of `strategies` that yields any agent); among
+    /// them, the one with the fewest open tunnelled connections, ties broken
+    /// round-robin so that equal agents share new dials.
+    pub(crate) fn select(&self, selector: &Selector, strategies: &[ProxyStrategy]) -> Option<Arc<AgentEntry>> {
         let agents = self.agents.lock().expect("registry");
         let mut candidates: Vec<&Arc<AgentEntry>> = match selector {
             Selector::Agent(id) => agents.values().filter(|e| e.agent_id == *id).collect(),
             Selector::Any => agents.values().collect(),
-            Selector::Host(host) => {
-                let serving: Vec<_> = agents.values().filter(|e| e.identifiers.serves(host)).collect();
-                if serving.is_empty() {
-                    agents.values().filter(|e| e.identifiers.default_route).collect()
-                } else {
-                    serving
-                }
-            }
+            Selector::Host(host) => strategies
+                .iter()
+                .map(|strategy| {
+                    agents
+                        .values()
+                        .filter(|e| strategy.admits(&e.identifiers, host))
+                        .collect::<Vec<_>>()
+                })
+                .find(|found| !found.is_empty())
+                .unwrap_or_default(),
         };
         if candidates.is_empty() {
             return None;

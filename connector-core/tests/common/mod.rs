@@ -47,7 +47,7 @@ pub enum Kind {
 }
 
 /// Tokens the harness server accepts: `token-<name>` for identity `<name>`,
-/// which may claim `host=<name>` and `ipv4=127.0.0.1`.
+/// which may claim `host=<name>`, addresses in 127.0.0.0/8 and the default route.
 pub const NODES: &[&str] = &["node-a", "node-b", "node-c"];
 
 pub fn token(node: &str) -> Credential {
@@ -65,7 +65,7 @@ pub fn authenticator() -> Arc<dyn Authenticator> {
     let entries = NODES
         .iter()
         .map(|n| {
-            let allowed = format!("host={n},ipv4=127.0.0.1").parse().unwrap();
+            let allowed = format!("host={n},cidr=127.0.0.0/8,default-route=true").parse().unwrap();
             TokenEntry::new(&Secret::new(format!("token-{n}")), *n, Allowance::Only(allowed))
         })
         .collect();
@@ -164,8 +164,15 @@ impl std::ops::Deref for Harness {
 
 impl Harness {
     pub async fn new(kind: Kind) -> Harness {
+        Self::with_config(kind, |_| {}).await
+    }
+
+    /// A harness whose server settings `configure` adjusts first.
+    pub async fn with_config(kind: Kind, configure: impl FnOnce(&mut ServerConfig)) -> Harness {
         let transport = RawTransport::new(kind);
-        let server = Server::new(ServerConfig::new("test-server", authenticator()));
+        let mut config = ServerConfig::new("test-server", authenticator());
+        configure(&mut config);
+        let server = Server::new(config);
         server.serve(transport.listener.clone());
         Harness { server, transport }
     }
@@ -175,10 +182,12 @@ impl Harness {
         Self::agent_config_for(agent_id, credential)
     }
 
-    /// [`Harness::agent_config`] without a harness.
+    /// [`Harness::agent_config`] without a harness. The agent claims
+    /// `host=<agent_id>,ipv4=127.0.0.1`.
     pub fn agent_config_for(agent_id: &str, credential: Credential) -> AgentConfig {
         let mut config = AgentConfig::new(agent_id, Arc::new(StaticCredential(credential)));
-        config.policy = DestinationPolicy::new(vec!["127.0.0.1/32".parse().unwrap()]);
+        config.identifiers = format!("host={agent_id},ipv4=127.0.0.1").parse().unwrap();
+        config.policy = DestinationPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
         config.backoff = BackoffConfig {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(200),
@@ -195,9 +204,14 @@ impl Harness {
     }
 }
 
-/// A TCP echo server on loopback; each connection echoes until EOF, then half-closes.
+/// A TCP echo server on 127.0.0.1; each connection echoes until EOF, then half-closes.
 pub async fn echo_target() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    echo_target_on("127.0.0.1").await
+}
+
+/// [`echo_target`] on another loopback address (any of 127.0.0.0/8).
+pub async fn echo_target_on(ip: &str) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {

@@ -1,0 +1,161 @@
+//! `connector server` flags for the frontends that let kube-apiserver and
+//! other clients reach the dialer: HTTP CONNECT, Konnectivity gRPC, forwards.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use connector_core::frontend::{FrontendBind, FrontendLimits, FrontendListener, forward, grpc, http_connect};
+use connector_core::server::{Selector, Server};
+use connector_core::tls::{FrontendTls, Identity, certs_from_file};
+
+use crate::units::parse_duration;
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Frontends (how the apiserver reaches the tunnel)")]
+pub struct FrontendArgs {
+    /// HTTP CONNECT on this Unix socket (kube-apiserver egress `proxyProtocol: HTTPConnect`, `transport.uds`).
+    #[arg(long, value_name = "PATH")]
+    connect_uds: Option<PathBuf>,
+    /// HTTP CONNECT on this TCP address with mutual TLS (`transport.tcp` with client certificates).
+    #[arg(long, value_name = "ADDR", requires = "frontend_cert")]
+    connect_tls: Option<SocketAddr>,
+    /// HTTP CONNECT on plain TCP, loopback addresses only, for local tools (`curl -p -x`). No authentication.
+    #[arg(long, value_name = "ADDR")]
+    connect_plain: Option<SocketAddr>,
+    /// Konnectivity gRPC on this Unix socket (`proxyProtocol: GRPC`, `transport.uds`).
+    #[arg(long, value_name = "PATH")]
+    grpc_uds: Option<PathBuf>,
+    /// Konnectivity gRPC on this TCP address with mutual TLS.
+    #[arg(long, value_name = "ADDR", requires = "frontend_cert")]
+    grpc_tls: Option<SocketAddr>,
+    /// Certificate (PEM) of the TLS frontends.
+    #[arg(long, value_name = "FILE", requires_all = ["frontend_key", "frontend_client_ca"])]
+    frontend_cert: Option<PathBuf>,
+    /// Private key (PEM) of the TLS frontends.
+    #[arg(long, value_name = "FILE")]
+    frontend_key: Option<PathBuf>,
+    /// CA bundle (PEM) that frontend clients' certificates must chain to.
+    #[arg(long, value_name = "FILE")]
+    frontend_client_ca: Option<PathBuf>,
+    /// File mode of the frontends' Unix sockets (octal).
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    uds_mode: u32,
+    /// Forward a local TCP port to a target through an agent (repeatable):
+    /// `LISTEN=HOST:PORT`, routed by HOST, or `LISTEN=HOST:PORT,agent=ID`.
+    #[arg(long, value_name = "SPEC")]
+    forward: Vec<ForwardSpec>,
+    /// Frontend client connections served at once.
+    #[arg(long, default_value_t = 10_000)]
+    frontend_max_connections: usize,
+    /// Time a frontend client has for its TLS handshake and request head.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    frontend_head_timeout: Duration,
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{text:?} is not an octal file mode like 600"))
+}
+
+/// One `--forward` specification.
+#[derive(Debug, Clone)]
+pub struct ForwardSpec {
+    listen: SocketAddr,
+    target: String,
+    selector: Selector,
+}
+
+impl FromStr for ForwardSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = || format!("{s:?}: expected LISTEN=HOST:PORT or LISTEN=HOST:PORT,agent=ID");
+        let (listen, rest) = s.split_once('=').ok_or_else(usage)?;
+        let listen = listen.parse().map_err(|_| usage())?;
+        let (target, selector) = match rest.split_once(",agent=") {
+            Some((target, agent)) => (target.to_owned(), Selector::Agent(agent.to_owned())),
+            None => (rest.to_owned(), Selector::for_target(rest)),
+        };
+        if !target.contains(':') {
+            return Err(usage());
+        }
+        Ok(ForwardSpec {
+            listen,
+            target,
+            selector,
+        })
+    }
+}
+
+impl FrontendArgs {
+    fn tls(&self) -> anyhow::Result<Option<FrontendTls>> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.frontend_cert, &self.frontend_key, &self.frontend_client_ca)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(FrontendTls {
+            identity: Identity::from_files(cert, key)?,
+            client_cas: certs_from_file(ca)?,
+        }))
+    }
+
+    /// Binds every configured frontend and starts serving on `server`.
+    pub async fn start(&self, server: &Server) -> anyhow::Result<()> {
+        let limits = FrontendLimits {
+            max_connections: self.frontend_max_connections,
+            head_timeout: self.frontend_head_timeout,
+            ..FrontendLimits::default()
+        };
+        let tls = self.tls()?;
+        let tls_bind = |addr: SocketAddr| -> anyhow::Result<FrontendBind> {
+            let tls = tls
+                .clone()
+                .context("TLS frontends need --frontend-cert, --frontend-key and --frontend-client-ca")?;
+            Ok(FrontendBind::Tls { addr, tls })
+        };
+        let unix = |path: &PathBuf| FrontendBind::Unix {
+            path: path.clone(),
+            mode: self.uds_mode,
+        };
+        let mut connect = Vec::new();
+        connect.extend(self.connect_uds.as_ref().map(unix));
+        if let Some(addr) = self.connect_tls {
+            connect.push(tls_bind(addr)?);
+        }
+        connect.extend(self.connect_plain.map(|addr| FrontendBind::PlainLoopback { addr }));
+        for bind in connect {
+            let listener = FrontendListener::bind(&bind, &[b"http/1.1"], &limits)?;
+            tokio::spawn(http_connect::serve(server.clone(), listener, limits.clone()));
+        }
+        let mut grpc_binds = Vec::new();
+        grpc_binds.extend(self.grpc_uds.as_ref().map(unix));
+        if let Some(addr) = self.grpc_tls {
+            grpc_binds.push(tls_bind(addr)?);
+        }
+        for bind in grpc_binds {
+            let listener = FrontendListener::bind(&bind, &[b"h2"], &limits)?;
+            let server = server.clone();
+            tokio::spawn(async move {
+                if let Err(err) = grpc::serve(server, listener).await {
+                    tracing::error!(%err, "gRPC frontend failed");
+                }
+            });
+        }
+        for spec in &self.forward {
+            let listener = tokio::net::TcpListener::bind(spec.listen)
+                .await
+                .with_context(|| format!("binding --forward {}", spec.listen))?;
+            tokio::spawn(forward::serve(
+                server.clone(),
+                listener,
+                spec.selector.clone(),
+                spec.target.clone(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! Port forwarding: a local TCP listener whose every connection is tunnelled
+//! to one fixed target through the agent a selector picks — `kubectl
+//! port-forward` for anything behind an agent, and the way standard tools
+//! (iperf3, wrk, curl) are pointed at the tunnel.
+
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::server::{Selector, Server};
+
+/// Copy buffer per direction.
+const SPLICE_BUF: usize = 64 * 1024;
+
+/// Accepts on `listener` until the server shuts down, tunnelling each
+/// connection to `target` through the agent `selector` picks. A failed dial
+/// closes the local connection (the reason is logged).
+pub async fn serve(server: Server, listener: TcpListener, selector: Selector, target: String) {
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(listen = %local, %target, via = %selector, "forwarding");
+    loop {
+        let (mut tcp, peer) = tokio::select! {
+            _ = server.stopped() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (server, selector, target) = (server.clone(), selector.clone(), target.clone());
+        let span = tracing::info_span!("forward", %peer, %target);
+        tokio::spawn(
+            async move {
+                let mut stream = match server.dial(&selector, &target).await {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::warn!(%err, "dial failed; closing the local connection");
+                        return;
+                    }
+                };
+                match tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, SPLICE_BUF, SPLICE_BUF).await {
+                    Ok((up, down)) => tracing::debug!(to_target = up, to_client = down, "closed"),
+                    Err(err) => tracing::debug!(%err, "aborted"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The HTTP CONNECT frontend, as kube-apiserver's egress selector
+//! (`proxyProtocol: HTTPConnect`) and tools like `curl -p -x` use it.
+//!
+//! The client writes `CONNECT host:port HTTP/1.1` and headers; the answer is
+//! exactly `HTTP/1.1 200 Connection established` and an empty line, after
+//! which the connection carries the tunnelled bytes (kube-apiserver treats any
+//! byte after the response head as an error, so none is ever added). A
+//! failed dial is answered with a status and a one-line reason:
+//!
+//! | failure | status |
+//! |---|---|
+//! | no agent serves the host, agent overloaded, server shutting down | 503 |
+//! | target refused / unreachable / DNS failure | 502 |
+//! | agent's destination policy denies it | 403 |
+//! | dial timed out | 504 |
+//! | malformed request or target | 400 |
+//! | method other than CONNECT | 405 |
+//! | request head too large | 431 |
+//! | request head not complete in time | 408 |
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::Instrument;
+
+use super::listener::{FrontendConn, FrontendLimits, FrontendListener};
+use crate::proto::DialCode;
+use crate::server::{DialError, Selector, Server};
+
+/// Copy buffer per direction once a tunnel is up.
+const SPLICE_BUF: usize = 64 * 1024;
+
+/// Serves CONNECT requests from `listener` until the server shuts down.
+pub async fn serve(server: Server, mut listener: FrontendListener, limits: FrontendLimits) {
+    tracing::info!(listen = %listener.local_addr(), "HTTP CONNECT frontend listening");
+    loop {
+        let conn = tokio::select! {
+            _ = server.stopped() => break,
+            conn = listener.accept() => match conn {
+                Some(conn) => conn,
+                None => break,
+            },
+        };
+        let span = tracing::info_span!("connect", peer = %conn.peer());
+        tokio::spawn(handle(server.clone(), conn, limits.clone()).instrument(span));
+    }
+}
+
+/// Why a request head was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+enum HeadError {
+    TooLarge,
+    Malformed(String),
+    Closed,
+}
+
+/// A parsed request head and the bytes that followed it.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    method: String,
+    target: String,
+    leftover: Vec<u8>,
+}
+
+/// Parses a complete request head from `buf`, if there is one.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
+            method: request.method.unwrap_or_default().to_owned(),
+            target: request.path.unwrap_or_default().to_owned(),
+            leftover: buf[len..].to_vec(),
+        })),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(err) => Err(HeadError::Malformed(format!("malformed request head: {err}"))),
+    }
+}
+
+/// Reads until a complete head, never buffering more than `max` bytes.
+async fn read_head(conn: &mut FrontendConn, max: usize) -> Result<Head, HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let room = (max + 1).saturating_sub(buf.len()).min(chunk.len());
+        let n = conn.read(&mut chunk[..room]).await.map_err(|_| HeadError::Closed)?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(head) = parse_head(&buf)? {
+            return Ok(head);
+        }
+        if buf.len() > max {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+/// The status for a failed dial.
+fn status_for(err: &DialError) -> (u16, &'static str) {
+    match err {
+        DialError::NoAgent(_) | DialError::AgentBusy { .. } | DialError::ShuttingDown => (503, "Service Unavailable"),
+        DialError::InvalidTarget { .. } => (400, "Bad Request"),
+        DialError::TimedOut { .. } => (504, "Gateway Timeout"),
+        DialError::Transport { .. } | DialError::Protocol { .. } => (502, "Bad Gateway"),
+        DialError::Failed { code, .. } => match code {
+            DialCode::DeniedByPolicy => (403, "Forbidden"),
+            DialCode::TimedOut => (504, "Gateway Timeout"),
+            DialCode::Overloaded => (503, "Service Unavailable"),
+            DialCode::InvalidTarget => (400, "Bad Request"),
+            _ => (502, "Bad Gateway"),
+        },
+    }
+}
+
+/// Writes an error response with a one-line plain-text body, then closes.
+async fn respond_error(conn: &mut FrontendConn, status: u16, text: &str, reason: &str, extra: &str) {
+    let body = format!("{}\n", reason.replace(['\r', '\n'], " "));
+    let response = format!(
+        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = conn.write_all(response.as_bytes()).await;
+        let _ = conn.shutdown().await;
+    })
+    .await;
+}
+
+async fn handle(server: Server, mut conn: FrontendConn, limits: FrontendLimits) {
+    let head = match tokio::time::timeout(limits.head_timeout, read_head(&mut conn, limits.max_head)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(HeadError::Closed)) => return,
+        Ok(Err(HeadError::TooLarge)) => {
+            let reason = format!("request head larger than {} bytes", limits.max_head);
+            tracing::info!(status = 431, %reason, "refusing request");
+            return respond_error(&mut conn, 431, "Request Header Fields Too Large", &reason, "").await;
+        }
+        Ok(Err(HeadError::Malformed(reason))) => {
+            tracing::info!(status = 400, %reason, "refusing request");
+            return respond_error(&mut conn, 400, "Bad Request", &reason, "").await;
+        }
+        Err(_) => {
+            let reason = format!("request head not complete within {:?}", limits.head_timeout);
+            tracing::info!(status = 408, %reason, "dropping client");
+            return respond_error(&mut conn, 408, "Request Timeout", &reason, "").await;
+        }
+    };
+    if head.method != "CONNECT" {
+        let reason = format!("only CONNECT is supported, not {}", head.method);
+        tracing::info!(status = 405, %reason, "refusing request");
+        return respond_error(&mut conn, 405, "Method Not Allowed", &reason, "Allow: CONNECT\r\n").await;
+    }
+    let selector = Selector::for_target(&head.target);
+    let mut stream = match server.dial(&selector, &head.target).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            let (status, text) = status_for(&err);
+            tracing::info!(target = %head.target, status, reason = %err, "dial failed");
+            return respond_error(&mut conn, status, text, &err.to_string(), "").await;
+        }
+    };
+    tracing::debug!(target = %head.target, agent = stream.agent_id(), request_id = stream.request_id(), "tunnel established");
+    if conn
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if !head.leftover.is_empty() && stream.write_all(&head.leftover).await.is_err() {
+        return;
+    }
+    match tokio::io::copy_bidirectional_with_sizes(&mut conn, &mut stream, SPLICE_BUF, SPLICE_BUF).await {
+        Ok((up, down)) => tracing::debug!(to_target = up, to_client = down, "tunnel closed"),
+        Err(err) => tracing::debug!(%err, "tunnel aborted"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_apiserver_request() {
+        let head = parse_head(b"CONNECT 10.0.0.5:10250 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\x16\x03\x01")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.method, "CONNECT");
+        assert_eq!(head.target, "10.0.0.5:10250");
+        assert_eq!(head.leftover, b"\x16\x03\x01");
+        assert_eq!(parse_head(b"CONNECT 10.0.0.5:10250 HTTP/1.1\r\nHost: 1"), Ok(None));
+        assert!(matches!(
+            parse_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn maps_dial_failures_to_statuses() {
+        let failed = |code| DialError::Failed {
+            agent: "a".into(),
+            target: "t:1".into(),
+            code,
+            message: String::new(),
+        };
+        assert_eq!(status_for(&DialError::NoAgent("x".into())).0, 503);
+        assert_eq!(status_for(&failed(DialCode::Refused)).0, 502);
+        assert_eq!(status_for(&failed(DialCode::Unreachable)).0, 502);
+        assert_eq!(status_for(&failed(DialCode::DeniedByPolicy)).0, 403);
+        assert_eq!(status_for(&failed(DialCode::TimedOut)).0, 504);
+        let timeout = DialError::TimedOut {
+            target: "t:1".into(),
+            agent: "a".into(),
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(status_for(&timeout).0, 504);
+    }
+}

@@ -1,0 +1,276 @@
+//! Where frontends listen: a Unix domain socket (owner-only by default) or
+//! TCP with mutual TLS. Accepting, the TLS handshake (bounded in time) and
+//! the bound on concurrent connections are handled here, once for every
+//! frontend; a frontend only sees ready [`FrontendConn`]s.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::tls::{FrontendTls, TlsError};
+
+/// Where a frontend listens.
+#[derive(Debug, Clone)]
+pub enum FrontendBind {
+    /// A Unix domain socket at this path (a stale socket file is replaced).
+    Unix {
+        /// Socket path.
+        path: PathBuf,
+        /// File mode of the socket (default `0o600`: only the owner may connect).
+        mode: u32,
+    },
+    /// TCP with mutual TLS: clients must present a certificate from `tls.client_cas`.
+    Tls {
+        /// Address to bind.
+        addr: SocketAddr,
+        /// Certificate and client CAs.
+        tls: FrontendTls,
+    },
+    /// Plain TCP, without any authentication: only allowed on loopback
+    /// addresses, for local tools (`curl -x`, benchmarks).
+    PlainLoopback {
+        /// A loopback address to bind.
+        addr: SocketAddr,
+    },
+}
+
+impl FrontendBind {
+    /// A Unix socket with owner-only permissions.
+    pub fn unix(path: impl Into<PathBuf>) -> Self {
+        FrontendBind::Unix {
+            path: path.into(),
+            mode: 0o600,
+        }
+    }
+}
+
+/// Bounds protecting a frontend from its clients.
+#[derive(Debug, Clone)]
+pub struct FrontendLimits {
+    /// Client connections served at once; more are closed on arrival (default 10,000).
+    pub max_connections: usize,
+    /// Time a client has for the TLS handshake and its request head (default 10 s).
+    pub head_timeout: Duration,
+    /// Largest request head accepted, in bytes (default 8 KiB).
+    pub max_head: usize,
+}
+
+impl Default for FrontendLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            head_timeout: Duration::from_secs(10),
+            max_head: 8 * 1024,
+        }
+    }
+}
+
+/// Why a frontend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    /// Binding the socket failed.
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        /// The address or path.
+        what: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// TLS material problem.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A plain TCP frontend was asked for on a non-loopback address.
+    #[error(
+        "{0} is not a loopback address: plain TCP frontends must use 127.0.0.0/8 or ::1; use TLS with client certificates elsewhere"
+    )]
+    NotLoopback(SocketAddr),
+}
+
+/// Anything a frontend client connection can be.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// One accepted, handshaken client connection. Holds one of the listener's
+/// connection slots until dropped.
+pub struct FrontendConn {
+    io: Box<dyn Io>,
+    peer: String,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl FrontendConn {
+    /// The client's address (or `unix` for socket clients), for logs.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+}
+
+impl std::fmt::Debug for FrontendConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontendConn").field("peer", &self.peer).finish()
+    }
+}
+
+impl AsyncRead for FrontendConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FrontendConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A bound frontend socket, accepting in the background.
+pub struct FrontendListener {
+    ready: mpsc::Receiver<FrontendConn>,
+    local: String,
+    acceptor: JoinHandle<()>,
+}
+
+impl Drop for FrontendListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+enum Socket {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl FrontendListener {
+    /// Binds and starts accepting. `alpn` is offered on TLS listeners.
+    pub fn bind(bind: &FrontendBind, alpn: &[&[u8]], limits: &FrontendLimits) -> Result<Self, FrontendError> {
+        let bind_err = |what: String| move |source| FrontendError::Bind { what, source };
+        let (socket, tls, local) = match bind {
+            FrontendBind::Unix { path, mode } => {
+                remove_stale_socket(path);
+                let listener = UnixListener::bind(path).map_err(bind_err(path.display().to_string()))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
+                    .map_err(bind_err(path.display().to_string()))?;
+                (Socket::Unix(listener), None, format!("unix://{}", path.display()))
+            }
+            FrontendBind::Tls { addr, tls } => {
+                let acceptor = TlsAcceptor::from(Arc::new(tls.rustls_config(alpn)?));
+                let listener = std_tcp(*addr).map_err(bind_err(addr.to_string()))?;
+                let local = listener.local_addr().map_err(bind_err(addr.to_string()))?;
+                (Socket::Tcp(listener), Some(acceptor), format!("tls://{local}"))
+            }
+            FrontendBind::PlainLoopback { addr } => {
+                if !addr.ip().is_loopback() {
+                    return Err(FrontendError::NotLoopback(*addr));
+                }
+                let listener = std_tcp(*addr).map_err(bind_err(addr.to_string()))?;
+                let local = listener.local_addr().map_err(bind_err(addr.to_string()))?;
+                (Socket::Tcp(listener), None, format!("tcp://{local}"))
+            }
+        };
+        let (tx, ready) = mpsc::channel(64);
+        let acceptor = tokio::spawn(accept_loop(socket, tls, limits.clone(), tx, local.clone()));
+        Ok(Self { ready, local, acceptor })
+    }
+
+    /// The next ready client connection; `None` once the listener has failed.
+    pub async fn accept(&mut self) -> Option<FrontendConn> {
+        self.ready.recv().await
+    }
+
+    /// Where it listens: `unix://PATH`, `tls://ADDR` or `tcp://ADDR`.
+    pub fn local_addr(&self) -> &str {
+        &self.local
+    }
+}
+
+fn std_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+/// Removes a socket file left by an earlier run (never a regular file).
+fn remove_stale_socket(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// A connection as accepted, before any TLS.
+enum Raw {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+async fn accept_loop(
+    socket: Socket,
+    tls: Option<TlsAcceptor>,
+    limits: FrontendLimits,
+    ready: mpsc::Sender<FrontendConn>,
+    local: String,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = match &socket {
+            Socket::Unix(l) => l.accept().await.map(|(s, _)| (Raw::Unix(s), "unix".to_owned())),
+            Socket::Tcp(l) => l.accept().await.map(|(s, peer)| (Raw::Tcp(s), peer.to_string())),
+        };
+        let (raw, peer) = match accepted {
+            Ok(x) => x,
+            Err(err) => {
+                // Out of file descriptors and similar: log, pause briefly so as not to spin, go on.
+                tracing::warn!(listen = %local, %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(listen = %local, %peer, limit = limits.max_connections, "too many frontend connections; closing a new one");
+            continue;
+        };
+        let (tls, ready, timeout) = (tls.clone(), ready.clone(), limits.head_timeout);
+        tokio::spawn(async move {
+            let io: Box<dyn Io> = match (raw, tls) {
+                (Raw::Unix(unix), _) => Box::new(unix),
+                (Raw::Tcp(tcp), None) => {
+                    let _ = tcp.set_nodelay(true);
+                    Box::new(tcp)
+                }
+                (Raw::Tcp(tcp), Some(tls)) => {
+                    let _ = tcp.set_nodelay(true);
+                    match tokio::time::timeout(timeout, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(err)) => {
+                            tracing::info!(%peer, %err, "frontend TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "frontend TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let _ = ready.send(FrontendConn { io, peer, _slot: slot }).await;
+        });
+    }
+}
