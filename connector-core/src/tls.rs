@@ -86,6 +86,11 @@ impl Identity {
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.chain
     }
+
+    /// A copy of the private key, for building other TLS configurations. Never log it.
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        self.key.as_ref().clone_key()
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use connector_core::agent::{Agent, AgentConfig, BackoffConfig, DestinationPolicy};
+use connector_core::agent::{Agent, AgentConfig, AgentStatus, BackoffConfig, DestinationPolicy};
 use connector_core::auth::{
     Allowance, Authenticator, CertificateAuthenticator, FirstOf, StaticCredential, TokenAuthenticator, TokenEntry,
 };
@@ -48,7 +48,7 @@ pub enum Kind {
 
 /// Tokens the harness server accepts: `token-<name>` for identity `<name>`,
 /// which may claim `host=<name>`, addresses in 127.0.0.0/8 and the default route.
-pub const NODES: &[&str] = &["node-a", "node-b", "node-c"];
+pub const NODES: &[&str] = &["node-a", "node-b", "node-c", "node-d"];
 
 pub fn token(node: &str) -> Credential {
     Credential::Bearer(Secret::new(format!("token-{node}")))
@@ -198,8 +198,19 @@ impl Harness {
 
     /// Starts agent `node` with its valid token and waits until it is connected.
     pub async fn agent(&self, node: &str) -> Agent {
-        let agent = Agent::start(self.connector(None), self.agent_config(node, token(node)));
-        agent.connected().await;
+        self.start_agent(self.agent_config(node, token(node))).await
+    }
+
+    /// Starts an agent and waits until it is connected; panics if it is rejected.
+    pub async fn start_agent(&self, config: AgentConfig) -> Agent {
+        let agent = Agent::start(self.connector(None), config);
+        let status = agent
+            .wait_for(|s| matches!(s, AgentStatus::Connected { .. } | AgentStatus::Rejected { .. }))
+            .await;
+        assert!(
+            matches!(status, AgentStatus::Connected { .. }),
+            "agent not admitted: {status:?}"
+        );
         agent
     }
 }
