@@ -4,13 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use connector_core::Identifiers;
-use connector_core::agent::{Agent, AgentConfig, DestinationPolicy, Rule};
-use connector_core::auth::{CredentialSource, StaticCredential, TokenFile};
-use connector_core::tls::{AgentTls, Identity, certs_from_file};
-use connector_core::transport::quic::{QuicConnector, QuicSettings};
+use connector_core::agent::{DestinationPolicy, Rule};
+use connector_core::auth::TokenFile;
+use connector_core::setup::{AgentSetup, SetupError};
+use connector_core::tls::{Identity, certs_from_file};
 
 use crate::units::parse_duration;
 
@@ -49,7 +48,7 @@ pub struct AgentArgs {
     #[arg(long = "allow", value_name = "RULE")]
     allow: Vec<Rule>,
     /// Most tunnelled connections served at once.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = connector_core::agent::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Keepalive interval on the server connection.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -60,50 +59,27 @@ pub struct AgentArgs {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let server_name = match args.server_name {
-        Some(name) => name,
-        None => server_host(&args.server).context("cannot take a server name from --server; pass --server-name")?,
-    };
-    let client_identity = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => Some(Identity::from_files(cert, key)?),
-        _ => None,
-    };
-    let credentials: Arc<dyn CredentialSource> = match &args.token_file {
-        Some(path) => Arc::new(TokenFile(path.clone())),
-        None if client_identity.is_some() => Arc::new(StaticCredential::default()),
-        None => anyhow::bail!("no credential: pass --token-file FILE and/or --cert/--key"),
-    };
-    let tls = AgentTls {
-        server_cas: certs_from_file(&args.ca)?,
-        server_name,
-        client_identity,
-    };
-    let settings = QuicSettings {
-        keepalive: args.keepalive,
-        idle_timeout: args.idle_timeout,
-        // The server opens one stream per tunnelled connection, plus headroom
-        // so that excess dials get an `Overloaded` answer rather than waiting.
-        max_tunnelled_streams: u32::try_from(args.max_connections)
-            .unwrap_or(u32::MAX)
-            .saturating_add(64),
-        ..Default::default()
-    };
-    let connector = QuicConnector::new(args.server.clone(), &tls, &settings)?;
     let agent_id = args.agent_id.unwrap_or_else(crate::server_cmd::host_name);
-    let mut config = AgentConfig::new(agent_id, credentials);
-    config.identifiers = args.identifiers;
-    config.policy = DestinationPolicy::new(args.allow);
-    config.max_connections = args.max_connections;
-    let agent = Agent::start(Arc::new(connector), config);
+    let mut setup = AgentSetup::new(args.server, certs_from_file(&args.ca)?, agent_id);
+    setup.server_name = args.server_name;
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        setup.client_identity = Some(Identity::from_files(cert, key)?);
+    }
+    if let Some(path) = args.token_file {
+        setup.credentials = Some(Arc::new(TokenFile(path)));
+    }
+    setup.identifiers = args.identifiers;
+    setup.policy = DestinationPolicy::new(args.allow);
+    setup.max_connections = args.max_connections;
+    setup.keepalive = args.keepalive;
+    setup.idle_timeout = args.idle_timeout;
+    let agent = match setup.start() {
+        Err(SetupError::NoCredential) => anyhow::bail!("no credential: pass --token-file FILE and/or --cert/--key"),
+        Err(SetupError::ServerName(_)) => anyhow::bail!("cannot take a server name from --server; pass --server-name"),
+        started => started?,
+    };
     crate::shutdown_signal().await;
     tracing::info!("shutting down");
     agent.stop().await;
     Ok(())
-}
-
-/// The host part of `host:port` / `[v6]:port`.
-fn server_host(server: &str) -> Option<String> {
-    let (host, _port) = server.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty()).then(|| host.to_owned())
 }

@@ -29,17 +29,23 @@ pub fn run(args: DevPkiArgs) -> anyhow::Result<()> {
     let names: Vec<&str> = args.server_names.iter().map(String::as_str).collect();
     let server = ca.issue("connector server", &names)?;
     let client = ca.issue(&args.node, &[&args.node])?;
+    let apiserver = ca.issue("kube-apiserver", &[])?;
     let token = format!("{:032x}", rand::random::<u128>());
+    // The token may serve the node's name and this machine's loopback address,
+    // where a developer runs the targets.
+    let may_claim = format!("host={},ipv4=127.0.0.1", args.node);
     write(out, "ca.pem", &ca.cert_pem())?;
     write(out, "server.pem", &server.cert_pem)?;
     write_secret(out, "server-key.pem", &server.key_pem)?;
     write(out, &format!("{}.pem", args.node), &client.cert_pem)?;
     write_secret(out, &format!("{}-key.pem", args.node), &client.key_pem)?;
     write_secret(out, &format!("{}.token", args.node), &token)?;
+    write(out, "apiserver.pem", &apiserver.cert_pem)?;
+    write_secret(out, "apiserver-key.pem", &apiserver.key_pem)?;
     write_secret(
         out,
         "tokens",
-        &format!("# TOKEN IDENTITY [MAY CLAIM]\n{token} {}\n", args.node),
+        &format!("# TOKEN IDENTITY [MAY CLAIM]\n{token} {} {may_claim}\n", args.node),
     )?;
     let d = out.display();
     println!("wrote a throw-away CA, server and client certificates and a token to {d}/ (not for production)\n");
@@ -49,7 +55,10 @@ pub fn run(args: DevPkiArgs) -> anyhow::Result<()> {
         "agent:   connector agent --server 127.0.0.1:8443 --ca {d}/ca.pem --agent-id {} \\",
         args.node
     );
-    println!("           --token-file {d}/{}.token --allow 127.0.0.1/32", args.node);
+    println!(
+        "           --token-file {d}/{}.token --identifiers {may_claim} --allow 127.0.0.1/32",
+        args.node
+    );
     println!(
         "   or:   connector agent --server 127.0.0.1:8443 --ca {d}/ca.pem --agent-id {0} --cert {d}/{0}.pem --key {d}/{0}-key.pem",
         args.node

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use connector_core::frontend::{FrontendBind, FrontendLimits, FrontendListener, forward, grpc, http_connect};
+use connector_core::frontend::{self, FrontendBind, FrontendLimits, FrontendProtocol};
 use connector_core::server::{Selector, Server};
 use connector_core::tls::{FrontendTls, Identity, certs_from_file};
 
@@ -121,40 +121,30 @@ impl FrontendArgs {
             path: path.clone(),
             mode: self.uds_mode,
         };
-        let mut connect = Vec::new();
-        connect.extend(self.connect_uds.as_ref().map(unix));
+        let mut binds = Vec::new();
+        binds.extend(
+            self.connect_uds
+                .as_ref()
+                .map(|p| (FrontendProtocol::HttpConnect, unix(p))),
+        );
         if let Some(addr) = self.connect_tls {
-            connect.push(tls_bind(addr)?);
+            binds.push((FrontendProtocol::HttpConnect, tls_bind(addr)?));
         }
-        connect.extend(self.connect_plain.map(|addr| FrontendBind::PlainLoopback { addr }));
-        for bind in connect {
-            let listener = FrontendListener::bind(&bind, &[b"http/1.1"], &limits)?;
-            tokio::spawn(http_connect::serve(server.clone(), listener, limits.clone()));
-        }
-        let mut grpc_binds = Vec::new();
-        grpc_binds.extend(self.grpc_uds.as_ref().map(unix));
+        binds.extend(
+            self.connect_plain
+                .map(|addr| (FrontendProtocol::HttpConnect, FrontendBind::PlainLoopback { addr })),
+        );
+        binds.extend(self.grpc_uds.as_ref().map(|p| (FrontendProtocol::Grpc, unix(p))));
         if let Some(addr) = self.grpc_tls {
-            grpc_binds.push(tls_bind(addr)?);
+            binds.push((FrontendProtocol::Grpc, tls_bind(addr)?));
         }
-        for bind in grpc_binds {
-            let listener = FrontendListener::bind(&bind, &[b"h2"], &limits)?;
-            let server = server.clone();
-            tokio::spawn(async move {
-                if let Err(err) = grpc::serve(server, listener).await {
-                    tracing::error!(%err, "gRPC frontend failed");
-                }
-            });
+        for (protocol, bind) in binds {
+            frontend::start(server, protocol, &bind, &limits)?;
         }
         for spec in &self.forward {
-            let listener = tokio::net::TcpListener::bind(spec.listen)
+            frontend::start_forward(server, spec.listen, spec.selector.clone(), spec.target.clone())
                 .await
-                .with_context(|| format!("binding --forward {}", spec.listen))?;
-            tokio::spawn(forward::serve(
-                server.clone(),
-                listener,
-                spec.selector.clone(),
-                spec.target.clone(),
-            ));
+                .with_context(|| format!("--forward {}", spec.listen))?;
         }
         Ok(())
     }

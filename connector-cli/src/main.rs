@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod demo;
 mod dev_pki;
+mod forward_cmd;
 mod frontends;
 mod server_cmd;
 mod units;
@@ -30,6 +31,8 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Run an agent that connects out to a server and serves its dials (on the node side).
     Agent(agent_cmd::AgentArgs),
+    /// Tunnel a local TCP port to a target through a server's HTTP CONNECT frontend.
+    Forward(forward_cmd::ForwardArgs),
     /// Start a server, an agent and a target in one process, tunnel traffic and report.
     Demo(demo::DemoArgs),
     /// Write a throw-away CA, certificates and a token for trying server and agent by hand.
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => server_cmd::run(args).await,
             Command::Agent(args) => agent_cmd::run(args).await,
+            Command::Forward(args) => forward_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::DevPki(args) => dev_pki::run(args),
         }

@@ -2,15 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use connector_core::auth::{Authenticator, CertificateAuthenticator, FirstOf, TokenAuthenticator};
-use connector_core::server::{Limits, ProxyStrategy, Server, ServerConfig};
-use connector_core::tls::{Identity, ServerTls, certs_from_file};
-use connector_core::transport::quic::{QuicListener, QuicSettings};
+use connector_core::auth::TokenAuthenticator;
+use connector_core::server::{Limits, ProxyStrategy};
+use connector_core::setup::{ServerSetup, SetupError};
+use connector_core::tls::{Identity, certs_from_file};
 
 use crate::frontends::FrontendArgs;
 use crate::units::parse_duration;
@@ -65,44 +64,30 @@ pub struct ServerArgs {
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let mut authenticators: Vec<Arc<dyn Authenticator>> = Vec::new();
+    let mut setup = ServerSetup::new(args.listen, Identity::from_files(&args.cert, &args.key)?);
     if let Some(path) = &args.tokens {
-        authenticators.push(Arc::new(TokenAuthenticator::from_file(path)?));
+        setup.tokens = Some(TokenAuthenticator::from_file(path)?);
     }
-    let client_cas = match &args.client_ca {
-        Some(path) => {
-            authenticators.push(Arc::new(CertificateAuthenticator));
-            Some(certs_from_file(path)?)
-        }
-        None => None,
-    };
-    if authenticators.is_empty() {
-        bail!("no way to authenticate agents: pass --tokens FILE and/or --client-ca FILE");
+    if let Some(path) = &args.client_ca {
+        setup.client_cas = Some(certs_from_file(path)?);
     }
-    let tls = ServerTls {
-        identity: Identity::from_files(&args.cert, &args.key)?,
-        client_cas,
-    };
-    let settings = QuicSettings {
-        keepalive: args.keepalive,
-        idle_timeout: args.idle_timeout,
-        ..Default::default()
-    };
-    let listener = QuicListener::bind(args.listen, &tls, &settings).context("starting the QUIC listener")?;
-    let server_id = args.server_id.unwrap_or_else(host_name);
-    let mut config = ServerConfig::new(server_id, Arc::new(FirstOf(authenticators)));
-    config.server_count = args.server_count;
-    config.keepalive = args.keepalive;
-    config.idle_timeout = args.idle_timeout;
-    config.limits = Limits {
+    setup.server_id = args.server_id.unwrap_or_else(host_name);
+    setup.server_count = args.server_count;
+    setup.keepalive = args.keepalive;
+    setup.idle_timeout = args.idle_timeout;
+    setup.limits = Limits {
         max_agents: args.max_agents,
         max_streams_per_agent: args.max_streams_per_agent,
         dial_timeout: args.dial_timeout,
         ..Limits::default()
     };
-    config.proxy_strategies = ProxyStrategy::parse_list(&args.proxy_strategies)?;
-    let server = Server::new(config);
-    server.serve(Arc::new(listener));
+    setup.proxy_strategies = ProxyStrategy::parse_list(&args.proxy_strategies)?;
+    let server = match setup.start() {
+        Err(SetupError::NoAuthentication) => {
+            bail!("no way to authenticate agents: pass --tokens FILE and/or --client-ca FILE")
+        }
+        started => started.context("starting the server")?.server,
+    };
     args.frontends.start(&server).await?;
     crate::shutdown_signal().await;
     tracing::info!("shutting down");

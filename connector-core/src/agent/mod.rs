@@ -55,6 +55,9 @@ pub struct AgentConfig {
     pub hello_timeout: Duration,
 }
 
+/// Default of [`AgentConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 impl AgentConfig {
     /// Settings with the default policy, limits and backoff.
     pub fn new(agent_id: impl Into<String>, credentials: Arc<dyn CredentialSource>) -> Self {
@@ -63,7 +66,7 @@ impl AgentConfig {
             identifiers: Identifiers::default(),
             credentials,
             policy: DestinationPolicy::default(),
-            max_connections: 10_000,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             backoff: BackoffConfig::default(),
             hello_timeout: Duration::from_secs(10),
         }

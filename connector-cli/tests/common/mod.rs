@@ -1,0 +1,187 @@
+//! Helpers for tests that run the `connector` binary as separate processes.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_connector");
+
+pub fn connector(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("CONNECTOR_LOG");
+    cmd
+}
+
+/// A child process whose stderr lines arrive on a channel; killed on drop.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn connector");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing every one of `needles` (hang guard: 60 s in all).
+    pub fn wait_for(&mut self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if needles.iter().all(|n| line.contains(n)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no log line with {needles:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn dev_pki(dir: &Path) {
+    let out = connector(&["dev-pki", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("connector-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The address in a log line's `listen=` field, without its scheme.
+pub fn listen_addr(line: &str) -> String {
+    let value = line
+        .rsplit("listen=")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    value.split("://").last().unwrap().to_owned()
+}
+
+/// Starts `connector server` with the dev PKI in `dir` plus `extra` flags.
+pub fn server(dir: &Path, extra: &[&str]) -> Running {
+    let mut cmd = connector(&["server", "--listen", "127.0.0.1:0", "--server-id", "srv-test"]);
+    cmd.arg("--cert")
+        .arg(dir.join("server.pem"))
+        .arg("--key")
+        .arg(dir.join("server-key.pem"));
+    cmd.arg("--tokens")
+        .arg(dir.join("tokens"))
+        .arg("--client-ca")
+        .arg(dir.join("ca.pem"));
+    cmd.args(extra);
+    Running::spawn(cmd)
+}
+
+/// Starts `connector agent` node-a (token auth) towards the server at `addr`, allowing loopback targets.
+pub fn agent(dir: &Path, addr: &str) -> Running {
+    let mut cmd = connector(&[
+        "agent",
+        "--server",
+        addr,
+        "--server-name",
+        "localhost",
+        "--agent-id",
+        "node-a",
+    ]);
+    cmd.arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--token-file")
+        .arg(dir.join("node-a.token"));
+    cmd.args(["--identifiers", "host=node-a,ipv4=127.0.0.1", "--allow", "127.0.0.1/32"]);
+    Running::spawn(cmd)
+}
+
+/// A tiny HTTP server on 127.0.0.1 answering every request with `body`.
+pub fn http_target(body: &'static str) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut tcp in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8];
+                while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).map(|n| n == 1).unwrap_or(false) {
+                    head.push(byte[0]);
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(response.as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP server on 127.0.0.1 that reads until EOF, then answers with the
+/// SHA-256 (hex) of what it read.
+pub fn digest_target() -> std::net::SocketAddr {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut tcp in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = tcp.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+                let _ = tcp.write_all(hex(&hasher.finalize()).as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,131 @@
+//! The server's frontends and `connector forward`, driven by the tools
+//! people use: curl through the CONNECT frontends, bulk data through a forward.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+#[test]
+fn curl_reaches_a_target_behind_the_agent_through_both_connect_frontends() {
+    let dir = temp_dir("curl");
+    dev_pki(&dir);
+    let (cert, key, ca) = (dir.join("server.pem"), dir.join("server-key.pem"), dir.join("ca.pem"));
+    let frontend_tls = [
+        "--connect-tls",
+        "127.0.0.1:0",
+        "--connect-plain",
+        "127.0.0.1:0",
+        "--frontend-cert",
+        cert.to_str().unwrap(),
+        "--frontend-key",
+        key.to_str().unwrap(),
+        "--frontend-client-ca",
+        ca.to_str().unwrap(),
+    ];
+    let mut server = server(&dir, &frontend_tls);
+    let quic = listen_addr(&server.wait_for(&["accepting agents"]));
+    let tls = listen_addr(&server.wait_for(&["HTTP CONNECT frontend listening", "tls://"]));
+    let plain = listen_addr(&server.wait_for(&["HTTP CONNECT frontend listening", "tcp://"]));
+    let mut agent = agent(&dir, &quic);
+    agent.wait_for(&["connected"]);
+    let target = http_target("hello from behind the agent");
+    let url = format!("http://{target}/");
+
+    // curl -p -x: HTTP CONNECT over plain loopback TCP.
+    let out = Command::new("curl")
+        .args(["-sS", "-p", "-x", &format!("http://{plain}"), &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from behind the agent");
+
+    // The same through the mutual-TLS frontend, with the apiserver's client certificate.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-p",
+            "-x",
+            &format!("https://localhost:{}", tls.rsplit(':').next().unwrap()),
+        ])
+        .arg("--proxy-cacert")
+        .arg(dir.join("ca.pem"))
+        .arg("--proxy-cert")
+        .arg(dir.join("apiserver.pem"))
+        .arg("--proxy-key")
+        .arg(dir.join("apiserver-key.pem"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from behind the agent");
+
+    // Without a client certificate the TLS frontend refuses.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-p",
+            "-x",
+            &format!("https://localhost:{}", tls.rsplit(':').next().unwrap()),
+        ])
+        .arg("--proxy-cacert")
+        .arg(dir.join("ca.pem"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    // A host no agent serves: curl sees the 503 at once.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-p",
+            "-x",
+            &format!("http://{plain}"),
+            "http://node-nobody:10250/",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("503"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn forward_command_carries_a_bulk_transfer_intact() {
+    let dir = temp_dir("forward");
+    dev_pki(&dir);
+    let sock = dir.join("connect.sock");
+    let mut server = server(&dir, &["--connect-uds", sock.to_str().unwrap()]);
+    let quic = listen_addr(&server.wait_for(&["accepting agents"]));
+    server.wait_for(&["HTTP CONNECT frontend listening"]);
+    let mut agent = agent(&dir, &quic);
+    agent.wait_for(&["connected"]);
+    let target = digest_target();
+    let mut forward = Running::spawn(connector(&[
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        &target.to_string(),
+        "--proxy",
+        &format!("unix://{}", sock.display()),
+    ]));
+    let local = listen_addr(&forward.wait_for(&["forwarding"]));
+
+    let data: Vec<u8> = (0..48u32 * 1024 * 1024)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut tcp = std::net::TcpStream::connect(&local).unwrap();
+    tcp.write_all(&data).unwrap();
+    tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut digest = String::new();
+    tcp.read_to_string(&mut digest).unwrap();
+    assert_eq!(digest, hex(&Sha256::digest(&data)));
+}

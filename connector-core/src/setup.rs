@@ -1,0 +1,253 @@
+//! Ready-made assembly of a QUIC [`Server`] or [`Agent`] from plain settings:
+//! certificates, tokens, limits. The `connector` binary and the language
+//! bindings all start servers and agents through here, so each setting means
+//! the same thing everywhere.
+//!
+//! ```no_run
+//! # fn example(identity: connector_core::tls::Identity) -> Result<(), Box<dyn std::error::Error>> {
+//! use connector_core::auth::TokenAuthenticator;
+//! use connector_core::setup::ServerSetup;
+//!
+//! # let rt = tokio::runtime::Runtime::new()?; let _guard = rt.enter();
+//! let mut setup = ServerSetup::new("0.0.0.0:8443".parse()?, identity);
+//! setup.tokens = Some(TokenAuthenticator::from_file("/etc/connector/tokens")?);
+//! let started = setup.start()?; // needs a tokio runtime
+//! println!("agents connect to {}", started.local_addr);
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+
+use crate::Identifiers;
+use crate::agent::{Agent, AgentConfig, DestinationPolicy};
+use crate::auth::{Authenticator, CertificateAuthenticator, CredentialSource, FirstOf, TokenAuthenticator};
+use crate::server::{Limits, ProxyStrategy, Server, ServerConfig};
+use crate::tls::{AgentTls, Identity, ServerTls};
+use crate::transport::quic::{QuicConnector, QuicListener, QuicSettings, QuicSetupError};
+
+/// Why a server or agent could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The server was given no way to authenticate agents.
+    #[error("no way to authenticate agents: configure tokens, client CAs and/or an authenticator")]
+    NoAuthentication,
+    /// The agent was given no credential.
+    #[error("no agent credential: configure a token (file) and/or a client certificate")]
+    NoCredential,
+    /// The agent's server address has no usable host part for TLS.
+    #[error("cannot take a TLS server name from {0:?}; set the server name explicitly")]
+    ServerName(String),
+    /// The QUIC endpoint could not be set up (TLS material, UDP bind).
+    #[error(transparent)]
+    Quic(#[from] QuicSetupError),
+    /// The bound socket's address could not be read.
+    #[error("cannot read the listener's address: {0}")]
+    LocalAddr(std::io::Error),
+}
+
+/// Everything a QUIC server needs. Start from [`ServerSetup::new`] and set
+/// what differs from the defaults.
+pub struct ServerSetup {
+    /// UDP address agents connect to (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The certificate and key presented to agents.
+    pub identity: Identity,
+    /// Bearer-token agents.
+    pub tokens: Option<TokenAuthenticator>,
+    /// CAs for agents' client certificates; enables mTLS authentication.
+    pub client_cas: Option<Vec<CertificateDer<'static>>>,
+    /// The user's own verifiers, asked after tokens and certificates.
+    pub authenticators: Vec<Arc<dyn Authenticator>>,
+    /// This replica's id, reported to agents.
+    pub server_id: String,
+    /// Replicas behind the agents' server address.
+    pub server_count: u16,
+    /// Resource bounds.
+    pub limits: Limits,
+    /// QUIC keepalive interval.
+    pub keepalive: Duration,
+    /// An agent silent this long is gone.
+    pub idle_timeout: Duration,
+    /// How host dials find an agent.
+    pub proxy_strategies: Vec<ProxyStrategy>,
+}
+
+/// A server that is listening.
+pub struct StartedServer {
+    /// The dialer; clone it freely.
+    pub server: Server,
+    /// Where agents connect (the bound UDP address).
+    pub local_addr: SocketAddr,
+}
+
+impl ServerSetup {
+    /// Defaults: no authentication yet, id `connector`, one replica, default limits.
+    pub fn new(listen: SocketAddr, identity: Identity) -> Self {
+        let quic = QuicSettings::default();
+        Self {
+            listen,
+            identity,
+            tokens: None,
+            client_cas: None,
+            authenticators: Vec::new(),
+            server_id: "connector".into(),
+            server_count: 1,
+            limits: Limits::default(),
+            keepalive: quic.keepalive,
+            idle_timeout: quic.idle_timeout,
+            proxy_strategies: crate::server::DEFAULT_STRATEGIES.to_vec(),
+        }
+    }
+
+    /// Binds the QUIC listener and starts accepting agents. Must be called
+    /// within a tokio runtime, which then drives the server.
+    pub fn start(self) -> Result<StartedServer, SetupError> {
+        let mut authenticators: Vec<Arc<dyn Authenticator>> = Vec::new();
+        if let Some(tokens) = self.tokens {
+            authenticators.push(Arc::new(tokens));
+        }
+        if self.client_cas.is_some() {
+            authenticators.push(Arc::new(CertificateAuthenticator));
+        }
+        authenticators.extend(self.authenticators);
+        if authenticators.is_empty() {
+            return Err(SetupError::NoAuthentication);
+        }
+        let tls = ServerTls {
+            identity: self.identity,
+            client_cas: self.client_cas,
+        };
+        let settings = QuicSettings {
+            keepalive: self.keepalive,
+            idle_timeout: self.idle_timeout,
+            ..Default::default()
+        };
+        let listener = QuicListener::bind(self.listen, &tls, &settings)?;
+        let local_addr = listener.local_socket_addr().map_err(SetupError::LocalAddr)?;
+        let authenticator: Arc<dyn Authenticator> = if authenticators.len() == 1 {
+            authenticators.remove(0)
+        } else {
+            Arc::new(FirstOf(authenticators))
+        };
+        let mut config = ServerConfig::new(self.server_id, authenticator);
+        config.server_count = self.server_count;
+        config.keepalive = self.keepalive;
+        config.idle_timeout = self.idle_timeout;
+        config.limits = self.limits;
+        config.proxy_strategies = self.proxy_strategies;
+        let server = Server::new(config);
+        server.serve(Arc::new(listener));
+        Ok(StartedServer { server, local_addr })
+    }
+}
+
+/// Everything a QUIC agent needs. Start from [`AgentSetup::new`].
+pub struct AgentSetup {
+    /// Server address, `host:port`, resolved at every connection attempt.
+    pub server: String,
+    /// Name expected on the server certificate (default: the host part of `server`).
+    pub server_name: Option<String>,
+    /// CAs the server certificate must chain to.
+    pub server_cas: Vec<CertificateDer<'static>>,
+    /// This agent's id.
+    pub agent_id: String,
+    /// What the agent claims to serve (empty: whatever its identity allows).
+    pub identifiers: Identifiers,
+    /// Where the credential in each `Hello` comes from (token file, static token).
+    pub credentials: Option<Arc<dyn CredentialSource>>,
+    /// Client certificate for mTLS.
+    pub client_identity: Option<Identity>,
+    /// Destinations the agent may connect to.
+    pub policy: DestinationPolicy,
+    /// Tunnelled connections served at once.
+    pub max_connections: usize,
+    /// QUIC keepalive interval.
+    pub keepalive: Duration,
+    /// The server is gone after this long without an answer.
+    pub idle_timeout: Duration,
+}
+
+impl AgentSetup {
+    /// Defaults: no credential yet, no identifiers, the default destination policy.
+    pub fn new(
+        server: impl Into<String>,
+        server_cas: Vec<CertificateDer<'static>>,
+        agent_id: impl Into<String>,
+    ) -> Self {
+        let quic = QuicSettings::default();
+        Self {
+            server: server.into(),
+            server_name: None,
+            server_cas,
+            agent_id: agent_id.into(),
+            identifiers: Identifiers::default(),
+            credentials: None,
+            client_identity: None,
+            policy: DestinationPolicy::default(),
+            max_connections: crate::agent::DEFAULT_MAX_CONNECTIONS,
+            keepalive: quic.keepalive,
+            idle_timeout: quic.idle_timeout,
+        }
+    }
+
+    /// Starts the agent's connect loop. Must be called within a tokio runtime.
+    pub fn start(self) -> Result<Agent, SetupError> {
+        let server_name = match self.server_name {
+            Some(name) => name,
+            None => host_part(&self.server).ok_or_else(|| SetupError::ServerName(self.server.clone()))?,
+        };
+        let credentials = match self.credentials {
+            Some(source) => source,
+            None if self.client_identity.is_some() => Arc::new(crate::auth::StaticCredential::default()),
+            None => return Err(SetupError::NoCredential),
+        };
+        let tls = AgentTls {
+            server_cas: self.server_cas,
+            server_name,
+            client_identity: self.client_identity,
+        };
+        let settings = QuicSettings {
+            keepalive: self.keepalive,
+            idle_timeout: self.idle_timeout,
+            // The server opens one stream per tunnelled connection, plus headroom
+            // so that excess dials get an `Overloaded` answer rather than waiting.
+            max_tunnelled_streams: u32::try_from(self.max_connections)
+                .unwrap_or(u32::MAX)
+                .saturating_add(64),
+            ..Default::default()
+        };
+        let connector = QuicConnector::new(self.server, &tls, &settings)?;
+        let mut config = AgentConfig::new(self.agent_id, credentials);
+        config.identifiers = self.identifiers;
+        config.policy = self.policy;
+        config.max_connections = self.max_connections;
+        Ok(Agent::start(Arc::new(connector), config))
+    }
+}
+
+/// The host part of `host:port` / `[v6]:port`.
+fn host_part(server: &str) -> Option<String> {
+    let (host, _port) = server.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_part;
+
+    #[test]
+    fn server_names_come_from_the_host_part() {
+        assert_eq!(
+            host_part("connector.example:8443").as_deref(),
+            Some("connector.example")
+        );
+        assert_eq!(host_part("[::1]:8443").as_deref(), Some("::1"));
+        assert_eq!(host_part(":8443"), None);
+        assert_eq!(host_part("no-port"), None);
+    }
+}
