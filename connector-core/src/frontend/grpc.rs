@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use super::h2_authority::AuthorityRepair;
 use super::listener::{FrontendConn, FrontendListener};
 use crate::server::{Selector, Server, TunnelStream};
 
@@ -45,7 +46,7 @@ const OUTBOUND_QUEUE: usize = 64;
 /// Packets buffered towards one tunnelled connection before the stream reader waits.
 const INBOUND_QUEUE: usize = 16;
 
-impl tonic::transport::server::Connected for FrontendConn {
+impl tonic::transport::server::Connected for AuthorityRepair<FrontendConn> {
     type ConnectInfo = ();
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
@@ -57,7 +58,7 @@ pub async fn serve(server: Server, listener: FrontendListener) -> Result<(), ton
         listener
             .accept()
             .await
-            .map(|conn| (Ok::<_, std::io::Error>(conn), listener))
+            .map(|conn| (Ok::<_, std::io::Error>(AuthorityRepair::new(conn)), listener))
     });
     let stopped = {
         let server = server.clone();
