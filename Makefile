@@ -1,19 +1,27 @@
 # The whole test suite, every language in the repository. `.ci/run` installs
 # what it needs and then runs exactly this.
-.PHONY: test test-rust test-go-interop demo
+.PHONY: test test-rust connector-bin test-go-interop test-python demo
 
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-test: test-rust test-go-interop
+test: test-rust test-go-interop test-python
 
 test-rust:
 	cargo test --workspace
 
+# The debug `connector` binary the interop suites drive.
+connector-bin:
+	cargo build -p connector-cli
+
 # kube-apiserver's egress dialers (HTTPConnect and the real konnectivity-client)
 # against the `connector` binary.
-test-go-interop:
-	cargo build -p connector-cli
+test-go-interop: connector-bin
 	cd connector-cli/tests/kube-apiserver && CONNECTOR_BIN=$(TARGET_DIR)/debug/connector go test -count=1 -v ./...
+
+# The Python package: builds the abi3 wheel into a venv and runs pytest
+# (its interop test drives the `connector` binary).
+test-python: connector-bin
+	CONNECTOR_BIN=$(TARGET_DIR)/debug/connector connector-py/run-tests.sh
 
 demo:
 	cargo run --release -p connector-cli -- demo

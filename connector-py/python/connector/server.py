@@ -1,0 +1,173 @@
+"""The tunnel server: agents connect to it, and it dials through them."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Callable, Iterable, List, Mapping, Optional, Tuple, Type, Union
+
+from . import _connector
+from ._connector import AgentInfo, AsyncStream, AuthRequest, Accept, Reject, Stream
+from ._pem import PemSource, pem_bytes, seconds
+from .errors import ConfigError
+
+__all__ = ["Authenticator", "Server", "TokenSpec"]
+
+Authenticator = Callable[[AuthRequest], Union[Accept, Reject]]
+"""A callable deciding whether an agent may connect: gets an :class:`AuthRequest`,
+returns :class:`Accept` or :class:`Reject`. If it raises, the agent is rejected
+and the exception logged on ``connector.auth``."""
+
+TokenSpec = Union[str, Tuple[str, str]]
+"""What a token grants: an identity (which may then claim ``host=<identity>``
+only), or ``(identity, allow)`` where ``allow`` is ``"*"`` (anything) or
+identifiers such as ``"host=node-a,cidr=10.0.0.0/24"``."""
+
+
+def _token_entries(tokens: Mapping[str, TokenSpec]) -> List[Tuple[str, str, Optional[str]]]:
+    entries: List[Tuple[str, str, Optional[str]]] = []
+    for token, spec in tokens.items():
+        if isinstance(spec, str):
+            entries.append((token, spec, None))
+        elif isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(s, str) for s in spec):
+            entries.append((token, spec[0], spec[1]))
+        else:
+            # Never echo the token itself.
+            raise ConfigError("each tokens= value must be an identity or an (identity, allow) pair of strings")
+    return entries
+
+
+class Server:
+    """A connector server: accepts agents over QUIC and dials through them.
+
+    Options mirror the Rust ``ServerSetup``. Authentication is required:
+    ``tokens`` (``{token: identity}`` or ``{token: (identity, allow)}``),
+    ``tokens_file`` (the ``connector server --tokens`` format, re-read when it
+    changes), ``client_ca`` (mTLS: the certificate's common name becomes the
+    identity) and/or ``authenticator`` (a Python callable); they are tried in
+    that order. Durations are in seconds.
+
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        cert: PemSource,
+        key: PemSource,
+        listen: str = "127.0.0.1:0",
+        tokens: Optional[Mapping[str, TokenSpec]] = None,
+        tokens_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+        client_ca: Optional[PemSource] = None,
+        authenticator: Optional[Authenticator] = None,
+        server_id: Optional[str] = None,
+        server_count: Optional[int] = None,
+        max_agents: Optional[int] = None,
+        max_streams_per_agent: Optional[int] = None,
+        hello_timeout: Optional[float] = None,
+        dial_timeout: Optional[float] = None,
+        keepalive: Optional[float] = None,
+        idle_timeout: Optional[float] = None,
+        proxy_strategies: Optional[Union[str, Iterable[str]]] = None,
+    ) -> None:
+        if proxy_strategies is not None and not isinstance(proxy_strategies, str):
+            proxy_strategies = ",".join(proxy_strategies)
+        try:
+            self._inner = _connector.Server(
+                listen=listen,
+                cert_pem=pem_bytes(cert, "cert"),
+                key_pem=pem_bytes(key, "key"),
+                tokens=None if tokens is None else _token_entries(tokens),
+                tokens_file=None if tokens_file is None else os.fspath(tokens_file),
+                client_ca_pem=None if client_ca is None else pem_bytes(client_ca, "client_ca"),
+                authenticator=authenticator,
+                server_id=server_id,
+                server_count=server_count,
+                max_agents=max_agents,
+                max_streams_per_agent=max_streams_per_agent,
+                hello_timeout=seconds(hello_timeout, "hello_timeout"),
+                dial_timeout=seconds(dial_timeout, "dial_timeout"),
+                keepalive=seconds(keepalive, "keepalive"),
+                idle_timeout=seconds(idle_timeout, "idle_timeout"),
+                proxy_strategies=proxy_strategies,
+            )
+        except (TypeError, OverflowError) as e:
+            raise ConfigError(str(e)) from e
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        """Where agents connect: the bound UDP address, ``ip:port``."""
+        return self._inner.address
+
+    @property
+    def port(self) -> int:
+        """The bound UDP port."""
+        return self._inner.port
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def agents(self) -> List[AgentInfo]:
+        """The connected agents, sorted by agent id."""
+        return self._inner.agents()
+
+    def wait_for_agents(
+        self, count: int = 1, *, agent_ids: Iterable[str] = (), timeout: Optional[float] = None
+    ) -> List[AgentInfo]:
+        """Waits until at least ``count`` agents, including every one of
+        ``agent_ids``, are connected; returns :meth:`agents`.
+
+        Raises :class:`connector.TimeoutError` after ``timeout`` seconds.
+        """
+        return self._inner.wait_for_agents(count, list(agent_ids), seconds(timeout, "timeout"))
+
+    def dial(
+        self,
+        target: str,
+        agent: Optional[str] = None,
+        host: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Stream:
+        """Opens a TCP connection to ``target`` (``host:port``) from an agent's network.
+
+        The agent is the one with id ``agent``, or else the one serving
+        ``host``, or else the one serving the target's host. Blocks (with the
+        GIL released, interruptible by Ctrl-C) for at most ``timeout`` seconds
+        (default: the server's ``dial_timeout``, 30 s unless set).
+
+        Raises :class:`connector.DialError` (with ``.code``), or
+        :class:`connector.DialTimeoutError` when the deadline passes.
+        """
+        return self._inner.dial(target, agent, host, seconds(timeout, "timeout"))
+
+    async def dial_async(
+        self,
+        target: str,
+        agent: Optional[str] = None,
+        host: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> AsyncStream:
+        """:meth:`dial` for asyncio; cancelling the awaiting task cancels the dial."""
+        return await self._inner.dial_async(target, agent, host, seconds(timeout, "timeout"))
+
+    def close(self) -> None:
+        """Stops accepting agents, refuses new dials and disconnects every agent."""
+        self._closed = True
+        self._inner.close()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return repr(self._inner)

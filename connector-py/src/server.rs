@@ -1,0 +1,314 @@
+//! `Server`: a QUIC server started from Python, its agents and its dials.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use connector_core::auth::{Allowance, TokenAuthenticator, TokenEntry};
+use connector_core::proto::Secret;
+use connector_core::server::{AgentInfo as CoreAgentInfo, ProxyStrategy, Selector};
+use connector_core::setup::{ServerSetup, SetupError};
+use connector_core::tls::{Identity, certs_from_pem};
+use connector_core::{Identifiers, Server as CoreServer};
+use pyo3::prelude::*;
+
+use crate::auth::PythonAuthenticator;
+use crate::errors::Failure;
+use crate::runtime::{runtime, seconds, wait};
+use crate::stream::{AsyncStream, Stream, awaitable};
+
+/// A connected agent, as `Server.agents()` reports it.
+#[pyclass(module = "connector._connector", name = "AgentInfo", frozen, get_all)]
+pub struct AgentInfo {
+    /// The id the agent announced.
+    agent_id: String,
+    /// The identity its credential established.
+    identity: String,
+    /// What it serves (`host=...,ipv4=...`).
+    identifiers: String,
+    /// Its network address (`ip:port`).
+    remote_addr: Option<String>,
+    /// Tunnelled connections open through it now.
+    active_streams: u32,
+    /// Seconds since it connected.
+    connected_for: f64,
+}
+
+impl From<CoreAgentInfo> for AgentInfo {
+    fn from(info: CoreAgentInfo) -> Self {
+        Self {
+            agent_id: info.agent_id,
+            identity: info.identity,
+            identifiers: info.identifiers.to_string(),
+            remote_addr: info.remote_addr.map(|a| a.to_string()),
+            active_streams: info.active_streams,
+            connected_for: info.connected_for.as_secs_f64(),
+        }
+    }
+}
+
+#[pymethods]
+impl AgentInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "AgentInfo(agent_id={:?}, identity={:?}, identifiers={:?}, remote_addr={:?}, active_streams={})",
+            self.agent_id, self.identity, self.identifiers, self.remote_addr, self.active_streams
+        )
+    }
+}
+
+/// A server that agents connect to, and that dials through them.
+#[pyclass(module = "connector._connector", name = "Server", frozen)]
+pub struct Server {
+    server: CoreServer,
+    local_addr: SocketAddr,
+}
+
+/// One `(token, identity, allow)` entry; `allow` is `"*"` or identifiers,
+/// `None` meaning `host=<identity>`.
+type TokenSpec = (String, String, Option<String>);
+
+fn token_entries(tokens: Vec<TokenSpec>) -> Result<Vec<TokenEntry>, Failure> {
+    tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, (token, identity, allow))| {
+            if token.is_empty() || identity.is_empty() {
+                return Err(Failure::Config(format!(
+                    "token entry {i}: the token and the identity must not be empty"
+                )));
+            }
+            let allowance = match allow.as_deref().map(str::trim) {
+                Some("*") => Allowance::Any,
+                Some(ids) => Allowance::Only(
+                    ids.parse::<Identifiers>()
+                        .map_err(|e| Failure::Config(format!("token entry {i} ({identity}): {e}")))?,
+                ),
+                None => Allowance::Only(
+                    format!("host={identity}")
+                        .parse::<Identifiers>()
+                        .map_err(|e| Failure::Config(format!("token entry {i} ({identity}): {e}")))?,
+                ),
+            };
+            Ok(TokenEntry::new(&Secret::new(token), identity, allowance))
+        })
+        .collect()
+}
+
+fn selector(target: &str, agent: Option<String>, host: Option<String>) -> Result<Selector, Failure> {
+    match (agent, host) {
+        (Some(_), Some(_)) => Err(Failure::Config("pass agent= or host=, not both".into())),
+        (Some(agent), None) => Ok(Selector::Agent(agent)),
+        (None, Some(host)) => Ok(Selector::Host(host)),
+        (None, None) => Ok(Selector::for_target(target)),
+    }
+}
+
+impl Server {
+    fn dial_timeout(&self, timeout: Option<f64>) -> Result<Duration, Failure> {
+        Ok(seconds("timeout", timeout)?.unwrap_or(self.server.config().limits.dial_timeout))
+    }
+}
+
+#[pymethods]
+impl Server {
+    #[new]
+    #[pyo3(signature = (
+        *, listen, cert_pem, key_pem, tokens=None, tokens_file=None, client_ca_pem=None,
+        authenticator=None, server_id=None, server_count=None, max_agents=None,
+        max_streams_per_agent=None, hello_timeout=None, dial_timeout=None, keepalive=None,
+        idle_timeout=None, proxy_strategies=None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        listen: &str,
+        cert_pem: Vec<u8>,
+        key_pem: Vec<u8>,
+        tokens: Option<Vec<TokenSpec>>,
+        tokens_file: Option<String>,
+        client_ca_pem: Option<Vec<u8>>,
+        authenticator: Option<Bound<'_, PyAny>>,
+        server_id: Option<String>,
+        server_count: Option<u16>,
+        max_agents: Option<usize>,
+        max_streams_per_agent: Option<u32>,
+        hello_timeout: Option<f64>,
+        dial_timeout: Option<f64>,
+        keepalive: Option<f64>,
+        idle_timeout: Option<f64>,
+        proxy_strategies: Option<&str>,
+    ) -> PyResult<Self> {
+        let config = |e: &dyn std::fmt::Display| Failure::Config(e.to_string());
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| Failure::Config(format!("listen must be ip:port, not {listen:?}")))?;
+        let identity = Identity::from_pem(&cert_pem, &key_pem).map_err(|e| config(&e))?;
+        let mut setup = ServerSetup::new(listen, identity);
+        setup.tokens = match (tokens, tokens_file) {
+            (Some(_), Some(_)) => return Err(Failure::Config("pass tokens= or tokens_file=, not both".into()).into()),
+            (Some(tokens), None) => Some(TokenAuthenticator::from_entries(token_entries(tokens)?)),
+            (None, Some(path)) => Some(TokenAuthenticator::from_file(path).map_err(|e| config(&e))?),
+            (None, None) => None,
+        };
+        if let Some(pem) = client_ca_pem {
+            setup.client_cas = Some(certs_from_pem(&pem, "client_ca").map_err(|e| config(&e))?);
+        }
+        if let Some(callable) = authenticator {
+            setup
+                .authenticators
+                .push(Arc::new(PythonAuthenticator::new(&callable)?));
+        }
+        if let Some(id) = server_id {
+            setup.server_id = id;
+        }
+        if let Some(n) = server_count {
+            setup.server_count = n;
+        }
+        if let Some(n) = max_agents {
+            setup.limits.max_agents = n;
+        }
+        if let Some(n) = max_streams_per_agent {
+            setup.limits.max_streams_per_agent = n;
+        }
+        if let Some(d) = seconds("hello_timeout", hello_timeout)? {
+            setup.limits.hello_timeout = d;
+        }
+        if let Some(d) = seconds("dial_timeout", dial_timeout)? {
+            setup.limits.dial_timeout = d;
+        }
+        if let Some(d) = seconds("keepalive", keepalive)? {
+            setup.keepalive = d;
+        }
+        if let Some(d) = seconds("idle_timeout", idle_timeout)? {
+            setup.idle_timeout = d;
+        }
+        if let Some(list) = proxy_strategies {
+            setup.proxy_strategies = ProxyStrategy::parse_list(list).map_err(|e| config(&e))?;
+        }
+        let started = py.detach(|| {
+            let _enter = runtime().enter();
+            setup.start()
+        });
+        let started = started.map_err(|e| match e {
+            SetupError::NoAuthentication => Failure::Config(
+                "no way to authenticate agents: pass tokens=, tokens_file=, client_ca= and/or authenticator=".into(),
+            ),
+            other => config(&other),
+        })?;
+        Ok(Self {
+            server: started.server,
+            local_addr: started.local_addr,
+        })
+    }
+
+    /// Where agents connect: the bound UDP address, `ip:port`.
+    #[getter]
+    fn address(&self) -> String {
+        self.local_addr.to_string()
+    }
+
+    /// The bound UDP port.
+    #[getter]
+    fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// The connected agents, sorted by agent id.
+    fn agents(&self, py: Python<'_>) -> Vec<AgentInfo> {
+        let server = self.server.clone();
+        py.detach(move || server.agents())
+            .into_iter()
+            .map(AgentInfo::from)
+            .collect()
+    }
+
+    /// Waits until at least `count` agents are connected, and every one of
+    /// `agent_ids`; returns `agents()`. `TimeoutError` after `timeout` seconds.
+    #[pyo3(signature = (count=1, agent_ids=Vec::new(), timeout=None))]
+    fn wait_for_agents(
+        &self,
+        py: Python<'_>,
+        count: usize,
+        agent_ids: Vec<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<Vec<AgentInfo>> {
+        let timeout = seconds("timeout", timeout)?;
+        let server = self.server.clone();
+        let agents = wait(py, timeout, "waiting for agents", async move {
+            server
+                .wait_for_agents(|agents| {
+                    agents.len() >= count && agent_ids.iter().all(|id| agents.iter().any(|a| a.agent_id == *id))
+                })
+                .await;
+            Ok(server.agents())
+        })?;
+        Ok(agents.into_iter().map(AgentInfo::from).collect())
+    }
+
+    /// Opens a TCP connection to `target` (`host:port`) from an agent's
+    /// network: the agent `agent` (by id), or the one serving `host`, or by
+    /// default the one serving the target's host. Blocks (GIL released) for
+    /// at most `timeout` seconds (default: the server's dial timeout).
+    #[pyo3(signature = (target, agent=None, host=None, timeout=None))]
+    fn dial(
+        &self,
+        py: Python<'_>,
+        target: String,
+        agent: Option<String>,
+        host: Option<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<Stream> {
+        let selector = selector(&target, agent, host)?;
+        let timeout = self.dial_timeout(timeout)?;
+        let server = self.server.clone();
+        let stream = wait(py, None, "dial", async move {
+            Ok(server.dial_timeout(&selector, &target, timeout).await?)
+        })?;
+        Ok(Stream::new(stream))
+    }
+
+    /// `dial` for asyncio: an awaitable of an `AsyncStream`. Cancelling the
+    /// awaiting task cancels the dial.
+    #[pyo3(signature = (target, agent=None, host=None, timeout=None))]
+    fn dial_async<'py>(
+        &self,
+        py: Python<'py>,
+        target: String,
+        agent: Option<String>,
+        host: Option<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let selector = selector(&target, agent, host)?;
+        let timeout = self.dial_timeout(timeout)?;
+        let server = self.server.clone();
+        awaitable(py, async move {
+            let stream = server.dial_timeout(&selector, &target, timeout).await?;
+            Ok(AsyncStream::new(stream))
+        })
+    }
+
+    /// Stops accepting agents, refuses new dials and disconnects every agent. Safe to call twice.
+    fn close(&self, py: Python<'_>) {
+        let server = self.server.clone();
+        py.detach(move || {
+            let _enter = runtime().enter();
+            server.shutdown();
+        });
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<connector.Server {} id={:?}>",
+            self.local_addr,
+            self.server.config().server_id
+        )
+    }
+}
+
+impl Server {
+    /// The core server (for the testing helpers).
+    pub fn core(&self) -> &CoreServer {
+        &self.server
+    }
+}
