@@ -1,10 +1,10 @@
 # The whole test suite, every language in the repository. `.ci/run` installs
 # what it needs and then runs exactly this.
-.PHONY: test test-rust connector-bin test-go-interop test-python demo
+.PHONY: test test-rust connector-bin test-go-interop test-python test-ffi demo
 
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-test: test-rust test-go-interop test-python
+test: test-rust test-go-interop test-python test-ffi
 
 test-rust:
 	cargo test --workspace
@@ -22,6 +22,11 @@ test-go-interop: connector-bin
 # (its interop test drives the `connector` binary).
 test-python: connector-bin
 	CONNECTOR_BIN=$(TARGET_DIR)/debug/connector connector-py/run-tests.sh
+
+# The C ABI (header freshness, a C program under Valgrind) and the Go package
+# and example built on it (`go test -race`).
+test-ffi:
+	connector-ffi/run-tests.sh
 
 demo:
 	cargo run --release -p connector-cli -- demo

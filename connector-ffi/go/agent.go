@@ -1,0 +1,204 @@
+package connector
+
+/*
+#include "connector.h"
+*/
+import "C"
+
+import (
+	"context"
+	"runtime"
+	"sync/atomic"
+)
+
+// AgentConfig configures an Agent. Server, a server CA, AgentID and a
+// credential (Token, TokenFile or a client certificate) are required.
+type AgentConfig struct {
+	Server     string // the server's "host:port"
+	ServerName string // name on the server certificate (default: Server's host)
+
+	ServerCAFile string // CAs the server certificate must chain to (PEM)
+	ServerCAPEM  []byte
+
+	AgentID   string // this agent's id (often the node name)
+	Token     string // bearer token, or:
+	TokenFile string // a file holding it, re-read at each connection attempt
+
+	CertFile, KeyFile string // client certificate for mTLS (PEM files), or:
+	CertPEM, KeyPEM   []byte
+
+	// Identifiers is what the agent claims to serve, e.g.
+	// "host=node-a,ipv4=10.0.0.5,default-route=true".
+	Identifiers string
+	// Allow lists the destinations the agent may connect to ("10.0.0.0/8",
+	// "127.0.0.1/32", "*.svc.cluster.local:443"). Empty: anything outside
+	// the guarded ranges (loopback, link-local, metadata services).
+	Allow []string
+
+	MaxConnections int // tunnelled connections served at once (0: default 10,000)
+	WorkerThreads  int // runtime threads (0: one per CPU)
+}
+
+// Agent is a running agent: it keeps a connection to its server and
+// serves the server's dials, reconnecting with backoff, until Close.
+type Agent struct {
+	h      *C.connector_agent
+	closed atomic.Bool
+}
+
+// NewAgent starts an agent; it connects in the background (see WaitConnected).
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	var h *C.connector_agent_config
+	if err := call("new agent", func(m **C.char) C.connector_result { return C.connector_agent_config_new(&h, m) }); err != nil {
+		return nil, err
+	}
+	defer C.connector_agent_config_free(h, nil)
+	set := func(what string, f func(m **C.char) C.connector_result) error { return call("new agent: "+what, f) }
+	str := func(what, v string, f func(p *C.char, m **C.char) C.connector_result) error {
+		if v == "" {
+			return nil
+		}
+		p := cString(v)
+		defer freeString(p)
+		return set(what, func(m **C.char) C.connector_result { return f(p, m) })
+	}
+	steps := []func() error{
+		func() error {
+			return str("server", cfg.Server, func(p *C.char, m **C.char) C.connector_result { return C.connector_agent_config_set_server(h, p, m) })
+		},
+		func() error {
+			return str("server name", cfg.ServerName, func(p *C.char, m **C.char) C.connector_result {
+				return C.connector_agent_config_set_server_name(h, p, m)
+			})
+		},
+		func() error {
+			return str("server CA", cfg.ServerCAFile, func(p *C.char, m **C.char) C.connector_result {
+				return C.connector_agent_config_add_server_ca_file(h, p, m)
+			})
+		},
+		func() error {
+			if len(cfg.ServerCAPEM) == 0 {
+				return nil
+			}
+			p, l := bytesArg(cfg.ServerCAPEM)
+			defer runtime.KeepAlive(cfg.ServerCAPEM)
+			return set("server CA", func(m **C.char) C.connector_result { return C.connector_agent_config_add_server_ca_pem(h, p, l, m) })
+		},
+		func() error {
+			return str("agent id", cfg.AgentID, func(p *C.char, m **C.char) C.connector_result { return C.connector_agent_config_set_agent_id(h, p, m) })
+		},
+		func() error {
+			if cfg.Token == "" {
+				return nil
+			}
+			tok := []byte(cfg.Token)
+			p, l := bytesArg(tok)
+			defer runtime.KeepAlive(tok)
+			return set("token", func(m **C.char) C.connector_result { return C.connector_agent_config_set_token(h, p, l, m) })
+		},
+		func() error {
+			return str("token file", cfg.TokenFile, func(p *C.char, m **C.char) C.connector_result {
+				return C.connector_agent_config_set_token_file(h, p, m)
+			})
+		},
+		func() error {
+			if cfg.CertFile == "" {
+				return nil
+			}
+			c, k := cString(cfg.CertFile), cString(cfg.KeyFile)
+			defer freeString(c)
+			defer freeString(k)
+			return set("client certificate", func(m **C.char) C.connector_result {
+				return C.connector_agent_config_set_client_identity_files(h, c, k, m)
+			})
+		},
+		func() error {
+			if len(cfg.CertPEM) == 0 {
+				return nil
+			}
+			c, cl := bytesArg(cfg.CertPEM)
+			k, kl := bytesArg(cfg.KeyPEM)
+			defer runtime.KeepAlive(cfg.CertPEM)
+			defer runtime.KeepAlive(cfg.KeyPEM)
+			return set("client certificate", func(m **C.char) C.connector_result {
+				return C.connector_agent_config_set_client_identity_pem(h, c, cl, k, kl, m)
+			})
+		},
+		func() error {
+			return str("identifiers", cfg.Identifiers, func(p *C.char, m **C.char) C.connector_result {
+				return C.connector_agent_config_set_identifiers(h, p, m)
+			})
+		},
+		func() error {
+			for _, rule := range cfg.Allow {
+				if err := str("allow rule", rule, func(p *C.char, m **C.char) C.connector_result {
+					return C.connector_agent_config_add_allow_rule(h, p, m)
+				}); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		func() error {
+			if cfg.MaxConnections <= 0 {
+				return nil
+			}
+			return set("max connections", func(m **C.char) C.connector_result {
+				return C.connector_agent_config_set_max_connections(h, C.uint32_t(cfg.MaxConnections), m)
+			})
+		},
+		func() error {
+			if cfg.WorkerThreads <= 0 {
+				return nil
+			}
+			return set("worker threads", func(m **C.char) C.connector_result {
+				return C.connector_agent_config_set_worker_threads(h, C.uint32_t(cfg.WorkerThreads), m)
+			})
+		},
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return nil, err
+		}
+	}
+	a := &Agent{}
+	if err := call("new agent", func(m **C.char) C.connector_result { return C.connector_agent_start(h, &a.h, m) }); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// WaitConnected blocks until the agent is registered with its server, the
+// server refuses it (an error matching ErrRejected; the agent keeps
+// retrying), or ctx ends.
+func (a *Agent) WaitConnected(ctx context.Context) error {
+	if a.closed.Load() {
+		return newError("wait connected", CodeClosed, "agent closed")
+	}
+	return blocking(ctx, "wait connected", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+		return C.connector_agent_wait_connected(a.h, timeout, cancel, m)
+	})
+}
+
+// Status describes where the agent stands: "connecting", "connected to
+// SERVER-ID", "rejected: ...", "disconnected: ..." or "stopped".
+func (a *Agent) Status() string {
+	if a.closed.Load() {
+		return "stopped"
+	}
+	var out *C.char
+	if call("status", func(m **C.char) C.connector_result { return C.connector_agent_status(a.h, &out, m) }) != nil {
+		return "stopped"
+	}
+	return takeString(out)
+}
+
+// Close stops the agent: its connection closes, ending its tunnelled
+// connections. It is safe to call more than once.
+func (a *Agent) Close() error {
+	if a.closed.Swap(true) {
+		return nil
+	}
+	C.connector_agent_free(a.h, nil)
+	return nil
+}

@@ -1,0 +1,425 @@
+package connector
+
+/*
+#include <stdlib.h>
+#include "connector.h"
+extern void goConnectorAuthenticate(void *user_data, connector_auth_request *request, connector_auth_decision *decision);
+*/
+import "C"
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"runtime/cgo"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// Limits bounds what agents may use on a Server. Zero fields keep the
+// library's defaults.
+type Limits struct {
+	MaxAgents          int           // agents connected at once (default 10,000)
+	MaxStreamsPerAgent int           // tunnelled connections per agent (default 10,000)
+	HelloTimeout       time.Duration // time an agent has to send its Hello (default 10s)
+	DialTimeout        time.Duration // dial deadline when the context has none (default 30s)
+}
+
+// Token admits agents presenting a bearer token.
+type Token struct {
+	Token string // the secret; only its digest is kept by the library
+	Name  string // the identity it establishes
+	// Allowed is what the agent may claim: "*" for anything, or identifiers
+	// such as "host=node-a,ipv4=10.0.0.5,cidr=10.1.0.0/16,default-route=true".
+	Allowed string
+}
+
+// AuthRequest is what an Authenticate function sees of a connecting agent.
+type AuthRequest struct {
+	AgentID     string // the agent's self-chosen id
+	Identifiers string // what it claims to serve, comma-separated; may be empty
+	Token       []byte // its bearer token, or nil
+	Certificate []byte // its verified client certificate (DER), or nil
+	RemoteAddr  string // its ip:port
+}
+
+// Identity is an Authenticate function's verdict on an accepted agent.
+type Identity struct {
+	Name string // who the agent is, for logs and policy
+	// Allowed is what it may claim: "*" for anything, or identifiers.
+	Allowed string
+}
+
+// Config configures a Server. Listen and a certificate (files or PEM) are
+// required, as is at least one of Tokens, TokensFile, ClientCA* or Authenticate.
+type Config struct {
+	Listen string // UDP address agents connect to, e.g. "0.0.0.0:8443" (port 0: any free port)
+
+	CertFile, KeyFile string // server certificate chain and key (PEM files), or:
+	CertPEM, KeyPEM   []byte
+
+	Tokens     []Token // bearer tokens accepted
+	TokensFile string  // or a tokens file: "TOKEN IDENTITY [IDENTIFIERS|*]" per line, re-read on change
+
+	// ClientCAFile / ClientCAPEM enable mutual TLS: agents with a client
+	// certificate from these CAs are admitted with the names it carries.
+	ClientCAFile string
+	ClientCAPEM  []byte
+
+	// Authenticate, if set, is asked about every agent the built-in methods
+	// do not admit (for example to run a Kubernetes TokenReview). Returning
+	// an error rejects the agent with the error's text. It runs on a library
+	// thread and may block; it must not call back into this package's
+	// blocking methods (dial, wait).
+	Authenticate func(AuthRequest) (Identity, error)
+
+	ServerID        string // this replica's id (default "connector")
+	ProxyStrategies string // e.g. "destHost,defaultRoute" (the default)
+	Limits          Limits
+	WorkerThreads   int // runtime threads (0: one per CPU)
+}
+
+// Server is a running connector server: agents connect to it, and
+// DialContext reaches addresses through them. It is safe for concurrent use.
+type Server struct {
+	h        *C.connector_server
+	addr     string
+	closed   atomic.Bool
+	auth     cgo.Handle
+	authSlot unsafe.Pointer // C memory holding auth, passed as the callback's user_data
+	mu       sync.Mutex
+}
+
+// NewServer starts a server: it binds cfg.Listen and accepts agents in the
+// background until Close.
+func NewServer(cfg Config) (*Server, error) {
+	var h *C.connector_server_config
+	if err := call("new server", func(m **C.char) C.connector_result { return C.connector_server_config_new(&h, m) }); err != nil {
+		return nil, err
+	}
+	defer C.connector_server_config_free(h, nil)
+	s := &Server{}
+	set := func(what string, f func(m **C.char) C.connector_result) error { return call("new server: "+what, f) }
+	strArg := func(what, v string, f func(p *C.char, m **C.char) C.connector_result) error {
+		p := cString(v)
+		defer freeString(p)
+		return set(what, func(m **C.char) C.connector_result { return f(p, m) })
+	}
+	var err error
+	if err == nil && cfg.Listen != "" {
+		err = strArg("listen", cfg.Listen, func(p *C.char, m **C.char) C.connector_result {
+			return C.connector_server_config_set_listen(h, p, m)
+		})
+	}
+	if err == nil && cfg.CertFile != "" {
+		c, k := cString(cfg.CertFile), cString(cfg.KeyFile)
+		err = set("certificate", func(m **C.char) C.connector_result { return C.connector_server_config_set_identity_files(h, c, k, m) })
+		freeString(c)
+		freeString(k)
+	}
+	if err == nil && len(cfg.CertPEM) > 0 {
+		c, cl := bytesArg(cfg.CertPEM)
+		k, kl := bytesArg(cfg.KeyPEM)
+		err = set("certificate", func(m **C.char) C.connector_result {
+			return C.connector_server_config_set_identity_pem(h, c, cl, k, kl, m)
+		})
+		runtime.KeepAlive(cfg.CertPEM)
+		runtime.KeepAlive(cfg.KeyPEM)
+	}
+	for _, t := range cfg.Tokens {
+		if err != nil {
+			break
+		}
+		tok := []byte(t.Token)
+		tp, tl := bytesArg(tok)
+		n, a := cString(t.Name), cString(t.Allowed)
+		err = set("token "+t.Name, func(m **C.char) C.connector_result {
+			return C.connector_server_config_add_token(h, tp, tl, n, a, m)
+		})
+		freeString(n)
+		freeString(a)
+		runtime.KeepAlive(tok)
+	}
+	if err == nil && cfg.TokensFile != "" {
+		err = strArg("tokens file", cfg.TokensFile, func(p *C.char, m **C.char) C.connector_result {
+			return C.connector_server_config_set_tokens_file(h, p, m)
+		})
+	}
+	if err == nil && cfg.ClientCAFile != "" {
+		err = strArg("client CA", cfg.ClientCAFile, func(p *C.char, m **C.char) C.connector_result {
+			return C.connector_server_config_add_client_ca_file(h, p, m)
+		})
+	}
+	if err == nil && len(cfg.ClientCAPEM) > 0 {
+		p, l := bytesArg(cfg.ClientCAPEM)
+		err = set("client CA", func(m **C.char) C.connector_result { return C.connector_server_config_add_client_ca_pem(h, p, l, m) })
+		runtime.KeepAlive(cfg.ClientCAPEM)
+	}
+	if err == nil && cfg.ServerID != "" {
+		err = strArg("server id", cfg.ServerID, func(p *C.char, m **C.char) C.connector_result {
+			return C.connector_server_config_set_server_id(h, p, m)
+		})
+	}
+	if err == nil && cfg.ProxyStrategies != "" {
+		err = strArg("proxy strategies", cfg.ProxyStrategies, func(p *C.char, m **C.char) C.connector_result {
+			return C.connector_server_config_set_proxy_strategies(h, p, m)
+		})
+	}
+	if err == nil {
+		l := C.connector_limits{
+			max_agents:            C.uint64_t(max(cfg.Limits.MaxAgents, 0)),
+			max_streams_per_agent: C.uint32_t(max(cfg.Limits.MaxStreamsPerAgent, 0)),
+			hello_timeout_ms:      C.uint64_t(max(cfg.Limits.HelloTimeout.Milliseconds(), 0)),
+			dial_timeout_ms:       C.uint64_t(max(cfg.Limits.DialTimeout.Milliseconds(), 0)),
+		}
+		err = set("limits", func(m **C.char) C.connector_result { return C.connector_server_config_set_limits(h, &l, m) })
+	}
+	if err == nil && cfg.WorkerThreads > 0 {
+		err = set("worker threads", func(m **C.char) C.connector_result {
+			return C.connector_server_config_set_worker_threads(h, C.uint32_t(cfg.WorkerThreads), m)
+		})
+	}
+	if err == nil && cfg.Authenticate != nil {
+		s.auth = cgo.NewHandle(cfg.Authenticate)
+		s.authSlot = C.malloc(C.size_t(unsafe.Sizeof(C.uintptr_t(0))))
+		*(*C.uintptr_t)(s.authSlot) = C.uintptr_t(s.auth)
+		err = set("authenticator", func(m **C.char) C.connector_result {
+			return C.connector_server_config_set_authenticator(h, C.connector_auth_callback(C.goConnectorAuthenticate), s.authSlot, m)
+		})
+	}
+	if err == nil {
+		err = call("new server", func(m **C.char) C.connector_result { return C.connector_server_start(h, &s.h, m) })
+	}
+	if err == nil {
+		var addr *C.char
+		err = call("new server", func(m **C.char) C.connector_result { return C.connector_server_local_addr(s.h, &addr, m) })
+		s.addr = takeString(addr)
+	}
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Addr is the UDP address agents connect to.
+func (s *Server) Addr() string { return s.addr }
+
+func (s *Server) closedError(op string) error {
+	return newError(op, CodeClosed, "server closed")
+}
+
+// Close shuts the server down: agents are disconnected (their tunnelled
+// connections end), frontends stop, and pending dials fail with ErrClosed.
+// It is safe to call more than once.
+func (s *Server) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	if s.h != nil {
+		C.connector_server_free(s.h, nil)
+	}
+	if s.authSlot != nil {
+		C.free(s.authSlot)
+		s.auth.Delete()
+	}
+	return nil
+}
+
+// AgentCount is the number of connected agents.
+func (s *Server) AgentCount() (int, error) {
+	if s.closed.Load() {
+		return 0, s.closedError("agent count")
+	}
+	var n C.size_t
+	err := call("agent count", func(m **C.char) C.connector_result { return C.connector_server_agent_count(s.h, &n, m) })
+	return int(n), err
+}
+
+// WaitForAgent blocks until the agent agentID ("" for any agent) is
+// connected, or ctx ends.
+func (s *Server) WaitForAgent(ctx context.Context, agentID string) error {
+	if s.closed.Load() {
+		return s.closedError("wait for agent")
+	}
+	var id *C.char
+	if agentID != "" {
+		id = cString(agentID)
+		defer freeString(id)
+	}
+	return blocking(ctx, "wait for agent", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+		return C.connector_server_wait_agent(s.h, id, timeout, cancel, m)
+	})
+}
+
+// blocking runs a blocking C call bounded by ctx: its deadline becomes the
+// call's timeout and its cancellation fires the call's cancel handle from
+// another goroutine, so no goroutine or thread is left behind.
+func blocking(ctx context.Context, op string, f func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result) error {
+	if err := ctx.Err(); err != nil {
+		return &Error{Op: op, Code: CodeCancelled, Message: err.Error(), cause: err}
+	}
+	var timeout C.uint64_t
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		if left <= 0 {
+			return &Error{Op: op, Code: CodeTimedOut, Message: "context deadline exceeded", cause: context.DeadlineExceeded}
+		}
+		timeout = micros(left)
+	}
+	c, err := newCanceller()
+	if err != nil {
+		return err
+	}
+	defer c.free()
+	stop := context.AfterFunc(ctx, c.fire)
+	defer stop()
+	err = call(op, func(m **C.char) C.connector_result { return f(timeout, c.h, m) })
+	if e, ok := err.(*Error); ok {
+		switch {
+		case ctx.Err() != nil && (e.Code == CodeCancelled || e.Code == CodeTimedOut):
+			e.cause = ctx.Err()
+		case e.Code == CodeTimedOut && timeout > 0:
+			// The library's timer, set from ctx's deadline, fired first.
+			e.cause = context.DeadlineExceeded
+		}
+	}
+	return err
+}
+
+// DialContext connects to address ("host:port", as the agent's network
+// sees it) through the agent that serves the host. It has the signature of
+// net.Dialer.DialContext, so it can serve as http.Transport.DialContext or
+// kube-apiserver's egress dialer. network must be "tcp", "tcp4" or "tcp6".
+// ctx's deadline bounds the dial (choosing the agent, the agent's TCP
+// connect), and cancelling ctx aborts it promptly.
+func (s *Server) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return s.dial(ctx, network, address, C.CONNECTOR_SELECT_TARGET_HOST, "")
+}
+
+// Dialer dials through an explicitly chosen agent.
+type Dialer struct {
+	Server *Server
+	// AgentID selects the agent with this id. If empty, Host selects the
+	// agent serving that host name or address; if both are empty, any
+	// connected agent is used.
+	AgentID string
+	Host    string
+}
+
+// DialContext is Server.DialContext through the Dialer's agent.
+func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	switch {
+	case d.AgentID != "":
+		return d.Server.dial(ctx, network, address, C.CONNECTOR_SELECT_AGENT, d.AgentID)
+	case d.Host != "":
+		return d.Server.dial(ctx, network, address, C.CONNECTOR_SELECT_HOST, d.Host)
+	default:
+		return d.Server.dial(ctx, network, address, C.CONNECTOR_SELECT_ANY, "")
+	}
+}
+
+func (s *Server) dial(ctx context.Context, network, address string, kind C.connector_selector_kind, selector string) (net.Conn, error) {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return nil, &Error{Op: "dial", Code: CodeInvalidArgument, Message: fmt.Sprintf("network %q: %v", network, ErrUnknownNetwork), cause: ErrUnknownNetwork}
+	}
+	if s.closed.Load() {
+		return nil, s.closedError("dial")
+	}
+	var sel *C.char
+	if selector != "" {
+		sel = cString(selector)
+		defer freeString(sel)
+	}
+	target := cString(address)
+	defer freeString(target)
+	var fd C.int
+	var h *C.connector_stream
+	err := blocking(ctx, "dial "+address, func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+		return C.connector_server_dial_fd(s.h, kind, sel, target, timeout, cancel, &fd, &h, m)
+	})
+	if err != nil {
+		return nil, err
+	}
+	var agent *C.char
+	C.connector_stream_agent_id(h, &agent, nil)
+	agentID := takeString(agent)
+	f := os.NewFile(uintptr(fd), "connector:"+address)
+	nc, ferr := net.FileConn(f)
+	f.Close()
+	if ferr != nil {
+		C.connector_stream_free(h, nil)
+		return nil, &Error{Op: "dial " + address, Code: CodeIO, Message: ferr.Error(), cause: ferr}
+	}
+	return newConn(nc.(*net.UnixConn), h, agentID, address), nil
+}
+
+// Protocol is a frontend's protocol.
+type Protocol int
+
+const (
+	// HTTPConnect serves HTTP CONNECT, as kube-apiserver's egress selector speaks it.
+	HTTPConnect Protocol = iota
+	// GRPC serves Konnectivity's gRPC ProxyService.
+	GRPC
+)
+
+// FrontendTLS is the mutual-TLS material of a tls:// frontend (PEM files).
+type FrontendTLS struct {
+	CertFile, KeyFile, ClientCAFile string
+}
+
+// StartFrontend serves protocol on bind: "unix:///path.sock" (owner-only),
+// "tcp://127.0.0.1:PORT" (plain, loopback only) or "tls://IP:PORT" (then
+// tls is required). It returns where it listens and serves until Close.
+func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS) (string, error) {
+	if s.closed.Load() {
+		return "", s.closedError("start frontend")
+	}
+	b := cString(bind)
+	defer freeString(b)
+	var cert, key, ca *C.char
+	if tls != nil {
+		cert, key, ca = cString(tls.CertFile), cString(tls.KeyFile), cString(tls.ClientCAFile)
+		defer freeString(cert)
+		defer freeString(key)
+		defer freeString(ca)
+	}
+	p := C.CONNECTOR_FRONTEND_HTTP_CONNECT
+	if protocol == GRPC {
+		p = C.CONNECTOR_FRONTEND_GRPC
+	}
+	var out *C.char
+	err := call("start frontend", func(m **C.char) C.connector_result {
+		return C.connector_server_start_frontend(s.h, C.connector_frontend_protocol(p), b, cert, key, ca, &out, m)
+	})
+	return takeString(out), err
+}
+
+// StartForward binds listen ("IP:PORT") and tunnels each connection to
+// target through agentID ("" for the agent serving target's host). It
+// returns the bound address and serves until Close.
+func (s *Server) StartForward(listen, agentID, target string) (string, error) {
+	if s.closed.Load() {
+		return "", s.closedError("start forward")
+	}
+	l, t := cString(listen), cString(target)
+	defer freeString(l)
+	defer freeString(t)
+	var id *C.char
+	if agentID != "" {
+		id = cString(agentID)
+		defer freeString(id)
+	}
+	var out *C.char
+	err := call("start forward", func(m **C.char) C.connector_result {
+		return C.connector_server_start_forward(s.h, l, id, t, &out, m)
+	})
+	return takeString(out), err
+}

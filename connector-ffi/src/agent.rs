@@ -1,0 +1,188 @@
+//! [`connector_agent`]: an agent that dials out to a server and serves its dials.
+
+use std::ffi::c_char;
+use std::sync::{Arc, Mutex};
+
+use connector_core::agent::{Agent, AgentStatus};
+use connector_core::auth::{CredentialSource, StaticCredential, TokenFile};
+use connector_core::proto::Credential;
+use connector_core::setup::AgentSetup;
+
+use crate::cancel::{self, connector_cancel};
+use crate::config::{AGENT_CONFIGS, connector_agent_config};
+use crate::connector_result;
+use crate::error::{Error, check_out, guard, to_c_string, write_out};
+use crate::handle::Registry;
+use crate::runtime::OwnedRuntime;
+
+/// A running agent (it reconnects with backoff until freed).
+pub struct connector_agent {
+    rt: Arc<OwnedRuntime>,
+    agent: Mutex<Option<Arc<Agent>>>,
+    closed: connector_cancel,
+}
+
+pub(crate) static AGENTS: Registry<connector_agent> = Registry::new("agent");
+
+/// How long freeing an agent waits for its connection to close cleanly.
+const STOP_GRACE_US: u64 = 5_000_000;
+
+fn start(config: &connector_agent_config) -> Result<connector_agent, Error> {
+    let s = config.snapshot();
+    let server = s.server.clone().ok_or_else(|| Error::setup("no server address"))?;
+    let agent_id = s.agent_id.clone().ok_or_else(|| Error::setup("no agent id"))?;
+    if s.server_cas.is_empty() {
+        return Err(Error::setup(
+            "no server CA: add the CA the server certificate chains to",
+        ));
+    }
+    let mut setup = AgentSetup::new(server, s.server_cas.clone(), agent_id);
+    setup.server_name = s.server_name.clone();
+    setup.credentials = match (&s.token, &s.token_file) {
+        (Some(_), Some(_)) => return Err(Error::invalid("set either a token or a token file, not both")),
+        (Some(token), None) => {
+            Some(Arc::new(StaticCredential(Credential::Bearer(token.clone()))) as Arc<dyn CredentialSource>)
+        }
+        (None, Some(path)) => Some(Arc::new(TokenFile(path.into())) as Arc<dyn CredentialSource>),
+        (None, None) => None,
+    };
+    setup.client_identity = s.client_identity.clone();
+    setup.identifiers = s.identifiers.clone();
+    setup.policy = s.policy();
+    setup.max_connections = s.max_connections;
+    let rt = OwnedRuntime::new(s.worker_threads)?;
+    let agent = {
+        let _entered = rt.handle().enter();
+        setup.start().map_err(Error::setup)?
+    };
+    Ok(connector_agent {
+        rt,
+        agent: Mutex::new(Some(Arc::new(agent))),
+        closed: connector_cancel::new(),
+    })
+}
+
+impl connector_agent {
+    fn status(&self) -> Result<AgentStatus, Error> {
+        let guard = self.agent.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .map(|a| a.status())
+            .ok_or_else(|| Error::new(connector_result::CONNECTOR_ERR_CLOSED, "the agent was stopped"))
+    }
+}
+
+/// Starts an agent from `config` (which stays usable and must still be
+/// freed). It connects in the background; see [`connector_agent_wait_connected`].
+///
+/// # Safety
+/// `out` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_start(
+    config: *const connector_agent_config,
+    out: *mut *mut connector_agent,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        let config = AGENT_CONFIGS.get(config)?;
+        let agent = start(&config)?;
+        write_out(out, AGENTS.insert(Arc::new(agent)), "out")
+    })
+}
+
+/// Waits until the agent is registered with a server (`CONNECTOR_OK`) or
+/// refused (`CONNECTOR_ERR_REJECTED`, with the server's reason; the agent
+/// keeps retrying), at most `timeout_us` microseconds (0: no limit).
+///
+/// # Safety
+/// `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_wait_connected(
+    agent: *const connector_agent,
+    timeout_us: u64,
+    cancel: *const connector_cancel,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        let agent = AGENTS.get(agent)?;
+        let cancel = cancel::optional(cancel)?;
+        let running = agent
+            .agent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Error::new(connector_result::CONNECTOR_ERR_CLOSED, "the agent was stopped"))?;
+        let outcome = agent
+            .rt
+            .block(timeout_us, cancel.as_deref(), Some(&agent.closed), async {
+                Ok(running
+                    .wait_for(|s| {
+                        matches!(
+                            s,
+                            AgentStatus::Connected { .. } | AgentStatus::Rejected { .. } | AgentStatus::Stopped
+                        )
+                    })
+                    .await)
+            })?;
+        match outcome {
+            AgentStatus::Rejected { code, reason } => Err(Error::new(
+                connector_result::CONNECTOR_ERR_REJECTED,
+                format!("the server refused the agent: {reason} ({code})"),
+            )),
+            AgentStatus::Stopped => Err(Error::new(connector_result::CONNECTOR_ERR_CLOSED, "the agent stopped")),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// The agent's status as text (`connecting`, `connected to SERVER`,
+/// `rejected: ...`, `disconnected: ...`, `stopped`), in `*out` (free with
+/// `connector_string_free`).
+///
+/// # Safety
+/// `out` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_status(
+    agent: *const connector_agent,
+    out: *mut *mut c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        let agent = AGENTS.get(agent)?;
+        let text = match agent.status()? {
+            AgentStatus::Connecting => "connecting".to_owned(),
+            AgentStatus::Connected { server_id, .. } => format!("connected to {server_id}"),
+            AgentStatus::Rejected { code, reason } => format!("rejected: {reason} ({code})"),
+            AgentStatus::Disconnected { reason } => format!("disconnected: {reason}"),
+            AgentStatus::Stopped => "stopped".to_owned(),
+        };
+        write_out(out, to_c_string(&text), "out")
+    })
+}
+
+/// Stops the agent (closing its connection, which ends its tunnelled
+/// connections) and frees the handle.
+///
+/// # Safety
+/// `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_free(
+    agent: *mut connector_agent,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        let agent = AGENTS.remove(agent)?;
+        agent.closed.fire();
+        let running = agent.agent.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(running) = running.and_then(|a| Arc::try_unwrap(a).ok()) {
+            // A clean close when possible; dropping the agent stops it anyway.
+            let _ = agent.rt.block(STOP_GRACE_US, None, None, async {
+                running.stop().await;
+                Ok(())
+            });
+        }
+        Ok(())
+    })
+}

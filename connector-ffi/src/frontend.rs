@@ -1,0 +1,138 @@
+//! Starting the server's frontends from C: HTTP CONNECT and Konnectivity
+//! gRPC listeners (Unix socket, loopback TCP, or TCP with mutual TLS), and
+//! plain TCP port forwards.
+
+use std::ffi::c_char;
+use std::net::SocketAddr;
+
+use connector_core::Selector;
+use connector_core::frontend::{self, FrontendBind, FrontendLimits, FrontendProtocol};
+use connector_core::tls::{FrontendTls, Identity, certs_from_file};
+
+use crate::connector_result;
+use crate::error::{Error, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
+use crate::server::{SERVERS, connector_server};
+
+/// The protocol a frontend speaks.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum connector_frontend_protocol {
+    /// HTTP CONNECT (`CONNECT host:port`, as kube-apiserver's egress selector sends it).
+    CONNECTOR_FRONTEND_HTTP_CONNECT = 0,
+    /// Konnectivity's gRPC `ProxyService`.
+    CONNECTOR_FRONTEND_GRPC = 1,
+}
+
+fn parse_bind(bind: &str, tls: Option<(&str, &str, &str)>) -> Result<FrontendBind, Error> {
+    if let Some(path) = bind.strip_prefix("unix://") {
+        if tls.is_some() {
+            return Err(Error::invalid("TLS files are only used with tls:// binds"));
+        }
+        return Ok(FrontendBind::unix(path));
+    }
+    let addr = |text: &str| -> Result<SocketAddr, Error> {
+        text.parse()
+            .map_err(|_| Error::invalid(format!("bind address {text:?} is not IP:PORT")))
+    };
+    if let Some(rest) = bind.strip_prefix("tcp://") {
+        return Ok(FrontendBind::PlainLoopback { addr: addr(rest)? });
+    }
+    if let Some(rest) = bind.strip_prefix("tls://") {
+        let (chain, key, client_ca) =
+            tls.ok_or_else(|| Error::invalid("a tls:// bind needs certificate, key and client CA files"))?;
+        let identity = Identity::from_files(chain, key).map_err(|e| Error::invalid(e.to_string()))?;
+        let client_cas = certs_from_file(client_ca).map_err(|e| Error::invalid(e.to_string()))?;
+        return Ok(FrontendBind::Tls {
+            addr: addr(rest)?,
+            tls: FrontendTls { identity, client_cas },
+        });
+    }
+    Err(Error::invalid(format!(
+        "bind {bind:?} must start with unix://, tcp:// (loopback only) or tls://"
+    )))
+}
+
+/// Starts a frontend on `bind`: `unix:///path/to.sock` (owner-only),
+/// `tcp://127.0.0.1:PORT` (plain, loopback only) or `tls://IP:PORT` (mutual
+/// TLS: `cert_path`, `key_path` and `client_ca_path` are then required; pass
+/// null otherwise). `*out` receives where it listens (free with
+/// `connector_string_free`). It serves until the server is freed.
+///
+/// # Safety
+/// Strings null or NUL-terminated; `out` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_start_frontend(
+    server: *const connector_server,
+    protocol: connector_frontend_protocol,
+    bind: *const c_char,
+    cert_path: *const c_char,
+    key_path: *const c_char,
+    client_ca_path: *const c_char,
+    out: *mut *mut c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        let server = SERVERS.get(server)?;
+        let bind = arg_str(bind, "bind")?;
+        let tls = match (
+            arg_opt_str(cert_path, "cert_path")?,
+            arg_opt_str(key_path, "key_path")?,
+            arg_opt_str(client_ca_path, "client_ca_path")?,
+        ) {
+            (Some(c), Some(k), Some(ca)) => Some((c, k, ca)),
+            (None, None, None) => None,
+            _ => {
+                return Err(Error::invalid(
+                    "give all of cert_path, key_path and client_ca_path, or none",
+                ));
+            }
+        };
+        let bind = parse_bind(bind, tls)?;
+        let protocol = match protocol {
+            connector_frontend_protocol::CONNECTOR_FRONTEND_HTTP_CONNECT => FrontendProtocol::HttpConnect,
+            connector_frontend_protocol::CONNECTOR_FRONTEND_GRPC => FrontendProtocol::Grpc,
+        };
+        let local = {
+            let _entered = server.rt.handle().enter();
+            frontend::start(&server.server, protocol, &bind, &FrontendLimits::default()).map_err(Error::setup)?
+        };
+        write_out(out, to_c_string(&local), "out")
+    })
+}
+
+/// Binds `listen` (`IP:PORT`) and tunnels each accepted TCP connection to
+/// `target` through the agent with id `agent_id` (null: the agent serving
+/// the target's host). `*out` receives the bound address.
+///
+/// # Safety
+/// Strings null or NUL-terminated; `out` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_start_forward(
+    server: *const connector_server,
+    listen: *const c_char,
+    agent_id: *const c_char,
+    target: *const c_char,
+    out: *mut *mut c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        let server = SERVERS.get(server)?;
+        let listen_text = arg_str(listen, "listen")?;
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| Error::invalid(format!("listen address {listen_text:?} is not IP:PORT")))?;
+        let target = arg_str(target, "target")?.to_owned();
+        let selector = match arg_opt_str(agent_id, "agent_id")? {
+            Some(id) => Selector::Agent(id.to_owned()),
+            None => Selector::for_target(&target),
+        };
+        let bound = server.rt.block(0, None, None, async {
+            frontend::start_forward(&server.server, listen, selector, target)
+                .await
+                .map_err(Error::setup)
+        })?;
+        write_out(out, to_c_string(&bound.to_string()), "out")
+    })
+}

@@ -1,0 +1,306 @@
+//! [`connector_server`]: a QUIC server agents connect to, and dials through them.
+
+use std::ffi::c_char;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use connector_core::auth::TokenAuthenticator;
+use connector_core::setup::ServerSetup;
+use connector_core::{Selector, Server, TunnelStream};
+
+use crate::auth::{CallbackAuthenticator, CallbackGate};
+use crate::cancel::{self, connector_cancel};
+use crate::config::{SERVER_CONFIGS, connector_server_config};
+use crate::connector_result;
+use crate::error::{Error, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
+use crate::handle::Registry;
+use crate::runtime::OwnedRuntime;
+use crate::stream::{STREAMS, connector_stream};
+
+/// A running server: accepts agents and dials through them.
+pub struct connector_server {
+    pub(crate) rt: Arc<OwnedRuntime>,
+    pub(crate) server: Server,
+    local_addr: SocketAddr,
+    /// Fired by [`connector_server_free`]: pending calls end.
+    closed: connector_cancel,
+    /// The C authenticator's calls in progress, if there is one.
+    auth_gate: Option<Arc<CallbackGate>>,
+}
+
+/// Which agent a dial goes through.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum connector_selector_kind {
+    /// The agent serving the target's host (the `selector` string is ignored):
+    /// the usual choice, as an apiserver reaching a node.
+    CONNECTOR_SELECT_TARGET_HOST = 0,
+    /// The agent serving the host named by `selector`.
+    CONNECTOR_SELECT_HOST = 1,
+    /// The agent whose id is `selector`.
+    CONNECTOR_SELECT_AGENT = 2,
+    /// Any connected agent.
+    CONNECTOR_SELECT_ANY = 3,
+}
+
+pub(crate) static SERVERS: Registry<connector_server> = Registry::new("server");
+
+fn start(config: &connector_server_config) -> Result<connector_server, Error> {
+    let s = config.snapshot();
+    let identity = s
+        .identity
+        .ok_or_else(|| Error::setup("no server certificate: set an identity (PEM bytes or files)"))?;
+    let rt = OwnedRuntime::new(s.worker_threads)?;
+    let mut setup = ServerSetup::new(s.listen, identity);
+    if let Some(path) = &s.tokens_file {
+        if !s.tokens.is_empty() {
+            return Err(Error::invalid("use either a tokens file or add_token, not both"));
+        }
+        setup.tokens = Some(TokenAuthenticator::from_file(path).map_err(Error::setup)?);
+    } else if !s.tokens.is_empty() {
+        setup.tokens = Some(TokenAuthenticator::from_entries(s.tokens));
+    }
+    if !s.client_cas.is_empty() {
+        setup.client_cas = Some(s.client_cas);
+    }
+    let mut auth_gate = None;
+    if let Some((Some(callback), user_data)) = s.callback {
+        let gate = Arc::new(CallbackGate::default());
+        auth_gate = Some(gate.clone());
+        setup.authenticators.push(Arc::new(CallbackAuthenticator {
+            callback,
+            user_data,
+            gate,
+        }));
+    }
+    setup.server_id = s.server_id;
+    setup.limits = s.limits;
+    if let Some(strategies) = s.proxy_strategies {
+        setup.proxy_strategies = strategies;
+    }
+    let started = {
+        let _entered = rt.handle().enter();
+        setup.start().map_err(Error::setup)?
+    };
+    Ok(connector_server {
+        rt,
+        server: started.server,
+        local_addr: started.local_addr,
+        closed: connector_cancel::new(),
+        auth_gate,
+    })
+}
+
+/// Starts a server from `config` (which stays usable and must still be
+/// freed): binds the QUIC listener and accepts agents in the background.
+///
+/// # Safety
+/// `out` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_start(
+    config: *const connector_server_config,
+    out: *mut *mut connector_server,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        let config = SERVER_CONFIGS.get(config)?;
+        let server = start(&config)?;
+        write_out(out, SERVERS.insert(Arc::new(server)), "out")
+    })
+}
+
+/// The UDP address agents connect to (`ip:port`), in `*out` (free with `connector_string_free`).
+///
+/// # Safety
+/// `out` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_local_addr(
+    server: *const connector_server,
+    out: *mut *mut c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        let server = SERVERS.get(server)?;
+        write_out(out, to_c_string(&server.local_addr.to_string()), "out")
+    })
+}
+
+/// How many agents are connected, in `*out`.
+///
+/// # Safety
+/// `out` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_agent_count(
+    server: *const connector_server,
+    out: *mut usize,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        let server = SERVERS.get(server)?;
+        write_out(out, server.server.agents().len(), "out")
+    })
+}
+
+/// Waits until the agent `agent_id` (or, with null, any agent) is
+/// connected, at most `timeout_us` microseconds (0: no limit).
+///
+/// # Safety
+/// `agent_id` null or NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_wait_agent(
+    server: *const connector_server,
+    agent_id: *const c_char,
+    timeout_us: u64,
+    cancel: *const connector_cancel,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        let server = SERVERS.get(server)?;
+        let cancel = cancel::optional(cancel)?;
+        let agent_id = arg_opt_str(agent_id, "agent_id")?.map(str::to_owned);
+        server
+            .rt
+            .block(timeout_us, cancel.as_deref(), Some(&server.closed), async {
+                server
+                    .server
+                    .wait_for_agents(|agents| match &agent_id {
+                        Some(id) => agents.iter().any(|a| &a.agent_id == id),
+                        None => !agents.is_empty(),
+                    })
+                    .await;
+                Ok(())
+            })
+    })
+}
+
+fn selector(kind: connector_selector_kind, selector: *const c_char, target: &str) -> Result<Selector, Error> {
+    Ok(match kind {
+        connector_selector_kind::CONNECTOR_SELECT_TARGET_HOST => Selector::for_target(target),
+        connector_selector_kind::CONNECTOR_SELECT_HOST => Selector::Host(arg_str(selector, "selector")?.to_owned()),
+        connector_selector_kind::CONNECTOR_SELECT_AGENT => Selector::Agent(arg_str(selector, "selector")?.to_owned()),
+        connector_selector_kind::CONNECTOR_SELECT_ANY => Selector::Any,
+    })
+}
+
+impl connector_server {
+    /// Dials `target` through the selected agent, blocking the calling thread.
+    pub(crate) fn dial(
+        &self,
+        selector: &Selector,
+        target: &str,
+        timeout_us: u64,
+        cancel: Option<&connector_cancel>,
+    ) -> Result<TunnelStream, Error> {
+        self.rt.block(0, cancel, Some(&self.closed), async {
+            let dialled = if timeout_us == 0 {
+                self.server.dial(selector, target).await
+            } else {
+                self.server
+                    .dial_timeout(selector, target, Duration::from_micros(timeout_us))
+                    .await
+            };
+            dialled.map_err(Error::from)
+        })
+    }
+}
+
+/// Opens a TCP connection to `target` (`host:port`, as the agent sees it)
+/// through the agent `kind`/`selector` picks. `timeout_us` (0: the server's
+/// default dial timeout) covers choosing the agent, opening the stream and
+/// the agent's TCP connect. On success `*out` is a new stream handle.
+///
+/// # Safety
+/// Strings NUL-terminated (`selector` may be null when unused); `out` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_dial(
+    server: *const connector_server,
+    kind: connector_selector_kind,
+    selector_arg: *const c_char,
+    target: *const c_char,
+    timeout_us: u64,
+    cancel: *const connector_cancel,
+    out: *mut *mut connector_stream,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        let server = SERVERS.get(server)?;
+        let cancel = cancel::optional(cancel)?;
+        let target = arg_str(target, "target")?;
+        let selector = selector(kind, selector_arg, target)?;
+        let tunnel = server.dial(&selector, target, timeout_us, cancel.as_deref())?;
+        let stream = connector_stream::blocking(server.rt.clone(), tunnel);
+        write_out(out, STREAMS.insert(Arc::new(stream)), "out")
+    })
+}
+
+/// Like [`connector_server_dial`], but hands the connection over as one end
+/// of a Unix socketpair in `*fd`, owned by the caller: read and write it with
+/// the caller's own event loop; `shutdown(fd, SHUT_WR)` is a half-close. A
+/// library task copies between the other end and the tunnel. `*out` is a
+/// stream handle that can only be freed: close the descriptor, then free the
+/// handle (data written before the close still reaches the target, within
+/// 10 s; then the connection ends).
+///
+/// # Safety
+/// As [`connector_server_dial`]; `fd` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_dial_fd(
+    server: *const connector_server,
+    kind: connector_selector_kind,
+    selector_arg: *const c_char,
+    target: *const c_char,
+    timeout_us: u64,
+    cancel: *const connector_cancel,
+    fd: *mut i32,
+    out: *mut *mut connector_stream,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        check_out(fd, "fd")?;
+        let server = SERVERS.get(server)?;
+        let cancel = cancel::optional(cancel)?;
+        let target = arg_str(target, "target")?;
+        let selector = selector(kind, selector_arg, target)?;
+        let tunnel = server.dial(&selector, target, timeout_us, cancel.as_deref())?;
+        let agent_id = tunnel.agent_id().to_owned();
+        let abort = Arc::new(connector_cancel::new());
+        let raw = crate::splice::start(server.rt.handle(), tunnel, abort.clone())?;
+        let stream = connector_stream::spliced(server.rt.clone(), agent_id, abort);
+        write_out(fd, raw, "fd")?;
+        write_out(out, STREAMS.insert(Arc::new(stream)), "out")
+    })
+}
+
+/// How long freeing a server waits for auth callbacks in progress.
+const AUTH_DRAIN: Duration = Duration::from_secs(30);
+
+/// Shuts the server down (agents are disconnected, their streams end,
+/// frontends stop) and frees the handle. Once it returns, the auth callback
+/// is no longer called (calls in progress are waited for, up to 30 s), so
+/// its `user_data` may be freed. Pending calls on it return
+/// `CONNECTOR_ERR_CLOSED`. Streams already dialled must still be freed; the
+/// runtime's threads are joined when the last handle using them is freed.
+///
+/// # Safety
+/// `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_free(
+    server: *mut connector_server,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        let server = SERVERS.remove(server)?;
+        server.server.shutdown();
+        server.closed.fire();
+        if let Some(gate) = &server.auth_gate {
+            gate.close(AUTH_DRAIN);
+        }
+        Ok(())
+    })
+}
