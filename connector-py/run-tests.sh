@@ -17,7 +17,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  "maturin==1.16.0" "pytest==9.2.0" "pytest-asyncio==1.5.0"
+  "maturin==1.16.0" "pytest==9.2.0" "pytest-asyncio==1.5.0" "prometheus-client==0.26.0"
 
 echo "== build the wheel"
 wheels="$target/connector-py-wheels"

@@ -56,6 +56,9 @@ pub struct AgentArgs {
     /// The server is considered gone after this long without an answer.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
+    #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -78,6 +81,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Err(SetupError::ServerName(_)) => anyhow::bail!("cannot take a server name from --server; pass --server-name"),
         started => started?,
     };
+    if let Some(addr) = args.admin {
+        crate::admin::start(addr, Arc::new(agent.observer())).await?;
+    }
     crate::shutdown_signal().await;
     tracing::info!("shutting down");
     agent.stop().await;

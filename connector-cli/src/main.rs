@@ -1,5 +1,6 @@
 //! `connector`: run a tunnel server, an agent, or a self-contained demo.
 
+mod admin;
 mod agent_cmd;
 mod demo;
 mod dev_pki;

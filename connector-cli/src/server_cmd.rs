@@ -59,6 +59,9 @@ pub struct ServerArgs {
     /// default-route=true), default (any agent).
     #[arg(long, default_value = "destHost,defaultRoute")]
     proxy_strategies: String,
+    /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
+    #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     #[command(flatten)]
     frontends: FrontendArgs,
 }
@@ -89,6 +92,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         started => started.context("starting the server")?.server,
     };
     args.frontends.start(&server).await?;
+    if let Some(addr) = args.admin {
+        crate::admin::start(addr, std::sync::Arc::new(server.clone())).await?;
+    }
     crate::shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown();

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod identifiers;
+pub mod metrics;
 pub mod proto;
 
 pub use identifiers::Identifiers;
@@ -21,7 +22,8 @@ pub mod tls;
 pub mod transport;
 
 pub use server::{DialError, Selector, Server, ServerConfig, TunnelStream};
+pub mod admin;
 pub mod agent;
 pub mod splice;
 
-pub use agent::{Agent, AgentConfig, AgentStatus};
+pub use agent::{Agent, AgentConfig, AgentObserver, AgentStatus};

@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use crate::auth::CredentialSource;
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::identifiers::Identifiers;
+use crate::metrics::AgentMetrics;
 use crate::proto::{ConnectionCode, Frame, Hello, MAX_FRAME_PAYLOAD, RejectCode};
 use crate::transport::{Connection, Connector};
 use serve::{DialContext, serve_stream};
@@ -117,6 +118,38 @@ pub struct Agent {
     status: watch::Receiver<AgentStatus>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    observer: AgentObserver,
+}
+
+/// A cheap, cloneable view of a running agent's status and metrics, for
+/// health checks and `/metrics` ([`crate::admin`]).
+#[derive(Clone)]
+pub struct AgentObserver {
+    agent_id: Arc<str>,
+    status: watch::Receiver<AgentStatus>,
+    metrics: Arc<AgentMetrics>,
+}
+
+impl AgentObserver {
+    /// The current status.
+    pub fn status(&self) -> AgentStatus {
+        self.status.borrow().clone()
+    }
+
+    /// What the agent has counted so far.
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
+    }
+
+    /// Whether the agent holds a session with its server (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        matches!(*self.status.borrow(), AgentStatus::Connected { .. })
+    }
+
+    /// The metrics page in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.agent_id, self.is_ready())
+    }
 }
 
 impl Agent {
@@ -124,8 +157,23 @@ impl Agent {
     pub fn start(connector: Arc<dyn Connector>, config: AgentConfig) -> Agent {
         let (status_tx, status) = watch::channel(AgentStatus::Connecting);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(connector, config, status_tx, stop_rx));
-        Agent { status, stop, task }
+        let observer = AgentObserver {
+            agent_id: config.agent_id.as_str().into(),
+            status: status.clone(),
+            metrics: Arc::default(),
+        };
+        let task = tokio::spawn(run(connector, config, status_tx, stop_rx, observer.metrics.clone()));
+        Agent {
+            status,
+            stop,
+            task,
+            observer,
+        }
+    }
+
+    /// A view of this agent's status and metrics that outlives [`Agent::stop`] calls elsewhere.
+    pub fn observer(&self) -> AgentObserver {
+        self.observer.clone()
     }
 
     /// The current status.
@@ -169,26 +217,33 @@ async fn run(
     config: AgentConfig,
     status: watch::Sender<AgentStatus>,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<AgentMetrics>,
 ) {
     let mut backoff = Backoff::new(config.backoff.clone());
     let ctx = Arc::new(DialContext {
         policy: config.policy.clone(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
         max_connections: config.max_connections,
+        metrics: metrics.clone(),
     });
     tracing::info!(agent = %config.agent_id, server = %connector.describe(), policy = %config.policy, "agent starting");
     let mut sessions = 0;
     loop {
         status.send_replace(AgentStatus::Connecting);
         let started = Instant::now();
+        let sessions_before = sessions;
         match session(connector.as_ref(), &config, &ctx, &status, &mut stop, &mut sessions).await {
             SessionEnd::Stopped => break,
             SessionEnd::Rejected { code, reason } => {
                 tracing::error!(%code, %reason, "the server rejected this agent");
+                metrics.connect_failures.inc(code.label());
                 status.send_replace(AgentStatus::Rejected { code, reason });
             }
             SessionEnd::Failed(reason) => {
                 tracing::warn!(%reason, "connection to the server ended");
+                if sessions == sessions_before {
+                    metrics.connect_failures.inc("connection_failed");
+                }
                 status.send_replace(AgentStatus::Disconnected { reason });
             }
         }
@@ -269,6 +324,7 @@ async fn session(
     };
     tracing::info!(server_id = %welcome.server_id, server_count = welcome.server_count, "connected");
     *sessions += 1;
+    ctx.metrics.connects.inc();
     status.send_replace(AgentStatus::Connected {
         server_id: welcome.server_id.clone(),
         session: *sessions,

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::policy::DestinationPolicy;
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
+use crate::metrics::AgentMetrics;
 use crate::proto::{Dial, DialCode, DialResult, Frame, MAX_FRAME_PAYLOAD, StreamCode, clip_text};
 use crate::splice::splice;
 use crate::transport::BiStream;
@@ -27,6 +28,7 @@ pub(super) struct DialContext {
     pub(super) policy: DestinationPolicy,
     pub(super) slots: Arc<Semaphore>,
     pub(super) max_connections: usize,
+    pub(super) metrics: Arc<AgentMetrics>,
 }
 
 /// Serves one stream opened by the server. Failures end this stream only.
@@ -43,6 +45,7 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
     async move {
         let Ok(_slot) = ctx.slots.clone().try_acquire_owned() else {
             let message = format!("agent is at its limit of {} tunnelled connections", ctx.max_connections);
+            ctx.metrics.dials.inc(DialCode::Overloaded.label());
             let _ = answer(&mut bi, &dial, DialCode::Overloaded, &message).await;
             return;
         };
@@ -50,6 +53,7 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
             Ok(tcp) => tcp,
             Err((code, message)) => {
                 tracing::info!(%code, %message, "dial failed");
+                ctx.metrics.dials.inc(code.label());
                 let _ = answer(&mut bi, &dial, code, &message).await;
                 return;
             }
@@ -58,7 +62,10 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
             return;
         }
         tracing::debug!("connected");
+        ctx.metrics.dials.inc(DialCode::Ok.label());
+        ctx.metrics.tunnels_active.inc();
         let outcome = splice(tcp, bi.send, bi.recv).await;
+        ctx.metrics.tunnels_active.dec();
         tracing::debug!(to_server = outcome.to_tunnel, to_target = outcome.to_tcp, aborted = ?outcome.aborted, "tunnelled connection ended");
     }
     .instrument(span)

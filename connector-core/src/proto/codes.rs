@@ -6,7 +6,7 @@ use std::fmt;
 macro_rules! wire_code {
     (
         $(#[$meta:meta])* $name:ident: $repr:ty {
-            $( $(#[$vmeta:meta])* $variant:ident = $value:literal => $text:literal, )*
+            $( $(#[$vmeta:meta])* $variant:ident = $value:literal, $label:literal => $text:literal, )*
         }
     ) => {
         $(#[$meta])*
@@ -30,6 +30,13 @@ macro_rules! wire_code {
                 match v {
                     $( $value => Self::$variant, )*
                     other => Self::Other(other),
+                }
+            }
+            /// A short `snake_case` name, for metric labels and logs.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $label, )*
+                    Self::Other(_) => "other",
                 }
             }
             /// A short human-readable description.
@@ -56,23 +63,23 @@ wire_code! {
     /// Outcome of a `Dial`, carried in `DialResult`.
     DialCode: u8 {
         /// The agent connected to the target; raw bytes follow.
-        Ok = 0 => "connected",
+        Ok = 0, "ok" => "connected",
         /// The target actively refused the connection (TCP RST).
-        Refused = 1 => "connection refused by the target",
+        Refused = 1, "refused" => "connection refused by the target",
         /// No route to the target's network or host.
-        Unreachable = 2 => "target unreachable",
+        Unreachable = 2, "unreachable" => "target unreachable",
         /// The connection attempt did not finish before the dial's deadline.
-        TimedOut = 3 => "dial timed out",
+        TimedOut = 3, "timed_out" => "dial timed out",
         /// The target's host name did not resolve on the agent's side.
-        DnsFailure = 4 => "host name did not resolve",
+        DnsFailure = 4, "dns_failure" => "host name did not resolve",
         /// The agent's destination policy forbids this target.
-        DeniedByPolicy = 5 => "denied by the agent's destination policy",
+        DeniedByPolicy = 5, "denied_by_policy" => "denied by the agent's destination policy",
         /// The agent has reached its limit of tunnelled connections.
-        Overloaded = 6 => "agent overloaded",
+        Overloaded = 6, "overloaded" => "agent overloaded",
         /// The target is not a valid `host:port`.
-        InvalidTarget = 7 => "invalid target",
+        InvalidTarget = 7, "invalid_target" => "invalid target",
         /// Any other failure on the agent's side.
-        Internal = 8 => "agent internal error",
+        Internal = 8, "internal" => "agent internal error",
     }
 }
 
@@ -80,19 +87,19 @@ wire_code! {
     /// Why a server refused an agent, carried in `Reject`.
     RejectCode: u16 {
         /// The agent speaks a major protocol version the server does not.
-        UnsupportedVersion = 1 => "unsupported protocol version",
+        UnsupportedVersion = 1, "unsupported_version" => "unsupported protocol version",
         /// The credential is missing, wrong or expired.
-        Unauthenticated = 2 => "authentication failed",
+        Unauthenticated = 2, "unauthenticated" => "authentication failed",
         /// The agent claims identifiers its identity does not allow.
-        IdentifiersNotAllowed = 3 => "identifiers not allowed for this identity",
+        IdentifiersNotAllowed = 3, "identifiers_not_allowed" => "identifiers not allowed for this identity",
         /// The `Hello` could not be decoded.
-        Malformed = 4 => "malformed hello",
+        Malformed = 4, "malformed" => "malformed hello",
         /// The server has reached its limit of agents.
-        Overloaded = 5 => "server overloaded",
+        Overloaded = 5, "overloaded" => "server overloaded",
         /// The server is shutting down.
-        ShuttingDown = 6 => "server shutting down",
+        ShuttingDown = 6, "shutting_down" => "server shutting down",
         /// Any other failure on the server's side.
-        Internal = 7 => "server internal error",
+        Internal = 7, "internal" => "server internal error",
     }
 }
 
@@ -100,15 +107,15 @@ wire_code! {
     /// Application error code used to reset or stop a data stream.
     StreamCode: u32 {
         /// Orderly end; never sent as a reset.
-        NoError = 0 => "no error",
+        NoError = 0, "no_error" => "no error",
         /// The peer sent bytes that are not a valid frame where one was expected.
-        ProtocolError = 1 => "protocol error",
+        ProtocolError = 1, "protocol_error" => "protocol error",
         /// The TCP connection at the far end was reset or failed.
-        TargetReset = 2 => "target connection reset",
+        TargetReset = 2, "target_reset" => "target connection reset",
         /// The dialer gave up (deadline passed or the stream was dropped).
-        Cancelled = 3 => "cancelled",
+        Cancelled = 3, "cancelled" => "cancelled",
         /// An internal error ended the stream.
-        Internal = 4 => "internal error",
+        Internal = 4, "internal" => "internal error",
     }
 }
 
@@ -116,14 +123,14 @@ wire_code! {
     /// Application error code used to close a whole agent connection.
     ConnectionCode: u32 {
         /// Orderly close.
-        Normal = 0 => "closed",
+        Normal = 0, "normal" => "closed",
         /// The peer violated the protocol on the control stream.
-        ProtocolError = 1 => "protocol error",
+        ProtocolError = 1, "protocol_error" => "protocol error",
         /// The server rejected the agent (a `Reject` frame says why).
-        Rejected = 2 => "agent rejected",
+        Rejected = 2, "rejected" => "agent rejected",
         /// A newer connection of the same agent replaced this one.
-        Replaced = 3 => "replaced by a newer connection of the same agent",
+        Replaced = 3, "replaced" => "replaced by a newer connection of the same agent",
         /// The endpoint is shutting down.
-        Shutdown = 4 => "shutting down",
+        Shutdown = 4, "shutdown" => "shutting down",
     }
 }

@@ -97,6 +97,23 @@ impl DialError {
     }
 }
 
+impl DialError {
+    /// A short `snake_case` name for metric labels: the agent's dial code
+    /// for failures it reported, otherwise the kind of failure.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DialError::InvalidTarget { .. } => "invalid_target",
+            DialError::NoAgent(_) => "no_agent",
+            DialError::AgentBusy { .. } => "agent_busy",
+            DialError::TimedOut { .. } => "timed_out",
+            DialError::Failed { code, .. } => code.label(),
+            DialError::Transport { .. } => "transport",
+            DialError::Protocol { .. } => "protocol",
+            DialError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 /// Splits `host:port` (`[v6]:port` for IPv6 literals) into its parts.
 pub(crate) fn split_target(target: &str) -> Result<(String, u16), DialError> {
     let invalid = |reason| DialError::InvalidTarget {
@@ -133,6 +150,23 @@ impl Server {
     /// Like [`Server::dial`] with an explicit deadline, which covers choosing
     /// the agent, opening the stream and the agent's TCP connect.
     pub async fn dial_timeout(
+        &self,
+        selector: &Selector,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<TunnelStream, DialError> {
+        let started = std::time::Instant::now();
+        let result = self.dial_uncounted(selector, target, timeout).await;
+        let metrics = &self.inner.metrics;
+        metrics.dial_duration.observe(started.elapsed());
+        metrics.dials.inc(match &result {
+            Ok(_) => "ok",
+            Err(err) => err.label(),
+        });
+        result
+    }
+
+    async fn dial_uncounted(
         &self,
         selector: &Selector,
         target: &str,
@@ -225,7 +259,13 @@ impl Server {
             }),
             Ok(Frame::DialResult(result)) if result.code == DialCode::Ok => {
                 tracing::debug!("dial succeeded");
-                Ok(TunnelStream::new(bi.send, bi.recv, request_id, slot.into_inner()))
+                Ok(TunnelStream::new(
+                    bi.send,
+                    bi.recv,
+                    request_id,
+                    slot.into_inner(),
+                    self.inner.metrics.clone(),
+                ))
             }
             Ok(Frame::DialResult(result)) => {
                 tracing::debug!(code = %result.code, message = %result.message, "dial failed");

@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
+use crate::metrics::ServerMetrics;
 use crate::proto::ConnectionCode;
 use crate::transport::Listener;
 use registry::Registry;
@@ -114,6 +115,7 @@ pub struct Server {
 
 struct Inner {
     config: ServerConfig,
+    metrics: Arc<ServerMetrics>,
     registry: Registry,
     next_request: AtomicU64,
     next_conn: AtomicU64,
@@ -127,6 +129,7 @@ impl Server {
         Self {
             inner: Arc::new(Inner {
                 config,
+                metrics: Arc::default(),
                 registry: Registry::new(),
                 next_request: AtomicU64::new(1),
                 next_conn: AtomicU64::new(1),
@@ -188,6 +191,23 @@ impl Server {
     /// This server's settings.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// What this server has counted so far.
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.inner.metrics
+    }
+
+    /// The metrics page in the Prometheus text format (what `/metrics` serves).
+    pub fn render_metrics(&self) -> String {
+        let agents = self.inner.registry.snapshot().len();
+        self.inner.metrics.render(&self.inner.config.server_id, agents)
+    }
+
+    /// Whether the server is serving: at least one listener accepting agents
+    /// and no shutdown begun (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        !*self.inner.shutdown.borrow() && !self.inner.listeners.lock().expect("listeners").is_empty()
     }
 
     /// Stops accepting agents, refuses new dials and closes every agent

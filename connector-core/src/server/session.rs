@@ -61,6 +61,7 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
         Err(_) => {
             tracing::warn!("agent sent no Hello within {:?}; closing", limits.hello_timeout);
             conn.close(ConnectionCode::ProtocolError, "no Hello in time");
+            server.inner.metrics.agent_rejections.inc("hello_timeout");
             return None;
         }
         Ok(Err(err)) => {
@@ -73,25 +74,32 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
         Ok(Frame::Hello(hello)) => hello,
         Ok(other) => {
             let reason = format!("expected Hello, got {}", other.name());
-            reject(conn, &mut control, RejectCode::Malformed, reason).await;
+            reject(server, conn, &mut control, RejectCode::Malformed, reason).await;
             return None;
         }
         Err(FrameIoError::Decode(DecodeError::UnsupportedVersion { major, minor })) => {
             let reason = format!(
                 "agent speaks protocol {major}.{minor}, this server speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}: upgrade the older side"
             );
-            reject(conn, &mut control, RejectCode::UnsupportedVersion, reason).await;
+            reject(server, conn, &mut control, RejectCode::UnsupportedVersion, reason).await;
             return None;
         }
         Err(err) => {
-            reject(conn, &mut control, RejectCode::Malformed, format!("bad Hello: {err}")).await;
+            reject(
+                server,
+                conn,
+                &mut control,
+                RejectCode::Malformed,
+                format!("bad Hello: {err}"),
+            )
+            .await;
             return None;
         }
     };
     let entry = match authorize(server, conn, &hello).await {
         Ok(entry) => entry,
         Err(rejection) => {
-            reject(conn, &mut control, rejection.code, rejection.reason).await;
+            reject(server, conn, &mut control, rejection.code, rejection.reason).await;
             return None;
         }
     };
@@ -118,6 +126,7 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
         identifiers = %entry.identifiers,
         "agent connected"
     );
+    server.inner.metrics.agent_connections.inc();
     Some((control, entry))
 }
 
@@ -171,8 +180,9 @@ async fn authorize(
 
 /// Sends `Reject`, then closes the connection once the agent has read it (or
 /// closed its side).
-async fn reject(conn: &Arc<dyn Connection>, control: &mut BiStream, code: RejectCode, reason: String) {
+async fn reject(server: &Server, conn: &Arc<dyn Connection>, control: &mut BiStream, code: RejectCode, reason: String) {
     tracing::warn!(%code, %reason, "rejecting agent");
+    server.inner.metrics.agent_rejections.inc(code.label());
     let frame = Frame::Reject(Reject {
         code,
         reason: clip_text(&reason),

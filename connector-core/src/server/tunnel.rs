@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::registry::AgentEntry;
+use crate::metrics::ServerMetrics;
 use crate::proto::StreamCode;
 use crate::transport::{RecvStream, SendStream};
 
@@ -25,6 +26,7 @@ pub struct TunnelStream {
     read_eof: bool,
     request_id: u64,
     agent: Arc<AgentEntry>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl TunnelStream {
@@ -33,7 +35,9 @@ impl TunnelStream {
         recv: Box<dyn RecvStream>,
         request_id: u64,
         agent: Arc<AgentEntry>,
+        metrics: Arc<ServerMetrics>,
     ) -> Self {
+        metrics.tunnels_active.inc();
         Self {
             send,
             recv,
@@ -41,6 +45,7 @@ impl TunnelStream {
             read_eof: false,
             request_id,
             agent,
+            metrics,
         }
     }
 
@@ -83,6 +88,7 @@ impl std::fmt::Debug for TunnelStream {
 impl Drop for TunnelStream {
     fn drop(&mut self) {
         self.agent.active.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.tunnels_active.dec();
         if !(self.write_closed && self.read_eof) {
             self.abort_with(StreamCode::Cancelled);
         }
@@ -94,11 +100,12 @@ impl AsyncRead for TunnelStream {
         let before = buf.filled().len();
         let this = &mut *self;
         let poll = Pin::new(&mut this.recv).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = poll
-            && buf.filled().len() == before
-            && buf.remaining() > 0
-        {
-            this.read_eof = true;
+        if let Poll::Ready(Ok(())) = poll {
+            let read = buf.filled().len() - before;
+            if read == 0 && buf.remaining() > 0 {
+                this.read_eof = true;
+            }
+            this.metrics.bytes_from_targets.add(read as u64);
         }
         poll
     }
@@ -106,7 +113,11 @@ impl AsyncRead for TunnelStream {
 
 impl AsyncWrite for TunnelStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.send).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.send).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            self.metrics.bytes_to_targets.add(n as u64);
+        }
+        poll
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -1,0 +1,153 @@
+//! The admin HTTP listener of a server or an agent: `/metrics` (Prometheus
+//! text format), `/healthz` (the process is alive) and `/readyz` (a server
+//! accepts agents; an agent holds a session with its server).
+//!
+//! A deliberately small HTTP/1.1 responder: `GET` only, one request per
+//! connection, the request head bounded in size and time, so that a scraper
+//! or probe that misbehaves costs nothing lasting.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::Server;
+use crate::agent::AgentObserver;
+
+/// Largest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 64;
+
+/// What the admin listener reports on.
+pub trait AdminTarget: Send + Sync + 'static {
+    /// The `/metrics` page.
+    fn render_metrics(&self) -> String;
+    /// `Ok` when ready, otherwise why not (the body of a `503` from `/readyz`).
+    fn readiness(&self) -> Result<(), String>;
+}
+
+impl AdminTarget for Server {
+    fn render_metrics(&self) -> String {
+        Server::render_metrics(self)
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err("not accepting agents (no listener, or shutting down)".into())
+        }
+    }
+}
+
+impl AdminTarget for AgentObserver {
+    fn render_metrics(&self) -> String {
+        AgentObserver::render_metrics(self)
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(format!("no session with the server: {:?}", self.status()))
+        }
+    }
+}
+
+/// Serves the admin endpoints on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, target: Arc<dyn AdminTarget>) {
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(listen = %local, "admin endpoints listening (/metrics, /healthz, /readyz)");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(%err, "admin accept failed");
+                continue;
+            }
+        };
+        let target = target.clone();
+        tokio::spawn(async move {
+            if let Err(err) = handle(tcp, target.as_ref()).await {
+                tracing::debug!(%peer, %err, "admin request failed");
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn handle(mut tcp: TcpStream, target: &dyn AdminTarget) -> io::Result<()> {
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp)).await {
+        Ok(head) => head?,
+        Err(_) => return respond(&mut tcp, 408, "text/plain", "request head not received in time\n").await,
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    let (method, path) = match request.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => (request.method.unwrap_or(""), request.path.unwrap_or("")),
+        _ => return respond(&mut tcp, 400, "text/plain", "malformed request\n").await,
+    };
+    if method != "GET" && method != "HEAD" {
+        return respond(&mut tcp, 405, "text/plain", "only GET is served here\n").await;
+    }
+    let path = path.split('?').next().unwrap_or(path);
+    match path {
+        "/metrics" => {
+            let page = target.render_metrics();
+            respond(&mut tcp, 200, "text/plain; version=0.0.4; charset=utf-8", &page).await
+        }
+        "/healthz" | "/livez" => respond(&mut tcp, 200, "text/plain", "ok\n").await,
+        "/readyz" => match target.readiness() {
+            Ok(()) => respond(&mut tcp, 200, "text/plain", "ok\n").await,
+            Err(reason) => respond(&mut tcp, 503, "text/plain", &format!("{reason}\n")).await,
+        },
+        _ => respond(&mut tcp, 404, "text/plain", "try /metrics, /healthz or /readyz\n").await,
+    }
+}
+
+/// Reads until the end of the request head (or [`MAX_HEAD`]).
+async fn read_head(tcp: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() >= MAX_HEAD {
+            return Ok(head);
+        }
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before the request head ended",
+            ));
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+async fn respond(tcp: &mut TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await?;
+    tcp.write_all(body.as_bytes()).await?;
+    tcp.shutdown().await
+}
