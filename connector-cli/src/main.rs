@@ -22,6 +22,10 @@ struct Cli {
     /// Log filter (tracing-subscriber syntax, e.g. `info` or `connector_core=debug`).
     #[arg(long, global = true, env = "CONNECTOR_LOG", default_value = "info")]
     log: String,
+    /// Log format: `text` (human-readable) or `json` (one object per line, with
+    /// span fields such as agent, server_id and request_id).
+    #[arg(long, global = true, env = "CONNECTOR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,11 +51,15 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(_) if std::env::var_os("CONNECTOR_LOG").is_none() && cli.log == "info" => "warn".to_owned(),
         _ => cli.log.clone(),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter)?)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().with_current_span(true).with_span_list(false).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {

@@ -169,3 +169,25 @@ def test_agent_without_a_server_is_alive_but_not_ready(tmp_path) -> None:  # typ
     finally:
         agent.stop()
         unused.close()
+
+
+def test_json_logs_are_one_object_per_line_with_fields(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    binary = connector_bin()
+    pki = tmp_path / "pki"
+    subprocess.run([binary, "dev-pki", "--out", str(pki)], check=True, capture_output=True, timeout=60)
+    server = Process(
+        [
+            binary, "--log-format", "json", "server", "--listen", "127.0.0.1:0", "--server-id", "srv-json",
+            "--cert", str(pki / "server.pem"), "--key", str(pki / "server-key.pem"), "--tokens", str(pki / "tokens"),
+        ]
+    )  # fmt: skip
+    try:
+        event = json.loads(server.wait_for("accepting agents"))
+        assert event["level"] == "INFO"
+        assert event["fields"]["message"] == "accepting agents"
+        assert event["fields"]["server_id"] == "srv-json"
+        assert event["fields"]["listen"].startswith("127.0.0.1:")
+    finally:
+        server.stop()
