@@ -59,6 +59,10 @@ pub struct AgentArgs {
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
     admin: Option<std::net::SocketAddr>,
+    /// Check the settings (certificates, token file, a `--config` file) and exit without
+    /// connecting: `connector agent --check-config FILE`.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -68,19 +72,27 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         setup.client_identity = Some(Identity::from_files(cert, key)?);
     }
-    if let Some(path) = args.token_file {
-        setup.credentials = Some(Arc::new(TokenFile(path)));
+    if let Some(path) = &args.token_file {
+        setup.credentials = Some(Arc::new(TokenFile(path.clone())));
     }
     setup.identifiers = args.identifiers;
     setup.policy = DestinationPolicy::new(args.allow);
     setup.max_connections = args.max_connections;
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
-    let agent = match setup.start() {
+    match setup.check() {
         Err(SetupError::NoCredential) => anyhow::bail!("no credential: pass --token-file FILE and/or --cert/--key"),
         Err(SetupError::ServerName(_)) => anyhow::bail!("cannot take a server name from --server; pass --server-name"),
-        started => started?,
-    };
+        checked => checked?,
+    }
+    if let Some(file) = &args.check_config {
+        if let Some(path) = &args.token_file {
+            std::fs::metadata(path).map_err(|err| anyhow::anyhow!("token-file {}: {err}", path.display()))?;
+        }
+        println!("{}: the agent configuration is valid", file.display());
+        return Ok(());
+    }
+    let agent = setup.start()?;
     if let Some(addr) = args.admin {
         crate::admin::start(addr, Arc::new(agent.observer())).await?;
     }

@@ -103,6 +103,15 @@ impl FrontendArgs {
         }))
     }
 
+    /// Checks the frontend settings (TLS material, sockets' directories) without binding.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let tls = self.tls()?;
+        if tls.is_none() && (self.connect_tls.is_some() || self.grpc_tls.is_some()) {
+            anyhow::bail!("TLS frontends need --frontend-cert, --frontend-key and --frontend-client-ca");
+        }
+        Ok(())
+    }
+
     /// Binds every configured frontend and starts serving on `server`.
     pub async fn start(&self, server: &Server) -> anyhow::Result<()> {
         let limits = FrontendLimits {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod agent_cmd;
+mod config_file;
 mod demo;
 mod dev_pki;
 mod forward_cmd;
@@ -9,7 +10,7 @@ mod frontends;
 mod server_cmd;
 mod units;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Reverse tunnels over QUIC: a control plane reaches nodes in private networks.
 ///
@@ -17,8 +18,12 @@ use clap::{Parser, Subcommand};
 /// connection open; the server then opens TCP connections through it to any
 /// host:port the agent can reach. Start with `connector demo`.
 #[derive(Debug, Parser)]
-#[command(name = "connector", version, propagate_version = true)]
+#[command(name = "connector", version, propagate_version = true, args_override_self = true)]
 struct Cli {
+    /// Settings from a TOML file (flags and environment variables take precedence;
+    /// see docs/operations.md).
+    #[arg(long, global = true, env = "CONNECTOR_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Log filter (tracing-subscriber syntax, e.g. `info` or `connector_core=debug`).
     #[arg(long, global = true, env = "CONNECTOR_LOG", default_value = "info")]
     log: String,
@@ -45,7 +50,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let args = config_file::expand(std::env::args_os().collect(), &Cli::command())?;
+    let cli = Cli::parse_from(args);
     let filter = match &cli.command {
         // The demo prints its own report; keep the logs to warnings unless asked.
         Command::Demo(_) if std::env::var_os("CONNECTOR_LOG").is_none() && cli.log == "info" => "warn".to_owned(),

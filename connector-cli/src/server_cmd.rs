@@ -62,6 +62,10 @@ pub struct ServerArgs {
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// Check the settings (certificates, tokens, frontends, a `--config` file) and exit
+    /// without starting: `connector server --check-config FILE`.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
     #[command(flatten)]
     frontends: FrontendArgs,
 }
@@ -85,12 +89,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ..Limits::default()
     };
     setup.proxy_strategies = ProxyStrategy::parse_list(&args.proxy_strategies)?;
-    let server = match setup.start() {
-        Err(SetupError::NoAuthentication) => {
-            bail!("no way to authenticate agents: pass --tokens FILE and/or --client-ca FILE")
-        }
-        started => started.context("starting the server")?.server,
-    };
+    if let Err(SetupError::NoAuthentication) = setup.check() {
+        bail!("no way to authenticate agents: pass --tokens FILE and/or --client-ca FILE");
+    }
+    args.frontends.check()?;
+    if let Some(file) = &args.check_config {
+        println!("{}: the server configuration is valid", file.display());
+        return Ok(());
+    }
+    let server = setup.start().context("starting the server")?.server;
     args.frontends.start(&server).await?;
     if let Some(addr) = args.admin {
         crate::admin::start(addr, std::sync::Arc::new(server.clone())).await?;

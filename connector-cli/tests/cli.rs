@@ -126,3 +126,55 @@ fn agents_connect_to_a_server_with_token_or_certificate_and_bad_tokens_are_rejec
     let line = server.wait_for(&["rejecting agent"]);
     assert!(!line.contains("not-the-token"), "{line}");
 }
+
+#[test]
+fn config_file_runs_server_and_agent_and_check_config_names_bad_settings() {
+    let dir = temp_dir("config");
+    dev_pki(&dir);
+    let d = dir.display();
+    let config = dir.join("connector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "log = \"info\"\n\
+             [server]\nlisten = \"127.0.0.1:0\"\nserver-id = \"srv-file\"\ncert = \"{d}/server.pem\"\n\
+             key = \"{d}/server-key.pem\"\ntokens = \"{d}/tokens\"\nmax_agents = 5\n\
+             [agent]\nserver-name = \"localhost\"\nagent-id = \"node-a\"\nca = \"{d}/ca.pem\"\n\
+             token-file = \"{d}/node-a.token\"\nidentifiers = \"host=node-a\"\nallow = [\"127.0.0.1/32\", \"10.0.0.0/8\"]\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    let out = connector(&["server", "--check-config", config]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the server configuration is valid"));
+
+    // The file's server-id is overridden by the flag; the agent adds --server on the command line.
+    let mut server = Running::spawn(connector(&["server", "--config", config, "--server-id", "srv-flag"]));
+    let quic = listen_addr(&server.wait_for(&["accepting agents", "server_id=srv-flag"]));
+    let mut agent = Running::spawn(connector(&["agent", "--config", config, "--server", &quic]));
+    agent.wait_for(&["connected", "srv-flag"]);
+    server.wait_for(&["agent connected", "agent=node-a"]);
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[server]\nmax-agent = 5\n").unwrap();
+    let out = connector(&["server", "--check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown setting \"max-agent\" in [server]"), "{err}");
+
+    std::fs::write(
+        &bad,
+        format!("[server]\ncert = \"{d}/missing.pem\"\nkey = \"{d}/server-key.pem\"\ntokens = \"{d}/tokens\"\n"),
+    )
+    .unwrap();
+    let out = connector(&["server", "--check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.pem"), "{err}");
+}

@@ -103,9 +103,18 @@ impl ServerSetup {
         }
     }
 
+    /// Checks what [`ServerSetup::start`] would refuse, without binding anything.
+    pub fn check(&self) -> Result<(), SetupError> {
+        if self.tokens.is_none() && self.client_cas.is_none() && self.authenticators.is_empty() {
+            return Err(SetupError::NoAuthentication);
+        }
+        Ok(())
+    }
+
     /// Binds the QUIC listener and starts accepting agents. Must be called
     /// within a tokio runtime, which then drives the server.
     pub fn start(self) -> Result<StartedServer, SetupError> {
+        self.check()?;
         let mut authenticators: Vec<Arc<dyn Authenticator>> = Vec::new();
         if let Some(tokens) = self.tokens {
             authenticators.push(Arc::new(tokens));
@@ -114,9 +123,6 @@ impl ServerSetup {
             authenticators.push(Arc::new(CertificateAuthenticator));
         }
         authenticators.extend(self.authenticators);
-        if authenticators.is_empty() {
-            return Err(SetupError::NoAuthentication);
-        }
         let tls = ServerTls {
             identity: self.identity,
             client_cas: self.client_cas,
@@ -194,16 +200,29 @@ impl AgentSetup {
         }
     }
 
+    /// Checks what [`AgentSetup::start`] would refuse, without connecting.
+    pub fn check(&self) -> Result<(), SetupError> {
+        self.tls_server_name()?;
+        if self.credentials.is_none() && self.client_identity.is_none() {
+            return Err(SetupError::NoCredential);
+        }
+        Ok(())
+    }
+
+    fn tls_server_name(&self) -> Result<String, SetupError> {
+        match &self.server_name {
+            Some(name) => Ok(name.clone()),
+            None => host_part(&self.server).ok_or_else(|| SetupError::ServerName(self.server.clone())),
+        }
+    }
+
     /// Starts the agent's connect loop. Must be called within a tokio runtime.
     pub fn start(self) -> Result<Agent, SetupError> {
-        let server_name = match self.server_name {
-            Some(name) => name,
-            None => host_part(&self.server).ok_or_else(|| SetupError::ServerName(self.server.clone()))?,
-        };
+        self.check()?;
+        let server_name = self.tls_server_name()?;
         let credentials = match self.credentials {
             Some(source) => source,
-            None if self.client_identity.is_some() => Arc::new(crate::auth::StaticCredential::default()),
-            None => return Err(SetupError::NoCredential),
+            None => Arc::new(crate::auth::StaticCredential::default()),
         };
         let tls = AgentTls {
             server_cas: self.server_cas,
