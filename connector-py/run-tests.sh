@@ -22,14 +22,16 @@ fi
 echo "== build the wheel"
 wheels="$target/connector-py-wheels"
 rm -rf "$wheels"
-(cd "$here" && "$venv/bin/maturin" build --release --quiet --out "$wheels")
+# The dev profile (dependencies optimised, see the workspace Cargo.toml) reuses
+# what `cargo test` already compiled; benchmarks build with --release themselves.
+(cd "$here" && "$venv/bin/maturin" build --quiet --out "$wheels")
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall "$wheels"/connector-*.whl
 
 # A `connector` binary given in CONNECTOR_BIN (e.g. one `cargo test` built) is used as is.
 if [ -z "${CONNECTOR_BIN:-}" ]; then
   echo "== build the connector binary (interop test)"
-  (cd "$root" && cargo build --release --quiet -p connector-cli)
-  export CONNECTOR_BIN="$target/release/connector"
+  (cd "$root" && cargo build --quiet -p connector-cli)
+  export CONNECTOR_BIN="$target/debug/connector"
 fi
 
 echo "== pytest"

@@ -12,6 +12,10 @@ Each is run ROUNDS times, interleaved; the median is reported as payload
 MiB/s (each way: SIZE bytes go out and SIZE bytes come back).
 
     python bench/bulk.py [--size-mib 128] [--rounds 3] [--chunk-kib 256]
+
+Measure a release wheel (run-tests.sh installs a dev build):
+
+    cd connector-py && maturin build --release --out /tmp/wheels && pip install --force-reinstall /tmp/wheels/connector-*.whl
 """
 
 from __future__ import annotations
