@@ -1,10 +1,10 @@
 # The whole test suite, every language in the repository. `.ci/run` installs
 # what it needs and then runs exactly this.
-.PHONY: test test-rust connector-bin test-go-interop test-python test-ffi demo
+.PHONY: test test-rust connector-bin test-go-interop test-python test-ffi test-deploy demo
 
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-test: test-rust test-go-interop test-python test-ffi
+test: test-rust test-go-interop test-python test-ffi test-deploy
 
 test-rust:
 	cargo test --workspace
@@ -27,6 +27,11 @@ test-python: connector-bin
 # and example built on it (`go test -race`).
 test-ffi:
 	connector-ffi/run-tests.sh
+
+# deploy/: every Kustomize overlay rendered and validated against the Kubernetes
+# OpenAPI schemas, its TOML settings checked by the binary, and a smoke run.
+test-deploy: connector-bin
+	CONNECTOR_BIN=$(TARGET_DIR)/debug/connector deploy/validate.sh
 
 demo:
 	cargo run --release -p connector-cli -- demo
