@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# Side-by-side comparison of connector with direct TCP, raw QUIC, rathole
+# (tcp and noise) and Konnectivity (HTTP CONNECT frontend), one after another
+# on this machine, plus connector and raw QUIC over an emulated WAN path.
+#
+#   benches/compare.sh                 # everything; prints a markdown table
+#   SECS=3 benches/compare.sh          # shorter bulk phases
+#
+# Every row is measured by the same client (`netbench run`, benches/src/bin/netbench.rs)
+# against the same target service (`netbench serve`):
+#   up/down    one connection, SECS seconds of bulk each way (end to end: the
+#              sink acknowledges the byte count; the download is counted at the client)
+#   RTT        64-byte ping-pong on one open connection (p50 / p99)
+#   dial       connect (+ CONNECT handshake where there is one) until the first echoed
+#              byte: p50 of a sequential loop; dials/s with 8 loops in parallel
+#   HOL        download throughput next to a connection whose reader stopped,
+#              as a fraction of the same download alone
+#   CPU        user+system seconds per GiB moved (up+down phases): "tunnel" = the
+#              tunnel's two processes (raw QUIC: both QUIC endpoints), "all" = also
+#              the client and the target service
+#   RSS        peak RSS (VmHWM) of the tunnel's processes, summed
+#
+# Needs: release builds (built here), rathole (RATHOLE=..., `cargo install rathole`),
+# konnectivity-server/-agent (KONN_BIN=dir, see docs/benchmarks.md). A missing
+# peer is skipped with a note. Peers' binaries default to $CARGO_TARGET_DIR/peers.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+PEERS="${PEERS:-$TARGET_DIR/peers}"
+RATHOLE="${RATHOLE:-$PEERS/rathole/bin/rathole}"
+KONN_BIN="${KONN_BIN:-$PEERS/konn/bin}"
+SECS="${SECS:-5}"
+WAN_SECS="${WAN_SECS:-10}"
+WAN_DELAY_MS="${WAN_DELAY_MS:-10}" # each way: 20 ms RTT
+WAN_LOSS="${WAN_LOSS:-0.01}"       # each way
+IDLE_N="${IDLE_N:-10000}"
+AGENTS_N="${AGENTS_N:-2000}"
+WORK="$(mktemp -d /tmp/connector-compare.XXXXXX)"
+OUT="$WORK/results.tsv"
+
+# Many idle connections need many descriptors in every process started below.
+ulimit -n 65536 2>/dev/null || true
+(cd "$ROOT" && cargo build --release -q -p connector-cli -p connector-benches --bins)
+NB="$TARGET_DIR/release/netbench"
+CONNECTOR="$TARGET_DIR/release/connector"
+
+PIDS=()
+cleanup() {
+	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# start NAME CMD...: runs CMD in the background, logs to $WORK/NAME.log, sets $LAST.
+start() {
+	local name="$1"
+	shift
+	"$@" >"$WORK/$name.log" 2>&1 &
+	LAST=$!
+	PIDS+=("$LAST")
+}
+
+stop() { for pid in "$@"; do kill "$pid" 2>/dev/null || true; done; }
+
+note() { echo "# $*" | tee -a "$WORK/notes.txt" >&2; }
+
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)" | tee "$WORK/notes.txt" >&2
+echo "work dir: $WORK" >&2
+
+# The target service everything ends at.
+start target "$NB" serve --listen 127.0.0.1:17001
+TARGET_PID=$LAST
+"$NB" probe --addr 127.0.0.1:17001
+
+run() { "$NB" run --secs "$SECS" --out "$OUT" --endpoint-pids "$TARGET_PID" "$@"; }
+
+# 1. Direct TCP on loopback.
+run --label direct-tcp --addr 127.0.0.1:17001
+
+# 2. Raw QUIC: one quinn connection, a stream per "connection".
+start rawquic "$NB" quic-serve --listen 127.0.0.1:17002 --ca-out "$WORK/rawquic-ca.pem"
+RAWQUIC_PID=$LAST
+until [ -s "$WORK/rawquic-ca.pem" ]; do sleep 0.05; done # written after the bind
+"$NB" quic-run --label raw-quic --addr 127.0.0.1:17002 --ca "$WORK/rawquic-ca.pem" --pids "$RAWQUIC_PID" \
+	--secs "$SECS" --out "$OUT"
+
+# 3. connector over QUIC: in-process --forward (like a rathole port), and the
+#    HTTP CONNECT frontend on a Unix socket (like Konnectivity's).
+"$CONNECTOR" dev-pki --out "$WORK/pki" >/dev/null
+start connector-server "$CONNECTOR" server --listen 127.0.0.1:17443 --cert "$WORK/pki/server.pem" \
+	--key "$WORK/pki/server-key.pem" --tokens "$WORK/pki/tokens" \
+	--forward "127.0.0.1:17010=127.0.0.1:17001,agent=node-a" --connect-uds "$WORK/connector.sock" \
+	--max-streams-per-agent 20000 --frontend-max-connections 20000
+CSERVER=$LAST
+start connector-agent "$CONNECTOR" agent --server 127.0.0.1:17443 --ca "$WORK/pki/ca.pem" --agent-id node-a \
+	--token-file "$WORK/pki/node-a.token" --identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32 \
+	--max-connections 20000
+CAGENT=$LAST
+"$NB" probe --addr 127.0.0.1:17010
+run --label connector-quic --addr 127.0.0.1:17010 --pids "$CSERVER,$CAGENT"
+"$NB" probe --addr "unix:$WORK/connector.sock" --connect-target 127.0.0.1:17001
+run --label connector-quic-connect --addr "unix:$WORK/connector.sock" --connect-target 127.0.0.1:17001 \
+	--pids "$CSERVER,$CAGENT"
+note "connector-tcp: not measured, the TCP fallback transport (issue 5) does not exist yet"
+
+# Idle connections through one agent: RSS growth of server + agent per connection.
+if [ "$(ulimit -n)" -gt $((IDLE_N + 1000)) ]; then
+	"$NB" idle --addr 127.0.0.1:17010 --n "$IDLE_N" --pids "$CSERVER,$CAGENT" | tee "$WORK/idle.txt" >&2 ||
+		note "idle connections: failed (see above)"
+else
+	note "idle connections: skipped, open-file limit $(ulimit -n) too low for $IDLE_N"
+fi
+# Idle agents on one server: the server's RSS growth per agent (agents in one netbench process).
+"$NB" agents --server 127.0.0.1:17443 --ca "$WORK/pki/ca.pem" --token-file "$WORK/pki/node-a.token" \
+	--n "$AGENTS_N" --server-pid "$CSERVER" | tee "$WORK/agents.txt" >&2 || note "idle agents: failed (see above)"
+stop "$CSERVER" "$CAGENT"
+
+# 4. rathole, plain tcp and noise.
+if [ -x "$RATHOLE" ]; then
+	keys="$("$RATHOLE" --genkey)"
+	private="$(echo "$keys" | sed -n '/Private Key:/{n;p}')"
+	public="$(echo "$keys" | sed -n '/Public Key:/{n;p}')"
+	for transport in tcp noise; do
+		noise_server="" noise_client=""
+		if [ "$transport" = noise ]; then
+			noise_server=$'[server.transport.noise]\nlocal_private_key = "'"$private"'"'
+			noise_client=$'[client.transport.noise]\nremote_public_key = "'"$public"'"'
+		fi
+		cat >"$WORK/rathole-server-$transport.toml" <<EOF
+[server]
+bind_addr = "127.0.0.1:17020"
+[server.transport]
+type = "$transport"
+$noise_server
+[server.services.bench]
+token = "bench-token"
+bind_addr = "127.0.0.1:17021"
+EOF
+		cat >"$WORK/rathole-client-$transport.toml" <<EOF
+[client]
+remote_addr = "127.0.0.1:17020"
+[client.transport]
+type = "$transport"
+$noise_client
+[client.services.bench]
+token = "bench-token"
+local_addr = "127.0.0.1:17001"
+EOF
+		start "rathole-server-$transport" env RUST_LOG=warn "$RATHOLE" --server "$WORK/rathole-server-$transport.toml"
+		RSERVER=$LAST
+		start "rathole-client-$transport" env RUST_LOG=warn "$RATHOLE" --client "$WORK/rathole-client-$transport.toml"
+		RCLIENT=$LAST
+		"$NB" probe --addr 127.0.0.1:17021
+		run --label "rathole-$transport" --addr 127.0.0.1:17021 --pids "$RSERVER,$RCLIENT"
+		stop "$RSERVER" "$RCLIENT"
+		wait "$RSERVER" "$RCLIENT" 2>/dev/null || true
+	done
+else
+	note "rathole: not found at $RATHOLE, rows skipped"
+fi
+
+# Konnectivity is built from the Go module proxy by a tiny module of ours (benches/konnectivity).
+if [ ! -x "$KONN_BIN/konnectivity-server" ] && command -v go >/dev/null; then
+	(cd "$ROOT/benches/konnectivity" && go build -o "$KONN_BIN/konnectivity-server" ./server &&
+		go build -o "$KONN_BIN/konnectivity-agent" ./agent) || note "konnectivity: build failed"
+fi
+
+# 5. Konnectivity, HTTP CONNECT frontend on a Unix socket (as kube-apiserver uses it).
+if [ -x "$KONN_BIN/konnectivity-server" ] && [ -x "$KONN_BIN/konnectivity-agent" ]; then
+	start konnectivity-server "$KONN_BIN/konnectivity-server" --mode http-connect --uds-name "$WORK/konn.sock" \
+		--server-port 0 --agent-port 17031 --admin-port 17032 --health-port 17033 \
+		--cluster-cert "$WORK/pki/server.pem" --cluster-key "$WORK/pki/server-key.pem" --server-count 1
+	KSERVER=$LAST
+	start konnectivity-agent "$KONN_BIN/konnectivity-agent" --proxy-server-host 127.0.0.1 \
+		--proxy-server-port 17031 --ca-cert "$WORK/pki/ca.pem" --admin-server-port 17034 \
+		--health-server-port 17035 --agent-identifiers host=node-a,ipv4=127.0.0.1
+	KAGENT=$LAST
+	"$NB" probe --addr "unix:$WORK/konn.sock" --connect-target 127.0.0.1:17001
+	run --label konnectivity --addr "unix:$WORK/konn.sock" --connect-target 127.0.0.1:17001 --pids "$KSERVER,$KAGENT" ||
+		note "konnectivity: run failed (see above)"
+	stop "$KSERVER" "$KAGENT"
+else
+	note "konnectivity: binaries not found in $KONN_BIN, row skipped"
+fi
+
+# 6. WAN: 20 ms RTT, 1 % loss each way, between agent and server (QUIC rows only).
+start impair-quic "$NB" impair --listen 127.0.0.1:17051 --upstream 127.0.0.1:17002 --delay-ms "$WAN_DELAY_MS" \
+	--loss "$WAN_LOSS"
+IMPAIR1=$LAST
+start impair-connector "$NB" impair --listen 127.0.0.1:17052 --upstream 127.0.0.1:17444 --delay-ms "$WAN_DELAY_MS" \
+	--loss "$WAN_LOSS"
+IMPAIR2=$LAST
+start connector-server-wan "$CONNECTOR" server --listen 127.0.0.1:17444 --cert "$WORK/pki/server.pem" \
+	--key "$WORK/pki/server-key.pem" --tokens "$WORK/pki/tokens" \
+	--forward "127.0.0.1:17011=127.0.0.1:17001,agent=node-a"
+CSERVER=$LAST
+start connector-agent-wan "$CONNECTOR" agent --server 127.0.0.1:17052 --ca "$WORK/pki/ca.pem" --agent-id node-a \
+	--token-file "$WORK/pki/node-a.token" --identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32
+CAGENT=$LAST
+"$NB" probe --addr 127.0.0.1:17011
+"$NB" quic-run --label wan-raw-quic --addr 127.0.0.1:17051 --ca "$WORK/rawquic-ca.pem" --pids "$RAWQUIC_PID" \
+	--secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
+"$NB" run --label wan-connector-quic --addr 127.0.0.1:17011 --pids "$CSERVER,$CAGENT" --endpoint-pids "$TARGET_PID" \
+	--secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
+# Raw QUIC with BBR instead of Cubic on the same impaired path: what the congestion controller is worth.
+start rawquic-bbr "$NB" quic-serve --listen 127.0.0.1:17003 --ca-out "$WORK/rawquic-bbr-ca.pem" --bbr
+RAWQUIC_BBR=$LAST
+start impair-quic-bbr "$NB" impair --listen 127.0.0.1:17053 --upstream 127.0.0.1:17003 --delay-ms "$WAN_DELAY_MS" \
+	--loss "$WAN_LOSS"
+IMPAIR3=$LAST
+until [ -s "$WORK/rawquic-bbr-ca.pem" ]; do sleep 0.05; done
+"$NB" quic-run --label wan-raw-quic-bbr --bbr --addr 127.0.0.1:17053 --ca "$WORK/rawquic-bbr-ca.pem" \
+	--pids "$RAWQUIC_BBR" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
+stop "$RAWQUIC_BBR" "$IMPAIR3"
+note "WAN rows for TCP-based peers (rathole, Konnectivity, direct TCP): not measured (no TUN/netns forwarder yet)"
+stop "$CSERVER" "$CAGENT" "$IMPAIR1" "$IMPAIR2"
+
+echo
+"$NB" table --input "$OUT"
+echo
+cat "$WORK/notes.txt"
+[ -s "$WORK/idle.txt" ] && cat "$WORK/idle.txt"
+[ -s "$WORK/agents.txt" ] && cat "$WORK/agents.txt"
+echo "raw results: $OUT"

@@ -1,0 +1,761 @@
+//! `netbench`: the measuring side of `benches/compare.sh`.
+//!
+//! * `serve`: the [`connector_benches::target`] service on TCP;
+//! * `run`: measures a path to that service (directly, through a port
+//!   forwarder, or through an HTTP CONNECT proxy) and appends one row;
+//! * `quic-serve` / `quic-run`: the same measurements over raw QUIC (quinn,
+//!   one connection, one stream per "connection"): the QUIC ceiling;
+//! * `impair`: a UDP proxy adding a fixed delay and random loss each way;
+//! * `idle`: opens many idle connections and reports the tunnel's RSS growth;
+//! * `table`: prints the collected rows with ratios.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use connector_benches::client::{self, percentile};
+use connector_benches::{CHUNK, target};
+use connector_core::pki::ThrowawayCa;
+use connector_core::tls::{AgentTls, ServerTls};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket, UnixStream};
+
+#[derive(Parser)]
+#[command(about = "Measures throughput, round trip, dial rate, HOL isolation, CPU and RSS of a path")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The target service (echo / sink / source) on TCP.
+    Serve {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Measures a TCP path and appends a row to --out.
+    Run(RunArgs),
+    /// Raw QUIC server: every bidirectional stream is served like a target connection.
+    QuicServe {
+        /// UDP address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Where to write the CA certificate (PEM) the client must trust.
+        #[arg(long)]
+        ca_out: PathBuf,
+        /// Use BBR instead of quinn's default congestion controller (Cubic).
+        #[arg(long)]
+        bbr: bool,
+    },
+    /// Measures raw QUIC (one connection, a stream per dial) and appends a row.
+    QuicRun(RunArgs),
+    /// UDP impairment proxy: fixed one-way delay and random loss in both directions.
+    Impair {
+        /// Address clients send to.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Address datagrams are relayed to.
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// One-way delay added in each direction, milliseconds.
+        #[arg(long, default_value_t = 10)]
+        delay_ms: u64,
+        /// Probability that a datagram is dropped, each direction.
+        #[arg(long, default_value_t = 0.01)]
+        loss: f64,
+    },
+    /// Opens --n idle echo connections through --addr and reports the RSS growth of --pids.
+    Idle {
+        /// Where to connect.
+        #[arg(long)]
+        addr: String,
+        /// How many connections.
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        /// Processes whose RSS counts (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+    },
+    /// Starts --n agents in this process against a running server and reports the server's RSS growth.
+    Agents {
+        /// The server's QUIC address (`host:port`).
+        #[arg(long)]
+        server: String,
+        /// CA (PEM) of the server's certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        /// File holding a bearer token the server accepts.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// How many agents.
+        #[arg(long, default_value_t = 2_000)]
+        n: usize,
+        /// The server process.
+        #[arg(long)]
+        server_pid: u32,
+    },
+    /// Retries dial + first echo through a path until it works (at most 60 s): a readiness check.
+    Probe {
+        /// Where to connect (`host:port` or `unix:PATH`).
+        #[arg(long)]
+        addr: String,
+        /// Send `CONNECT <this>` first.
+        #[arg(long)]
+        connect_target: Option<String>,
+    },
+    /// Prints the rows of a results file as a table with ratios.
+    Table {
+        /// The results file written by `run`.
+        #[arg(long)]
+        input: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Row label.
+    #[arg(long)]
+    label: String,
+    /// Where to connect (`host:port`); with --connect-target, the CONNECT proxy (`unix:PATH` or `host:port`).
+    #[arg(long)]
+    addr: String,
+    /// Send `CONNECT <this>` first on every connection (an HTTP CONNECT proxy at --addr).
+    #[arg(long)]
+    connect_target: Option<String>,
+    /// CA (PEM) of the raw QUIC server (`quic-run`).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// `quic-run`: use BBR instead of quinn's default congestion controller (Cubic).
+    #[arg(long)]
+    bbr: bool,
+    /// Tunnel processes (server, agent): their CPU and peak RSS are reported.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Endpoint processes besides this one (the target service): counted in the "all" CPU figure.
+    #[arg(long, value_delimiter = ',')]
+    endpoint_pids: Vec<u32>,
+    /// Seconds per bulk measurement.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// Skip the dial and HOL measurements.
+    #[arg(long)]
+    bulk_and_rtt_only: bool,
+    /// Results file (tab-separated, appended).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve { listen } => multi_thread()?.block_on(async move {
+            let addr = target::bind_and_serve(listen).await?;
+            eprintln!("netbench target on {addr}");
+            std::future::pending::<anyhow::Result<()>>().await
+        }),
+        Cmd::Run(args) => current_thread()?.block_on(run(args.clone(), Arc::new(TcpDialer::new(&args)))),
+        Cmd::QuicServe { listen, ca_out, bbr } => multi_thread()?.block_on(quic_serve(listen, ca_out, bbr)),
+        Cmd::QuicRun(mut args) => current_thread()?.block_on(async move {
+            // Both QUIC endpoints are "the tunnel" here: this process is the client one.
+            args.pids.push(std::process::id());
+            let dialer = QuicDialer::connect(&args).await?;
+            run(args, Arc::new(dialer)).await
+        }),
+        Cmd::Impair {
+            listen,
+            upstream,
+            delay_ms,
+            loss,
+        } => multi_thread()?.block_on(impair(listen, upstream, Duration::from_millis(delay_ms), loss)),
+        Cmd::Idle { addr, n, pids } => current_thread()?.block_on(idle(addr, n, pids)),
+        Cmd::Agents {
+            server,
+            ca,
+            token_file,
+            n,
+            server_pid,
+        } => multi_thread()?.block_on(agents(server, ca, token_file, n, server_pid)),
+        Cmd::Probe { addr, connect_target } => current_thread()?.block_on(probe(TcpDialer { addr, connect_target })),
+        Cmd::Table { input } => table(&input),
+    }
+}
+
+fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// A byte stream of any kind.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type BoxIo = Box<dyn Io>;
+type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Opens a new connection of the path under test.
+trait Dialer: Send + Sync + 'static {
+    fn dial(&self) -> BoxFuture<'_, anyhow::Result<BoxIo>>;
+}
+
+struct TcpDialer {
+    addr: String,
+    connect_target: Option<String>,
+}
+
+impl TcpDialer {
+    fn new(args: &RunArgs) -> Self {
+        Self {
+            addr: args.addr.clone(),
+            connect_target: args.connect_target.clone(),
+        }
+    }
+}
+
+impl Dialer for TcpDialer {
+    fn dial(&self) -> BoxFuture<'_, anyhow::Result<BoxIo>> {
+        Box::pin(async move {
+            let mut io: BoxIo = match self.addr.strip_prefix("unix:") {
+                Some(path) => Box::new(UnixStream::connect(path).await?),
+                None => {
+                    let tcp = TcpStream::connect(&self.addr).await?;
+                    tcp.set_nodelay(true)?;
+                    Box::new(tcp)
+                }
+            };
+            if let Some(target) = &self.connect_target {
+                http_connect(&mut io, target).await?;
+            }
+            Ok(io)
+        })
+    }
+}
+
+/// `CONNECT target`, as kube-apiserver's egress dialer sends it; reads the
+/// response head byte by byte so that no tunnelled byte is consumed.
+async fn http_connect(io: &mut BoxIo, target: &str) -> anyhow::Result<()> {
+    io.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = Vec::with_capacity(128);
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(io.read_u8().await?);
+        if head.len() > 8192 {
+            bail!("CONNECT response head too long");
+        }
+    }
+    let status = String::from_utf8_lossy(&head);
+    if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.0 200") {
+        bail!("CONNECT refused: {}", status.lines().next().unwrap_or(""));
+    }
+    Ok(())
+}
+
+struct QuicDialer {
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl QuicDialer {
+    async fn connect(args: &RunArgs) -> anyhow::Result<Self> {
+        let ca_path = args.ca.as_ref().context("quic-run needs --ca")?;
+        let cas = connector_core::tls::certs_from_file(ca_path)?;
+        let tls = AgentTls {
+            server_cas: cas,
+            server_name: "localhost".into(),
+            client_identity: None,
+        };
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.rustls_config()?)?;
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(args.bbr)));
+        endpoint.set_default_client_config(config);
+        let addr: SocketAddr = args.addr.parse()?;
+        let conn = endpoint.connect(addr, "localhost")?.await?;
+        Ok(Self {
+            conn,
+            _endpoint: endpoint,
+        })
+    }
+}
+
+impl Dialer for QuicDialer {
+    fn dial(&self) -> BoxFuture<'_, anyhow::Result<BoxIo>> {
+        Box::pin(async move {
+            let (send, recv) = self.conn.open_bi().await?;
+            Ok(Box::new(tokio::io::join(recv, send)) as BoxIo)
+        })
+    }
+}
+
+fn transport_config(bbr: bool) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(20_000));
+    if bbr {
+        transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
+    transport
+}
+
+async fn quic_serve(listen: SocketAddr, ca_out: PathBuf, bbr: bool) -> anyhow::Result<()> {
+    let ca = ThrowawayCa::new("netbench raw QUIC CA")?;
+    let tls = ServerTls {
+        identity: ca
+            .issue("netbench raw QUIC server", &["localhost", "127.0.0.1"])?
+            .identity(),
+        client_cas: None,
+    };
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.rustls_config()?)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(bbr)));
+    let endpoint = quinn::Endpoint::server(config, listen)?;
+    std::fs::write(&ca_out, ca.cert_pem())?;
+    eprintln!("netbench raw QUIC on {}", endpoint.local_addr()?);
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    let Ok(mode) = recv.read_u8().await else { return };
+                    let _ = target::serve_mode(mode, &mut recv, &mut send).await;
+                });
+            }
+        });
+    }
+    Ok(())
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// A `/proc/PID/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn total_cpu(pids: &[u32]) -> f64 {
+    pids.iter().map(|&p| cpu_seconds(p)).sum()
+}
+
+/// Reads for `secs` from an endless source; returns bytes per second.
+async fn timed_download(dialer: &dyn Dialer, secs: f64) -> anyhow::Result<(f64, u64)> {
+    let mut io = dialer.dial().await?;
+    client::start_download(&mut io, u64::MAX).await?;
+    let mut buf = vec![0u8; CHUNK];
+    // The first byte starts the clock, so that dial time does not count.
+    let n = io.read(&mut buf).await?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut got = n as u64;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), io.read(&mut buf)).await {
+            Err(_) => break,
+            Ok(Ok(0)) => bail!("source closed early"),
+            Ok(Ok(n)) => got += n as u64,
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+    Ok((got as f64 / start.elapsed().as_secs_f64(), got))
+}
+
+/// Writes for `secs` into a sink, then waits for its count; returns bytes per second.
+async fn timed_upload(dialer: &dyn Dialer, secs: f64) -> anyhow::Result<(f64, u64)> {
+    let mut io = dialer.dial().await?;
+    io.write_all(&[target::SINK]).await?;
+    let mut buf = vec![0xa5u8; CHUNK + 4];
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        sent += client::upload_chunk(&mut io, &mut buf).await?;
+    }
+    let seen = client::finish_upload(&mut io).await?;
+    if seen != sent {
+        bail!("sink saw {seen} of {sent} bytes");
+    }
+    Ok((seen as f64 / start.elapsed().as_secs_f64(), seen))
+}
+
+/// Small-message ping-pong on one connection; sorted round trips in µs.
+async fn round_trips(dialer: &dyn Dialer, secs: f64) -> anyhow::Result<Vec<f64>> {
+    let mut io = dialer.dial().await?;
+    client::start_echo(&mut io).await?;
+    let msg = [0x42u8; 64];
+    let mut scratch = [0u8; 64];
+    for _ in 0..20 {
+        client::round_trip(&mut io, &msg, &mut scratch).await?;
+    }
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut samples = Vec::new();
+    while Instant::now() < end && samples.len() < 1_000_000 {
+        let t = Instant::now();
+        client::round_trip(&mut io, &msg, &mut scratch).await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+/// Dial → first echoed byte, `concurrency` loops for `secs`; sorted latencies (µs) and dials per second.
+async fn dial_loop(dialer: Arc<dyn Dialer>, concurrency: usize, secs: f64) -> anyhow::Result<(Vec<f64>, f64)> {
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let dialer = dialer.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < end {
+                let t = Instant::now();
+                let mut io = dialer.dial().await?;
+                client::first_echo(&mut io).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+                let _ = io.shutdown().await;
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    Ok((all, rate))
+}
+
+/// One stalled download (its reader stopped) next to a bulk download:
+/// returns the bulk one's rate.
+async fn hol(dialer: &dyn Dialer, secs: f64) -> anyhow::Result<f64> {
+    let mut stalled = dialer.dial().await?;
+    client::start_download(&mut stalled, u64::MAX).await?;
+    let mut first = [0u8; 1];
+    stalled.read_exact(&mut first).await?;
+    // From here on nobody reads `stalled`: its data piles up in every buffer on the way.
+    let result = tokio::time::timeout(Duration::from_secs_f64(secs * 3.0 + 10.0), timed_download(dialer, secs)).await;
+    drop(stalled);
+    match result {
+        Ok(Ok((rate, _))) => Ok(rate),
+        // Stalled completely (no first byte within the limit).
+        Err(_) => Ok(0.0),
+        Ok(Err(e)) => Err(e),
+    }
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+const HEADER: &str = "label\tup_gbps\tdown_gbps\trtt_p50_us\trtt_p99_us\tdial_p50_us\tdials_per_s\thol\tcpu_tunnel_s_per_gib\tcpu_all_s_per_gib\tpeak_rss_mib";
+
+async fn run(args: RunArgs, dialer: Arc<dyn Dialer>) -> anyhow::Result<()> {
+    let secs = args.secs;
+    let mut all_pids = args.pids.clone();
+    all_pids.extend(&args.endpoint_pids);
+    all_pids.push(std::process::id());
+    // Warm-up: one connection end to end.
+    {
+        let mut io = dialer.dial().await.context("first dial")?;
+        client::first_echo(&mut io).await.context("first echo")?;
+    }
+    let (cpu_t0, cpu_a0) = (total_cpu(&args.pids), total_cpu(&all_pids));
+    let (down, down_bytes) = timed_download(dialer.as_ref(), secs).await.context("download")?;
+    let (up, up_bytes) = timed_upload(dialer.as_ref(), secs).await.context("upload")?;
+    let gib = (down_bytes + up_bytes) as f64 / GIB;
+    let cpu_tunnel = (total_cpu(&args.pids) - cpu_t0) / gib;
+    let cpu_all = (total_cpu(&all_pids) - cpu_a0) / gib;
+    eprintln!(
+        "{}: down {:.2} Gbit/s, up {:.2} Gbit/s",
+        args.label,
+        down * 8e-9,
+        up * 8e-9
+    );
+    let rtts = round_trips(dialer.as_ref(), secs.min(3.0))
+        .await
+        .context("round trips")?;
+    let (dial_p50, dial_rate, hol_frac) = if args.bulk_and_rtt_only {
+        (f64::NAN, f64::NAN, f64::NAN)
+    } else {
+        let (lat, _) = dial_loop(dialer.clone(), 1, secs.min(3.0)).await.context("dial loop")?;
+        let (_, rate) = dial_loop(dialer.clone(), 8, secs.min(3.0))
+            .await
+            .context("parallel dial loop")?;
+        let solo = timed_download(dialer.as_ref(), secs).await.context("solo download")?.0;
+        let beside = hol(dialer.as_ref(), secs).await.context("HOL")?;
+        eprintln!(
+            "{}: HOL solo {:.2} Gbit/s, beside a stalled reader {:.2} Gbit/s",
+            args.label,
+            solo * 8e-9,
+            beside * 8e-9
+        );
+        (percentile(&lat, 50.0).unwrap_or(f64::NAN), rate, beside / solo)
+    };
+    let rss_kib: u64 = args.pids.iter().map(|&p| status_kib(p, "VmHWM:")).sum();
+    let row = format!(
+        "{}\t{:.4}\t{:.4}\t{:.1}\t{:.1}\t{:.1}\t{:.0}\t{:.3}\t{:.3}\t{:.3}\t{:.1}",
+        args.label,
+        up * 8e-9,
+        down * 8e-9,
+        percentile(&rtts, 50.0).unwrap_or(f64::NAN),
+        percentile(&rtts, 99.0).unwrap_or(f64::NAN),
+        dial_p50,
+        dial_rate,
+        hol_frac,
+        if args.pids.is_empty() { f64::NAN } else { cpu_tunnel },
+        cpu_all,
+        if args.pids.is_empty() {
+            f64::NAN
+        } else {
+            rss_kib as f64 / 1024.0
+        },
+    );
+    let new = !args.out.exists();
+    let mut file = OpenOptions::new().create(true).append(true).open(&args.out)?;
+    if new {
+        writeln!(file, "{HEADER}")?;
+    }
+    writeln!(file, "{row}")?;
+    eprintln!("{row}");
+    Ok(())
+}
+
+/// Relays datagrams between one client and `upstream`, each delayed by
+/// `delay` and dropped with probability `loss`, in both directions.
+async fn impair(listen: SocketAddr, upstream: SocketAddr, delay: Duration, loss: f64) -> anyhow::Result<()> {
+    let front = Arc::new(UdpSocket::bind(listen).await?);
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    back.connect(upstream).await?;
+    let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+    eprintln!(
+        "impair: {} -> {upstream}, +{delay:?} each way, {:.2}% loss each way",
+        front.local_addr()?,
+        loss * 100.0
+    );
+    // Client -> upstream.
+    let (tx_up, rx_up) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let (tx_down, rx_down) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    {
+        let (front, client) = (front.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *client.lock().unwrap() = Some(from);
+                if rand::random::<f64>() >= loss {
+                    let _ = tx_up.send((tokio::time::Instant::now() + delay, buf[..n].to_vec()));
+                }
+            }
+        });
+    }
+    {
+        let back = back.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok(n) = back.recv(&mut buf).await {
+                if rand::random::<f64>() >= loss {
+                    let _ = tx_down.send((tokio::time::Instant::now() + delay, buf[..n].to_vec()));
+                }
+            }
+        });
+    }
+    let up = tokio::spawn(release(rx_up, move |d| {
+        let back = back.clone();
+        async move {
+            let _ = back.send(&d).await;
+        }
+    }));
+    let down = tokio::spawn(release(rx_down, move |d| {
+        let (front, client) = (front.clone(), client.clone());
+        async move {
+            let to = *client.lock().unwrap();
+            if let Some(to) = to {
+                let _ = front.send_to(&d, to).await;
+            }
+        }
+    }));
+    let _ = tokio::join!(up, down);
+    Ok(())
+}
+
+/// Sends each queued datagram at its release time (FIFO: the delay is constant).
+async fn release<F, Fut>(mut rx: tokio::sync::mpsc::UnboundedReceiver<(tokio::time::Instant, Vec<u8>)>, send: F)
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    while let Some((at, d)) = rx.recv().await {
+        tokio::time::sleep_until(at).await;
+        send(d).await;
+    }
+}
+
+async fn agents(server: String, ca: PathBuf, token_file: PathBuf, n: usize, server_pid: u32) -> anyhow::Result<()> {
+    use connector_core::auth::StaticCredential;
+    use connector_core::proto::{Credential, Secret};
+    let cas = connector_core::tls::certs_from_file(&ca)?;
+    let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
+    let before = status_kib(server_pid, "VmRSS:");
+    let mut agents = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut setup = connector_core::setup::AgentSetup::new(server.clone(), cas.clone(), format!("idle-agent-{i}"));
+        setup.credentials = Some(Arc::new(StaticCredential(Credential::Bearer(Secret::new(
+            token.clone(),
+        )))));
+        agents.push(setup.start()?);
+    }
+    for agent in &agents {
+        agent.connected().await;
+    }
+    let after = status_kib(server_pid, "VmRSS:");
+    let per = after.saturating_sub(before) as f64 * 1024.0 / n as f64;
+    println!(
+        "agents\t{n}\tserver_before_kib={before}\tserver_after_kib={after}\tper_agent_bytes={per:.0}\tper_agent_kib={:.2}",
+        per / 1024.0
+    );
+    Ok(())
+}
+
+async fn probe(dialer: TcpDialer) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut io = dialer.dial().await?;
+            client::first_echo(&mut io).await?;
+            anyhow::Ok(())
+        })
+        .await;
+        match attempt {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if Instant::now() > deadline => {
+                return Err(e.context(format!("{} never became ready", dialer.addr)));
+            }
+            Err(_) if Instant::now() > deadline => bail!("{} never became ready", dialer.addr),
+            // Not ready yet (listener not bound, agent not registered): poll again shortly.
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn idle(addr: String, n: usize, pids: Vec<u32>) -> anyhow::Result<()> {
+    let rss = |pids: &[u32]| -> u64 { pids.iter().map(|&p| status_kib(p, "VmRSS:")).sum() };
+    let before = rss(&pids);
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut tcp = TcpStream::connect(&addr)
+            .await
+            .with_context(|| format!("connection {i}"))?;
+        client::first_echo(&mut tcp)
+            .await
+            .with_context(|| format!("echo {i}"))?;
+        conns.push(tcp);
+    }
+    let after = rss(&pids);
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    println!(
+        "idle\t{n}\tbefore_kib={before}\tafter_kib={after}\tper_connection_bytes={per:.0}\tper_connection_kib={:.2}",
+        per / 1024.0
+    );
+    Ok(())
+}
+
+fn table(input: &PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(input)?;
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .filter(|l| !l.starts_with("label\t") && !l.trim().is_empty())
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect();
+    let find = |label: &str| rows.iter().find(|r| r[0] == label).cloned();
+    let base_direct = find("direct-tcp");
+    let base_noise = find("rathole-noise");
+    let cols = [
+        (1, "up Gbit/s"),
+        (2, "down Gbit/s"),
+        (3, "RTT p50 µs"),
+        (4, "RTT p99 µs"),
+        (5, "dial p50 µs"),
+        (6, "dials/s (8 par.)"),
+        (7, "HOL fraction"),
+        (8, "CPU s/GiB tunnel"),
+        (9, "CPU s/GiB all"),
+        (10, "peak RSS MiB"),
+    ];
+    let num = |r: &[String], i: usize| r.get(i).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
+    let ratio = |r: &[String], base: &Option<Vec<String>>, i: usize| -> String {
+        match (num(r, i), base.as_ref().and_then(|b| num(b, i))) {
+            (Some(v), Some(b)) if b != 0.0 => format!("{:.2}×", v / b),
+            _ => "–".into(),
+        }
+    };
+    let header = || {
+        print!("| path |");
+        for (_, name) in cols {
+            print!(" {name} |");
+        }
+        println!();
+        print!("|---|");
+        for _ in cols {
+            print!("---:|");
+        }
+        println!();
+    };
+    println!("Measured values:\n");
+    header();
+    for r in &rows {
+        print!("| {} |", r[0]);
+        for (i, _) in cols {
+            print!(" {} |", num(r, i).map(format_value).unwrap_or_else(|| "–".into()));
+        }
+        println!();
+    }
+    for (base, name) in [(&base_direct, "direct-tcp"), (&base_noise, "rathole-noise")] {
+        println!("\nRatio to {name} (higher is better for throughput, dials/s and HOL; lower for the rest):\n");
+        header();
+        for r in &rows {
+            print!("| {} |", r[0]);
+            for (i, _) in cols {
+                print!(" {} |", ratio(r, base, i));
+            }
+            println!();
+        }
+    }
+    Ok(())
+}
+
+fn format_value(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}

@@ -1,0 +1,18 @@
+//! Shared pieces of connector's benchmarks: a small TCP target service with
+//! an echo, a sink and a source mode ([`target`]), the client side of each
+//! measurement ([`client`]), and a server + agent pair over QUIC on loopback
+//! or over the in-memory transport ([`harness`]).
+//!
+//! The criterion benches (`benches/tunnel.rs`, `benches/codec.rs`) and the
+//! `netbench` program behind `benches/compare.sh` both use them, so every row
+//! of the side-by-side table and every criterion figure measures the same
+//! thing the same way.
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod harness;
+pub mod target;
+
+/// Size of the buffers used for bulk reads and writes (256 KiB).
+pub const CHUNK: usize = 256 * 1024;
