@@ -44,6 +44,10 @@ pub struct FrontendArgs {
     /// File mode of the frontends' Unix sockets (octal).
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     uds_mode: u32,
+    /// Group (name or numeric id) of the frontends' Unix sockets; with
+    /// `--uds-mode 660` its members may connect.
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    uds_group: Option<u32>,
     /// Forward a local TCP port to a target through an agent (repeatable):
     /// `LISTEN=HOST:PORT`, routed by HOST, or `LISTEN=HOST:PORT,agent=ID`.
     #[arg(long, value_name = "SPEC")]
@@ -54,6 +58,24 @@ pub struct FrontendArgs {
     /// Time a frontend client has for its TLS handshake and request head.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     frontend_head_timeout: Duration,
+}
+
+/// A numeric group id, or a group name looked up in `/etc/group`.
+fn parse_group(text: &str) -> Result<u32, String> {
+    if let Ok(gid) = text.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").map_err(|e| format!("cannot read /etc/group: {e}"))?;
+    groups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?.parse().ok()?;
+            Some((name, gid))
+        })
+        .find_map(|(name, gid)| (name == text).then_some(gid))
+        .ok_or_else(|| format!("no group {text:?} in /etc/group; pass a numeric group id"))
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
@@ -129,6 +151,7 @@ impl FrontendArgs {
         let unix = |path: &PathBuf| FrontendBind::Unix {
             path: path.clone(),
             mode: self.uds_mode,
+            group: self.uds_group,
         };
         let mut binds = Vec::new();
         binds.extend(

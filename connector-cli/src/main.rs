@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a server that agents connect to (next to the apiserver).
-    Server(server_cmd::ServerArgs),
+    Server(Box<server_cmd::ServerArgs>),
     /// Run an agent that connects out to a server and serves its dials (on the node side).
     Agent(agent_cmd::AgentArgs),
     /// Tunnel a local TCP port to a target through a server's HTTP CONNECT frontend.
@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Server(args) => server_cmd::run(args).await,
+            Command::Server(args) => server_cmd::run(*args).await,
             Command::Agent(args) => agent_cmd::run(args).await,
             Command::Forward(args) => forward_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,

@@ -108,13 +108,16 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 /// Checks that `host` is a plausible DNS name: 1..=253 bytes of letters,
-/// digits, `-`, `_`, `.`, `*` (for patterns).
+/// digits, `-`, `_`, `.`, `*` (for patterns), in dot-separated labels of
+/// 1..=63 bytes; one trailing dot (a fully qualified name) is allowed.
 pub(crate) fn valid_host(host: &str) -> bool {
-    !host.is_empty()
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
         && host.len() <= MAX_HOST_LEN
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'))
+        && name.split('.').all(|label| (1..=63).contains(&label.len()))
 }
 
 impl FromStr for Identifiers {
@@ -141,11 +144,12 @@ impl Identifiers {
         let (kind, value) = item.split_once('=').ok_or_else(|| err("missing '='"))?;
         match kind.trim() {
             "host" => {
-                let host = normalize_host(value.trim());
-                if !valid_host(&host) {
+                // Validated before normalising: "a.." must not become "a.".
+                let host = value.trim();
+                if !valid_host(host) {
                     return Err(err("not a valid host name"));
                 }
-                self.hosts.push(host);
+                self.hosts.push(normalize_host(host));
             }
             "ipv4" => {
                 let ip: std::net::Ipv4Addr = value.trim().parse().map_err(|_| err("not an IPv4 address"))?;
@@ -184,6 +188,24 @@ impl fmt::Display for Identifiers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_names_need_non_empty_labels() {
+        // Found by the config_parsers and frame_decoder fuzz targets: "." and
+        // "1...1.." were accepted, and normalising them changed their meaning.
+        for bad in [".", "..", "a..b", "1...1..", ".a", "a.b..", &"x".repeat(64)] {
+            assert!(!valid_host(bad), "{bad:?}");
+        }
+        for good in ["a", "a.", "node-a.cluster.local", "*.svc", "_srv.x", &"x".repeat(63)] {
+            assert!(valid_host(good), "{good:?}");
+        }
+        assert!(valid_host(&["a"; 127].join("."))); // 253 bytes
+        assert!(!valid_host(&"a.".repeat(127)));
+        // Found by the config_parsers fuzz target: normalising before
+        // validating turned "o.1.." into "o.1.", which prints differently.
+        assert!("host=o.1..".parse::<Identifiers>().is_err());
+        assert_eq!("host=O.1.".parse::<Identifiers>().unwrap().hosts, ["o.1"]);
+    }
 
     #[test]
     fn parses_konnectivity_syntax() {

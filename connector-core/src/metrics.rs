@@ -209,6 +209,8 @@ pub struct ServerMetrics {
     pub agent_rejections: LabeledCounter,
     /// Agent connections admitted.
     pub agent_connections: Counter,
+    /// Streams agents opened towards the server (only the control stream is allowed), refused.
+    pub refused_agent_streams: Counter,
 }
 
 impl ServerMetrics {
@@ -237,6 +239,11 @@ impl ServerMetrics {
             "Agent connections refused, by reason.",
             "reason",
             &self.agent_rejections,
+        );
+        page.counter(
+            "connector_server_refused_agent_streams_total",
+            "Streams opened by agents other than their control stream, refused.",
+            self.refused_agent_streams.get(),
         );
         page.labeled_counter(
             "connector_server_dials_total",

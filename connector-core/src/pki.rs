@@ -60,6 +60,24 @@ impl ThrowawayCa {
     /// Issues a certificate with common name `cn` and the given DNS names and IP
     /// addresses as subject alternative names.
     pub fn issue(&self, cn: &str, names: &[&str]) -> Result<IssuedPem, rcgen::Error> {
+        self.issue_with(cn, names, |_| {})
+    }
+
+    /// Like [`ThrowawayCa::issue`], but the certificate expired long ago
+    /// (valid only during the year 2000): for testing that peers refuse it.
+    pub fn issue_expired(&self, cn: &str, names: &[&str]) -> Result<IssuedPem, rcgen::Error> {
+        self.issue_with(cn, names, |params| {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        })
+    }
+
+    fn issue_with(
+        &self,
+        cn: &str,
+        names: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Result<IssuedPem, rcgen::Error> {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, cn);
         for name in names {
@@ -68,6 +86,7 @@ impl ThrowawayCa {
                 Err(_) => SanType::DnsName((*name).try_into()?),
             });
         }
+        adjust(&mut params);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.cert, &self.key)?;
         Ok(IssuedPem {

@@ -141,6 +141,55 @@ async fn connect_failures_map_to_readable_statuses() {
                 "431",
                 "larger than",
             ),
+            // Hostile heads: absurd header counts, missing or empty ports,
+            // IPv6 literals without brackets, oversized and non-UTF-8 host names.
+            (
+                [
+                    b"CONNECT a:1 HTTP/1.1\r\n".as_slice(),
+                    &b"X: y\r\n".repeat(500),
+                    b"\r\n",
+                ]
+                .concat(),
+                "400 Bad Request",
+                "malformed",
+            ),
+            (
+                b"CONNECT 10.0.0.5: HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                "400 Bad Request",
+                "invalid target",
+            ),
+            (
+                b"CONNECT [fd00::1] HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                "400 Bad Request",
+                "invalid target",
+            ),
+            (
+                b"CONNECT fd00::1:443 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                "400 Bad Request",
+                "IPv6 addresses need brackets",
+            ),
+            (
+                format!("CONNECT {}:80 HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(300)).into_bytes(),
+                "400 Bad Request",
+                "invalid target",
+            ),
+            (
+                b"CONNECT \xff\xfe.example:80 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                "400 Bad Request",
+                "",
+            ),
+            // IPv6 literals in brackets reach the agent, whose policy decides:
+            // its own loopback is guarded, other addresses are outside its allow-list.
+            (
+                format!("CONNECT [::1]:{} HTTP/1.1\r\nHost: x\r\n\r\n", closed_port.port()).into_bytes(),
+                "403 Forbidden",
+                "guarded range ::1/128",
+            ),
+            (
+                b"CONNECT [fd00::1]:443 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                "403 Forbidden",
+                "allow-list",
+            ),
         ];
         for (request, status, reason) in cases {
             let mut io = UnixStream::connect(&path).await.unwrap();
@@ -150,6 +199,15 @@ async fn connect_failures_map_to_readable_statuses() {
             assert!(response.contains(reason), "{response}");
             assert!(response.contains("Connection: close"), "{response}");
         }
+        // A well-behaved client is still served after all of them.
+        let target = echo_target().await;
+        let mut io = UnixStream::connect(&path).await.unwrap();
+        assert_eq!(
+            connect(&mut io, &target.to_string()).await,
+            "HTTP/1.1 200 Connection established\r\n\r\n"
+        );
+        echo(&mut io, b"still serving").await;
+        drop(io);
         agent.stop().await;
         h.server.wait_for_agents(|a| a.is_empty()).await;
         let mut io = UnixStream::connect(&path).await.unwrap();
@@ -354,6 +412,138 @@ async fn forward_carries_a_bulk_transfer_intact() {
         let mut digest = Vec::new();
         tcp.read_to_end(&mut digest).await.unwrap();
         assert_eq!(digest, sha256(&data));
+    })
+    .await
+}
+
+/// Reads until the peer closes (EOF or error), returning what arrived.
+async fn until_closed<S: AsyncRead + Unpin>(io: &mut S) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = io.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+    all
+}
+
+/// A slow-loris client (connects, then sends nothing or dribbles) on every
+/// kind of frontend listener is disconnected once its head time is up, while
+/// a well-behaved client of the same listener is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_clients_are_dropped_on_every_frontend_listener() {
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let _agent = h.agent("node-a").await;
+        let target = echo_target().await;
+        let limits = FrontendLimits {
+            head_timeout: Duration::from_millis(300),
+            ..FrontendLimits::default()
+        };
+        let start = |protocol, bind: FrontendBind| {
+            connector_core::frontend::start(&h.server, protocol, &bind, &limits).unwrap()
+        };
+        use connector_core::frontend::FrontendProtocol;
+
+        // HTTP CONNECT over mutual TLS: a client that never starts its TLS handshake.
+        let tls = FrontendTls {
+            identity: h.ca.issue("connector frontend", &["localhost"]).unwrap().identity(),
+            client_cas: vec![h.ca.cert_der()],
+        };
+        let local = start(
+            FrontendProtocol::HttpConnect,
+            FrontendBind::Tls {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                tls,
+            },
+        );
+        let addr = local.trim_start_matches("tls://").to_owned();
+        let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut dribbler = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        dribbler.write_all(b"\x16\x03\x01").await.unwrap(); // the first bytes of a ClientHello
+        assert_eq!(until_closed(&mut silent).await, b"");
+        assert_eq!(until_closed(&mut dribbler).await, b"");
+
+        // HTTP CONNECT over a Unix socket: 408 for a head that never completes.
+        let path = socket_path("loris-connect");
+        start(FrontendProtocol::HttpConnect, FrontendBind::unix(&path));
+        let mut slow = UnixStream::connect(&path).await.unwrap();
+        slow.write_all(b"CONNECT 127.0.0.1:").await.unwrap();
+        let response = String::from_utf8(until_closed(&mut slow).await).unwrap();
+        assert!(response.starts_with("HTTP/1.1 408 Request Timeout"), "{response}");
+        let mut good = UnixStream::connect(&path).await.unwrap();
+        assert_eq!(
+            connect(&mut good, &target.to_string()).await,
+            "HTTP/1.1 200 Connection established\r\n\r\n"
+        );
+        echo(&mut good, b"served").await;
+
+        // gRPC (HTTP/2) over a Unix socket: no connection preface in time.
+        #[cfg(feature = "grpc")]
+        {
+            let path = socket_path("loris-grpc");
+            start(FrontendProtocol::Grpc, FrontendBind::unix(&path));
+            let mut silent = UnixStream::connect(&path).await.unwrap();
+            let mut dribbler = UnixStream::connect(&path).await.unwrap();
+            dribbler.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+            // The server may send its own SETTINGS first; then it closes
+            // (without the preface timeout this would wait forever).
+            until_closed(&mut silent).await;
+            until_closed(&mut dribbler).await;
+            // A client with a preface is answered with the server's SETTINGS frame.
+            let mut good = UnixStream::connect(&path).await.unwrap();
+            good.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+                .await
+                .unwrap();
+            let mut header = [0u8; 9];
+            good.read_exact(&mut header).await.unwrap();
+            assert_eq!(header[3], 0x4, "expected a SETTINGS frame, got {header:?}");
+        }
+    })
+    .await
+}
+
+/// A Unix socket gets exactly the configured mode and group, replaces a
+/// stale socket, and leaves nothing else behind in its directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_gets_the_configured_mode_and_group() {
+    use std::os::unix::fs::MetadataExt;
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let _agent = h.agent("node-a").await;
+        let path = socket_path("mode-group");
+        let dir = path.parent().unwrap().to_owned();
+        // Our own group is one we may always give a file.
+        let probe = dir.join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        let gid = std::fs::metadata(&probe).unwrap().gid();
+        std::fs::remove_file(&probe).unwrap();
+        // A stale socket from an earlier run.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+
+        let bind = FrontendBind::Unix {
+            path: path.clone(),
+            mode: 0o660,
+            group: Some(gid),
+        };
+        start_connect(&h, bind, FrontendLimits::default());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), gid);
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, vec![std::ffi::OsString::from("proxy.sock")]);
+        let target = echo_target().await;
+        let mut io = UnixStream::connect(&path).await.unwrap();
+        assert_eq!(
+            connect(&mut io, &target.to_string()).await,
+            "HTTP/1.1 200 Connection established\r\n\r\n"
+        );
+        echo(&mut io, b"through the renamed socket").await;
     })
     .await
 }

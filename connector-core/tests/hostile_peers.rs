@@ -11,7 +11,7 @@ use connector_core::frame_io::{read_frame, write_frame};
 use connector_core::proto::{
     Credential, Dial, DialCode, Frame, Hello, MAX_FRAME_PAYLOAD, Reject, RejectCode, StreamCode, Welcome,
 };
-use connector_core::server::Selector;
+use connector_core::server::{DialError, Selector};
 use connector_core::transport::{BiStream, Connection, StreamReset};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,6 +20,7 @@ on_both_transports!(
     server_rejects_garbage_hello_and_keeps_serving_other_agents,
     server_rejects_unknown_major_version_clearly,
     server_refuses_streams_opened_by_an_agent,
+    stream_flood_from_an_agent_is_refused_and_counted,
     client_certificate_identifies_the_agent,
 );
 
@@ -181,6 +182,7 @@ async fn server_refuses_streams_opened_by_an_agent(kind: Kind) {
     // The write may already fail: the server can refuse the stream before the bytes arrive.
     let _ = rogue.send.write_all(b"let me into the control plane").await;
     assert_protocol_reset(&mut rogue).await;
+    assert_eq!(h.server.refused_agent_streams(), 1);
     // The agent is still registered and the server still dials through it.
     assert_eq!(h.server.agents().len(), 1);
     let server = h.server.clone();
@@ -201,6 +203,41 @@ async fn server_refuses_streams_opened_by_an_agent(kind: Kind) {
     let mut buf = [0u8; 2];
     incoming.recv.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"hi");
+}
+
+async fn stream_flood_from_an_agent_is_refused_and_counted(kind: Kind) {
+    const FLOOD: u64 = 200;
+    let h = Harness::new(kind).await;
+    let target = echo_target().await;
+    let good = h.agent("node-b").await;
+    // A hand-driven agent opens stream after stream (QUIC grants it only a
+    // few at a time; each is refused and its credit returned).
+    let conn = h.connector(None).connect().await.unwrap();
+    let mut control = conn.open_bi().await.unwrap();
+    let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
+    write_frame(&mut control.send, &hello).await.unwrap();
+    assert!(matches!(
+        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
+        Frame::Welcome(_)
+    ));
+    for _ in 0..FLOOD {
+        let mut rogue = conn.open_bi().await.unwrap();
+        let _ = rogue.send.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert_protocol_reset(&mut rogue).await;
+    }
+    assert_eq!(h.server.refused_agent_streams(), FLOOD);
+    // Both agents are still registered and served.
+    assert_eq!(h.server.agents().len(), 2);
+    let mut stream = h
+        .server
+        .dial(&Selector::Agent("node-b".into()), &target.to_string())
+        .await
+        .unwrap();
+    stream.write_all(b"still here").await.unwrap();
+    let mut back = [0u8; 10];
+    stream.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"still here");
+    good.stop().await;
 }
 
 async fn client_certificate_identifies_the_agent(kind: Kind) {
@@ -257,4 +294,232 @@ async fn agent_refuses_a_server_with_an_untrusted_certificate() {
         agent.stop().await;
     })
     .await
+}
+
+/// The agent listener's slow-loris (a connection that never sends its
+/// `Hello`) is closed once `hello_timeout` is up, and a client certificate
+/// from an untrusted CA fails the handshake; a well-behaved agent is served
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_agents_and_untrusted_client_certificates_are_dropped() {
+    guard(async {
+        let h = Harness::with_config(Kind::Quic, |c| {
+            c.limits.hello_timeout = std::time::Duration::from_millis(300)
+        })
+        .await;
+        let target = echo_target().await;
+        // Connects, opens nothing, says nothing.
+        let silent = h.connector(None).connect().await.unwrap();
+        let reason = silent.closed().await.to_string();
+        assert!(reason.contains("no Hello in time"), "{reason}");
+
+        // A certificate issued by a CA the server does not trust.
+        let rogue_ca = connector_core::pki::ThrowawayCa::new("rogue CA").unwrap();
+        let forged = rogue_ca.issue("node-a", &["node-a"]).unwrap().identity();
+        let mut config = h.agent_config("node-a", Credential::None);
+        config.identifiers = Default::default();
+        let rogue = Agent::start(h.connector(Some(forged)), config);
+        let status = rogue.wait_for(|s| matches!(s, AgentStatus::Disconnected { .. })).await;
+        let AgentStatus::Disconnected { reason } = status else {
+            unreachable!()
+        };
+        assert!(reason.to_lowercase().contains("certificate"), "{reason}");
+        rogue.stop().await;
+        assert!(h.server.agents().is_empty());
+
+        let good = h.agent("node-b").await;
+        assert_still_served(&h, "node-b", target).await;
+        good.stop().await;
+    })
+    .await
+}
+
+/// Expired certificates are refused in both directions: an agent does not
+/// talk to a server whose certificate has expired, and a server does not
+/// admit an agent presenting an expired client certificate. A well-behaved
+/// agent is served afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_certificates_are_refused_both_ways() {
+    use connector_core::tls::{AgentTls, ServerTls};
+    use connector_core::transport::quic::{QuicConnector, QuicListener, QuicSettings};
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+
+        // A server (same CA the agent trusts) whose certificate has expired.
+        let stale = ServerTls {
+            identity: h
+                .ca
+                .issue_expired("connector server", &["localhost"])
+                .unwrap()
+                .identity(),
+            client_cas: None,
+        };
+        let settings = QuicSettings::default();
+        let stale_listener = QuicListener::bind("127.0.0.1:0".parse().unwrap(), &stale, &settings).unwrap();
+        let agent_tls = AgentTls {
+            server_cas: vec![h.ca.cert_der()],
+            server_name: "localhost".into(),
+            client_identity: None,
+        };
+        let addr = stale_listener.local_socket_addr().unwrap().to_string();
+        // Drive its handshakes (the connection never gets further).
+        tokio::spawn(async move {
+            use connector_core::transport::Listener;
+            while let Some(handshake) = stale_listener.accept().await {
+                tokio::spawn(handshake);
+            }
+        });
+        let connector = std::sync::Arc::new(QuicConnector::new(addr, &agent_tls, &settings).unwrap());
+        let agent = Agent::start(connector, h.agent_config("node-a", token("node-a")));
+        let AgentStatus::Disconnected { reason } =
+            agent.wait_for(|s| matches!(s, AgentStatus::Disconnected { .. })).await
+        else {
+            unreachable!()
+        };
+        assert!(reason.to_lowercase().contains("expired"), "{reason}");
+        agent.stop().await;
+
+        // An agent whose client certificate (from the trusted CA) has expired.
+        let expired = h.ca.issue_expired("node-c", &["node-c"]).unwrap().identity();
+        let mut config = h.agent_config("node-c", Credential::None);
+        config.identifiers = Default::default();
+        let agent = Agent::start(h.connector(Some(expired)), config);
+        let status = agent
+            .wait_for(|s| matches!(s, AgentStatus::Disconnected { .. } | AgentStatus::Rejected { .. }))
+            .await;
+        let reason = match status {
+            AgentStatus::Disconnected { reason } | AgentStatus::Rejected { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        assert!(reason.to_lowercase().contains("expired"), "{reason}");
+        agent.stop().await;
+        assert!(h.server.agents().is_empty());
+
+        let target = echo_target().await;
+        let good = h.agent("node-b").await;
+        assert_still_served(&h, "node-b", target).await;
+        good.stop().await;
+    })
+    .await
+}
+
+/// An agent and a server that do not agree on the ALPN `connector/1` never
+/// get past the handshake (TLS alert 120): neither a server offering only
+/// `h3` nor one configured with no ALPN at all. (With rustls on both sides it
+/// is the QUIC server that sends the alert; the agent's own refusal of a
+/// handshake without ALPN, RFC 9001 §8.1, is rustls's and is not reachable
+/// from a rustls server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_a_server_without_the_connector_alpn() {
+    use connector_core::tls::ServerTls;
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        for alpn in [vec![b"h3".to_vec()], vec![]] {
+            let tls = ServerTls {
+                identity: h.ca.issue("connector server", &["localhost"]).unwrap().identity(),
+                client_cas: None,
+            };
+            let mut rustls_config = tls.rustls_config().unwrap();
+            rustls_config.alpn_protocols = alpn.clone();
+            let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_config).unwrap();
+            let config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+            let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = endpoint.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Some(incoming) = endpoint.accept().await {
+                    tokio::spawn(async move {
+                        // Hold an established connection open: the agent must leave by itself.
+                        if let Ok(conn) = incoming.await {
+                            conn.closed().await;
+                        }
+                    });
+                }
+            });
+            let agent_tls = connector_core::tls::AgentTls {
+                server_cas: vec![h.ca.cert_der()],
+                server_name: "localhost".into(),
+                client_identity: None,
+            };
+            let settings = connector_core::transport::quic::QuicSettings::default();
+            let connector =
+                connector_core::transport::quic::QuicConnector::new(addr.to_string(), &agent_tls, &settings).unwrap();
+            let agent = Agent::start(
+                std::sync::Arc::new(connector),
+                h.agent_config("node-a", token("node-a")),
+            );
+            let AgentStatus::Disconnected { reason } =
+                agent.wait_for(|s| matches!(s, AgentStatus::Disconnected { .. })).await
+            else {
+                unreachable!()
+            };
+            agent.stop().await;
+            assert!(
+                reason.contains("error 120") || reason.to_lowercase().contains("application protocol"),
+                "server ALPN {alpn:?}: {reason}"
+            );
+        }
+        // The real server is unaffected.
+        let _good = h.agent("node-b").await;
+    })
+    .await
+}
+
+/// An agent that accepts the server's streams but never reads them holds at
+/// most `max_streams_per_agent` tunnelled connections: the next dial through
+/// it fails at once with `AgentBusy`, other agents are served, and the pending
+/// dials end when the agent goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_reads_holds_at_most_its_stream_limit() {
+    const LIMIT: u32 = 8;
+    guard(async {
+        let h = Harness::with_config(Kind::Quic, |c| c.limits.max_streams_per_agent = LIMIT).await;
+        let target = echo_target().await;
+        let good = h.agent("node-b").await;
+        let conn = h.connector(None).connect().await.unwrap();
+        let mut control = conn.open_bi().await.unwrap();
+        let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
+        write_frame(&mut control.send, &hello).await.unwrap();
+        assert!(matches!(
+            read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
+            Frame::Welcome(_)
+        ));
+        let pending: Vec<_> = (0..LIMIT)
+            .map(|_| {
+                let server = h.server.clone();
+                tokio::spawn(async move { server.dial(&Selector::Agent("node-a".into()), "10.0.0.5:10250").await })
+            })
+            .collect();
+        // Accepted, never read.
+        let mut held = Vec::new();
+        for _ in 0..LIMIT {
+            held.push(conn.accept_bi().await.unwrap());
+        }
+        match h.server.dial(&Selector::Agent("node-a".into()), "10.0.0.5:10250").await {
+            Err(DialError::AgentBusy { limit, .. }) => assert_eq!(limit, LIMIT),
+            Err(other) => panic!("expected AgentBusy, got {other}"),
+            Ok(_) => panic!("expected AgentBusy, got a stream"),
+        }
+        assert_still_served(&h, "node-b", target).await;
+        // The hostile agent leaves: every pending dial ends with an error.
+        conn.close(connector_core::proto::ConnectionCode::Normal, "bye");
+        for dial in pending {
+            assert!(dial.await.unwrap().is_err());
+        }
+        drop(held);
+        good.stop().await;
+    })
+    .await
+}
+
+/// A well-behaved agent still carries a dial: `ok` echoed through `agent` to `target`.
+async fn assert_still_served(h: &Harness, agent: &str, target: std::net::SocketAddr) {
+    let mut stream = h
+        .server
+        .dial(&Selector::Agent(agent.into()), &target.to_string())
+        .await
+        .unwrap();
+    stream.write_all(b"ok").await.unwrap();
+    let mut back = [0u8; 2];
+    stream.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ok");
 }

@@ -66,6 +66,18 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Stops the process and returns every line it wrote to stderr.
+    pub fn all_output(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The reader thread ends at EOF, closing the channel.
+        let mut all = std::mem::take(&mut self.seen);
+        all.extend(self.lines.iter());
+        all.join("\n")
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();

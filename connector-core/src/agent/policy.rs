@@ -100,7 +100,8 @@ impl FromStr for Rule {
         };
         let destination = if let Ok(net) = dest.parse::<IpNet>() {
             Destination::Network(net.trunc())
-        } else if let Ok(ip) = dest.parse::<IpAddr>() {
+        } else if let Ok(ip) = normalize_host(dest).parse::<IpAddr>() {
+            // An address, possibly written with a trailing dot ("10.0.0.5.").
             Destination::Network(IpNet::from(ip))
         } else if let Some(suffix) = dest.strip_prefix("*.") {
             if !valid_host(suffix) || suffix.contains('*') {
@@ -248,6 +249,9 @@ mod tests {
             ("fd00::1", "[fd00::1/128]"),
             ("*.svc.cluster.local:8000-8999", "*.svc.cluster.local:8000-8999"),
             ("Node-A", "node-a"),
+            // Found by the config_parsers fuzz target: an address with a
+            // trailing dot was a name rule that printed as an address rule.
+            ("0.1.51.5.", "0.1.51.5/32"),
         ] {
             assert_eq!(text.parse::<Rule>().unwrap().to_string(), shown);
         }

@@ -14,7 +14,7 @@ mod token;
 
 pub use certificate::CertificateAuthenticator;
 pub use credential::{CredentialError, CredentialSource, StaticCredential, TokenFile};
-pub use token::{TokenAuthenticator, TokenEntry, TokenFileError};
+pub use token::{TokenAuthenticator, TokenEntry, TokenFileError, parse_tokens};
 
 use std::sync::Arc;
 

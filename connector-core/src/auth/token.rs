@@ -25,11 +25,21 @@ use crate::identifiers::Identifiers;
 use crate::proto::{Credential, Secret};
 use crate::transport::BoxFuture;
 
-/// One accepted token and what it grants.
-#[derive(Debug, Clone)]
+/// One accepted token and what it grants. Its `Debug` output omits the
+/// token's digest (a digest of a weak token could be brute-forced offline).
+#[derive(Clone)]
 pub struct TokenEntry {
     digest: [u8; 32],
     identity: AgentIdentity,
+}
+
+impl std::fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEntry")
+            .field("digest", &"<redacted>")
+            .field("identity", &self.identity)
+            .finish()
+    }
 }
 
 impl TokenEntry {
@@ -68,8 +78,9 @@ pub enum TokenFileError {
     },
 }
 
-/// Parses the tokens file format (see the module docs).
-fn parse_tokens(text: &str, path: &str) -> Result<Vec<TokenEntry>, TokenFileError> {
+/// Parses the tokens file format (see the module docs); `path` only names
+/// the file in errors. Errors never quote a token.
+pub fn parse_tokens(text: &str, path: &str) -> Result<Vec<TokenEntry>, TokenFileError> {
     let mut entries = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();

@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::h2_authority::AuthorityRepair;
-use super::listener::{FrontendConn, FrontendListener};
+use super::listener::{FrontendConn, FrontendLimits, FrontendListener};
 use crate::server::{Selector, Server, TunnelStream};
 
 /// Code generated from `proto/konnectivity/client.proto`.
@@ -51,14 +51,21 @@ impl tonic::transport::server::Connected for AuthorityRepair<FrontendConn> {
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-/// Serves Konnectivity's gRPC `ProxyService` on `listener` until the server shuts down.
-pub async fn serve(server: Server, listener: FrontendListener) -> Result<(), tonic::transport::Error> {
+/// Serves Konnectivity's gRPC `ProxyService` on `listener` until the server
+/// shuts down. A client must send its HTTP/2 connection preface within
+/// `limits.head_timeout`, or it is disconnected.
+pub async fn serve(
+    server: Server,
+    listener: FrontendListener,
+    limits: FrontendLimits,
+) -> Result<(), tonic::transport::Error> {
+    let preface_timeout = limits.head_timeout;
     tracing::info!(listen = %listener.local_addr(), "gRPC (Konnectivity ProxyService) frontend listening");
-    let incoming = futures_util::stream::unfold(listener, |mut listener| async move {
-        listener
-            .accept()
-            .await
-            .map(|conn| (Ok::<_, std::io::Error>(AuthorityRepair::new(conn)), listener))
+    let incoming = futures_util::stream::unfold(listener, move |mut listener| async move {
+        listener.accept().await.map(|conn| {
+            let conn = AuthorityRepair::new(conn).with_preface_timeout(preface_timeout);
+            (Ok::<_, std::io::Error>(conn), listener)
+        })
     });
     let stopped = {
         let server = server.clone();

@@ -15,6 +15,7 @@
 //! with an encoder of its own, so both HPACK tables stay consistent. The
 //! server's direction is not touched.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -293,6 +294,8 @@ pub struct AuthorityRepair<IO> {
     io: IO,
     rewriter: Rewriter,
     scratch: Box<[u8]>,
+    /// Until the client's connection preface has arrived: when it must have.
+    preface_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> AuthorityRepair<IO> {
@@ -302,13 +305,34 @@ impl<IO> AuthorityRepair<IO> {
             io,
             rewriter: Rewriter::new(),
             scratch: vec![0; 32 * 1024].into_boxed_slice(),
+            preface_deadline: None,
         }
+    }
+
+    /// Fails reads with `TimedOut` (closing the connection) unless the
+    /// client's complete HTTP/2 connection preface arrives within `limit`:
+    /// a client that connects and stays silent, or dribbles its preface,
+    /// does not hold a connection slot for longer. Must be called within a
+    /// tokio runtime.
+    pub fn with_preface_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.preface_deadline = Some(Box::pin(tokio::time::sleep(limit)));
+        self
     }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityRepair<IO> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.rewriter.preface_seen || this.rewriter.passthrough {
+            this.preface_deadline = None;
+        } else if let Some(deadline) = &mut this.preface_deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 connection preface in time",
+            )));
+        }
         loop {
             let output = this.rewriter.output();
             if !output.is_empty() {

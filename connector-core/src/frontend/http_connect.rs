@@ -48,22 +48,30 @@ pub async fn serve(server: Server, mut listener: FrontendListener, limits: Front
 
 /// Why a request head was not accepted.
 #[derive(Debug, PartialEq, Eq)]
-enum HeadError {
+pub enum HeadError {
+    /// The head grew past [`FrontendLimits::max_head`] (answered with 431).
     TooLarge,
+    /// The bytes are not an HTTP/1.x request head (answered with 400).
     Malformed(String),
+    /// The client closed the connection before its head was complete.
     Closed,
 }
 
 /// A parsed request head and the bytes that followed it.
 #[derive(Debug, PartialEq, Eq)]
-struct Head {
-    method: String,
-    target: String,
-    leftover: Vec<u8>,
+pub struct Head {
+    /// The request method (only `CONNECT` is served).
+    pub method: String,
+    /// The request target, `host:port` for CONNECT.
+    pub target: String,
+    /// Bytes the client sent after the head (the start of the tunnelled data).
+    pub leftover: Vec<u8>,
 }
 
-/// Parses a complete request head from `buf`, if there is one.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+/// Parses a complete request head from `buf`, if there is one: `Ok(None)`
+/// means more bytes are needed. At most 64 headers are accepted. Public so
+/// that the fuzz targets reach the exact parser the frontend uses.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {

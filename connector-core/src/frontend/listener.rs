@@ -28,6 +28,9 @@ pub enum FrontendBind {
         path: PathBuf,
         /// File mode of the socket (default `0o600`: only the owner may connect).
         mode: u32,
+        /// Group id to give the socket (with `mode` `0o660`, members of that
+        /// group may connect); `None` keeps the process's group.
+        group: Option<u32>,
     },
     /// TCP with mutual TLS: clients must present a certificate from `tls.client_cas`.
     Tls {
@@ -50,6 +53,7 @@ impl FrontendBind {
         FrontendBind::Unix {
             path: path.into(),
             mode: 0o600,
+            group: None,
         }
     }
 }
@@ -162,12 +166,8 @@ impl FrontendListener {
     pub fn bind(bind: &FrontendBind, alpn: &[&[u8]], limits: &FrontendLimits) -> Result<Self, FrontendError> {
         let bind_err = |what: String| move |source| FrontendError::Bind { what, source };
         let (socket, tls, local) = match bind {
-            FrontendBind::Unix { path, mode } => {
-                remove_stale_socket(path);
-                let listener = UnixListener::bind(path).map_err(bind_err(path.display().to_string()))?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
-                    .map_err(bind_err(path.display().to_string()))?;
+            FrontendBind::Unix { path, mode, group } => {
+                let listener = bind_unix(path, *mode, *group).map_err(bind_err(path.display().to_string()))?;
                 (Socket::Unix(listener), None, format!("unix://{}", path.display()))
             }
             FrontendBind::Tls { addr, tls } => {
@@ -205,6 +205,42 @@ fn std_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     TcpListener::from_std(listener)
+}
+
+/// Binds a Unix socket at `path` that is never reachable with other
+/// permissions than `mode` and `group`: it is bound inside a fresh directory
+/// only the owner can enter, given its mode and group there, and only then
+/// renamed into place (replacing a stale socket from an earlier run).
+fn bind_unix(path: &std::path::Path, mode: u32, group: Option<u32>) -> io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if path.file_name().is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path has no file name",
+        ));
+    }
+    // Short names: the staged path must fit in sun_path (108 bytes) whenever
+    // the final one does, so it is at most as long as `parent/` plus 11 bytes.
+    let private = parent.join(format!(".{:08x}", rand::random::<u32>()));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("s");
+    let result = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        if group.is_some() {
+            std::os::unix::fs::chown(&staged, None, group)?;
+        }
+        remove_stale_socket(path);
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    result
 }
 
 /// Removes a socket file left by an earlier run (never a regular file).
@@ -272,5 +308,26 @@ async fn accept_loop(
             };
             let _ = ready.send(FrontendConn { io, peer, _slot: slot }).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_unix;
+
+    /// Found by deploy/validate.sh: the staged socket lived at a longer path
+    /// than the final one, so a final path near the sun_path limit (108 bytes)
+    /// could not be bound although it fits.
+    #[tokio::test]
+    async fn socket_paths_near_the_limit_still_bind() {
+        let dir = std::env::temp_dir().join(format!("cs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = dir.join("x").to_string_lossy().len();
+        let path = dir.join(format!("{}.sock", "s".repeat(103 - base)));
+        assert_eq!(path.to_string_lossy().len(), 107);
+        let listener = bind_unix(&path, 0o600, None).unwrap();
+        assert!(std::fs::symlink_metadata(&path).is_ok());
+        drop(listener);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

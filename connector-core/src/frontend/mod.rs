@@ -11,7 +11,7 @@ pub mod forward;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "grpc")]
-mod h2_authority;
+pub mod h2_authority;
 pub mod http_connect;
 mod listener;
 
@@ -59,9 +59,9 @@ pub fn start(
         }
         #[cfg(feature = "grpc")]
         FrontendProtocol::Grpc => {
-            let server = server.clone();
+            let (server, limits) = (server.clone(), limits.clone());
             tokio::spawn(async move {
-                if let Err(err) = grpc::serve(server, listener).await {
+                if let Err(err) = grpc::serve(server, listener, limits).await {
                     tracing::error!(%err, "gRPC frontend failed");
                 }
             });

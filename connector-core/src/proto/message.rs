@@ -333,7 +333,7 @@ impl Reject {
     pub(super) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
             code: RejectCode::from_wire(r.u16("reject code")?),
-            reason: r.str("reason")?,
+            reason: clip_text(&r.str("reason")?),
         })
     }
 }
@@ -377,7 +377,7 @@ impl DialResult {
         Ok(Self {
             request_id: r.u64("request id")?,
             code: DialCode::from_wire(r.u8("dial code")?),
-            message: r.str("message")?,
+            message: clip_text(&r.str("message")?),
         })
     }
 }

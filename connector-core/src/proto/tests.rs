@@ -167,7 +167,10 @@ fn oversized_fields_fail_to_encode() {
 
 fn arb_identifiers() -> impl Strategy<Value = Identifiers> {
     (
-        prop::collection::vec("[a-z0-9]([a-z0-9.-]{0,40}[a-z0-9])?", 0..5),
+        prop::collection::vec(
+            "[a-z0-9]([a-z0-9-]{0,12}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,12}[a-z0-9])?){0,3}",
+            0..5,
+        ),
         prop::collection::vec(any::<IpAddr>(), 0..5),
         prop::collection::vec((any::<IpAddr>(), 0u8..=128), 0..5),
         any::<bool>(),
@@ -214,14 +217,20 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             code: RejectCode::from_wire(c),
             reason: clip_text(&r)
         })),
-        (any::<u64>(), "[a-z0-9][a-z0-9.-]{0,60}", any::<u16>(), any::<u32>()).prop_map(|(id, host, port, t)| {
-            Frame::Dial(Dial {
-                request_id: id,
-                host,
-                port,
-                timeout_ms: t,
-            })
-        }),
+        (
+            any::<u64>(),
+            "[a-z0-9][a-z0-9-]{0,20}(\\.[a-z0-9-]{1,20}){0,3}",
+            any::<u16>(),
+            any::<u32>()
+        )
+            .prop_map(|(id, host, port, t)| {
+                Frame::Dial(Dial {
+                    request_id: id,
+                    host,
+                    port,
+                    timeout_ms: t,
+                })
+            }),
         (any::<u64>(), any::<u8>(), text).prop_map(|(id, c, m)| Frame::DialResult(DialResult {
             request_id: id,
             code: DialCode::from_wire(c),
@@ -252,4 +261,27 @@ proptest! {
         bytes.extend_from_slice(&payload);
         let _ = decode(&bytes);
     }
+}
+
+/// Found by the frame_decoder fuzz target: a peer's over-long text decoded as
+/// is, so the frame could not be re-encoded. Receivers cut it to the cap.
+#[test]
+fn over_long_texts_are_cut_to_the_cap_on_decode() {
+    let long = "é".repeat(2_200); // 4,400 bytes, cut on a character boundary
+    let mut payload = 7u64.to_be_bytes().to_vec();
+    payload.push(DialCode::Refused.to_wire());
+    payload.extend_from_slice(&(long.len() as u16).to_be_bytes());
+    payload.extend_from_slice(long.as_bytes());
+    let mut bytes = vec![0x11];
+    bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&payload);
+    let (frame, used) = decode(&bytes).unwrap().unwrap();
+    assert_eq!(used, bytes.len());
+    let Frame::DialResult(result) = &frame else {
+        panic!("{frame:?}")
+    };
+    assert_eq!(result.message, clip_text(&long));
+    assert!(result.message.len() <= MAX_TEXT_LEN);
+    let again = frame.encode().unwrap();
+    assert_eq!(decode(&again).unwrap().unwrap().0, frame);
 }

@@ -188,6 +188,14 @@ impl Server {
         let _ = self.inner.shutdown.subscribe().wait_for(|s| *s).await;
     }
 
+    /// How many streams agents have opened towards this server since it
+    /// started, beyond their control streams. Every one was refused
+    /// (tunnelled connections only go from the server to agents), so a
+    /// non-zero value means a misbehaving or hostile agent.
+    pub fn refused_agent_streams(&self) -> u64 {
+        self.inner.metrics.refused_agent_streams.get()
+    }
+
     /// This server's settings.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config

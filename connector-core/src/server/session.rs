@@ -211,7 +211,13 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, mut control: BiStrea
     };
     let refuse_streams = async {
         while let Ok(mut bi) = conn.accept_bi().await {
-            tracing::warn!("agent opened a stream; refusing it (streams only go from server to agent)");
+            // Counted before the reset, so a peer that sees the reset sees the count.
+            server.inner.metrics.refused_agent_streams.inc();
+            let refused = server.inner.metrics.refused_agent_streams.get();
+            tracing::warn!(
+                refused,
+                "agent opened a stream; refusing it (streams only go from server to agent)"
+            );
             bi.recv.stop(StreamCode::ProtocolError);
             bi.send.reset(StreamCode::ProtocolError);
         }
