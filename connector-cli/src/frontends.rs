@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use connector_core::frontend::{self, FrontendBind, FrontendLimits, FrontendProtocol};
 use connector_core::server::{Selector, Server};
-use connector_core::tls::{FrontendTls, Identity, certs_from_file};
+use connector_core::tls::FrontendTls;
 
 use crate::units::parse_duration;
 
@@ -119,10 +119,7 @@ impl FrontendArgs {
         else {
             return Ok(None);
         };
-        Ok(Some(FrontendTls {
-            identity: Identity::from_files(cert, key)?,
-            client_cas: certs_from_file(ca)?,
-        }))
+        Ok(Some(FrontendTls::from_files(cert, key, ca)?))
     }
 
     /// Checks the frontend settings (TLS material, sockets' directories) without binding.

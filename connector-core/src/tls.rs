@@ -204,6 +204,18 @@ pub struct FrontendTls {
 }
 
 impl FrontendTls {
+    /// Loads the certificate chain, key and client CA bundle from PEM files.
+    pub fn from_files(
+        chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+        client_ca: impl AsRef<Path>,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            identity: Identity::from_files(chain, key)?,
+            client_cas: certs_from_file(client_ca)?,
+        })
+    }
+
     /// Builds the rustls configuration: TLS 1.2 or 1.3, client certificate
     /// required, offering `alpn` (e.g. `h2` for gRPC).
     pub fn rustls_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {

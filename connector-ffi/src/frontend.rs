@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use connector_core::Selector;
 use connector_core::frontend::{self, FrontendBind, FrontendLimits, FrontendProtocol};
-use connector_core::tls::{FrontendTls, Identity, certs_from_file};
+use connector_core::tls::FrontendTls;
 
 use crate::connector_result;
 use crate::error::{Error, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
@@ -40,12 +40,8 @@ fn parse_bind(bind: &str, tls: Option<(&str, &str, &str)>) -> Result<FrontendBin
     if let Some(rest) = bind.strip_prefix("tls://") {
         let (chain, key, client_ca) =
             tls.ok_or_else(|| Error::invalid("a tls:// bind needs certificate, key and client CA files"))?;
-        let identity = Identity::from_files(chain, key).map_err(|e| Error::invalid(e.to_string()))?;
-        let client_cas = certs_from_file(client_ca).map_err(|e| Error::invalid(e.to_string()))?;
-        return Ok(FrontendBind::Tls {
-            addr: addr(rest)?,
-            tls: FrontendTls { identity, client_cas },
-        });
+        let tls = FrontendTls::from_files(chain, key, client_ca).map_err(|e| Error::invalid(e.to_string()))?;
+        return Ok(FrontendBind::Tls { addr: addr(rest)?, tls });
     }
     Err(Error::invalid(format!(
         "bind {bind:?} must start with unix://, tcp:// (loopback only) or tls://"

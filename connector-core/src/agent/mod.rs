@@ -115,7 +115,6 @@ pub enum AgentStatus {
 
 /// A running agent.
 pub struct Agent {
-    status: watch::Receiver<AgentStatus>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     observer: AgentObserver,
@@ -159,16 +158,11 @@ impl Agent {
         let (stop, stop_rx) = watch::channel(false);
         let observer = AgentObserver {
             agent_id: config.agent_id.as_str().into(),
-            status: status.clone(),
+            status,
             metrics: Arc::default(),
         };
         let task = tokio::spawn(run(connector, config, status_tx, stop_rx, observer.metrics.clone()));
-        Agent {
-            status,
-            stop,
-            task,
-            observer,
-        }
+        Agent { stop, task, observer }
     }
 
     /// A view of this agent's status and metrics that outlives [`Agent::stop`] calls elsewhere.
@@ -178,12 +172,12 @@ impl Agent {
 
     /// The current status.
     pub fn status(&self) -> AgentStatus {
-        self.status.borrow().clone()
+        self.observer.status()
     }
 
     /// Waits until the status satisfies `predicate` and returns it.
     pub async fn wait_for(&self, mut predicate: impl FnMut(&AgentStatus) -> bool) -> AgentStatus {
-        let mut rx = self.status.clone();
+        let mut rx = self.observer.status.clone();
         match rx.wait_for(|s| predicate(s)).await {
             Ok(s) => s.clone(),
             Err(_) => self.status(),
