@@ -7,7 +7,7 @@ import queue
 import re
 import subprocess
 import threading
-from typing import Iterator, List
+from typing import Iterator, List, Set
 
 import pytest
 
@@ -30,6 +30,7 @@ class Process:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: "queue.Queue[str]" = queue.Queue()
         self.seen: List[str] = []
+        self.returned: Set[int] = set()
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -38,7 +39,15 @@ class Process:
             self.lines.put(line)
 
     def wait_for(self, needle: str) -> str:
-        """The first log line containing `needle` (hang guard: 60 s)."""
+        """The first log line containing `needle` not returned before (hang guard: 60 s).
+
+        Lines already read while waiting for something else count too: tasks that start
+        together log in either order.
+        """
+        for index, line in enumerate(self.seen):
+            if index not in self.returned and needle in line:
+                self.returned.add(index)
+                return line
         while True:
             try:
                 line = self.lines.get(timeout=60)
@@ -46,6 +55,7 @@ class Process:
                 raise AssertionError(f"no log line with {needle!r}; saw:\n" + "".join(self.seen)) from None
             self.seen.append(line)
             if needle in line:
+                self.returned.add(len(self.seen) - 1)
                 return line
 
     def stop(self) -> None:

@@ -21,6 +21,8 @@ pub struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// Indices into `seen` already returned by `wait_for`.
+    returned: Vec<usize>,
 }
 
 impl Running {
@@ -43,11 +45,19 @@ impl Running {
             child,
             lines,
             seen: Vec::new(),
+            returned: Vec::new(),
         }
     }
 
-    /// Waits for a log line containing every one of `needles` (hang guard: 60 s in all).
+    /// Waits for a log line containing every one of `needles` not returned before (hang
+    /// guard: 60 s in all). Lines read while waiting for something else count too: tasks that
+    /// start together log in either order.
     pub fn wait_for(&mut self, needles: &[&str]) -> String {
+        let matches = |line: &str| needles.iter().all(|n| line.contains(n));
+        if let Some(index) = (0..self.seen.len()).find(|i| !self.returned.contains(i) && matches(&self.seen[*i])) {
+            self.returned.push(index);
+            return self.seen[index].clone();
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match self
@@ -56,7 +66,8 @@ impl Running {
             {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if needles.iter().all(|n| line.contains(n)) {
+                    if matches(&line) {
+                        self.returned.push(self.seen.len() - 1);
                         return line;
                     }
                 }
