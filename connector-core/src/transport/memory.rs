@@ -252,6 +252,10 @@ impl Connection for MemoryConnection {
     fn peer(&self) -> PeerInfo {
         self.peer.clone()
     }
+
+    fn transport(&self) -> &'static str {
+        "memory"
+    }
 }
 
 /// One direction of an in-memory stream.

@@ -73,6 +73,16 @@ pub trait Connection: Send + Sync + 'static {
     fn closed(&self) -> BoxFuture<'static, TransportError>;
     /// Who the peer is.
     fn peer(&self) -> PeerInfo;
+    /// Which transport carries this connection (`"quic"`, `"tcp"`, `"memory"`), for logs and metrics.
+    fn transport(&self) -> &'static str;
+    /// Resolves, with the reason, when the transport wants this connection
+    /// replaced by a fresh one: the agent then connects again and drains this
+    /// connection instead of dropping it (make before break). A starved QUIC
+    /// path, or QUIC working again after a fallback to TCP, are such reasons.
+    /// The default never resolves.
+    fn superseded(&self) -> BoxFuture<'static, String> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// A connection whose handshake is still in progress.

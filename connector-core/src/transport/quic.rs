@@ -272,6 +272,10 @@ impl Connection for QuicConnection {
     fn peer(&self) -> PeerInfo {
         self.peer.clone()
     }
+
+    fn transport(&self) -> &'static str {
+        "quic"
+    }
 }
 
 fn stream_code(code: VarInt) -> StreamCode {
