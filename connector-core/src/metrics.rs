@@ -166,6 +166,14 @@ impl TextEncoder {
         self.sample(name, labels, value);
     }
 
+    /// A gauge with one series per value of `label`.
+    pub fn labeled_gauge(&mut self, name: &str, help: &str, label: &str, series: &[(&str, i64)]) {
+        self.header(name, "gauge", help);
+        for (value, sample) in series {
+            self.sample(name, &[(label, value)], *sample);
+        }
+    }
+
     /// A histogram in seconds.
     pub fn histogram(&mut self, name: &str, help: &str, histogram: &Histogram) {
         self.header(name, "histogram", help);
@@ -211,6 +219,9 @@ pub struct ServerMetrics {
     pub agent_connections: Counter,
     /// Streams agents opened towards the server (only the control stream is allowed), refused.
     pub refused_agent_streams: Counter,
+    /// `GoAway`s by direction: `sent` to agents while draining, `received`
+    /// from agents that are drained or moved to a new connection.
+    pub go_aways: LabeledCounter,
 }
 
 impl ServerMetrics {
@@ -244,6 +255,12 @@ impl ServerMetrics {
             "connector_server_refused_agent_streams_total",
             "Streams opened by agents other than their control stream, refused.",
             self.refused_agent_streams.get(),
+        );
+        page.labeled_counter(
+            "connector_server_go_aways_total",
+            "GoAways, by direction: sent to agents while draining, received from agents leaving or moving.",
+            "direction",
+            &self.go_aways,
         );
         page.labeled_counter(
             "connector_server_dials_total",
@@ -287,23 +304,55 @@ pub struct AgentMetrics {
     pub dials: LabeledCounter,
     /// Tunnelled connections open now.
     pub tunnels_active: Gauge,
+    /// `GoAway`s received from servers (a replica shutting down).
+    pub go_aways: Counter,
 }
 
 impl AgentMetrics {
-    /// Renders the page; `connected` says whether a session is up now.
-    pub fn render(&self, agent_id: &str, connected: bool) -> String {
+    /// Renders the page: `connected` distinct server replicas held out of
+    /// `expected`, and live sessions per transport.
+    pub fn render(&self, agent_id: &str, connected: usize, expected: usize, transports: &[(&str, usize)]) -> String {
         let mut page = TextEncoder::new();
         page.gauge(
             "connector_agent_info",
-            "This agent's id and transport (always 1).",
-            &[("agent_id", agent_id), ("transport", "quic")],
+            "This agent's id (always 1).",
+            &[("agent_id", agent_id)],
             1,
         );
         page.gauge(
             "connector_agent_connected",
-            "1 while the agent holds a session with a server.",
+            "1 while the agent holds a session with at least one server.",
             &[],
-            i64::from(connected),
+            i64::from(connected > 0),
+        );
+        page.gauge(
+            "connector_agent_servers_connected",
+            "Distinct server replicas the agent holds a session with.",
+            &[],
+            connected as i64,
+        );
+        page.gauge(
+            "connector_agent_servers_expected",
+            "Server replicas the agent should hold (listed addresses, or the count the servers report).",
+            &[],
+            expected as i64,
+        );
+        let live = |transport: &str| {
+            transports
+                .iter()
+                .find(|(t, _)| *t == transport)
+                .map_or(0, |(_, n)| *n as i64)
+        };
+        page.labeled_gauge(
+            "connector_agent_sessions",
+            "Live sessions by transport (QUIC, or the TCP fallback).",
+            "transport",
+            &[("quic", live("quic")), ("tcp", live("tcp"))],
+        );
+        page.counter(
+            "connector_agent_go_aways_total",
+            "GoAways received from servers (a replica draining); the agent connected elsewhere.",
+            self.go_aways.get(),
         );
         page.counter(
             "connector_agent_connects_total",

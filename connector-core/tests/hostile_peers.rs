@@ -161,7 +161,7 @@ async fn server_rejects_unknown_major_version_clearly(kind: Kind) {
     let reject = hello_exchange(conn.as_ref(), &Frame::Hello(hello).encode().unwrap()).await;
     assert_eq!(reject.code, RejectCode::UnsupportedVersion);
     assert!(
-        reject.reason.contains("2.3") && reject.reason.contains("1.0"),
+        reject.reason.contains("2.3") && reject.reason.contains("1.1"),
         "{}",
         reject.reason
     );

@@ -15,26 +15,28 @@
 //! ```
 
 mod backoff;
+mod links;
 mod policy;
 mod serve;
+mod session;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use policy::{DestinationPolicy, Rule, RuleParseError};
 pub use serve::MAX_DIAL_TIMEOUT;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::CredentialSource;
-use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::identifiers::Identifiers;
 use crate::metrics::AgentMetrics;
-use crate::proto::{ConnectionCode, Frame, Hello, MAX_FRAME_PAYLOAD, RejectCode};
-use crate::transport::{Connection, Connector};
-use serve::{DialContext, serve_stream};
+use crate::proto::RejectCode;
+use crate::transport::Connector;
+use links::{Discovery, Servers, Shared};
+use serve::DialContext;
 
 /// Agent settings.
 #[derive(Clone)]
@@ -54,7 +56,13 @@ pub struct AgentConfig {
     pub backoff: BackoffConfig,
     /// Time the server has to answer the `Hello` (default 10 s).
     pub hello_timeout: Duration,
+    /// How long a replaced session keeps its open tunnelled connections when
+    /// the agent moves to a new connection (default 5 minutes).
+    pub drain_grace: Duration,
 }
+
+/// Default of [`AgentConfig::drain_grace`].
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(300);
 
 /// Default of [`AgentConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -70,6 +78,7 @@ impl AgentConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             backoff: BackoffConfig::default(),
             hello_timeout: Duration::from_secs(10),
+            drain_grace: DEFAULT_DRAIN_GRACE,
         }
     }
 }
@@ -85,37 +94,57 @@ impl std::fmt::Debug for AgentConfig {
     }
 }
 
-/// Where the agent stands.
+/// Where the agent stands, across all its server replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentStatus {
     /// Connecting (or waiting to retry).
     Connecting,
-    /// Registered with a server.
+    /// Registered with at least one server.
     Connected {
-        /// The server's id from its `Welcome`.
+        /// The id of a server it holds a session with (the first link's).
         server_id: String,
-        /// How many times this agent has connected so far (1 for the first connection).
+        /// How many sessions this agent has opened so far (1 for the first).
         session: u64,
     },
-    /// The server refused the agent; it will retry after a backoff.
+    /// No session; the last server refused the agent; it retries after a backoff.
     Rejected {
         /// The server's reject code.
         code: RejectCode,
         /// The server's reason.
         reason: String,
     },
-    /// The connection failed or ended; it will retry after a backoff.
+    /// No session; the last connection failed or ended; it retries after a backoff.
     Disconnected {
         /// Why.
         reason: String,
     },
-    /// [`Agent::stop`] was called.
+    /// [`Agent::stop`] or [`Agent::drain`] was called.
     Stopped,
+}
+
+/// One live session with a server replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSession {
+    /// The replica's id from its `Welcome`.
+    pub server_id: String,
+    /// The transport carrying it (`"quic"`, `"tcp"`, ...).
+    pub transport: &'static str,
+}
+
+/// What the agent's links are told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Hold sessions and reconnect.
+    Run,
+    /// Send `GoAway` everywhere, let open tunnelled connections finish within the grace, then stop.
+    Drain(Duration),
+    /// Close everything now.
+    Stop,
 }
 
 /// A running agent.
 pub struct Agent {
-    stop: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
     task: JoinHandle<()>,
     observer: AgentObserver,
 }
@@ -126,6 +155,7 @@ pub struct Agent {
 pub struct AgentObserver {
     agent_id: Arc<str>,
     status: watch::Receiver<AgentStatus>,
+    servers: watch::Receiver<Servers>,
     metrics: Arc<AgentMetrics>,
 }
 
@@ -135,34 +165,106 @@ impl AgentObserver {
         self.status.borrow().clone()
     }
 
+    /// The live sessions, one per server replica held (ordered by link).
+    pub fn servers(&self) -> Vec<ServerSession> {
+        self.servers.borrow().live.values().cloned().collect()
+    }
+
+    /// How many server replicas the agent should hold: the number of listed
+    /// addresses, or the replica count the servers report (at least 1).
+    pub fn expected_servers(&self) -> usize {
+        self.servers.borrow().expected.max(1)
+    }
+
     /// What the agent has counted so far.
     pub fn metrics(&self) -> &AgentMetrics {
         &self.metrics
     }
 
-    /// Whether the agent holds a session with its server (what `/readyz` reports).
+    /// Whether the agent holds a session with every server replica it knows
+    /// of (what `/readyz` reports).
     pub fn is_ready(&self) -> bool {
-        matches!(*self.status.borrow(), AgentStatus::Connected { .. })
+        let servers = self.servers.borrow();
+        servers.distinct() >= servers.expected.max(1)
     }
 
     /// The metrics page in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.agent_id, self.is_ready())
+        let servers = self.servers.borrow().clone();
+        self.metrics.render(
+            &self.agent_id,
+            servers.distinct(),
+            servers.expected.max(1),
+            &transports(&servers),
+        )
     }
 }
 
+/// Sessions per transport, for the metrics page.
+fn transports(servers: &Servers) -> Vec<(&'static str, usize)> {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for s in servers.live.values() {
+        match counts.iter_mut().find(|(t, _)| *t == s.transport) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s.transport, 1)),
+        }
+    }
+    counts
+}
+
 impl Agent {
-    /// Starts connecting in a background task. Must be called within a tokio runtime.
+    /// Starts connecting to the server(s) behind `connector` in background
+    /// tasks. When the servers report several replicas behind that one
+    /// address, the agent keeps connecting until it holds a session with each.
+    /// Must be called within a tokio runtime.
     pub fn start(connector: Arc<dyn Connector>, config: AgentConfig) -> Agent {
+        Self::spawn(vec![connector], Discovery::LoadBalanced, config)
+    }
+
+    /// Starts an agent that holds one session with each of `servers` (an
+    /// explicit list of replica addresses). Must be called within a tokio runtime.
+    ///
+    /// # Panics
+    /// If `servers` is empty.
+    pub fn start_with_servers(servers: Vec<Arc<dyn Connector>>, config: AgentConfig) -> Agent {
+        assert!(!servers.is_empty(), "an agent needs at least one server");
+        let discovery = if servers.len() == 1 {
+            Discovery::LoadBalanced
+        } else {
+            Discovery::Listed
+        };
+        Self::spawn(servers, discovery, config)
+    }
+
+    fn spawn(connectors: Vec<Arc<dyn Connector>>, discovery: Discovery, config: AgentConfig) -> Agent {
         let (status_tx, status) = watch::channel(AgentStatus::Connecting);
-        let (stop, stop_rx) = watch::channel(false);
+        let expected = match discovery {
+            Discovery::Listed => connectors.len(),
+            Discovery::LoadBalanced => 1,
+        };
+        let (servers_tx, servers) = watch::channel(Servers {
+            expected,
+            ..Servers::default()
+        });
+        let (mode, mode_rx) = watch::channel(Mode::Run);
+        let metrics = Arc::new(AgentMetrics::default());
         let observer = AgentObserver {
             agent_id: config.agent_id.as_str().into(),
             status,
-            metrics: Arc::default(),
+            servers,
+            metrics: metrics.clone(),
         };
-        let task = tokio::spawn(run(connector, config, status_tx, stop_rx, observer.metrics.clone()));
-        Agent { stop, task, observer }
+        let ctx = Arc::new(DialContext {
+            policy: config.policy.clone(),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            max_connections: config.max_connections,
+            metrics: metrics.clone(),
+        });
+        let described: Vec<String> = connectors.iter().map(|c| c.describe()).collect();
+        tracing::info!(agent = %config.agent_id, servers = ?described, policy = %config.policy, "agent starting");
+        let shared = Arc::new(Shared::new(config, ctx, metrics, status_tx, servers_tx, mode_rx));
+        let task = tokio::spawn(run(shared, connectors, discovery));
+        Agent { mode, task, observer }
     }
 
     /// A view of this agent's status and metrics that outlives [`Agent::stop`] calls elsewhere.
@@ -175,6 +277,11 @@ impl Agent {
         self.observer.status()
     }
 
+    /// The live sessions, one per server replica held.
+    pub fn servers(&self) -> Vec<ServerSession> {
+        self.observer.servers()
+    }
+
     /// Waits until the status satisfies `predicate` and returns it.
     pub async fn wait_for(&self, mut predicate: impl FnMut(&AgentStatus) -> bool) -> AgentStatus {
         let mut rx = self.observer.status.clone();
@@ -182,6 +289,15 @@ impl Agent {
             Ok(s) => s.clone(),
             Err(_) => self.status(),
         }
+    }
+
+    /// Waits until the live sessions satisfy `predicate` and returns them.
+    pub async fn wait_for_servers(&self, mut predicate: impl FnMut(&[ServerSession]) -> bool) -> Vec<ServerSession> {
+        let mut rx = self.observer.servers.clone();
+        let _ = rx
+            .wait_for(|s| predicate(&s.live.values().cloned().collect::<Vec<_>>()))
+            .await;
+        self.servers()
     }
 
     /// Waits until connected and returns the server id.
@@ -192,166 +308,56 @@ impl Agent {
         }
     }
 
-    /// Closes the connection and stops reconnecting. Dropping the agent does
-    /// the same without waiting.
+    /// Closes every session and stops reconnecting; open tunnelled
+    /// connections end. Dropping the agent does the same without waiting.
     pub async fn stop(self) {
-        self.stop.send_replace(true);
+        self.mode.send_replace(Mode::Stop);
+        let _ = self.task.await;
+    }
+
+    /// Drains the agent (its node is shutting down): every server is told
+    /// with `GoAway` to route no new dials here, open tunnelled connections
+    /// may finish within `grace`, then the sessions close and the agent stops.
+    pub async fn drain(self, grace: Duration) {
+        self.mode.send_replace(Mode::Drain(grace));
         let _ = self.task.await;
     }
 }
 
-enum SessionEnd {
-    Stopped,
-    Rejected { code: RejectCode, reason: String },
-    Failed(String),
-}
-
-async fn run(
-    connector: Arc<dyn Connector>,
-    config: AgentConfig,
-    status: watch::Sender<AgentStatus>,
-    mut stop: watch::Receiver<bool>,
-    metrics: Arc<AgentMetrics>,
-) {
-    let mut backoff = Backoff::new(config.backoff.clone());
-    let ctx = Arc::new(DialContext {
-        policy: config.policy.clone(),
-        slots: Arc::new(Semaphore::new(config.max_connections)),
-        max_connections: config.max_connections,
-        metrics: metrics.clone(),
-    });
-    tracing::info!(agent = %config.agent_id, server = %connector.describe(), policy = %config.policy, "agent starting");
-    let mut sessions = 0;
-    loop {
-        status.send_replace(AgentStatus::Connecting);
-        let started = Instant::now();
-        let sessions_before = sessions;
-        match session(connector.as_ref(), &config, &ctx, &status, &mut stop, &mut sessions).await {
-            SessionEnd::Stopped => break,
-            SessionEnd::Rejected { code, reason } => {
-                tracing::error!(%code, %reason, "the server rejected this agent");
-                metrics.connect_failures.inc(code.label());
-                status.send_replace(AgentStatus::Rejected { code, reason });
+async fn run(shared: Arc<Shared>, connectors: Vec<Arc<dyn Connector>>, discovery: Discovery) {
+    let mut links = tokio::task::JoinSet::new();
+    match discovery {
+        Discovery::Listed => {
+            for (index, connector) in connectors.into_iter().enumerate() {
+                links.spawn(links::run_link(shared.clone(), index, connector, Discovery::Listed));
             }
-            SessionEnd::Failed(reason) => {
-                tracing::warn!(%reason, "connection to the server ended");
-                if sessions == sessions_before {
-                    metrics.connect_failures.inc("connection_failed");
+        }
+        Discovery::LoadBalanced => {
+            let connector = connectors.into_iter().next().expect("one connector");
+            // Links are added as the servers report more replicas; each extra link waits for its turn.
+            let mut servers = shared.servers.subscribe();
+            let mut mode = shared.mode.clone();
+            let mut started = 0;
+            loop {
+                let wanted = servers.borrow_and_update().expected.max(1);
+                while started < wanted {
+                    links.spawn(links::run_link(
+                        shared.clone(),
+                        started,
+                        connector.clone(),
+                        Discovery::LoadBalanced,
+                    ));
+                    started += 1;
                 }
-                status.send_replace(AgentStatus::Disconnected { reason });
-            }
-        }
-        backoff.connection_lasted(started.elapsed());
-        let delay = backoff.next_delay(&mut rand::rng());
-        tracing::info!("reconnecting in {delay:.1?}");
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
-    status.send_replace(AgentStatus::Stopped);
-}
-
-/// One connection: handshake, then serve until it ends.
-async fn session(
-    connector: &dyn Connector,
-    config: &AgentConfig,
-    ctx: &Arc<DialContext>,
-    status: &watch::Sender<AgentStatus>,
-    stop: &mut watch::Receiver<bool>,
-    sessions: &mut u64,
-) -> SessionEnd {
-    let conn = tokio::select! {
-        _ = stop.wait_for(|s| *s) => return SessionEnd::Stopped,
-        conn = connector.connect() => match conn {
-            Ok(conn) => conn,
-            Err(err) => return SessionEnd::Failed(err.to_string()),
-        },
-    };
-    let credential = match config.credentials.credential().await {
-        Ok(c) => c,
-        Err(err) => return SessionEnd::Failed(format!("no credential: {err}")),
-    };
-    let hello = Frame::Hello(Hello::new(
-        config.agent_id.clone(),
-        config.identifiers.clone(),
-        credential,
-    ));
-    let handshake = async {
-        let mut control = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_frame(&mut control.send, &hello)
-            .await
-            .map_err(|e| e.to_string())?;
-        let answer = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await;
-        Ok::<_, String>((control, answer))
-    };
-    let (mut control, answer) = tokio::select! {
-        _ = stop.wait_for(|s| *s) => {
-            conn.close(ConnectionCode::Normal, "agent stopping");
-            return SessionEnd::Stopped;
-        }
-        r = tokio::time::timeout(config.hello_timeout, handshake) => match r {
-            Err(_) => return SessionEnd::Failed(format!("no answer to Hello within {:?}", config.hello_timeout)),
-            Ok(Err(err)) => return SessionEnd::Failed(err),
-            Ok(Ok(x)) => x,
-        },
-    };
-    let welcome = match answer {
-        Ok(Frame::Welcome(welcome)) => welcome,
-        Ok(Frame::Reject(reject)) => {
-            conn.close(ConnectionCode::Rejected, "rejected");
-            return SessionEnd::Rejected {
-                code: reject.code,
-                reason: reject.reason,
-            };
-        }
-        Ok(other) => {
-            return protocol_error(conn.as_ref(), format!("expected Welcome, got {}", other.name()));
-        }
-        Err(err) => {
-            let reason = format!("handshake failed: {err}");
-            return match conn.closed().now_or_never() {
-                Some(closed) => SessionEnd::Failed(format!("{reason} ({closed})")),
-                None => protocol_error(conn.as_ref(), reason),
-            };
-        }
-    };
-    tracing::info!(server_id = %welcome.server_id, server_count = welcome.server_count, "connected");
-    *sessions += 1;
-    ctx.metrics.connects.inc();
-    status.send_replace(AgentStatus::Connected {
-        server_id: welcome.server_id.clone(),
-        session: *sessions,
-    });
-    let control_ended = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD);
-    tokio::pin!(control_ended);
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => {
-                conn.close(ConnectionCode::Normal, "agent stopping");
-                return SessionEnd::Stopped;
-            }
-            bi = conn.accept_bi() => match bi {
-                Ok(bi) => { tokio::spawn(serve_stream(bi, ctx.clone())); }
-                Err(err) => return SessionEnd::Failed(err.to_string()),
-            },
-            frame = &mut control_ended => {
-                return match frame {
-                    Ok(frame) => protocol_error(conn.as_ref(), format!("unexpected {} on the control stream", frame.name())),
-                    Err(FrameIoError::Eof) => {
-                        conn.close(ConnectionCode::Normal, "control stream closed");
-                        SessionEnd::Failed("the server closed the control stream".into())
-                    }
-                    Err(err) => SessionEnd::Failed(format!("control stream: {err}")),
-                };
+                tokio::select! {
+                    changed = servers.changed() => if changed.is_err() { break },
+                    _ = mode.wait_for(|m| *m != Mode::Run) => break,
+                }
             }
         }
     }
+    while links.join_next().await.is_some() {}
+    shared.draining.close();
+    shared.draining.wait().await;
+    shared.status.send_replace(AgentStatus::Stopped);
 }
-
-fn protocol_error(conn: &dyn Connection, reason: String) -> SessionEnd {
-    conn.close(ConnectionCode::ProtocolError, &crate::proto::clip_text(&reason));
-    SessionEnd::Failed(reason)
-}
-
-use futures_util::FutureExt;

@@ -20,6 +20,8 @@ use crate::transport::BiStream;
 
 /// Longest an agent works on one dial, whatever the server asked for.
 pub const MAX_DIAL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest wait for the server to acknowledge a finished stream's last bytes.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the server has to send the `Dial` after opening a stream.
 const DIAL_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -64,7 +66,13 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
         tracing::debug!("connected");
         ctx.metrics.dials.inc(DialCode::Ok.label());
         ctx.metrics.tunnels_active.inc();
+        let delivered = bi.send.delivered();
         let outcome = splice(tcp, bi.send, bi.recv).await;
+        if outcome.aborted.is_none() {
+            // The task ends once the server has everything: a draining session
+            // closes its connection when its tasks are done.
+            let _ = tokio::time::timeout(DELIVERY_TIMEOUT, delivered).await;
+        }
         ctx.metrics.tunnels_active.dec();
         tracing::debug!(to_server = outcome.to_tunnel, to_target = outcome.to_tcp, aborted = ?outcome.aborted, "tunnelled connection ended");
     }

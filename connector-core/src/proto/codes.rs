@@ -100,6 +100,10 @@ wire_code! {
         ShuttingDown = 6, "shutting_down" => "server shutting down",
         /// Any other failure on the server's side.
         Internal = 7, "internal" => "server internal error",
+        /// Since 1.1: the agent already holds a session with this server
+        /// replica (it is listed in the `Hello`'s connected servers); the
+        /// agent keeps looking for the replicas it lacks.
+        AlreadyConnected = 8, "already_connected" => "agent already connected to this server",
     }
 }
 
@@ -132,5 +136,10 @@ wire_code! {
         Replaced = 3, "replaced" => "replaced by a newer connection of the same agent",
         /// The endpoint is shutting down.
         Shutdown = 4, "shutdown" => "shutting down",
+        /// Since 1.1: the agent moved to a new connection (another transport,
+        /// or the server asked it to) and drained this one.
+        Superseded = 5, "superseded" => "moved to a newer connection",
+        /// Since 1.1: the agent is being drained (its node shuts down).
+        Draining = 6, "draining" => "agent draining",
     }
 }

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 
 use super::wire::{Reader, Writer};
-use super::{DecodeError, DialCode, EncodeError, PROTOCOL_MAJOR, RejectCode};
+use super::{ConnectionCode, DecodeError, DialCode, EncodeError, PROTOCOL_MAJOR, RejectCode};
 use crate::identifiers::{Identifiers, valid_host};
 
 /// Longest agent or server id, in bytes.
@@ -65,7 +65,15 @@ pub struct Hello {
     pub identifiers: Identifiers,
     /// The agent's credential.
     pub credential: Credential,
+    /// Since 1.1: ids of the server replicas this agent already holds a
+    /// session with and does not mean to replace. A server whose id is listed
+    /// answers `Reject(AlreadyConnected)` without touching its registry, so an
+    /// agent behind a load balancer can look for the replicas it still lacks.
+    pub connected_servers: Vec<String>,
 }
+
+/// Most entries in [`Hello::connected_servers`].
+pub const MAX_CONNECTED_SERVERS: usize = 64;
 
 /// Server → agent: the agent is registered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +97,22 @@ pub struct Welcome {
 pub struct Reject {
     /// Why, as a code.
     pub code: RejectCode,
+    /// Why, for a person.
+    pub reason: String,
+}
+
+/// Either side, on the control stream (since 1.1): the sender routes no new
+/// tunnelled connections over this connection. Open ones may finish within
+/// `grace_ms`; then the sender closes the connection. A server sends it when
+/// it shuts down (the agent connects elsewhere and keeps serving what is
+/// open); an agent sends it when it is drained or moves to a new connection
+/// (the server stops choosing it for dials at once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoAway {
+    /// Why, as a connection code (`Shutdown`, `Superseded`, ...).
+    pub code: ConnectionCode,
+    /// How long the sender lets open tunnelled connections run, in milliseconds.
+    pub grace_ms: u32,
     /// Why, for a person.
     pub reason: String,
 }
@@ -163,6 +187,7 @@ impl Hello {
             agent_id: agent_id.into(),
             identifiers,
             credential,
+            connected_servers: Vec::new(),
         }
     }
 
@@ -210,6 +235,11 @@ impl Hello {
                 check_len("bearer token", token.expose().len(), u16::MAX as usize)?;
                 w.bytes(token.expose());
             }
+        }
+        check_len("connected servers", self.connected_servers.len(), MAX_CONNECTED_SERVERS)?;
+        w.u16(self.connected_servers.len() as u16);
+        for server in &self.connected_servers {
+            put_str(w, "connected server id", server, MAX_ID_LEN)?;
         }
         Ok(())
     }
@@ -279,12 +309,27 @@ impl Hello {
                 });
             }
         };
+        // Appended in 1.1; a 1.0 Hello ends here.
+        let mut connected_servers = Vec::new();
+        if !r.is_empty() {
+            let count = r.u16("connected server count")? as usize;
+            if count > MAX_CONNECTED_SERVERS {
+                return Err(DecodeError::InvalidValue {
+                    field: "connected servers",
+                    reason: "more than 64 entries",
+                });
+            }
+            for _ in 0..count {
+                connected_servers.push(get_id(r, "connected server id")?);
+            }
+        }
         Ok(Self {
             version_major,
             version_minor,
             agent_id,
             identifiers,
             credential,
+            connected_servers,
         })
     }
 }
@@ -333,6 +378,22 @@ impl Reject {
     pub(super) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
             code: RejectCode::from_wire(r.u16("reject code")?),
+            reason: clip_text(&r.str("reason")?),
+        })
+    }
+}
+
+impl GoAway {
+    pub(super) fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u32(self.code.to_wire());
+        w.u32(self.grace_ms);
+        put_str(w, "reason", &self.reason, MAX_TEXT_LEN)
+    }
+
+    pub(super) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            code: ConnectionCode::from_wire(r.u32("go-away code")?),
+            grace_ms: r.u32("grace")?,
             reason: clip_text(&r.str("reason")?),
         })
     }

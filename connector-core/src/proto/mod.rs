@@ -20,7 +20,10 @@ mod message;
 mod wire;
 
 pub use codes::{ConnectionCode, DialCode, RejectCode, StreamCode};
-pub use message::{Credential, Dial, DialResult, Hello, MAX_ID_LEN, MAX_TEXT_LEN, Reject, Secret, Welcome, clip_text};
+pub use message::{
+    Credential, Dial, DialResult, GoAway, Hello, MAX_CONNECTED_SERVERS, MAX_ID_LEN, MAX_TEXT_LEN, Reject, Secret,
+    Welcome, clip_text,
+};
 
 use wire::{Reader, Writer};
 
@@ -29,7 +32,7 @@ use wire::{Reader, Writer};
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor protocol version: minor versions only append fields to payloads,
 /// which older decoders skip.
-pub const PROTOCOL_MINOR: u16 = 0;
+pub const PROTOCOL_MINOR: u16 = 1;
 /// QUIC/TLS application protocol (ALPN) identifier.
 pub const ALPN: &[u8] = b"connector/1";
 /// Length of a frame header in bytes.
@@ -43,6 +46,7 @@ mod kind {
     pub const HELLO: u8 = 0x01;
     pub const WELCOME: u8 = 0x02;
     pub const REJECT: u8 = 0x03;
+    pub const GO_AWAY: u8 = 0x04;
     pub const DIAL: u8 = 0x10;
     pub const DIAL_RESULT: u8 = 0x11;
 }
@@ -56,6 +60,9 @@ pub enum Frame {
     Welcome(Welcome),
     /// Server → agent: the agent is refused; the connection closes.
     Reject(Reject),
+    /// Either side, on the control stream after `Welcome` (since 1.1): no new
+    /// tunnelled connections over this connection; it closes after a grace.
+    GoAway(GoAway),
     /// Server → agent, first frame of a data stream: open a TCP connection.
     Dial(Dial),
     /// Agent → server: the outcome of a [`Dial`]; raw bytes follow when it succeeded.
@@ -139,7 +146,7 @@ impl FrameHeader {
         let kind = bytes[0];
         if !matches!(
             kind,
-            kind::HELLO | kind::WELCOME | kind::REJECT | kind::DIAL | kind::DIAL_RESULT
+            kind::HELLO | kind::WELCOME | kind::REJECT | kind::GO_AWAY | kind::DIAL | kind::DIAL_RESULT
         ) {
             return Err(DecodeError::UnknownFrameType(kind));
         }
@@ -158,6 +165,7 @@ impl FrameHeader {
             kind::HELLO => Frame::Hello(Hello::decode(&mut r)?),
             kind::WELCOME => Frame::Welcome(Welcome::decode(&mut r)?),
             kind::REJECT => Frame::Reject(Reject::decode(&mut r)?),
+            kind::GO_AWAY => Frame::GoAway(GoAway::decode(&mut r)?),
             kind::DIAL => Frame::Dial(Dial::decode(&mut r)?),
             kind::DIAL_RESULT => Frame::DialResult(DialResult::decode(&mut r)?),
             other => return Err(DecodeError::UnknownFrameType(other)),
@@ -184,6 +192,10 @@ impl Frame {
                 m.encode(&mut w)?;
                 kind::REJECT
             }
+            Frame::GoAway(m) => {
+                m.encode(&mut w)?;
+                kind::GO_AWAY
+            }
             Frame::Dial(m) => {
                 m.encode(&mut w)?;
                 kind::DIAL
@@ -208,6 +220,7 @@ impl Frame {
             Frame::Hello(_) => "Hello",
             Frame::Welcome(_) => "Welcome",
             Frame::Reject(_) => "Reject",
+            Frame::GoAway(_) => "GoAway",
             Frame::Dial(_) => "Dial",
             Frame::DialResult(_) => "DialResult",
         }

@@ -26,15 +26,68 @@ fn hello_bytes_are_as_documented() {
     .unwrap();
     #[rustfmt::skip]
     let expected = [
-        0x01, 0, 0, 0, 18,        // type Hello, payload length 18
-        0, 1, 0, 0,               // version 1.0
+        0x01, 0, 0, 0, 20,        // type Hello, payload length 20
+        0, 1, 0, 1,               // version 1.1
         0, 1, b'a',               // agent id "a"
         0, 1,                     // one identifier
         1, 0, 1, b'n',            // host "n"
         0,                        // flags: no default route
         1, 0, 1, b't',            // bearer token "t"
+        0, 0,                     // (1.1) no connected servers
     ];
     assert_eq!(bytes, expected);
+}
+
+#[test]
+fn a_version_1_0_hello_without_appended_fields_still_decodes() {
+    #[rustfmt::skip]
+    let bytes = [
+        0x01, 0, 0, 0, 18,
+        0, 1, 0, 0,
+        0, 1, b'a',
+        0, 1,
+        1, 0, 1, b'n',
+        0,
+        1, 0, 1, b't',
+    ];
+    let header = FrameHeader::parse(bytes[..HEADER_LEN].try_into().unwrap(), MAX_FRAME_PAYLOAD).unwrap();
+    let Frame::Hello(hello) = header.decode_payload(&bytes[HEADER_LEN..]).unwrap() else {
+        panic!("not a Hello");
+    };
+    assert_eq!((hello.version_major, hello.version_minor), (1, 0));
+    assert!(hello.connected_servers.is_empty());
+}
+
+#[test]
+fn go_away_bytes_are_as_documented() {
+    let bytes = Frame::GoAway(GoAway {
+        code: ConnectionCode::Shutdown,
+        grace_ms: 1000,
+        reason: "bye".into(),
+    })
+    .encode()
+    .unwrap();
+    #[rustfmt::skip]
+    let expected = [
+        0x04, 0, 0, 0, 13,        // type GoAway, payload length 13
+        0, 0, 0, 4,               // code 4 (shutdown)
+        0, 0, 0x03, 0xe8,         // grace 1000 ms
+        0, 3, b'b', b'y', b'e',   // reason "bye"
+    ];
+    assert_eq!(bytes, expected);
+}
+
+#[test]
+fn a_hello_listing_too_many_connected_servers_is_refused() {
+    let mut hello = hello();
+    hello.connected_servers = (0..=MAX_CONNECTED_SERVERS).map(|i| format!("s{i}")).collect();
+    assert!(matches!(
+        Frame::Hello(hello).encode(),
+        Err(EncodeError::FieldTooLong {
+            field: "connected servers",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -117,7 +170,10 @@ fn unknown_major_version_is_named() {
     bytes[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&2u16.to_be_bytes());
     assert_eq!(
         decode(&bytes),
-        Err(DecodeError::UnsupportedVersion { major: 2, minor: 0 })
+        Err(DecodeError::UnsupportedVersion {
+            major: 2,
+            minor: PROTOCOL_MINOR
+        })
     );
 }
 
@@ -196,13 +252,23 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         (
             id,
             arb_identifiers(),
-            prop::option::of(prop::collection::vec(any::<u8>(), 0..4096))
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..4096)),
+            prop::collection::vec(id, 0..4)
         )
-            .prop_map(|(agent_id, identifiers, token)| Frame::Hello(Hello::new(
-                agent_id,
-                identifiers,
-                token.map(|t| Credential::Bearer(Secret::new(t))).unwrap_or_default()
-            ))),
+            .prop_map(|(agent_id, identifiers, token, connected_servers)| {
+                let mut hello = Hello::new(
+                    agent_id,
+                    identifiers,
+                    token.map(|t| Credential::Bearer(Secret::new(t))).unwrap_or_default(),
+                );
+                hello.connected_servers = connected_servers;
+                Frame::Hello(hello)
+            }),
+        (any::<u32>(), any::<u32>(), text).prop_map(|(c, g, r)| Frame::GoAway(GoAway {
+            code: ConnectionCode::from_wire(c),
+            grace_ms: g,
+            reason: clip_text(&r)
+        })),
         (id, any::<u16>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(s, c, k, i, m, f)| {
             Frame::Welcome(Welcome {
                 server_id: s,

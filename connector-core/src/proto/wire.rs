@@ -48,6 +48,12 @@ impl<'a> Reader<'a> {
         Self { buf }
     }
 
+    /// Whether every byte has been read (fields appended by newer minor
+    /// versions are optional: a payload may end before them).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     pub(crate) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
             return Err(DecodeError::Truncated { field });

@@ -172,7 +172,7 @@ impl Server {
         target: &str,
         timeout: Duration,
     ) -> Result<TunnelStream, DialError> {
-        if *self.inner.shutdown.borrow() {
+        if !self.accepting() {
             return Err(DialError::ShuttingDown);
         }
         let (host, port) = split_target(target)?;

@@ -29,7 +29,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::auth::Authenticator;
 use crate::metrics::ServerMetrics;
@@ -120,6 +120,10 @@ struct Inner {
     next_request: AtomicU64,
     next_conn: AtomicU64,
     shutdown: watch::Sender<bool>,
+    /// Set by [`Server::drain`] to the grace announced in `GoAway`s.
+    draining: watch::Sender<Option<Duration>>,
+    /// Woken whenever a tunnelled connection closes.
+    tunnel_closed: Arc<Notify>,
     listeners: Mutex<Vec<Arc<dyn Listener>>>,
 }
 
@@ -134,6 +138,8 @@ impl Server {
                 next_request: AtomicU64::new(1),
                 next_conn: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
+                draining: watch::channel(None).0,
+                tunnel_closed: Arc::new(Notify::new()),
                 listeners: Mutex::new(Vec::new()),
             }),
         }
@@ -213,9 +219,51 @@ impl Server {
     }
 
     /// Whether the server is serving: at least one listener accepting agents
-    /// and no shutdown begun (what `/readyz` reports).
+    /// and no drain or shutdown begun (what `/readyz` reports).
     pub fn is_ready(&self) -> bool {
-        !*self.inner.shutdown.borrow() && !self.inner.listeners.lock().expect("listeners").is_empty()
+        self.accepting() && !self.inner.listeners.lock().expect("listeners").is_empty()
+    }
+
+    /// Whether new agents and new dials are still taken.
+    fn accepting(&self) -> bool {
+        !*self.inner.shutdown.borrow() && self.inner.draining.borrow().is_none()
+    }
+
+    /// Drains the server, then shuts it down: new dials fail with
+    /// [`DialError::ShuttingDown`] and new agents are refused at once; every
+    /// agent is sent `GoAway` (it connects to another replica and keeps
+    /// serving what is open here); open tunnelled connections may finish
+    /// within `grace`; then [`Server::shutdown`] closes the rest.
+    pub async fn drain(&self, grace: Duration) {
+        if self.inner.draining.send_replace(Some(grace)).is_some() {
+            self.stopped().await;
+            return;
+        }
+        let metrics = &self.inner.metrics;
+        tracing::info!(
+            agents = self.inner.registry.len(),
+            open = metrics.tunnels_active.get(),
+            "draining: agents told to go away, no new dials; open tunnelled connections may finish within {grace:?}"
+        );
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            let closed = self.inner.tunnel_closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if metrics.tunnels_active.get() <= 0 {
+                tracing::info!("drained: no tunnelled connection open");
+                break;
+            }
+            tokio::select! {
+                _ = &mut closed => {}
+                _ = &mut deadline => {
+                    tracing::info!(open = metrics.tunnels_active.get(), "drain grace over; closing what is still open");
+                    break;
+                }
+            }
+        }
+        self.shutdown();
     }
 
     /// Stops accepting agents, refuses new dials and closes every agent

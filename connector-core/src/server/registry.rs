@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::routing::{ProxyStrategy, Selector};
 use crate::identifiers::Identifiers;
@@ -39,6 +39,8 @@ pub(crate) struct AgentEntry {
     pub(crate) conn: Arc<dyn Connection>,
     pub(crate) active: AtomicU32,
     pub(crate) connected_at: Instant,
+    /// Server-wide: woken whenever a tunnelled connection closes (a drain waits on it).
+    pub(crate) tunnel_closed: Arc<Notify>,
 }
 
 impl AgentEntry {
@@ -80,8 +82,9 @@ impl Registry {
     }
 
     /// Registers `entry`. An older connection of the same agent id is
-    /// unregistered and closed: the agent restarted or reconnected, and the
-    /// old connection may be half-dead.
+    /// unregistered, and closed unless tunnelled connections are open on it:
+    /// an agent that restarted left a half-dead connection, while one that
+    /// moved to a new connection drains the old one itself.
     pub(crate) fn insert(&self, entry: Arc<AgentEntry>) {
         let replaced: Vec<_> = {
             let mut agents = self.agents.lock().expect("registry");
@@ -95,9 +98,17 @@ impl Registry {
             replaced
         };
         for old in replaced {
-            tracing::info!(agent = %old.agent_id, "replacing an older connection of this agent");
-            old.conn
-                .close(ConnectionCode::Replaced, ConnectionCode::Replaced.describe());
+            let open = old.active.load(Ordering::Relaxed);
+            if open == 0 {
+                tracing::info!(agent = %old.agent_id, "replacing an older connection of this agent");
+                old.conn
+                    .close(ConnectionCode::Replaced, ConnectionCode::Replaced.describe());
+            } else {
+                // The agent moved to a new connection (make before break): the
+                // old one gets no new dials but keeps what is open until the
+                // agent closes it.
+                tracing::info!(agent = %old.agent_id, open, "a newer connection of this agent takes new dials; the older one keeps its open tunnelled connections");
+            }
         }
         self.changed();
     }

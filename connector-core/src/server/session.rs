@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::Server;
@@ -12,8 +13,8 @@ use super::registry::AgentEntry;
 use crate::auth::{AuthRejection, AuthRequest, served_identifiers};
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::proto::{
-    ConnectionCode, DecodeError, Frame, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, Reject, RejectCode,
-    StreamCode, Welcome, clip_text,
+    ConnectionCode, DecodeError, Frame, GoAway, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, Reject,
+    RejectCode, StreamCode, Welcome, clip_text,
 };
 use crate::transport::{BiStream, Connection, Handshake};
 
@@ -34,11 +35,11 @@ pub(super) async fn run(server: Server, handshake: Handshake) {
         .unwrap_or_else(|| "memory".into());
     let span = tracing::info_span!("agent", %remote, agent = tracing::field::Empty);
     async move {
-        let Some((control, entry)) = admit(&server, &conn).await else {
+        let Some((control, entry, minor)) = admit(&server, &conn).await else {
             return;
         };
         tracing::Span::current().record("agent", entry.agent_id.as_str());
-        watch(&server, &conn, control).await;
+        watch(&server, &conn, control, &entry, minor).await;
         if server.inner.registry.remove(entry.conn_id) {
             tracing::info!("agent disconnected");
         }
@@ -49,7 +50,7 @@ pub(super) async fn run(server: Server, handshake: Handshake) {
 
 /// Handshake on the control stream. Returns the control stream and the
 /// registered entry, or `None` when the agent was refused (already logged).
-async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream, Arc<AgentEntry>)> {
+async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream, Arc<AgentEntry>, u16)> {
     let limits = &server.inner.config.limits;
     let first = tokio::time::timeout(limits.hello_timeout, async {
         let mut control = conn.accept_bi().await.map_err(|e| e.to_string())?;
@@ -127,7 +128,7 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
         "agent connected"
     );
     server.inner.metrics.agent_connections.inc();
-    Some((control, entry))
+    Some((control, entry, hello.version_minor))
 }
 
 /// Authenticates the agent and checks its claims and the agent limit.
@@ -161,10 +162,17 @@ async fn authorize(
             reason: format!("server is at its limit of {limit} agents"),
         });
     }
-    if *server.inner.shutdown.borrow() {
+    if !server.accepting() {
         return Err(AuthRejection {
             code: RejectCode::ShuttingDown,
             reason: "server is shutting down".into(),
+        });
+    }
+    let server_id = &server.inner.config.server_id;
+    if hello.connected_servers.contains(server_id) {
+        return Err(AuthRejection {
+            code: RejectCode::AlreadyConnected,
+            reason: format!("agent already holds a session with server {server_id}; try another replica"),
         });
     }
     Ok(Arc::new(AgentEntry {
@@ -175,6 +183,7 @@ async fn authorize(
         conn: conn.clone(),
         active: AtomicU32::new(0),
         connected_at: Instant::now(),
+        tunnel_closed: server.inner.tunnel_closed.clone(),
     }))
 }
 
@@ -196,17 +205,35 @@ async fn reject(server: &Server, conn: &Arc<dyn Connection>, control: &mut BiStr
 }
 
 /// Watches a registered agent until its connection or control stream ends.
+/// A `GoAway` from the agent takes it out of routing at once (its open
+/// tunnelled connections continue); a drain of this server sends the agent a
+/// `GoAway` (agents older than protocol 1.1 just see the close at shutdown).
 /// Streams the agent opens are refused: tunnelled connections only go from
 /// the server to the agent.
-async fn watch(server: &Server, conn: &Arc<dyn Connection>, mut control: BiStream) {
+async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, entry: &AgentEntry, minor: u16) {
     let mut shutdown = server.inner.shutdown.subscribe();
+    let mut draining = server.inner.draining.subscribe();
+    let BiStream { mut send, mut recv } = control;
     let control_ended = async {
-        // Nothing may follow the Hello in protocol 1.0: a frame or garbage is a protocol error.
-        match read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await {
-            Ok(frame) => Err(format!("unexpected {} on the control stream", frame.name())),
-            Err(FrameIoError::Eof) => Ok(()),
-            Err(FrameIoError::Io(err)) => Err(format!("control stream failed: {err}")),
-            Err(err) => Err(err.to_string()),
+        // After the Hello an agent may only send GoAway: another frame or garbage is a protocol error.
+        loop {
+            match read_frame(&mut recv, MAX_FRAME_PAYLOAD).await {
+                Ok(Frame::GoAway(go_away)) => {
+                    server.inner.metrics.go_aways.inc("received");
+                    if server.inner.registry.remove(entry.conn_id) {
+                        tracing::info!(
+                            code = %go_away.code,
+                            reason = %go_away.reason,
+                            open = entry.active.load(Ordering::Relaxed),
+                            "agent is going away: no new dials to it; open tunnelled connections continue"
+                        );
+                    }
+                }
+                Ok(frame) => return Err(format!("unexpected {} on the control stream", frame.name())),
+                Err(FrameIoError::Eof) => return Ok(()),
+                Err(FrameIoError::Io(err)) => return Err(format!("control stream failed: {err}")),
+                Err(err) => return Err(err.to_string()),
+            }
         }
     };
     let refuse_streams = async {
@@ -222,16 +249,38 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, mut control: BiStrea
             bi.send.reset(StreamCode::ProtocolError);
         }
     };
+    let go_away = async {
+        let Ok(grace) = draining.wait_for(Option::is_some).await.map(|g| g.unwrap_or_default()) else {
+            return std::future::pending().await;
+        };
+        if minor >= 1 {
+            let frame = Frame::GoAway(GoAway {
+                code: ConnectionCode::Shutdown,
+                grace_ms: grace.as_millis().min(u32::MAX as u128) as u32,
+                reason: "server draining".into(),
+            });
+            match write_frame(&mut send, &frame).await {
+                Ok(()) => server.inner.metrics.go_aways.inc("sent"),
+                Err(err) => tracing::debug!(%err, "could not send GoAway"),
+            }
+        }
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         reason = conn.closed() => tracing::debug!(%reason, "agent connection closed"),
         result = control_ended => match result {
             Ok(()) => conn.close(ConnectionCode::Normal, "control stream closed"),
-            Err(reason) => {
-                tracing::warn!(%reason, "closing agent connection");
-                conn.close(ConnectionCode::ProtocolError, &clip_text(&reason));
-            }
+            Err(reason) => match conn.closed().now_or_never() {
+                // The connection ended first (the agent stopped or vanished): nothing to report.
+                Some(closed) => tracing::debug!(%closed, "agent connection closed"),
+                None => {
+                    tracing::warn!(%reason, "closing agent connection");
+                    conn.close(ConnectionCode::ProtocolError, &clip_text(&reason));
+                }
+            },
         },
         _ = refuse_streams => {}
+        _ = go_away => {}
         _ = shutdown.wait_for(|s| *s) => conn.close(ConnectionCode::Shutdown, "server shutting down"),
     }
 }

@@ -89,6 +89,7 @@ impl Drop for TunnelStream {
     fn drop(&mut self) {
         self.agent.active.fetch_sub(1, Ordering::Relaxed);
         self.metrics.tunnels_active.dec();
+        self.agent.tunnel_closed.notify_waiters();
         if !(self.write_closed && self.read_eof) {
             self.abort_with(StreamCode::Cancelled);
         }

@@ -28,6 +28,16 @@ pub trait SendStream: AsyncWrite + Send + Unpin {
     /// Abandons the stream: unsent data is dropped and the peer's reads fail
     /// with [`StreamReset`] carrying `code`.
     fn reset(&mut self, code: StreamCode);
+
+    /// Resolves once the peer has acknowledged everything sent on this stream,
+    /// its end (FIN) included — or once that can no longer happen (reset,
+    /// stopped, connection gone). Taken before the stream is used, awaited
+    /// after shutting it down: closing the connection earlier could discard
+    /// data still in flight. The default resolves at once (transports whose
+    /// close delivers what was written).
+    fn delivered(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The receiving half of a stream. A read of 0 bytes is the peer's FIN; a

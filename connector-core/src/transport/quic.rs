@@ -318,6 +318,13 @@ impl SendStream for QuicSend {
     fn reset(&mut self, code: StreamCode) {
         let _ = self.0.reset(VarInt::from_u32(code.to_wire()));
     }
+
+    fn delivered(&self) -> BoxFuture<'static, ()> {
+        let stopped = self.0.stopped();
+        Box::pin(async move {
+            let _ = stopped.await;
+        })
+    }
 }
 
 impl AsyncRead for QuicRecv {

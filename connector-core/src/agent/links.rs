@@ -1,0 +1,276 @@
+//! The agent's links to the server replicas. Each link is a loop that holds
+//! one session at a time and reconnects with backoff. With an explicit list
+//! of server addresses there is one link per address; behind one
+//! load-balanced address the agent adds links until it holds a session with
+//! as many distinct server ids as the servers report replicas (every `Hello`
+//! lists the replicas already held, and a replica that is listed answers
+//! `AlreadyConnected`, so the link tries again and lands elsewhere).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+use tokio_util::task::TaskTracker;
+
+use super::serve::DialContext;
+use super::session::{self, Attempt, Served};
+use super::{AgentConfig, AgentStatus, Backoff, Mode, ServerSession};
+use crate::metrics::AgentMetrics;
+use crate::proto::{ConnectionCode, RejectCode};
+use crate::transport::Connector;
+
+/// How the agent finds its server replicas.
+pub(super) enum Discovery {
+    /// One link per given address.
+    Listed,
+    /// One address in front of all replicas: add links up to the reported replica count.
+    LoadBalanced,
+}
+
+/// What every link of one agent shares.
+pub(super) struct Shared {
+    pub(super) config: AgentConfig,
+    pub(super) ctx: Arc<DialContext>,
+    pub(super) metrics: Arc<AgentMetrics>,
+    pub(super) status: watch::Sender<AgentStatus>,
+    /// Live sessions by link index, and how many replicas there are to hold.
+    pub(super) servers: watch::Sender<Servers>,
+    pub(super) mode: watch::Receiver<Mode>,
+    /// Sessions being drained in the background.
+    pub(super) draining: TaskTracker,
+    sessions: AtomicU64,
+}
+
+/// The replicas the agent holds sessions with.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Servers {
+    pub(super) live: BTreeMap<usize, ServerSession>,
+    /// Replicas the agent should hold (at least 1).
+    pub(super) expected: usize,
+}
+
+impl Servers {
+    /// Distinct server ids held now.
+    pub(super) fn distinct(&self) -> usize {
+        let mut ids: Vec<&str> = self.live.values().map(|s| s.server_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+}
+
+impl Shared {
+    pub(super) fn new(
+        config: AgentConfig,
+        ctx: Arc<DialContext>,
+        metrics: Arc<AgentMetrics>,
+        status: watch::Sender<AgentStatus>,
+        servers: watch::Sender<Servers>,
+        mode: watch::Receiver<Mode>,
+    ) -> Self {
+        Self {
+            config,
+            ctx,
+            metrics,
+            status,
+            servers,
+            mode,
+            draining: TaskTracker::new(),
+            sessions: AtomicU64::new(0),
+        }
+    }
+
+    /// Server ids held by links other than `index`.
+    fn held_by_others(&self, index: usize) -> Vec<String> {
+        let servers = self.servers.borrow();
+        let mut ids: Vec<String> = servers
+            .live
+            .iter()
+            .filter(|(i, _)| **i != index)
+            .map(|(_, s)| s.server_id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn set_live(&self, index: usize, session: Option<ServerSession>, discovery: &Discovery, server_count: u16) {
+        self.servers.send_modify(|servers| {
+            match session {
+                Some(s) => {
+                    servers.live.insert(index, s);
+                }
+                None => {
+                    servers.live.remove(&index);
+                }
+            }
+            if matches!(discovery, Discovery::LoadBalanced) && server_count > 0 {
+                servers.expected = servers.expected.max(server_count as usize);
+            }
+        });
+        self.publish(None);
+    }
+
+    /// Sets the aggregate status: connected while any session is live, else `failure`.
+    fn publish(&self, failure: Option<AgentStatus>) {
+        let first = self.servers.borrow().live.values().next().cloned();
+        match first {
+            Some(s) => {
+                self.status.send_replace(AgentStatus::Connected {
+                    server_id: s.server_id,
+                    session: self.sessions.load(Ordering::Relaxed),
+                });
+            }
+            None => {
+                if let Some(failure) = failure {
+                    self.status.send_replace(failure);
+                } else if !matches!(
+                    *self.status.borrow(),
+                    AgentStatus::Rejected { .. } | AgentStatus::Disconnected { .. }
+                ) {
+                    self.status.send_replace(AgentStatus::Connecting);
+                }
+            }
+        }
+    }
+}
+
+fn running(mode: &watch::Receiver<Mode>) -> bool {
+    *mode.borrow() == Mode::Run
+}
+
+/// One link: sessions one after another over `connector` until the agent stops or drains.
+pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<dyn Connector>, discovery: Discovery) {
+    let config = &shared.config;
+    let mut mode = shared.mode.clone();
+    let mut backoff = Backoff::new(config.backoff.clone());
+    // The session being replaced keeps serving until the next attempt is over.
+    let mut replaced: Option<oneshot::Sender<()>> = None;
+    loop {
+        if matches!(discovery, Discovery::LoadBalanced) && index > 0 {
+            // An extra link waits until the servers report more replicas than links before it.
+            let mut servers = shared.servers.subscribe();
+            tokio::select! {
+                _ = servers.wait_for(|s| s.expected > index) => {}
+                _ = mode.wait_for(|m| *m != Mode::Run) => {}
+            }
+        }
+        if !running(&mode) {
+            break;
+        }
+        let started = Instant::now();
+        let held = shared.held_by_others(index);
+        let attempt = session::open(connector.as_ref(), config, held, &mut mode).await;
+        if let Some(trigger) = replaced.take() {
+            let _ = trigger.send(());
+        }
+        let mut delay_after = true;
+        let mut quiet = false;
+        match attempt {
+            Attempt::Stopped => break,
+            Attempt::Rejected {
+                code: RejectCode::AlreadyConnected,
+                reason,
+            } => {
+                tracing::debug!(link = index, %reason, "landed on a replica this agent already holds; trying again");
+                quiet = true;
+            }
+            Attempt::Rejected { code, reason } => {
+                tracing::error!(%code, %reason, "the server rejected this agent");
+                shared.metrics.connect_failures.inc(code.label());
+                shared.publish(Some(AgentStatus::Rejected { code, reason }));
+            }
+            Attempt::Failed(reason) => {
+                tracing::warn!(%reason, server = %connector.describe(), "could not connect to the server");
+                shared.metrics.connect_failures.inc("connection_failed");
+                shared.publish(Some(AgentStatus::Disconnected { reason }));
+            }
+            Attempt::Connected(mut session) => {
+                let server_id = session.server_id.clone();
+                tracing::info!(
+                    server_id = %server_id,
+                    server_count = session.server_count,
+                    transport = session.transport(),
+                    "connected"
+                );
+                shared.sessions.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.connects.inc();
+                let live = ServerSession {
+                    server_id: server_id.clone(),
+                    transport: session.transport(),
+                };
+                shared.set_live(index, Some(live), &discovery, session.server_count);
+                let served = session.serve(&shared.ctx, &mut mode).await;
+                shared.set_live(index, None, &discovery, 0);
+                match served {
+                    Served::Stopping => {
+                        let leaving = *mode.borrow();
+                        match leaving {
+                            Mode::Drain(grace) => {
+                                session
+                                    .drain(shared.ctx.clone(), mode.clone(), true, ConnectionCode::Draining, grace)
+                                    .await
+                            }
+                            _ => session.close(ConnectionCode::Normal, "agent stopping"),
+                        }
+                        break;
+                    }
+                    Served::GoAway(go_away) => {
+                        tracing::info!(%server_id, reason = %go_away.reason, "the server is going away; connecting elsewhere");
+                        shared.metrics.go_aways.inc();
+                        // The server stopped routing here; what is open may finish within its grace.
+                        let grace = Duration::from_millis(go_away.grace_ms.into());
+                        shared.draining.spawn(session.drain(
+                            shared.ctx.clone(),
+                            mode.clone(),
+                            false,
+                            ConnectionCode::Normal,
+                            grace,
+                        ));
+                        shared.publish(Some(AgentStatus::Disconnected {
+                            reason: format!("server {server_id} is going away"),
+                        }));
+                    }
+                    Served::Superseded(reason) => {
+                        tracing::info!(%server_id, %reason, "moving to a new connection; draining this one");
+                        let (trigger, fired) = oneshot::channel();
+                        replaced = Some(trigger);
+                        shared.draining.spawn(session.drain_after(
+                            async {
+                                let _ = fired.await;
+                            },
+                            shared.ctx.clone(),
+                            mode.clone(),
+                            ConnectionCode::Superseded,
+                            config.drain_grace,
+                        ));
+                        delay_after = false;
+                    }
+                    Served::Lost(reason) => {
+                        tracing::warn!(%server_id, %reason, "connection to the server ended");
+                        shared.publish(Some(AgentStatus::Disconnected { reason }));
+                    }
+                }
+            }
+        }
+        backoff.connection_lasted(started.elapsed());
+        if !delay_after {
+            continue;
+        }
+        let delay = backoff.next_delay(&mut rand::rng());
+        if quiet {
+            tracing::debug!(link = index, "trying again in {delay:.1?}");
+        } else {
+            tracing::info!(link = index, "reconnecting in {delay:.1?}");
+        }
+        tokio::select! {
+            _ = mode.wait_for(|m| *m != Mode::Run) => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    if let Some(trigger) = replaced.take() {
+        let _ = trigger.send(());
+    }
+}

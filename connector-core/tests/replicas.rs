@@ -1,0 +1,349 @@
+//! High availability: an agent holds a session with every server replica
+//! (behind one load-balanced address or from an explicit list), replicas and
+//! agents drain with `GoAway` without cutting open tunnelled connections,
+//! and an agent moves to a new connection (make before break) when its
+//! transport asks for it.
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use connector_core::agent::{Agent, AgentStatus};
+use connector_core::proto::ConnectionCode;
+use connector_core::server::{DialError, Selector, Server, ServerConfig, TunnelStream};
+use connector_core::transport::memory::{self, MemoryConnector};
+use connector_core::transport::{BiStream, BoxFuture, Connection, Connector, Listener, PeerInfo, TransportError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// A replica on the in-memory transport.
+struct Replica {
+    server: Server,
+    connector: MemoryConnector,
+}
+
+fn replica(id: &str, count: u16) -> Replica {
+    init_tracing();
+    let (listener, connector) = memory::pair();
+    let mut config = ServerConfig::new(id, authenticator());
+    config.server_count = count;
+    let server = Server::new(config);
+    server.serve(Arc::new(listener) as Arc<dyn Listener>);
+    Replica { server, connector }
+}
+
+/// One address in front of several replicas, like a load balancer: each
+/// connection goes to the next backend in `order` (indices, cycled).
+struct LoadBalancer {
+    backends: Mutex<Vec<MemoryConnector>>,
+    order: Vec<usize>,
+    next: AtomicUsize,
+}
+
+impl LoadBalancer {
+    fn new(backends: Vec<MemoryConnector>, order: Vec<usize>) -> Arc<Self> {
+        Arc::new(Self {
+            backends: Mutex::new(backends),
+            order,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Points backend `index` at a new replica (a restarted server).
+    fn replace(&self, index: usize, connector: MemoryConnector) {
+        self.backends.lock().unwrap()[index] = connector;
+    }
+}
+
+impl Connector for LoadBalancer {
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Connection>, TransportError>> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let backend = self.backends.lock().unwrap()[self.order[turn % self.order.len()]].clone();
+        Box::pin(async move { backend.connect().await })
+    }
+
+    fn describe(&self) -> String {
+        "memory load balancer".into()
+    }
+}
+
+async fn wait_agents(server: &Server, count: usize) {
+    tokio::time::timeout(Duration::from_secs(30), server.wait_for_agents(|a| a.len() == count))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} never had {count} agents: {:?}",
+                server.config().server_id,
+                server.agents()
+            )
+        });
+}
+
+async fn wait_ready(agent: &Agent, replicas: usize) {
+    let servers = tokio::time::timeout(
+        Duration::from_secs(30),
+        agent.wait_for_servers(|s| {
+            let mut ids: Vec<_> = s.iter().map(|s| s.server_id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            ids.len() == replicas
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("agent never held {replicas} replicas: {:?}", agent.servers()));
+    assert_eq!(servers.len(), replicas, "one session per replica: {servers:?}");
+    assert!(agent.observer().is_ready());
+}
+
+/// Writes `data` through an echo target and checks it comes back.
+async fn echo(stream: &mut TunnelStream, data: &[u8]) {
+    stream.write_all(data).await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    stream.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, data);
+}
+
+fn node_a() -> Selector {
+    Selector::Agent("node-a".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_behind_one_address_connects_to_every_replica() {
+    guard(async {
+        let replicas: Vec<Replica> = ["srv-a", "srv-b", "srv-c"].iter().map(|id| replica(id, 3)).collect();
+        // The balancer sends the first connections to srv-a again and again
+        // before the others: the agent must keep looking.
+        let lb = LoadBalancer::new(
+            replicas.iter().map(|r| r.connector.clone()).collect(),
+            vec![0, 0, 0, 1, 0, 0, 2],
+        );
+        let agent = Agent::start(lb, Harness::agent_config_for("node-a", token("node-a")));
+        wait_ready(&agent, 3).await;
+        assert_eq!(agent.observer().expected_servers(), 3);
+        let echo_addr = echo_target().await.to_string();
+        for r in &replicas {
+            wait_agents(&r.server, 1).await;
+            let mut stream = r.server.dial(&node_a(), &echo_addr).await.unwrap();
+            echo(&mut stream, r.server.config().server_id.as_bytes()).await;
+        }
+        let page = agent.observer().render_metrics();
+        assert!(page.contains("connector_agent_servers_connected 3\n"), "{page}");
+        assert!(page.contains("connector_agent_servers_expected 3\n"), "{page}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_list_of_servers_over_quic_holds_each() {
+    guard(async {
+        let harnesses = [
+            Harness::with_config(Kind::Quic, |c| c.server_id = "srv-1".into()).await,
+            Harness::with_config(Kind::Quic, |c| c.server_id = "srv-2".into()).await,
+        ];
+        let connectors = harnesses.iter().map(|h| h.connector(None)).collect();
+        let agent = Agent::start_with_servers(connectors, Harness::agent_config_for("node-a", token("node-a")));
+        wait_ready(&agent, 2).await;
+        let echo_addr = echo_target().await.to_string();
+        for h in &harnesses {
+            let mut stream = h.server.dial(&node_a(), &echo_addr).await.unwrap();
+            echo(&mut stream, b"through every replica").await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_replica_lets_open_connections_finish_and_the_agent_rejoins_it_after_restart() {
+    guard(async {
+        let mut replicas: Vec<Replica> = ["srv-a", "srv-b", "srv-c"].iter().map(|id| replica(id, 3)).collect();
+        let lb = LoadBalancer::new(replicas.iter().map(|r| r.connector.clone()).collect(), vec![0, 1, 2]);
+        let agent = Agent::start(lb.clone(), Harness::agent_config_for("node-a", token("node-a")));
+        wait_ready(&agent, 3).await;
+        let echo_addr = echo_target().await.to_string();
+        let mut on_a = replicas[0].server.dial(&node_a(), &echo_addr).await.unwrap();
+        let mut on_b = replicas[1].server.dial(&node_a(), &echo_addr).await.unwrap();
+        echo(&mut on_a, b"before").await;
+        echo(&mut on_b, b"before").await;
+
+        let draining = replicas[1].server.clone();
+        let drained = tokio::spawn(async move { draining.drain(Duration::from_secs(60)).await });
+        // The agent hears GoAway and stops counting srv-b; srv-b refuses new dials at once.
+        agent
+            .wait_for_servers(|s| s.iter().all(|s| s.server_id != "srv-b"))
+            .await;
+        assert!(!agent.observer().is_ready());
+        let refused = replicas[1].server.dial(&node_a(), &echo_addr).await.unwrap_err();
+        assert!(matches!(refused, DialError::ShuttingDown), "{refused:?}");
+        assert!(!replicas[1].server.is_ready());
+        // The open connection through the draining replica still works, and so do the others.
+        echo(&mut on_b, b"during the drain").await;
+        echo(&mut on_a, b"elsewhere, untouched").await;
+        // The drain ends when the last open connection does.
+        on_b.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        on_b.read_to_end(&mut rest).await.unwrap();
+        drop(on_b);
+        drained.await.unwrap();
+        let page = replicas[1].server.render_metrics();
+        assert!(
+            page.contains("connector_server_go_aways_total{direction=\"sent\"} 1\n"),
+            "{page}"
+        );
+        assert_eq!(agent.observer().metrics().go_aways.get(), 1);
+
+        // srv-b comes back (a new process behind the same balancer slot): the agent rejoins it.
+        let restarted = replica("srv-b", 3);
+        lb.replace(1, restarted.connector.clone());
+        replicas[1] = restarted;
+        wait_ready(&agent, 3).await;
+        let mut again = replicas[1].server.dial(&node_a(), &echo_addr).await.unwrap();
+        echo(&mut again, b"rejoined").await;
+        echo(&mut on_a, b"never noticed").await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_agent_gets_no_new_dials_but_finishes_open_ones() {
+    guard(async {
+        let h = Harness::new(Kind::Memory).await;
+        let leaving = h.agent("node-a").await;
+        // A second agent serving the same address takes over new dials.
+        let staying = h.agent("node-b").await;
+        let echo_addr = echo_target().await.to_string();
+        let mut open = h.server.dial(&node_a(), &echo_addr).await.unwrap();
+        echo(&mut open, b"before").await;
+
+        let drained = tokio::spawn(leaving.drain(Duration::from_secs(60)));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            h.server.wait_for_agents(|a| a.iter().all(|a| a.agent_id != "node-a")),
+        )
+        .await
+        .expect("the server kept routing to the draining agent");
+        let err = h.server.dial(&node_a(), &echo_addr).await.unwrap_err();
+        assert!(matches!(err, DialError::NoAgent(_)), "{err:?}");
+        let mut other = h
+            .server
+            .dial(&Selector::for_target(&echo_addr), &echo_addr)
+            .await
+            .unwrap();
+        assert_eq!(other.agent_id(), "node-b");
+        echo(&mut other, b"the other agent serves").await;
+        echo(&mut open, b"still open while draining").await;
+        open.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        open.read_to_end(&mut rest).await.unwrap();
+        drop(open);
+        tokio::time::timeout(Duration::from_secs(30), drained)
+            .await
+            .expect("the agent did not finish draining once its last connection ended")
+            .unwrap();
+        let page = h.server.render_metrics();
+        assert!(
+            page.contains("connector_server_go_aways_total{direction=\"received\"} 1\n"),
+            "{page}"
+        );
+        drop(staying);
+    })
+    .await
+}
+
+/// A connection whose transport asks for its replacement when the test says so.
+struct Replaceable {
+    inner: Arc<dyn Connection>,
+    replace: Arc<Notify>,
+}
+
+impl Connection for Replaceable {
+    fn open_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
+        self.inner.open_bi()
+    }
+    fn accept_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
+        self.inner.accept_bi()
+    }
+    fn close(&self, code: ConnectionCode, reason: &str) {
+        self.inner.close(code, reason)
+    }
+    fn closed(&self) -> BoxFuture<'static, TransportError> {
+        self.inner.closed()
+    }
+    fn peer(&self) -> PeerInfo {
+        self.inner.peer()
+    }
+    fn transport(&self) -> &'static str {
+        self.inner.transport()
+    }
+    fn superseded(&self) -> BoxFuture<'static, String> {
+        let replace = self.replace.clone();
+        Box::pin(async move {
+            replace.notified().await;
+            "the test asked for a new connection".to_owned()
+        })
+    }
+}
+
+struct ReplaceableConnector {
+    inner: Arc<dyn Connector>,
+    replace: Arc<Notify>,
+    closed: Mutex<Vec<BoxFuture<'static, TransportError>>>,
+}
+
+impl Connector for ReplaceableConnector {
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Connection>, TransportError>> {
+        Box::pin(async move {
+            let inner = self.inner.connect().await?;
+            self.closed.lock().unwrap().push(inner.closed());
+            Ok(Arc::new(Replaceable {
+                inner,
+                replace: self.replace.clone(),
+            }) as Arc<dyn Connection>)
+        })
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+on_both_transports!(a_superseded_connection_is_replaced_without_cutting_open_ones);
+
+async fn a_superseded_connection_is_replaced_without_cutting_open_ones(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let replace = Arc::new(Notify::new());
+    let connector = Arc::new(ReplaceableConnector {
+        inner: h.connector(None),
+        replace: replace.clone(),
+        closed: Mutex::new(Vec::new()),
+    });
+    let agent = Agent::start(connector.clone(), h.agent_config("node-a", token("node-a")));
+    agent.connected().await;
+    let echo_addr = echo_target().await.to_string();
+    let mut open = h.server.dial(&node_a(), &echo_addr).await.unwrap();
+    echo(&mut open, b"on the first connection").await;
+
+    replace.notify_one();
+    agent
+        .wait_for(|s| matches!(s, AgentStatus::Connected { session: 2, .. }))
+        .await;
+    // New dials take the new connection; the open one keeps working on the old.
+    let mut fresh = h.server.dial(&node_a(), &echo_addr).await.unwrap();
+    echo(&mut fresh, b"on the second connection").await;
+    echo(&mut open, b"still on the first").await;
+    assert_eq!(h.server.agents().len(), 1);
+    // Once the old connection's last tunnelled connection ends, the agent closes it.
+    open.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).await.unwrap();
+    drop(open);
+    let first_closed = connector.closed.lock().unwrap().remove(0);
+    let reason = tokio::time::timeout(Duration::from_secs(30), first_closed)
+        .await
+        .expect("the replaced connection was never closed");
+    assert!(matches!(reason, TransportError::LocallyClosed), "{reason:?}");
+    echo(&mut fresh, b"and the new one lives on").await;
+}
