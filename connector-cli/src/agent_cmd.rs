@@ -15,9 +15,11 @@ use crate::units::parse_duration;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Server address (`host:port`), resolved at every connection attempt.
-    #[arg(long, env = "CONNECTOR_SERVER")]
-    server: String,
+    /// Server address (`host:port`), resolved at every connection attempt. One address may
+    /// front several replicas (the agent connects until it holds each replica the servers
+    /// report); repeat the flag or separate with commas to list one address per replica.
+    #[arg(long, env = "CONNECTOR_SERVER", value_delimiter = ',', required = true)]
+    server: Vec<String>,
     /// CA bundle (PEM) the server's certificate must chain to.
     #[arg(long, env = "CONNECTOR_CA")]
     ca: PathBuf,
@@ -56,6 +58,10 @@ pub struct AgentArgs {
     /// The server is considered gone after this long without an answer.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// On SIGTERM (node shutdown): servers are sent GoAway so they route no new dials
+    /// here; open tunnelled connections may finish within this grace, then the agent exits.
+    #[arg(long, env = "CONNECTOR_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    drain_grace: Duration,
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
     admin: Option<std::net::SocketAddr>,
@@ -67,7 +73,8 @@ pub struct AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let agent_id = args.agent_id.unwrap_or_else(crate::server_cmd::host_name);
-    let mut setup = AgentSetup::new(args.server, certs_from_file(&args.ca)?, agent_id);
+    let mut setup = AgentSetup::new(String::new(), certs_from_file(&args.ca)?, agent_id);
+    setup.servers = args.server;
     setup.server_name = args.server_name;
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         setup.client_identity = Some(Identity::from_files(cert, key)?);
@@ -82,7 +89,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     setup.idle_timeout = args.idle_timeout;
     match setup.check() {
         Err(SetupError::NoCredential) => anyhow::bail!("no credential: pass --token-file FILE and/or --cert/--key"),
-        Err(SetupError::ServerName(_)) => anyhow::bail!("cannot take a server name from --server; pass --server-name"),
+        Err(SetupError::ServerName(server)) => {
+            anyhow::bail!("cannot take a server name from --server {server:?}; pass --server-name")
+        }
         checked => checked?,
     }
     if let Some(file) = &args.check_config {
@@ -97,7 +106,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         crate::admin::start(addr, Arc::new(agent.observer())).await?;
     }
     crate::shutdown_signal().await;
-    tracing::info!("shutting down");
-    agent.stop().await;
+    tracing::info!(grace = ?args.drain_grace, "draining: servers are told to route no new dials here (signal again to stop at once)");
+    tokio::select! {
+        _ = agent.drain(args.drain_grace) => tracing::info!("stopped"),
+        _ = crate::shutdown_signal() => tracing::info!("stopping at once"),
+    }
     Ok(())
 }

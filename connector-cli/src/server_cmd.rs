@@ -59,6 +59,10 @@ pub struct ServerArgs {
     /// default-route=true), default (any agent).
     #[arg(long, default_value = "destHost,defaultRoute")]
     proxy_strategies: String,
+    /// On SIGTERM: agents are sent GoAway and new dials refused at once; open tunnelled
+    /// connections may finish within this grace, then the server exits.
+    #[arg(long, env = "CONNECTOR_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    drain_grace: Duration,
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
     admin: Option<SocketAddr>,
@@ -103,8 +107,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         crate::admin::start(addr, std::sync::Arc::new(server.clone())).await?;
     }
     crate::shutdown_signal().await;
-    tracing::info!("shutting down");
-    server.shutdown();
+    tracing::info!(grace = ?args.drain_grace, "draining: agents are told to go away (signal again to stop at once)");
+    tokio::select! {
+        _ = server.drain(args.drain_grace) => tracing::info!("stopped"),
+        _ = crate::shutdown_signal() => {
+            tracing::info!("stopping at once");
+            server.shutdown();
+        }
+    }
     Ok(())
 }
 

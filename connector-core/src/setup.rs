@@ -27,6 +27,7 @@ use crate::agent::{Agent, AgentConfig, DestinationPolicy};
 use crate::auth::{Authenticator, CertificateAuthenticator, CredentialSource, FirstOf, TokenAuthenticator};
 use crate::server::{Limits, ProxyStrategy, Server, ServerConfig};
 use crate::tls::{AgentTls, Identity, ServerTls};
+use crate::transport::Connector;
 use crate::transport::quic::{QuicConnector, QuicListener, QuicSettings, QuicSetupError};
 
 /// Why a server or agent could not be started.
@@ -35,6 +36,9 @@ pub enum SetupError {
     /// The server was given no way to authenticate agents.
     #[error("no way to authenticate agents: configure tokens, client CAs and/or an authenticator")]
     NoAuthentication,
+    /// The agent was given no server address.
+    #[error("no server address: configure at least one")]
+    NoServer,
     /// The agent was given no credential.
     #[error("no agent credential: configure a token (file) and/or a client certificate")]
     NoCredential,
@@ -153,9 +157,11 @@ impl ServerSetup {
 
 /// Everything a QUIC agent needs. Start from [`AgentSetup::new`].
 pub struct AgentSetup {
-    /// Server address, `host:port`, resolved at every connection attempt.
-    pub server: String,
-    /// Name expected on the server certificate (default: the host part of `server`).
+    /// Server addresses, `host:port`, resolved at every connection attempt.
+    /// One address may front several replicas (the agent connects until it
+    /// holds each); several addresses are one replica each.
+    pub servers: Vec<String>,
+    /// Name expected on the server certificate (default: the host part of each address).
     pub server_name: Option<String>,
     /// CAs the server certificate must chain to.
     pub server_cas: Vec<CertificateDer<'static>>,
@@ -186,7 +192,7 @@ impl AgentSetup {
     ) -> Self {
         let quic = QuicSettings::default();
         Self {
-            server: server.into(),
+            servers: vec![server.into()],
             server_name: None,
             server_cas,
             agent_id: agent_id.into(),
@@ -202,32 +208,50 @@ impl AgentSetup {
 
     /// Checks what [`AgentSetup::start`] would refuse, without connecting.
     pub fn check(&self) -> Result<(), SetupError> {
-        self.tls_server_name()?;
+        if self.servers.is_empty() {
+            return Err(SetupError::NoServer);
+        }
+        for server in &self.servers {
+            self.tls_server_name(server)?;
+        }
         if self.credentials.is_none() && self.client_identity.is_none() {
             return Err(SetupError::NoCredential);
         }
         Ok(())
     }
 
-    fn tls_server_name(&self) -> Result<String, SetupError> {
+    fn tls_server_name(&self, server: &str) -> Result<String, SetupError> {
         match &self.server_name {
             Some(name) => Ok(name.clone()),
-            None => host_part(&self.server).ok_or_else(|| SetupError::ServerName(self.server.clone())),
+            None => host_part(server).ok_or_else(|| SetupError::ServerName(server.to_owned())),
         }
     }
 
-    /// Starts the agent's connect loop. Must be called within a tokio runtime.
+    /// Starts the agent's connect loops. Must be called within a tokio runtime.
     pub fn start(self) -> Result<Agent, SetupError> {
         self.check()?;
-        let server_name = self.tls_server_name()?;
+        let connectors = self
+            .servers
+            .iter()
+            .map(|server| self.connector(server))
+            .collect::<Result<Vec<_>, _>>()?;
         let credentials = match self.credentials {
             Some(source) => source,
             None => Arc::new(crate::auth::StaticCredential::default()),
         };
+        let mut config = AgentConfig::new(self.agent_id, credentials);
+        config.identifiers = self.identifiers;
+        config.policy = self.policy;
+        config.max_connections = self.max_connections;
+        Ok(Agent::start_with_servers(connectors, config))
+    }
+
+    /// The connector for one server address.
+    fn connector(&self, server: &str) -> Result<Arc<dyn Connector>, SetupError> {
         let tls = AgentTls {
-            server_cas: self.server_cas,
-            server_name,
-            client_identity: self.client_identity,
+            server_cas: self.server_cas.clone(),
+            server_name: self.tls_server_name(server)?,
+            client_identity: self.client_identity.clone(),
         };
         let settings = QuicSettings {
             keepalive: self.keepalive,
@@ -239,12 +263,7 @@ impl AgentSetup {
                 .saturating_add(64),
             ..Default::default()
         };
-        let connector = QuicConnector::new(self.server, &tls, &settings)?;
-        let mut config = AgentConfig::new(self.agent_id, credentials);
-        config.identifiers = self.identifiers;
-        config.policy = self.policy;
-        config.max_connections = self.max_connections;
-        Ok(Agent::start(Arc::new(connector), config))
+        Ok(Arc::new(QuicConnector::new(server, &tls, &settings)?))
     }
 }
 

@@ -78,6 +78,34 @@ impl Running {
 }
 
 impl Running {
+    /// Sends `signal` (a `kill` name such as `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit by itself (hang guard: 60 s) and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // The log ends when the process does.
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.child.wait().expect("wait"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("process did not exit within 60 s; saw:\n{}", self.seen.join("\n"))
+                }
+            }
+        }
+    }
+
     /// Stops the process and returns every line it wrote to stderr.
     pub fn all_output(mut self) -> String {
         let _ = self.child.kill();

@@ -244,7 +244,7 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                             shared.ctx.clone(),
                             mode.clone(),
                             ConnectionCode::Superseded,
-                            config.drain_grace,
+                            config.replace_grace,
                         ));
                         delay_after = false;
                     }

@@ -58,11 +58,15 @@ pub struct AgentConfig {
     pub hello_timeout: Duration,
     /// How long a replaced session keeps its open tunnelled connections when
     /// the agent moves to a new connection (default 5 minutes).
-    pub drain_grace: Duration,
+    pub replace_grace: Duration,
 }
 
-/// Default of [`AgentConfig::drain_grace`].
-pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(300);
+/// Default of [`AgentConfig::replace_grace`].
+pub const DEFAULT_REPLACE_GRACE: Duration = Duration::from_secs(300);
+
+/// A sensible grace for [`Agent::drain`] and [`crate::server::Server::drain`]
+/// on SIGTERM: below Kubernetes' default termination grace period of 30 s.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(20);
 
 /// Default of [`AgentConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -78,7 +82,7 @@ impl AgentConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             backoff: BackoffConfig::default(),
             hello_timeout: Duration::from_secs(10),
-            drain_grace: DEFAULT_DRAIN_GRACE,
+            replace_grace: DEFAULT_REPLACE_GRACE,
         }
     }
 }
