@@ -154,10 +154,11 @@ def main():
         _, metrics = get(f"http://127.0.0.1:{server_admin}/metrics")
         values = {}
         for line in metrics.splitlines():
-            if line.startswith(("connector_server_agents_connected ", 'connector_server_dials_total{result="ok"}')):
+            if line.startswith(("connector_server_agents_connected{", 'connector_server_dials_total{result="ok"}')):
                 name, value = line.rsplit(" ", 1)
                 values[name] = float(value)
-        agents = values.get("connector_server_agents_connected", 0)
+        # Agents on every transport (QUIC, TCP fallback).
+        agents = sum(v for k, v in values.items() if k.startswith("connector_server_agents_connected{"))
         dials = values.get('connector_server_dials_total{result="ok"}', 0)
         report(agents == len(agent_runs), f"connector_server_agents_connected {agents:g} (want {len(agent_runs)})")
         report(dials >= 1, f'connector_server_dials_total{{result="ok"}} {dials:g}')

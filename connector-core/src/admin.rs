@@ -54,7 +54,12 @@ impl AdminTarget for AgentObserver {
         if self.is_ready() {
             Ok(())
         } else {
-            Err(format!("no session with the server: {:?}", self.status()))
+            Err(format!(
+                "holds a session with {} of {} server replicas: {:?}",
+                self.servers().len(),
+                self.expected_servers(),
+                self.status()
+            ))
         }
     }
 }

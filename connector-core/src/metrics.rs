@@ -51,6 +51,18 @@ impl Gauge {
     }
 }
 
+/// Counts how often each label value occurs (for gauges by transport).
+pub fn tally(values: impl IntoIterator<Item = &'static str>) -> Vec<(&'static str, usize)> {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for value in values {
+        match counts.iter_mut().find(|(v, _)| *v == value) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((value, 1)),
+        }
+    }
+    counts
+}
+
 /// Counters keyed by one label value from a small, fixed vocabulary (a dial
 /// result, a reject code), so the number of series stays bounded.
 #[derive(Debug, Default)]
@@ -225,20 +237,33 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    /// Renders the page; `agents` is the number connected now.
-    pub fn render(&self, server_id: &str, agents: usize) -> String {
+    /// Renders the page; `agents` are the agents connected now, by transport.
+    pub fn render(&self, server_id: &str, agents: &[(&str, usize)]) -> String {
         let mut page = TextEncoder::new();
         page.gauge(
             "connector_server_info",
-            "This server's id and transport (always 1).",
-            &[("server_id", server_id), ("transport", "quic")],
+            "This server replica's id (always 1).",
+            &[("server_id", server_id)],
             1,
         );
-        page.gauge(
+        let count = |transport: &str| {
+            agents
+                .iter()
+                .filter(|(t, _)| *t == transport)
+                .map(|(_, n)| *n as i64)
+                .sum()
+        };
+        let mut by_transport = vec![("quic", count("quic")), ("tcp", count("tcp"))];
+        for (transport, n) in agents {
+            if !by_transport.iter().any(|(t, _)| t == transport) {
+                by_transport.push((transport, *n as i64));
+            }
+        }
+        page.labeled_gauge(
             "connector_server_agents_connected",
-            "Agents connected now.",
-            &[],
-            agents as i64,
+            "Agents connected now, by transport (QUIC, or the TCP fallback).",
+            "transport",
+            &by_transport,
         );
         page.counter(
             "connector_server_agent_connections_total",

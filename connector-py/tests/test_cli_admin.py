@@ -120,8 +120,9 @@ def test_metrics_count_dials_agents_and_bytes_and_probes_answer(tunnel) -> None:
 
     # The first tunnel is still open while both sides are scraped.
     server = scrape(server_admin)
-    assert server[("connector_server_agents_connected", ())] == 1
-    assert server[("connector_server_info", (("server_id", "srv-admin"), ("transport", "quic")))] == 1
+    assert server[("connector_server_agents_connected", (("transport", "quic"),))] == 1
+    assert server[("connector_server_agents_connected", (("transport", "tcp"),))] == 0
+    assert server[("connector_server_info", (("server_id", "srv-admin"),))] == 1
     assert server[("connector_server_agent_connections_total", ())] == 1
     assert server[("connector_server_dials_total", (("result", "ok"),))] == 1
     assert server[("connector_server_dials_total", (("result", "refused"),))] == 1
@@ -134,6 +135,9 @@ def test_metrics_count_dials_agents_and_bytes_and_probes_answer(tunnel) -> None:
 
     agent = scrape(agent_admin)
     assert agent[("connector_agent_connected", ())] == 1
+    assert agent[("connector_agent_servers_connected", ())] == 1
+    assert agent[("connector_agent_servers_expected", ())] == 1
+    assert agent[("connector_agent_sessions", (("transport", "quic"),))] == 1
     assert agent[("connector_agent_connects_total", ())] == 1
     assert agent[("connector_agent_dials_total", (("result", "ok"),))] == 1
     assert agent[("connector_agent_dials_total", (("result", "refused"),))] == 1
@@ -163,7 +167,7 @@ def test_agent_without_a_server_is_alive_but_not_ready(tmp_path) -> None:  # typ
         admin = admin_addr(agent)
         assert get(admin, "/healthz") == (200, "ok\n")
         status, body = get(admin, "/readyz")
-        assert status == 503 and "no session with the server" in body
+        assert status == 503 and "holds a session with 0 of 1 server replicas" in body
         metrics = scrape(admin)
         assert metrics[("connector_agent_connected", ())] == 0
     finally:

@@ -199,21 +199,9 @@ impl AgentObserver {
             &self.agent_id,
             servers.distinct(),
             servers.expected.max(1),
-            &transports(&servers),
+            &crate::metrics::tally(servers.live.values().map(|s| s.transport)),
         )
     }
-}
-
-/// Sessions per transport, for the metrics page.
-fn transports(servers: &Servers) -> Vec<(&'static str, usize)> {
-    let mut counts: Vec<(&'static str, usize)> = Vec::new();
-    for s in servers.live.values() {
-        match counts.iter_mut().find(|(t, _)| *t == s.transport) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((s.transport, 1)),
-        }
-    }
-    counts
 }
 
 impl Agent {

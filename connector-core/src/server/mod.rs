@@ -214,8 +214,8 @@ impl Server {
 
     /// The metrics page in the Prometheus text format (what `/metrics` serves).
     pub fn render_metrics(&self) -> String {
-        let agents = self.inner.registry.snapshot().len();
-        self.inner.metrics.render(&self.inner.config.server_id, agents)
+        let agents = self.inner.registry.by_transport();
+        self.inner.metrics.render(&self.inner.config.server_id, &agents)
     }
 
     /// Whether the server is serving: at least one listener accepting agents

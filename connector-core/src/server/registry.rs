@@ -140,6 +140,17 @@ impl Registry {
         infos
     }
 
+    /// Connected agents counted by the transport that carries them.
+    pub(crate) fn by_transport(&self) -> Vec<(&'static str, usize)> {
+        crate::metrics::tally(
+            self.agents
+                .lock()
+                .expect("registry")
+                .values()
+                .map(|e| e.conn.transport()),
+        )
+    }
+
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
     }
