@@ -3,7 +3,9 @@
 //! certificate; the agent verifies it against a pinned CA bundle and may
 //! present a client certificate of its own (mTLS).
 
-use std::path::Path;
+mod reload;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -42,11 +44,15 @@ pub enum TlsError {
     ClientCa(String),
 }
 
-/// A certificate chain and its private key, as PEM.
+/// A certificate chain and its private key, as PEM. An identity read with
+/// [`Identity::from_files`] follows its files: TLS configurations built from
+/// it pick up a rotated certificate at the next handshake.
 #[derive(Clone)]
 pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
+    /// The files it was read from (certificate chain, key), if any.
+    files: Option<Arc<(PathBuf, PathBuf)>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -66,11 +72,13 @@ impl Identity {
         Ok(Self {
             chain,
             key: Arc::new(key),
+            files: None,
         })
     }
 
     /// Reads [`Identity::from_pem`]'s inputs from files.
     pub fn from_files(chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, TlsError> {
+        let (chain_path, key_path) = (chain.as_ref(), key.as_ref());
         let chain_pem = read(chain.as_ref())?;
         let key_pem = read(key.as_ref())?;
         let chain = certs_from_pem(&chain_pem, &chain.as_ref().display().to_string())?;
@@ -79,6 +87,7 @@ impl Identity {
         Ok(Self {
             chain,
             key: Arc::new(key),
+            files: Some(Arc::new((chain_path.to_owned(), key_path.to_owned()))),
         })
     }
 
@@ -90,6 +99,26 @@ impl Identity {
     /// A copy of the private key, for building other TLS configurations. Never log it.
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         self.key.as_ref().clone_key()
+    }
+
+    /// The files this identity follows, if it was read from files.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        self.files.as_deref().map(|(c, k)| (c.as_path(), k.as_path()))
+    }
+
+    /// A key pair for rustls: one that follows the files when there are files.
+    fn reloading(&self) -> Result<Arc<reload::ReloadingKey>, TlsError> {
+        let (chain, key) = match self.files() {
+            Some(files) => files,
+            // Without files nothing ever changes; the same machinery serves.
+            None => (Path::new(""), Path::new("")),
+        };
+        Ok(Arc::new(reload::ReloadingKey::new(self, chain, key)?))
+    }
+
+    /// A resolver presenting this identity as a server.
+    fn server_cert(&self) -> Result<Arc<reload::ServerCert>, TlsError> {
+        Ok(Arc::new(reload::ServerCert(self.reloading()?)))
     }
 }
 
@@ -154,9 +183,13 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config =
-            builder.with_single_cert(self.identity.chain.clone(), self.identity.key.as_ref().clone_key())?;
+        let mut config = builder.with_cert_resolver(self.identity.server_cert()?);
         config.alpn_protocols = vec![ALPN.to_vec()];
+        // No resumption: every agent connection is a full handshake, so the
+        // identity the authenticator sees is the certificate presented now
+        // (not one carried over in a ticket past its rotation or expiry).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(config)
     }
 }
@@ -179,10 +212,12 @@ impl AgentTls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(root_store(&self.server_cas)?);
         let mut config = match &self.client_identity {
-            Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.as_ref().clone_key())?,
+            Some(id) => builder.with_client_cert_resolver(Arc::new(reload::ClientCert(id.reloading()?))),
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![ALPN.to_vec()];
+        // Full handshakes only (see `ServerTls::rustls_config`).
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
     }
 
@@ -225,7 +260,7 @@ impl FrontendTls {
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.identity.chain.clone(), self.identity.key.as_ref().clone_key())?;
+            .with_cert_resolver(self.identity.server_cert()?);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
