@@ -98,17 +98,28 @@ impl UdpImpairProxy {
     ///
     /// Fails when `upstreams` is empty or the socket cannot be bound.
     pub async fn start(upstreams: Vec<SocketAddr>, seed: u64) -> io::Result<UdpImpairProxy> {
-        Self::start_with_limit(upstreams, seed, MAX_FLOWS).await
+        Self::start_on((Ipv4Addr::LOCALHOST, 0).into(), upstreams, seed).await
     }
 
-    async fn start_with_limit(upstreams: Vec<SocketAddr>, seed: u64, max_flows: usize) -> io::Result<UdpImpairProxy> {
+    /// [`UdpImpairProxy::start`] on a given address instead of `127.0.0.1:0` (for a standalone proxy
+    /// at a fixed port, as in `benches/compare.sh`).
+    pub async fn start_on(listen: SocketAddr, upstreams: Vec<SocketAddr>, seed: u64) -> io::Result<UdpImpairProxy> {
+        Self::start_with_limit(listen, upstreams, seed, MAX_FLOWS).await
+    }
+
+    async fn start_with_limit(
+        listen: SocketAddr,
+        upstreams: Vec<SocketAddr>,
+        seed: u64,
+        max_flows: usize,
+    ) -> io::Result<UdpImpairProxy> {
         if upstreams.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "UdpImpairProxy needs at least one upstream address",
             ));
         }
-        let front = Arc::new(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?);
+        let front = Arc::new(UdpSocket::bind(listen).await?);
         let local = front.local_addr()?;
         let shared = Arc::new(Shared {
             impairment: Mutex::default(),
@@ -846,9 +857,14 @@ mod tests {
     #[tokio::test]
     async fn flow_table_is_capped() {
         let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let proxy = UdpImpairProxy::start_with_limit(vec![upstream.local_addr().unwrap()], 0, 2)
-            .await
-            .unwrap();
+        let proxy = UdpImpairProxy::start_with_limit(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![upstream.local_addr().unwrap()],
+            0,
+            2,
+        )
+        .await
+        .unwrap();
         for _ in 0..3 {
             let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             client.send_to(b"x", proxy.local_addr()).await.unwrap();
