@@ -5,7 +5,7 @@
 //!   forwarder, or through an HTTP CONNECT proxy) and appends one row;
 //! * `quic-serve` / `quic-run`: the same measurements over raw QUIC (quinn,
 //!   one connection, one stream per "connection"): the QUIC ceiling;
-//! * `impair`: a UDP proxy adding a fixed delay and random loss each way;
+//! * `impair`: the shared UDP impairment proxy (`connector_core::netsim`) with a fixed delay and random loss each way;
 //! * `idle`: opens many idle connections and reports the tunnel's RSS growth;
 //! * `table`: prints the collected rows with ratios.
 
@@ -21,10 +21,11 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use connector_benches::client::{self, percentile};
 use connector_benches::{CHUNK, target};
+use connector_core::netsim::{Impairment, UdpImpairProxy};
 use connector_core::pki::ThrowawayCa;
 use connector_core::tls::{AgentTls, ServerTls};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
 
 #[derive(Parser)]
 #[command(about = "Measures throughput, round trip, dial rate, HOL isolation, CPU and RSS of a path")]
@@ -71,6 +72,9 @@ enum Cmd {
         /// Probability that a datagram is dropped, each direction.
         #[arg(long, default_value_t = 0.01)]
         loss: f64,
+        /// Seed of the random losses (the same seed drops the same datagrams of the same sequence).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Opens --n idle echo connections through --addr and reports the RSS growth of --pids.
     Idle {
@@ -174,7 +178,8 @@ fn main() -> anyhow::Result<()> {
             upstream,
             delay_ms,
             loss,
-        } => multi_thread()?.block_on(impair(listen, upstream, Duration::from_millis(delay_ms), loss)),
+            seed,
+        } => multi_thread()?.block_on(impair(listen, upstream, Duration::from_millis(delay_ms), loss, seed)),
         Cmd::Idle { addr, n, pids } => current_thread()?.block_on(idle(addr, n, pids)),
         Cmd::Agents {
             server,
@@ -546,73 +551,24 @@ async fn run(args: RunArgs, dialer: Arc<dyn Dialer>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Relays datagrams between one client and `upstream`, each delayed by
-/// `delay` and dropped with probability `loss`, in both directions.
-async fn impair(listen: SocketAddr, upstream: SocketAddr, delay: Duration, loss: f64) -> anyhow::Result<()> {
-    let front = Arc::new(UdpSocket::bind(listen).await?);
-    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-    back.connect(upstream).await?;
-    let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+/// Runs the shared UDP impairment proxy ([`UdpImpairProxy`]) at `listen` until killed:
+/// every datagram delayed by `delay` and dropped with probability `loss`, in both directions.
+async fn impair(listen: SocketAddr, upstream: SocketAddr, delay: Duration, loss: f64, seed: u64) -> anyhow::Result<()> {
+    let proxy = UdpImpairProxy::start_on(listen, vec![upstream], seed)
+        .await
+        .with_context(|| format!("impair: cannot listen on {listen}"))?;
+    proxy.set(Impairment {
+        drop: loss,
+        delay,
+        ..Default::default()
+    });
     eprintln!(
         "impair: {} -> {upstream}, +{delay:?} each way, {:.2}% loss each way",
-        front.local_addr()?,
+        proxy.local_addr(),
         loss * 100.0
     );
-    // Client -> upstream.
-    let (tx_up, rx_up) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
-    let (tx_down, rx_down) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
-    {
-        let (front, client) = (front.clone(), client.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                *client.lock().unwrap() = Some(from);
-                if rand::random::<f64>() >= loss {
-                    let _ = tx_up.send((tokio::time::Instant::now() + delay, buf[..n].to_vec()));
-                }
-            }
-        });
-    }
-    {
-        let back = back.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            while let Ok(n) = back.recv(&mut buf).await {
-                if rand::random::<f64>() >= loss {
-                    let _ = tx_down.send((tokio::time::Instant::now() + delay, buf[..n].to_vec()));
-                }
-            }
-        });
-    }
-    let up = tokio::spawn(release(rx_up, move |d| {
-        let back = back.clone();
-        async move {
-            let _ = back.send(&d).await;
-        }
-    }));
-    let down = tokio::spawn(release(rx_down, move |d| {
-        let (front, client) = (front.clone(), client.clone());
-        async move {
-            let to = *client.lock().unwrap();
-            if let Some(to) = to {
-                let _ = front.send_to(&d, to).await;
-            }
-        }
-    }));
-    let _ = tokio::join!(up, down);
+    std::future::pending::<()>().await;
     Ok(())
-}
-
-/// Sends each queued datagram at its release time (FIFO: the delay is constant).
-async fn release<F, Fut>(mut rx: tokio::sync::mpsc::UnboundedReceiver<(tokio::time::Instant, Vec<u8>)>, send: F)
-where
-    F: Fn(Vec<u8>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    while let Some((at, d)) = rx.recv().await {
-        tokio::time::sleep_until(at).await;
-        send(d).await;
-    }
 }
 
 async fn agents(server: String, ca: PathBuf, token_file: PathBuf, n: usize, server_pid: u32) -> anyhow::Result<()> {

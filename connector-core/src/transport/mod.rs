@@ -64,7 +64,7 @@ impl fmt::Debug for BiStream {
 /// What the transport knows about the peer after its handshake.
 #[derive(Debug, Clone, Default)]
 pub struct PeerInfo {
-    /// The peer's network address, when there is one.
+    /// The peer's network address, when there is one (current: it follows QUIC connection migration).
     pub remote_addr: Option<SocketAddr>,
     /// The peer's verified TLS certificate chain, end-entity first (empty
     /// when the peer presented none).

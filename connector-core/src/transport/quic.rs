@@ -270,7 +270,11 @@ impl Connection for QuicConnection {
     }
 
     fn peer(&self) -> PeerInfo {
-        self.peer.clone()
+        // The address follows connection migration (a NAT rebinding on the agent's side).
+        PeerInfo {
+            remote_addr: Some(self.conn.remote_address()),
+            ..self.peer.clone()
+        }
     }
 
     fn transport(&self) -> &'static str {
