@@ -347,3 +347,96 @@ async fn a_superseded_connection_is_replaced_without_cutting_open_ones(kind: Kin
     assert!(matches!(reason, TransportError::LocallyClosed), "{reason:?}");
     echo(&mut fresh, b"and the new one lives on").await;
 }
+
+mod behind_a_udp_load_balancer {
+    //! Three QUIC replicas behind `UdpImpairProxy` acting as a round-robin
+    //! UDP load balancer (each new client flow goes to the next replica).
+
+    use std::net::SocketAddr;
+
+    use connector_core::netsim::UdpImpairProxy;
+    use connector_core::pki::ThrowawayCa;
+    use connector_core::tls::{AgentTls, ServerTls};
+    use connector_core::transport::quic::{QuicConnector, QuicListener, QuicSettings};
+
+    use super::*;
+
+    fn quic_replica(ca: &ThrowawayCa, id: &str) -> (Server, SocketAddr) {
+        let tls = ServerTls {
+            identity: ca.issue("connector server", &["localhost"]).unwrap().identity(),
+            client_cas: None,
+        };
+        let listener = QuicListener::bind("127.0.0.1:0".parse().unwrap(), &tls, &QuicSettings::default()).unwrap();
+        let addr = listener.local_socket_addr().unwrap();
+        let mut config = ServerConfig::new(id, authenticator());
+        config.server_count = 3;
+        let server = Server::new(config);
+        server.serve(Arc::new(listener) as Arc<dyn Listener>);
+        (server, addr)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_agent_reaches_every_replica_and_a_drain_interrupts_nothing_elsewhere() {
+        guard(async {
+            init_tracing();
+            let ca = ThrowawayCa::new("replica CA").unwrap();
+            let replicas: Vec<(Server, SocketAddr)> = ["srv-a", "srv-b", "srv-c"]
+                .iter()
+                .map(|id| quic_replica(&ca, id))
+                .collect();
+            let lb = UdpImpairProxy::start(replicas.iter().map(|(_, a)| *a).collect(), 7)
+                .await
+                .unwrap();
+            let tls = AgentTls {
+                server_cas: vec![ca.cert_der()],
+                server_name: "localhost".into(),
+                client_identity: None,
+            };
+            let nodes = ["node-a", "node-b", "node-c", "node-d"];
+            let mut agents = Vec::new();
+            for node in nodes {
+                let connector =
+                    QuicConnector::new(lb.local_addr().to_string(), &tls, &QuicSettings::default()).unwrap();
+                let agent = Agent::start(Arc::new(connector), Harness::agent_config_for(node, token(node)));
+                agents.push(agent);
+            }
+            for agent in &agents {
+                wait_ready(agent, 3).await;
+            }
+            // Dials from each replica reach every node; keep one open per (replica, node).
+            let echo_addr = echo_target().await.to_string();
+            let mut open = Vec::new();
+            for (server, _) in &replicas {
+                wait_agents(server, nodes.len()).await;
+                for node in nodes {
+                    let mut stream = server.dial(&Selector::Agent(node.into()), &echo_addr).await.unwrap();
+                    echo(&mut stream, node.as_bytes()).await;
+                    open.push((server.config().server_id.clone(), stream));
+                }
+            }
+            // Drain srv-b: everything open on srv-a and srv-c keeps working, and so does srv-b's until closed.
+            let draining = replicas[1].0.clone();
+            let drained = tokio::spawn(async move { draining.drain(Duration::from_secs(60)).await });
+            for agent in &agents {
+                agent
+                    .wait_for_servers(|s| s.iter().all(|s| s.server_id != "srv-b"))
+                    .await;
+            }
+            for (_, stream) in &mut open {
+                echo(stream, b"after the drain began").await;
+            }
+            for (server_id, mut stream) in open {
+                stream.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                stream.read_to_end(&mut rest).await.unwrap();
+                assert!(rest.is_empty(), "{server_id}: {rest:?}");
+            }
+            drained.await.unwrap();
+            for (server, _) in [&replicas[0], &replicas[2]] {
+                let mut stream = server.dial(&node_a(), &echo_addr).await.unwrap();
+                echo(&mut stream, b"still serving").await;
+            }
+        })
+        .await
+    }
+}
