@@ -213,6 +213,22 @@ until [ -s "$WORK/rawquic-bbr-ca.pem" ]; do sleep 0.05; done
 "$NB" quic-run --label wan-raw-quic-bbr --bbr --addr 127.0.0.1:17053 --ca "$WORK/rawquic-bbr-ca.pem" \
 	--pids "$RAWQUIC_BBR" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
 stop "$RAWQUIC_BBR" "$IMPAIR3"
+# connector with BBR on both ends (--congestion-control bbr), same impaired path.
+start impair-connector-bbr "$NB" impair --listen 127.0.0.1:17054 --upstream 127.0.0.1:17445 --delay-ms "$WAN_DELAY_MS" \
+	--loss "$WAN_LOSS"
+IMPAIR4=$LAST
+start connector-server-wan-bbr "$CONNECTOR" server --listen 127.0.0.1:17445 --cert "$WORK/pki/server.pem" \
+	--key "$WORK/pki/server-key.pem" --tokens "$WORK/pki/tokens" --congestion-control bbr \
+	--forward "127.0.0.1:17012=127.0.0.1:17001,agent=node-a"
+CSERVER_BBR=$LAST
+start connector-agent-wan-bbr "$CONNECTOR" agent --server 127.0.0.1:17054 --ca "$WORK/pki/ca.pem" --agent-id node-a \
+	--token-file "$WORK/pki/node-a.token" --identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32 \
+	--congestion-control bbr
+CAGENT_BBR=$LAST
+"$NB" probe --addr 127.0.0.1:17012
+"$NB" run --label wan-connector-quic-bbr --addr 127.0.0.1:17012 --pids "$CSERVER_BBR,$CAGENT_BBR" \
+	--endpoint-pids "$TARGET_PID" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
+stop "$CSERVER_BBR" "$CAGENT_BBR" "$IMPAIR4"
 note "WAN rows for TCP-based peers (rathole, Konnectivity, direct TCP): not measured (no TUN/netns forwarder yet)"
 stop "$CSERVER" "$CAGENT" "$IMPAIR1" "$IMPAIR2"
 

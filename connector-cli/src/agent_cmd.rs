@@ -10,6 +10,7 @@ use connector_core::agent::{DestinationPolicy, Rule};
 use connector_core::auth::TokenFile;
 use connector_core::setup::{AgentSetup, SetupError};
 use connector_core::tls::{Identity, certs_from_file};
+use connector_core::transport::quic::CongestionControl;
 
 use crate::units::parse_duration;
 
@@ -62,6 +63,10 @@ pub struct AgentArgs {
     /// here; open tunnelled connections may finish within this grace, then the agent exits.
     #[arg(long, env = "CONNECTOR_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
     drain_grace: Duration,
+    /// QUIC congestion controller for what this side sends: `cubic` (default) or `bbr`
+    /// (keeps its throughput on lossy long paths; quinn marks it experimental).
+    #[arg(long, env = "CONNECTOR_CONGESTION_CONTROL", default_value = "cubic")]
+    congestion_control: CongestionControl,
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
     admin: Option<std::net::SocketAddr>,
@@ -87,6 +92,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     setup.max_connections = args.max_connections;
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
+    setup.congestion = args.congestion_control;
     match setup.check() {
         Err(SetupError::NoCredential) => anyhow::bail!("no credential: pass --token-file FILE and/or --cert/--key"),
         Err(SetupError::ServerName(server)) => {

@@ -10,6 +10,7 @@ use connector_core::auth::TokenAuthenticator;
 use connector_core::server::{Limits, ProxyStrategy};
 use connector_core::setup::{ServerSetup, SetupError};
 use connector_core::tls::{Identity, certs_from_file};
+use connector_core::transport::quic::CongestionControl;
 
 use crate::frontends::FrontendArgs;
 use crate::units::parse_duration;
@@ -63,6 +64,10 @@ pub struct ServerArgs {
     /// connections may finish within this grace, then the server exits.
     #[arg(long, env = "CONNECTOR_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
     drain_grace: Duration,
+    /// QUIC congestion controller for what this side sends: `cubic` (default) or `bbr`
+    /// (keeps its throughput on lossy long paths; quinn marks it experimental).
+    #[arg(long, env = "CONNECTOR_CONGESTION_CONTROL", default_value = "cubic")]
+    congestion_control: CongestionControl,
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
     admin: Option<SocketAddr>,
@@ -86,6 +91,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     setup.server_count = args.server_count;
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
+    setup.congestion = args.congestion_control;
     setup.limits = Limits {
         max_agents: args.max_agents,
         max_streams_per_agent: args.max_streams_per_agent,

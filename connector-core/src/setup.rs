@@ -28,7 +28,7 @@ use crate::auth::{Authenticator, CertificateAuthenticator, CredentialSource, Fir
 use crate::server::{Limits, ProxyStrategy, Server, ServerConfig};
 use crate::tls::{AgentTls, Identity, ServerTls};
 use crate::transport::Connector;
-use crate::transport::quic::{QuicConnector, QuicListener, QuicSettings, QuicSetupError};
+use crate::transport::quic::{CongestionControl, QuicConnector, QuicListener, QuicSettings, QuicSetupError};
 
 /// Why a server or agent could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,8 @@ pub struct ServerSetup {
     pub keepalive: Duration,
     /// An agent silent this long is gone.
     pub idle_timeout: Duration,
+    /// Congestion controller for what the server sends (tunnelled bytes towards agents).
+    pub congestion: CongestionControl,
     /// How host dials find an agent.
     pub proxy_strategies: Vec<ProxyStrategy>,
 }
@@ -103,6 +105,7 @@ impl ServerSetup {
             limits: Limits::default(),
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
+            congestion: quic.congestion,
             proxy_strategies: crate::server::DEFAULT_STRATEGIES.to_vec(),
         }
     }
@@ -134,6 +137,7 @@ impl ServerSetup {
         let settings = QuicSettings {
             keepalive: self.keepalive,
             idle_timeout: self.idle_timeout,
+            congestion: self.congestion,
             ..Default::default()
         };
         let listener = QuicListener::bind(self.listen, &tls, &settings)?;
@@ -181,6 +185,8 @@ pub struct AgentSetup {
     pub keepalive: Duration,
     /// The server is gone after this long without an answer.
     pub idle_timeout: Duration,
+    /// Congestion controller for what the agent sends (tunnelled bytes towards the server).
+    pub congestion: CongestionControl,
 }
 
 impl AgentSetup {
@@ -203,6 +209,7 @@ impl AgentSetup {
             max_connections: crate::agent::DEFAULT_MAX_CONNECTIONS,
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
+            congestion: quic.congestion,
         }
     }
 
@@ -256,6 +263,7 @@ impl AgentSetup {
         let settings = QuicSettings {
             keepalive: self.keepalive,
             idle_timeout: self.idle_timeout,
+            congestion: self.congestion,
             // The server opens one stream per tunnelled connection, plus headroom
             // so that excess dials get an `Overloaded` answer rather than waiting.
             max_tunnelled_streams: u32::try_from(self.max_connections)

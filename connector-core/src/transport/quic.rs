@@ -36,6 +36,32 @@ pub struct QuicSettings {
     pub max_tunnelled_streams: u32,
     /// Limit for the TLS/QUIC handshake.
     pub handshake_timeout: Duration,
+    /// Congestion controller of this end's sending direction.
+    pub congestion: CongestionControl,
+}
+
+/// Which congestion controller QUIC uses for what this end sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CongestionControl {
+    /// CUBIC (RFC 9438), quinn's default: conservative, backs off on every loss.
+    #[default]
+    Cubic,
+    /// BBR: paces to the measured bandwidth and RTT instead of backing off on
+    /// loss, so a lossy long path keeps its throughput. quinn marks its BBR
+    /// experimental; measured in `docs/benchmarks.md` (WAN rows).
+    Bbr,
+}
+
+impl std::str::FromStr for CongestionControl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "cubic" => Ok(Self::Cubic),
+            "bbr" => Ok(Self::Bbr),
+            other => Err(format!("unknown congestion controller {other:?}: use cubic or bbr")),
+        }
+    }
 }
 
 impl Default for QuicSettings {
@@ -45,6 +71,7 @@ impl Default for QuicSettings {
             idle_timeout: Duration::from_secs(30),
             max_tunnelled_streams: 10_064,
             handshake_timeout: Duration::from_secs(10),
+            congestion: CongestionControl::Cubic,
         }
     }
 }
@@ -82,6 +109,9 @@ fn transport_config(settings: &QuicSettings, incoming_streams: u32) -> Transport
     ));
     t.max_concurrent_bidi_streams(VarInt::from_u32(incoming_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    if settings.congestion == CongestionControl::Bbr {
+        t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
     t
 }
 
