@@ -59,11 +59,21 @@ fn finish(mut tunnel: TcpStream) {
     tunnel.read_to_end(&mut rest).unwrap();
 }
 
-#[test]
-fn sigterm_drains_the_server_without_cutting_an_open_connection() {
-    let dir = temp_dir("drain-server");
+/// A server with a plain CONNECT frontend, an agent, and a tunnel open through them to an echo target.
+struct Setup {
+    server: Running,
+    agent: Running,
+    proxy: String,
+    target: String,
+    tunnel: TcpStream,
+}
+
+fn setup(name: &str, server_flags: &[&str]) -> Setup {
+    let dir = temp_dir(name);
     dev_pki(&dir);
-    let mut server = server(&dir, &["--connect-plain", "127.0.0.1:0", "--drain-grace", "60s"]);
+    let mut flags = vec!["--connect-plain", "127.0.0.1:0"];
+    flags.extend_from_slice(server_flags);
+    let mut server = server(&dir, &flags);
     let quic = listen_addr(&server.wait_for(&["accepting agents"]));
     let proxy = listen_addr(&server.wait_for(&["HTTP CONNECT frontend listening"]));
     let mut agent = agent(&dir, &quic);
@@ -71,7 +81,24 @@ fn sigterm_drains_the_server_without_cutting_an_open_connection() {
     let target = echo_target().to_string();
     let (code, tunnel) = connect(&proxy, &target);
     assert_eq!(code, 200);
-    let mut tunnel = tunnel.unwrap();
+    Setup {
+        server,
+        agent,
+        proxy,
+        target,
+        tunnel: tunnel.unwrap(),
+    }
+}
+
+#[test]
+fn sigterm_drains_the_server_without_cutting_an_open_connection() {
+    let Setup {
+        mut server,
+        mut agent,
+        proxy,
+        target,
+        mut tunnel,
+    } = setup("drain-server", &["--drain-grace", "60s"]);
     echo_through(&mut tunnel, b"before the drain");
 
     server.signal("TERM");
@@ -88,17 +115,13 @@ fn sigterm_drains_the_server_without_cutting_an_open_connection() {
 
 #[test]
 fn sigterm_drains_the_agent_without_cutting_an_open_connection() {
-    let dir = temp_dir("drain-agent");
-    dev_pki(&dir);
-    let mut server = server(&dir, &["--connect-plain", "127.0.0.1:0"]);
-    let quic = listen_addr(&server.wait_for(&["accepting agents"]));
-    let proxy = listen_addr(&server.wait_for(&["HTTP CONNECT frontend listening"]));
-    let mut agent = agent(&dir, &quic);
-    agent.wait_for(&["connected"]);
-    let target = echo_target().to_string();
-    let (code, tunnel) = connect(&proxy, &target);
-    assert_eq!(code, 200);
-    let mut tunnel = tunnel.unwrap();
+    let Setup {
+        mut server,
+        mut agent,
+        proxy,
+        mut tunnel,
+        ..
+    } = setup("drain-agent", &[]);
 
     agent.signal("TERM");
     server.wait_for(&["agent is going away"]);

@@ -16,7 +16,6 @@ use connector_core::pki::ThrowawayCa;
 use connector_core::server::Selector;
 use connector_core::setup::{AgentSetup, ServerSetup};
 use connector_core::transport::quic::CongestionControl;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bbr_carries_a_transfer_intact_over_a_lossy_path() {
@@ -55,18 +54,8 @@ async fn bbr_carries_a_transfer_intact_over_a_lossy_path() {
             .dial(&Selector::Agent("node-a".into()), &echo)
             .await
             .unwrap();
-        let (mut r, mut w) = tokio::io::split(stream);
         let data = pattern(LEN, 5);
-        let writer = async {
-            w.write_all(&data).await.unwrap();
-            w.shutdown().await.unwrap();
-        };
-        let reader = async {
-            let mut back = Vec::with_capacity(LEN);
-            r.read_to_end(&mut back).await.unwrap();
-            back
-        };
-        let ((), back) = tokio::join!(writer, reader);
+        let back = echo_all(stream, &data).await;
         assert_eq!(back.len(), LEN);
         assert_eq!(sha256(&back), sha256(&data));
         assert!(

@@ -35,23 +35,10 @@ async fn bulk_64_mib_each_way_arrives_intact(kind: Kind) {
         .dial(&Selector::Agent("node-a".into()), &echo.to_string())
         .await
         .unwrap();
-    let (mut r, mut w) = tokio::io::split(stream);
     let data = pattern(LEN, 42);
-    let expected = sha256(&data);
-    let writer = async {
-        for chunk in data.chunks(256 * 1024) {
-            w.write_all(chunk).await.unwrap();
-        }
-        w.shutdown().await.unwrap();
-    };
-    let reader = async {
-        let mut back = Vec::with_capacity(LEN);
-        r.read_to_end(&mut back).await.unwrap();
-        back
-    };
-    let ((), back) = tokio::join!(writer, reader);
+    let back = echo_all(stream, &data).await;
     assert_eq!(back.len(), LEN);
-    assert_eq!(sha256(&back), expected);
+    assert_eq!(sha256(&back), sha256(&data));
 }
 
 async fn two_hundred_concurrent_connections_through_one_agent(kind: Kind) {

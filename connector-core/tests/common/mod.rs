@@ -275,6 +275,24 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Writes all of `data` through `stream` (to an echo target), half-closes,
+/// and returns everything read back until the end.
+pub async fn echo_all(stream: connector_core::server::TunnelStream, data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let writer = async {
+        for chunk in data.chunks(256 * 1024) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    };
+    let reader = async {
+        let mut back = Vec::with_capacity(data.len());
+        r.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    tokio::join!(writer, reader).1
+}
+
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
