@@ -23,10 +23,11 @@ pub use policy::{DestinationPolicy, Rule, RuleParseError};
 pub use serve::MAX_DIAL_TIMEOUT;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::auth::CredentialSource;
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
@@ -54,6 +55,12 @@ pub struct AgentConfig {
     pub backoff: BackoffConfig,
     /// Time the server has to answer the `Hello` (default 10 s).
     pub hello_timeout: Duration,
+    /// A tunnelled connection that moves no byte either way for this long is
+    /// closed on both ends with [`crate::proto::StreamCode::IdleTimeout`]
+    /// (default `None`: never, as interactive sessions such as `kubectl exec`
+    /// may stay quiet for hours; `max_connections` still bounds what idle
+    /// connections can hold).
+    pub tunnel_idle_timeout: Option<Duration>,
 }
 
 /// Default of [`AgentConfig::max_connections`].
@@ -70,6 +77,7 @@ impl AgentConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             backoff: BackoffConfig::default(),
             hello_timeout: Duration::from_secs(10),
+            tunnel_idle_timeout: None,
         }
     }
 }
@@ -81,6 +89,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("identifiers", &self.identifiers)
             .field("policy", &self.policy)
             .field("max_connections", &self.max_connections)
+            .field("tunnel_idle_timeout", &self.tunnel_idle_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -218,6 +227,7 @@ async fn run(
         policy: config.policy.clone(),
         slots: Arc::new(Semaphore::new(config.max_connections)),
         max_connections: config.max_connections,
+        idle_timeout: config.tunnel_idle_timeout,
         metrics: metrics.clone(),
     });
     tracing::info!(agent = %config.agent_id, server = %connector.describe(), policy = %config.policy, "agent starting");

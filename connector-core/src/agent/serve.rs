@@ -28,6 +28,7 @@ pub(super) struct DialContext {
     pub(super) policy: DestinationPolicy,
     pub(super) slots: Arc<Semaphore>,
     pub(super) max_connections: usize,
+    pub(super) idle_timeout: Option<Duration>,
     pub(super) metrics: Arc<AgentMetrics>,
 }
 
@@ -64,7 +65,7 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
         tracing::debug!("connected");
         ctx.metrics.dials.inc(DialCode::Ok.label());
         ctx.metrics.tunnels_active.inc();
-        let outcome = splice(tcp, bi.send, bi.recv).await;
+        let outcome = splice(tcp, bi.send, bi.recv, ctx.idle_timeout).await;
         ctx.metrics.tunnels_active.dec();
         tracing::debug!(to_server = outcome.to_tunnel, to_target = outcome.to_tcp, aborted = ?outcome.aborted, "tunnelled connection ended");
     }
