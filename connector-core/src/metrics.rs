@@ -287,6 +287,8 @@ pub struct AgentMetrics {
     pub dials: LabeledCounter,
     /// Tunnelled connections open now.
     pub tunnels_active: Gauge,
+    /// Tunnelled connections closed by the idle timeout.
+    pub tunnels_idle_closed: Counter,
 }
 
 impl AgentMetrics {
@@ -327,6 +329,11 @@ impl AgentMetrics {
             "Tunnelled connections open now.",
             &[],
             self.tunnels_active.get(),
+        );
+        page.counter(
+            "connector_agent_tunnels_idle_closed_total",
+            "Tunnelled connections closed because no byte moved for the idle timeout.",
+            self.tunnels_idle_closed.get(),
         );
         page.finish()
     }

@@ -106,8 +106,11 @@ where
 /// Runs until both directions have ended or one side fails. With
 /// `idle_timeout`, a connection that moved no byte either way for that long
 /// is aborted on both sides ([`Abort::Idle`]).
+///
+/// The caller keeps `tcp` and drops it afterwards: after an abort, dropping
+/// it sends the TCP reset.
 pub async fn splice(
-    mut tcp: TcpStream,
+    tcp: &mut TcpStream,
     mut send: Box<dyn SendStream>,
     mut recv: Box<dyn RecvStream>,
     idle_timeout: Option<Duration>,

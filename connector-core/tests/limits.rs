@@ -382,6 +382,7 @@ async fn an_idle_tunnelled_connection_is_reset_on_both_ends_after_the_idle_timeo
         let end = within("the target seeing the close", ends.recv()).await.unwrap();
         let err = end.expect_err("the target's connection was reset, not ended in order");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+        assert_eq!(agent.observer().metrics().tunnels_idle_closed.get(), 1);
         // New connections through the agent are served.
         let mut again = h
             .server

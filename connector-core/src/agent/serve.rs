@@ -15,7 +15,7 @@ use super::policy::DestinationPolicy;
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::metrics::AgentMetrics;
 use crate::proto::{Dial, DialCode, DialResult, Frame, MAX_FRAME_PAYLOAD, StreamCode, clip_text};
-use crate::splice::splice;
+use crate::splice::{Abort, splice};
 use crate::transport::BiStream;
 
 /// Longest an agent works on one dial, whatever the server asked for.
@@ -50,7 +50,7 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
             let _ = answer(&mut bi, &dial, DialCode::Overloaded, &message).await;
             return;
         };
-        let tcp = match connect(&dial, &ctx.policy).await {
+        let mut tcp = match connect(&dial, &ctx.policy).await {
             Ok(tcp) => tcp,
             Err((code, message)) => {
                 tracing::info!(%code, %message, "dial failed");
@@ -65,8 +65,14 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
         tracing::debug!("connected");
         ctx.metrics.dials.inc(DialCode::Ok.label());
         ctx.metrics.tunnels_active.inc();
-        let outcome = splice(tcp, bi.send, bi.recv, ctx.idle_timeout).await;
+        let outcome = splice(&mut tcp, bi.send, bi.recv, ctx.idle_timeout).await;
         ctx.metrics.tunnels_active.dec();
+        if outcome.aborted == Some(Abort::Idle) {
+            tracing::info!(idle_timeout = ?ctx.idle_timeout, "closed an idle tunnelled connection");
+            ctx.metrics.tunnels_idle_closed.inc();
+        }
+        // Counted before the target sees its connection end.
+        drop(tcp);
         tracing::debug!(to_server = outcome.to_tunnel, to_target = outcome.to_tcp, aborted = ?outcome.aborted, "tunnelled connection ended");
     }
     .instrument(span)
