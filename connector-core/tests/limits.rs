@@ -397,11 +397,32 @@ async fn an_idle_tunnelled_connection_is_reset_on_both_ends_after_the_idle_timeo
     .await
 }
 
-/// Connectors that all reach whichever in-memory server is current and
-/// record when each agent tries to connect.
+/// Connectors that all reach whichever in-memory server is current (none:
+/// connecting fails) and record when each agent tries to connect.
 struct Switchboard {
-    current: Mutex<MemoryConnector>,
+    current: Mutex<Option<MemoryConnector>>,
     attempts: Mutex<Vec<(usize, Instant)>>,
+    /// Connection attempts per agent so far.
+    counts: tokio::sync::watch::Sender<Vec<u32>>,
+}
+
+impl Switchboard {
+    fn new(agents: usize, current: Option<MemoryConnector>) -> Arc<Switchboard> {
+        Arc::new(Switchboard {
+            current: Mutex::new(current),
+            attempts: Mutex::new(Vec::new()),
+            counts: tokio::sync::watch::channel(vec![0; agents]).0,
+        })
+    }
+
+    /// Each agent's first recorded connection attempt, as an offset from `since`.
+    fn first_attempts(&self, since: Instant) -> HashMap<usize, Duration> {
+        let mut first = HashMap::new();
+        for (agent, at) in self.attempts.lock().unwrap().iter() {
+            first.entry(*agent).or_insert(*at - since);
+        }
+        first
+    }
 }
 
 struct RecordingConnector {
@@ -412,13 +433,41 @@ struct RecordingConnector {
 impl Connector for RecordingConnector {
     fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Connection>, TransportError>> {
         self.board.attempts.lock().unwrap().push((self.agent, Instant::now()));
+        self.board.counts.send_modify(|counts| counts[self.agent] += 1);
         let connector = self.board.current.lock().unwrap().clone();
-        Box::pin(async move { connector.connect().await })
+        Box::pin(async move {
+            match connector {
+                Some(connector) => connector.connect().await,
+                None => Err(TransportError::Connect("no server yet".into())),
+            }
+        })
     }
 
     fn describe(&self) -> String {
         "switchboard".into()
     }
+}
+
+fn start_memory_server(id: &str) -> (Server, MemoryConnector) {
+    let (listener, connector) = memory::pair();
+    let server = Server::new(ServerConfig::new(id, authenticator()));
+    server.serve(Arc::new(listener));
+    (server, connector)
+}
+
+/// `count` agents (`agent-0000`, …) with `backoff`, connecting through `board`.
+fn start_agents(board: &Arc<Switchboard>, count: usize, backoff: BackoffConfig) -> Vec<Agent> {
+    (0..count)
+        .map(|i| {
+            let mut config = AgentConfig::new(format!("agent-{i:04}"), Arc::new(StaticCredential(token("node-a"))));
+            config.backoff = backoff.clone();
+            let connector = RecordingConnector {
+                agent: i,
+                board: board.clone(),
+            };
+            Agent::start(Arc::new(connector), config)
+        })
+        .collect()
 }
 
 /// Thousands of agents that lose their server at the same instant do not
@@ -431,32 +480,14 @@ async fn agents_reconnecting_after_a_server_restart_spread_over_the_backoff_wind
     const WINDOW: Duration = Duration::from_secs(1);
     const SLICES: usize = 20;
     init_tracing();
-    let start_server = |id: &str| {
-        let (listener, connector) = memory::pair();
-        let server = Server::new(ServerConfig::new(id, authenticator()));
-        server.serve(Arc::new(listener));
-        (server, connector)
+    let (old, connector) = start_memory_server("old");
+    let board = Switchboard::new(AGENTS, Some(connector));
+    let backoff = BackoffConfig {
+        initial: WINDOW,
+        max: Duration::from_secs(30),
+        stable_after: Duration::from_secs(60),
     };
-    let (old, connector) = start_server("old");
-    let board = Arc::new(Switchboard {
-        current: Mutex::new(connector),
-        attempts: Mutex::new(Vec::new()),
-    });
-    let agents: Vec<Agent> = (0..AGENTS)
-        .map(|i| {
-            let mut config = AgentConfig::new(format!("agent-{i:04}"), Arc::new(StaticCredential(token("node-a"))));
-            config.backoff = BackoffConfig {
-                initial: WINDOW,
-                max: Duration::from_secs(30),
-                stable_after: Duration::from_secs(60),
-            };
-            let connector = RecordingConnector {
-                agent: i,
-                board: board.clone(),
-            };
-            Agent::start(Arc::new(connector), config)
-        })
-        .collect();
+    let agents = start_agents(&board, AGENTS, backoff);
     within(
         "every agent on the old server",
         old.wait_for_agents(|a| a.len() == AGENTS),
@@ -464,8 +495,8 @@ async fn agents_reconnecting_after_a_server_restart_spread_over_the_backoff_wind
     .await;
 
     // The restart: a new server where the connectors lead, then the old one goes.
-    let (new, connector) = start_server("new");
-    *board.current.lock().unwrap() = connector;
+    let (new, connector) = start_memory_server("new");
+    *board.current.lock().unwrap() = Some(connector);
     board.attempts.lock().unwrap().clear();
     let restart = Instant::now();
     old.shutdown();
@@ -475,10 +506,7 @@ async fn agents_reconnecting_after_a_server_restart_spread_over_the_backoff_wind
     )
     .await;
 
-    let mut first: HashMap<usize, Duration> = HashMap::new();
-    for (agent, at) in board.attempts.lock().unwrap().iter() {
-        first.entry(*agent).or_insert(*at - restart);
-    }
+    let first = board.first_attempts(restart);
     assert_eq!(first.len(), AGENTS, "every agent tried to reconnect");
     let offsets: Vec<f64> = first.values().map(|d| d.as_secs_f64() / WINDOW.as_secs_f64()).collect();
     let (earliest, latest) = offsets
@@ -508,5 +536,56 @@ async fn agents_reconnecting_after_a_server_restart_spread_over_the_backoff_wind
             agent.status()
         );
     }
+    new.shutdown();
+}
+
+/// Agents whose backoff grew while their server was unreachable start again
+/// from the first window once a connection has stayed up `stable_after`.
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_stayed_up_resets_the_agents_backoff() {
+    const AGENTS: usize = 20;
+    const FAILURES: u32 = 10;
+    const INITIAL: Duration = Duration::from_secs(1);
+    init_tracing();
+    let board = Switchboard::new(AGENTS, None);
+    let backoff = BackoffConfig {
+        initial: INITIAL,
+        max: Duration::from_secs(1024),
+        stable_after: Duration::from_secs(60),
+    };
+    let agents = start_agents(&board, AGENTS, backoff.clone());
+    // No server: every agent fails until its cap has grown to 2^10 windows.
+    let mut counts = board.counts.subscribe();
+    // Virtual time: the hang guard covers the sum of ten growing windows.
+    timeout(
+        Duration::from_secs(24 * 3600),
+        counts.wait_for(|c| c.iter().all(|n| *n > FAILURES)),
+    )
+    .await
+    .expect("agents did not fail repeatedly")
+    .unwrap();
+    let (old, connector) = start_memory_server("old");
+    *board.current.lock().unwrap() = Some(connector);
+    timeout(Duration::from_secs(3600), old.wait_for_agents(|a| a.len() == AGENTS))
+        .await
+        .expect("agents did not reach the server within their grown backoff");
+    // Stable: up for longer than stable_after (virtual time).
+    tokio::time::advance(backoff.stable_after + Duration::from_secs(1)).await;
+
+    let (new, connector) = start_memory_server("new");
+    *board.current.lock().unwrap() = Some(connector);
+    board.attempts.lock().unwrap().clear();
+    let restart = Instant::now();
+    old.shutdown();
+    // Long enough for un-reset backoffs too, so that the assertion below says what failed.
+    timeout(2 * backoff.max, new.wait_for_agents(|a| a.len() == AGENTS))
+        .await
+        .expect("agents did not reach the new server");
+    // Without the reset, each delay would be drawn from up to 1024 windows.
+    let first = board.first_attempts(restart);
+    assert_eq!(first.len(), AGENTS);
+    let late: Vec<_> = first.values().filter(|d| **d > INITIAL).collect();
+    assert!(late.is_empty(), "reconnects after the first window: {late:?}");
+    drop(agents);
     new.shutdown();
 }
