@@ -512,8 +512,9 @@ async fn agents_reconnecting_after_a_server_restart_spread_over_the_backoff_wind
     let (earliest, latest) = offsets
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    // Timers have millisecond resolution: allow 2 ms past the window.
     assert!(
-        latest <= 1.0,
+        latest <= 1.002,
         "an attempt came after the first window: {latest:.3} windows"
     );
     assert!(
@@ -524,6 +525,7 @@ async fn agents_reconnecting_after_a_server_restart_spread_over_the_backoff_wind
     for x in &offsets {
         slices[((x * SLICES as f64) as usize).min(SLICES - 1)] += 1;
     }
+    println!("first reconnect attempts: {earliest:.3}..{latest:.3} of the window; per twentieth: {slices:?}");
     let fair = AGENTS / SLICES;
     assert!(
         slices.iter().all(|n| *n <= 3 * fair),
