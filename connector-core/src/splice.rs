@@ -34,10 +34,12 @@ pub struct SpliceOutcome {
 pub enum Abort {
     /// The TCP connection failed or was reset; the stream was reset.
     Tcp,
-    /// The tunnel stream was reset or stopped with this code; the TCP connection was reset.
+    /// The tunnel stream was reset or stopped with this code; the TCP
+    /// connection resets (RST) when dropped.
     Tunnel(StreamCode),
     /// No byte moved either way for the idle timeout; the stream was reset
-    /// with [`StreamCode::IdleTimeout`] and the TCP connection was reset.
+    /// with [`StreamCode::IdleTimeout`] and the TCP connection resets (RST)
+    /// when dropped.
     Idle,
 }
 
