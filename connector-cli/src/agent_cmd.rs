@@ -12,7 +12,7 @@ use connector_core::setup::{AgentSetup, SetupError};
 use connector_core::tls::{Identity, certs_from_file};
 use connector_core::transport::quic::CongestionControl;
 
-use crate::units::parse_duration;
+use crate::units::{OptionalDuration, parse_duration, parse_optional_duration};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -50,9 +50,15 @@ pub struct AgentArgs {
     /// and cloud-metadata addresses.
     #[arg(long = "allow", value_name = "RULE")]
     allow: Vec<Rule>,
-    /// Most tunnelled connections served at once.
-    #[arg(long, default_value_t = connector_core::agent::DEFAULT_MAX_CONNECTIONS)]
+    /// Most tunnelled connections served at once; further dials are answered
+    /// `Overloaded` (HTTP CONNECT: 503).
+    #[arg(long, env = "CONNECTOR_MAX_CONNECTIONS", default_value_t = connector_core::agent::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Close a tunnelled connection that moved no byte either way for this long
+    /// (both ends see an `idle_timeout` reset). `off` (default) never closes
+    /// one: `kubectl exec`/`attach` sessions may be quiet for hours.
+    #[arg(long, env = "CONNECTOR_TUNNEL_IDLE_TIMEOUT", default_value = "off", value_parser = parse_optional_duration)]
+    tunnel_idle_timeout: OptionalDuration,
     /// Keepalive interval on the server connection.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     keepalive: Duration,
@@ -90,6 +96,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     setup.identifiers = args.identifiers;
     setup.policy = DestinationPolicy::new(args.allow);
     setup.max_connections = args.max_connections;
+    setup.tunnel_idle_timeout = args.tunnel_idle_timeout.0;
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
     setup.congestion = args.congestion_control;

@@ -52,12 +52,27 @@ pub struct FrontendArgs {
     /// `LISTEN=HOST:PORT`, routed by HOST, or `LISTEN=HOST:PORT,agent=ID`.
     #[arg(long, value_name = "SPEC")]
     forward: Vec<ForwardSpec>,
-    /// Frontend client connections served at once.
-    #[arg(long, default_value_t = 10_000)]
+    /// Frontend client connections served at once; more are closed on arrival.
+    #[arg(long, env = "CONNECTOR_FRONTEND_MAX_CONNECTIONS", default_value_t = 10_000)]
     frontend_max_connections: usize,
-    /// Time a frontend client has for its TLS handshake and request head.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Time a frontend client has for its TLS handshake and request head (HTTP CONNECT: 408).
+    #[arg(long, env = "CONNECTOR_FRONTEND_HEAD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     frontend_head_timeout: Duration,
+    /// Largest HTTP CONNECT request head accepted (HTTP CONNECT: 431 beyond it).
+    #[arg(long, env = "CONNECTOR_FRONTEND_MAX_HEAD", default_value = "8KiB", value_parser = parse_frontend_head)]
+    frontend_max_head: usize,
+}
+
+/// A request-head size: at least 1 KiB (a real CONNECT head needs a few
+/// hundred bytes), at most 1 MiB (the head is buffered whole).
+fn parse_frontend_head(text: &str) -> Result<usize, String> {
+    let size = crate::units::parse_size(text)?;
+    if !(1024..=1 << 20).contains(&size) {
+        return Err(format!(
+            "{text:?}: the request-head limit must be between 1KiB and 1MiB"
+        ));
+    }
+    Ok(size as usize)
 }
 
 /// A numeric group id, or a group name looked up in `/etc/group`.
@@ -136,7 +151,7 @@ impl FrontendArgs {
         let limits = FrontendLimits {
             max_connections: self.frontend_max_connections,
             head_timeout: self.frontend_head_timeout,
-            ..FrontendLimits::default()
+            max_head: self.frontend_max_head,
         };
         let tls = self.tls()?;
         let tls_bind = |addr: SocketAddr| -> anyhow::Result<FrontendBind> {

@@ -40,20 +40,29 @@ pub struct ServerArgs {
     /// Number of server replicas behind the agents' address.
     #[arg(long, default_value_t = 1)]
     server_count: u16,
-    /// Most agents connected at once.
-    #[arg(long, default_value_t = 10_000)]
+    /// Most agents connected at once; further agents are rejected `Overloaded`
+    /// and retry with backoff.
+    #[arg(long, env = "CONNECTOR_MAX_AGENTS", default_value_t = 10_000)]
     max_agents: usize,
-    /// Most tunnelled connections through one agent at once.
-    #[arg(long, default_value_t = 10_000)]
+    /// Most tunnelled connections through one agent at once; further dials
+    /// through it fail at once (HTTP CONNECT: 503).
+    #[arg(long, env = "CONNECTOR_MAX_STREAMS_PER_AGENT", default_value_t = 10_000)]
     max_streams_per_agent: u32,
+    /// Most dials waiting for their agent's answer at once, across all agents;
+    /// further dials fail at once (HTTP CONNECT: 503).
+    #[arg(long, env = "CONNECTOR_MAX_PENDING_DIALS", default_value_t = connector_core::server::DEFAULT_MAX_PENDING_DIALS)]
+    max_pending_dials: usize,
+    /// Time a connecting agent has to send its Hello.
+    #[arg(long, env = "CONNECTOR_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    hello_timeout: Duration,
     /// Keepalive interval on agent connections.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     keepalive: Duration,
     /// An agent silent for this long is considered gone.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
-    /// Default deadline of a dial.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// Default deadline of a dial (HTTP CONNECT: 504 when it passes).
+    #[arg(long, env = "CONNECTOR_DIAL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     dial_timeout: Duration,
     /// How dials for a host pick an agent, in order (Konnectivity's --proxy-strategies):
     /// destHost (the agent serving the host), defaultRoute (an agent with
@@ -95,8 +104,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     setup.limits = Limits {
         max_agents: args.max_agents,
         max_streams_per_agent: args.max_streams_per_agent,
+        hello_timeout: args.hello_timeout,
         dial_timeout: args.dial_timeout,
-        ..Limits::default()
+        max_pending_dials: args.max_pending_dials,
     };
     setup.proxy_strategies = ProxyStrategy::parse_list(&args.proxy_strategies)?;
     if let Err(SetupError::NoAuthentication) = setup.check() {

@@ -22,6 +22,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// A duration that may be switched off (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+/// Parses `off` (or `0`) as no duration, anything else as [`parse_duration`] does.
+pub fn parse_optional_duration(text: &str) -> Result<OptionalDuration, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(OptionalDuration(None));
+    }
+    let duration = parse_duration(text)?;
+    Ok(OptionalDuration((!duration.is_zero()).then_some(duration)))
+}
+
 /// Parses a byte count: `N`, `NKiB`, `NMiB`, `NGiB` (also `K`, `M`, `G`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -52,6 +65,13 @@ mod tests {
         assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5x").is_err());
+        assert_eq!(parse_optional_duration("off").unwrap(), OptionalDuration(None));
+        assert_eq!(parse_optional_duration("0").unwrap(), OptionalDuration(None));
+        assert_eq!(
+            parse_optional_duration("4h").unwrap(),
+            OptionalDuration(Some(Duration::from_secs(4 * 3600)))
+        );
+        assert!(parse_optional_duration("never").is_err());
         assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
         assert_eq!(parse_size("1g").unwrap(), 1 << 30);
         assert!(parse_size("-1").is_err());

@@ -178,3 +178,58 @@ fn config_file_runs_server_and_agent_and_check_config_names_bad_settings() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing.pem"), "{err}");
 }
+
+/// Every limit is a setting: flag, `CONNECTOR_*` variable and config-file key,
+/// each checked by `--check-config`, which names a bad value and its source.
+#[test]
+fn limit_settings_are_read_from_the_file_and_the_environment_and_bad_values_are_named() {
+    let dir = temp_dir("limits");
+    dev_pki(&dir);
+    let d = dir.display();
+    let config = dir.join("limits.toml");
+    let write = |server_extra: &str, agent_extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\ntokens = \"{d}/tokens\"\n\
+                 max-agents = 100\nmax-streams-per-agent = 50\nmax-pending-dials = 20\nhello-timeout = \"5s\"\n\
+                 dial-timeout = \"10s\"\nfrontend-max-connections = 10\nfrontend-head-timeout = \"2s\"\n{server_extra}\
+                 [agent]\nserver = \"localhost:8443\"\nca = \"{d}/ca.pem\"\ntoken-file = \"{d}/node-a.token\"\n\
+                 max-connections = 30\n{agent_extra}"
+            ),
+        )
+        .unwrap();
+    };
+    let check = |command: &str, env: &[(&str, &str)]| {
+        let mut cmd = connector(&[command, "--check-config", config.to_str().unwrap()]);
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    write("frontend-max-head = \"4KiB\"\n", "tunnel-idle-timeout = \"4h\"\n");
+    for command in ["server", "agent"] {
+        let (ok, err) = check(command, &[]);
+        assert!(ok, "{command}: {err}");
+    }
+    let (ok, _) = check("agent", &[("CONNECTOR_TUNNEL_IDLE_TIMEOUT", "off")]);
+    assert!(ok);
+
+    // A bad value in the environment is named with its variable.
+    let (ok, err) = check("server", &[("CONNECTOR_MAX_PENDING_DIALS", "lots")]);
+    assert!(!ok);
+    assert!(err.contains("--max-pending-dials") && err.contains("lots"), "{err}");
+    let (ok, err) = check("agent", &[("CONNECTOR_MAX_CONNECTIONS", "-1")]);
+    assert!(!ok);
+    assert!(err.contains("--max-connections"), "{err}");
+
+    // Bad values in the file are named too.
+    write("", "tunnel-idle-timeout = \"never\"\n");
+    let (ok, err) = check("agent", &[]);
+    assert!(!ok);
+    assert!(err.contains("--tunnel-idle-timeout") && err.contains("never"), "{err}");
+    write("frontend-max-head = \"64\"\n", "");
+    let (ok, err) = check("server", &[]);
+    assert!(!ok);
+    assert!(err.contains("between 1KiB and 1MiB"), "{err}");
+}

@@ -331,6 +331,8 @@ pub struct AgentMetrics {
     pub tunnels_active: Gauge,
     /// `GoAway`s received from servers (a replica shutting down).
     pub go_aways: Counter,
+    /// Tunnelled connections closed by the idle timeout.
+    pub tunnels_idle_closed: Counter,
 }
 
 impl AgentMetrics {
@@ -401,6 +403,11 @@ impl AgentMetrics {
             "Tunnelled connections open now.",
             &[],
             self.tunnels_active.get(),
+        );
+        page.counter(
+            "connector_agent_tunnels_idle_closed_total",
+            "Tunnelled connections closed because no byte moved for the idle timeout.",
+            self.tunnels_idle_closed.get(),
         );
         page.finish()
     }

@@ -181,6 +181,9 @@ pub struct AgentSetup {
     pub policy: DestinationPolicy,
     /// Tunnelled connections served at once.
     pub max_connections: usize,
+    /// Closes a tunnelled connection idle this long in both directions
+    /// (default `None`: never; see [`AgentConfig::tunnel_idle_timeout`]).
+    pub tunnel_idle_timeout: Option<Duration>,
     /// QUIC keepalive interval.
     pub keepalive: Duration,
     /// The server is gone after this long without an answer.
@@ -207,6 +210,7 @@ impl AgentSetup {
             client_identity: None,
             policy: DestinationPolicy::default(),
             max_connections: crate::agent::DEFAULT_MAX_CONNECTIONS,
+            tunnel_idle_timeout: None,
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
             congestion: quic.congestion,
@@ -250,6 +254,7 @@ impl AgentSetup {
         config.identifiers = self.identifiers;
         config.policy = self.policy;
         config.max_connections = self.max_connections;
+        config.tunnel_idle_timeout = self.tunnel_idle_timeout;
         Ok(Agent::start_with_servers(connectors, config))
     }
 

@@ -59,6 +59,12 @@ pub struct AgentConfig {
     /// How long a replaced session keeps its open tunnelled connections when
     /// the agent moves to a new connection (default 5 minutes).
     pub replace_grace: Duration,
+    /// A tunnelled connection that moves no byte either way for this long is
+    /// closed on both ends with [`crate::proto::StreamCode::IdleTimeout`]
+    /// (default `None`: never, as interactive sessions such as `kubectl exec`
+    /// may stay quiet for hours; `max_connections` still bounds what idle
+    /// connections can hold).
+    pub tunnel_idle_timeout: Option<Duration>,
 }
 
 /// Default of [`AgentConfig::replace_grace`].
@@ -83,6 +89,7 @@ impl AgentConfig {
             backoff: BackoffConfig::default(),
             hello_timeout: Duration::from_secs(10),
             replace_grace: DEFAULT_REPLACE_GRACE,
+            tunnel_idle_timeout: None,
         }
     }
 }
@@ -94,6 +101,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("identifiers", &self.identifiers)
             .field("policy", &self.policy)
             .field("max_connections", &self.max_connections)
+            .field("tunnel_idle_timeout", &self.tunnel_idle_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -250,6 +258,7 @@ impl Agent {
             policy: config.policy.clone(),
             slots: Arc::new(Semaphore::new(config.max_connections)),
             max_connections: config.max_connections,
+            idle_timeout: config.tunnel_idle_timeout,
             metrics: metrics.clone(),
         });
         let described: Vec<String> = connectors.iter().map(|c| c.describe()).collect();

@@ -15,7 +15,7 @@ use super::policy::DestinationPolicy;
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::metrics::AgentMetrics;
 use crate::proto::{Dial, DialCode, DialResult, Frame, MAX_FRAME_PAYLOAD, StreamCode, clip_text};
-use crate::splice::splice;
+use crate::splice::{Abort, splice};
 use crate::transport::BiStream;
 
 /// Longest an agent works on one dial, whatever the server asked for.
@@ -30,6 +30,7 @@ pub(super) struct DialContext {
     pub(super) policy: DestinationPolicy,
     pub(super) slots: Arc<Semaphore>,
     pub(super) max_connections: usize,
+    pub(super) idle_timeout: Option<Duration>,
     pub(super) metrics: Arc<AgentMetrics>,
 }
 
@@ -51,7 +52,7 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
             let _ = answer(&mut bi, &dial, DialCode::Overloaded, &message).await;
             return;
         };
-        let tcp = match connect(&dial, &ctx.policy).await {
+        let mut tcp = match connect(&dial, &ctx.policy).await {
             Ok(tcp) => tcp,
             Err((code, message)) => {
                 tracing::info!(%code, %message, "dial failed");
@@ -67,13 +68,19 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
         ctx.metrics.dials.inc(DialCode::Ok.label());
         ctx.metrics.tunnels_active.inc();
         let delivered = bi.send.delivered();
-        let outcome = splice(tcp, bi.send, bi.recv).await;
+        let outcome = splice(&mut tcp, bi.send, bi.recv, ctx.idle_timeout).await;
         if outcome.aborted.is_none() {
             // The task ends once the server has everything: a draining session
             // closes its connection when its tasks are done.
             let _ = tokio::time::timeout(DELIVERY_TIMEOUT, delivered).await;
         }
         ctx.metrics.tunnels_active.dec();
+        if outcome.aborted == Some(Abort::Idle) {
+            tracing::info!(idle_timeout = ?ctx.idle_timeout, "closed an idle tunnelled connection");
+            ctx.metrics.tunnels_idle_closed.inc();
+        }
+        // Counted before the target sees its connection end.
+        drop(tcp);
         tracing::debug!(to_server = outcome.to_tunnel, to_target = outcome.to_tcp, aborted = ?outcome.aborted, "tunnelled connection ended");
     }
     .instrument(span)

@@ -9,7 +9,7 @@
 //!
 //! | failure | status |
 //! |---|---|
-//! | no agent serves the host, agent overloaded, server shutting down | 503 |
+//! | no agent serves the host, agent overloaded, too many pending dials, server shutting down | 503 |
 //! | target refused / unreachable / DNS failure | 502 |
 //! | agent's destination policy denies it | 403 |
 //! | dial timed out | 504 |
@@ -108,7 +108,10 @@ async fn read_head(conn: &mut FrontendConn, max: usize) -> Result<Head, HeadErro
 /// The status for a failed dial.
 fn status_for(err: &DialError) -> (u16, &'static str) {
     match err {
-        DialError::NoAgent(_) | DialError::AgentBusy { .. } | DialError::ShuttingDown => (503, "Service Unavailable"),
+        DialError::NoAgent(_)
+        | DialError::AgentBusy { .. }
+        | DialError::TooManyPendingDials { .. }
+        | DialError::ShuttingDown => (503, "Service Unavailable"),
         DialError::InvalidTarget { .. } => (400, "Bad Request"),
         DialError::TimedOut { .. } => (504, "Gateway Timeout"),
         DialError::Transport { .. } | DialError::Protocol { .. } => (502, "Bad Gateway"),
@@ -214,6 +217,7 @@ mod tests {
             message: String::new(),
         };
         assert_eq!(status_for(&DialError::NoAgent("x".into())).0, 503);
+        assert_eq!(status_for(&DialError::TooManyPendingDials { limit: 1 }).0, 503);
         assert_eq!(status_for(&failed(DialCode::Refused)).0, 502);
         assert_eq!(status_for(&failed(DialCode::Unreachable)).0, 502);
         assert_eq!(status_for(&failed(DialCode::DeniedByPolicy)).0, 403);

@@ -120,6 +120,8 @@ wire_code! {
         Cancelled = 3, "cancelled" => "cancelled",
         /// An internal error ended the stream.
         Internal = 4, "internal" => "internal error",
+        /// No byte went either way for the agent's tunnelled-connection idle timeout.
+        IdleTimeout = 5, "idle_timeout" => "tunnelled connection idle for too long",
     }
 }
 

@@ -78,6 +78,15 @@ pub enum DialError {
         /// What went wrong.
         reason: String,
     },
+    /// The server already has its maximum of dials waiting for an agent's answer.
+    #[error(
+        "the server already has {limit} dials waiting for agents' answers: retry later, look for targets \
+         that do not answer, or raise the limit (--max-pending-dials)"
+    )]
+    TooManyPendingDials {
+        /// The limit ([`super::Limits::max_pending_dials`]).
+        limit: usize,
+    },
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -89,7 +98,7 @@ impl DialError {
         match self {
             DialError::InvalidTarget { .. } => DialCode::InvalidTarget,
             DialError::NoAgent(_) | DialError::Transport { .. } | DialError::ShuttingDown => DialCode::Unreachable,
-            DialError::AgentBusy { .. } => DialCode::Overloaded,
+            DialError::AgentBusy { .. } | DialError::TooManyPendingDials { .. } => DialCode::Overloaded,
             DialError::TimedOut { .. } => DialCode::TimedOut,
             DialError::Failed { code, .. } => *code,
             DialError::Protocol { .. } => DialCode::Internal,
@@ -105,6 +114,7 @@ impl DialError {
             DialError::InvalidTarget { .. } => "invalid_target",
             DialError::NoAgent(_) => "no_agent",
             DialError::AgentBusy { .. } => "agent_busy",
+            DialError::TooManyPendingDials { .. } => "too_many_pending_dials",
             DialError::TimedOut { .. } => "timed_out",
             DialError::Failed { code, .. } => code.label(),
             DialError::Transport { .. } => "transport",
@@ -181,6 +191,7 @@ impl Server {
             .registry
             .select(selector, &self.inner.config.proxy_strategies)
             .ok_or_else(|| DialError::NoAgent(selector.to_string()))?;
+        let pending = PendingGuard::acquire(self)?;
         let limit = self.inner.config.limits.max_streams_per_agent;
         if agent.active.fetch_add(1, Ordering::Relaxed) >= limit {
             agent.active.fetch_sub(1, Ordering::Relaxed);
@@ -192,9 +203,12 @@ impl Server {
         let request_id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let agent_id = agent.agent_id.clone();
         let span = tracing::debug_span!("dial", request_id, agent = %agent_id, %target);
-        self.dial_through(agent, request_id, host, port, target, timeout)
+        let result = self
+            .dial_through(agent, request_id, host, port, target, timeout)
             .instrument(span)
-            .await
+            .await;
+        drop(pending);
+        result
     }
 
     async fn dial_through(
@@ -297,6 +311,28 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+/// Counts one dial against [`super::Limits::max_pending_dials`] until dropped.
+struct PendingGuard<'a>(&'a Server);
+
+impl<'a> PendingGuard<'a> {
+    fn acquire(server: &'a Server) -> Result<Self, DialError> {
+        let limit = server.inner.config.limits.max_pending_dials;
+        let pending = &server.inner.pending_dials;
+        if pending.fetch_add(1, Ordering::Relaxed) >= limit {
+            pending.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(limit, "refusing a dial: too many dials waiting for agents' answers");
+            return Err(DialError::TooManyPendingDials { limit });
+        }
+        Ok(PendingGuard(server))
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.inner.pending_dials.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

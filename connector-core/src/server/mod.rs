@@ -25,7 +25,7 @@ pub use registry::AgentInfo;
 pub use routing::{DEFAULT_STRATEGIES, ProxyStrategy, Selector, StrategyParseError};
 pub use tunnel::TunnelStream;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,7 +49,17 @@ pub struct Limits {
     pub hello_timeout: Duration,
     /// Deadline of [`Server::dial`] (default 30 s).
     pub dial_timeout: Duration,
+    /// Dials waiting for their agent's answer at once, across all agents;
+    /// further dials fail at once with [`DialError::TooManyPendingDials`]
+    /// (default [`DEFAULT_MAX_PENDING_DIALS`]).
+    pub max_pending_dials: usize,
 }
+
+/// Default of [`Limits::max_pending_dials`]. A healthy dial waits for about
+/// one round trip plus the agent's TCP connect (milliseconds), so a thousand
+/// at once means targets that do not answer; failing the excess fast beats
+/// letting them pile up until the dial timeout.
+pub const DEFAULT_MAX_PENDING_DIALS: usize = 1_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -58,6 +68,7 @@ impl Default for Limits {
             max_streams_per_agent: 10_000,
             hello_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(30),
+            max_pending_dials: DEFAULT_MAX_PENDING_DIALS,
         }
     }
 }
@@ -119,6 +130,8 @@ struct Inner {
     registry: Registry,
     next_request: AtomicU64,
     next_conn: AtomicU64,
+    /// Dials between choosing their agent and its `DialResult`.
+    pending_dials: AtomicUsize,
     shutdown: watch::Sender<bool>,
     /// Set by [`Server::drain`] to the grace announced in `GoAway`s.
     draining: watch::Sender<Option<Duration>>,
@@ -137,6 +150,7 @@ impl Server {
                 registry: Registry::new(),
                 next_request: AtomicU64::new(1),
                 next_conn: AtomicU64::new(1),
+                pending_dials: AtomicUsize::new(0),
                 shutdown: watch::channel(false).0,
                 draining: watch::channel(None).0,
                 tunnel_closed: Arc::new(Notify::new()),
@@ -200,6 +214,12 @@ impl Server {
     /// non-zero value means a misbehaving or hostile agent.
     pub fn refused_agent_streams(&self) -> u64 {
         self.inner.metrics.refused_agent_streams.get()
+    }
+
+    /// Dials waiting for their agent's answer right now (bounded by
+    /// [`Limits::max_pending_dials`]).
+    pub fn pending_dials(&self) -> usize {
+        self.inner.pending_dials.load(Ordering::Relaxed)
     }
 
     /// This server's settings.
