@@ -69,6 +69,11 @@ impl Pki {
 
     /// Starts a server on `addr` (port 0 for any).
     fn server_on(&self, addr: SocketAddr) -> Result<TestServer, QuicSetupError> {
+        self.server_with(addr, settings())
+    }
+
+    /// Starts a server on `addr` with its own QUIC settings.
+    fn server_with(&self, addr: SocketAddr, settings: QuicSettings) -> Result<TestServer, QuicSetupError> {
         let tls = ServerTls {
             identity: self
                 .ca
@@ -77,11 +82,11 @@ impl Pki {
                 .identity(),
             client_cas: Some(vec![self.ca.cert_der()]),
         };
-        let listener = QuicListener::bind(addr, &tls, &settings())?;
+        let listener = QuicListener::bind(addr, &tls, &settings)?;
         let addr = listener.local_socket_addr().unwrap();
         let mut config = ServerConfig::new("test-server", authenticator());
-        config.keepalive = KEEPALIVE;
-        config.idle_timeout = IDLE_TIMEOUT;
+        config.keepalive = settings.keepalive;
+        config.idle_timeout = settings.idle_timeout;
         let server = Server::new(config);
         server.serve(Arc::new(listener));
         Ok(TestServer { server, addr })
@@ -383,6 +388,41 @@ async fn agents_reconnect_to_a_restarted_server() {
         )
         .await;
         echo_once(&second.server, &node_a, &target).await;
+    })
+    .await
+}
+
+/// QUIC negotiates the smaller of the two ends' idle timeouts: an agent's short one
+/// also bounds how long the server keeps a dead agent (here the server's own is 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_idle_timeout_bounds_detection_on_the_server() {
+    guard(async {
+        let pki = Pki::new();
+        let lenient = QuicSettings {
+            keepalive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let net = pki.server_with("127.0.0.1:0".parse().unwrap(), lenient).unwrap();
+        let proxy = UdpImpairProxy::start(vec![net.addr], 11).await.unwrap();
+        let _agent = pki.agent("node-a", proxy.local_addr()).await;
+        proxy.set(Impairment {
+            blackhole: true,
+            ..Default::default()
+        });
+        let cut_at = Instant::now();
+        within(
+            "the server removing the blackholed agent",
+            Duration::from_secs(60),
+            net.server.wait_for_agents(|agents| agents.is_empty()),
+        )
+        .await;
+        let noticed = cut_at.elapsed();
+        eprintln!("server (idle 30 s) removed the agent (idle {IDLE_TIMEOUT:?}) after {noticed:?}");
+        assert!(
+            noticed <= IDLE_TIMEOUT + DETECTION_SLACK,
+            "the agent's idle timeout did not apply: noticed after {noticed:?}"
+        );
     })
     .await
 }
