@@ -51,10 +51,11 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = connector_core::agent::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Keepalive interval on the server connection.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "CONNECTOR_KEEPALIVE", default_value = "5s", value_parser = parse_duration)]
     keepalive: Duration,
-    /// The server is considered gone after this long without an answer.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// The server is considered gone after this long without an answer (QUIC applies the smaller of this
+    /// and the server's value).
+    #[arg(long, env = "CONNECTOR_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]

@@ -46,10 +46,10 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 10_000)]
     max_streams_per_agent: u32,
     /// Keepalive interval on agent connections.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "CONNECTOR_KEEPALIVE", default_value = "5s", value_parser = parse_duration)]
     keepalive: Duration,
-    /// An agent silent for this long is considered gone.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// An agent silent for this long is considered gone (QUIC applies the smaller of this and the agent's value).
+    #[arg(long, env = "CONNECTOR_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
     /// Default deadline of a dial.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
