@@ -236,8 +236,9 @@ async fn rebinding_mid_transfer_keeps_the_connection_and_its_streams() {
             let data = data.clone();
             async move { echo_through(stream, &data, Some(progress)).await }
         });
-        let mut addrs = vec![first_addr];
-        for mib in [4, 10, 16] {
+        // Addresses the server reported before the last rebind: all of them old by the end.
+        let mut old_addrs = vec![first_addr];
+        for (i, mib) in [4, 9, 14].into_iter().enumerate() {
             within(
                 "echoed bytes arriving",
                 Duration::from_secs(60),
@@ -246,31 +247,40 @@ async fn rebinding_mid_transfer_keeps_the_connection_and_its_streams() {
             .await
             .expect("the transfer ended early");
             proxy.rebind();
-            // The rebind must not stop the flow: more bytes arrive through the new port.
+            // The rebind must not stop the flow: more bytes arrive through the new port. More than the
+            // server's stream receive window (quinn: 1.25 MB) must be read, so that some of them certainly
+            // crossed the network after the rebind.
             within(
                 "bytes after the rebind",
                 Duration::from_secs(60),
-                seen.wait_for(|n| *n > mib * MIB + MIB),
+                seen.wait_for(|n| *n > (mib + 3) * MIB),
             )
             .await
             .expect("the transfer ended early");
-            let now = net.server.agents()[0].remote_addr.unwrap();
-            assert!(
-                !addrs.contains(&now),
-                "the server still sees an old address {now} (seen {addrs:?})"
-            );
-            addrs.push(now);
+            // Sampled only: while the new path is being validated, quinn may briefly fall back to the
+            // previous address (see docs/reliability.md).
+            if i < 2 {
+                old_addrs.push(net.server.agents()[0].remote_addr.unwrap());
+            }
         }
         let (digest, len) = within("the transfer", Duration::from_secs(60), transfer).await.unwrap();
         assert_eq!(len, data.len());
         assert_eq!(digest, sha256(&data));
+        // A round trip on a new stream after the transfer: the connection still works, and the server
+        // has heard from the agent's newest address.
+        echo_once(&net.server, &Selector::Agent("node-a".into()), &target).await;
+        let last = net.server.agents()[0].remote_addr.unwrap();
+        assert!(
+            !old_addrs.contains(&last),
+            "the server still sees the agent at an old address {last} (old: {old_addrs:?})"
+        );
         assert_eq!(
             session(&agent),
             first_session,
             "the agent reconnected instead of migrating"
         );
         assert_eq!(net.server.agents().len(), 1);
-        eprintln!("server saw the agent at {addrs:?}");
+        eprintln!("server saw the agent at {old_addrs:?}, then {last}");
     })
     .await
 }
