@@ -60,10 +60,11 @@ pub struct AgentArgs {
     #[arg(long, env = "CONNECTOR_TUNNEL_IDLE_TIMEOUT", default_value = "off", value_parser = parse_optional_duration)]
     tunnel_idle_timeout: OptionalDuration,
     /// Keepalive interval on the server connection.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "CONNECTOR_KEEPALIVE", default_value = "5s", value_parser = parse_duration)]
     keepalive: Duration,
-    /// The server is considered gone after this long without an answer.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// The server is considered gone after this long without an answer (QUIC applies the smaller of this
+    /// and the server's value).
+    #[arg(long, env = "CONNECTOR_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
     /// On SIGTERM (node shutdown): servers are sent GoAway so they route no new dials
     /// here; open tunnelled connections may finish within this grace, then the agent exits.

@@ -56,10 +56,10 @@ pub struct ServerArgs {
     #[arg(long, env = "CONNECTOR_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     hello_timeout: Duration,
     /// Keepalive interval on agent connections.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "CONNECTOR_KEEPALIVE", default_value = "5s", value_parser = parse_duration)]
     keepalive: Duration,
-    /// An agent silent for this long is considered gone.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// An agent silent for this long is considered gone (QUIC applies the smaller of this and the agent's value).
+    #[arg(long, env = "CONNECTOR_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
     /// Default deadline of a dial (HTTP CONNECT: 504 when it passes).
     #[arg(long, env = "CONNECTOR_DIAL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

@@ -69,6 +69,11 @@ impl Pki {
 
     /// Starts a server on `addr` (port 0 for any).
     fn server_on(&self, addr: SocketAddr) -> Result<TestServer, QuicSetupError> {
+        self.server_with(addr, settings())
+    }
+
+    /// Starts a server on `addr` with its own QUIC settings.
+    fn server_with(&self, addr: SocketAddr, settings: QuicSettings) -> Result<TestServer, QuicSetupError> {
         let tls = ServerTls {
             identity: self
                 .ca
@@ -77,11 +82,11 @@ impl Pki {
                 .identity(),
             client_cas: Some(vec![self.ca.cert_der()]),
         };
-        let listener = QuicListener::bind(addr, &tls, &settings())?;
+        let listener = QuicListener::bind(addr, &tls, &settings)?;
         let addr = listener.local_socket_addr().unwrap();
         let mut config = ServerConfig::new("test-server", authenticator());
-        config.keepalive = KEEPALIVE;
-        config.idle_timeout = IDLE_TIMEOUT;
+        config.keepalive = settings.keepalive;
+        config.idle_timeout = settings.idle_timeout;
         let server = Server::new(config);
         server.serve(Arc::new(listener));
         Ok(TestServer { server, addr })
@@ -231,8 +236,9 @@ async fn rebinding_mid_transfer_keeps_the_connection_and_its_streams() {
             let data = data.clone();
             async move { echo_through(stream, &data, Some(progress)).await }
         });
-        let mut addrs = vec![first_addr];
-        for mib in [4, 10, 16] {
+        // Addresses the server reported before the last rebind: all of them old by the end.
+        let mut old_addrs = vec![first_addr];
+        for (i, mib) in [4, 9, 14].into_iter().enumerate() {
             within(
                 "echoed bytes arriving",
                 Duration::from_secs(60),
@@ -241,31 +247,40 @@ async fn rebinding_mid_transfer_keeps_the_connection_and_its_streams() {
             .await
             .expect("the transfer ended early");
             proxy.rebind();
-            // The rebind must not stop the flow: more bytes arrive through the new port.
+            // The rebind must not stop the flow: more bytes arrive through the new port. More than the
+            // server's stream receive window (quinn: 1.25 MB) must be read, so that some of them certainly
+            // crossed the network after the rebind.
             within(
                 "bytes after the rebind",
                 Duration::from_secs(60),
-                seen.wait_for(|n| *n > mib * MIB + MIB),
+                seen.wait_for(|n| *n > (mib + 3) * MIB),
             )
             .await
             .expect("the transfer ended early");
-            let now = net.server.agents()[0].remote_addr.unwrap();
-            assert!(
-                !addrs.contains(&now),
-                "the server still sees an old address {now} (seen {addrs:?})"
-            );
-            addrs.push(now);
+            // Sampled only: while the new path is being validated, quinn may briefly fall back to the
+            // previous address (see docs/reliability.md).
+            if i < 2 {
+                old_addrs.push(net.server.agents()[0].remote_addr.unwrap());
+            }
         }
         let (digest, len) = within("the transfer", Duration::from_secs(60), transfer).await.unwrap();
         assert_eq!(len, data.len());
         assert_eq!(digest, sha256(&data));
+        // A round trip on a new stream after the transfer: the connection still works, and the server
+        // has heard from the agent's newest address.
+        echo_once(&net.server, &Selector::Agent("node-a".into()), &target).await;
+        let last = net.server.agents()[0].remote_addr.unwrap();
+        assert!(
+            !old_addrs.contains(&last),
+            "the server still sees the agent at an old address {last} (old: {old_addrs:?})"
+        );
         assert_eq!(
             session(&agent),
             first_session,
             "the agent reconnected instead of migrating"
         );
         assert_eq!(net.server.agents().len(), 1);
-        eprintln!("server saw the agent at {addrs:?}");
+        eprintln!("server saw the agent at {old_addrs:?}, then {last}");
     })
     .await
 }
@@ -383,6 +398,41 @@ async fn agents_reconnect_to_a_restarted_server() {
         )
         .await;
         echo_once(&second.server, &node_a, &target).await;
+    })
+    .await
+}
+
+/// QUIC negotiates the smaller of the two ends' idle timeouts: an agent's short one
+/// also bounds how long the server keeps a dead agent (here the server's own is 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_idle_timeout_bounds_detection_on_the_server() {
+    guard(async {
+        let pki = Pki::new();
+        let lenient = QuicSettings {
+            keepalive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let net = pki.server_with("127.0.0.1:0".parse().unwrap(), lenient).unwrap();
+        let proxy = UdpImpairProxy::start(vec![net.addr], 11).await.unwrap();
+        let _agent = pki.agent("node-a", proxy.local_addr()).await;
+        proxy.set(Impairment {
+            blackhole: true,
+            ..Default::default()
+        });
+        let cut_at = Instant::now();
+        within(
+            "the server removing the blackholed agent",
+            Duration::from_secs(60),
+            net.server.wait_for_agents(|agents| agents.is_empty()),
+        )
+        .await;
+        let noticed = cut_at.elapsed();
+        eprintln!("server (idle 30 s) removed the agent (idle {IDLE_TIMEOUT:?}) after {noticed:?}");
+        assert!(
+            noticed <= IDLE_TIMEOUT + DETECTION_SLACK,
+            "the agent's idle timeout did not apply: noticed after {noticed:?}"
+        );
     })
     .await
 }

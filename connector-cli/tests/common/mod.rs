@@ -167,6 +167,11 @@ pub fn server(dir: &Path, extra: &[&str]) -> Running {
 
 /// Starts `connector agent` node-a (token auth) towards the server at `addr`, allowing loopback targets.
 pub fn agent(dir: &Path, addr: &str) -> Running {
+    Running::spawn(agent_command(dir, addr))
+}
+
+/// The command [`agent`] runs, to add flags or environment first.
+pub fn agent_command(dir: &Path, addr: &str) -> Command {
     let mut cmd = connector(&[
         "agent",
         "--server",
@@ -181,7 +186,7 @@ pub fn agent(dir: &Path, addr: &str) -> Running {
         .arg("--token-file")
         .arg(dir.join("node-a.token"));
     cmd.args(["--identifiers", "host=node-a,ipv4=127.0.0.1", "--allow", "127.0.0.1/32"]);
-    Running::spawn(cmd)
+    cmd
 }
 
 /// A tiny HTTP server on 127.0.0.1 answering every request with `body`.

@@ -1,0 +1,136 @@
+//! Process faults with the real binary: SIGKILL of the agent in the middle of a
+//! transfer through the server's HTTP CONNECT frontend, and SIGKILL plus restart
+//! of the server on the same port.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// What the agent process gets through its environment (`CONNECTOR_*`), not flags.
+const AGENT_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The agent with a short keepalive and idle timeout, set through the environment.
+fn quick_agent(dir: &std::path::Path, quic: &str) -> Running {
+    let mut cmd = agent_command(dir, quic);
+    cmd.env("CONNECTOR_KEEPALIVE", "250ms")
+        .env("CONNECTOR_IDLE_TIMEOUT", "2s");
+    Running::spawn(cmd)
+}
+
+/// A TCP server on 127.0.0.1 that sends bytes to each connection until the peer goes away.
+fn endless_source() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut tcp in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let chunk = vec![0x5a_u8; 64 * 1024];
+                while tcp.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a tunnelled connection with `CONNECT target` at the plain frontend `proxy`.
+fn connect_through(proxy: &str, target: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(proxy).unwrap();
+    // The hang guard of every read below.
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(tcp, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("CONNECT response");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT refused: {head}");
+    tcp
+}
+
+/// A digest exchange through a fresh CONNECT: the whole path works.
+fn digest_through(proxy: &str, target: SocketAddr) {
+    let mut tcp = connect_through(proxy, target);
+    let data = vec![7u8; 1024 * 1024];
+    tcp.write_all(&data).unwrap();
+    tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut digest = String::new();
+    tcp.read_to_string(&mut digest).unwrap();
+    assert_eq!(digest, hex(&Sha256::digest(&data)));
+}
+
+#[test]
+fn killing_the_agent_mid_transfer_ends_the_clients_connection() {
+    let dir = temp_dir("kill-agent");
+    dev_pki(&dir);
+    // The server keeps its default 30 s idle timeout: the agent's 2 s one (from its environment) must apply.
+    let mut server = server(&dir, &["--connect-plain", "127.0.0.1:0", "--keepalive", "250ms"]);
+    let quic = listen_addr(&server.wait_for(&["accepting agents"]));
+    let plain = listen_addr(&server.wait_for(&["HTTP CONNECT frontend listening", "tcp://"]));
+    let mut agent = quick_agent(&dir, &quic);
+    agent.wait_for(&["connected", "server_id="]);
+
+    let mut tcp = connect_through(&plain, endless_source());
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut before = 0;
+    while before < 4 * 1024 * 1024 {
+        before += tcp.read(&mut buf).expect("data before the kill");
+    }
+    agent.all_output(); // SIGKILL
+    let killed_at = Instant::now();
+
+    // The client drains what was in flight, then its read ends: EOF or an error, not the hang guard.
+    let mut after = 0u64;
+    let end = loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break "EOF".to_owned(),
+            Ok(n) => after += n as u64,
+            Err(e) => {
+                assert!(
+                    !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                    "the client's read hung for 30 s after the agent was killed"
+                );
+                break format!("error: {e}");
+            }
+        }
+    };
+    let ended_after = killed_at.elapsed();
+    server.wait_for(&["agent disconnected", "node-a"]);
+    let removed_after = killed_at.elapsed();
+    eprintln!(
+        "client read {before} bytes, agent killed, {after} more, then {end} after {ended_after:?}; \
+         server removed the agent after {removed_after:?}"
+    );
+    assert!(
+        removed_after < AGENT_IDLE_TIMEOUT + Duration::from_secs(8),
+        "the agent's idle timeout did not apply: removed after {removed_after:?}"
+    );
+}
+
+#[test]
+fn the_agent_reconnects_to_a_restarted_server_process() {
+    let dir = temp_dir("restart-server");
+    dev_pki(&dir);
+    let mut first = server(&dir, &["--connect-plain", "127.0.0.1:0"]);
+    let quic = listen_addr(&first.wait_for(&["accepting agents"]));
+    let plain = listen_addr(&first.wait_for(&["HTTP CONNECT frontend listening", "tcp://"]));
+    let mut agent = quick_agent(&dir, &quic);
+    agent.wait_for(&["connected", "server_id="]);
+    let target = digest_target();
+    digest_through(&plain, target);
+
+    first.all_output(); // SIGKILL: no close reaches the agent; it notices by its idle timeout.
+    agent.wait_for(&["connection to the server ended"]);
+    let mut second = server(&dir, &["--listen", &quic, "--connect-plain", "127.0.0.1:0"]);
+    assert_eq!(listen_addr(&second.wait_for(&["accepting agents"])), quic);
+    let plain = listen_addr(&second.wait_for(&["HTTP CONNECT frontend listening", "tcp://"]));
+    agent.wait_for(&["connected", "server_id="]);
+    second.wait_for(&["agent connected", "node-a"]);
+    digest_through(&plain, target);
+}
