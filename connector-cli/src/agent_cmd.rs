@@ -10,6 +10,8 @@ use connector_core::agent::{DestinationPolicy, Rule};
 use connector_core::auth::TokenFile;
 use connector_core::setup::{AgentSetup, SetupError};
 use connector_core::tls::{Identity, certs_from_file};
+use connector_core::transport::fallback::TransportMode;
+use connector_core::transport::qmux::proxy::ProxyChoice;
 
 use crate::units::parse_duration;
 
@@ -56,6 +58,23 @@ pub struct AgentArgs {
     /// The server is considered gone after this long without an answer.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// Transport to the server: `auto` (QUIC, falling back to TLS over TCP when UDP is
+    /// blocked or degraded, and back when QUIC works again), `quic` or `tcp`.
+    #[arg(long, env = "CONNECTOR_TRANSPORT", default_value = "auto")]
+    transport: TransportMode,
+    /// The server's TCP address (`host:port`) for the TCP transport (default: --server).
+    #[arg(long, env = "CONNECTOR_TCP_SERVER", value_name = "HOST:PORT")]
+    tcp_server: Option<String>,
+    /// HTTP proxy for the TCP transport, `http://[user:password@]host:port`, or `off`.
+    /// Default: `HTTPS_PROXY`/`https_proxy`, except for servers listed in `NO_PROXY`.
+    #[arg(long, env = "CONNECTOR_PROXY", value_name = "URL", value_parser = parse_proxy)]
+    proxy: Option<ProxyChoice>,
+    /// How long a QUIC connection attempt may take before the TCP transport is used (auto).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    quic_connect_timeout: Duration,
+    /// How often to try QUIC again while on the TCP transport (auto; ±25% jitter).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    quic_probe_interval: Duration,
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
     admin: Option<std::net::SocketAddr>,
@@ -63,6 +82,10 @@ pub struct AgentArgs {
     /// connecting: `connector agent --check-config FILE`.
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
+}
+
+fn parse_proxy(s: &str) -> Result<ProxyChoice, String> {
+    ProxyChoice::parse(s).map_err(|e| e.to_string())
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -80,6 +103,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     setup.max_connections = args.max_connections;
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
+    setup.transport = args.transport;
+    setup.tcp_server = args.tcp_server;
+    setup.proxy = args.proxy;
+    setup.fallback.quic_connect_timeout = args.quic_connect_timeout;
+    setup.fallback.probe_interval = args.quic_probe_interval;
     match setup.check() {
         Err(SetupError::NoCredential) => anyhow::bail!("no credential: pass --token-file FILE and/or --cert/--key"),
         Err(SetupError::ServerName(_)) => anyhow::bail!("cannot take a server name from --server; pass --server-name"),

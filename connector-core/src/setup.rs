@@ -27,6 +27,9 @@ use crate::agent::{Agent, AgentConfig, DestinationPolicy};
 use crate::auth::{Authenticator, CertificateAuthenticator, CredentialSource, FirstOf, TokenAuthenticator};
 use crate::server::{Limits, ProxyStrategy, Server, ServerConfig};
 use crate::tls::{AgentTls, Identity, ServerTls};
+use crate::transport::fallback::{FallbackConnector, FallbackSettings, TransportMode};
+use crate::transport::qmux::proxy::{ProxyChoice, ProxyError};
+use crate::transport::qmux::{QmuxConnector, QmuxListener, QmuxSettings, QmuxSetupError};
 use crate::transport::quic::{QuicConnector, QuicListener, QuicSettings, QuicSetupError};
 
 /// Why a server or agent could not be started.
@@ -44,6 +47,12 @@ pub enum SetupError {
     /// The QUIC endpoint could not be set up (TLS material, UDP bind).
     #[error(transparent)]
     Quic(#[from] QuicSetupError),
+    /// The TCP (QMux) listener or connector could not be set up.
+    #[error(transparent)]
+    Qmux(#[from] QmuxSetupError),
+    /// The proxy setting is unusable.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     /// The bound socket's address could not be read.
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(std::io::Error),
@@ -74,6 +83,34 @@ pub struct ServerSetup {
     pub idle_timeout: Duration,
     /// How host dials find an agent.
     pub proxy_strategies: Vec<ProxyStrategy>,
+    /// Where the TCP fallback transport (TLS + QMux) listens.
+    pub tcp_listen: TcpListen,
+}
+
+/// Where a server's TCP fallback listener listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcpListen {
+    /// The same IP and port as the bound QUIC (UDP) socket.
+    #[default]
+    SameAsQuic,
+    /// Not at all: QUIC only.
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for TcpListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "off" | "none" => Ok(Self::Off),
+            "same" => Ok(Self::SameAsQuic),
+            addr => addr
+                .parse()
+                .map(Self::At)
+                .map_err(|e| format!("invalid TCP listen address {addr:?} ({e}): expected IP:PORT or off")),
+        }
+    }
 }
 
 /// A server that is listening.
@@ -82,6 +119,8 @@ pub struct StartedServer {
     pub server: Server,
     /// Where agents connect (the bound UDP address).
     pub local_addr: SocketAddr,
+    /// Where agents connect over the TCP fallback, when it is on.
+    pub tcp_addr: Option<SocketAddr>,
 }
 
 impl ServerSetup {
@@ -100,6 +139,7 @@ impl ServerSetup {
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
             proxy_strategies: crate::server::DEFAULT_STRATEGIES.to_vec(),
+            tcp_listen: TcpListen::SameAsQuic,
         }
     }
 
@@ -111,7 +151,7 @@ impl ServerSetup {
         Ok(())
     }
 
-    /// Binds the QUIC listener and starts accepting agents. Must be called
+    /// Binds the QUIC listener (and the TCP one) and starts accepting agents. Must be called
     /// within a tokio runtime, which then drives the server.
     pub fn start(self) -> Result<StartedServer, SetupError> {
         self.check()?;
@@ -134,6 +174,20 @@ impl ServerSetup {
         };
         let listener = QuicListener::bind(self.listen, &tls, &settings)?;
         let local_addr = listener.local_socket_addr().map_err(SetupError::LocalAddr)?;
+        let tcp_settings = QmuxSettings {
+            keepalive: self.keepalive,
+            idle_timeout: self.idle_timeout,
+            ..Default::default()
+        };
+        let tcp_listener = match self.tcp_listen {
+            TcpListen::Off => None,
+            TcpListen::SameAsQuic => Some(QmuxListener::bind(local_addr, &tls, &tcp_settings)?),
+            TcpListen::At(addr) => Some(QmuxListener::bind(addr, &tls, &tcp_settings)?),
+        };
+        let tcp_addr = match &tcp_listener {
+            Some(l) => Some(l.local_socket_addr().map_err(SetupError::LocalAddr)?),
+            None => None,
+        };
         let authenticator: Arc<dyn Authenticator> = if authenticators.len() == 1 {
             authenticators.remove(0)
         } else {
@@ -147,7 +201,14 @@ impl ServerSetup {
         config.proxy_strategies = self.proxy_strategies;
         let server = Server::new(config);
         server.serve(Arc::new(listener));
-        Ok(StartedServer { server, local_addr })
+        if let Some(tcp) = tcp_listener {
+            server.serve(Arc::new(tcp));
+        }
+        Ok(StartedServer {
+            server,
+            local_addr,
+            tcp_addr,
+        })
     }
 }
 
@@ -175,6 +236,14 @@ pub struct AgentSetup {
     pub keepalive: Duration,
     /// The server is gone after this long without an answer.
     pub idle_timeout: Duration,
+    /// QUIC, TCP, or QUIC with automatic fallback to TCP (the default).
+    pub transport: TransportMode,
+    /// The server's TCP fallback address, `host:port` (default: same as `server`).
+    pub tcp_server: Option<String>,
+    /// HTTP proxy for the TCP transport: `None` follows `HTTPS_PROXY`/`NO_PROXY`.
+    pub proxy: Option<ProxyChoice>,
+    /// QUIC attempt bound, return probes and degradation thresholds (auto mode).
+    pub fallback: FallbackSettings,
 }
 
 impl AgentSetup {
@@ -197,6 +266,10 @@ impl AgentSetup {
             max_connections: crate::agent::DEFAULT_MAX_CONNECTIONS,
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
+            transport: TransportMode::Auto,
+            tcp_server: None,
+            proxy: None,
+            fallback: FallbackSettings::default(),
         }
     }
 
@@ -239,7 +312,20 @@ impl AgentSetup {
                 .saturating_add(64),
             ..Default::default()
         };
-        let connector = QuicConnector::new(self.server, &tls, &settings)?;
+        let tcp_settings = QmuxSettings {
+            keepalive: settings.keepalive,
+            idle_timeout: settings.idle_timeout,
+            max_tunnelled_streams: settings.max_tunnelled_streams,
+            ..Default::default()
+        };
+        let tcp_server = self.tcp_server.unwrap_or_else(|| self.server.clone());
+        let tcp = QmuxConnector::new(tcp_server, &tls, &tcp_settings)?.with_proxy(self.proxy.unwrap_or_default());
+        let quic = QuicConnector::new(self.server, &tls, &settings)?;
+        let fallback = FallbackSettings {
+            mode: self.transport,
+            ..self.fallback
+        };
+        let connector = FallbackConnector::new(quic, tcp, fallback);
         let mut config = AgentConfig::new(self.agent_id, credentials);
         config.identifiers = self.identifiers;
         config.policy = self.policy;

@@ -10,7 +10,7 @@ use connector_core::proto::{DialCode, RejectCode};
 use connector_core::server::{DialError, Selector};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-on_both_transports!(
+on_all_transports!(
     bulk_64_mib_each_way_arrives_intact,
     two_hundred_concurrent_connections_through_one_agent,
     half_close_reaches_the_target_and_the_reply_still_arrives,
