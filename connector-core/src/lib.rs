@@ -9,6 +9,8 @@
 
 pub mod identifiers;
 pub mod metrics;
+#[cfg(feature = "netsim")]
+pub mod netsim;
 pub mod proto;
 
 pub use identifiers::Identifiers;
