@@ -40,7 +40,7 @@ enum Command {
     /// Run a server that agents connect to (next to the apiserver).
     Server(Box<server_cmd::ServerArgs>),
     /// Run an agent that connects out to a server and serves its dials (on the node side).
-    Agent(agent_cmd::AgentArgs),
+    Agent(Box<agent_cmd::AgentArgs>),
     /// Tunnel a local TCP port to a target through a server's HTTP CONNECT frontend.
     Forward(forward_cmd::ForwardArgs),
     /// Start a server, an agent and a target in one process, tunnel traffic and report.
@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(*args).await,
-            Command::Agent(args) => agent_cmd::run(args).await,
+            Command::Agent(args) => agent_cmd::run(*args).await,
             Command::Forward(args) => forward_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::DevPki(args) => dev_pki::run(args),
