@@ -67,8 +67,8 @@ pub struct AgentArgs {
     tcp_server: Option<String>,
     /// HTTP proxy for the TCP transport, `http://[user:password@]host:port`, or `off`.
     /// Default: `HTTPS_PROXY`/`https_proxy`, except for servers listed in `NO_PROXY`.
-    #[arg(long, env = "CONNECTOR_PROXY", value_name = "URL", value_parser = parse_proxy)]
-    proxy: Option<ProxyChoice>,
+    #[arg(long, env = "CONNECTOR_PROXY", value_name = "URL")]
+    proxy: Option<String>,
     /// How long a QUIC connection attempt may take before the TCP transport is used (auto).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     quic_connect_timeout: Duration,
@@ -82,10 +82,6 @@ pub struct AgentArgs {
     /// connecting: `connector agent --check-config FILE`.
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
-}
-
-fn parse_proxy(s: &str) -> Result<ProxyChoice, String> {
-    ProxyChoice::parse(s).map_err(|e| e.to_string())
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -105,7 +101,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     setup.idle_timeout = args.idle_timeout;
     setup.transport = args.transport;
     setup.tcp_server = args.tcp_server;
-    setup.proxy = args.proxy;
+    // Parsed here rather than by clap, whose errors would echo the URL with its password.
+    setup.proxy = match &args.proxy {
+        Some(url) => Some(ProxyChoice::parse(url).map_err(|e| anyhow::anyhow!("--proxy: {e}"))?),
+        None => None,
+    };
     setup.fallback.quic_connect_timeout = args.quic_connect_timeout;
     setup.fallback.probe_interval = args.quic_probe_interval;
     match setup.check() {
