@@ -7,9 +7,11 @@
 //! * a QUIC connection whose path is starved (see [`Degradation`]) is marked
 //!   [`Connection::superseded`] and later connects prefer TCP;
 //! * while on TCP, a real QUIC handshake is attempted every
-//!   [`FallbackSettings::probe_interval`] (±25 % jitter); once one succeeds the
-//!   TCP connection is superseded ("QUIC reachable again") and the next
-//!   connect uses QUIC.
+//!   [`FallbackSettings::probe_interval`] (±25 % jitter; doubled for every
+//!   degraded QUIC path since QUIC last stayed healthy for 30 windows, up to
+//!   32×, so a path that passes handshakes but starves data does not make the
+//!   agent flap); once one succeeds the TCP connection is superseded ("QUIC
+//!   reachable again") and the next connect uses QUIC.
 //!
 //! The agent reacts to `superseded()` by connecting again and draining the
 //! old connection, so tunnelled connections in flight survive a switch.
@@ -120,7 +122,14 @@ impl Default for FallbackSettings {
 struct State {
     prefer_tcp: bool,
     last: Option<&'static str>,
+    /// QUIC paths found degraded since QUIC last stayed healthy; each one
+    /// doubles the probe interval (up to 32×), so a path that lets
+    /// handshakes through but starves data does not make the agent flap.
+    degradations: u32,
 }
+
+/// A QUIC connection healthy for this many degradation windows clears the probe back-off.
+const HEALTHY_WINDOWS: u32 = 30;
 
 /// A [`Connector`] over QUIC and TCP (QMux), switching between them as the network allows.
 pub struct FallbackConnector {
@@ -140,6 +149,7 @@ impl FallbackConnector {
             state: Arc::new(Mutex::new(State {
                 prefer_tcp: false,
                 last: None,
+                degradations: 0,
             })),
         }
     }
@@ -274,6 +284,8 @@ async fn watch_degradation(
     superseded: watch::Sender<Option<String>>,
 ) {
     let mut samples: VecDeque<(Instant, u64, u64, u64)> = VecDeque::new();
+    let started = Instant::now();
+    let mut cleared = false;
     let mut tick = tokio::time::interval(limits.sample);
     let closed = conn.closed();
     tokio::pin!(closed);
@@ -307,9 +319,17 @@ async fn watch_degradation(
                 last.0.duration_since(first.0)
             );
             tracing::info!(%reason, "switching to TCP");
-            state.lock().unwrap().prefer_tcp = true;
+            {
+                let mut state = state.lock().unwrap();
+                state.prefer_tcp = true;
+                state.degradations = state.degradations.saturating_add(1);
+            }
             superseded.send_replace(Some(reason));
             return;
+        }
+        if !cleared && now.duration_since(started) >= limits.window * HEALTHY_WINDOWS {
+            cleared = true;
+            state.lock().unwrap().degradations = 0;
         }
     }
 }
@@ -324,8 +344,9 @@ async fn probe_quic(
 ) {
     tokio::pin!(closed);
     loop {
+        let backoff = 1u32 << state.lock().unwrap().degradations.min(5);
         let jitter = rand::rng().random_range(0.75..1.25);
-        let wait = settings.probe_interval.mul_f64(jitter);
+        let wait = (settings.probe_interval * backoff).mul_f64(jitter);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = &mut closed => return,
