@@ -1,5 +1,6 @@
-//! End-to-end behaviour of the tunnel, run over real QUIC on loopback and
-//! over the in-memory transport (each test body runs once per transport).
+//! End-to-end behaviour of the tunnel, run over real QUIC and real TCP (TLS +
+//! QMux) on loopback and over the in-memory transport (each test body runs
+//! once per transport).
 
 #[macro_use]
 mod common;
