@@ -1,5 +1,5 @@
 //! End-to-end benchmarks of one server + one agent, over real QUIC on
-//! loopback and over the in-memory transport (connector's own overhead
+//! loopback, over the TCP fallback (TLS + QMux) on loopback and over the in-memory transport (connector's own overhead
 //! without QUIC and TLS). Every tunnelled connection ends at a real TCP
 //! target on 127.0.0.1 that the agent dials.
 //!
@@ -32,7 +32,7 @@ fn runtime() -> Runtime {
 
 fn tunnel(c: &mut Criterion) {
     let rt = runtime();
-    for kind in [Kind::Quic, Kind::Memory] {
+    for kind in [Kind::Quic, Kind::Tcp, Kind::Memory] {
         let t = rt.block_on(Tunnel::start(kind)).expect("tunnel starts");
         let t = &t;
         let name = kind.name();

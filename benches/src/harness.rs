@@ -10,6 +10,8 @@ use connector_core::pki::ThrowawayCa;
 use connector_core::proto::{Credential, Secret};
 use connector_core::server::{Selector, Server, ServerConfig, TunnelStream};
 use connector_core::tls::{AgentTls, ServerTls};
+use connector_core::transport::qmux::proxy::ProxyChoice;
+use connector_core::transport::qmux::{QmuxConnector, QmuxListener, QmuxSettings};
 use connector_core::transport::quic::{QuicConnector, QuicListener, QuicSettings};
 use connector_core::transport::{Connector, Listener, memory};
 
@@ -20,6 +22,8 @@ pub enum Kind {
     Quic,
     /// In-process pipes: connector's own overhead without QUIC or TLS.
     Memory,
+    /// The TCP fallback: TLS + QMux on 127.0.0.1.
+    Tcp,
 }
 
 impl Kind {
@@ -28,6 +32,7 @@ impl Kind {
         match self {
             Kind::Quic => "quic",
             Kind::Memory => "memory",
+            Kind::Tcp => "tcp",
         }
     }
 }
@@ -55,22 +60,30 @@ impl Tunnel {
         let allowed = format!("host={AGENT_ID},ipv4=127.0.0.1").parse()?;
         let auth = TokenAuthenticator::from_entries(vec![TokenEntry::new(&token, AGENT_ID, Allowance::Only(allowed))]);
         let server = Server::new(ServerConfig::new("bench-server", Arc::new(auth)));
+        let ca = ThrowawayCa::new("connector bench CA")?;
+        let tls = ServerTls {
+            identity: ca
+                .issue("connector bench server", &["localhost", "127.0.0.1"])?
+                .identity(),
+            client_cas: None,
+        };
+        let agent_tls = AgentTls {
+            server_cas: vec![ca.cert_der()],
+            server_name: "localhost".into(),
+            client_identity: None,
+        };
         let (listener, connector): (Arc<dyn Listener>, Arc<dyn Connector>) = match kind {
+            Kind::Tcp => {
+                let settings = QmuxSettings::default();
+                let listener = QmuxListener::bind("127.0.0.1:0".parse()?, &tls, &settings)?;
+                let addr = listener.local_socket_addr()?;
+                let connector =
+                    QmuxConnector::new(addr.to_string(), &agent_tls, &settings)?.with_proxy(ProxyChoice::Direct);
+                (Arc::new(listener), Arc::new(connector))
+            }
             Kind::Quic => {
-                let ca = ThrowawayCa::new("connector bench CA")?;
-                let tls = ServerTls {
-                    identity: ca
-                        .issue("connector bench server", &["localhost", "127.0.0.1"])?
-                        .identity(),
-                    client_cas: None,
-                };
                 let settings = QuicSettings::default();
                 let listener = QuicListener::bind("127.0.0.1:0".parse()?, &tls, &settings)?;
-                let agent_tls = AgentTls {
-                    server_cas: vec![ca.cert_der()],
-                    server_name: "localhost".into(),
-                    client_identity: None,
-                };
                 let addr = listener.local_socket_addr()?;
                 let connector = QuicConnector::new(addr.to_string(), &agent_tls, &settings)?;
                 (Arc::new(listener), Arc::new(connector))

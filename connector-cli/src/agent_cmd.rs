@@ -10,6 +10,8 @@ use connector_core::agent::{DestinationPolicy, Rule};
 use connector_core::auth::TokenFile;
 use connector_core::setup::{AgentSetup, SetupError};
 use connector_core::tls::{Identity, certs_from_file};
+use connector_core::transport::fallback::TransportMode;
+use connector_core::transport::qmux::proxy::ProxyChoice;
 use connector_core::transport::quic::CongestionControl;
 
 use crate::units::{OptionalDuration, parse_duration, parse_optional_duration};
@@ -74,6 +76,23 @@ pub struct AgentArgs {
     /// (keeps its throughput on lossy long paths; quinn marks it experimental).
     #[arg(long, env = "CONNECTOR_CONGESTION_CONTROL", default_value = "cubic")]
     congestion_control: CongestionControl,
+    /// Transport to the server: `auto` (QUIC, falling back to TLS over TCP when UDP is
+    /// blocked or degraded, and back when QUIC works again), `quic` or `tcp`.
+    #[arg(long, env = "CONNECTOR_TRANSPORT", default_value = "auto")]
+    transport: TransportMode,
+    /// The server's TCP address (`host:port`) for the TCP transport (default: --server).
+    #[arg(long, env = "CONNECTOR_TCP_SERVER", value_name = "HOST:PORT")]
+    tcp_server: Option<String>,
+    /// HTTP proxy for the TCP transport, `http://[user:password@]host:port`, or `off`.
+    /// Default: `HTTPS_PROXY`/`https_proxy`, except for servers listed in `NO_PROXY`.
+    #[arg(long, env = "CONNECTOR_PROXY", value_name = "URL")]
+    proxy: Option<String>,
+    /// How long a QUIC connection attempt may take before the TCP transport is used (auto).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    quic_connect_timeout: Duration,
+    /// How often to try QUIC again while on the TCP transport (auto; ±25% jitter).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    quic_probe_interval: Duration,
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
     admin: Option<std::net::SocketAddr>,
@@ -101,6 +120,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
     setup.congestion = args.congestion_control;
+    setup.transport = args.transport;
+    setup.tcp_server = args.tcp_server;
+    // Parsed here rather than by clap, whose errors would echo the URL with its password.
+    setup.proxy = match &args.proxy {
+        Some(url) => Some(ProxyChoice::parse(url).map_err(|e| anyhow::anyhow!("--proxy: {e}"))?),
+        None => None,
+    };
+    setup.fallback.quic_connect_timeout = args.quic_connect_timeout;
+    setup.fallback.probe_interval = args.quic_probe_interval;
     match setup.check() {
         Err(SetupError::NoCredential) => anyhow::bail!("no credential: pass --token-file FILE and/or --cert/--key"),
         Err(SetupError::ServerName(server)) => {

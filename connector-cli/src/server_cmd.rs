@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use connector_core::auth::TokenAuthenticator;
 use connector_core::server::{Limits, ProxyStrategy};
-use connector_core::setup::{ServerSetup, SetupError};
+use connector_core::setup::{ServerSetup, SetupError, TcpListen};
 use connector_core::tls::{Identity, certs_from_file};
 use connector_core::transport::quic::CongestionControl;
 
@@ -20,6 +20,15 @@ pub struct ServerArgs {
     /// UDP address agents connect to.
     #[arg(long, env = "CONNECTOR_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
+    /// TCP address of the fallback transport (TLS + QMux) for agents without UDP:
+    /// `same` (the --listen address and port), an `IP:PORT`, or `off`.
+    #[arg(
+        long,
+        env = "CONNECTOR_TCP_LISTEN",
+        default_value = "same",
+        value_name = "ADDR|same|off"
+    )]
+    tcp_listen: TcpListen,
     /// Server certificate chain (PEM), presented to agents.
     #[arg(long, env = "CONNECTOR_CERT")]
     cert: PathBuf,
@@ -101,6 +110,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
     setup.congestion = args.congestion_control;
+    setup.tcp_listen = args.tcp_listen;
     setup.limits = Limits {
         max_agents: args.max_agents,
         max_streams_per_agent: args.max_streams_per_agent,
@@ -117,7 +127,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         println!("{}: the server configuration is valid", file.display());
         return Ok(());
     }
-    let server = setup.start().context("starting the server")?.server;
+    let started = setup.start().context("starting the server")?;
+    match started.tcp_addr {
+        Some(tcp) => tracing::info!(quic = %started.local_addr, %tcp, "listening for agents"),
+        None => tracing::info!(quic = %started.local_addr, "listening for agents (TCP fallback off)"),
+    }
+    let server = started.server;
     args.frontends.start(&server).await?;
     if let Some(addr) = args.admin {
         crate::admin::start(addr, std::sync::Arc::new(server.clone())).await?;

@@ -233,3 +233,80 @@ fn limit_settings_are_read_from_the_file_and_the_environment_and_bad_values_are_
     assert!(!ok);
     assert!(err.contains("between 1KiB and 1MiB"), "{err}");
 }
+
+#[test]
+fn agent_with_transport_tcp_connects_over_the_servers_tcp_listener() {
+    let dir = temp_dir("tcp-transport");
+    dev_pki(&dir);
+    let mut server = server(&dir, &[]);
+    let line = server.wait_for(&["listening for agents"]);
+    let tcp = line
+        .split("tcp=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no tcp= in {line:?}"))
+        .to_owned();
+    let mut cmd = connector(&[
+        "agent",
+        "--server",
+        &tcp,
+        "--server-name",
+        "localhost",
+        "--agent-id",
+        "node-a",
+        "--transport",
+        "tcp",
+        "--proxy",
+        "off",
+    ]);
+    cmd.arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--token-file")
+        .arg(dir.join("node-a.token"));
+    let mut agent = Running::spawn(cmd);
+    agent.wait_for(&["agent transport chosen", "transport=\"tcp\""]);
+    agent.wait_for(&["connected", "srv-test"]);
+    server.wait_for(&["agent connected", "agent=node-a"]);
+}
+
+#[test]
+fn check_config_validates_transport_proxy_and_tcp_listen() {
+    let dir = temp_dir("transport-config");
+    dev_pki(&dir);
+    let d = dir.display();
+    let file = dir.join("connector.toml");
+    let check = |command: &str, section: &str| {
+        std::fs::write(&file, section.replace("{d}", &d.to_string())).unwrap();
+        connector(&[command, "--check-config", file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let agent = "[agent]\nserver = \"localhost:8443\"\nca = \"{d}/ca.pem\"\ntoken-file = \"{d}/node-a.token\"\n";
+    let out = check(
+        "agent",
+        &format!(
+            "{agent}transport = \"tcp\"\ntcp-server = \"localhost:443\"\nproxy = \"http://u:hunter2@proxy:3128\"\n"
+        ),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = check("agent", &format!("{agent}transport = \"udp\"\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("expected auto, quic or tcp"),
+        "{err}"
+    );
+    let out = check("agent", &format!("{agent}proxy = \"socks5://u:hunter2@proxy:1080\"\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not supported"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let server = "[server]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\ntokens = \"{d}/tokens\"\n";
+    let out = check("server", &format!("{server}tcp-listen = \"off\"\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = check("server", &format!("{server}tcp-listen = \"everywhere\"\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("expected IP:PORT or off"),
+        "{err}"
+    );
+}

@@ -28,6 +28,9 @@ use crate::auth::{Authenticator, CertificateAuthenticator, CredentialSource, Fir
 use crate::server::{Limits, ProxyStrategy, Server, ServerConfig};
 use crate::tls::{AgentTls, Identity, ServerTls};
 use crate::transport::Connector;
+use crate::transport::fallback::{FallbackConnector, FallbackSettings, TransportMode};
+use crate::transport::qmux::proxy::{ProxyChoice, ProxyError};
+use crate::transport::qmux::{QmuxConnector, QmuxListener, QmuxSettings, QmuxSetupError};
 use crate::transport::quic::{CongestionControl, QuicConnector, QuicListener, QuicSettings, QuicSetupError};
 
 /// Why a server or agent could not be started.
@@ -39,6 +42,9 @@ pub enum SetupError {
     /// The agent was given no server address.
     #[error("no server address: configure at least one")]
     NoServer,
+    /// A TCP fallback address was given for a list of servers (each uses its own address).
+    #[error("a separate TCP server address only works with a single server address")]
+    TcpServerWithList,
     /// The agent was given no credential.
     #[error("no agent credential: configure a token (file) and/or a client certificate")]
     NoCredential,
@@ -48,6 +54,12 @@ pub enum SetupError {
     /// The QUIC endpoint could not be set up (TLS material, UDP bind).
     #[error(transparent)]
     Quic(#[from] QuicSetupError),
+    /// The TCP (QMux) listener or connector could not be set up.
+    #[error(transparent)]
+    Qmux(#[from] QmuxSetupError),
+    /// The proxy setting is unusable.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     /// The bound socket's address could not be read.
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(std::io::Error),
@@ -80,6 +92,34 @@ pub struct ServerSetup {
     pub congestion: CongestionControl,
     /// How host dials find an agent.
     pub proxy_strategies: Vec<ProxyStrategy>,
+    /// Where the TCP fallback transport (TLS + QMux) listens.
+    pub tcp_listen: TcpListen,
+}
+
+/// Where a server's TCP fallback listener listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcpListen {
+    /// The same IP and port as the bound QUIC (UDP) socket.
+    #[default]
+    SameAsQuic,
+    /// Not at all: QUIC only.
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for TcpListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "off" | "none" => Ok(Self::Off),
+            "same" => Ok(Self::SameAsQuic),
+            addr => addr
+                .parse()
+                .map(Self::At)
+                .map_err(|e| format!("invalid TCP listen address {addr:?} ({e}): expected IP:PORT or off")),
+        }
+    }
 }
 
 /// A server that is listening.
@@ -88,6 +128,8 @@ pub struct StartedServer {
     pub server: Server,
     /// Where agents connect (the bound UDP address).
     pub local_addr: SocketAddr,
+    /// Where agents connect over the TCP fallback, when it is on.
+    pub tcp_addr: Option<SocketAddr>,
 }
 
 impl ServerSetup {
@@ -107,6 +149,7 @@ impl ServerSetup {
             idle_timeout: quic.idle_timeout,
             congestion: quic.congestion,
             proxy_strategies: crate::server::DEFAULT_STRATEGIES.to_vec(),
+            tcp_listen: TcpListen::SameAsQuic,
         }
     }
 
@@ -118,7 +161,7 @@ impl ServerSetup {
         Ok(())
     }
 
-    /// Binds the QUIC listener and starts accepting agents. Must be called
+    /// Binds the QUIC listener (and the TCP one) and starts accepting agents. Must be called
     /// within a tokio runtime, which then drives the server.
     pub fn start(self) -> Result<StartedServer, SetupError> {
         self.check()?;
@@ -142,6 +185,20 @@ impl ServerSetup {
         };
         let listener = QuicListener::bind(self.listen, &tls, &settings)?;
         let local_addr = listener.local_socket_addr().map_err(SetupError::LocalAddr)?;
+        let tcp_settings = QmuxSettings {
+            keepalive: self.keepalive,
+            idle_timeout: self.idle_timeout,
+            ..Default::default()
+        };
+        let tcp_listener = match self.tcp_listen {
+            TcpListen::Off => None,
+            TcpListen::SameAsQuic => Some(QmuxListener::bind(local_addr, &tls, &tcp_settings)?),
+            TcpListen::At(addr) => Some(QmuxListener::bind(addr, &tls, &tcp_settings)?),
+        };
+        let tcp_addr = match &tcp_listener {
+            Some(l) => Some(l.local_socket_addr().map_err(SetupError::LocalAddr)?),
+            None => None,
+        };
         let authenticator: Arc<dyn Authenticator> = if authenticators.len() == 1 {
             authenticators.remove(0)
         } else {
@@ -155,7 +212,14 @@ impl ServerSetup {
         config.proxy_strategies = self.proxy_strategies;
         let server = Server::new(config);
         server.serve(Arc::new(listener));
-        Ok(StartedServer { server, local_addr })
+        if let Some(tcp) = tcp_listener {
+            server.serve(Arc::new(tcp));
+        }
+        Ok(StartedServer {
+            server,
+            local_addr,
+            tcp_addr,
+        })
     }
 }
 
@@ -190,6 +254,15 @@ pub struct AgentSetup {
     pub idle_timeout: Duration,
     /// Congestion controller for what the agent sends (tunnelled bytes towards the server).
     pub congestion: CongestionControl,
+    /// QUIC, TCP, or QUIC with automatic fallback to TCP (the default).
+    pub transport: TransportMode,
+    /// The server's TCP fallback address, `host:port` (default: the same as each
+    /// server address; only with a single server address).
+    pub tcp_server: Option<String>,
+    /// HTTP proxy for the TCP transport: `None` follows `HTTPS_PROXY`/`NO_PROXY`.
+    pub proxy: Option<ProxyChoice>,
+    /// QUIC attempt bound, return probes and degradation thresholds (auto mode).
+    pub fallback: FallbackSettings,
 }
 
 impl AgentSetup {
@@ -214,6 +287,10 @@ impl AgentSetup {
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
             congestion: quic.congestion,
+            transport: TransportMode::Auto,
+            tcp_server: None,
+            proxy: None,
+            fallback: FallbackSettings::default(),
         }
     }
 
@@ -221,6 +298,9 @@ impl AgentSetup {
     pub fn check(&self) -> Result<(), SetupError> {
         if self.servers.is_empty() {
             return Err(SetupError::NoServer);
+        }
+        if self.tcp_server.is_some() && self.servers.len() > 1 {
+            return Err(SetupError::TcpServerWithList);
         }
         for server in &self.servers {
             self.tls_server_name(server)?;
@@ -276,7 +356,22 @@ impl AgentSetup {
                 .saturating_add(64),
             ..Default::default()
         };
-        Ok(Arc::new(QuicConnector::new(server, &tls, &settings)?))
+        let tcp_settings = QmuxSettings {
+            keepalive: settings.keepalive,
+            idle_timeout: settings.idle_timeout,
+            max_tunnelled_streams: settings.max_tunnelled_streams,
+            ..Default::default()
+        };
+        // The TCP fallback listens on the same host:port as QUIC unless told otherwise.
+        let tcp_server = self.tcp_server.clone().unwrap_or_else(|| server.to_owned());
+        let tcp =
+            QmuxConnector::new(tcp_server, &tls, &tcp_settings)?.with_proxy(self.proxy.clone().unwrap_or_default());
+        let quic = QuicConnector::new(server, &tls, &settings)?;
+        let fallback = FallbackSettings {
+            mode: self.transport,
+            ..self.fallback.clone()
+        };
+        Ok(Arc::new(FallbackConnector::new(quic, tcp, fallback)))
     }
 }
 

@@ -18,7 +18,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-on_both_transports!(
+on_all_transports!(
     connect_over_uds_tunnels_like_kube_apiserver,
     dials_route_to_the_agent_serving_the_host,
 );

@@ -15,7 +15,7 @@ use connector_core::server::{DialError, Selector};
 use connector_core::transport::{BiStream, Connection, StreamReset};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-on_both_transports!(
+on_all_transports!(
     agent_resets_garbage_streams_and_keeps_serving_the_others,
     server_rejects_garbage_hello_and_keeps_serving_other_agents,
     server_rejects_unknown_major_version_clearly,

@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::time::{Instant, timeout};
 
-on_both_transports!(an_oversized_frame_on_a_registered_agents_control_stream_closes_that_agent_only);
+on_all_transports!(an_oversized_frame_on_a_registered_agents_control_stream_closes_that_agent_only);
 
 /// Waits for `what`, failing the test with `what` if it takes over a minute.
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {

@@ -310,7 +310,7 @@ impl Connector for ReplaceableConnector {
     }
 }
 
-on_both_transports!(a_superseded_connection_is_replaced_without_cutting_open_ones);
+on_all_transports!(a_superseded_connection_is_replaced_without_cutting_open_ones);
 
 async fn a_superseded_connection_is_replaced_without_cutting_open_ones(kind: Kind) {
     let h = Harness::new(kind).await;

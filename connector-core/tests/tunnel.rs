@@ -1,5 +1,6 @@
-//! End-to-end behaviour of the tunnel, run over real QUIC on loopback and
-//! over the in-memory transport (each test body runs once per transport).
+//! End-to-end behaviour of the tunnel, run over real QUIC and real TCP (TLS +
+//! QMux) on loopback and over the in-memory transport (each test body runs
+//! once per transport).
 
 #[macro_use]
 mod common;
@@ -10,7 +11,7 @@ use connector_core::proto::{DialCode, RejectCode};
 use connector_core::server::{DialError, Selector};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-on_both_transports!(
+on_all_transports!(
     bulk_64_mib_each_way_arrives_intact,
     two_hundred_concurrent_connections_through_one_agent,
     half_close_reaches_the_target_and_the_reply_still_arrives,

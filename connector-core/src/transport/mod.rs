@@ -1,10 +1,14 @@
 //! The transport seam: how the agent and the server get a connection that
 //! carries independent bidirectional byte streams. Everything above this
 //! module (server, agent, auth) is written against these traits only; QUIC
-//! ([`quic`]) is the production implementation and [`memory`] runs the same
-//! code inside one process for tests and benchmarks.
+//! ([`quic`]) is the production implementation, [`qmux`] carries the same
+//! stream semantics over TLS/TCP where UDP is blocked, [`fallback`] chooses
+//! between the two, and [`memory`] runs the same code inside one process for
+//! tests and benchmarks.
 
+pub mod fallback;
 pub mod memory;
+pub mod qmux;
 pub mod quic;
 
 use std::fmt;

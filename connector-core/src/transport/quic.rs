@@ -197,9 +197,10 @@ impl QuicConnector {
     }
 }
 
-impl Connector for QuicConnector {
-    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Connection>, TransportError>> {
-        Box::pin(async move {
+impl QuicConnector {
+    /// [`Connector::connect`], returning the concrete connection (for its statistics).
+    pub async fn connect_quic(&self) -> Result<QuicConnection, TransportError> {
+        {
             let addr = tokio::net::lookup_host(&self.server)
                 .await
                 .map_err(|e| TransportError::Connect(format!("cannot resolve {}: {e}", self.server)))?
@@ -217,8 +218,14 @@ impl Connector for QuicConnector {
                 .await
                 .map_err(|_| TransportError::Connect(format!("handshake with {addr} timed out")))?
                 .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
-            Ok(Arc::new(QuicConnection::new(conn, Some(endpoint))) as Arc<dyn Connection>)
-        })
+            Ok(QuicConnection::new(conn, Some(endpoint)))
+        }
+    }
+}
+
+impl Connector for QuicConnector {
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Connection>, TransportError>> {
+        Box::pin(async move { Ok(Arc::new(self.connect_quic().await?) as Arc<dyn Connection>) })
     }
 
     fn describe(&self) -> String {
@@ -227,7 +234,7 @@ impl Connector for QuicConnector {
 }
 
 /// One QUIC connection.
-struct QuicConnection {
+pub struct QuicConnection {
     conn: quinn::Connection,
     peer: PeerInfo,
     /// The agent's own endpoint, kept alive and closed with the connection.
@@ -246,6 +253,11 @@ impl QuicConnection {
             certificates,
         };
         Self { conn, peer, endpoint }
+    }
+
+    /// quinn's counters for this connection (packets sent and lost, ACKs, RTT), for path-quality checks.
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
     }
 }
 

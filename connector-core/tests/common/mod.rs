@@ -1,10 +1,10 @@
 //! Shared harness for the end-to-end tests: a server, agents and TCP targets
-//! on loopback, over real QUIC or the in-memory transport.
+//! on loopback, over real QUIC, real TCP (QMux) or the in-memory transport.
 
 #![allow(dead_code)]
 
 /// Instantiates `$name(kind)` as one test per transport.
-macro_rules! on_both_transports {
+macro_rules! on_all_transports {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             use super::*;
@@ -15,6 +15,10 @@ macro_rules! on_both_transports {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn memory() {
                 guard(super::$name(Kind::Memory)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                guard(super::$name(Kind::Tcp)).await
             }
         }
     )*};
@@ -33,6 +37,8 @@ use connector_core::proto::{Credential, Secret};
 use connector_core::server::{Server, ServerConfig};
 use connector_core::tls::{AgentTls, Identity, ServerTls};
 use connector_core::transport::memory::{self, MemoryConnector};
+use connector_core::transport::qmux::proxy::ProxyChoice;
+use connector_core::transport::qmux::{QmuxConnector, QmuxListener, QmuxSettings};
 use connector_core::transport::quic::{QuicConnector, QuicListener, QuicSettings};
 use connector_core::transport::{Connector, Listener};
 use sha2::{Digest, Sha256};
@@ -44,6 +50,8 @@ use tokio::net::TcpListener;
 pub enum Kind {
     Quic,
     Memory,
+    /// TLS + QMux over TCP.
+    Tcp,
 }
 
 /// Tokens the harness server accepts: `token-<name>` for identity `<name>`,
@@ -89,15 +97,21 @@ impl RawTransport {
     pub fn new(kind: Kind) -> RawTransport {
         init_tracing();
         let ca = ThrowawayCa::new("connector test CA").unwrap();
+        let tls = ServerTls {
+            identity: ca
+                .issue("connector server", &["localhost", "127.0.0.1"])
+                .unwrap()
+                .identity(),
+            client_cas: Some(vec![ca.cert_der()]),
+        };
         let (listener, quic_addr, memory): (Arc<dyn Listener>, _, _) = match kind {
+            Kind::Tcp => {
+                let listener =
+                    QmuxListener::bind("127.0.0.1:0".parse().unwrap(), &tls, &QmuxSettings::default()).unwrap();
+                let addr = listener.local_socket_addr().unwrap();
+                (Arc::new(listener), Some(addr), None)
+            }
             Kind::Quic => {
-                let tls = ServerTls {
-                    identity: ca
-                        .issue("connector server", &["localhost", "127.0.0.1"])
-                        .unwrap()
-                        .identity(),
-                    client_cas: Some(vec![ca.cert_der()]),
-                };
                 let listener =
                     QuicListener::bind("127.0.0.1:0".parse().unwrap(), &tls, &QuicSettings::default()).unwrap();
                 let addr = listener.local_socket_addr().unwrap();
@@ -128,6 +142,16 @@ impl RawTransport {
                 };
                 let settings = QuicSettings::default();
                 Arc::new(QuicConnector::new(self.quic_addr.unwrap().to_string(), &tls, &settings).unwrap())
+            }
+            Kind::Tcp => {
+                let tls = AgentTls {
+                    server_cas: vec![self.ca.cert_der()],
+                    server_name: "localhost".into(),
+                    client_identity: client,
+                };
+                let connector =
+                    QmuxConnector::new(self.quic_addr.unwrap().to_string(), &tls, &QmuxSettings::default()).unwrap();
+                Arc::new(connector.with_proxy(ProxyChoice::Direct))
             }
             Kind::Memory => {
                 let chain = client.map(|id| id.chain().to_vec()).unwrap_or_default();

@@ -1,0 +1,411 @@
+//! Choosing between QUIC and the TCP fallback (QMux) on the agent.
+//!
+//! In [`TransportMode::Auto`] the [`FallbackConnector`] tries QUIC first,
+//! within [`FallbackSettings::quic_connect_timeout`], and falls back to TCP.
+//! It keeps watching what it handed out:
+//!
+//! * a QUIC connection whose path is starved (see [`Degradation`]) is marked
+//!   [`Connection::superseded`] and later connects prefer TCP;
+//! * while on TCP, a real QUIC handshake is attempted every
+//!   [`FallbackSettings::probe_interval`] (±25 % jitter; doubled for every
+//!   degraded QUIC path since QUIC last stayed healthy for 30 windows, up to
+//!   32×, so a path that passes handshakes but starves data does not make the
+//!   agent flap); once one succeeds the TCP connection is superseded ("QUIC
+//!   reachable again") and the next connect uses QUIC.
+//!
+//! The agent reacts to `superseded()` by connecting again and draining the
+//! old connection, so tunnelled connections in flight survive a switch.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use super::qmux::QmuxConnector;
+use super::quic::{QuicConnection, QuicConnector};
+use super::{BiStream, BoxFuture, Connection, Connector, PeerInfo, TransportError};
+use crate::proto::ConnectionCode;
+
+/// Which transport the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportMode {
+    /// QUIC, falling back to TCP when QUIC cannot connect or degrades, and back when QUIC works again.
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TCP (TLS + QMux) only.
+    Tcp,
+}
+
+impl FromStr for TransportMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "quic" => Ok(Self::Quic),
+            "tcp" => Ok(Self::Tcp),
+            other => Err(format!("unknown transport {other:?}: expected auto, quic or tcp")),
+        }
+    }
+}
+
+impl fmt::Display for TransportMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Quic => "quic",
+            Self::Tcp => "tcp",
+        })
+    }
+}
+
+/// When a QUIC path counts as starved. Counters are quinn's, compared over a
+/// sliding `window` sampled every `sample`: the path is degraded when at
+/// least `min_packets` were sent and `loss_ratio` of them were declared lost,
+/// or when at least `stall_packets` were sent and no ACK at all came back.
+#[derive(Debug, Clone)]
+pub struct Degradation {
+    /// Span of the sliding window.
+    pub window: Duration,
+    /// How often the counters are read.
+    pub sample: Duration,
+    /// Packets sent in the window before the loss ratio is judged.
+    pub min_packets: u64,
+    /// Share of sent packets declared lost that counts as starved.
+    pub loss_ratio: f64,
+    /// Packets sent in the window without any ACK that counts as starved.
+    pub stall_packets: u64,
+}
+
+impl Default for Degradation {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(10),
+            sample: Duration::from_secs(1),
+            min_packets: 20,
+            loss_ratio: 0.3,
+            stall_packets: 8,
+        }
+    }
+}
+
+/// Settings of the [`FallbackConnector`].
+#[derive(Debug, Clone)]
+pub struct FallbackSettings {
+    /// Which transport to use.
+    pub mode: TransportMode,
+    /// How long a QUIC connection attempt may take before TCP is used (auto mode).
+    pub quic_connect_timeout: Duration,
+    /// How often to try QUIC again while on TCP (auto mode; ±25 % jitter).
+    pub probe_interval: Duration,
+    /// When a QUIC path counts as degraded (auto mode).
+    pub degradation: Degradation,
+}
+
+impl Default for FallbackSettings {
+    fn default() -> Self {
+        Self {
+            mode: TransportMode::Auto,
+            quic_connect_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(60),
+            degradation: Degradation::default(),
+        }
+    }
+}
+
+struct State {
+    prefer_tcp: bool,
+    last: Option<&'static str>,
+    /// QUIC paths found degraded since QUIC last stayed healthy; each one
+    /// doubles the probe interval (up to 32×), so a path that lets
+    /// handshakes through but starves data does not make the agent flap.
+    degradations: u32,
+}
+
+/// A QUIC connection healthy for this many degradation windows clears the probe back-off.
+const HEALTHY_WINDOWS: u32 = 30;
+
+/// A [`Connector`] over QUIC and TCP (QMux), switching between them as the network allows.
+pub struct FallbackConnector {
+    quic: Arc<QuicConnector>,
+    tcp: Arc<QmuxConnector>,
+    settings: FallbackSettings,
+    state: Arc<Mutex<State>>,
+}
+
+impl FallbackConnector {
+    /// Combines a QUIC and a TCP connector to the same server.
+    pub fn new(quic: QuicConnector, tcp: QmuxConnector, settings: FallbackSettings) -> Self {
+        Self {
+            quic: Arc::new(quic),
+            tcp: Arc::new(tcp),
+            settings,
+            state: Arc::new(Mutex::new(State {
+                prefer_tcp: false,
+                last: None,
+                degradations: 0,
+            })),
+        }
+    }
+
+    /// Whether the next automatic connect goes to TCP first.
+    pub fn prefers_tcp(&self) -> bool {
+        self.state.lock().unwrap().prefer_tcp
+    }
+
+    fn handed_out(&self, conn: &Arc<dyn Connection>) {
+        let now = conn.transport();
+        let before = self.state.lock().unwrap().last.replace(now);
+        match before {
+            Some(before) if before != now => {
+                tracing::info!(from = before, to = now, server = %self.describe(), "agent transport switched")
+            }
+            None => tracing::info!(transport = now, "agent transport chosen"),
+            _ => {}
+        }
+    }
+
+    async fn try_quic(&self) -> Result<QuicConnection, TransportError> {
+        let bound = self.settings.quic_connect_timeout;
+        tokio::time::timeout(bound, self.quic.connect_quic())
+            .await
+            .unwrap_or_else(|_| {
+                Err(TransportError::Connect(format!(
+                    "QUIC did not connect within {bound:?}"
+                )))
+            })
+    }
+
+    async fn connect_auto(&self) -> Result<Arc<dyn Connection>, TransportError> {
+        let prefer_tcp = self.prefers_tcp();
+        let quic_error = if prefer_tcp {
+            None
+        } else {
+            match self.try_quic().await {
+                Ok(conn) => return Ok(self.watch_quic(conn)),
+                Err(e) => {
+                    tracing::info!(error = %e, "QUIC unavailable; falling back to TCP");
+                    self.state.lock().unwrap().prefer_tcp = true;
+                    Some(e)
+                }
+            }
+        };
+        match self.tcp.connect().await {
+            Ok(conn) => Ok(self.watch_tcp(conn)),
+            Err(tcp_error) => {
+                let quic_error = match quic_error {
+                    Some(e) => e,
+                    // On TCP by preference and TCP failed: QUIC may be back.
+                    None => match self.try_quic().await {
+                        Ok(conn) => {
+                            self.state.lock().unwrap().prefer_tcp = false;
+                            return Ok(self.watch_quic(conn));
+                        }
+                        Err(e) => e,
+                    },
+                };
+                Err(TransportError::Connect(format!(
+                    "neither QUIC ({quic_error}) nor TCP ({tcp_error}) could connect"
+                )))
+            }
+        }
+    }
+
+    fn watch_quic(&self, conn: QuicConnection) -> Arc<dyn Connection> {
+        let conn = Arc::new(conn);
+        let (tx, rx) = watch::channel(None);
+        let monitor = tokio::spawn(watch_degradation(
+            conn.clone(),
+            self.settings.degradation.clone(),
+            self.state.clone(),
+            tx,
+        ));
+        let conn: Arc<dyn Connection> = Arc::new(Supervised {
+            inner: conn,
+            superseded: rx,
+            monitor: monitor.abort_handle(),
+        });
+        self.handed_out(&conn);
+        conn
+    }
+
+    fn watch_tcp(&self, conn: Arc<dyn Connection>) -> Arc<dyn Connection> {
+        let (tx, rx) = watch::channel(None);
+        let monitor = tokio::spawn(probe_quic(
+            self.quic.clone(),
+            self.settings.clone(),
+            self.state.clone(),
+            conn.closed(),
+            tx,
+        ));
+        let conn: Arc<dyn Connection> = Arc::new(Supervised {
+            inner: conn,
+            superseded: rx,
+            monitor: monitor.abort_handle(),
+        });
+        self.handed_out(&conn);
+        conn
+    }
+}
+
+impl Connector for FallbackConnector {
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Connection>, TransportError>> {
+        Box::pin(async move {
+            let conn = match self.settings.mode {
+                TransportMode::Quic => self.quic.connect().await?,
+                TransportMode::Tcp => self.tcp.connect().await?,
+                TransportMode::Auto => return self.connect_auto().await,
+            };
+            self.handed_out(&conn);
+            Ok(conn)
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self.settings.mode {
+            TransportMode::Quic => self.quic.describe(),
+            TransportMode::Tcp => self.tcp.describe(),
+            TransportMode::Auto => format!("{} (falling back to {})", self.quic.describe(), self.tcp.describe()),
+        }
+    }
+}
+
+/// Samples quinn's counters and supersedes the connection once its path is starved.
+async fn watch_degradation(
+    conn: Arc<QuicConnection>,
+    limits: Degradation,
+    state: Arc<Mutex<State>>,
+    superseded: watch::Sender<Option<String>>,
+) {
+    let mut samples: VecDeque<(Instant, u64, u64, u64)> = VecDeque::new();
+    let started = Instant::now();
+    let mut cleared = false;
+    let mut tick = tokio::time::interval(limits.sample);
+    let closed = conn.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut closed => return,
+        }
+        let stats = conn.stats();
+        let now = Instant::now();
+        samples.push_back((
+            now,
+            stats.path.sent_packets,
+            stats.path.lost_packets,
+            stats.frame_rx.acks,
+        ));
+        while samples.front().is_some_and(|s| now.duration_since(s.0) > limits.window) {
+            samples.pop_front();
+        }
+        let (Some(first), Some(last)) = (samples.front(), samples.back()) else {
+            continue;
+        };
+        let sent = last.1 - first.1;
+        let lost = last.2 - first.2;
+        let acks = last.3 - first.3;
+        let lossy = sent >= limits.min_packets && lost as f64 >= limits.loss_ratio * sent as f64;
+        let stalled = sent >= limits.stall_packets && acks == 0;
+        if lossy || stalled {
+            let reason = format!(
+                "QUIC path degraded: {lost} of {sent} packets lost and {acks} ACKs received in {:?}",
+                last.0.duration_since(first.0)
+            );
+            tracing::info!(%reason, "switching to TCP");
+            {
+                let mut state = state.lock().unwrap();
+                state.prefer_tcp = true;
+                state.degradations = state.degradations.saturating_add(1);
+            }
+            superseded.send_replace(Some(reason));
+            return;
+        }
+        if !cleared && now.duration_since(started) >= limits.window * HEALTHY_WINDOWS {
+            cleared = true;
+            state.lock().unwrap().degradations = 0;
+        }
+    }
+}
+
+/// While on TCP: tries a QUIC handshake now and then, and supersedes the TCP connection once one succeeds.
+async fn probe_quic(
+    quic: Arc<QuicConnector>,
+    settings: FallbackSettings,
+    state: Arc<Mutex<State>>,
+    closed: BoxFuture<'static, TransportError>,
+    superseded: watch::Sender<Option<String>>,
+) {
+    tokio::pin!(closed);
+    loop {
+        let backoff = 1u32 << state.lock().unwrap().degradations.min(5);
+        let jitter = rand::rng().random_range(0.75..1.25);
+        let wait = (settings.probe_interval * backoff).mul_f64(jitter);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut closed => return,
+        }
+        let bound = settings.quic_connect_timeout;
+        match tokio::time::timeout(bound, quic.connect_quic()).await {
+            Ok(Ok(probe)) => {
+                probe.close(ConnectionCode::Normal, "transport probe");
+                tracing::info!("QUIC reachable again; switching back from TCP");
+                state.lock().unwrap().prefer_tcp = false;
+                superseded.send_replace(Some("QUIC reachable again".into()));
+                return;
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "QUIC probe failed; staying on TCP"),
+            Err(_) => tracing::debug!(?bound, "QUIC probe timed out; staying on TCP"),
+        }
+    }
+}
+
+/// A connection handed out by the [`FallbackConnector`], with its watcher.
+struct Supervised<C: ?Sized> {
+    inner: Arc<C>,
+    superseded: watch::Receiver<Option<String>>,
+    monitor: AbortHandle,
+}
+
+impl<C: ?Sized> Drop for Supervised<C> {
+    fn drop(&mut self) {
+        self.monitor.abort();
+    }
+}
+
+impl<C: Connection + ?Sized> Connection for Supervised<C> {
+    fn open_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
+        self.inner.open_bi()
+    }
+    fn accept_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
+        self.inner.accept_bi()
+    }
+    fn close(&self, code: ConnectionCode, reason: &str) {
+        self.inner.close(code, reason)
+    }
+    fn closed(&self) -> BoxFuture<'static, TransportError> {
+        self.inner.closed()
+    }
+    fn peer(&self) -> PeerInfo {
+        self.inner.peer()
+    }
+    fn transport(&self) -> &'static str {
+        self.inner.transport()
+    }
+    fn superseded(&self) -> BoxFuture<'static, String> {
+        let mut rx = self.superseded.clone();
+        Box::pin(async move {
+            let reason = rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+            match reason {
+                Some(reason) => reason,
+                None => std::future::pending().await,
+            }
+        })
+    }
+}
