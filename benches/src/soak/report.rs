@@ -241,7 +241,10 @@ impl Recorder {
             reasons.push(format!("{} exchanges lost or corrupted data", totals.corrupted));
         }
         if totals.failed > 0 {
-            reasons.push(format!("{} exchanges were cut with no agent killed", totals.failed));
+            reasons.push(format!(
+                "{} established tunnels were cut with no agent down",
+                totals.failed
+            ));
         }
         if !growing.is_empty() {
             reasons.push(format!("keeps growing after warm-up: {}", growing.join("; ")));

@@ -234,7 +234,7 @@ async fn open(proxy: SocketAddr, target: SocketAddr) -> Result<TcpStream, Troubl
     }
     if !head.starts_with(b"HTTP/1.1 200") {
         let status = String::from_utf8_lossy(&head);
-        return Err(Trouble::Cut(format!(
+        return Err(Trouble::Refused(format!(
             "CONNECT answered {:?}",
             status.lines().next().unwrap_or("")
         )));
