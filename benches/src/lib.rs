@@ -1,7 +1,8 @@
 //! Shared pieces of connector's benchmarks: a small TCP target service with
 //! an echo, a sink and a source mode ([`target`]), the client side of each
 //! measurement ([`client`]), and a server + agent pair over QUIC on loopback
-//! or over the in-memory transport ([`harness`]).
+//! or over the in-memory transport ([`harness`]); and the soak test's
+//! driver ([`soak`]).
 //!
 //! The criterion benches (`benches/tunnel.rs`, `benches/codec.rs`) and the
 //! `netbench` program behind `benches/compare.sh` both use them, so every row
@@ -12,6 +13,7 @@
 
 pub mod client;
 pub mod harness;
+pub mod soak;
 pub mod target;
 
 /// Size of the buffers used for bulk reads and writes (256 KiB).

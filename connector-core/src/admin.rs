@@ -1,5 +1,5 @@
 //! The admin HTTP listener of a server or an agent: `/metrics` (Prometheus
-//! text format), `/healthz` (the process is alive) and `/readyz` (a server
+//! text format, plus the runtime's gauges from [`crate::metrics::render_runtime`]), `/healthz` (the process is alive) and `/readyz` (a server
 //! accepts agents; an agent holds a session with its server).
 //!
 //! A deliberately small HTTP/1.1 responder: `GET` only, one request per
@@ -107,7 +107,8 @@ async fn handle(mut tcp: TcpStream, target: &dyn AdminTarget) -> io::Result<()> 
     let path = path.split('?').next().unwrap_or(path);
     match path {
         "/metrics" => {
-            let page = target.render_metrics();
+            let mut page = target.render_metrics();
+            page.push_str(&crate::metrics::render_runtime());
             respond(&mut tcp, 200, "text/plain; version=0.0.4; charset=utf-8", &page).await
         }
         "/healthz" | "/livez" => respond(&mut tcp, 200, "text/plain", "ok\n").await,
@@ -155,4 +156,76 @@ async fn respond(tcp: &mut TcpStream, status: u16, content_type: &str, body: &st
     tcp.write_all(head.as_bytes()).await?;
     tcp.write_all(body.as_bytes()).await?;
     tcp.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl AdminTarget for Nothing {
+        fn render_metrics(&self) -> String {
+            String::new()
+        }
+
+        fn readiness(&self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// `GET /metrics` from `addr`, returning the value of the sample `name`.
+    async fn scrape(addr: std::net::SocketAddr, name: &str) -> i64 {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect to the admin listener");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains(&format!("# TYPE {name} gauge\n")), "{response}");
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in:\n{response}"))
+    }
+
+    #[tokio::test]
+    async fn metrics_page_counts_the_runtime_alive_tasks() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, Arc::new(Nothing)));
+        let guard = Duration::from_secs(30);
+        let before = tokio::time::timeout(guard, scrape(addr, "connector_runtime_alive_tasks"))
+            .await
+            .expect("first scrape hung");
+        assert!(before >= 1, "the admin listener itself is a task, got {before}");
+
+        let (release, parked) = tokio::sync::watch::channel(false);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let mut parked = parked.clone();
+                tokio::spawn(async move { while parked.changed().await.is_ok() && !*parked.borrow() {} })
+            })
+            .collect();
+        let during = tokio::time::timeout(guard, scrape(addr, "connector_runtime_alive_tasks"))
+            .await
+            .expect("second scrape hung");
+        assert!(during >= before + 50, "50 parked tasks more: {before} -> {during}");
+        assert!(
+            tokio::time::timeout(guard, scrape(addr, "connector_runtime_workers"))
+                .await
+                .expect("hung")
+                >= 1
+        );
+
+        release.send(true).unwrap();
+        for task in tasks {
+            tokio::time::timeout(guard, task)
+                .await
+                .expect("parked task did not end")
+                .unwrap();
+        }
+        server.abort();
+    }
 }

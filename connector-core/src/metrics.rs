@@ -413,6 +413,30 @@ impl AgentMetrics {
     }
 }
 
+/// Gauges of the tokio runtime the caller runs on (empty outside a runtime):
+/// alive tasks and worker threads. Appended to every `/metrics` page, so that
+/// a task leak shows as a number that keeps growing.
+pub fn render_runtime() -> String {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return String::new();
+    };
+    let runtime = handle.metrics();
+    let mut page = TextEncoder::new();
+    page.gauge(
+        "connector_runtime_alive_tasks",
+        "Tasks spawned on the process's tokio runtime and not yet finished.",
+        &[],
+        runtime.num_alive_tasks() as i64,
+    );
+    page.gauge(
+        "connector_runtime_workers",
+        "Worker threads of the process's tokio runtime.",
+        &[],
+        runtime.num_workers() as i64,
+    );
+    page.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
