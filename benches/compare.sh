@@ -102,7 +102,6 @@ run --label connector-quic --addr 127.0.0.1:17010 --pids "$CSERVER,$CAGENT"
 "$NB" probe --addr "unix:$WORK/connector.sock" --connect-target 127.0.0.1:17001
 run --label connector-quic-connect --addr "unix:$WORK/connector.sock" --connect-target 127.0.0.1:17001 \
 	--pids "$CSERVER,$CAGENT"
-note "connector-tcp: not measured, the TCP fallback transport (issue 5) does not exist yet"
 
 # Idle connections through one agent: RSS growth of server + agent per connection.
 if [ "$(ulimit -n)" -gt $((IDLE_N + 1000)) ]; then
@@ -114,6 +113,14 @@ fi
 # Idle agents on one server: the server's RSS growth per agent (agents in one netbench process).
 "$NB" agents --server 127.0.0.1:17443 --ca "$WORK/pki/ca.pem" --token-file "$WORK/pki/node-a.token" \
 	--n "$AGENTS_N" --server-pid "$CSERVER" | tee "$WORK/agents.txt" >&2 || note "idle agents: failed (see above)"
+# 3b. connector over its TCP fallback transport (TLS + QMux) to the same server.
+stop "$CAGENT"
+start connector-agent-tcp "$CONNECTOR" agent --server 127.0.0.1:17443 --ca "$WORK/pki/ca.pem" --agent-id node-a \
+	--token-file "$WORK/pki/node-a.token" --identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32 \
+	--max-connections 20000 --transport tcp
+CAGENT=$LAST
+"$NB" probe --addr 127.0.0.1:17010
+run --label connector-tcp --addr 127.0.0.1:17010 --pids "$CSERVER,$CAGENT"
 stop "$CSERVER" "$CAGENT"
 
 # 4. rathole, plain tcp and noise.
