@@ -218,6 +218,9 @@ impl Session {
         }
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
+        // A failed accept ends accepting, not the wait: open tunnelled
+        // connections end by themselves if the connection is gone.
+        let mut accepting = true;
         loop {
             tokio::select! {
                 _ = self.tasks.wait() => break,
@@ -226,9 +229,12 @@ impl Session {
                     tracing::info!(server_id = %self.server_id, open = self.tasks.len(), "drain grace over; closing the session");
                     break;
                 }
-                bi = self.conn.accept_bi() => match bi {
+                bi = self.conn.accept_bi(), if accepting => match bi {
                     Ok(bi) => { self.tasks.spawn(serve_stream(bi, ctx.clone())); }
-                    Err(_) => break,
+                    Err(err) => {
+                        tracing::debug!(%err, "draining session stops accepting");
+                        accepting = false;
+                    }
                 },
             }
         }
