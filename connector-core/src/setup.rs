@@ -183,17 +183,33 @@ impl ServerSetup {
             congestion: self.congestion,
             ..Default::default()
         };
-        let listener = QuicListener::bind(self.listen, &tls, &settings)?;
-        let local_addr = listener.local_socket_addr().map_err(SetupError::LocalAddr)?;
         let tcp_settings = QmuxSettings {
             keepalive: self.keepalive,
             idle_timeout: self.idle_timeout,
             ..Default::default()
         };
-        let tcp_listener = match self.tcp_listen {
-            TcpListen::Off => None,
-            TcpListen::SameAsQuic => Some(QmuxListener::bind(local_addr, &tls, &tcp_settings)?),
-            TcpListen::At(addr) => Some(QmuxListener::bind(addr, &tls, &tcp_settings)?),
+        // With port 0 the UDP port is free but the same TCP port may not be:
+        // pick another pair a few times before giving up.
+        let attempts = if self.listen.port() == 0 && matches!(self.tcp_listen, TcpListen::SameAsQuic) {
+            16
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        let (listener, local_addr, tcp_listener) = loop {
+            attempt += 1;
+            let listener = QuicListener::bind(self.listen, &tls, &settings)?;
+            let local_addr = listener.local_socket_addr().map_err(SetupError::LocalAddr)?;
+            let tcp = match self.tcp_listen {
+                TcpListen::Off => Ok(None),
+                TcpListen::SameAsQuic => QmuxListener::bind(local_addr, &tls, &tcp_settings).map(Some),
+                TcpListen::At(addr) => QmuxListener::bind(addr, &tls, &tcp_settings).map(Some),
+            };
+            match tcp {
+                Ok(tcp) => break (listener, local_addr, tcp),
+                Err(_) if attempt < attempts => continue,
+                Err(err) => return Err(err.into()),
+            }
         };
         let tcp_addr = match &tcp_listener {
             Some(l) => Some(l.local_socket_addr().map_err(SetupError::LocalAddr)?),
