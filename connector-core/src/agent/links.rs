@@ -55,10 +55,20 @@ pub(super) struct Servers {
 impl Servers {
     /// Distinct server ids held now.
     pub(super) fn distinct(&self) -> usize {
-        let mut ids: Vec<&str> = self.live.values().map(|s| s.server_id.as_str()).collect();
+        self.ids_except(None).len()
+    }
+
+    /// The distinct server ids held by every link but `except`, sorted.
+    fn ids_except(&self, except: Option<usize>) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(i, _)| Some(**i) != except)
+            .map(|(_, s)| s.server_id.clone())
+            .collect();
         ids.sort_unstable();
         ids.dedup();
-        ids.len()
+        ids
     }
 }
 
@@ -85,16 +95,7 @@ impl Shared {
 
     /// Server ids held by links other than `index`.
     fn held_by_others(&self, index: usize) -> Vec<String> {
-        let servers = self.servers.borrow();
-        let mut ids: Vec<String> = servers
-            .live
-            .iter()
-            .filter(|(i, _)| **i != index)
-            .map(|(_, s)| s.server_id.clone())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        self.servers.borrow().ids_except(Some(index))
     }
 
     fn set_live(&self, index: usize, session: Option<ServerSession>, discovery: &Discovery, server_count: u16) {
