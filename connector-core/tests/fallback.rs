@@ -195,9 +195,6 @@ async fn udp_blocked_agent_connects_over_tcp_and_returns_to_quic_when_unblocked(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: on the QMux transport the tunnelled connection sees an early end while the superseded \
-            session drains (the agent's splice ends with the target's answer); the QUIC make-before-break \
-            test in replicas.rs passes"]
 async fn return_to_quic_keeps_in_flight_tunnelled_connections() {
     guard(async {
         let s = two_listeners();
@@ -241,6 +238,7 @@ async fn return_to_quic_keeps_in_flight_tunnelled_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degraded_quic_path_falls_back_to_tcp() {
     guard(async {
+        init_tracing();
         let s = two_listeners();
         let udp = UdpImpairProxy::start(vec![s.quic], 4).await.unwrap();
         let connector = Arc::new(fallback(&s.ca, udp.local_addr(), s.tcp, fast_settings()));
@@ -249,17 +247,24 @@ async fn degraded_quic_path_falls_back_to_tcp() {
         let (transport, conn) = recording.nth(1).await;
         assert_eq!(transport, "quic", "a clean path uses QUIC");
 
-        // The handshake went through; now most datagrams disappear while data waits to be sent.
+        // A tunnelled connection that streams from the node (like `kubectl logs -f`)
+        // is open and flowing; then most datagrams disappear while the agent has
+        // data to send.
+        let source = source_target().await;
+        let mut stream = s
+            .server
+            .dial(&Selector::Agent("node-a".into()), &source.to_string())
+            .await
+            .unwrap();
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.unwrap();
         udp.set(Impairment {
             drop: 0.7,
             ..Default::default()
         });
-        let echo = echo_target().await;
-        let server = s.server.clone();
         let traffic = tokio::spawn(async move {
-            if let Ok(mut stream) = server.dial(&Selector::Agent("node-a".into()), &echo.to_string()).await {
-                let _ = stream.write_all(&pattern(4 * 1024 * 1024, 5)).await;
-            }
+            let mut buf = vec![0u8; 64 * 1024];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
         });
         let reason = superseded_within(&conn, Duration::from_secs(60)).await;
         assert!(reason.contains("degraded"), "{reason}");
@@ -269,6 +274,21 @@ async fn degraded_quic_path_falls_back_to_tcp() {
         traffic.abort();
     })
     .await
+}
+
+/// A TCP server that writes to every connection until the connection fails.
+async fn source_target() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = pattern(64 * 1024, 11);
+                while tcp.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    addr
 }
 
 /// A minimal HTTP CONNECT proxy: resolves targets through `names` only (the

@@ -311,8 +311,6 @@ impl Connector for ReplaceableConnector {
     }
 }
 
-// Not yet on the TCP (QMux) transport: there the server's read of the old
-// connection's last bytes fails once the agent closes it (open; see fallback.rs).
 mod a_superseded_connection_is_replaced_without_cutting_open_ones {
     use super::*;
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,6 +324,13 @@ mod a_superseded_connection_is_replaced_without_cutting_open_ones {
     async fn memory() {
         guard(super::a_superseded_connection_is_replaced_without_cutting_open_ones(
             Kind::Memory,
+        ))
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp() {
+        guard(super::a_superseded_connection_is_replaced_without_cutting_open_ones(
+            Kind::Tcp,
         ))
         .await
     }

@@ -313,6 +313,7 @@ async fn watch_degradation(
         let acks = last.3 - first.3;
         let lossy = sent >= limits.min_packets && lost as f64 >= limits.loss_ratio * sent as f64;
         let stalled = sent >= limits.stall_packets && acks == 0;
+        tracing::trace!(sent, lost, acks, "QUIC path sample");
         if lossy || stalled {
             let reason = format!(
                 "QUIC path degraded: {lost} of {sent} packets lost and {acks} ACKs received in {:?}",

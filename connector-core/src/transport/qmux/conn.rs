@@ -162,6 +162,8 @@ pub struct Conn {
     next_keepalive: Instant,
     error: Option<ConnError>,
     close_frame: Option<Frame>,
+    /// A local close: stream data queued before it is sent ahead of CONNECTION_CLOSE.
+    flush_before_close: bool,
     accept_wakers: Vec<Waker>,
     open_wakers: Vec<Waker>,
 }
@@ -208,6 +210,7 @@ impl Conn {
             next_keepalive: now + config.keepalive,
             error: None,
             close_frame: None,
+            flush_before_close: false,
             accept_wakers: Vec::new(),
             open_wakers: Vec::new(),
             config,
@@ -266,7 +269,9 @@ impl Conn {
         self.error = Some(error);
         self.close_frame = close;
         self.control.clear();
-        self.send_queue.clear();
+        if !self.flush_before_close {
+            self.send_queue.clear();
+        }
         self.wake_all();
     }
 
@@ -283,10 +288,18 @@ impl Conn {
         );
     }
 
-    /// Closes the connection with an application code and reason.
+    /// Closes the connection with an application code and reason. Stream data
+    /// already accepted (written, or a FIN) is still sent, ahead of the
+    /// CONNECTION_CLOSE: the byte stream is ordered, so a peer reads everything
+    /// written before the close, as it would from a QUIC stream that was
+    /// acknowledged before the connection closed.
     pub fn close(&mut self, code: u64, reason: &str) {
+        if self.error.is_some() {
+            return;
+        }
         let cut = reason.len().min(frame::MAX_REASON_LEN);
         let cut = (0..=cut).rev().find(|&i| reason.is_char_boundary(i)).unwrap_or(0);
+        self.flush_before_close = true;
         self.fail(
             ConnError::LocallyClosed,
             Some(Frame::ConnectionClose {
@@ -791,13 +804,13 @@ impl Conn {
 
     /// Appends records to `out` (about `budget` bytes at most); `false` when there was nothing to send.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>, budget: usize) -> bool {
-        if let Some(close) = self.close_frame.take() {
+        if self.error.is_some() && !self.flush_before_close {
+            let Some(close) = self.close_frame.take() else {
+                return false;
+            };
             frame::put_varint(out, close.encoded_len() as u64);
             close.encode(out);
             return true;
-        }
-        if self.error.is_some() {
-            return false;
         }
         let start = out.len();
         while out.len() - start < budget {
@@ -812,7 +825,15 @@ impl Conn {
             out[record_start] = 0x40 | (len >> 8) as u8;
             out[record_start + 1] = len as u8;
         }
-        out.len() > start
+        if out.len() > start {
+            return true;
+        }
+        if self.error.is_some() {
+            // Closing, and the queued stream data is all out: the close goes next.
+            self.flush_before_close = false;
+            return self.poll_transmit(out, budget);
+        }
+        false
     }
 
     fn fill_record(&mut self, out: &mut Vec<u8>, limit: usize) {
@@ -1068,6 +1089,28 @@ mod tests {
                 reason: "bye".into()
             })
         );
+    }
+
+    #[test]
+    fn data_written_before_a_local_close_reaches_the_peer_ahead_of_it() {
+        let (mut c, mut s, now) = pair();
+        let id = ready(c.poll_open(&cx())).unwrap();
+        let data = vec![9u8; 50_000];
+        assert_eq!(ready(c.poll_write(id, &cx(), &data)), Ok(data.len()));
+        c.finish(id).unwrap();
+        c.close(0, "superseded");
+        assert!(
+            matches!(ready(c.poll_write(id, &cx(), b"late")), Err(StreamError::Connection(_))),
+            "nothing is accepted after the close"
+        );
+        assert!(!c.is_drained(), "queued stream data still to send");
+        pump(&mut c, &mut s, now);
+        assert!(c.is_drained());
+        let sid = ready(s.poll_accept(&cx())).unwrap();
+        assert_eq!(read_all(&mut s, sid), data);
+        let mut buf = [0u8; 8];
+        assert_eq!(ready(s.poll_read(sid, &cx(), &mut buf)), Ok(0), "FIN before the close");
+        assert!(matches!(s.error(), Some(ConnError::ClosedByPeer { code: 0, .. })));
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub const QMUX_ALPN: &[u8] = b"connector/1-qx01";
 
 /// Bytes written to the socket per batch.
 const WRITE_BATCH: usize = 64 * 1024;
+/// How long a closed connection keeps reading until the peer closes too.
+const LINGER: Duration = Duration::from_secs(5);
 
 /// QMux connection settings shared by both ends.
 #[derive(Debug, Clone)]
@@ -387,18 +389,43 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd: R) {
             c.error().is_some()
         });
         if done {
-            return;
+            break;
         }
         buf.reserve(32 * 1024);
         tokio::select! {
             read = rd.read_buf(&mut buf) => match read {
-                Ok(0) => shared.with(|c| c.transport_failed("the server or agent closed the TCP connection".into())),
+                Ok(0) => {
+                    shared.with(|c| c.transport_failed("the server or agent closed the TCP connection".into()));
+                    return;
+                }
                 Ok(_) => {}
-                Err(e) => shared.with(|c| c.transport_failed(format!("TCP connection failed: {e}"))),
+                Err(e) => {
+                    shared.with(|c| c.transport_failed(format!("TCP connection failed: {e}")));
+                    return;
+                }
             },
-            _ = closed.wait_for(Option::is_some) => return,
+            _ = closed.wait_for(Option::is_some) => break,
         }
     }
+    linger(&mut rd, buf).await;
+}
+
+/// After a close, reads (and drops) until the peer ends its side too, for at
+/// most [`LINGER`]. Closing a socket with unread bytes in it makes the kernel
+/// send a reset, and a reset makes the peer's kernel discard what the peer has
+/// not read yet: the last stream data before our close, or the peer's own
+/// CONNECTION_CLOSE.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R, mut buf: BytesMut) {
+    let drain = async {
+        loop {
+            buf.clear();
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut wr: W) {
