@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The agent, in the private network: dials out and serves the server's dials.
     let agent_tls = AgentTls {
-        server_cas: vec![ca.cert_der()],
+        server_cas: vec![ca.cert_der()].into(),
         server_name: "localhost".into(),
         client_identity: None,
     };

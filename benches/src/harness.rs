@@ -68,7 +68,7 @@ impl Tunnel {
             client_cas: None,
         };
         let agent_tls = AgentTls {
-            server_cas: vec![ca.cert_der()],
+            server_cas: vec![ca.cert_der()].into(),
             server_name: "localhost".into(),
             client_identity: None,
         };

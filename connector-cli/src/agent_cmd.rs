@@ -9,7 +9,7 @@ use connector_core::Identifiers;
 use connector_core::agent::{DestinationPolicy, Rule};
 use connector_core::auth::TokenFile;
 use connector_core::setup::{AgentSetup, SetupError};
-use connector_core::tls::{Identity, certs_from_file};
+use connector_core::tls::{CaBundle, Identity};
 use connector_core::transport::fallback::TransportMode;
 use connector_core::transport::qmux::proxy::ProxyChoice;
 use connector_core::transport::quic::CongestionControl;
@@ -23,7 +23,8 @@ pub struct AgentArgs {
     /// report); repeat the flag or separate with commas to list one address per replica.
     #[arg(long, env = "CONNECTOR_SERVER", value_delimiter = ',', required = true)]
     server: Vec<String>,
-    /// CA bundle (PEM) the server's certificate must chain to.
+    /// CA bundle (PEM) the server's certificate must chain to; followed: a changed
+    /// file is used from the next handshake.
     #[arg(long, env = "CONNECTOR_CA")]
     ca: PathBuf,
     /// Name expected on the server's certificate (default: the host part of --server).
@@ -104,7 +105,7 @@ pub struct AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let agent_id = args.agent_id.unwrap_or_else(crate::server_cmd::host_name);
-    let mut setup = AgentSetup::new(String::new(), certs_from_file(&args.ca)?, agent_id);
+    let mut setup = AgentSetup::new(String::new(), CaBundle::from_file(&args.ca)?, agent_id);
     setup.servers = args.server;
     setup.server_name = args.server_name;
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {

@@ -75,7 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             };
             let listener = QuicListener::bind("127.0.0.1:0".parse()?, &tls, &QuicSettings::default())?;
             let agent_tls = AgentTls {
-                server_cas: vec![ca.cert_der()],
+                server_cas: vec![ca.cert_der()].into(),
                 server_name: "localhost".into(),
                 client_identity: None,
             };

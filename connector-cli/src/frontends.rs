@@ -38,7 +38,8 @@ pub struct FrontendArgs {
     /// Private key (PEM) of the TLS frontends.
     #[arg(long, value_name = "FILE")]
     frontend_key: Option<PathBuf>,
-    /// CA bundle (PEM) that frontend clients' certificates must chain to.
+    /// CA bundle (PEM) that frontend clients' certificates must chain to; followed:
+    /// a changed file is used from the next handshake.
     #[arg(long, value_name = "FILE")]
     frontend_client_ca: Option<PathBuf>,
     /// File mode of the frontends' Unix sockets (octal).

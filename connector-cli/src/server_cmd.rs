@@ -9,7 +9,7 @@ use clap::Args;
 use connector_core::auth::TokenAuthenticator;
 use connector_core::server::{Limits, ProxyStrategy};
 use connector_core::setup::{ServerSetup, SetupError, TcpListen};
-use connector_core::tls::{Identity, certs_from_file};
+use connector_core::tls::{CaBundle, Identity};
 use connector_core::transport::quic::CongestionControl;
 
 use crate::frontends::FrontendArgs;
@@ -41,6 +41,7 @@ pub struct ServerArgs {
     tokens: Option<PathBuf>,
     /// CA bundle (PEM) for agents' client certificates (mTLS). The certificate's
     /// common name becomes the identity; its DNS/IP SANs are what it may serve.
+    /// Followed: a changed file is used from the next handshake.
     #[arg(long, env = "CONNECTOR_CLIENT_CA")]
     client_ca: Option<PathBuf>,
     /// This replica's id, reported to agents (default: the host name).
@@ -103,7 +104,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         setup.tokens = Some(TokenAuthenticator::from_file(path)?);
     }
     if let Some(path) = &args.client_ca {
-        setup.client_cas = Some(certs_from_file(path)?);
+        setup.client_cas = Some(CaBundle::from_file(path)?);
     }
     setup.server_id = args.server_id.unwrap_or_else(host_name);
     setup.server_count = args.server_count;

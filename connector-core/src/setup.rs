@@ -20,13 +20,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
-
 use crate::Identifiers;
 use crate::agent::{Agent, AgentConfig, DestinationPolicy};
 use crate::auth::{Authenticator, CertificateAuthenticator, CredentialSource, FirstOf, TokenAuthenticator};
 use crate::server::{Limits, ProxyStrategy, Server, ServerConfig};
-use crate::tls::{AgentTls, Identity, ServerTls};
+use crate::tls::{AgentTls, CaBundle, Identity, ServerTls};
 use crate::transport::Connector;
 use crate::transport::fallback::{FallbackConnector, FallbackSettings, TransportMode};
 use crate::transport::qmux::proxy::{ProxyChoice, ProxyError};
@@ -75,7 +73,7 @@ pub struct ServerSetup {
     /// Bearer-token agents.
     pub tokens: Option<TokenAuthenticator>,
     /// CAs for agents' client certificates; enables mTLS authentication.
-    pub client_cas: Option<Vec<CertificateDer<'static>>>,
+    pub client_cas: Option<CaBundle>,
     /// The user's own verifiers, asked after tokens and certificates.
     pub authenticators: Vec<Arc<dyn Authenticator>>,
     /// This replica's id, reported to agents.
@@ -248,7 +246,7 @@ pub struct AgentSetup {
     /// Name expected on the server certificate (default: the host part of each address).
     pub server_name: Option<String>,
     /// CAs the server certificate must chain to.
-    pub server_cas: Vec<CertificateDer<'static>>,
+    pub server_cas: CaBundle,
     /// This agent's id.
     pub agent_id: String,
     /// What the agent claims to serve (empty: whatever its identity allows).
@@ -283,16 +281,12 @@ pub struct AgentSetup {
 
 impl AgentSetup {
     /// Defaults: no credential yet, no identifiers, the default destination policy.
-    pub fn new(
-        server: impl Into<String>,
-        server_cas: Vec<CertificateDer<'static>>,
-        agent_id: impl Into<String>,
-    ) -> Self {
+    pub fn new(server: impl Into<String>, server_cas: impl Into<CaBundle>, agent_id: impl Into<String>) -> Self {
         let quic = QuicSettings::default();
         Self {
             servers: vec![server.into()],
             server_name: None,
-            server_cas,
+            server_cas: server_cas.into(),
             agent_id: agent_id.into(),
             identifiers: Identifiers::default(),
             credentials: None,

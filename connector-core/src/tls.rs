@@ -1,16 +1,20 @@
 //! TLS material for both ends: PEM loading and the rustls configurations
 //! (TLS 1.3 only, ALPN `connector/1`). The server always proves itself with a
 //! certificate; the agent verifies it against a pinned CA bundle and may
-//! present a client certificate of its own (mTLS).
+//! present a client certificate of its own (mTLS). Certificates, keys and CA
+//! bundles read from files follow their files (see [`Identity`], [`CaBundle`]).
 
+mod ca;
+mod follow;
 mod reload;
+
+pub use ca::CaBundle;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -42,6 +46,12 @@ pub enum TlsError {
     /// The client-certificate verifier could not be built from the CA bundle.
     #[error("client CA bundle rejected: {0}")]
     ClientCa(String),
+    /// A certificate in a CA bundle file is not one rustls can trust.
+    #[error("CA certificate in {0} cannot be used ({1}): the bundle must hold PEM CA certificates")]
+    CaCertificate(String, rustls::Error),
+    /// The server-certificate verifier could not be built from the CA bundle.
+    #[error("server CA bundle rejected: {0}: pass the CA the server's certificate chains to")]
+    ServerCa(String),
 }
 
 /// A certificate chain and its private key, as PEM. An identity read with
@@ -67,27 +77,28 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// Parses a PEM certificate chain (leaf first) and a PEM private key.
     pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
-        let chain = certs_from_pem(chain_pem, "certificate PEM")?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::NoKey("key PEM".into()))?;
-        Ok(Self {
-            chain,
-            key: Arc::new(key),
-            files: None,
-        })
+        Self::parse(chain_pem, Path::new("certificate PEM"), key_pem, Path::new("key PEM"))
     }
 
     /// Reads [`Identity::from_pem`]'s inputs from files.
     pub fn from_files(chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, TlsError> {
         let (chain_path, key_path) = (chain.as_ref(), key.as_ref());
-        let chain_pem = read(chain.as_ref())?;
-        let key_pem = read(key.as_ref())?;
-        let chain = certs_from_pem(&chain_pem, &chain.as_ref().display().to_string())?;
+        let identity = Self::parse(&read(chain_path)?, chain_path, &read(key_path)?, key_path)?;
+        Ok(Self {
+            files: Some(Arc::new((chain_path.to_owned(), key_path.to_owned()))),
+            ..identity
+        })
+    }
+
+    /// Parses PEM inputs, naming them in errors; the result follows no files.
+    fn parse(chain_pem: &[u8], chain_name: &Path, key_pem: &[u8], key_name: &Path) -> Result<Self, TlsError> {
+        let chain = certs_from_pem(chain_pem, &chain_name.display().to_string())?;
         let key =
-            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey(key.as_ref().display().to_string()))?;
+            PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::NoKey(key_name.display().to_string()))?;
         Ok(Self {
             chain,
             key: Arc::new(key),
-            files: Some(Arc::new((chain_path.to_owned(), key_path.to_owned()))),
+            files: None,
         })
     }
 
@@ -108,12 +119,7 @@ impl Identity {
 
     /// A key pair for rustls: one that follows the files when there are files.
     fn reloading(&self) -> Result<Arc<reload::ReloadingKey>, TlsError> {
-        let (chain, key) = match self.files() {
-            Some(files) => files,
-            // Without files nothing ever changes; the same machinery serves.
-            None => (Path::new(""), Path::new("")),
-        };
-        Ok(Arc::new(reload::ReloadingKey::new(self, chain, key)?))
+        Ok(Arc::new(reload::ReloadingKey::new(self)?))
     }
 
     /// A resolver presenting this identity as a server.
@@ -138,7 +144,8 @@ pub fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
-/// Reads a PEM bundle of CA certificates from a file.
+/// Reads a PEM bundle of CA certificates from a file, once (see
+/// [`CaBundle::from_file`] for a bundle that follows its file).
 pub fn certs_from_file(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let path = path.as_ref();
     certs_from_pem(&read(path)?, &path.display().to_string())
@@ -146,14 +153,6 @@ pub fn certs_from_file(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'sta
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn root_store(cas: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for ca in cas {
-        roots.add(ca.clone())?;
-    }
-    Ok(roots)
 }
 
 /// Server-side TLS settings.
@@ -165,7 +164,7 @@ pub struct ServerTls {
     /// (agents then authenticate with a token). When set, a client
     /// certificate is verified if presented but not required, so token and
     /// certificate agents can share one listener; the authenticator decides.
-    pub client_cas: Option<Vec<CertificateDer<'static>>>,
+    pub client_cas: Option<CaBundle>,
 }
 
 impl ServerTls {
@@ -174,13 +173,7 @@ impl ServerTls {
         let builder =
             ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
         let builder = match &self.client_cas {
-            Some(cas) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(cas)?), provider())
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+            Some(cas) => builder.with_client_cert_verifier(cas.client_verifier(true)?),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(self.identity.server_cert()?);
@@ -198,7 +191,7 @@ impl ServerTls {
 #[derive(Debug, Clone)]
 pub struct AgentTls {
     /// CAs the server's certificate must chain to (pinned; no system roots).
-    pub server_cas: Vec<CertificateDer<'static>>,
+    pub server_cas: CaBundle,
     /// The name (or IP) expected on the server's certificate.
     pub server_name: String,
     /// A client certificate to present, for mTLS.
@@ -210,7 +203,8 @@ impl AgentTls {
     pub fn rustls_config(&self) -> Result<ClientConfig, TlsError> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(root_store(&self.server_cas)?);
+            .dangerous()
+            .with_custom_certificate_verifier(self.server_cas.server_verifier()?);
         let mut config = match &self.client_identity {
             Some(id) => builder.with_client_cert_resolver(Arc::new(reload::ClientCert(id.reloading()?))),
             None => builder.with_no_client_auth(),
@@ -235,11 +229,11 @@ pub struct FrontendTls {
     /// The frontend's certificate and key.
     pub identity: Identity,
     /// CAs a client certificate must chain to.
-    pub client_cas: Vec<CertificateDer<'static>>,
+    pub client_cas: CaBundle,
 }
 
 impl FrontendTls {
-    /// Loads the certificate chain, key and client CA bundle from PEM files.
+    /// Loads the certificate chain, key and client CA bundle from PEM files (and follows them).
     pub fn from_files(
         chain: impl AsRef<Path>,
         key: impl AsRef<Path>,
@@ -247,21 +241,24 @@ impl FrontendTls {
     ) -> Result<Self, TlsError> {
         Ok(Self {
             identity: Identity::from_files(chain, key)?,
-            client_cas: certs_from_file(client_ca)?,
+            client_cas: CaBundle::from_file(client_ca)?,
         })
     }
 
     /// Builds the rustls configuration: TLS 1.2 or 1.3, client certificate
     /// required, offering `alpn` (e.g. `h2` for gRPC).
     pub fn rustls_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(&self.client_cas)?), provider())
-            .build()
-            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+        let verifier = self.client_cas.client_verifier(false)?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(self.identity.server_cert()?);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // No resumption: a resumed session skips the client certificate, so a
+        // client whose CA left the bundle (or whose certificate expired) would
+        // still get in. Every connection is checked against the bundle in use.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(config)
     }
 }

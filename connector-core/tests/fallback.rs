@@ -58,7 +58,7 @@ fn two_listeners() -> TwoListeners {
 
 fn agent_tls(ca: &ThrowawayCa) -> AgentTls {
     AgentTls {
-        server_cas: vec![ca.cert_der()],
+        server_cas: vec![ca.cert_der()].into(),
         server_name: "localhost".into(),
         client_identity: None,
     }

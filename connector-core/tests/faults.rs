@@ -80,7 +80,7 @@ impl Pki {
                 .issue("connector server", &["localhost", "127.0.0.1"])
                 .unwrap()
                 .identity(),
-            client_cas: Some(vec![self.ca.cert_der()]),
+            client_cas: Some(vec![self.ca.cert_der()].into()),
         };
         let listener = QuicListener::bind(addr, &tls, &settings)?;
         let addr = listener.local_socket_addr().unwrap();
@@ -99,7 +99,7 @@ impl Pki {
     /// Starts agent `node` towards `via` (the server or a proxy in front of it) and waits until it is connected.
     async fn agent(&self, node: &str, via: SocketAddr) -> Agent {
         let tls = AgentTls {
-            server_cas: vec![self.ca.cert_der()],
+            server_cas: vec![self.ca.cert_der()].into(),
             server_name: "localhost".into(),
             client_identity: None,
         };

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use connector_core::frontend::{FrontendBind, FrontendLimits, FrontendListener, forward, http_connect};
 use connector_core::server::{DialError, ProxyStrategy, Selector};
-use connector_core::tls::FrontendTls;
+use connector_core::tls::{CaBundle, FrontendTls, Identity};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -230,37 +230,11 @@ async fn connect_over_mutual_tls_requires_a_client_certificate() {
         let _agent = h.agent("node-a").await;
         let tls = FrontendTls {
             identity: h.ca.issue("connector frontend", &["localhost"]).unwrap().identity(),
-            client_cas: vec![h.ca.cert_der()],
+            client_cas: vec![h.ca.cert_der()].into(),
         };
-        let local = start_connect(
-            &h,
-            FrontendBind::Tls {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                tls,
-            },
-            FrontendLimits::default(),
-        );
-        let addr = local.trim_start_matches("tls://").to_owned();
+        let addr = start_tls_connect(&h, tls);
         let target = echo_target().await;
-        let client = |cert: Option<connector_core::tls::Identity>| {
-            let roots = {
-                let mut r = rustls::RootCertStore::empty();
-                r.add(h.ca.cert_der()).unwrap();
-                r
-            };
-            let builder =
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(roots);
-            let config = match cert {
-                Some(id) => builder
-                    .with_client_auth_cert(id.chain().to_vec(), id.private_key())
-                    .unwrap(),
-                None => builder.with_no_client_auth(),
-            };
-            tokio_rustls::TlsConnector::from(Arc::new(config))
-        };
+        let client = |cert: Option<Identity>| tls_client(&h.ca, cert);
         let apiserver = h.ca.issue("kube-apiserver", &[]).unwrap();
         let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let mut io = client(Some(apiserver.identity()))
@@ -285,6 +259,93 @@ async fn connect_over_mutual_tls_requires_a_client_certificate() {
             io.read_exact(&mut buf).await
         };
         assert!(refused.await.is_err());
+    })
+    .await
+}
+
+/// Starts the HTTP CONNECT frontend on a loopback TLS port; returns `IP:PORT`.
+fn start_tls_connect(h: &Harness, tls: FrontendTls) -> String {
+    let bind = FrontendBind::Tls {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        tls,
+    };
+    let local = start_connect(h, bind, FrontendLimits::default());
+    local.trim_start_matches("tls://").to_owned()
+}
+
+/// A client of a TLS frontend that trusts `ca` and presents `identity`, if any.
+fn tls_client(ca: &connector_core::pki::ThrowawayCa, identity: Option<Identity>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain().to_vec(), id.private_key())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Opens a CONNECT tunnel over TLS to an echo target and echoes through it;
+/// `Err` when the frontend refuses the client at any step.
+async fn connect_and_echo(addr: &str, client: &tokio_rustls::TlsConnector, target: &str) -> std::io::Result<()> {
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut io = client.connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+        io.write_all(format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes())
+            .await?;
+        let mut head = vec![0u8; "HTTP/1.1 200 Connection established\r\n\r\n".len()];
+        io.read_exact(&mut head).await?;
+        assert_eq!(head, b"HTTP/1.1 200 Connection established\r\n\r\n");
+        io.write_all(b"ping").await?;
+        let mut back = [0u8; 4];
+        io.read_exact(&mut back).await?;
+        assert_eq!(&back, b"ping");
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), attempt)
+        .await
+        .expect("CONNECT over TLS hung for 30 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_over_mutual_tls_follows_the_client_ca_file() {
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let _agent = h.agent("node-a").await;
+        let new_ca = connector_core::pki::ThrowawayCa::new("apiserver client CA v2").unwrap();
+        let dir = socket_path("client-ca-reload");
+        let ca_file = dir.with_file_name("client-ca.crt");
+        std::fs::write(&ca_file, h.ca.cert_pem()).unwrap();
+        let tls = FrontendTls {
+            identity: h.ca.issue("connector frontend", &["localhost"]).unwrap().identity(),
+            client_cas: CaBundle::from_file(&ca_file).unwrap(),
+        };
+        let addr = start_tls_connect(&h, tls);
+        let target = echo_target().await.to_string();
+        let old_client = tls_client(&h.ca, Some(h.ca.issue("kube-apiserver", &[]).unwrap().identity()));
+        let new_client = tls_client(&h.ca, Some(new_ca.issue("kube-apiserver v2", &[]).unwrap().identity()));
+        connect_and_echo(&addr, &old_client, &target).await.unwrap();
+        assert!(
+            connect_and_echo(&addr, &new_client, &target).await.is_err(),
+            "a client certificate of an unknown CA was accepted"
+        );
+
+        // The client CA file moves to the new CA: the running frontend follows.
+        std::fs::write(&ca_file, new_ca.cert_pem()).unwrap();
+        connect_and_echo(&addr, &new_client, &target).await.unwrap();
+        assert!(
+            connect_and_echo(&addr, &old_client, &target).await.is_err(),
+            "the retired CA was still accepted"
+        );
+
+        // A broken update keeps the bundle in force.
+        std::fs::write(&ca_file, "not PEM at all").unwrap();
+        connect_and_echo(&addr, &new_client, &target).await.unwrap();
     })
     .await
 }
@@ -450,7 +511,7 @@ async fn slow_loris_clients_are_dropped_on_every_frontend_listener() {
         // HTTP CONNECT over mutual TLS: a client that never starts its TLS handshake.
         let tls = FrontendTls {
             identity: h.ca.issue("connector frontend", &["localhost"]).unwrap().identity(),
-            client_cas: vec![h.ca.cert_der()],
+            client_cas: vec![h.ca.cert_der()].into(),
         };
         let local = start(
             FrontendProtocol::HttpConnect,

@@ -357,7 +357,7 @@ async fn expired_certificates_are_refused_both_ways() {
         let settings = QuicSettings::default();
         let stale_listener = QuicListener::bind("127.0.0.1:0".parse().unwrap(), &stale, &settings).unwrap();
         let agent_tls = AgentTls {
-            server_cas: vec![h.ca.cert_der()],
+            server_cas: vec![h.ca.cert_der()].into(),
             server_name: "localhost".into(),
             client_identity: None,
         };
@@ -436,7 +436,7 @@ async fn agent_refuses_a_server_without_the_connector_alpn() {
                 }
             });
             let agent_tls = connector_core::tls::AgentTls {
-                server_cas: vec![h.ca.cert_der()],
+                server_cas: vec![h.ca.cert_der()].into(),
                 server_name: "localhost".into(),
                 client_identity: None,
             };

@@ -412,7 +412,7 @@ mod behind_a_udp_load_balancer {
                 .await
                 .unwrap();
             let tls = AgentTls {
-                server_cas: vec![ca.cert_der()],
+                server_cas: vec![ca.cert_der()].into(),
                 server_name: "localhost".into(),
                 client_identity: None,
             };

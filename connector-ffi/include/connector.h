@@ -301,7 +301,9 @@ connector_result connector_server_config_add_client_ca_pem(const connector_serve
                                                            size_t len,
                                                            char **error);
 
-// Like [`connector_server_config_add_client_ca_pem`], from a PEM file.
+// Like [`connector_server_config_add_client_ca_pem`], from a PEM file. The file is followed: when
+// its contents change, the next handshake uses the new CAs (a broken update
+// keeps the previous ones).
 //
 // # Safety
 // `path` NUL-terminated; `error` null or writable.
@@ -416,7 +418,9 @@ connector_result connector_agent_config_add_server_ca_pem(const connector_agent_
                                                           size_t len,
                                                           char **error);
 
-// Like [`connector_agent_config_add_server_ca_pem`], from a PEM file.
+// Like [`connector_agent_config_add_server_ca_pem`], from a PEM file. The file is followed: when
+// its contents change, the next handshake uses the new CAs (a broken update
+// keeps the previous ones).
 //
 // # Safety
 // `path` NUL-terminated; `error` null or writable.

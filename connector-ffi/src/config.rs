@@ -13,8 +13,7 @@ use connector_core::agent::{DestinationPolicy, Rule};
 use connector_core::auth::{Allowance, TokenEntry};
 use connector_core::proto::Secret;
 use connector_core::server::{Limits, ProxyStrategy};
-use connector_core::tls::{Identity, certs_from_file, certs_from_pem};
-use rustls_pki_types::CertificateDer;
+use connector_core::tls::{CaBundle, Identity};
 
 use crate::auth::connector_auth_callback;
 use crate::connector_result;
@@ -32,7 +31,7 @@ pub(crate) struct ServerSettings {
     pub(crate) identity: Option<Identity>,
     pub(crate) tokens: Vec<TokenEntry>,
     pub(crate) tokens_file: Option<String>,
-    pub(crate) client_cas: Vec<CertificateDer<'static>>,
+    pub(crate) client_cas: CaBundle,
     pub(crate) callback: Option<(connector_auth_callback, usize)>,
     pub(crate) server_id: String,
     pub(crate) limits: Limits,
@@ -49,7 +48,7 @@ pub struct connector_agent_config {
 pub(crate) struct AgentSettings {
     pub(crate) server: Option<String>,
     pub(crate) server_name: Option<String>,
-    pub(crate) server_cas: Vec<CertificateDer<'static>>,
+    pub(crate) server_cas: CaBundle,
     pub(crate) agent_id: Option<String>,
     pub(crate) token: Option<Secret>,
     pub(crate) token_file: Option<String>,
@@ -145,7 +144,7 @@ pub unsafe extern "C" fn connector_server_config_new(
             identity: None,
             tokens: Vec::new(),
             tokens_file: None,
-            client_cas: Vec::new(),
+            client_cas: CaBundle::default(),
             callback: None,
             server_id: "connector".into(),
             limits: Limits::default(),
@@ -244,14 +243,16 @@ pub unsafe extern "C" fn connector_server_config_add_client_ca_pem(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_server(config, error, |s| {
-        let certs =
-            certs_from_pem(arg_bytes(pem, len, "pem")?, "client CA PEM").map_err(|e| Error::invalid(e.to_string()))?;
-        s.client_cas.extend(certs);
+        let cas = CaBundle::from_pem(arg_bytes(pem, len, "pem")?, "client CA PEM")
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        s.client_cas.extend(cas);
         Ok(())
     })
 }
 
-/// Like [`connector_server_config_add_client_ca_pem`], from a PEM file.
+/// Like [`connector_server_config_add_client_ca_pem`], from a PEM file. The file is followed: when
+/// its contents change, the next handshake uses the new CAs (a broken update
+/// keeps the previous ones).
 ///
 /// # Safety
 /// `path` NUL-terminated; `error` null or writable.
@@ -262,8 +263,8 @@ pub unsafe extern "C" fn connector_server_config_add_client_ca_file(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_server(config, error, |s| {
-        let certs = certs_from_file(arg_str(path, "path")?).map_err(|e| Error::invalid(e.to_string()))?;
-        s.client_cas.extend(certs);
+        let cas = CaBundle::from_file(arg_str(path, "path")?).map_err(|e| Error::invalid(e.to_string()))?;
+        s.client_cas.extend(cas);
         Ok(())
     })
 }
@@ -521,14 +522,16 @@ pub unsafe extern "C" fn connector_agent_config_add_server_ca_pem(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        let certs =
-            certs_from_pem(arg_bytes(pem, len, "pem")?, "server CA PEM").map_err(|e| Error::invalid(e.to_string()))?;
-        s.server_cas.extend(certs);
+        let cas = CaBundle::from_pem(arg_bytes(pem, len, "pem")?, "server CA PEM")
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        s.server_cas.extend(cas);
         Ok(())
     })
 }
 
-/// Like [`connector_agent_config_add_server_ca_pem`], from a PEM file.
+/// Like [`connector_agent_config_add_server_ca_pem`], from a PEM file. The file is followed: when
+/// its contents change, the next handshake uses the new CAs (a broken update
+/// keeps the previous ones).
 ///
 /// # Safety
 /// `path` NUL-terminated; `error` null or writable.
@@ -539,8 +542,8 @@ pub unsafe extern "C" fn connector_agent_config_add_server_ca_file(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        let certs = certs_from_file(arg_str(path, "path")?).map_err(|e| Error::invalid(e.to_string()))?;
-        s.server_cas.extend(certs);
+        let cas = CaBundle::from_file(arg_str(path, "path")?).map_err(|e| Error::invalid(e.to_string()))?;
+        s.server_cas.extend(cas);
         Ok(())
     })
 }

@@ -8,7 +8,7 @@ use connector_core::auth::{Allowance, TokenAuthenticator, TokenEntry};
 use connector_core::proto::Secret;
 use connector_core::server::{AgentInfo as CoreAgentInfo, ProxyStrategy, Selector};
 use connector_core::setup::{ServerSetup, SetupError};
-use connector_core::tls::{Identity, certs_from_pem};
+use connector_core::tls::{CaBundle, Identity};
 use connector_core::{Identifiers, Server as CoreServer};
 use pyo3::prelude::*;
 
@@ -152,7 +152,7 @@ impl Server {
             (None, None) => None,
         };
         if let Some(pem) = client_ca_pem {
-            setup.client_cas = Some(certs_from_pem(&pem, "client_ca").map_err(|e| config(&e))?);
+            setup.client_cas = Some(CaBundle::from_pem(&pem, "client_ca").map_err(|e| config(&e))?);
         }
         if let Some(callable) = authenticator {
             setup

@@ -275,7 +275,7 @@ impl QuicDialer {
         let ca_path = args.ca.as_ref().context("quic-run needs --ca")?;
         let cas = connector_core::tls::certs_from_file(ca_path)?;
         let tls = AgentTls {
-            server_cas: cas,
+            server_cas: cas.into(),
             server_name: "localhost".into(),
             client_identity: None,
         };

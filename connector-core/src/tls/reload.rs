@@ -7,45 +7,20 @@
 //! half-written) keeps the previous pair and is logged; the next change is
 //! tried again.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::follow::Following;
 use super::{Identity, TlsError, provider};
 
-/// A version of a file: its contents (modification times can repeat within
-/// one clock tick, and sizes across certificates).
-type Stamp = Option<Vec<u8>>;
-
-fn stamp(path: &Path) -> Stamp {
-    std::fs::read(path).ok()
-}
-
-/// A key pair read from `chain` and `key`, re-read when they change.
-pub(crate) struct ReloadingKey {
-    chain: PathBuf,
-    key: PathBuf,
-    state: Mutex<State>,
-}
-
-struct State {
-    current: Arc<CertifiedKey>,
-    stamps: (Stamp, Stamp),
-}
-
-impl fmt::Debug for ReloadingKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReloadingKey")
-            .field("chain", &self.chain)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
+/// A key pair read from a certificate chain file and a key file, re-read when they change
+/// (or a fixed pair, for an identity not read from files).
+#[derive(Debug)]
+pub(crate) struct ReloadingKey(Following<Arc<CertifiedKey>>);
 
 /// The pair as rustls signs with it; fails when the key does not match the certificate.
 pub(crate) fn certified(identity: &Identity) -> Result<CertifiedKey, TlsError> {
@@ -57,40 +32,27 @@ pub(crate) fn certified(identity: &Identity) -> Result<CertifiedKey, TlsError> {
 }
 
 impl ReloadingKey {
-    /// Starts from `identity`, which was read from `chain` and `key`.
-    pub(crate) fn new(identity: &Identity, chain: &Path, key: &Path) -> Result<Self, TlsError> {
-        Ok(Self {
-            chain: chain.to_owned(),
-            key: key.to_owned(),
-            state: Mutex::new(State {
-                current: Arc::new(certified(identity)?),
-                stamps: (stamp(chain), stamp(key)),
-            }),
-        })
+    /// Follows `identity`'s files, or holds it as it is when it has none.
+    pub(crate) fn new(identity: &Identity) -> Result<Self, TlsError> {
+        let Some((chain, key)) = identity.files() else {
+            let pair = Arc::new(certified(identity)?);
+            return Ok(Self(Following::load("certificate", Vec::new(), move |_| {
+                Ok(pair.clone())
+            })?));
+        };
+        let following = Following::load("certificate", vec![chain.to_owned(), key.to_owned()], |files| {
+            let [(chain_path, chain), (key_path, key)] = files else {
+                unreachable!("two files: certificate chain and key");
+            };
+            let identity = Identity::parse(chain, chain_path, key, key_path)?;
+            Ok(Arc::new(certified(&identity)?))
+        })?;
+        Ok(Self(following))
     }
 
     /// The pair to use now, re-read first if either file changed.
     pub(crate) fn current(&self) -> Arc<CertifiedKey> {
-        if self.chain.as_os_str().is_empty() {
-            return self.state.lock().expect("certificate state").current.clone();
-        }
-        let stamps = (stamp(&self.chain), stamp(&self.key));
-        let mut state = self.state.lock().expect("certificate state");
-        if stamps != state.stamps {
-            state.stamps = stamps;
-            match Identity::from_files(&self.chain, &self.key).and_then(|id| certified(&id)) {
-                Ok(pair) => {
-                    tracing::info!(certificate = %self.chain.display(), "certificate file changed; using the new certificate");
-                    state.current = Arc::new(pair);
-                }
-                Err(err) => tracing::warn!(
-                    certificate = %self.chain.display(),
-                    %err,
-                    "certificate files changed but cannot be used; keeping the previous certificate"
-                ),
-            }
-        }
-        state.current.clone()
+        self.0.current()
     }
 }
 

@@ -102,7 +102,7 @@ impl RawTransport {
                 .issue("connector server", &["localhost", "127.0.0.1"])
                 .unwrap()
                 .identity(),
-            client_cas: Some(vec![ca.cert_der()]),
+            client_cas: Some(vec![ca.cert_der()].into()),
         };
         let (listener, quic_addr, memory): (Arc<dyn Listener>, _, _) = match kind {
             Kind::Tcp => {
@@ -136,7 +136,7 @@ impl RawTransport {
         match self.kind {
             Kind::Quic => {
                 let tls = AgentTls {
-                    server_cas: vec![self.ca.cert_der()],
+                    server_cas: vec![self.ca.cert_der()].into(),
                     server_name: "localhost".into(),
                     client_identity: client,
                 };
@@ -145,7 +145,7 @@ impl RawTransport {
             }
             Kind::Tcp => {
                 let tls = AgentTls {
-                    server_cas: vec![self.ca.cert_der()],
+                    server_cas: vec![self.ca.cert_der()].into(),
                     server_name: "localhost".into(),
                     client_identity: client,
                 };
@@ -165,7 +165,7 @@ impl RawTransport {
     /// A QUIC connector to `other`'s listener that trusts only this transport's CA.
     pub fn connector_with_ca(&self, other: &RawTransport) -> Arc<dyn Connector> {
         let tls = AgentTls {
-            server_cas: vec![self.ca.cert_der()],
+            server_cas: vec![self.ca.cert_der()].into(),
             server_name: "localhost".into(),
             client_identity: None,
         };
