@@ -131,4 +131,11 @@ fn sigterm_drains_the_agent_without_cutting_an_open_connection() {
     finish(tunnel);
     let status = agent.wait_exit();
     assert!(status.success(), "{status:?}");
+    // A drained agent leaving is routine: the server notes it without a warning.
+    server.wait_for(&["agent disconnected"]);
+    let warnings: Vec<_> = server.seen().iter().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        warnings.is_empty(),
+        "the server warned about a drained agent: {warnings:?}"
+    );
 }

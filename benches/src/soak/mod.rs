@@ -69,6 +69,7 @@ pub async fn run(config: SoakConfig) -> anyhow::Result<bool> {
         connector: config.connector.clone(),
         pki: config.pki.clone(),
         logs: config.out.clone(),
+        agent_max_connections: config.connections.max(connector_core::agent::DEFAULT_MAX_CONNECTIONS),
     };
     let echo_listener = listen_loopback()?;
     let echo = echo_listener.local_addr()?;

@@ -111,6 +111,11 @@ pub struct Launcher {
     pub pki: PathBuf,
     /// Where each process's log file goes.
     pub logs: PathBuf,
+    /// Each agent's `--max-connections`: the default unless one agent may
+    /// have to carry every connection at once. (It also sets how many stream
+    /// slots the agent grants the server, and each slot keeps some reusable
+    /// receive state: a larger value than needed is a larger plateau of RSS.)
+    pub agent_max_connections: usize,
 }
 
 /// The server's listening addresses.
@@ -162,7 +167,8 @@ impl Launcher {
             .arg("--token-file")
             .arg(self.pki.join("node-a.token"))
             .args(["--identifiers", "host=node-a,ipv4=127.0.0.1", "--allow", "127.0.0.0/8"])
-            .args(["--max-connections", "100000", "--admin", "127.0.0.1:0"]);
+            .args(["--max-connections", &self.agent_max_connections.to_string()])
+            .args(["--admin", "127.0.0.1:0"]);
         let mut proc = self.spawn(&format!("agent-{index}"), incarnation, cmd).await?;
         let lines = proc
             .wait_for(&[&["admin endpoints listening"], &["connected", "server_id"]])

@@ -106,6 +106,11 @@ impl Running {
         }
     }
 
+    /// The lines read so far (by [`Running::wait_for`] and [`Running::wait_exit`]).
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Stops the process and returns every line it wrote to stderr.
     pub fn all_output(mut self) -> String {
         let _ = self.child.kill();

@@ -40,9 +40,9 @@ pub(super) async fn run(server: Server, handshake: Handshake) {
         };
         tracing::Span::current().record("agent", entry.agent_id.as_str());
         watch(&server, &conn, control, &entry, minor).await;
-        if server.inner.registry.remove(entry.conn_id) {
-            tracing::info!("agent disconnected");
-        }
+        // Already out of routing if it sent a GoAway or a newer connection replaced it.
+        server.inner.registry.remove(entry.conn_id);
+        tracing::info!("agent disconnected");
     }
     .instrument(span)
     .await
