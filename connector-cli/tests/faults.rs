@@ -1,6 +1,7 @@
 //! Process faults with the real binary: SIGKILL of the agent in the middle of a
 //! transfer through the server's HTTP CONNECT frontend, and SIGKILL plus restart
-//! of the server on the same port.
+//! of the server on the same port; each over QUIC and over the TCP (QMux)
+//! transport.
 
 mod common;
 
@@ -14,11 +15,13 @@ use sha2::{Digest, Sha256};
 /// What the agent process gets through its environment (`CONNECTOR_*`), not flags.
 const AGENT_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The agent with a short keepalive and idle timeout, set through the environment.
-fn quick_agent(dir: &std::path::Path, quic: &str) -> Running {
+/// The agent with a short keepalive and idle timeout, set through the environment,
+/// on `transport` (`quic` or `tcp`).
+fn quick_agent(dir: &std::path::Path, quic: &str, transport: &str) -> Running {
     let mut cmd = agent_command(dir, quic);
     cmd.env("CONNECTOR_KEEPALIVE", "250ms")
-        .env("CONNECTOR_IDLE_TIMEOUT", "2s");
+        .env("CONNECTOR_IDLE_TIMEOUT", "2s")
+        .env("CONNECTOR_TRANSPORT", transport);
     Running::spawn(cmd)
 }
 
@@ -66,15 +69,29 @@ fn digest_through(proxy: &str, target: SocketAddr) {
 }
 
 #[test]
-fn killing_the_agent_mid_transfer_ends_the_clients_connection() {
-    let dir = temp_dir("kill-agent");
+fn killing_the_agent_mid_transfer_ends_the_clients_connection_quic() {
+    killing_the_agent_mid_transfer_ends_the_clients_connection("quic");
+}
+
+#[test]
+fn killing_the_agent_mid_transfer_ends_the_clients_connection_tcp() {
+    killing_the_agent_mid_transfer_ends_the_clients_connection("tcp");
+}
+
+fn killing_the_agent_mid_transfer_ends_the_clients_connection(transport: &str) {
+    let dir = temp_dir(&format!("kill-agent-{transport}"));
     dev_pki(&dir);
     // The server keeps its default 30 s idle timeout: the agent's 2 s one (from its environment) must apply.
     let mut server = server(&dir, &["--connect-plain", "127.0.0.1:0", "--keepalive", "250ms"]);
     let quic = listen_addr(&server.wait_for(&["accepting agents"]));
     let plain = listen_addr(&server.wait_for(&["HTTP CONNECT frontend listening", "tcp://"]));
-    let mut agent = quick_agent(&dir, &quic);
-    agent.wait_for(&["connected", "server_id="]);
+    let mut agent = quick_agent(&dir, &quic, transport);
+    assert!(
+        agent
+            .wait_for(&["connected", "server_id="])
+            .contains(&format!("transport=\"{transport}\"")),
+        "the agent uses {transport}"
+    );
 
     let mut tcp = connect_through(&plain, endless_source());
     let mut buf = vec![0u8; 64 * 1024];
@@ -114,18 +131,34 @@ fn killing_the_agent_mid_transfer_ends_the_clients_connection() {
 }
 
 #[test]
-fn the_agent_reconnects_to_a_restarted_server_process() {
-    let dir = temp_dir("restart-server");
+fn the_agent_reconnects_to_a_restarted_server_process_quic() {
+    the_agent_reconnects_to_a_restarted_server_process("quic");
+}
+
+#[test]
+fn the_agent_reconnects_to_a_restarted_server_process_tcp() {
+    the_agent_reconnects_to_a_restarted_server_process("tcp");
+}
+
+fn the_agent_reconnects_to_a_restarted_server_process(transport: &str) {
+    let dir = temp_dir(&format!("restart-server-{transport}"));
     dev_pki(&dir);
     let mut first = server(&dir, &["--connect-plain", "127.0.0.1:0"]);
     let quic = listen_addr(&first.wait_for(&["accepting agents"]));
     let plain = listen_addr(&first.wait_for(&["HTTP CONNECT frontend listening", "tcp://"]));
-    let mut agent = quick_agent(&dir, &quic);
-    agent.wait_for(&["connected", "server_id="]);
+    let mut agent = quick_agent(&dir, &quic, transport);
+    assert!(
+        agent
+            .wait_for(&["connected", "server_id="])
+            .contains(&format!("transport=\"{transport}\"")),
+        "the agent uses {transport}"
+    );
     let target = digest_target();
     digest_through(&plain, target);
 
-    first.all_output(); // SIGKILL: no close reaches the agent; it notices by its idle timeout.
+    // SIGKILL: over QUIC no close reaches the agent, which notices by its idle
+    // timeout; over TCP the kernel ends the connection.
+    first.all_output();
     agent.wait_for(&["connection to the server ended"]);
     let mut second = server(&dir, &["--listen", &quic, "--connect-plain", "127.0.0.1:0"]);
     assert_eq!(listen_addr(&second.wait_for(&["accepting agents"])), quic);
