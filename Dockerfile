@@ -13,6 +13,9 @@
 # and quinn, compiles its C and assembly with musl-gcc (musl-tools); the
 # vendored protoc used by the gRPC frontend's build script runs on the build
 # host. The image is built for the builder's own architecture (amd64 or arm64).
+# Without debug info (function names stay in backtraces). deploy/image-check.sh
+# runs the builder's command and the result as the final stage runs it,
+# without a Docker engine.
 
 ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
@@ -27,7 +30,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     target="$(uname -m)-unknown-linux-musl"; \
     rustup target add "$target"; \
     export "CC_$(echo "$target" | tr - _)=musl-gcc"; \
-    cargo build --release --locked -p connector-cli --target "$target"; \
+    CARGO_PROFILE_RELEASE_DEBUG=false cargo build --release --locked -p connector-cli --target "$target"; \
     cp "target/$target/release/connector" /connector; \
     /connector --version
 
