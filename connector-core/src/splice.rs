@@ -3,20 +3,47 @@
 //! becomes a half-close on the other, and a failure on either side aborts
 //! both (a stream reset with a code, or a TCP reset). An optional idle
 //! timeout aborts a splice that moved no byte either way for that long.
+//!
+//! A copy buffer exists only while its direction has bytes to move: it is
+//! taken when a read returns data and given back as soon as a read would
+//! wait. A tunnelled connection that sits idle (the usual state of a
+//! `kubectl exec` or a watch) holds no copy buffer at all, so ten thousand of
+//! them cost what their sockets and streams cost, not 64 KiB each.
 
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
 use crate::proto::StreamCode;
 use crate::transport::{RecvStream, SendStream, StreamReset};
 
-/// Copy buffer per direction.
+/// Largest read per copy step (the buffer's capacity while it exists).
 const BUF_LEN: usize = 32 * 1024;
+
+/// Reads into `buf`, creating it first if needed; gives it back (drops it)
+/// when the read has to wait, so an idle direction holds no memory.
+fn poll_read_lazily<R: AsyncRead + ?Sized>(
+    r: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    buf: &mut Option<BytesMut>,
+) -> Poll<io::Result<usize>> {
+    let b = buf.get_or_insert_with(|| BytesMut::with_capacity(BUF_LEN));
+    b.clear();
+    let read = poll_read_buf(r, cx, b);
+    if read.is_pending() {
+        *buf = None;
+    }
+    read
+}
 
 /// How a splice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,14 +119,17 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut buf = vec![0u8; BUF_LEN];
+    let mut buf = None;
     loop {
-        let n = r.read(&mut buf).await.map_err(|e| Failure::Io(from, e))?;
+        let n = poll_fn(|cx| poll_read_lazily(Pin::new(&mut *r), cx, &mut buf))
+            .await
+            .map_err(|e| Failure::Io(from, e))?;
         activity.touch();
         if n == 0 {
             return w.shutdown().await.map_err(|e| Failure::Io(to, e));
         }
-        w.write_all(&buf[..n]).await.map_err(|e| Failure::Io(to, e))?;
+        let data = buf.as_ref().map_or(&[][..], |b| &b[..n]);
+        w.write_all(data).await.map_err(|e| Failure::Io(to, e))?;
         activity.touch();
         *copied += n as u64;
     }
@@ -183,5 +213,128 @@ pub async fn splice(
         to_tunnel,
         to_tcp,
         aborted,
+    }
+}
+
+/// One direction of [`copy_both`]: a lazily held buffer and how far it is written.
+#[derive(Default)]
+struct Direction {
+    buf: Option<BytesMut>,
+    written: usize,
+    read_done: bool,
+    copied: u64,
+}
+
+impl Direction {
+    /// Copies until `r` ends, then shuts `w` down; returns the bytes copied.
+    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if let Some(b) = &self.buf {
+                while self.written < b.len() {
+                    let n = ready!(w.as_mut().poll_write(cx, &b[self.written..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.written += n;
+                    self.copied += n as u64;
+                }
+            }
+            if self.read_done {
+                ready!(w.as_mut().poll_shutdown(cx))?;
+                return Poll::Ready(Ok(self.copied));
+            }
+            self.written = 0;
+            match poll_read_lazily(r.as_mut(), cx, &mut self.buf) {
+                Poll::Pending => {
+                    // Nothing more to read for now: push out what the writer buffers.
+                    ready!(w.as_mut().poll_flush(cx))?;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) => self.read_done = true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// Copies both ways between `a` and `b` until both directions have ended
+/// (an end of one is a shutdown of the other's writing side), like
+/// `tokio::io::copy_bidirectional`, but holding a copy buffer only while a
+/// direction has bytes to move. Returns the bytes copied a→b and b→a; the
+/// first error ends both.
+pub async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (mut a_to_b, mut b_to_a) = (Direction::default(), Direction::default());
+    let (mut a_done, mut b_done) = (None, None);
+    poll_fn(|cx| {
+        if a_done.is_none()
+            && let Poll::Ready(copied) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
+        {
+            a_done = Some(copied?);
+        }
+        if b_done.is_none()
+            && let Poll::Ready(copied) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))
+        {
+            b_done = Some(copied?);
+        }
+        match (a_done, b_done) {
+            (Some(up), Some(down)) => Poll::Ready(Ok((up, down))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, duplex};
+
+    #[tokio::test]
+    async fn copy_both_carries_each_direction_and_its_end() {
+        // client <-> (a | copy_both | b) <-> target
+        let (mut client, mut a) = duplex(1024);
+        let (mut b, mut target) = duplex(1024);
+        let copy = tokio::spawn(async move { copy_both(&mut a, &mut b).await });
+        let up: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let down = vec![7u8; 50_000];
+        let (up2, down2) = (up.clone(), down.clone());
+        let client_side = tokio::spawn(async move {
+            client.write_all(&up2).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut got_up = Vec::new();
+        target.read_to_end(&mut got_up).await.unwrap();
+        assert_eq!(got_up, up, "client to target, then its end");
+        target.write_all(&down2).await.unwrap();
+        target.shutdown().await.unwrap();
+        assert_eq!(client_side.await.unwrap(), down, "target to client, then its end");
+        assert_eq!(copy.await.unwrap().unwrap(), (100_000, 50_000));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_direction_holds_no_buffer() {
+        let (mut quiet, _peer) = duplex(64);
+        let mut sink = tokio::io::sink();
+        let mut direction = Direction::default();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(
+            direction
+                .poll_copy(&mut cx, Pin::new(&mut quiet), Pin::new(&mut sink))
+                .is_pending()
+        );
+        assert!(direction.buf.is_none(), "nothing to read: no copy buffer kept");
     }
 }

@@ -8,9 +8,6 @@ use tracing::Instrument;
 
 use crate::server::{Selector, Server};
 
-/// Copy buffer per direction.
-const SPLICE_BUF: usize = 64 * 1024;
-
 /// Accepts on `listener` until the server shuts down, tunnelling each
 /// connection to `target` through the agent `selector` picks. A failed dial
 /// closes the local connection (the reason is logged).
@@ -41,7 +38,7 @@ pub async fn serve(server: Server, listener: TcpListener, selector: Selector, ta
                         return;
                     }
                 };
-                match tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, SPLICE_BUF, SPLICE_BUF).await {
+                match crate::splice::copy_both(&mut tcp, &mut stream).await {
                     Ok((up, down)) => tracing::debug!(to_target = up, to_client = down, "closed"),
                     Err(err) => tracing::debug!(%err, "aborted"),
                 }

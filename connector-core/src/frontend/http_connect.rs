@@ -27,9 +27,6 @@ use super::listener::{FrontendConn, FrontendLimits, FrontendListener};
 use crate::proto::DialCode;
 use crate::server::{DialError, Selector, Server};
 
-/// Copy buffer per direction once a tunnel is up.
-const SPLICE_BUF: usize = 64 * 1024;
-
 /// Serves CONNECT requests from `listener` until the server shuts down.
 pub async fn serve(server: Server, mut listener: FrontendListener, limits: FrontendLimits) {
     tracing::info!(listen = %listener.local_addr(), "HTTP CONNECT frontend listening");
@@ -183,7 +180,7 @@ async fn handle(server: Server, mut conn: FrontendConn, limits: FrontendLimits) 
     if !head.leftover.is_empty() && stream.write_all(&head.leftover).await.is_err() {
         return;
     }
-    match tokio::io::copy_bidirectional_with_sizes(&mut conn, &mut stream, SPLICE_BUF, SPLICE_BUF).await {
+    match crate::splice::copy_both(&mut conn, &mut stream).await {
         Ok((up, down)) => tracing::debug!(to_target = up, to_client = down, "tunnel closed"),
         Err(err) => tracing::debug!(%err, "tunnel aborted"),
     }
