@@ -155,7 +155,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<()> {
             let result = async {
                 let mut remote = proxy.connect().await.context("connecting to the proxy")?;
                 handshake(&mut remote, &target).await?;
-                let copied = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, 65536, 65536).await?;
+                let copied = connector_core::splice::copy_both(&mut local, &mut remote).await?;
                 anyhow::Ok(copied)
             };
             match result.await {
