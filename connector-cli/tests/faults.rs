@@ -25,6 +25,36 @@ fn quick_agent(dir: &std::path::Path, quic: &str, transport: &str) -> Running {
     Running::spawn(cmd)
 }
 
+/// A server (plain-TCP CONNECT frontend, `extra` flags) and a [`quick_agent`] on `transport`, connected.
+struct Started {
+    server: Running,
+    agent: Running,
+    /// The server's agent address (QUIC, and TCP on the same port).
+    quic: String,
+    /// The plain-TCP CONNECT frontend.
+    plain: String,
+}
+
+fn start(dir: &std::path::Path, extra: &[&str], transport: &str) -> Started {
+    let mut flags = vec!["--connect-plain", "127.0.0.1:0"];
+    flags.extend_from_slice(extra);
+    let mut server = server(dir, &flags);
+    let quic = listen_addr(&server.wait_for(&["accepting agents"]));
+    let plain = listen_addr(&server.wait_for(&["HTTP CONNECT frontend listening", "tcp://"]));
+    let mut agent = quick_agent(dir, &quic, transport);
+    let connected = agent.wait_for(&["connected", "server_id="]);
+    assert!(
+        connected.contains(&format!("transport=\"{transport}\"")),
+        "the agent uses {transport}: {connected}"
+    );
+    Started {
+        server,
+        agent,
+        quic,
+        plain,
+    }
+}
+
 /// A TCP server on 127.0.0.1 that sends bytes to each connection until the peer goes away.
 fn endless_source() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -82,16 +112,12 @@ fn killing_the_agent_mid_transfer_ends_the_clients_connection(transport: &str) {
     let dir = temp_dir(&format!("kill-agent-{transport}"));
     dev_pki(&dir);
     // The server keeps its default 30 s idle timeout: the agent's 2 s one (from its environment) must apply.
-    let mut server = server(&dir, &["--connect-plain", "127.0.0.1:0", "--keepalive", "250ms"]);
-    let quic = listen_addr(&server.wait_for(&["accepting agents"]));
-    let plain = listen_addr(&server.wait_for(&["HTTP CONNECT frontend listening", "tcp://"]));
-    let mut agent = quick_agent(&dir, &quic, transport);
-    assert!(
-        agent
-            .wait_for(&["connected", "server_id="])
-            .contains(&format!("transport=\"{transport}\"")),
-        "the agent uses {transport}"
-    );
+    let Started {
+        mut server,
+        mut agent,
+        plain,
+        ..
+    } = start(&dir, &["--keepalive", "250ms"], transport);
 
     let mut tcp = connect_through(&plain, endless_source());
     let mut buf = vec![0u8; 64 * 1024];
@@ -143,16 +169,12 @@ fn the_agent_reconnects_to_a_restarted_server_process_tcp() {
 fn the_agent_reconnects_to_a_restarted_server_process(transport: &str) {
     let dir = temp_dir(&format!("restart-server-{transport}"));
     dev_pki(&dir);
-    let mut first = server(&dir, &["--connect-plain", "127.0.0.1:0"]);
-    let quic = listen_addr(&first.wait_for(&["accepting agents"]));
-    let plain = listen_addr(&first.wait_for(&["HTTP CONNECT frontend listening", "tcp://"]));
-    let mut agent = quick_agent(&dir, &quic, transport);
-    assert!(
-        agent
-            .wait_for(&["connected", "server_id="])
-            .contains(&format!("transport=\"{transport}\"")),
-        "the agent uses {transport}"
-    );
+    let Started {
+        server: mut first,
+        mut agent,
+        quic,
+        plain,
+    } = start(&dir, &[], transport);
     let target = digest_target();
     digest_through(&plain, target);
 
