@@ -114,7 +114,7 @@ fn killing_the_agent_mid_transfer_ends_the_clients_connection(transport: &str) {
     // The server keeps its default 30 s idle timeout: the agent's 2 s one (from its environment) must apply.
     let Started {
         mut server,
-        mut agent,
+        agent,
         plain,
         ..
     } = start(&dir, &["--keepalive", "250ms"], transport);
@@ -170,7 +170,7 @@ fn the_agent_reconnects_to_a_restarted_server_process(transport: &str) {
     let dir = temp_dir(&format!("restart-server-{transport}"));
     dev_pki(&dir);
     let Started {
-        server: mut first,
+        server: first,
         mut agent,
         quic,
         plain,
