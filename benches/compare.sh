@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side comparison of connector with direct TCP, raw QUIC, rathole
 # (tcp and noise) and Konnectivity (HTTP CONNECT frontend), one after another
-# on this machine, plus connector and raw QUIC over an emulated WAN path.
+# on this machine, plus connector and raw QUIC over an emulated WAN path (a
+# UDP proxy), and every peer over an IP-level one (benches/wan-ip.sh).
 #
 #   benches/compare.sh                 # everything; prints a markdown table
 #   SECS=3 benches/compare.sh          # shorter bulk phases
@@ -236,8 +237,12 @@ CAGENT_BBR=$LAST
 "$NB" run --label wan-connector-quic-bbr --addr 127.0.0.1:17012 --pids "$CSERVER_BBR,$CAGENT_BBR" \
 	--endpoint-pids "$TARGET_PID" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
 stop "$CSERVER_BBR" "$CAGENT_BBR" "$IMPAIR4"
-note "WAN rows for TCP-based peers (rathole, Konnectivity, direct TCP): not measured (no TUN/netns forwarder yet)"
 stop "$CSERVER" "$CAGENT" "$IMPAIR1" "$IMPAIR2"
+
+# 7. The same WAN path at the IP level, for every peer including the TCP-based
+#    ones: network namespaces joined by a TUN forwarder (benches/wan-ip.sh; root only).
+WAN_SECS="$WAN_SECS" WAN_DELAY_MS="$WAN_DELAY_MS" WAN_LOSS="$WAN_LOSS" RATHOLE="$RATHOLE" KONN_BIN="$KONN_BIN" \
+	"$ROOT/benches/wan-ip.sh" >"$WORK/wan-ip.txt" 2>"$WORK/wan-ip.log" || note "wan-ip: failed (see $WORK/wan-ip.log)"
 
 echo
 "$NB" table --input "$OUT"
@@ -245,4 +250,9 @@ echo
 cat "$WORK/notes.txt"
 [ -s "$WORK/idle.txt" ] && cat "$WORK/idle.txt"
 [ -s "$WORK/agents.txt" ] && cat "$WORK/agents.txt"
+if [ -s "$WORK/wan-ip.txt" ]; then
+	echo
+	echo "IP-level WAN path (benches/wan-ip.sh), every peer:"
+	cat "$WORK/wan-ip.txt"
+fi
 echo "raw results: $OUT"

@@ -1,8 +1,9 @@
 //! Shared pieces of connector's benchmarks: a small TCP target service with
 //! an echo, a sink and a source mode ([`target`]), the client side of each
 //! measurement ([`client`]), and a server + agent pair over QUIC on loopback
-//! or over the in-memory transport ([`harness`]); and the soak test's
-//! driver ([`soak`]).
+//! or over the in-memory transport ([`harness`]); the soak test's driver
+//! ([`soak`]); and an IP-level impaired path between two network namespaces
+//! ([`tun_impair`]).
 //!
 //! The criterion benches (`benches/tunnel.rs`, `benches/codec.rs`) and the
 //! `netbench` program behind `benches/compare.sh` both use them, so every row
@@ -15,6 +16,7 @@ pub mod client;
 pub mod harness;
 pub mod soak;
 pub mod target;
+pub mod tun_impair;
 
 /// Size of the buffers used for bulk reads and writes (256 KiB).
 pub const CHUNK: usize = 256 * 1024;

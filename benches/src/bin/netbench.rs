@@ -6,6 +6,7 @@
 //! * `quic-serve` / `quic-run`: the same measurements over raw QUIC (quinn,
 //!   one connection, one stream per "connection"): the QUIC ceiling;
 //! * `impair`: the shared UDP impairment proxy (`connector_core::netsim`) with a fixed delay and random loss each way;
+//! * `tun-impair`: the same at the IP level, between TUN devices in two network namespaces (for TCP peers too);
 //! * `idle`: opens many idle connections and reports the tunnel's RSS growth;
 //! * `table`: prints the collected rows with ratios.
 
@@ -73,6 +74,31 @@ enum Cmd {
         #[arg(long, default_value_t = 0.01)]
         loss: f64,
         /// Seed of the random losses (the same seed drops the same datagrams of the same sequence).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// IP-level impairment between two network namespaces: copies packets between the TUN device
+    /// --a-dev of --a-netns and --b-dev of --b-netns with a fixed one-way delay and random loss.
+    TunImpair {
+        /// Network namespace of the first device (`/var/run/netns/NAME`).
+        #[arg(long)]
+        a_netns: PathBuf,
+        /// TUN device in the first namespace.
+        #[arg(long)]
+        a_dev: String,
+        /// Network namespace of the second device.
+        #[arg(long)]
+        b_netns: PathBuf,
+        /// TUN device in the second namespace.
+        #[arg(long)]
+        b_dev: String,
+        /// One-way delay added in each direction, milliseconds.
+        #[arg(long, default_value_t = 10)]
+        delay_ms: u64,
+        /// Probability that a packet is dropped, each direction.
+        #[arg(long, default_value_t = 0.01)]
+        loss: f64,
+        /// Seed of the random losses.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -180,6 +206,27 @@ fn main() -> anyhow::Result<()> {
             loss,
             seed,
         } => multi_thread()?.block_on(impair(listen, upstream, Duration::from_millis(delay_ms), loss, seed)),
+        Cmd::TunImpair {
+            a_netns,
+            a_dev,
+            b_netns,
+            b_dev,
+            delay_ms,
+            loss,
+            seed,
+        } => {
+            let a = connector_benches::tun_impair::open_tun_in(&a_netns, &a_dev).context("opening --a-dev")?;
+            let b = connector_benches::tun_impair::open_tun_in(&b_netns, &b_dev).context("opening --b-dev")?;
+            eprintln!("tun-impair: {a_dev} <-> {b_dev}, {delay_ms} ms each way, loss {loss}");
+            current_thread()?.block_on(connector_benches::tun_impair::forward(
+                a,
+                b,
+                Duration::from_millis(delay_ms),
+                loss,
+                seed,
+            ))?;
+            Ok(())
+        }
         Cmd::Idle { addr, n, pids } => current_thread()?.block_on(idle(addr, n, pids)),
         Cmd::Agents {
             server,
@@ -280,11 +327,13 @@ impl QuicDialer {
             client_identity: None,
         };
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.rustls_config()?)?;
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        let addr: SocketAddr = args.addr.parse()?;
+        // Any local address of the server's family: the server may be beyond loopback (wan-ip.sh).
+        let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+        let mut endpoint = quinn::Endpoint::client(local)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(args.bbr)));
         endpoint.set_default_client_config(config);
-        let addr: SocketAddr = args.addr.parse()?;
         let conn = endpoint.connect(addr, "localhost")?.await?;
         Ok(Self {
             conn,
