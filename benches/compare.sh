@@ -46,23 +46,9 @@ ulimit -n 65536 2>/dev/null || true
 NB="$TARGET_DIR/release/netbench"
 CONNECTOR="$TARGET_DIR/release/connector"
 
-PIDS=()
-cleanup() {
-	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-# start NAME CMD...: runs CMD in the background, logs to $WORK/NAME.log, sets $LAST.
-start() {
-	local name="$1"
-	shift
-	"$@" >"$WORK/$name.log" 2>&1 &
-	LAST=$!
-	PIDS+=("$LAST")
-}
-
-stop() { for pid in "$@"; do kill "$pid" 2>/dev/null || true; done; }
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+trap stop_all EXIT
 
 note() { echo "# $*" | tee -a "$WORK/notes.txt" >&2; }
 
@@ -126,35 +112,8 @@ stop "$CSERVER" "$CAGENT"
 
 # 4. rathole, plain tcp and noise.
 if [ -x "$RATHOLE" ]; then
-	keys="$("$RATHOLE" --genkey)"
-	private="$(echo "$keys" | sed -n '/Private Key:/{n;p}')"
-	public="$(echo "$keys" | sed -n '/Public Key:/{n;p}')"
 	for transport in tcp noise; do
-		noise_server="" noise_client=""
-		if [ "$transport" = noise ]; then
-			noise_server=$'[server.transport.noise]\nlocal_private_key = "'"$private"'"'
-			noise_client=$'[client.transport.noise]\nremote_public_key = "'"$public"'"'
-		fi
-		cat >"$WORK/rathole-server-$transport.toml" <<EOF
-[server]
-bind_addr = "127.0.0.1:17020"
-[server.transport]
-type = "$transport"
-$noise_server
-[server.services.bench]
-token = "bench-token"
-bind_addr = "127.0.0.1:17021"
-EOF
-		cat >"$WORK/rathole-client-$transport.toml" <<EOF
-[client]
-remote_addr = "127.0.0.1:17020"
-[client.transport]
-type = "$transport"
-$noise_client
-[client.services.bench]
-token = "bench-token"
-local_addr = "127.0.0.1:17001"
-EOF
+		write_rathole_configs "$RATHOLE" "$transport" 127.0.0.1:17020 127.0.0.1:17021 127.0.0.1:17001
 		start "rathole-server-$transport" env RUST_LOG=warn "$RATHOLE" --server "$WORK/rathole-server-$transport.toml"
 		RSERVER=$LAST
 		start "rathole-client-$transport" env RUST_LOG=warn "$RATHOLE" --client "$WORK/rathole-client-$transport.toml"

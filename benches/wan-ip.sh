@@ -41,25 +41,15 @@ fi
 NB="$TARGET_DIR/release/netbench"
 CONNECTOR="$TARGET_DIR/release/connector"
 
-PIDS=()
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 cleanup() {
-	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-	wait 2>/dev/null || true
+	stop_all
 	ip netns del "$A" 2>/dev/null || true
 	ip netns del "$B" 2>/dev/null || true
 }
 trap cleanup EXIT
 
-# start NAME CMD...: runs CMD in the background, logs to $WORK/NAME.log, sets $LAST
-# (`ip netns exec` execs its command, so $LAST is the command's own PID).
-start() {
-	local name="$1"
-	shift
-	"$@" >"$WORK/$name.log" 2>&1 &
-	LAST=$!
-	PIDS+=("$LAST")
-}
-stop() { for pid in "$@"; do kill "$pid" 2>/dev/null || true; done; }
 inA() { ip netns exec "$A" "$@"; }
 inB() { ip netns exec "$B" "$@"; }
 note() { echo "# $*" >&2; }
@@ -124,35 +114,8 @@ connector_row connector-tcp 17447 -- --transport tcp
 
 # rathole: server in A (its service port on A's loopback), client in B.
 if [ -x "$RATHOLE" ]; then
-	keys="$("$RATHOLE" --genkey)"
-	private="$(echo "$keys" | sed -n '/Private Key:/{n;p}')"
-	public="$(echo "$keys" | sed -n '/Public Key:/{n;p}')"
 	for transport in tcp noise; do
-		noise_server="" noise_client=""
-		if [ "$transport" = noise ]; then
-			noise_server=$'[server.transport.noise]\nlocal_private_key = "'"$private"'"'
-			noise_client=$'[client.transport.noise]\nremote_public_key = "'"$public"'"'
-		fi
-		cat >"$WORK/rathole-server-$transport.toml" <<EOF
-[server]
-bind_addr = "$IP_A:17120"
-[server.transport]
-type = "$transport"
-$noise_server
-[server.services.bench]
-token = "bench-token"
-bind_addr = "127.0.0.1:17121"
-EOF
-		cat >"$WORK/rathole-client-$transport.toml" <<EOF
-[client]
-remote_addr = "$IP_A:17120"
-[client.transport]
-type = "$transport"
-$noise_client
-[client.services.bench]
-token = "bench-token"
-local_addr = "$IP_B:17101"
-EOF
+		write_rathole_configs "$RATHOLE" "$transport" "$IP_A:17120" 127.0.0.1:17121 "$IP_B:17101"
 		start "rathole-server-$transport" ip netns exec "$A" env RUST_LOG=warn "$RATHOLE" --server "$WORK/rathole-server-$transport.toml"
 		rserver=$LAST
 		start "rathole-client-$transport" ip netns exec "$B" env RUST_LOG=warn "$RATHOLE" --client "$WORK/rathole-client-$transport.toml"

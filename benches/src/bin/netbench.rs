@@ -67,15 +67,8 @@ enum Cmd {
         /// Address datagrams are relayed to.
         #[arg(long)]
         upstream: SocketAddr,
-        /// One-way delay added in each direction, milliseconds.
-        #[arg(long, default_value_t = 10)]
-        delay_ms: u64,
-        /// Probability that a datagram is dropped, each direction.
-        #[arg(long, default_value_t = 0.01)]
-        loss: f64,
-        /// Seed of the random losses (the same seed drops the same datagrams of the same sequence).
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        #[command(flatten)]
+        path: PathImpairment,
     },
     /// IP-level impairment between two network namespaces: copies packets between the TUN device
     /// --a-dev of --a-netns and --b-dev of --b-netns with a fixed one-way delay and random loss.
@@ -92,15 +85,8 @@ enum Cmd {
         /// TUN device in the second namespace.
         #[arg(long)]
         b_dev: String,
-        /// One-way delay added in each direction, milliseconds.
-        #[arg(long, default_value_t = 10)]
-        delay_ms: u64,
-        /// Probability that a packet is dropped, each direction.
-        #[arg(long, default_value_t = 0.01)]
-        loss: f64,
-        /// Seed of the random losses.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        #[command(flatten)]
+        path: PathImpairment,
     },
     /// Opens --n idle echo connections through --addr and reports the RSS growth of --pids.
     Idle {
@@ -147,6 +133,26 @@ enum Cmd {
         #[arg(long)]
         input: PathBuf,
     },
+}
+
+/// What `impair` and `tun-impair` do to each direction of the path.
+#[derive(clap::Args, Clone, Copy)]
+struct PathImpairment {
+    /// One-way delay added in each direction, milliseconds.
+    #[arg(long, default_value_t = 10)]
+    delay_ms: u64,
+    /// Probability that a datagram (or packet) is dropped, each direction.
+    #[arg(long, default_value_t = 0.01)]
+    loss: f64,
+    /// Seed of the random losses (the same seed drops the same packets of the same sequence).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl PathImpairment {
+    fn delay(&self) -> Duration {
+        Duration::from_millis(self.delay_ms)
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -199,31 +205,28 @@ fn main() -> anyhow::Result<()> {
             let dialer = QuicDialer::connect(&args).await?;
             run(args, Arc::new(dialer)).await
         }),
-        Cmd::Impair {
-            listen,
-            upstream,
-            delay_ms,
-            loss,
-            seed,
-        } => multi_thread()?.block_on(impair(listen, upstream, Duration::from_millis(delay_ms), loss, seed)),
+        Cmd::Impair { listen, upstream, path } => {
+            multi_thread()?.block_on(impair(listen, upstream, path.delay(), path.loss, path.seed))
+        }
         Cmd::TunImpair {
             a_netns,
             a_dev,
             b_netns,
             b_dev,
-            delay_ms,
-            loss,
-            seed,
+            path,
         } => {
             let a = connector_benches::tun_impair::open_tun_in(&a_netns, &a_dev).context("opening --a-dev")?;
             let b = connector_benches::tun_impair::open_tun_in(&b_netns, &b_dev).context("opening --b-dev")?;
-            eprintln!("tun-impair: {a_dev} <-> {b_dev}, {delay_ms} ms each way, loss {loss}");
+            eprintln!(
+                "tun-impair: {a_dev} <-> {b_dev}, {} ms each way, loss {}",
+                path.delay_ms, path.loss
+            );
             current_thread()?.block_on(connector_benches::tun_impair::forward(
                 a,
                 b,
-                Duration::from_millis(delay_ms),
-                loss,
-                seed,
+                path.delay(),
+                path.loss,
+                path.seed,
             ))?;
             Ok(())
         }

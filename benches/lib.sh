@@ -1,0 +1,62 @@
+# Shell helpers shared by benches/compare.sh and benches/wan-ip.sh (sourced,
+# not run). They expect $WORK (a scratch directory) to be set.
+
+PIDS=()
+
+# start NAME CMD...: runs CMD in the background, logs to $WORK/NAME.log, sets
+# $LAST to its PID (`ip netns exec` and `env` exec their command, so that is
+# the command's own PID).
+start() {
+	local name="$1"
+	shift
+	"$@" >"$WORK/$name.log" 2>&1 &
+	LAST=$!
+	PIDS+=("$LAST")
+}
+
+# stop PID...: asks each process to end.
+stop() { for pid in "$@"; do kill "$pid" 2>/dev/null || true; done; }
+
+# stop_all: ends everything `start` started (for an EXIT trap).
+stop_all() {
+	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+}
+
+# write_rathole_configs RATHOLE TRANSPORT SERVER_BIND SERVICE_BIND TARGET: writes
+# $WORK/rathole-{server,client}-TRANSPORT.toml for one service "bench": the
+# server listens for its client on SERVER_BIND and for users on SERVICE_BIND;
+# the client connects to SERVER_BIND and forwards to TARGET. TRANSPORT is
+# `tcp` or `noise` (a fresh key pair from `rathole --genkey`).
+write_rathole_configs() {
+	local rathole="$1" transport="$2" server_bind="$3" service_bind="$4" target="$5"
+	local noise_server="" noise_client=""
+	if [ "$transport" = noise ]; then
+		local keys private public
+		keys="$("$rathole" --genkey)"
+		private="$(echo "$keys" | sed -n '/Private Key:/{n;p}')"
+		public="$(echo "$keys" | sed -n '/Public Key:/{n;p}')"
+		noise_server=$'[server.transport.noise]\nlocal_private_key = "'"$private"'"'
+		noise_client=$'[client.transport.noise]\nremote_public_key = "'"$public"'"'
+	fi
+	cat >"$WORK/rathole-server-$transport.toml" <<TOML
+[server]
+bind_addr = "$server_bind"
+[server.transport]
+type = "$transport"
+$noise_server
+[server.services.bench]
+token = "bench-token"
+bind_addr = "$service_bind"
+TOML
+	cat >"$WORK/rathole-client-$transport.toml" <<TOML
+[client]
+remote_addr = "$server_bind"
+[client.transport]
+type = "$transport"
+$noise_client
+[client.services.bench]
+token = "bench-token"
+local_addr = "$target"
+TOML
+}
