@@ -39,6 +39,21 @@ def free_port(kind=socket.SOCK_STREAM):
         return s.getsockname()[1]
 
 
+def free_udp_and_tcp_port():
+    """A port free for UDP and for TCP at once: the server takes both (QUIC and its TCP fallback)."""
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
 def get(url):
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -126,7 +141,7 @@ def main():
 
     kubelet = http.server.ThreadingHTTPServer(("127.0.0.1", 10250), Kubelet)
     threading.Thread(target=kubelet.serve_forever, daemon=True).start()
-    quic, server_admin = free_port(socket.SOCK_DGRAM), free_port()
+    quic, server_admin = free_udp_and_tcp_port(), free_port()
     procs = []
     try:
         log = open(os.path.join(work, "smoke-server.log"), "w")
