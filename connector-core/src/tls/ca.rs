@@ -89,10 +89,10 @@ impl CaBundle {
     /// The verifier of server certificates (agent side).
     pub(crate) fn server_verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
         if self.files.is_empty() {
-            return Ok(webpki_server(&self.fixed)?);
+            return Ok(webpki_server(roots(&self.fixed, &[])?)?);
         }
         let fixed = self.fixed.clone();
-        let following = self.follow(move |files| webpki_server(&all_certs(&fixed, files)?))?;
+        let following = self.follow(move |files| webpki_server(roots(&fixed, files)?))?;
         Ok(Arc::new(FollowingServerVerifier(following)))
     }
 
@@ -100,11 +100,11 @@ impl CaBundle {
     /// clients without one (the authenticator then decides).
     pub(crate) fn client_verifier(&self, optional: bool) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
         if self.files.is_empty() {
-            return webpki_client(&self.fixed, optional);
+            return webpki_client(roots(&self.fixed, &[])?, optional);
         }
         let fixed = self.fixed.clone();
         let following = self.follow(move |files| {
-            let verifier = webpki_client(&all_certs(&fixed, files)?, optional)?;
+            let verifier = webpki_client(roots(&fixed, files)?, optional)?;
             // rustls borrows the hints from the verifier for as long as it
             // lives: each bundle in use keeps its own, a few hundred bytes per
             // CA rotation.
@@ -122,42 +122,30 @@ impl CaBundle {
     }
 }
 
-/// The fixed certificates and those in each file (each must hold one at least).
-fn all_certs(
-    fixed: &[CertificateDer<'static>],
-    files: &[(&Path, &[u8])],
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let mut certs = fixed.to_vec();
+/// The root store of the fixed certificates and those in each file (each
+/// must hold one at least); a certificate the store refuses names its file.
+fn roots(fixed: &[CertificateDer<'static>], files: &[(&Path, &[u8])]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in fixed {
+        roots.add(ca.clone())?;
+    }
     for (path, pem) in files {
         let name = path.display().to_string();
-        let read = certs_from_pem(pem, &name)?;
-        // Refuse what the root store would refuse, naming the file.
-        for cert in &read {
-            RootCertStore::empty()
-                .add(cert.clone())
-                .map_err(|e| TlsError::CaCertificate(name.clone(), e))?;
+        for cert in certs_from_pem(pem, &name)? {
+            roots.add(cert).map_err(|e| TlsError::CaCertificate(name.clone(), e))?;
         }
-        certs.extend(read);
-    }
-    Ok(certs)
-}
-
-fn root_store(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for ca in cas {
-        roots.add(ca.clone())?;
     }
     Ok(Arc::new(roots))
 }
 
-fn webpki_server(cas: &[CertificateDer<'static>]) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
-    WebPkiServerVerifier::builder_with_provider(root_store(cas)?, provider())
+fn webpki_server(roots: Arc<RootCertStore>) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    WebPkiServerVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| TlsError::ServerCa(e.to_string()))
 }
 
-fn webpki_client(cas: &[CertificateDer<'static>], optional: bool) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let builder = WebPkiClientVerifier::builder_with_provider(root_store(cas)?, provider());
+fn webpki_client(roots: Arc<RootCertStore>, optional: bool) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
     let builder = if optional {
         builder.allow_unauthenticated()
     } else {
