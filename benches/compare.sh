@@ -27,14 +27,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-PEERS="${PEERS:-$TARGET_DIR/peers}"
-RATHOLE="${RATHOLE:-$PEERS/rathole/bin/rathole}"
-KONN_BIN="${KONN_BIN:-$PEERS/konn/bin}"
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 SECS="${SECS:-5}"
-WAN_SECS="${WAN_SECS:-10}"
-WAN_DELAY_MS="${WAN_DELAY_MS:-10}" # each way: 20 ms RTT
-WAN_LOSS="${WAN_LOSS:-0.01}"       # each way
 IDLE_N="${IDLE_N:-10000}"
 AGENTS_N="${AGENTS_N:-2000}"
 WORK="$(mktemp -d /tmp/connector-compare.XXXXXX)"
@@ -42,12 +37,7 @@ OUT="$WORK/results.tsv"
 
 # Many idle connections need many descriptors in every process started below.
 ulimit -n 65536 2>/dev/null || true
-(cd "$ROOT" && cargo build --release -q -p connector-cli -p connector-benches --bins)
-NB="$TARGET_DIR/release/netbench"
-CONNECTOR="$TARGET_DIR/release/connector"
-
-# shellcheck source=benches/lib.sh
-. "$ROOT/benches/lib.sh"
+build
 trap stop_all EXIT
 
 note() { echo "# $*" | tee -a "$WORK/notes.txt" >&2; }

@@ -1,5 +1,22 @@
 # Shell helpers shared by benches/compare.sh and benches/wan-ip.sh (sourced,
-# not run). They expect $WORK (a scratch directory) to be set.
+# not run, with $ROOT set to the repository). The functions expect $WORK (a
+# scratch directory) to be set.
+
+# Knobs both scripts take from the environment.
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+PEERS="${PEERS:-$TARGET_DIR/peers}"
+RATHOLE="${RATHOLE:-$PEERS/rathole/bin/rathole}"
+KONN_BIN="${KONN_BIN:-$PEERS/konn/bin}"
+WAN_SECS="${WAN_SECS:-10}"
+WAN_DELAY_MS="${WAN_DELAY_MS:-10}" # each way: 20 ms RTT
+WAN_LOSS="${WAN_LOSS:-0.01}"       # each way
+
+# build: the release `connector` and `netbench`, as $CONNECTOR and $NB.
+build() {
+	(cd "$ROOT" && cargo build --release -q -p connector-cli -p connector-benches --bins)
+	NB="$TARGET_DIR/release/netbench"
+	CONNECTOR="$TARGET_DIR/release/connector"
+}
 
 PIDS=()
 

@@ -19,13 +19,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-PEERS="${PEERS:-$TARGET_DIR/peers}"
-RATHOLE="${RATHOLE:-$PEERS/rathole/bin/rathole}"
-KONN_BIN="${KONN_BIN:-$PEERS/konn/bin}"
-WAN_SECS="${WAN_SECS:-10}"
-WAN_DELAY_MS="${WAN_DELAY_MS:-10}"
-WAN_LOSS="${WAN_LOSS:-0.01}"
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 WORK="$(mktemp -d /tmp/connector-wanip.XXXXXX)"
 OUT="$WORK/results.tsv"
 A=cnwan-a
@@ -37,12 +32,7 @@ if [ "$(id -u)" -ne 0 ] || [ ! -c /dev/net/tun ]; then
 	echo "# wan-ip: needs root and /dev/net/tun; IP-level WAN rows skipped" >&2
 	exit 0
 fi
-(cd "$ROOT" && cargo build --release -q -p connector-cli -p connector-benches --bins)
-NB="$TARGET_DIR/release/netbench"
-CONNECTOR="$TARGET_DIR/release/connector"
-
-# shellcheck source=benches/lib.sh
-. "$ROOT/benches/lib.sh"
+build
 cleanup() {
 	stop_all
 	ip netns del "$A" 2>/dev/null || true
