@@ -25,6 +25,7 @@ use connector_benches::{CHUNK, target};
 use connector_core::netsim::{Impairment, UdpImpairProxy};
 use connector_core::pki::ThrowawayCa;
 use connector_core::tls::{AgentTls, ServerTls};
+use connector_core::transport::congestion::CongestionControl;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -357,8 +358,10 @@ impl Dialer for QuicDialer {
 fn transport_config(bbr: bool) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(20_000));
+    // Connector's stream window, so that raw QUIC is the ceiling of the same configuration.
+    transport.stream_receive_window(quinn::VarInt::from_u32(connector_core::transport::STREAM_WINDOW));
     if bbr {
-        transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        transport.congestion_controller_factory(CongestionControl::Bbr.factory());
     }
     transport
 }

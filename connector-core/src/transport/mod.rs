@@ -6,6 +6,7 @@
 //! between the two, and [`memory`] runs the same code inside one process for
 //! tests and benchmarks.
 
+pub mod congestion;
 pub mod fallback;
 pub mod memory;
 pub mod qmux;
@@ -22,6 +23,15 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::proto::{ConnectionCode, StreamCode};
+
+/// Receive window of one tunnelled connection (stream), on every transport:
+/// what a stream may have in flight towards a reader. 4 MiB is about three
+/// bandwidth-delay products of 0.5 Gbit/s over 20 ms, enough to keep such a
+/// path full while a lost packet is sent again (quinn's default, 1.25 MB,
+/// held one connection to 0.1–0.27 Gbit/s on a 20 ms, 1 %-loss path; see
+/// `docs/benchmarks.md`). A reader that stops reading holds at most this
+/// much buffered at the other end.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// A boxed, sendable future (the traits here are used as trait objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -14,6 +14,7 @@ use quinn::{Endpoint, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+pub use super::congestion::CongestionControl;
 use super::{
     BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream, SendStream, StreamReset,
     TransportError,
@@ -38,30 +39,6 @@ pub struct QuicSettings {
     pub handshake_timeout: Duration,
     /// Congestion controller of this end's sending direction.
     pub congestion: CongestionControl,
-}
-
-/// Which congestion controller QUIC uses for what this end sends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum CongestionControl {
-    /// CUBIC (RFC 9438), quinn's default: conservative, backs off on every loss.
-    #[default]
-    Cubic,
-    /// BBR: paces to the measured bandwidth and RTT instead of backing off on
-    /// loss, so a lossy long path keeps its throughput. quinn marks its BBR
-    /// experimental; measured in `docs/benchmarks.md` (WAN rows).
-    Bbr,
-}
-
-impl std::str::FromStr for CongestionControl {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "cubic" => Ok(Self::Cubic),
-            "bbr" => Ok(Self::Bbr),
-            other => Err(format!("unknown congestion controller {other:?}: use cubic or bbr")),
-        }
-    }
 }
 
 impl Default for QuicSettings {
@@ -109,9 +86,8 @@ fn transport_config(settings: &QuicSettings, incoming_streams: u32) -> Transport
     ));
     t.max_concurrent_bidi_streams(VarInt::from_u32(incoming_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    if settings.congestion == CongestionControl::Bbr {
-        t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
-    }
+    t.stream_receive_window(VarInt::from_u32(super::STREAM_WINDOW));
+    t.congestion_controller_factory(settings.congestion.factory());
     t
 }
 

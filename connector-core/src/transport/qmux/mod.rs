@@ -67,7 +67,7 @@ impl Default for QmuxSettings {
             idle_timeout: Duration::from_secs(30),
             max_tunnelled_streams: 10_064,
             handshake_timeout: Duration::from_secs(10),
-            stream_window: 4 * 1024 * 1024,
+            stream_window: super::STREAM_WINDOW as u64,
             connection_window: 16 * 1024 * 1024,
         }
     }
