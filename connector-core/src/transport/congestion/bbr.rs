@@ -190,6 +190,47 @@ impl Bbr {
         }
     }
 
+    /// One acknowledged packet, sent at `sent` (`Controller::on_ack` without quinn's types).
+    fn acked(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, smoothed_rtt: Duration) {
+        self.meter.delivered(bytes, smoothed_rtt);
+        self.delivered += bytes;
+        self.delivered_at = now;
+        self.batch_acked += bytes;
+        // A zero sample (an ACK handled at the instant quinn stamped the send
+        // with) says nothing about the path.
+        let rtt = now.saturating_duration_since(sent);
+        if !rtt.is_zero() {
+            self.batch_rtt = Some(self.batch_rtt.map_or(rtt, |r| r.min(rtt)));
+        }
+        // The state of this packet is the latest sent no later than it; older
+        // ones belong to packets acknowledged already or lost.
+        while self.sends.get(1).is_some_and(|next| next.sent <= sent) {
+            self.sends.pop_front();
+        }
+        let Some(state) = self.sends.front().copied().filter(|s| s.sent <= sent) else {
+            return;
+        };
+        if state.delivered >= self.round_end_delivered {
+            self.round_end_delivered = self.delivered;
+            self.round += 1;
+            self.round_started = true;
+        }
+        self.first_sent = state.sent;
+        let interval = state
+            .sent
+            .saturating_duration_since(state.first_sent)
+            .max(now.saturating_duration_since(state.delivered_at));
+        // Shorter than a round trip: ACK compression, not the path's rate.
+        if self.min_rtt.is_some_and(|min| interval < min) || interval.is_zero() {
+            return;
+        }
+        let rate = ((self.delivered - state.delivered) as f64 / interval.as_secs_f64()) as u64;
+        // An app-limited sample only counts when it shows more than known.
+        if !app_limited || rate > self.bandwidth() {
+            self.bandwidth.update(self.round, rate);
+        }
+    }
+
     fn min_window(&self) -> u64 {
         MIN_WINDOW_PACKETS * self.mtu
     }
@@ -346,39 +387,7 @@ impl Controller for Bbr {
     }
 
     fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, rtt: &quinn_proto::RttEstimator) {
-        self.meter.delivered(bytes, rtt.get());
-        self.delivered += bytes;
-        self.delivered_at = now;
-        self.batch_acked += bytes;
-        let rtt = now.saturating_duration_since(sent);
-        self.batch_rtt = Some(self.batch_rtt.map_or(rtt, |r| r.min(rtt)));
-        // The state of this packet is the latest sent no later than it; older
-        // ones belong to packets acknowledged already or lost.
-        while self.sends.get(1).is_some_and(|next| next.sent <= sent) {
-            self.sends.pop_front();
-        }
-        let Some(state) = self.sends.front().copied().filter(|s| s.sent <= sent) else {
-            return;
-        };
-        if state.delivered >= self.round_end_delivered {
-            self.round_end_delivered = self.delivered;
-            self.round += 1;
-            self.round_started = true;
-        }
-        self.first_sent = state.sent;
-        let interval = state
-            .sent
-            .saturating_duration_since(state.first_sent)
-            .max(now.saturating_duration_since(state.delivered_at));
-        // Shorter than a round trip: ACK compression, not the path's rate.
-        if self.min_rtt.is_some_and(|min| interval < min) || interval.is_zero() {
-            return;
-        }
-        let rate = ((self.delivered - state.delivered) as f64 / interval.as_secs_f64()) as u64;
-        // An app-limited sample only counts when it shows more than known.
-        if !app_limited || rate > self.bandwidth() {
-            self.bandwidth.update(self.round, rate);
-        }
+        self.acked(now, sent, bytes, app_limited, rtt.get());
     }
 
     fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, _largest: Option<u64>) {
@@ -441,5 +450,98 @@ impl Controller for Bbr {
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    const MTU: u64 = 1_200;
+
+    /// A bottleneck of `rate` bytes per second with a drop-tail queue of
+    /// `queue` bytes, `rtt` of propagation and `loss` random loss; the sender
+    /// sends full packets whenever the window allows. Returns the bytes
+    /// delivered per second over the last half of `secs`, and the controller.
+    fn simulate(rate: f64, rtt: Duration, loss: f64, queue: f64, secs: u64) -> (f64, Bbr) {
+        let start = Instant::now();
+        let end = start + Duration::from_secs(secs);
+        let half = start + Duration::from_secs(secs) / 2;
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut bbr = Bbr::new(start, MTU as u16);
+        // (when the ACK (or loss notice) arrives, send time, lost)
+        let mut events: BinaryHeap<Reverse<(Instant, Instant, bool)>> = BinaryHeap::new();
+        let mut now = start;
+        let mut in_flight = 0u64;
+        let mut link_free = start;
+        let mut delivered_late = 0u64;
+        let per_packet = Duration::from_secs_f64(MTU as f64 / rate);
+        while now < end {
+            while in_flight + MTU <= bbr.window() {
+                bbr.on_sent(now, MTU, 0);
+                in_flight += MTU;
+                let departs = link_free.max(now) + per_packet;
+                let queued = departs.saturating_duration_since(now).as_secs_f64() * rate;
+                let lost = queued > queue || rng.random::<f64>() < loss;
+                if queued <= queue {
+                    link_free = departs;
+                }
+                // A loss is noticed about when its ACK would have come.
+                events.push(Reverse((departs + rtt, now, lost)));
+            }
+            let Some(Reverse((at, sent, lost))) = events.pop() else { break };
+            now = at;
+            in_flight -= MTU;
+            if lost {
+                bbr.on_congestion_event(now, sent, false, MTU);
+            } else {
+                bbr.acked(now, sent, MTU, false, rtt);
+                if now >= half {
+                    delivered_late += MTU;
+                }
+            }
+            bbr.on_end_acks(now, in_flight, false, None);
+        }
+        let late = end.saturating_duration_since(half).as_secs_f64();
+        (delivered_late as f64 / late, bbr)
+    }
+
+    const RATE: f64 = 100e6 / 8.0; // 100 Mbit/s
+    const RTT: Duration = Duration::from_millis(20);
+    const BDP: f64 = RATE * 0.020;
+
+    #[test]
+    fn fills_a_lossy_path_and_models_it() {
+        let (throughput, bbr) = simulate(RATE, RTT, 0.01, BDP, 10);
+        assert!(throughput > 0.85 * RATE, "{:.1} Mbit/s of 100", throughput * 8e-6);
+        let bw = bbr.bandwidth() as f64;
+        assert!(bw > 0.9 * RATE && bw < 1.2 * RATE, "bandwidth {:.1} Mbit/s", bw * 8e-6);
+        let min_rtt = bbr.min_rtt.unwrap();
+        assert!(min_rtt >= RTT && min_rtt < RTT * 2, "{min_rtt:?}");
+    }
+
+    #[test]
+    fn keeps_the_queue_short_on_a_clean_path() {
+        // A queue of four bandwidth-delay products: the window stays near one.
+        let (throughput, bbr) = simulate(RATE, RTT, 0.0, 4.0 * BDP, 10);
+        assert!(throughput > 0.9 * RATE, "{:.1} Mbit/s of 100", throughput * 8e-6);
+        assert!((bbr.window() as f64) < 2.5 * BDP, "window {} for a BDP of {BDP}", bbr.window());
+    }
+
+    #[test]
+    fn heavy_loss_cuts_the_window() {
+        // Start-up overfills the queue once; after that, 1 % random loss
+        // never counts, while 10 % keeps counting to the end.
+        let (_, light) = simulate(RATE, RTT, 0.01, BDP, 5);
+        let (_, heavy) = simulate(RATE, RTT, 0.10, BDP, 5);
+        let last_cut = |bbr: &Bbr| bbr.loss_cut_round.map_or(0.0, |r| r as f64 / bbr.round as f64);
+        assert!(last_cut(&light) < 0.2, "1 % loss taken for congestion late: {}", last_cut(&light));
+        assert!(last_cut(&heavy) > 0.9, "10 % loss ignored: {}", last_cut(&heavy));
     }
 }
