@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# WAN rows at the IP level, for every peer: direct TCP, raw QUIC, connector
+# WAN rows at the IP level, for every peer: direct TCP, raw QUIC (Cubic, BBR), connector
 # (QUIC, QUIC with BBR, TCP fallback), rathole (tcp, noise) and Konnectivity
 # all cross the same impaired path. Two network namespaces, "control plane"
 # (A, 10.77.0.1) and "node" (B, 10.77.0.2), each hold a TUN device;
@@ -70,12 +70,20 @@ row() { inA "$NB" run --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT" --endp
 
 # Direct TCP and raw QUIC across the path: the limits.
 row --label direct-tcp --addr "$IP_B:17101"
-start rawquic ip netns exec "$B" "$NB" quic-serve --listen "$IP_B:17102" --ca-out "$WORK/rawquic-ca.pem"
-RAWQUIC=$LAST
-until [ -s "$WORK/rawquic-ca.pem" ]; do sleep 0.05; done # written after the bind
-inA "$NB" quic-run --label raw-quic --addr "$IP_B:17102" --ca "$WORK/rawquic-ca.pem" --pids "$RAWQUIC" \
-	--secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
-stop "$RAWQUIC"
+raw_quic_row() {
+	local label="$1" port="$2"
+	shift 2
+	rm -f "$WORK/$label-ca.pem"
+	start "$label" ip netns exec "$B" "$NB" quic-serve --listen "$IP_B:$port" --ca-out "$WORK/$label-ca.pem" "$@"
+	local server=$LAST
+	until [ -s "$WORK/$label-ca.pem" ]; do sleep 0.05; done # written after the bind
+	inA "$NB" quic-run --label "$label" --addr "$IP_B:$port" --ca "$WORK/$label-ca.pem" --pids "$server" \
+		--secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT" "$@"
+	stop "$server"
+	wait "$server" 2>/dev/null || true
+}
+raw_quic_row raw-quic 17102
+raw_quic_row raw-quic-bbr 17103 --bbr
 
 # connector: server (with its --forward entry) in A, agent in B.
 connector_row() {
