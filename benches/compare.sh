@@ -160,32 +160,33 @@ CAGENT=$LAST
 	--secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
 "$NB" run --label wan-connector-quic --addr 127.0.0.1:17011 --pids "$CSERVER,$CAGENT" --endpoint-pids "$TARGET_PID" \
 	--secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
-# Raw QUIC with BBR instead of Cubic on the same impaired path: what the congestion controller is worth.
-start rawquic-bbr "$NB" quic-serve --listen 127.0.0.1:17003 --ca-out "$WORK/rawquic-bbr-ca.pem" --bbr
-RAWQUIC_BBR=$LAST
-start impair-quic-bbr "$NB" impair --listen 127.0.0.1:17053 --upstream 127.0.0.1:17003 --delay-ms "$WAN_DELAY_MS" \
+# Raw QUIC and connector with Cubic instead of the default (BBR on a path this long): what
+# the congestion controller is worth.
+start rawquic-cubic "$NB" quic-serve --listen 127.0.0.1:17003 --ca-out "$WORK/rawquic-cubic-ca.pem" --congestion-control cubic
+RAWQUIC_CUBIC=$LAST
+start impair-quic-cubic "$NB" impair --listen 127.0.0.1:17053 --upstream 127.0.0.1:17003 --delay-ms "$WAN_DELAY_MS" \
 	--loss "$WAN_LOSS"
 IMPAIR3=$LAST
-until [ -s "$WORK/rawquic-bbr-ca.pem" ]; do sleep 0.05; done
-"$NB" quic-run --label wan-raw-quic-bbr --bbr --addr 127.0.0.1:17053 --ca "$WORK/rawquic-bbr-ca.pem" \
-	--pids "$RAWQUIC_BBR" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
-stop "$RAWQUIC_BBR" "$IMPAIR3"
-# connector with BBR on both ends (--congestion-control bbr), same impaired path.
-start impair-connector-bbr "$NB" impair --listen 127.0.0.1:17054 --upstream 127.0.0.1:17445 --delay-ms "$WAN_DELAY_MS" \
+until [ -s "$WORK/rawquic-cubic-ca.pem" ]; do sleep 0.05; done
+"$NB" quic-run --label wan-raw-quic-cubic --congestion-control cubic --addr 127.0.0.1:17053 --ca "$WORK/rawquic-cubic-ca.pem" \
+	--pids "$RAWQUIC_CUBIC" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
+stop "$RAWQUIC_CUBIC" "$IMPAIR3"
+# connector with Cubic on both ends (--congestion-control cubic), same impaired path.
+start impair-connector-cubic "$NB" impair --listen 127.0.0.1:17054 --upstream 127.0.0.1:17445 --delay-ms "$WAN_DELAY_MS" \
 	--loss "$WAN_LOSS"
 IMPAIR4=$LAST
-start connector-server-wan-bbr "$CONNECTOR" server --listen 127.0.0.1:17445 --cert "$WORK/pki/server.pem" \
-	--key "$WORK/pki/server-key.pem" --tokens "$WORK/pki/tokens" --congestion-control bbr \
+start connector-server-wan-cubic "$CONNECTOR" server --listen 127.0.0.1:17445 --cert "$WORK/pki/server.pem" \
+	--key "$WORK/pki/server-key.pem" --tokens "$WORK/pki/tokens" --congestion-control cubic \
 	--forward "127.0.0.1:17012=127.0.0.1:17001,agent=node-a"
-CSERVER_BBR=$LAST
-start connector-agent-wan-bbr "$CONNECTOR" agent --server 127.0.0.1:17054 --ca "$WORK/pki/ca.pem" --agent-id node-a \
+CSERVER_CUBIC=$LAST
+start connector-agent-wan-cubic "$CONNECTOR" agent --server 127.0.0.1:17054 --ca "$WORK/pki/ca.pem" --agent-id node-a \
 	--token-file "$WORK/pki/node-a.token" --identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32 \
-	--congestion-control bbr
-CAGENT_BBR=$LAST
+	--congestion-control cubic
+CAGENT_CUBIC=$LAST
 "$NB" probe --addr 127.0.0.1:17012
-"$NB" run --label wan-connector-quic-bbr --addr 127.0.0.1:17012 --pids "$CSERVER_BBR,$CAGENT_BBR" \
+"$NB" run --label wan-connector-quic-cubic --addr 127.0.0.1:17012 --pids "$CSERVER_CUBIC,$CAGENT_CUBIC" \
 	--endpoint-pids "$TARGET_PID" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
-stop "$CSERVER_BBR" "$CAGENT_BBR" "$IMPAIR4"
+stop "$CSERVER_CUBIC" "$CAGENT_CUBIC" "$IMPAIR4"
 stop "$CSERVER" "$CAGENT" "$IMPAIR1" "$IMPAIR2"
 
 # 7. The same WAN path at the IP level, for every peer including the TCP-based

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# WAN rows at the IP level, for every peer: direct TCP, raw QUIC (Cubic, BBR), connector
-# (QUIC, QUIC with BBR, TCP fallback), rathole (tcp, noise) and Konnectivity
+# WAN rows at the IP level, for every peer: direct TCP, raw QUIC (default controller, Cubic),
+# connector (QUIC with its default controller, QUIC with Cubic, TCP fallback), rathole (tcp, noise) and Konnectivity
 # all cross the same impaired path. Two network namespaces, "control plane"
 # (A, 10.77.0.1) and "node" (B, 10.77.0.2), each hold a TUN device;
 # `netbench tun-impair` copies IP packets between the two with WAN_DELAY_MS of
@@ -83,7 +83,7 @@ raw_quic_row() {
 	wait "$server" 2>/dev/null || true
 }
 raw_quic_row raw-quic 17102
-raw_quic_row raw-quic-bbr 17103 --bbr
+raw_quic_row raw-quic-cubic 17103 --congestion-control cubic
 
 # connector: server (with its --forward entry) in A, agent in B.
 connector_row() {
@@ -107,7 +107,7 @@ connector_row() {
 	wait "$server" "$agent" 2>/dev/null || true
 }
 connector_row connector-quic 17443 -- --transport quic
-connector_row connector-quic-bbr 17445 --congestion-control bbr -- --transport quic --congestion-control bbr
+connector_row connector-quic-cubic 17445 --congestion-control cubic -- --transport quic --congestion-control cubic
 connector_row connector-tcp 17447 -- --transport tcp
 
 # rathole: server in A (its service port on A's loopback), client in B.

@@ -73,9 +73,10 @@ pub struct AgentArgs {
     /// here; open tunnelled connections may finish within this grace, then the agent exits.
     #[arg(long, env = "CONNECTOR_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
     drain_grace: Duration,
-    /// QUIC congestion controller for what this side sends: `cubic` (default) or `bbr`
-    /// (keeps its throughput on lossy long paths: 1 % random loss does not shrink its window).
-    #[arg(long, env = "CONNECTOR_CONGESTION_CONTROL", default_value = "cubic")]
+    /// QUIC congestion controller for what this side sends: `auto` (default: Cubic on paths
+    /// under 5 ms, BBR on longer ones), `cubic`, or `bbr` (keeps its throughput on lossy long
+    /// paths: 1 % random loss does not shrink its window).
+    #[arg(long, env = "CONNECTOR_CONGESTION_CONTROL", default_value = "auto")]
     congestion_control: CongestionControl,
     /// Transport to the server: `auto` (QUIC, falling back to TLS over TCP when UDP is
     /// blocked or degraded, and back when QUIC works again), `quic` or `tcp`.

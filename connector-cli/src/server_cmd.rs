@@ -83,9 +83,10 @@ pub struct ServerArgs {
     /// connections may finish within this grace, then the server exits.
     #[arg(long, env = "CONNECTOR_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
     drain_grace: Duration,
-    /// QUIC congestion controller for what this side sends: `cubic` (default) or `bbr`
-    /// (keeps its throughput on lossy long paths: 1 % random loss does not shrink its window).
-    #[arg(long, env = "CONNECTOR_CONGESTION_CONTROL", default_value = "cubic")]
+    /// QUIC congestion controller for what this side sends: `auto` (default: Cubic on paths
+    /// under 5 ms, BBR on longer ones), `cubic`, or `bbr` (keeps its throughput on lossy long
+    /// paths: 1 % random loss does not shrink its window).
+    #[arg(long, env = "CONNECTOR_CONGESTION_CONTROL", default_value = "auto")]
     congestion_control: CongestionControl,
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]

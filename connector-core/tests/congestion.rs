@@ -1,5 +1,5 @@
-//! BBR instead of CUBIC, chosen through the setup layer the binary uses: a
-//! tunnelled transfer over a lossy, delayed path arrives intact.
+//! Each congestion controller, chosen through the setup layer the binary
+//! uses: a tunnelled transfer over a lossy, delayed path arrives intact.
 
 #[allow(unused_macros)]
 #[macro_use]
@@ -19,6 +19,16 @@ use connector_core::transport::quic::CongestionControl;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bbr_carries_a_transfer_intact_over_a_lossy_path() {
+    transfer_over_a_lossy_path(CongestionControl::Bbr).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_controller_carries_a_transfer_intact_over_a_lossy_path() {
+    // 10 ms of round trip: the default runs BBR's window, with Cubic following along.
+    transfer_over_a_lossy_path(CongestionControl::default()).await
+}
+
+async fn transfer_over_a_lossy_path(congestion: CongestionControl) {
     guard(async {
         init_tracing();
         let ca = ThrowawayCa::new("congestion CA").unwrap();
@@ -27,7 +37,7 @@ async fn bbr_carries_a_transfer_intact_over_a_lossy_path() {
             ca.issue("connector server", &["localhost"]).unwrap().identity(),
         );
         server.authenticators.push(authenticator());
-        server.congestion = CongestionControl::Bbr;
+        server.congestion = congestion;
         let started = server.start().unwrap();
         let path = UdpImpairProxy::start(vec![started.local_addr], 11).await.unwrap();
         path.set(Impairment {
@@ -40,7 +50,7 @@ async fn bbr_carries_a_transfer_intact_over_a_lossy_path() {
         agent.credentials = Some(Arc::new(StaticCredential(token("node-a"))));
         agent.identifiers = "host=node-a,ipv4=127.0.0.1".parse().unwrap();
         agent.policy = DestinationPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
-        agent.congestion = CongestionControl::Bbr;
+        agent.congestion = congestion;
         let agent = agent.start().unwrap();
         let status = agent
             .wait_for(|s| matches!(s, AgentStatus::Connected { .. } | AgentStatus::Rejected { .. }))

@@ -55,9 +55,9 @@ enum Cmd {
         /// Where to write the CA certificate (PEM) the client must trust.
         #[arg(long)]
         ca_out: PathBuf,
-        /// Use BBR instead of quinn's default congestion controller (Cubic).
-        #[arg(long)]
-        bbr: bool,
+        /// Congestion controller, as connector's `--congestion-control`.
+        #[arg(long, default_value = "auto")]
+        congestion_control: CongestionControl,
     },
     /// Measures raw QUIC (one connection, a stream per dial) and appends a row.
     QuicRun(RunArgs),
@@ -171,9 +171,9 @@ struct RunArgs {
     /// CA (PEM) of the raw QUIC server (`quic-run`).
     #[arg(long)]
     ca: Option<PathBuf>,
-    /// `quic-run`: use BBR instead of quinn's default congestion controller (Cubic).
-    #[arg(long)]
-    bbr: bool,
+    /// `quic-run`: congestion controller, as connector's `--congestion-control`.
+    #[arg(long, default_value = "auto")]
+    congestion_control: CongestionControl,
     /// Tunnel processes (server, agent): their CPU and peak RSS are reported.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
@@ -200,7 +200,11 @@ fn main() -> anyhow::Result<()> {
             std::future::pending::<anyhow::Result<()>>().await
         }),
         Cmd::Run(args) => current_thread()?.block_on(run(args.clone(), Arc::new(TcpDialer::new(&args)))),
-        Cmd::QuicServe { listen, ca_out, bbr } => multi_thread()?.block_on(quic_serve(listen, ca_out, bbr)),
+        Cmd::QuicServe {
+            listen,
+            ca_out,
+            congestion_control,
+        } => multi_thread()?.block_on(quic_serve(listen, ca_out, congestion_control)),
         Cmd::QuicRun(mut args) => current_thread()?.block_on(async move {
             // Both QUIC endpoints are "the tunnel" here: this process is the client one.
             args.pids.push(std::process::id());
@@ -342,7 +346,7 @@ impl QuicDialer {
             Arc::new(quinn::TokioRuntime),
         )?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config(args.bbr)));
+        config.transport_config(Arc::new(transport_config(args.congestion_control)));
         endpoint.set_default_client_config(config);
         let conn = endpoint.connect(addr, "localhost")?.await?;
         Ok(Self {
@@ -361,18 +365,16 @@ impl Dialer for QuicDialer {
     }
 }
 
-fn transport_config(bbr: bool) -> quinn::TransportConfig {
+fn transport_config(congestion: CongestionControl) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(20_000));
     // Connector's stream window, so that raw QUIC is the ceiling of the same configuration.
     transport.stream_receive_window(quinn::VarInt::from_u32(connector_core::transport::STREAM_WINDOW));
-    if bbr {
-        transport.congestion_controller_factory(CongestionControl::Bbr.factory());
-    }
+    transport.congestion_controller_factory(congestion.factory());
     transport
 }
 
-async fn quic_serve(listen: SocketAddr, ca_out: PathBuf, bbr: bool) -> anyhow::Result<()> {
+async fn quic_serve(listen: SocketAddr, ca_out: PathBuf, congestion: CongestionControl) -> anyhow::Result<()> {
     let ca = ThrowawayCa::new("netbench raw QUIC CA")?;
     let tls = ServerTls {
         identity: ca
@@ -382,7 +384,7 @@ async fn quic_serve(listen: SocketAddr, ca_out: PathBuf, bbr: bool) -> anyhow::R
     };
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.rustls_config()?)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(bbr)));
+    config.transport_config(Arc::new(transport_config(congestion)));
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(config),

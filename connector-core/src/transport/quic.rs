@@ -48,7 +48,7 @@ impl Default for QuicSettings {
             idle_timeout: Duration::from_secs(30),
             max_tunnelled_streams: 10_064,
             handshake_timeout: Duration::from_secs(10),
-            congestion: CongestionControl::Cubic,
+            congestion: CongestionControl::Auto,
         }
     }
 }

@@ -495,7 +495,9 @@ mod tests {
                 // A loss is noticed about when its ACK would have come.
                 events.push(Reverse((departs + rtt, now, lost)));
             }
-            let Some(Reverse((at, sent, lost))) = events.pop() else { break };
+            let Some(Reverse((at, sent, lost))) = events.pop() else {
+                break;
+            };
             now = at;
             in_flight -= MTU;
             if lost {
@@ -531,7 +533,11 @@ mod tests {
         // A queue of four bandwidth-delay products: the window stays near one.
         let (throughput, bbr) = simulate(RATE, RTT, 0.0, 4.0 * BDP, 10);
         assert!(throughput > 0.9 * RATE, "{:.1} Mbit/s of 100", throughput * 8e-6);
-        assert!((bbr.window() as f64) < 2.5 * BDP, "window {} for a BDP of {BDP}", bbr.window());
+        assert!(
+            (bbr.window() as f64) < 2.5 * BDP,
+            "window {} for a BDP of {BDP}",
+            bbr.window()
+        );
     }
 
     #[test]
@@ -541,7 +547,11 @@ mod tests {
         let (_, light) = simulate(RATE, RTT, 0.01, BDP, 5);
         let (_, heavy) = simulate(RATE, RTT, 0.10, BDP, 5);
         let last_cut = |bbr: &Bbr| bbr.loss_cut_round.map_or(0.0, |r| r as f64 / bbr.round as f64);
-        assert!(last_cut(&light) < 0.2, "1 % loss taken for congestion late: {}", last_cut(&light));
+        assert!(
+            last_cut(&light) < 0.2,
+            "1 % loss taken for congestion late: {}",
+            last_cut(&light)
+        );
         assert!(last_cut(&heavy) > 0.9, "10 % loss ignored: {}", last_cut(&heavy));
     }
 }

@@ -1,6 +1,7 @@
 //! Congestion control for the QUIC transport: which controller decides how
-//! much an end has in flight ([`CongestionControl`]), our BBR ([`bbr`]), and
-//! the loss measurement it uses to tell random loss from congestion
+//! much an end has in flight ([`CongestionControl`]), our BBR ([`bbr`]), the
+//! default that picks Cubic or BBR by the path's round trip ([`by_rtt`]), and
+//! the loss measurement BBR uses to tell random loss from congestion
 //! ([`LossMeter`]).
 //!
 //! Random loss (a lossy radio or long-haul link, not a full queue) is what
@@ -12,6 +13,7 @@
 //! (draft-cardwell-iccrg-bbr-congestion-control-02, `BBRLossThresh`).
 
 pub mod bbr;
+pub mod by_rtt;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +23,11 @@ use quinn::congestion::ControllerFactory;
 /// Which congestion controller QUIC uses for what this end sends.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CongestionControl {
-    /// CUBIC (RFC 9438), quinn's default: conservative, backs off on every loss.
+    /// Cubic on paths with a minimum round trip under 5 ms, BBR on longer
+    /// ones ([`by_rtt::ByRoundTrip`]): each where it measured best.
     #[default]
+    Auto,
+    /// CUBIC (RFC 9438), quinn's default: conservative, backs off on every loss.
     Cubic,
     /// BBR ([`bbr::Bbr`]): keeps the measured bandwidth-delay product in
     /// flight and takes loss as congestion only above 2 % of a window, so a
@@ -36,9 +41,12 @@ impl std::str::FromStr for CongestionControl {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
             "cubic" => Ok(Self::Cubic),
             "bbr" => Ok(Self::Bbr),
-            other => Err(format!("unknown congestion controller {other:?}: use cubic or bbr")),
+            other => Err(format!(
+                "unknown congestion controller {other:?}: use auto, cubic or bbr"
+            )),
         }
     }
 }
@@ -47,6 +55,7 @@ impl CongestionControl {
     /// The quinn controller factory for this choice.
     pub fn factory(self) -> Arc<dyn ControllerFactory + Send + Sync> {
         match self {
+            Self::Auto => Arc::new(by_rtt::ByRoundTripFactory),
             Self::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
             Self::Bbr => Arc::new(bbr::BbrFactory),
         }
