@@ -24,6 +24,8 @@ on_all_transports!(
     dials_are_routed_by_host_and_by_agent_id,
     dropping_a_stream_resets_the_target_connection,
     names_resolve_on_the_agent_and_policy_applies_to_addresses,
+    first_bytes_sent_with_the_dial_reach_the_target_first_and_once,
+    first_bytes_of_a_refused_dial_go_nowhere,
 );
 
 async fn bulk_64_mib_each_way_arrives_intact(kind: Kind) {
@@ -300,4 +302,41 @@ async fn names_resolve_on_the_agent_and_policy_applies_to_addresses(kind: Kind) 
     let err = h.server.dial(&Selector::Any, &target).await.unwrap_err();
     assert_eq!(err.code(), DialCode::DeniedByPolicy, "{err}");
     agent.stop().await;
+}
+
+async fn first_bytes_sent_with_the_dial_reach_the_target_first_and_once(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let target = digest_target().await;
+    let first = pattern(5_000, 3);
+    let rest = pattern(1024 * 1024, 4);
+    let mut stream = h
+        .server
+        .dial_sending(&Selector::Any, &target.to_string(), &first)
+        .await
+        .unwrap();
+    stream.write_all(&rest).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, sha256(&[first, rest].concat()));
+}
+
+async fn first_bytes_of_a_refused_dial_go_nowhere(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = h
+        .server
+        .dial_sending(&Selector::Any, &format!("127.0.0.1:{port}"), b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), DialCode::Refused, "{err}");
+    // The agent serves the next dial as usual.
+    let echo = echo_target().await;
+    let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
+    assert_eq!(echo_all(stream, b"after").await, b"after");
 }

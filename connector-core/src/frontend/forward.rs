@@ -8,6 +8,10 @@ use tracing::Instrument;
 
 use crate::server::{Selector, Server};
 
+/// Most bytes a client may have sent before its connection is dialled that
+/// go along with the `Dial` (a TLS ClientHello or an HTTP request head fits).
+const FIRST_BYTES: usize = 16 * 1024;
+
 /// Accepts on `listener` until the server shuts down, tunnelling each
 /// connection to `target` through the agent `selector` picks. A failed dial
 /// closes the local connection (the reason is logged).
@@ -31,13 +35,27 @@ pub async fn serve(server: Server, listener: TcpListener, selector: Selector, ta
         let span = tracing::info_span!("forward", %peer, %target);
         tokio::spawn(
             async move {
-                let mut stream = match server.dial(&selector, &target).await {
+                // What the client sent already rides with the dial (never waited for:
+                // in protocols where the server speaks first there is nothing).
+                let mut first = vec![0u8; FIRST_BYTES];
+                let n = match tcp.try_read(&mut first) {
+                    Ok(n) => n,
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => 0,
+                    Err(err) => {
+                        tracing::debug!(%err, "local connection failed before the dial");
+                        return;
+                    }
+                };
+                first.truncate(n);
+                let mut stream = match server.dial_sending(&selector, &target, &first).await {
                     Ok(stream) => stream,
                     Err(err) => {
                         tracing::warn!(%err, "dial failed; closing the local connection");
                         return;
                     }
                 };
+                // Not held for the connection's life (an idle one holds no buffer).
+                drop(first);
                 match crate::splice::copy_both(&mut tcp, &mut stream).await {
                     Ok((up, down)) => tracing::debug!(to_target = up, to_client = down, "closed"),
                     Err(err) => tracing::debug!(%err, "aborted"),

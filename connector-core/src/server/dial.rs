@@ -13,7 +13,9 @@ use tracing::Instrument;
 
 use super::registry::AgentEntry;
 
-use crate::frame_io::{read_frame, write_frame};
+use tokio::io::AsyncWriteExt;
+
+use crate::frame_io::read_frame;
 use crate::proto::{Dial, DialCode, Frame, MAX_FRAME_PAYLOAD, StreamCode};
 use crate::transport::TransportError;
 
@@ -157,6 +159,21 @@ impl Server {
             .await
     }
 
+    /// Like [`Server::dial`], sending `first_bytes` right behind the `Dial`,
+    /// in the same packet: the agent hands them to the target as soon as it
+    /// is connected, which saves a tunnel round trip for protocols where the
+    /// client speaks first (HTTP, a TLS ClientHello). If the dial fails they
+    /// are dropped with the stream.
+    pub async fn dial_sending(
+        &self,
+        selector: &Selector,
+        target: &str,
+        first_bytes: &[u8],
+    ) -> Result<TunnelStream, DialError> {
+        let timeout = self.inner.config.limits.dial_timeout;
+        self.dial_counted(selector, target, timeout, first_bytes).await
+    }
+
     /// Like [`Server::dial`] with an explicit deadline, which covers choosing
     /// the agent, opening the stream and the agent's TCP connect.
     pub async fn dial_timeout(
@@ -165,8 +182,18 @@ impl Server {
         target: &str,
         timeout: Duration,
     ) -> Result<TunnelStream, DialError> {
+        self.dial_counted(selector, target, timeout, &[]).await
+    }
+
+    async fn dial_counted(
+        &self,
+        selector: &Selector,
+        target: &str,
+        timeout: Duration,
+        first_bytes: &[u8],
+    ) -> Result<TunnelStream, DialError> {
         let started = std::time::Instant::now();
-        let result = self.dial_uncounted(selector, target, timeout).await;
+        let result = self.dial_uncounted(selector, target, timeout, first_bytes).await;
         let metrics = &self.inner.metrics;
         metrics.dial_duration.observe(started.elapsed());
         metrics.dials.inc(match &result {
@@ -181,6 +208,7 @@ impl Server {
         selector: &Selector,
         target: &str,
         timeout: Duration,
+        first_bytes: &[u8],
     ) -> Result<TunnelStream, DialError> {
         if !self.accepting() {
             return Err(DialError::ShuttingDown);
@@ -204,7 +232,7 @@ impl Server {
         let agent_id = agent.agent_id.clone();
         let span = tracing::debug_span!("dial", request_id, agent = %agent_id, %target);
         let result = self
-            .dial_through(agent, request_id, host, port, target, timeout)
+            .dial_through(agent, request_id, (host, port, target), timeout, first_bytes)
             .instrument(span)
             .await;
         drop(pending);
@@ -215,10 +243,9 @@ impl Server {
         &self,
         agent: Arc<AgentEntry>,
         request_id: u64,
-        host: String,
-        port: u16,
-        target: &str,
+        (host, port, target): (String, u16, &str),
         timeout: Duration,
+        first_bytes: &[u8],
     ) -> Result<TunnelStream, DialError> {
         let agent_id = agent.agent_id.clone();
         // From here on, the TunnelStream (or this guard) owns the slot.
@@ -248,7 +275,9 @@ impl Server {
             timeout_ms,
         });
         let exchange = async {
-            write_frame(&mut bi.send, &dial).await?;
+            let mut request = dial.encode()?;
+            request.extend_from_slice(first_bytes);
+            bi.send.write_all(&request).await?;
             read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD).await
         };
         let answer = match tokio::time::timeout(timeout, exchange).await {
