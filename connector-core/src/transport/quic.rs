@@ -115,11 +115,15 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let recv = socket.recv_buffer_size().unwrap_or(0);
     // Linux reports twice what it granted (the doubling covers its bookkeeping).
     if recv < UDP_SOCKET_BUFFER {
-        tracing::info!(
-            granted = recv,
-            wanted = UDP_SOCKET_BUFFER,
-            "UDP receive buffer smaller than wanted; raise net.core.rmem_max for fast links"
-        );
+        // Once per process at info: an agent binds a socket per connection attempt.
+        static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(
+                granted = recv,
+                wanted = UDP_SOCKET_BUFFER,
+                "UDP receive buffer smaller than wanted; raise net.core.rmem_max for fast links"
+            );
+        }
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
