@@ -93,10 +93,7 @@ async fn half_close_reaches_the_target_and_the_reply_still_arrives(kind: Kind) {
 async fn closed_port_fails_with_refused(kind: Kind) {
     let h = Harness::new(kind).await;
     let _agent = h.agent("node-a").await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = closed_port();
     let err = h
         .server
         .dial(&Selector::Any, &format!("127.0.0.1:{port}"))
@@ -325,10 +322,7 @@ async fn first_bytes_sent_with_the_dial_reach_the_target_first_and_once(kind: Ki
 async fn first_bytes_of_a_refused_dial_go_nowhere(kind: Kind) {
     let h = Harness::new(kind).await;
     let _agent = h.agent("node-a").await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = closed_port();
     let err = h
         .server
         .dial_sending(&Selector::Any, &format!("127.0.0.1:{port}"), b"GET / HTTP/1.1\r\n\r\n")
@@ -339,4 +333,10 @@ async fn first_bytes_of_a_refused_dial_go_nowhere(kind: Kind) {
     let echo = echo_target().await;
     let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
     assert_eq!(echo_all(stream, b"after").await, b"after");
+}
+
+/// A loopback port nothing listens on (bound, read, released).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }

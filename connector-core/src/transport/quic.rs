@@ -113,7 +113,8 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
     let recv = socket.recv_buffer_size().unwrap_or(0);
-    // Linux reports twice what it granted (the doubling covers its bookkeeping).
+    // Linux reports twice what it granted (the doubling covers its
+    // bookkeeping): 8 MiB reported is at least 4 MiB for datagrams.
     if recv < UDP_SOCKET_BUFFER {
         // Once per process at info: an agent binds a socket per connection attempt.
         static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

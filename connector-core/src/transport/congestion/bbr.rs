@@ -305,7 +305,7 @@ impl Bbr {
         }
     }
 
-    fn update_min_rtt(&mut self, now: Instant) {
+    fn update_min_rtt(&mut self, now: Instant, app_limited: bool) {
         let expired = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_LIFETIME;
         if let Some(sample) = self.batch_rtt.take() {
             if self.min_rtt.is_none_or(|min| sample <= min) || expired {
@@ -313,7 +313,13 @@ impl Bbr {
                 self.min_rtt_at = now;
             }
         }
-        if expired && !matches!(self.mode, Mode::ProbeRtt { .. }) {
+        // An app-limited connection builds no queue, so its samples are
+        // minimum round trips already: no need to drain the path for one (a
+        // connection idle for 10 s would start its next transfer at the
+        // minimum window for 200 ms).
+        if expired && app_limited {
+            self.min_rtt_at = now;
+        } else if expired && !matches!(self.mode, Mode::ProbeRtt { .. }) {
             self.prior_window = self.window;
             self.mode = Mode::ProbeRtt {
                 until: None,
@@ -397,7 +403,7 @@ impl Controller for Bbr {
         self.update_aggregation(now, acked);
         self.check_full_bandwidth(app_limited);
         self.update_mode(now);
-        self.update_min_rtt(now);
+        self.update_min_rtt(now, app_limited);
         self.update_window(acked);
         self.round_started = false;
     }
@@ -538,6 +544,27 @@ mod tests {
             "window {} for a BDP of {BDP}",
             bbr.window()
         );
+    }
+
+    #[test]
+    fn an_app_limited_connection_does_not_drain_for_a_round_trip_sample() {
+        // A control stream: one small message a second. The first round trip
+        // is the smallest, so the minimum expires after 10 s.
+        let start = Instant::now();
+        let mut bbr = Bbr::new(start, MTU as u16);
+        for second in 0..=10 {
+            let sent = start + Duration::from_secs(second);
+            let rtt = if second == 0 {
+                RTT
+            } else {
+                RTT + Duration::from_millis(5)
+            };
+            bbr.on_sent(sent, 100, 0);
+            bbr.acked(sent + rtt, sent, 100, true, rtt);
+            bbr.on_end_acks(sent + rtt, 0, true, None);
+        }
+        assert!(!matches!(bbr.mode, Mode::ProbeRtt { .. }), "{:?}", bbr.mode);
+        assert!(bbr.window() >= INITIAL_WINDOW, "window {}", bbr.window());
     }
 
     #[test]
