@@ -5,7 +5,7 @@
 //! ([`LossMeter`]).
 //!
 //! Random loss (a lossy radio or long-haul link, not a full queue) is what
-//! Cubic handles worst: it halves its window on every loss, so 1 % loss on a
+//! Cubic handles worst: it cuts its window by 30 % at every loss, so 1 % loss on a
 //! 20 ms path holds it to a few Mbit/s (measured: 6 Mbit/s, where Linux's TCP
 //! with BBR moved 0.5 Gbit/s on the same path; `docs/benchmarks.md`). BBR
 //! keeps the path's bandwidth-delay product in flight instead, and, as BBRv2
