@@ -10,9 +10,9 @@ use connector_core::agent::{DestinationPolicy, Rule};
 use connector_core::auth::TokenFile;
 use connector_core::setup::{AgentSetup, SetupError};
 use connector_core::tls::{CaBundle, Identity};
+use connector_core::transport::congestion::CongestionControl;
 use connector_core::transport::fallback::TransportMode;
 use connector_core::transport::qmux::proxy::ProxyChoice;
-use connector_core::transport::quic::CongestionControl;
 
 use crate::units::{OptionalDuration, parse_duration, parse_optional_duration};
 

@@ -10,7 +10,7 @@ use connector_core::auth::TokenAuthenticator;
 use connector_core::server::{Limits, ProxyStrategy};
 use connector_core::setup::{ServerSetup, SetupError, TcpListen};
 use connector_core::tls::{CaBundle, Identity};
-use connector_core::transport::quic::CongestionControl;
+use connector_core::transport::congestion::CongestionControl;
 
 use crate::frontends::FrontendArgs;
 use crate::units::parse_duration;

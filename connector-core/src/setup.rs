@@ -26,10 +26,11 @@ use crate::auth::{Authenticator, CertificateAuthenticator, CredentialSource, Fir
 use crate::server::{Limits, ProxyStrategy, Server, ServerConfig};
 use crate::tls::{AgentTls, CaBundle, Identity, ServerTls};
 use crate::transport::Connector;
+use crate::transport::congestion::CongestionControl;
 use crate::transport::fallback::{FallbackConnector, FallbackSettings, TransportMode};
 use crate::transport::qmux::proxy::{ProxyChoice, ProxyError};
 use crate::transport::qmux::{QmuxConnector, QmuxListener, QmuxSettings, QmuxSetupError};
-use crate::transport::quic::{CongestionControl, QuicConnector, QuicListener, QuicSettings, QuicSetupError};
+use crate::transport::quic::{QuicConnector, QuicListener, QuicSettings, QuicSetupError};
 
 /// Why a server or agent could not be started.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use connector_core::netsim::{Impairment, UdpImpairProxy};
 use connector_core::pki::ThrowawayCa;
 use connector_core::server::Selector;
 use connector_core::setup::{AgentSetup, ServerSetup};
-use connector_core::transport::quic::CongestionControl;
+use connector_core::transport::congestion::CongestionControl;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bbr_carries_a_transfer_intact_over_a_lossy_path() {

@@ -14,7 +14,7 @@ use quinn::{Endpoint, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub use super::congestion::CongestionControl;
+use super::congestion::CongestionControl;
 use super::{
     BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream, SendStream, StreamReset,
     TransportError,
