@@ -26,7 +26,7 @@ use connector_core::netsim::{Impairment, UdpImpairProxy};
 use connector_core::pki::ThrowawayCa;
 use connector_core::tls::{AgentTls, ServerTls};
 use connector_core::transport::congestion::CongestionControl;
-use connector_core::transport::quic::bind_udp;
+use connector_core::transport::quic::endpoint;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -339,12 +339,7 @@ impl QuicDialer {
         let addr: SocketAddr = args.addr.parse()?;
         // Any local address of the server's family: the server may be beyond loopback (wan-ip.sh).
         let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            bind_udp(local)?,
-            Arc::new(quinn::TokioRuntime),
-        )?;
+        let mut endpoint = endpoint(local, None)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(args.congestion_control)));
         endpoint.set_default_client_config(config);
@@ -385,12 +380,7 @@ async fn quic_serve(listen: SocketAddr, ca_out: PathBuf, congestion: CongestionC
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.rustls_config()?)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(congestion)));
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        bind_udp(listen)?,
-        Arc::new(quinn::TokioRuntime),
-    )?;
+    let endpoint = endpoint(listen, Some(config))?;
     std::fs::write(&ca_out, ca.cert_pem())?;
     eprintln!("netbench raw QUIC on {}", endpoint.local_addr()?);
     while let Some(incoming) = endpoint.accept().await {

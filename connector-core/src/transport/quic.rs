@@ -130,7 +130,9 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> io::Result<Endpoint> {
+/// A quinn endpoint on a socket from [`bind_udp`]: a server when `server`
+/// is given, otherwise a client.
+pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> io::Result<Endpoint> {
     Endpoint::new(
         quinn::EndpointConfig::default(),
         server,
