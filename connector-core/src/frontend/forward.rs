@@ -37,16 +37,15 @@ pub async fn serve(server: Server, listener: TcpListener, selector: Selector, ta
             async move {
                 // What the client sent already rides with the dial (never waited for:
                 // in protocols where the server speaks first there is nothing).
-                let mut first = vec![0u8; FIRST_BYTES];
-                let n = match tcp.try_read(&mut first) {
-                    Ok(n) => n,
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => 0,
+                let mut first = Vec::with_capacity(FIRST_BYTES);
+                match tcp.try_read_buf(&mut first) {
+                    Ok(_) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(err) => {
                         tracing::debug!(%err, "local connection failed before the dial");
                         return;
                     }
-                };
-                first.truncate(n);
+                }
                 let mut stream = match server.dial_sending(&selector, &target, &first).await {
                     Ok(stream) => stream,
                     Err(err) => {
