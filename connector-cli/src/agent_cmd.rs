@@ -13,6 +13,7 @@ use connector_core::tls::{CaBundle, Identity};
 use connector_core::transport::congestion::CongestionControl;
 use connector_core::transport::fallback::TransportMode;
 use connector_core::transport::qmux::proxy::ProxyChoice;
+use connector_core::transport::quic::{MAX_UDP_PAYLOAD, MIN_UDP_PAYLOAD};
 
 use crate::units::{OptionalDuration, parse_duration, parse_optional_duration};
 
@@ -78,6 +79,12 @@ pub struct AgentArgs {
     /// paths: 1 % random loss does not shrink its window).
     #[arg(long, env = "CONNECTOR_CONGESTION_CONTROL", default_value = "auto")]
     congestion_control: CongestionControl,
+    /// Largest QUIC packet (UDP payload, bytes) this side sends and accepts: the upper bound
+    /// of path MTU discovery, which starts at 1200 and settles at what the path carries
+    /// (about 1472 on Ethernet). 1200 turns discovery off.
+    #[arg(long, env = "CONNECTOR_MAX_UDP_PAYLOAD", default_value_t = MAX_UDP_PAYLOAD,
+          value_parser = clap::value_parser!(u16).range(i64::from(MIN_UDP_PAYLOAD)..=i64::from(MAX_UDP_PAYLOAD)))]
+    max_udp_payload: u16,
     /// Transport to the server: `auto` (QUIC, falling back to TLS over TCP when UDP is
     /// blocked or degraded, and back when QUIC works again), `quic` or `tcp`.
     #[arg(long, env = "CONNECTOR_TRANSPORT", default_value = "auto")]
@@ -122,6 +129,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
     setup.congestion = args.congestion_control;
+    setup.max_udp_payload = args.max_udp_payload;
     setup.transport = args.transport;
     setup.tcp_server = args.tcp_server;
     // Parsed here rather than by clap, whose errors would echo the URL with its password.

@@ -89,6 +89,8 @@ pub struct ServerSetup {
     pub idle_timeout: Duration,
     /// Congestion controller for what the server sends (tunnelled bytes towards agents).
     pub congestion: CongestionControl,
+    /// Upper bound of QUIC path MTU discovery ([`QuicSettings::max_udp_payload`]).
+    pub max_udp_payload: u16,
     /// How host dials find an agent.
     pub proxy_strategies: Vec<ProxyStrategy>,
     /// Where the TCP fallback transport (TLS + QMux) listens.
@@ -147,6 +149,7 @@ impl ServerSetup {
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
             congestion: quic.congestion,
+            max_udp_payload: quic.max_udp_payload,
             proxy_strategies: crate::server::DEFAULT_STRATEGIES.to_vec(),
             tcp_listen: TcpListen::SameAsQuic,
         }
@@ -180,6 +183,7 @@ impl ServerSetup {
             keepalive: self.keepalive,
             idle_timeout: self.idle_timeout,
             congestion: self.congestion,
+            max_udp_payload: self.max_udp_payload,
             ..Default::default()
         };
         let tcp_settings = QmuxSettings {
@@ -269,6 +273,8 @@ pub struct AgentSetup {
     pub idle_timeout: Duration,
     /// Congestion controller for what the agent sends (tunnelled bytes towards the server).
     pub congestion: CongestionControl,
+    /// Upper bound of QUIC path MTU discovery ([`QuicSettings::max_udp_payload`]).
+    pub max_udp_payload: u16,
     /// QUIC, TCP, or QUIC with automatic fallback to TCP (the default).
     pub transport: TransportMode,
     /// The server's TCP fallback address, `host:port` (default: the same as each
@@ -298,6 +304,7 @@ impl AgentSetup {
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
             congestion: quic.congestion,
+            max_udp_payload: quic.max_udp_payload,
             transport: TransportMode::Auto,
             tcp_server: None,
             proxy: None,
@@ -360,6 +367,7 @@ impl AgentSetup {
             keepalive: self.keepalive,
             idle_timeout: self.idle_timeout,
             congestion: self.congestion,
+            max_udp_payload: self.max_udp_payload,
             // The server opens one stream per tunnelled connection, plus headroom
             // so that excess dials get an `Overloaded` answer rather than waiting.
             max_tunnelled_streams: u32::try_from(self.max_connections)

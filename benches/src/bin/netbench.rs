@@ -26,7 +26,7 @@ use connector_core::netsim::{Impairment, UdpImpairProxy};
 use connector_core::pki::ThrowawayCa;
 use connector_core::tls::{AgentTls, ServerTls};
 use connector_core::transport::congestion::CongestionControl;
-use connector_core::transport::quic::endpoint;
+use connector_core::transport::quic::{MAX_UDP_PAYLOAD, QuicSettings, endpoint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -339,7 +339,7 @@ impl QuicDialer {
         let addr: SocketAddr = args.addr.parse()?;
         // Any local address of the server's family: the server may be beyond loopback (wan-ip.sh).
         let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-        let mut endpoint = endpoint(local, None)?;
+        let mut endpoint = endpoint(local, None, MAX_UDP_PAYLOAD)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(args.congestion_control)));
         endpoint.set_default_client_config(config);
@@ -360,13 +360,14 @@ impl Dialer for QuicDialer {
     }
 }
 
+/// Connector's own QUIC configuration (stream window, MTU bound, controller),
+/// so that raw QUIC is the ceiling of the same configuration.
 fn transport_config(congestion: CongestionControl) -> quinn::TransportConfig {
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(20_000));
-    // Connector's stream window, so that raw QUIC is the ceiling of the same configuration.
-    transport.stream_receive_window(quinn::VarInt::from_u32(connector_core::transport::STREAM_WINDOW));
-    transport.congestion_controller_factory(congestion.factory());
-    transport
+    let settings = QuicSettings {
+        congestion,
+        ..QuicSettings::default()
+    };
+    connector_core::transport::quic::transport_config(&settings, 20_000)
 }
 
 async fn quic_serve(listen: SocketAddr, ca_out: PathBuf, congestion: CongestionControl) -> anyhow::Result<()> {
@@ -380,7 +381,7 @@ async fn quic_serve(listen: SocketAddr, ca_out: PathBuf, congestion: CongestionC
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.rustls_config()?)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(congestion)));
-    let endpoint = endpoint(listen, Some(config))?;
+    let endpoint = endpoint(listen, Some(config), MAX_UDP_PAYLOAD)?;
     std::fs::write(&ca_out, ca.cert_pem())?;
     eprintln!("netbench raw QUIC on {}", endpoint.local_addr()?);
     while let Some(incoming) = endpoint.accept().await {
