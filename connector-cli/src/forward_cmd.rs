@@ -78,7 +78,7 @@ impl Proxy {
             roots.add(ca)?;
         }
         let identity = Identity::from_files(cert, key)?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let config = rustls::ClientConfig::builder_with_provider(connector_core::tls::crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_client_auth_cert(identity.chain().to_vec(), identity.private_key())?;

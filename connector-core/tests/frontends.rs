@@ -277,7 +277,7 @@ fn start_tls_connect(h: &Harness, tls: FrontendTls) -> String {
 fn tls_client(ca: &connector_core::pki::ThrowawayCa, identity: Option<Identity>) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der()).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let builder = rustls::ClientConfig::builder_with_provider(connector_core::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);

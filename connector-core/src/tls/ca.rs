@@ -17,7 +17,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::follow::Following;
-use super::{TlsError, certs_from_pem, provider, read};
+use super::{TlsError, certs_from_pem, crypto_provider, read};
 
 /// CA certificates a peer's certificate must chain to. Certificates read
 /// with [`CaBundle::from_file`] follow their file: TLS configurations built
@@ -139,13 +139,13 @@ fn roots(fixed: &[CertificateDer<'static>], files: &[(&Path, &[u8])]) -> Result<
 }
 
 fn webpki_server(roots: Arc<RootCertStore>) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
-    WebPkiServerVerifier::builder_with_provider(roots, provider())
+    WebPkiServerVerifier::builder_with_provider(roots, crypto_provider())
         .build()
         .map_err(|e| TlsError::ServerCa(e.to_string()))
 }
 
 fn webpki_client(roots: Arc<RootCertStore>, optional: bool) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, crypto_provider());
     let builder = if optional {
         builder.allow_unauthenticated()
     } else {

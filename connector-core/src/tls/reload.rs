@@ -15,7 +15,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::follow::Following;
-use super::{Identity, TlsError, provider};
+use super::{Identity, TlsError, crypto_provider};
 
 /// A key pair read from a certificate chain file and a key file, re-read when they change
 /// (or a fixed pair, for an identity not read from files).
@@ -27,7 +27,7 @@ pub(crate) fn certified(identity: &Identity) -> Result<CertifiedKey, TlsError> {
     Ok(CertifiedKey::from_der(
         identity.chain.clone(),
         identity.private_key(),
-        &provider(),
+        &crypto_provider(),
     )?)
 }
 
