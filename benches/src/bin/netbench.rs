@@ -191,6 +191,10 @@ struct RunArgs {
     out: PathBuf,
 }
 
+/// The `connector` binary's allocator, so that raw QUIC stays the ceiling of the same build.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
