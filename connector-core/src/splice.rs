@@ -216,6 +216,92 @@ pub async fn splice(
     }
 }
 
+/// Copies a reader into a writer step by step, keeping its place between
+/// polls, so that its user may stop polling at any point without losing a
+/// byte: the server relays a client's bytes this way while the agent
+/// answers a dial, then copies on from the next byte. A buffer exists only
+/// while a chunk is under way.
+#[derive(Default)]
+pub(crate) struct Relay {
+    buf: Option<BytesMut>,
+    written: usize,
+    relayed: u64,
+    done: bool,
+    client_failed: Option<io::Error>,
+}
+
+impl Relay {
+    /// Relays until a side has to wait. Ready once the reader has ended or
+    /// either side failed; nothing more is relayed then. An end or a write
+    /// failure is left for the user's own copying to meet again; a read
+    /// failure is kept ([`Relay::client_failed`]), since a socket reports it once.
+    pub(crate) fn poll_relay<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>) -> Poll<()>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            ready!(self.poll_settle(cx, w.as_mut()));
+            if self.done {
+                return Poll::Ready(());
+            }
+            self.written = 0;
+            match ready!(poll_read_lazily(r.as_mut(), cx, &mut self.buf)) {
+                Ok(0) => self.end(),
+                Ok(_) => {}
+                Err(err) => {
+                    self.client_failed = Some(err);
+                    self.end();
+                }
+            }
+        }
+    }
+
+    /// Writes the rest of the chunk under way, if any.
+    pub(crate) fn poll_settle<W>(&mut self, cx: &mut Context<'_>, mut w: Pin<&mut W>) -> Poll<()>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        if let Some(b) = &self.buf {
+            while self.written < b.len() {
+                match ready!(w.as_mut().poll_write(cx, &b[self.written..])) {
+                    Ok(n) if n > 0 => {
+                        self.written += n;
+                        self.relayed += n as u64;
+                    }
+                    // The stream is broken: whoever uses it next finds out.
+                    _ => {
+                        self.end();
+                        break;
+                    }
+                }
+            }
+        }
+        Poll::Ready(())
+    }
+
+    fn end(&mut self) {
+        self.done = true;
+        self.buf = None;
+        self.written = 0;
+    }
+
+    /// Nothing more will be relayed.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn relayed(&self) -> u64 {
+        self.relayed
+    }
+
+    /// The reader's failure, if it failed.
+    pub(crate) fn client_failed(&self) -> Option<&io::Error> {
+        self.client_failed.as_ref()
+    }
+}
+
 /// One direction of [`copy_both`]: a lazily held buffer and how far it is written.
 #[derive(Default)]
 struct Direction {

@@ -26,6 +26,9 @@ on_all_transports!(
     names_resolve_on_the_agent_and_policy_applies_to_addresses,
     first_bytes_sent_with_the_dial_reach_the_target_first_and_once,
     first_bytes_of_a_refused_dial_go_nowhere,
+    bytes_relayed_during_the_dial_reach_the_target_in_order_and_once,
+    a_refused_dial_fails_while_relaying,
+    a_client_failing_during_the_dial_fails_it,
 );
 
 async fn bulk_64_mib_each_way_arrives_intact(kind: Kind) {
@@ -331,6 +334,82 @@ async fn first_bytes_of_a_refused_dial_go_nowhere(kind: Kind) {
     assert_eq!(err.code(), DialCode::Refused, "{err}");
     // The agent serves the next dial as usual.
     let echo = echo_target().await;
+    let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
+    assert_eq!(echo_all(stream, b"after").await, b"after");
+}
+
+async fn bytes_relayed_during_the_dial_reach_the_target_in_order_and_once(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let target = digest_target().await;
+    // Several dials: each hands over from relaying to copying at its own byte.
+    for seed in 0..8 {
+        let data = pattern(2 * 1024 * 1024, seed);
+        // A client that keeps writing from before the dial until after it: some
+        // bytes go while the dial is answered, the rest through the open tunnel.
+        let (mut client, mut local) = tokio::io::duplex(64 * 1024);
+        let writer = {
+            let data = data.clone();
+            tokio::spawn(async move {
+                client.write_all(&data).await.unwrap();
+                client.shutdown().await.unwrap();
+                let mut reply = Vec::new();
+                client.read_to_end(&mut reply).await.unwrap();
+                reply
+            })
+        };
+        let mut stream = h
+            .server
+            .dial_relaying(&Selector::Any, &target.to_string(), &mut local)
+            .await
+            .unwrap();
+        connector_core::splice::copy_both(&mut local, &mut stream)
+            .await
+            .unwrap();
+        assert_eq!(writer.await.unwrap(), sha256(&data), "dial {seed}");
+    }
+}
+
+async fn a_refused_dial_fails_while_relaying(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let port = closed_port();
+    let (mut client, mut local) = tokio::io::duplex(64 * 1024);
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let err = h
+        .server
+        .dial_relaying(&Selector::Any, &format!("127.0.0.1:{port}"), &mut local)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), DialCode::Refused, "{err}");
+    let echo = echo_target().await;
+    let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
+    assert_eq!(echo_all(stream, b"after").await, b"after");
+}
+
+async fn a_client_failing_during_the_dial_fails_it(kind: Kind) {
+    /// A client connection that was reset.
+    struct Reset;
+    impl tokio::io::AsyncRead for Reset {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
+        }
+    }
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let echo = echo_target().await;
+    let err = h
+        .server
+        .dial_relaying(&Selector::Any, &echo.to_string(), &mut Reset)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DialError::ClientFailed { .. }), "{err}");
+    // Nothing stays open for it, and the agent serves the next dial.
+    assert_eq!(h.server.agents()[0].active_streams, 0);
     let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
     assert_eq!(echo_all(stream, b"after").await, b"after");
 }

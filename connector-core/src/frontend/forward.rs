@@ -8,10 +8,6 @@ use tracing::Instrument;
 
 use crate::server::{Selector, Server};
 
-/// Most bytes a client may have sent before its connection is dialled that
-/// go along with the `Dial` (a TLS ClientHello or an HTTP request head fits).
-const FIRST_BYTES: usize = 16 * 1024;
-
 /// Accepts on `listener` until the server shuts down, tunnelling each
 /// connection to `target` through the agent `selector` picks. A failed dial
 /// closes the local connection (the reason is logged).
@@ -35,26 +31,16 @@ pub async fn serve(server: Server, listener: TcpListener, selector: Selector, ta
         let span = tracing::info_span!("forward", %peer, %target);
         tokio::spawn(
             async move {
-                // What the client sent already rides with the dial (never waited for:
-                // in protocols where the server speaks first there is nothing).
-                let mut first = Vec::with_capacity(FIRST_BYTES);
-                match tcp.try_read_buf(&mut first) {
-                    Ok(_) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(err) => {
-                        tracing::debug!(%err, "local connection failed before the dial");
-                        return;
-                    }
-                }
-                let mut stream = match server.dial_sending(&selector, &target, &first).await {
+                // What the client sends while the dial is answered rides right
+                // behind the `Dial` (never waited for: in protocols where the
+                // server speaks first there is nothing).
+                let mut stream = match server.dial_relaying(&selector, &target, &mut tcp).await {
                     Ok(stream) => stream,
                     Err(err) => {
                         tracing::warn!(%err, "dial failed; closing the local connection");
                         return;
                     }
                 };
-                // Not held for the connection's life (an idle one holds no buffer).
-                drop(first);
                 match crate::splice::copy_both(&mut tcp, &mut stream).await {
                     Ok((up, down)) => tracing::debug!(to_target = up, to_client = down, "closed"),
                     Err(err) => tracing::debug!(%err, "aborted"),

@@ -111,7 +111,9 @@ fn status_for(err: &DialError) -> (u16, &'static str) {
         | DialError::ShuttingDown => (503, "Service Unavailable"),
         DialError::InvalidTarget { .. } => (400, "Bad Request"),
         DialError::TimedOut { .. } => (504, "Gateway Timeout"),
-        DialError::Transport { .. } | DialError::Protocol { .. } => (502, "Bad Gateway"),
+        DialError::Transport { .. } | DialError::Protocol { .. } | DialError::ClientFailed { .. } => {
+            (502, "Bad Gateway")
+        }
         DialError::Failed { code, .. } => match code {
             DialCode::DeniedByPolicy => (403, "Forbidden"),
             DialCode::TimedOut => (504, "Gateway Timeout"),

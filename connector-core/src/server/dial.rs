@@ -1,5 +1,7 @@
 //! Opening a tunnelled connection through an agent.
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,10 +15,11 @@ use tracing::Instrument;
 
 use super::registry::AgentEntry;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use crate::frame_io::read_frame;
 use crate::proto::{Dial, DialCode, Frame, MAX_FRAME_PAYLOAD, StreamCode};
+use crate::splice::Relay;
 use crate::transport::TransportError;
 
 /// Why a dial failed. [`DialError::code`] maps each case to the protocol's
@@ -92,6 +95,13 @@ pub enum DialError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The local client whose bytes were being relayed during the dial
+    /// ([`Server::dial_relaying`]) failed; the tunnel was reset.
+    #[error("the client's connection failed during the dial: {reason}")]
+    ClientFailed {
+        /// The client's error.
+        reason: String,
+    },
 }
 
 impl DialError {
@@ -103,7 +113,7 @@ impl DialError {
             DialError::AgentBusy { .. } | DialError::TooManyPendingDials { .. } => DialCode::Overloaded,
             DialError::TimedOut { .. } => DialCode::TimedOut,
             DialError::Failed { code, .. } => *code,
-            DialError::Protocol { .. } => DialCode::Internal,
+            DialError::Protocol { .. } | DialError::ClientFailed { .. } => DialCode::Internal,
         }
     }
 }
@@ -122,6 +132,7 @@ impl DialError {
             DialError::Transport { .. } => "transport",
             DialError::Protocol { .. } => "protocol",
             DialError::ShuttingDown => "shutting_down",
+            DialError::ClientFailed { .. } => "client_failed",
         }
     }
 }
@@ -151,6 +162,14 @@ pub(crate) fn split_target(target: &str) -> Result<(String, u16), DialError> {
     Ok((host.to_owned(), port))
 }
 
+/// What goes to the target right behind a `Dial`.
+enum Early<'a> {
+    /// These bytes, in the `Dial`'s packet.
+    Bytes(&'a [u8]),
+    /// Whatever this client sends until the agent answers.
+    Relay(&'a mut (dyn AsyncRead + Unpin + Send)),
+}
+
 impl Server {
     /// Opens a TCP connection to `target` (`host:port`) from the network of
     /// an agent chosen by `selector`, with the server's default dial timeout.
@@ -171,7 +190,31 @@ impl Server {
         first_bytes: &[u8],
     ) -> Result<TunnelStream, DialError> {
         let timeout = self.inner.config.limits.dial_timeout;
-        self.dial_counted(selector, target, timeout, first_bytes).await
+        self.dial_counted(selector, target, timeout, Early::Bytes(first_bytes))
+            .await
+    }
+
+    /// Like [`Server::dial`], relaying what `client` sends from the moment the
+    /// `Dial` is out until the agent's answer arrives, right behind the `Dial`:
+    /// bytes the client writes just after connecting (a TLS ClientHello, an
+    /// HTTP request) reach the target as soon as the agent is connected,
+    /// without waiting a tunnel round trip for the `DialResult`. Nothing is
+    /// waited for: in protocols where the server speaks first the client
+    /// sends nothing. `client` is then the caller's to go on copying from;
+    /// no byte it yielded is lost. If the dial fails, relayed bytes are
+    /// dropped with the stream; if `client` fails, the tunnel is reset and
+    /// the dial fails with [`DialError::ClientFailed`].
+    pub async fn dial_relaying<R>(
+        &self,
+        selector: &Selector,
+        target: &str,
+        client: &mut R,
+    ) -> Result<TunnelStream, DialError>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let timeout = self.inner.config.limits.dial_timeout;
+        self.dial_counted(selector, target, timeout, Early::Relay(client)).await
     }
 
     /// Like [`Server::dial`] with an explicit deadline, which covers choosing
@@ -182,7 +225,7 @@ impl Server {
         target: &str,
         timeout: Duration,
     ) -> Result<TunnelStream, DialError> {
-        self.dial_counted(selector, target, timeout, &[]).await
+        self.dial_counted(selector, target, timeout, Early::Bytes(&[])).await
     }
 
     async fn dial_counted(
@@ -190,10 +233,10 @@ impl Server {
         selector: &Selector,
         target: &str,
         timeout: Duration,
-        first_bytes: &[u8],
+        early: Early<'_>,
     ) -> Result<TunnelStream, DialError> {
         let started = std::time::Instant::now();
-        let result = self.dial_uncounted(selector, target, timeout, first_bytes).await;
+        let result = self.dial_uncounted(selector, target, timeout, early).await;
         let metrics = &self.inner.metrics;
         metrics.dial_duration.observe(started.elapsed());
         metrics.dials.inc(match &result {
@@ -208,7 +251,7 @@ impl Server {
         selector: &Selector,
         target: &str,
         timeout: Duration,
-        first_bytes: &[u8],
+        early: Early<'_>,
     ) -> Result<TunnelStream, DialError> {
         if !self.accepting() {
             return Err(DialError::ShuttingDown);
@@ -232,7 +275,7 @@ impl Server {
         let agent_id = agent.agent_id.clone();
         let span = tracing::debug_span!("dial", request_id, agent = %agent_id, %target);
         let result = self
-            .dial_through(agent, request_id, (host, port, target), timeout, first_bytes)
+            .dial_through(agent, request_id, (host, port, target), timeout, early)
             .instrument(span)
             .await;
         drop(pending);
@@ -245,7 +288,7 @@ impl Server {
         request_id: u64,
         (host, port, target): (String, u16, &str),
         timeout: Duration,
-        first_bytes: &[u8],
+        early: Early<'_>,
     ) -> Result<TunnelStream, DialError> {
         let agent_id = agent.agent_id.clone();
         // From here on, the TunnelStream (or this guard) owns the slot.
@@ -274,11 +317,33 @@ impl Server {
             port,
             timeout_ms,
         });
+        let mut relay = Relay::default();
         let exchange = async {
             let mut request = dial.encode()?;
+            let (first_bytes, mut client) = match early {
+                Early::Bytes(bytes) => (bytes, None),
+                Early::Relay(client) => (&[][..], Some(client)),
+            };
             request.extend_from_slice(first_bytes);
             bi.send.write_all(&request).await?;
-            read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD).await
+            self.inner.metrics.bytes_to_targets.add(first_bytes.len() as u64);
+            let answer = read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD);
+            let Some(client) = client.as_mut() else {
+                return answer.await;
+            };
+            // Relay the client's bytes until the answer is in, then finish
+            // the chunk under way: the caller copies on from the next byte.
+            tokio::pin!(answer);
+            let answer = loop {
+                tokio::select! {
+                    biased;
+                    answer = &mut answer => break answer,
+                    () = poll_fn(|cx| relay.poll_relay(cx, Pin::new(&mut **client), Pin::new(&mut bi.send))),
+                        if !relay.is_done() => {}
+                }
+            };
+            poll_fn(|cx| relay.poll_settle(cx, Pin::new(&mut bi.send))).await;
+            answer
         };
         let answer = match tokio::time::timeout(timeout, exchange).await {
             Ok(answer) => answer,
@@ -300,8 +365,16 @@ impl Server {
                     result.request_id
                 ),
             }),
+            Ok(Frame::DialResult(_)) if relay.client_failed().is_some() => {
+                bi.send.reset(StreamCode::Cancelled);
+                bi.recv.stop(StreamCode::Cancelled);
+                Err(DialError::ClientFailed {
+                    reason: relay.client_failed().map(ToString::to_string).unwrap_or_default(),
+                })
+            }
             Ok(Frame::DialResult(result)) if result.code == DialCode::Ok => {
-                tracing::debug!("dial succeeded");
+                tracing::debug!(relayed = relay.relayed(), "dial succeeded");
+                self.inner.metrics.bytes_to_targets.add(relay.relayed());
                 Ok(TunnelStream::new(
                     bi.send,
                     bi.recv,
