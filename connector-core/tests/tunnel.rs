@@ -332,10 +332,7 @@ async fn first_bytes_of_a_refused_dial_go_nowhere(kind: Kind) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), DialCode::Refused, "{err}");
-    // The agent serves the next dial as usual.
-    let echo = echo_target().await;
-    let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
-    assert_eq!(echo_all(stream, b"after").await, b"after");
+    next_dial_is_served(&h).await;
 }
 
 async fn bytes_relayed_during_the_dial_reach_the_target_in_order_and_once(kind: Kind) {
@@ -382,9 +379,7 @@ async fn a_refused_dial_fails_while_relaying(kind: Kind) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), DialCode::Refused, "{err}");
-    let echo = echo_target().await;
-    let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
-    assert_eq!(echo_all(stream, b"after").await, b"after");
+    next_dial_is_served(&h).await;
 }
 
 async fn a_client_failing_during_the_dial_fails_it(kind: Kind) {
@@ -410,6 +405,12 @@ async fn a_client_failing_during_the_dial_fails_it(kind: Kind) {
     assert!(matches!(err, DialError::ClientFailed { .. }), "{err}");
     // Nothing stays open for it, and the agent serves the next dial.
     assert_eq!(h.server.agents()[0].active_streams, 0);
+    next_dial_is_served(&h).await;
+}
+
+/// After a failed dial, the agent serves the next one as usual.
+async fn next_dial_is_served(h: &Harness) {
+    let echo = echo_target().await;
     let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
     assert_eq!(echo_all(stream, b"after").await, b"after");
 }
