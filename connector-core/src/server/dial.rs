@@ -318,6 +318,10 @@ impl Server {
             timeout_ms,
         });
         let mut relay = Relay::default();
+        let first_len = match &early {
+            Early::Bytes(bytes) => bytes.len() as u64,
+            Early::Relay(_) => 0,
+        };
         let exchange = async {
             let mut request = dial.encode()?;
             let (first_bytes, mut client) = match early {
@@ -326,7 +330,6 @@ impl Server {
             };
             request.extend_from_slice(first_bytes);
             bi.send.write_all(&request).await?;
-            self.inner.metrics.bytes_to_targets.add(first_bytes.len() as u64);
             let answer = read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD);
             let Some(client) = client.as_mut() else {
                 return answer.await;
@@ -374,7 +377,7 @@ impl Server {
             }
             Ok(Frame::DialResult(result)) if result.code == DialCode::Ok => {
                 tracing::debug!(relayed = relay.relayed(), "dial succeeded");
-                self.inner.metrics.bytes_to_targets.add(relay.relayed());
+                self.inner.metrics.bytes_to_targets.add(first_len + relay.relayed());
                 Ok(TunnelStream::new(
                     bi.send,
                     bi.recv,
