@@ -318,20 +318,16 @@ impl Server {
             timeout_ms,
         });
         let mut relay = Relay::default();
-        let first_len = match &early {
-            Early::Bytes(bytes) => bytes.len() as u64,
-            Early::Relay(_) => 0,
+        let (first_bytes, client) = match early {
+            Early::Bytes(bytes) => (bytes, None),
+            Early::Relay(client) => (&[][..], Some(client)),
         };
         let exchange = async {
             let mut request = dial.encode()?;
-            let (first_bytes, mut client) = match early {
-                Early::Bytes(bytes) => (bytes, None),
-                Early::Relay(client) => (&[][..], Some(client)),
-            };
             request.extend_from_slice(first_bytes);
             bi.send.write_all(&request).await?;
             let answer = read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD);
-            let Some(client) = client.as_mut() else {
+            let Some(client) = client else {
                 return answer.await;
             };
             // Relay the client's bytes until the answer is in, then finish
@@ -341,7 +337,7 @@ impl Server {
                 tokio::select! {
                     biased;
                     answer = &mut answer => break answer,
-                    () = poll_fn(|cx| relay.poll_relay(cx, Pin::new(&mut **client), Pin::new(&mut bi.send))),
+                    () = poll_fn(|cx| relay.poll_relay(cx, Pin::new(&mut *client), Pin::new(&mut bi.send))),
                         if !relay.is_done() => {}
                 }
             };
@@ -368,16 +364,19 @@ impl Server {
                     result.request_id
                 ),
             }),
-            Ok(Frame::DialResult(_)) if relay.client_failed().is_some() => {
+            Ok(Frame::DialResult(_)) if let Some(err) = relay.client_failed() => {
                 bi.send.reset(StreamCode::Cancelled);
                 bi.recv.stop(StreamCode::Cancelled);
                 Err(DialError::ClientFailed {
-                    reason: relay.client_failed().map(ToString::to_string).unwrap_or_default(),
+                    reason: err.to_string(),
                 })
             }
             Ok(Frame::DialResult(result)) if result.code == DialCode::Ok => {
                 tracing::debug!(relayed = relay.relayed(), "dial succeeded");
-                self.inner.metrics.bytes_to_targets.add(first_len + relay.relayed());
+                self.inner
+                    .metrics
+                    .bytes_to_targets
+                    .add(first_bytes.len() as u64 + relay.relayed());
                 Ok(TunnelStream::new(
                     bi.send,
                     bi.recv,
