@@ -216,6 +216,25 @@ pub async fn splice(
     }
 }
 
+/// Writes what is left of `buf` after `*written` bytes, advancing
+/// `*written` as writes complete, so that a `Pending` keeps its place.
+/// Ready once the whole buffer is out.
+fn poll_write_rest<W: AsyncWrite + ?Sized>(
+    cx: &mut Context<'_>,
+    mut w: Pin<&mut W>,
+    buf: &[u8],
+    written: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *written < buf.len() {
+        let n = ready!(w.as_mut().poll_write(cx, &buf[*written..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *written += n;
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// Copies a reader into a writer step by step, keeping its place between
 /// polls, so that its user may stop polling at any point without losing a
 /// byte: the server relays a client's bytes this way while the agent
@@ -262,19 +281,13 @@ impl Relay {
     where
         W: AsyncWrite + ?Sized,
     {
-        if let Some(b) = &self.buf {
-            while self.written < b.len() {
-                match ready!(w.as_mut().poll_write(cx, &b[self.written..])) {
-                    Ok(n) if n > 0 => {
-                        self.written += n;
-                        self.relayed += n as u64;
-                    }
-                    // The stream is broken: whoever uses it next finds out.
-                    _ => {
-                        self.end();
-                        break;
-                    }
-                }
+        if let Some(b) = &self.buf
+            && self.written < b.len()
+        {
+            match ready!(poll_write_rest(cx, w.as_mut(), b, &mut self.written)) {
+                Ok(()) => self.relayed += b.len() as u64,
+                // The stream is broken: whoever uses it next finds out.
+                Err(_) => self.end(),
             }
         }
         Poll::Ready(())
@@ -319,15 +332,11 @@ impl Direction {
         W: AsyncWrite + ?Sized,
     {
         loop {
-            if let Some(b) = &self.buf {
-                while self.written < b.len() {
-                    let n = ready!(w.as_mut().poll_write(cx, &b[self.written..]))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                    }
-                    self.written += n;
-                    self.copied += n as u64;
-                }
+            if let Some(b) = &self.buf
+                && self.written < b.len()
+            {
+                ready!(poll_write_rest(cx, w.as_mut(), b, &mut self.written))?;
+                self.copied += b.len() as u64;
             }
             if self.read_done {
                 ready!(w.as_mut().poll_shutdown(cx))?;
