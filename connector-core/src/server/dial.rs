@@ -3,6 +3,7 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use super::Server;
@@ -198,7 +199,9 @@ impl Server {
     /// `Dial` is out until the agent's answer arrives, right behind the `Dial`:
     /// bytes the client writes just after connecting (a TLS ClientHello, an
     /// HTTP request) reach the target as soon as the agent is connected,
-    /// without waiting a tunnel round trip for the `DialResult`. Nothing is
+    /// without waiting a tunnel round trip for the `DialResult`. `client` is
+    /// read at least once before an answer is taken, so what it has sent by
+    /// the time the `Dial` is out always goes with it. Nothing is
     /// waited for: in protocols where the server speaks first the client
     /// sends nothing. `client` is then the caller's to go on copying from;
     /// no byte it yielded is lost. If the dial fails, relayed bytes are
@@ -330,8 +333,16 @@ impl Server {
             let Some(client) = client else {
                 return answer.await;
             };
-            // Relay the client's bytes until the answer is in, then finish
-            // the chunk under way: the caller copies on from the next byte.
+            // What the client has sent already goes out right behind the
+            // `Dial`, before any answer is taken (it may be in by now, if
+            // the task waited to write). Then relay the client's bytes until
+            // the answer is in, and finish the chunk under way: the caller
+            // copies on from the next byte.
+            poll_fn(|cx| {
+                let _ = relay.poll_relay(cx, Pin::new(&mut *client), Pin::new(&mut bi.send));
+                Poll::Ready(())
+            })
+            .await;
             tokio::pin!(answer);
             let answer = loop {
                 tokio::select! {
