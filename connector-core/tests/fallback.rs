@@ -79,17 +79,7 @@ fn fast_settings() -> FallbackSettings {
 
 fn fallback(ca: &ThrowawayCa, quic: SocketAddr, tcp: SocketAddr, settings: FallbackSettings) -> FallbackConnector {
     let tls = agent_tls(ca);
-    // Ethernet-sized packets, as on the paths the fallback is for. With the
-    // default bound, loopback carries 6,550-byte packets, and on a path that
-    // drops 70 % of them the agent sends too few packets per window for the
-    // packet-count degradation check (it failed 1 run in 4 on a loaded
-    // machine, 0 in 6 with this bound): a known gap of that check, which
-    // should come to judge bytes, not packets.
-    let quic_settings = QuicSettings {
-        max_udp_payload: 1_452,
-        ..QuicSettings::default()
-    };
-    let quic = QuicConnector::new(quic.to_string(), &tls, &quic_settings).unwrap();
+    let quic = QuicConnector::new(quic.to_string(), &tls, &QuicSettings::default()).unwrap();
     let tcp = QmuxConnector::new(tcp.to_string(), &tls, &QmuxSettings::default())
         .unwrap()
         .with_proxy(ProxyChoice::Direct);

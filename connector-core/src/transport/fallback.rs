@@ -67,17 +67,20 @@ impl fmt::Display for TransportMode {
 
 /// When a QUIC path counts as starved. Counters are quinn's, compared over a
 /// sliding `window` sampled every `sample`: the path is degraded when at
-/// least `min_packets` were sent and `loss_ratio` of them were declared lost,
-/// or when at least `stall_packets` were sent and no ACK at all came back.
+/// least `min_bytes` were sent or declared lost and the lost bytes come to
+/// `loss_ratio` of the sent ones, or when at least `stall_packets` were sent and no ACK at all came
+/// back. Loss is judged in bytes, not packets, so that the check is as sharp
+/// on a path of 6,550-byte packets (which sends few of them once starved) as
+/// on an Ethernet path.
 #[derive(Debug, Clone)]
 pub struct Degradation {
     /// Span of the sliding window.
     pub window: Duration,
     /// How often the counters are read.
     pub sample: Duration,
-    /// Packets sent in the window before the loss ratio is judged.
-    pub min_packets: u64,
-    /// Share of sent packets declared lost that counts as starved.
+    /// Bytes sent or lost in the window (UDP payload) before the loss ratio is judged.
+    pub min_bytes: u64,
+    /// Share of sent bytes declared lost that counts as starved.
     pub loss_ratio: f64,
     /// Packets sent in the window without any ACK that counts as starved.
     pub stall_packets: u64,
@@ -88,10 +91,34 @@ impl Default for Degradation {
         Self {
             window: Duration::from_secs(10),
             sample: Duration::from_secs(1),
-            min_packets: 20,
+            // Twenty minimum-size QUIC packets.
+            min_bytes: 24_000,
             loss_ratio: 0.3,
             stall_packets: 8,
         }
+    }
+}
+
+impl Degradation {
+    /// Why the path counts as starved between two samples, if it does.
+    fn verdict(&self, first: &PathSample, last: &PathSample) -> Option<String> {
+        let sent = last.sent_packets - first.sent_packets;
+        let sent_bytes = last.sent_bytes - first.sent_bytes;
+        let lost_bytes = last.lost_bytes - first.lost_bytes;
+        let acks = last.acks - first.acks;
+        tracing::trace!(sent, sent_bytes, lost_bytes, acks, "QUIC path sample");
+        // Packets declared lost in the window may have been sent before it:
+        // once a starved path backs off and sends almost nothing, what it
+        // lost is the evidence.
+        let judged = sent_bytes.max(lost_bytes) >= self.min_bytes;
+        let lossy = judged && lost_bytes as f64 >= self.loss_ratio * sent_bytes as f64;
+        let stalled = sent >= self.stall_packets && acks == 0;
+        (lossy || stalled).then(|| {
+            format!(
+                "QUIC path degraded: {lost_bytes} of {sent_bytes} bytes lost, {sent} packets sent and {acks} ACKs received in {:?}",
+                last.at.duration_since(first.at)
+            )
+        })
     }
 }
 
@@ -283,7 +310,7 @@ async fn watch_degradation(
     state: Arc<Mutex<State>>,
     superseded: watch::Sender<Option<String>>,
 ) {
-    let mut samples: VecDeque<(Instant, u64, u64, u64)> = VecDeque::new();
+    let mut samples: VecDeque<PathSample> = VecDeque::new();
     let started = Instant::now();
     let mut cleared = false;
     let mut tick = tokio::time::interval(limits.sample);
@@ -294,31 +321,18 @@ async fn watch_degradation(
             _ = tick.tick() => {}
             _ = &mut closed => return,
         }
-        let stats = conn.stats();
         let now = Instant::now();
-        samples.push_back((
-            now,
-            stats.path.sent_packets,
-            stats.path.lost_packets,
-            stats.frame_rx.acks,
-        ));
-        while samples.front().is_some_and(|s| now.duration_since(s.0) > limits.window) {
+        samples.push_back(PathSample::read(&conn, now));
+        while samples
+            .front()
+            .is_some_and(|s| now.duration_since(s.at) > limits.window)
+        {
             samples.pop_front();
         }
         let (Some(first), Some(last)) = (samples.front(), samples.back()) else {
             continue;
         };
-        let sent = last.1 - first.1;
-        let lost = last.2 - first.2;
-        let acks = last.3 - first.3;
-        let lossy = sent >= limits.min_packets && lost as f64 >= limits.loss_ratio * sent as f64;
-        let stalled = sent >= limits.stall_packets && acks == 0;
-        tracing::trace!(sent, lost, acks, "QUIC path sample");
-        if lossy || stalled {
-            let reason = format!(
-                "QUIC path degraded: {lost} of {sent} packets lost and {acks} ACKs received in {:?}",
-                last.0.duration_since(first.0)
-            );
+        if let Some(reason) = limits.verdict(first, last) {
             tracing::info!(%reason, "switching to TCP");
             {
                 let mut state = state.lock().unwrap();
@@ -331,6 +345,29 @@ async fn watch_degradation(
         if !cleared && now.duration_since(started) >= limits.window * HEALTHY_WINDOWS {
             cleared = true;
             state.lock().unwrap().degradations = 0;
+        }
+    }
+}
+
+/// quinn's running totals for the path, read at one instant.
+#[derive(Debug, Clone, Copy)]
+struct PathSample {
+    at: Instant,
+    sent_packets: u64,
+    sent_bytes: u64,
+    lost_bytes: u64,
+    acks: u64,
+}
+
+impl PathSample {
+    fn read(conn: &QuicConnection, at: Instant) -> Self {
+        let stats = conn.stats();
+        Self {
+            at,
+            sent_packets: stats.path.sent_packets,
+            sent_bytes: stats.udp_tx.bytes,
+            lost_bytes: stats.path.lost_bytes,
+            acks: stats.frame_rx.acks,
         }
     }
 }
@@ -408,5 +445,60 @@ impl<C: Connection + ?Sized> Connection for Supervised<C> {
                 None => std::future::pending().await,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two samples one window apart: `sent` packets of `size` bytes, `lost` of them lost, `acks` ACK frames back.
+    fn window(sent: u64, size: u64, lost: u64, acks: u64) -> (PathSample, PathSample) {
+        let at = Instant::now();
+        let first = PathSample {
+            at,
+            sent_packets: 1_000,
+            sent_bytes: 1_000_000,
+            lost_bytes: 5_000,
+            acks: 700,
+        };
+        let last = PathSample {
+            at: at + Duration::from_secs(10),
+            sent_packets: first.sent_packets + sent,
+            sent_bytes: first.sent_bytes + sent * size,
+            lost_bytes: first.lost_bytes + lost * size,
+            acks: first.acks + acks,
+        };
+        (first, last)
+    }
+
+    fn degraded(sent: u64, size: u64, lost: u64, acks: u64) -> bool {
+        let (first, last) = window(sent, size, lost, acks);
+        Degradation::default().verdict(&first, &last).is_some()
+    }
+
+    #[test]
+    fn heavy_loss_of_few_large_packets_is_starvation() {
+        // A starved path of 6,550-byte packets sends only a few per window.
+        assert!(degraded(5, 6_550, 4, 1));
+        assert!(degraded(30, 1_200, 10, 12));
+        // Backed off after losing what it had in flight: sends little, lost much.
+        let (first, mut last) = window(2, 6_550, 0, 1);
+        last.lost_bytes += 30_000;
+        assert!(Degradation::default().verdict(&first, &last).is_some());
+    }
+
+    #[test]
+    fn light_loss_or_too_little_traffic_is_not() {
+        assert!(!degraded(1_000, 6_550, 20, 400), "2 % loss");
+        assert!(!degraded(3, 6_550, 2, 1), "19,650 bytes: too little to judge");
+        assert!(!degraded(15, 1_200, 15, 1), "18,000 bytes: too little to judge");
+        assert!(!degraded(0, 1_200, 0, 0), "an idle path");
+    }
+
+    #[test]
+    fn packets_without_any_ack_are_a_stall() {
+        assert!(degraded(8, 100, 0, 0));
+        assert!(!degraded(7, 100, 0, 0));
     }
 }
