@@ -9,6 +9,10 @@
 //! wait. A tunnelled connection that sits idle (the usual state of a
 //! `kubectl exec` or a watch) holds no copy buffer at all, so ten thousand of
 //! them cost what their sockets and streams cost, not 64 KiB each.
+//!
+//! Towards a QUIC stream, a full read goes out as an owned chunk of the
+//! buffer ([`ChunkSink`]): quinn keeps that chunk until it is acknowledged
+//! instead of a copy of it, one copy fewer per byte sent into the tunnel.
 
 use std::future::poll_fn;
 use std::io;
@@ -17,17 +21,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 use crate::proto::StreamCode;
-use crate::transport::{RecvStream, SendStream, StreamReset};
+use crate::server::TunnelStream;
+use crate::transport::{RecvStream, SendStream, StreamReset, poll_write_copying};
 
 /// Largest read per copy step (the buffer's capacity while it exists).
 const BUF_LEN: usize = 32 * 1024;
+
+/// Smallest read handed to a [`ChunkSink`] that takes chunks as an owned
+/// chunk of the read buffer instead of a copy. The chunk keeps the whole
+/// buffer alive until the peer acknowledges it, so small reads (an
+/// interactive session's keystrokes) are copied: what a transport holds
+/// unacknowledged then never pins more than twice its size.
+const CHUNK_MIN: usize = BUF_LEN / 2;
 
 /// Reads into `buf`, creating it first if needed; gives it back (drops it)
 /// when the read has to wait, so an idle direction holds no memory.
@@ -38,12 +50,103 @@ fn poll_read_lazily<R: AsyncRead + ?Sized>(
 ) -> Poll<io::Result<usize>> {
     let b = buf.get_or_insert_with(|| BytesMut::with_capacity(BUF_LEN));
     b.clear();
+    if b.capacity() < CHUNK_MIN {
+        // The rest of a buffer whose front went out as a chunk.
+        b.reserve(BUF_LEN);
+    }
     let read = poll_read_buf(r, cx, b);
     if read.is_pending() {
         *buf = None;
     }
     read
 }
+
+/// Takes the `n` bytes just read into `buf` as an owned chunk, if `sink`
+/// takes chunks and the read is large enough to be worth it; otherwise they
+/// stay in `buf` to be written (copied) from there.
+fn take_chunk<W: ChunkSink + ?Sized>(sink: &W, buf: &mut Option<BytesMut>, n: usize) -> Option<Bytes> {
+    let b = buf.as_mut()?;
+    (n >= CHUNK_MIN && sink.takes_chunks()).then(|| b.split_to(n).freeze())
+}
+
+/// Writes all of `chunk`, keeping its place across `Pending`.
+fn poll_write_chunk_all<W: ChunkSink + ?Sized>(
+    cx: &mut Context<'_>,
+    w: &mut W,
+    chunk: &mut Bytes,
+) -> Poll<io::Result<()>> {
+    while !chunk.is_empty() {
+        if ready!(w.poll_write_chunk(cx, chunk))? == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// A writer the copy loops write to. One that keeps what it was given until
+/// the peer acknowledges it (a QUIC stream) takes owned chunks of the read
+/// buffer, which saves copying every byte once more; any other writer is
+/// written through [`AsyncWrite`].
+pub(crate) trait ChunkSink: AsyncWrite + Unpin {
+    /// Whether [`ChunkSink::poll_write_chunk`] saves a copy.
+    fn takes_chunks(&self) -> bool {
+        false
+    }
+
+    /// Writes from the front of `chunk`, advancing it; returns the count.
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
+        poll_write_copying(Pin::new(self), cx, chunk)
+    }
+}
+
+impl ChunkSink for Box<dyn SendStream> {
+    fn takes_chunks(&self) -> bool {
+        (**self).takes_chunks()
+    }
+
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
+        (**self).poll_write_chunk(cx, chunk)
+    }
+}
+
+impl ChunkSink for tokio::net::tcp::WriteHalf<'_> {}
+
+/// Any reader and writer, written through [`AsyncWrite`].
+struct Plain<'a, T: ?Sized>(&'a mut T);
+
+impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Plain<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Plain<'_, T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+impl<T: AsyncWrite + Unpin + ?Sized> ChunkSink for Plain<'_, T> {}
 
 /// How a splice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +220,7 @@ async fn pump<R, W>(
 ) -> Result<(), Failure>
 where
     R: AsyncRead + Unpin + ?Sized,
-    W: AsyncWrite + Unpin + ?Sized,
+    W: ChunkSink + ?Sized,
 {
     let mut buf = None;
     loop {
@@ -128,8 +231,11 @@ where
         if n == 0 {
             return w.shutdown().await.map_err(|e| Failure::Io(to, e));
         }
-        let data = buf.as_ref().map_or(&[][..], |b| &b[..n]);
-        w.write_all(data).await.map_err(|e| Failure::Io(to, e))?;
+        let written = match take_chunk(w, &mut buf, n) {
+            Some(mut chunk) => poll_fn(|cx| poll_write_chunk_all(cx, w, &mut chunk)).await,
+            None => w.write_all(buf.as_ref().map_or(&[][..], |b| &b[..n])).await,
+        };
+        written.map_err(|e| Failure::Io(to, e))?;
         activity.touch();
         *copied += n as u64;
     }
@@ -315,42 +421,53 @@ impl Relay {
     }
 }
 
-/// One direction of [`copy_both`]: a lazily held buffer and how far it is written.
+/// One direction of [`copy_both`]: a lazily held buffer and how far it is
+/// written, or the chunk of it under way.
 #[derive(Default)]
 struct Direction {
     buf: Option<BytesMut>,
     written: usize,
+    chunk: Bytes,
     read_done: bool,
     copied: u64,
 }
 
 impl Direction {
     /// Copies until `r` ends, then shuts `w` down; returns the bytes copied.
-    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>) -> Poll<io::Result<u64>>
+    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<u64>>
     where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        R: AsyncRead + Unpin + ?Sized,
+        W: ChunkSink + ?Sized,
     {
         loop {
+            if !self.chunk.is_empty() {
+                let len = self.chunk.len() as u64;
+                ready!(poll_write_chunk_all(cx, w, &mut self.chunk))?;
+                self.copied += len;
+            }
             if let Some(b) = &self.buf
                 && self.written < b.len()
             {
-                ready!(poll_write_rest(cx, w.as_mut(), b, &mut self.written))?;
+                ready!(poll_write_rest(cx, Pin::new(&mut *w), b, &mut self.written))?;
                 self.copied += b.len() as u64;
             }
             if self.read_done {
-                ready!(w.as_mut().poll_shutdown(cx))?;
+                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
                 return Poll::Ready(Ok(self.copied));
             }
             self.written = 0;
-            match poll_read_lazily(r.as_mut(), cx, &mut self.buf) {
+            match poll_read_lazily(Pin::new(&mut *r), cx, &mut self.buf) {
                 Poll::Pending => {
                     // Nothing more to read for now: push out what the writer buffers.
-                    ready!(w.as_mut().poll_flush(cx))?;
+                    ready!(Pin::new(&mut *w).poll_flush(cx))?;
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => self.read_done = true,
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => {
+                    if let Some(chunk) = take_chunk(w, &mut self.buf, n) {
+                        self.chunk = chunk;
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             }
         }
@@ -367,16 +484,35 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    copy_pair(&mut Plain(a), &mut Plain(b)).await
+}
+
+/// [`copy_both`] between a client connection and a tunnel stream, handing
+/// what the client sends to the tunnel as owned chunks where its transport
+/// takes them (QUIC), one copy fewer per byte. Returns the bytes copied
+/// client→tunnel and tunnel→client.
+pub async fn copy_tunnel<A>(client: &mut A, tunnel: &mut TunnelStream) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    copy_pair(&mut Plain(client), tunnel).await
+}
+
+async fn copy_pair<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + ChunkSink + ?Sized,
+    B: AsyncRead + ChunkSink + ?Sized,
+{
     let (mut a_to_b, mut b_to_a) = (Direction::default(), Direction::default());
     let (mut a_done, mut b_done) = (None, None);
     poll_fn(|cx| {
         if a_done.is_none()
-            && let Poll::Ready(copied) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
+            && let Poll::Ready(copied) = a_to_b.poll_copy(cx, a, b)
         {
             a_done = Some(copied?);
         }
         if b_done.is_none()
-            && let Poll::Ready(copied) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))
+            && let Poll::Ready(copied) = b_to_a.poll_copy(cx, b, a)
         {
             b_done = Some(copied?);
         }
@@ -427,9 +563,66 @@ mod tests {
         let mut cx = Context::from_waker(waker);
         assert!(
             direction
-                .poll_copy(&mut cx, Pin::new(&mut quiet), Pin::new(&mut sink))
+                .poll_copy(&mut cx, &mut quiet, &mut Plain(&mut sink))
                 .is_pending()
         );
         assert!(direction.buf.is_none(), "nothing to read: no copy buffer kept");
+    }
+
+    /// Keeps what it is given, as a QUIC stream does until acknowledged.
+    #[derive(Default)]
+    struct Keeper {
+        chunks: Vec<Bytes>,
+        copies: Vec<Vec<u8>>,
+    }
+
+    impl AsyncWrite for Keeper {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.get_mut().copies.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl ChunkSink for Keeper {
+        fn takes_chunks(&self) -> bool {
+            true
+        }
+        fn poll_write_chunk(&mut self, _: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
+            let n = chunk.len();
+            self.chunks.push(chunk.split_to(n));
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    #[tokio::test]
+    async fn large_reads_go_out_as_owned_chunks_small_ones_as_copies() {
+        let big: Vec<u8> = (0..3 * BUF_LEN as u32).map(|i| (i % 251) as u8).collect();
+        let small = b"ls -l\n".to_vec();
+        let mut source: &[u8] = &big;
+        let mut keeper = Keeper::default();
+        let mut direction = Direction::default();
+        let copied = poll_fn(|cx| direction.poll_copy(cx, &mut source, &mut keeper))
+            .await
+            .unwrap();
+        assert_eq!(copied, big.len() as u64);
+        assert!(keeper.copies.is_empty(), "full reads are handed over, not copied");
+        assert_eq!(keeper.chunks.concat(), big);
+        // Each chunk is a whole read buffer's worth, not a fragment.
+        assert!(keeper.chunks.iter().all(|c| c.len() >= CHUNK_MIN));
+
+        let mut source: &[u8] = &small;
+        let mut keeper = Keeper::default();
+        let mut direction = Direction::default();
+        poll_fn(|cx| direction.poll_copy(cx, &mut source, &mut keeper))
+            .await
+            .unwrap();
+        assert!(keeper.chunks.is_empty(), "a small read is copied");
+        assert_eq!(keeper.copies.concat(), small);
     }
 }

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::registry::AgentEntry;
 use crate::metrics::ServerMetrics;
 use crate::proto::StreamCode;
+use crate::splice::ChunkSink;
 use crate::transport::{RecvStream, SendStream};
 
 /// A TCP connection opened by an agent, seen from the server side.
@@ -129,6 +131,20 @@ impl AsyncWrite for TunnelStream {
         let poll = Pin::new(&mut self.send).poll_shutdown(cx);
         if let Poll::Ready(Ok(())) = poll {
             self.write_closed = true;
+        }
+        poll
+    }
+}
+
+impl ChunkSink for TunnelStream {
+    fn takes_chunks(&self) -> bool {
+        self.send.takes_chunks()
+    }
+
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
+        let poll = self.send.poll_write_chunk(cx, chunk);
+        if let Poll::Ready(Ok(n)) = poll {
+            self.metrics.bytes_to_targets.add(n as u64);
         }
         poll
     }

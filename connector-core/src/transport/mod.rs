@@ -18,6 +18,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
 
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -52,6 +55,32 @@ pub trait SendStream: AsyncWrite + Send + Unpin {
     fn delivered(&self) -> BoxFuture<'static, ()> {
         Box::pin(std::future::ready(()))
     }
+
+    /// Whether [`SendStream::poll_write_chunk`] takes the bytes over without
+    /// copying them (QUIC); copy loops hand over owned chunks only then.
+    fn takes_chunks(&self) -> bool {
+        false
+    }
+
+    /// Writes from the front of `chunk` and advances it past what was
+    /// written; returns that count. A transport that keeps data until the
+    /// peer acknowledges it can keep the chunk itself instead of a copy. The
+    /// default writes through [`AsyncWrite`].
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
+        poll_write_copying(Pin::new(self), cx, chunk)
+    }
+}
+
+/// Writes from the front of `chunk` through [`AsyncWrite`] (a copy) and
+/// advances it past what was written.
+pub(crate) fn poll_write_copying<W: AsyncWrite + ?Sized>(
+    w: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    chunk: &mut Bytes,
+) -> Poll<io::Result<usize>> {
+    let n = std::task::ready!(w.poll_write(cx, chunk))?;
+    chunk.advance(n);
+    Poll::Ready(Ok(n))
 }
 
 /// The receiving half of a stream. A read of 0 bytes is the peer's FIN; a

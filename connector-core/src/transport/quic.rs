@@ -2,6 +2,7 @@
 //! connection per agent; one QUIC bidirectional stream per tunnelled TCP
 //! connection, each with its own flow control.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
@@ -429,6 +431,19 @@ impl AsyncWrite for QuicSend {
 impl SendStream for QuicSend {
     fn reset(&mut self, code: StreamCode) {
         let _ = self.0.reset(VarInt::from_u32(code.to_wire()));
+    }
+
+    fn takes_chunks(&self) -> bool {
+        true
+    }
+
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
+        // quinn keeps the chunk until it is acknowledged; no copy. The future
+        // is cancel-safe: dropped while pending, it wrote nothing, and quinn
+        // has kept the waker.
+        let write = self.0.write_chunks(std::slice::from_mut(chunk));
+        let written = std::task::ready!(std::pin::pin!(write).poll(cx)).map_err(|e| map_io(e.into()))?;
+        Poll::Ready(Ok(written.bytes))
     }
 
     fn delivered(&self) -> BoxFuture<'static, ()> {
