@@ -10,11 +10,10 @@ use connector_core::agent::{DestinationPolicy, Rule};
 use connector_core::auth::TokenFile;
 use connector_core::setup::{AgentSetup, SetupError};
 use connector_core::tls::{CaBundle, Identity};
-use connector_core::transport::congestion::CongestionControl;
 use connector_core::transport::fallback::TransportMode;
 use connector_core::transport::qmux::proxy::ProxyChoice;
-use connector_core::transport::quic::{MAX_UDP_PAYLOAD, MIN_UDP_PAYLOAD};
 
+use crate::quic_args::QuicArgs;
 use crate::units::{OptionalDuration, parse_duration, parse_optional_duration};
 
 #[derive(Debug, Args)]
@@ -74,17 +73,8 @@ pub struct AgentArgs {
     /// here; open tunnelled connections may finish within this grace, then the agent exits.
     #[arg(long, env = "CONNECTOR_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
     drain_grace: Duration,
-    /// QUIC congestion controller for what this side sends: `auto` (default: Cubic on paths
-    /// under 5 ms, BBR on longer ones), `cubic`, or `bbr` (keeps its throughput on lossy long
-    /// paths: 1 % random loss does not shrink its window).
-    #[arg(long, env = "CONNECTOR_CONGESTION_CONTROL", default_value = "auto")]
-    congestion_control: CongestionControl,
-    /// Largest QUIC packet (UDP payload, bytes) this side sends and accepts: the upper bound
-    /// of path MTU discovery, which starts at 1200 and settles at what the path carries
-    /// (about 1472 on Ethernet). 1200 turns discovery off.
-    #[arg(long, env = "CONNECTOR_MAX_UDP_PAYLOAD", default_value_t = MAX_UDP_PAYLOAD,
-          value_parser = clap::value_parser!(u16).range(i64::from(MIN_UDP_PAYLOAD)..=i64::from(MAX_UDP_PAYLOAD)))]
-    max_udp_payload: u16,
+    #[command(flatten)]
+    quic: QuicArgs,
     /// Transport to the server: `auto` (QUIC, falling back to TLS over TCP when UDP is
     /// blocked or degraded, and back when QUIC works again), `quic` or `tcp`.
     #[arg(long, env = "CONNECTOR_TRANSPORT", default_value = "auto")]
@@ -128,8 +118,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     setup.tunnel_idle_timeout = args.tunnel_idle_timeout.0;
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
-    setup.congestion = args.congestion_control;
-    setup.max_udp_payload = args.max_udp_payload;
+    setup.congestion = args.quic.congestion_control;
+    setup.max_udp_payload = args.quic.max_udp_payload;
     setup.transport = args.transport;
     setup.tcp_server = args.tcp_server;
     // Parsed here rather than by clap, whose errors would echo the URL with its password.

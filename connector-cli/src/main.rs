@@ -7,6 +7,7 @@ mod demo;
 mod dev_pki;
 mod forward_cmd;
 mod frontends;
+mod quic_args;
 mod server_cmd;
 mod units;
 

@@ -10,10 +10,9 @@ use connector_core::auth::TokenAuthenticator;
 use connector_core::server::{Limits, ProxyStrategy};
 use connector_core::setup::{ServerSetup, SetupError, TcpListen};
 use connector_core::tls::{CaBundle, Identity};
-use connector_core::transport::congestion::CongestionControl;
-use connector_core::transport::quic::{MAX_UDP_PAYLOAD, MIN_UDP_PAYLOAD};
 
 use crate::frontends::FrontendArgs;
+use crate::quic_args::QuicArgs;
 use crate::units::parse_duration;
 
 #[derive(Debug, Args)]
@@ -84,17 +83,8 @@ pub struct ServerArgs {
     /// connections may finish within this grace, then the server exits.
     #[arg(long, env = "CONNECTOR_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
     drain_grace: Duration,
-    /// QUIC congestion controller for what this side sends: `auto` (default: Cubic on paths
-    /// under 5 ms, BBR on longer ones), `cubic`, or `bbr` (keeps its throughput on lossy long
-    /// paths: 1 % random loss does not shrink its window).
-    #[arg(long, env = "CONNECTOR_CONGESTION_CONTROL", default_value = "auto")]
-    congestion_control: CongestionControl,
-    /// Largest QUIC packet (UDP payload, bytes) this side sends and accepts: the upper bound
-    /// of path MTU discovery, which starts at 1200 and settles at what the path carries
-    /// (about 1472 on Ethernet). 1200 turns discovery off.
-    #[arg(long, env = "CONNECTOR_MAX_UDP_PAYLOAD", default_value_t = MAX_UDP_PAYLOAD,
-          value_parser = clap::value_parser!(u16).range(i64::from(MIN_UDP_PAYLOAD)..=i64::from(MAX_UDP_PAYLOAD)))]
-    max_udp_payload: u16,
+    #[command(flatten)]
+    quic: QuicArgs,
     /// Admin HTTP endpoints on this TCP address: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long, env = "CONNECTOR_ADMIN", value_name = "ADDR")]
     admin: Option<SocketAddr>,
@@ -118,8 +108,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     setup.server_count = args.server_count;
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
-    setup.congestion = args.congestion_control;
-    setup.max_udp_payload = args.max_udp_payload;
+    setup.congestion = args.quic.congestion_control;
+    setup.max_udp_payload = args.quic.max_udp_payload;
     setup.tcp_listen = args.tcp_listen;
     setup.limits = Limits {
         max_agents: args.max_agents,
