@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::registry::AgentEntry;
 use crate::metrics::ServerMetrics;
 use crate::proto::StreamCode;
-use crate::splice::ChunkSink;
+use crate::splice::{ChunkSink, ChunkSource};
 use crate::transport::{RecvStream, SendStream};
 
 /// A TCP connection opened by an agent, seen from the server side.
@@ -145,6 +145,24 @@ impl ChunkSink for TunnelStream {
         let poll = self.send.poll_write_chunk(cx, chunk);
         if let Poll::Ready(Ok(n)) = poll {
             self.metrics.bytes_to_targets.add(n as u64);
+        }
+        poll
+    }
+}
+
+impl ChunkSource for TunnelStream {
+    fn yields_chunks(&self) -> bool {
+        self.recv.yields_chunks()
+    }
+
+    fn poll_read_chunks(&mut self, cx: &mut Context<'_>, chunks: &mut [Bytes]) -> Poll<io::Result<usize>> {
+        let poll = self.recv.poll_read_chunks(cx, chunks);
+        if let Poll::Ready(Ok(filled)) = poll {
+            if filled == 0 && !chunks.is_empty() {
+                self.read_eof = true;
+            }
+            let read: usize = chunks[..filled].iter().map(Bytes::len).sum();
+            self.metrics.bytes_from_targets.add(read as u64);
         }
         poll
     }

@@ -88,6 +88,40 @@ pub(crate) fn poll_write_copying<W: AsyncWrite + ?Sized>(
 pub trait RecvStream: AsyncRead + Send + Unpin {
     /// Tells the peer to stop sending: its writes fail with [`StreamReset`] carrying `code`.
     fn stop(&mut self, code: StreamCode);
+
+    /// Whether [`RecvStream::poll_read_chunks`] hands out the transport's
+    /// own buffers without copying them (QUIC); copy loops read chunks only then.
+    fn yields_chunks(&self) -> bool {
+        false
+    }
+
+    /// Fills `chunks` from the front with what has arrived, in order, and
+    /// returns how many it filled; 0 is the peer's FIN. The default reads
+    /// through [`AsyncRead`] into one new buffer.
+    fn poll_read_chunks(&mut self, cx: &mut Context<'_>, chunks: &mut [Bytes]) -> Poll<io::Result<usize>> {
+        poll_read_copying(Pin::new(self), cx, chunks)
+    }
+}
+
+/// Size of the buffer [`poll_read_copying`] reads into.
+const READ_CHUNK_LEN: usize = 32 * 1024;
+
+/// Reads through [`AsyncRead`] into one new buffer and hands it out as the
+/// first of `chunks`; returns how many chunks it filled (0 at the end).
+pub(crate) fn poll_read_copying<R: AsyncRead + ?Sized>(
+    r: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    chunks: &mut [Bytes],
+) -> Poll<io::Result<usize>> {
+    let Some(first) = chunks.first_mut() else {
+        return Poll::Ready(Ok(0));
+    };
+    let mut buf = bytes::BytesMut::with_capacity(READ_CHUNK_LEN);
+    if std::task::ready!(tokio_util::io::poll_read_buf(r, cx, &mut buf))? == 0 {
+        return Poll::Ready(Ok(0));
+    }
+    *first = buf.freeze();
+    Poll::Ready(Ok(1))
 }
 
 /// Both halves of one bidirectional stream.

@@ -464,4 +464,16 @@ impl RecvStream for QuicRecv {
     fn stop(&mut self, code: StreamCode) {
         let _ = self.0.stop(VarInt::from_u32(code.to_wire()));
     }
+
+    fn yields_chunks(&self) -> bool {
+        true
+    }
+
+    fn poll_read_chunks(&mut self, cx: &mut Context<'_>, chunks: &mut [Bytes]) -> Poll<io::Result<usize>> {
+        // The chunks are slices of the decrypted packets; no copy. The
+        // future is cancel-safe: dropped while pending, it took nothing.
+        let read = self.0.read_chunks(chunks);
+        let filled = std::task::ready!(std::pin::pin!(read).poll(cx)).map_err(|e| map_io(e.into()))?;
+        Poll::Ready(Ok(filled.unwrap_or(0)))
+    }
 }
