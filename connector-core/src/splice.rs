@@ -320,35 +320,31 @@ where
     R: ChunkSource + ?Sized,
     W: ChunkSink + ?Sized,
 {
-    if r.yields_chunks() {
-        let mut received = Received::default();
-        loop {
-            let n = poll_fn(|cx| received.poll_fill(cx, r))
-                .await
-                .map_err(|e| Failure::Io(from, e))?;
-            activity.touch();
-            if n == 0 {
-                return w.shutdown().await.map_err(|e| Failure::Io(to, e));
-            }
-            poll_fn(|cx| received.poll_drain(cx, w))
-                .await
-                .map_err(|e| Failure::Io(to, e))?;
-            activity.touch();
-            *copied += n as u64;
-        }
-    }
+    // Chunks from a QUIC stream, or reads into a lazily held buffer.
+    let chunks = r.yields_chunks();
+    let mut received = Received::default();
     let mut buf = None;
     loop {
-        let n = poll_fn(|cx| poll_read_lazily(Pin::new(&mut *r), cx, &mut buf))
-            .await
-            .map_err(|e| Failure::Io(from, e))?;
+        let n = poll_fn(|cx| {
+            if chunks {
+                received.poll_fill(cx, r)
+            } else {
+                poll_read_lazily(Pin::new(&mut *r), cx, &mut buf)
+            }
+        })
+        .await
+        .map_err(|e| Failure::Io(from, e))?;
         activity.touch();
         if n == 0 {
             return w.shutdown().await.map_err(|e| Failure::Io(to, e));
         }
-        let written = match take_chunk(w, &mut buf, n) {
-            Some(mut chunk) => poll_fn(|cx| poll_write_chunk_all(cx, w, &mut chunk)).await,
-            None => w.write_all(buf.as_ref().map_or(&[][..], |b| &b[..n])).await,
+        let written = if chunks {
+            poll_fn(|cx| received.poll_drain(cx, w)).await.map(drop)
+        } else {
+            match take_chunk(w, &mut buf, n) {
+                Some(mut chunk) => poll_fn(|cx| poll_write_chunk_all(cx, w, &mut chunk)).await,
+                None => w.write_all(buf.as_ref().map_or(&[][..], |b| &b[..n])).await,
+            }
         };
         written.map_err(|e| Failure::Io(to, e))?;
         activity.touch();
@@ -536,8 +532,9 @@ impl Relay {
     }
 }
 
-/// One direction of [`copy_both`]: a lazily held buffer and how far it is
-/// written, or the chunk of it under way.
+/// One direction of [`copy_both`]: what is under way, kept between polls:
+/// a lazily held read buffer and how far it is written, a chunk of it
+/// handed to a [`ChunkSink`], or the chunks a [`ChunkSource`] handed out.
 #[derive(Default)]
 struct Direction {
     buf: Option<BytesMut>,
@@ -612,9 +609,9 @@ where
     copy_pair(&mut Plain(a), &mut Plain(b)).await
 }
 
-/// [`copy_both`] between a client connection and a tunnel stream, handing
-/// what the client sends to the tunnel as owned chunks where its transport
-/// takes them (QUIC), one copy fewer per byte. Returns the bytes copied
+/// [`copy_both`] between a client connection and a tunnel stream, feeding
+/// and draining the stream without a copy of our own where its transport
+/// allows (QUIC; see the module's description). Returns the bytes copied
 /// client→tunnel and tunnel→client.
 pub async fn copy_tunnel<A>(client: &mut A, tunnel: &mut TunnelStream) -> io::Result<(u64, u64)>
 where
