@@ -20,7 +20,7 @@
 //! quinn paces sends from the window and the smoothed round trip, not from
 //! a controller's pacing rate, so the gains of the draft act on the window
 //! here: start-up grows it by what is acknowledged (doubling per round
-//! trip), and the steady state cycles between 2, 0.75 and 1.25 times the
+//! trip), and the steady state cycles between 1.25, 0.75 and 1 times the
 //! estimated bandwidth-delay product.
 
 use std::any::Any;
@@ -45,6 +45,10 @@ const AGGREGATION_WINDOW_ROUNDS: u64 = 5;
 const MIN_RTT_LIFETIME: Duration = Duration::from_secs(10);
 /// How long the window stays at its minimum to measure the round trip.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
+/// Share of the bandwidth times the smoothed round trip below which the
+/// window is not set, whatever the minimum round trip says. Below 1, so a
+/// queue that inflates the smoothed round trip still drains.
+const SMOOTHED_RTT_FLOOR: f64 = 0.9;
 /// Full-size packets of the smallest window.
 const MIN_WINDOW_PACKETS: u64 = 4;
 /// Most send states kept (a safety net: states are coalesced, see `on_sent`).
@@ -140,6 +144,8 @@ pub struct Bbr {
     aggregation_acked: u64,
     min_rtt: Option<Duration>,
     min_rtt_at: Instant,
+    /// quinn's smoothed round trip at the last ACK.
+    smoothed_rtt: Duration,
     /// Smallest round trip seen in the current batch of ACKs.
     batch_rtt: Option<Duration>,
 
@@ -178,6 +184,7 @@ impl Bbr {
             aggregation_acked: 0,
             min_rtt: None,
             min_rtt_at: now,
+            smoothed_rtt: Duration::ZERO,
             batch_rtt: None,
             round: 0,
             round_end_delivered: 0,
@@ -193,6 +200,7 @@ impl Bbr {
     /// One acknowledged packet, sent at `sent` (`Controller::on_ack` without quinn's types).
     fn acked(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, smoothed_rtt: Duration) {
         self.meter.delivered(bytes, smoothed_rtt);
+        self.smoothed_rtt = smoothed_rtt;
         self.delivered += bytes;
         self.delivered_at = now;
         self.batch_acked += bytes;
@@ -248,8 +256,14 @@ impl Bbr {
             return None;
         }
         let bdp = bw as f64 * rtt.as_secs_f64();
+        // Never far below what the smoothed round trip says is in flight at
+        // this rate: a minimum taken from samples that came out short (a
+        // receive timestamp taken before a preempted batch was read) would
+        // otherwise keep the window under the path's product, each round's
+        // delivery rate under the last, and the bandwidth estimate sinking.
+        let floor = SMOOTHED_RTT_FLOOR * bw as f64 * self.smoothed_rtt.as_secs_f64();
         // More for delayed and aggregated ACKs.
-        Some(((gain * bdp) as u64 + self.aggregation.get() + 3 * self.mtu).max(self.min_window()))
+        Some(((gain * bdp).max(floor) as u64 + self.aggregation.get() + 3 * self.mtu).max(self.min_window()))
     }
 
     /// Tracks how far acknowledgements run ahead of the estimated bandwidth.
@@ -476,6 +490,14 @@ mod tests {
     /// sends full packets whenever the window allows. Returns the bytes
     /// delivered per second over the last half of `secs`, and the controller.
     fn simulate(rate: f64, rtt: Duration, loss: f64, queue: f64, secs: u64) -> (f64, Bbr) {
+        simulate_stale(rate, rtt, loss, queue, secs, Duration::ZERO)
+    }
+
+    /// [`simulate`], with the ACKs of the first 300 ms handled `stale` too
+    /// early by the clock (as quinn does with datagrams read after its
+    /// receive timestamp was taken, when the process was preempted
+    /// mid-batch), so their round-trip samples come out short.
+    fn simulate_stale(rate: f64, rtt: Duration, loss: f64, queue: f64, secs: u64, stale: Duration) -> (f64, Bbr) {
         let start = Instant::now();
         let end = start + Duration::from_secs(secs);
         let half = start + Duration::from_secs(secs) / 2;
@@ -506,15 +528,20 @@ mod tests {
             };
             now = at;
             in_flight -= MTU;
-            if lost {
-                bbr.on_congestion_event(now, sent, false, MTU);
+            let stamp = if now < start + Duration::from_millis(300) {
+                now - stale
             } else {
-                bbr.acked(now, sent, MTU, false, rtt);
+                now
+            };
+            if lost {
+                bbr.on_congestion_event(stamp, sent, false, MTU);
+            } else {
+                bbr.acked(stamp, sent, MTU, false, rtt);
                 if now >= half {
                     delivered_late += MTU;
                 }
             }
-            bbr.on_end_acks(now, in_flight, false, None);
+            bbr.on_end_acks(stamp, in_flight, false, None);
         }
         let late = end.saturating_duration_since(half).as_secs_f64();
         (delivered_late as f64 / late, bbr)
@@ -532,6 +559,15 @@ mod tests {
         assert!(bw > 0.9 * RATE && bw < 1.2 * RATE, "bandwidth {:.1} Mbit/s", bw * 8e-6);
         let min_rtt = bbr.min_rtt.unwrap();
         assert!(min_rtt >= RTT && min_rtt < RTT * 2, "{min_rtt:?}");
+    }
+
+    #[test]
+    fn short_round_trip_samples_do_not_starve_the_path() {
+        // Start-up's ACKs stamped 9 ms early on a 20 ms path: the minimum
+        // round trip is taken for 11 ms until it expires.
+        let (throughput, bbr) = simulate_stale(RATE, RTT, 0.01, BDP, 8, Duration::from_millis(9));
+        assert!(bbr.min_rtt.unwrap() < RTT * 3 / 4, "{:?}", bbr.min_rtt);
+        assert!(throughput > 0.85 * RATE, "{:.1} Mbit/s of 100", throughput * 8e-6);
     }
 
     #[test]
