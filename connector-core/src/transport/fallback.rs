@@ -68,10 +68,10 @@ impl fmt::Display for TransportMode {
 /// When a QUIC path counts as starved. Counters are quinn's, compared over a
 /// sliding `window` sampled every `sample`: the path is degraded when at
 /// least `min_bytes` were sent or declared lost and the lost bytes come to
-/// `loss_ratio` of the sent ones, or when at least `stall_packets` were sent and no ACK at all came
-/// back. Loss is judged in bytes, not packets, so that the check is as sharp
-/// on a path of 6,550-byte packets (which sends few of them once starved) as
-/// on an Ethernet path.
+/// `loss_ratio` of the sent ones, or when at least `stall_packets` were sent
+/// and no ACK at all came back. Loss is judged in bytes, not packets, so
+/// that the check is as sharp on a path of 6,550-byte packets (which sends
+/// few of them once starved) as on an Ethernet path.
 #[derive(Debug, Clone)]
 pub struct Degradation {
     /// Span of the sliding window.
