@@ -13,8 +13,9 @@
 //! QUIC streams are fed and drained without a copy of our own: towards one,
 //! a full read goes out as an owned chunk of the buffer ([`ChunkSink`]),
 //! which quinn keeps until it is acknowledged instead of a copy of it; from
-//! one, the decrypted packets' slices ([`ChunkSource`]) go straight into a
-//! vectored write.
+//! one, the decrypted packets' slices ([`ChunkSource`]) go straight to a
+//! TCP socket, gathered into one `sendmsg` (the agent's target, the
+//! server's `--forward` client).
 
 use std::future::poll_fn;
 use std::io;
@@ -99,6 +100,37 @@ pub(crate) trait ChunkSink: AsyncWrite + Unpin {
     fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
         poll_write_copying(Pin::new(self), cx, chunk)
     }
+
+    /// Writes from the front of `chunks` (not empty) in one call where the
+    /// writer can gather them; returns the count. The default writes the
+    /// first one only: `writev` on a socket whose peer has gone raises
+    /// `SIGPIPE`, which ends a host process that has not ignored it (a Go
+    /// program using the C library: the signal arrives on one of our
+    /// threads), so only writers that pass `MSG_NOSIGNAL` gather.
+    fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, &chunks[0])
+    }
+
+    /// Whether [`ChunkSink::poll_write_gather`] takes several chunks at once;
+    /// a copy loop reads a [`ChunkSource`]'s chunks only into a writer that
+    /// does (one write per packet-sized chunk costs more than the copy).
+    fn gathers(&self) -> bool {
+        false
+    }
+}
+
+/// One `sendmsg` of `chunks` with `MSG_NOSIGNAL`, once the socket is writable.
+fn poll_send_gathered(tcp: &TcpStream, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(tcp.poll_write_ready(cx))?;
+        let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            socket2::SockRef::from(tcp).send_vectored_with_flags(chunks, libc::MSG_NOSIGNAL)
+        });
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            sent => return Poll::Ready(sent),
+        }
+    }
 }
 
 impl ChunkSink for Box<dyn SendStream> {
@@ -111,13 +143,31 @@ impl ChunkSink for Box<dyn SendStream> {
     }
 }
 
-impl ChunkSink for tokio::net::tcp::WriteHalf<'_> {}
+impl ChunkSink for tokio::net::tcp::WriteHalf<'_> {
+    fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        poll_send_gathered(self.as_ref(), cx, chunks)
+    }
+
+    fn gathers(&self) -> bool {
+        true
+    }
+}
+
+impl ChunkSink for TcpStream {
+    fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        poll_send_gathered(self, cx, chunks)
+    }
+
+    fn gathers(&self) -> bool {
+        true
+    }
+}
 
 /// A reader the copy loops read from. One that holds what arrived as
 /// chunks of its own (a QUIC stream: slices of the decrypted packets) hands
-/// them out, and they are written on with vectored writes, which saves
-/// copying every byte into a read buffer first; any other reader is read
-/// through [`AsyncRead`].
+/// them out, and they are written on as they are
+/// ([`ChunkSink::poll_write_gather`]), which saves copying every byte into a
+/// read buffer first; any other reader is read through [`AsyncRead`].
 pub(crate) trait ChunkSource: AsyncRead + Unpin {
     /// Whether [`ChunkSource::poll_read_chunks`] saves a copy.
     fn yields_chunks(&self) -> bool {
@@ -142,10 +192,12 @@ impl ChunkSource for Box<dyn RecvStream> {
 
 impl ChunkSource for tokio::net::tcp::ReadHalf<'_> {}
 
-/// Most chunks one vectored write takes.
+impl ChunkSource for TcpStream {}
+
+/// Most chunks one gathered write takes.
 const MAX_CHUNKS: usize = 8;
 
-/// Chunks a [`ChunkSource`] handed out, written on with vectored writes.
+/// Chunks a [`ChunkSource`] handed out, written on as they are.
 /// Empty between reads: an idle direction holds no packet buffer.
 #[derive(Default)]
 struct Received {
@@ -173,11 +225,7 @@ impl Received {
     /// Writes out every chunk not yet written, keeping its place across
     /// `Pending`, and lets each go as soon as it is out. Returns the bytes
     /// of the whole read.
-    fn poll_drain<W: AsyncWrite + Unpin + ?Sized>(
-        &mut self,
-        cx: &mut Context<'_>,
-        w: &mut W,
-    ) -> Poll<io::Result<usize>> {
+    fn poll_drain<W: ChunkSink + ?Sized>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<io::Result<usize>> {
         while self.next < self.filled {
             let mut n = {
                 let mut slices = [io::IoSlice::new(&[]); MAX_CHUNKS];
@@ -185,7 +233,7 @@ impl Received {
                 for (slice, chunk) in slices.iter_mut().zip(pending) {
                     *slice = io::IoSlice::new(chunk);
                 }
-                ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..pending.len()]))?
+                ready!(w.poll_write_gather(cx, &slices[..pending.len()]))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -223,16 +271,6 @@ impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Plain<'_, T> {
 impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Plain<'_, T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.0).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.0).poll_flush(cx)
@@ -321,7 +359,7 @@ where
     W: ChunkSink + ?Sized,
 {
     // Chunks from a QUIC stream, or reads into a lazily held buffer.
-    let chunks = r.yields_chunks();
+    let chunks = r.yields_chunks() && w.gathers();
     let mut received = Received::default();
     let mut buf = None;
     loop {
@@ -572,7 +610,8 @@ impl Direction {
                 return Poll::Ready(Ok(self.copied));
             }
             self.written = 0;
-            let read = if r.yields_chunks() {
+            let chunks = r.yields_chunks() && w.gathers();
+            let read = if chunks {
                 self.received.poll_fill(cx, r)
             } else {
                 poll_read_lazily(Pin::new(&mut *r), cx, &mut self.buf)
@@ -584,7 +623,7 @@ impl Direction {
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => self.read_done = true,
-                Poll::Ready(Ok(_)) if r.yields_chunks() => {}
+                Poll::Ready(Ok(_)) if chunks => {}
                 Poll::Ready(Ok(n)) => {
                     if let Some(chunk) = take_chunk(w, &mut self.buf, n) {
                         self.chunk = chunk;
@@ -610,14 +649,20 @@ where
 }
 
 /// [`copy_both`] between a client connection and a tunnel stream, feeding
-/// and draining the stream without a copy of our own where its transport
-/// allows (QUIC; see the module's description). Returns the bytes copied
-/// client→tunnel and tunnel→client.
+/// the stream without a copy of our own where its transport allows (QUIC;
+/// see the module's description). Returns the bytes copied client→tunnel
+/// and tunnel→client.
 pub async fn copy_tunnel<A>(client: &mut A, tunnel: &mut TunnelStream) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     copy_pair(&mut Plain(client), tunnel).await
+}
+
+/// [`copy_tunnel`] for a TCP client, which also takes what the tunnel
+/// received as the transport's own chunks, gathered into one `sendmsg`.
+pub async fn copy_tunnel_tcp(client: &mut TcpStream, tunnel: &mut TunnelStream) -> io::Result<(u64, u64)> {
+    copy_pair(client, tunnel).await
 }
 
 async fn copy_pair<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
@@ -813,15 +858,24 @@ mod tests {
         }
     }
 
+    impl ChunkSink for Trickle {
+        fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+            Pin::new(self).poll_write_vectored(cx, chunks)
+        }
+        fn gathers(&self) -> bool {
+            true
+        }
+    }
+
     #[tokio::test]
-    async fn arrived_chunks_go_out_in_vectored_writes_across_partial_writes() {
+    async fn arrived_chunks_go_out_in_gathered_writes_across_partial_writes() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
         // Packet-sized chunks, as QUIC hands them out.
         let chunks = data.chunks(1_400).map(Bytes::copy_from_slice).collect();
         let mut source = Arrived(chunks);
         let mut sink = Trickle::default();
         let mut direction = Direction::default();
-        let copied = poll_fn(|cx| direction.poll_copy(cx, &mut source, &mut Plain(&mut sink)))
+        let copied = poll_fn(|cx| direction.poll_copy(cx, &mut source, &mut sink))
             .await
             .unwrap();
         assert_eq!(copied, data.len() as u64);
