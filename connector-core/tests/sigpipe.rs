@@ -1,0 +1,43 @@
+//! A target that goes away while the agent writes to it must not raise
+//! `SIGPIPE`: a host process that has not ignored the signal (a Go program
+//! using the C library, where it arrives on one of our threads) would end.
+//! This test binary puts `SIGPIPE` back to its default action, as such a
+//! host has it, so the test dies if any write raises it.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use connector_core::server::Selector;
+use connector_core::transport::StreamReset;
+use tokio::io::AsyncWriteExt;
+
+on_all_transports!(a_target_closing_mid_transfer_raises_no_sigpipe);
+
+async fn a_target_closing_mid_transfer_raises_no_sigpipe(kind: Kind) {
+    // SAFETY: sets the action of one signal; no handler runs our code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let mut stream = h.server.dial(&Selector::Any, &target).await.unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    drop(accepted);
+    // The agent's writes to the closed target fail (EPIPE, not SIGPIPE) and
+    // it resets the stream, so the server's writes fail in turn.
+    let chunk = vec![7u8; 256 * 1024];
+    let err = loop {
+        if let Err(err) = stream.write_all(&chunk).await {
+            break err;
+        }
+    };
+    assert!(StreamReset::from_io(&err).is_some(), "{err}");
+    next_dial_works(&h).await;
+}
+
+async fn next_dial_works(h: &Harness) {
+    let echo = echo_target().await;
+    let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
+    assert_eq!(echo_all(stream, b"after").await, b"after");
+}
