@@ -74,9 +74,10 @@ cp "$lib" "$here/go/lib/libconnector_ffi.a"
 go_status=0
 (cd "$here/go" && go vet ./... && go test -race -count=1 -timeout 5m -v ./...) >"$work/go.log" 2>&1 || go_status=$?
 (cd "$repo/examples/go-apiserver-plugin" && go vet ./... && go test -race -count=1 -timeout 5m -v ./...) >>"$work/go.log" 2>&1 || go_status=$?
-grep -E '^(ok|FAIL|---) ' "$work/go.log" | grep -v -- '--- PASS' || true
+grep -E '^(ok|FAIL|---)[[:space:]]' "$work/go.log" | grep -v -- '--- PASS' || true
 if [ "$go_status" != 0 ]; then
-    grep -E -B2 -A20 -- '--- FAIL|panic:|DATA RACE' "$work/go.log" | head -200 >&2
+    # A test binary killed by a signal prints only "signal: ..." before its FAIL line.
+    grep -E -B2 -A20 -- '--- FAIL|panic:|DATA RACE|^signal: |^fatal error' "$work/go.log" | head -200 >&2
     exit "$go_status"
 fi
 go_passed=$(grep -Ec -- '^--- PASS' "$work/go.log")
