@@ -33,11 +33,5 @@ async fn a_target_closing_mid_transfer_raises_no_sigpipe(kind: Kind) {
         }
     };
     assert!(StreamReset::from_io(&err).is_some(), "{err}");
-    next_dial_works(&h).await;
-}
-
-async fn next_dial_works(h: &Harness) {
-    let echo = echo_target().await;
-    let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
-    assert_eq!(echo_all(stream, b"after").await, b"after");
+    next_dial_is_served(&h).await;
 }

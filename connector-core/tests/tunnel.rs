@@ -408,13 +408,6 @@ async fn a_client_failing_during_the_dial_fails_it(kind: Kind) {
     next_dial_is_served(&h).await;
 }
 
-/// After a failed dial, the agent serves the next one as usual.
-async fn next_dial_is_served(h: &Harness) {
-    let echo = echo_target().await;
-    let stream = h.server.dial(&Selector::Any, &echo.to_string()).await.unwrap();
-    assert_eq!(echo_all(stream, b"after").await, b"after");
-}
-
 /// A loopback port nothing listens on (bound, read, released).
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

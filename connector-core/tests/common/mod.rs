@@ -327,3 +327,14 @@ pub async fn guard<F: std::future::Future<Output = ()>>(body: F) {
         .await
         .expect("test hung for 120 s");
 }
+
+/// After a failed tunnelled connection, the agent serves the next dial as usual.
+pub async fn next_dial_is_served(h: &Harness) {
+    let echo = echo_target().await;
+    let stream = h
+        .server
+        .dial(&connector_core::server::Selector::Any, &echo.to_string())
+        .await
+        .unwrap();
+    assert_eq!(echo_all(stream, b"after").await, b"after");
+}
