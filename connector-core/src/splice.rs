@@ -25,7 +25,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
@@ -347,47 +347,33 @@ impl Activity {
     }
 }
 
+/// One direction of a splice: [`Direction::poll_copy`], with failures
+/// named by side and every read or write counted as activity.
 async fn pump<R, W>(
+    direction: &mut Direction,
     r: &mut R,
     w: &mut W,
     (from, to): (Side, Side),
-    copied: &mut u64,
     activity: &Activity,
 ) -> Result<(), Failure>
 where
     R: ChunkSource + ?Sized,
     W: ChunkSink + ?Sized,
 {
-    // Chunks from a QUIC stream, or reads into a lazily held buffer.
-    let chunks = r.yields_chunks() && w.gathers();
-    let mut received = Received::default();
-    let mut buf = None;
-    loop {
-        let n = poll_fn(|cx| {
-            if chunks {
-                received.poll_fill(cx, r)
-            } else {
-                poll_read_lazily(Pin::new(&mut *r), cx, &mut buf)
-            }
-        })
-        .await
-        .map_err(|e| Failure::Io(from, e))?;
-        activity.touch();
-        if n == 0 {
-            return w.shutdown().await.map_err(|e| Failure::Io(to, e));
+    poll_fn(|cx| {
+        let before = (direction.reads, direction.copied);
+        let poll = direction.poll_copy(cx, r, w);
+        if (direction.reads, direction.copied) != before {
+            activity.touch();
         }
-        let written = if chunks {
-            poll_fn(|cx| received.poll_drain(cx, w)).await.map(drop)
-        } else {
-            match take_chunk(w, &mut buf, n) {
-                Some(mut chunk) => poll_fn(|cx| poll_write_chunk_all(cx, w, &mut chunk)).await,
-                None => w.write_all(buf.as_ref().map_or(&[][..], |b| &b[..n])).await,
-            }
-        };
-        written.map_err(|e| Failure::Io(to, e))?;
-        activity.touch();
-        *copied += n as u64;
-    }
+        poll.map(|done| {
+            done.map(drop).map_err(|(end, e)| match end {
+                End::Reader => Failure::Io(from, e),
+                End::Writer => Failure::Io(to, e),
+            })
+        })
+    })
+    .await
 }
 
 /// Runs until both directions have ended or one side fails. With
@@ -402,7 +388,7 @@ pub async fn splice(
     mut recv: Box<dyn RecvStream>,
     idle_timeout: Option<Duration>,
 ) -> SpliceOutcome {
-    let (mut to_tunnel, mut to_tcp) = (0u64, 0u64);
+    let (mut to_tunnel, mut to_tcp) = (Direction::default(), Direction::default());
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -410,17 +396,17 @@ pub async fn splice(
     let failure = {
         let (mut tcp_read, mut tcp_write) = tcp.split();
         let up = pump(
+            &mut to_tunnel,
             &mut tcp_read,
             &mut send,
             (Side::Tcp, Side::Tunnel),
-            &mut to_tunnel,
             &activity,
         );
         let down = pump(
+            &mut to_tcp,
             &mut recv,
             &mut tcp_write,
             (Side::Tunnel, Side::Tcp),
-            &mut to_tcp,
             &activity,
         );
         let idle = activity.idle_for(idle_timeout);
@@ -465,8 +451,8 @@ pub async fn splice(
         }
     });
     SpliceOutcome {
-        to_tunnel,
-        to_tcp,
+        to_tunnel: to_tunnel.copied,
+        to_tcp: to_tcp.copied,
         aborted,
     }
 }
@@ -570,7 +556,7 @@ impl Relay {
     }
 }
 
-/// One direction of [`copy_both`]: what is under way, kept between polls:
+/// One direction of [`copy_both`] or [`splice`]: what is under way, kept between polls:
 /// a lazily held read buffer and how far it is written, a chunk of it
 /// handed to a [`ChunkSink`], or the chunks a [`ChunkSource`] handed out.
 #[derive(Default)]
@@ -580,33 +566,44 @@ struct Direction {
     chunk: Bytes,
     received: Received,
     read_done: bool,
+    /// Reads that returned (data or the end).
+    reads: u64,
     copied: u64,
 }
 
+/// Which end of a [`Direction`] failed.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Reader,
+    Writer,
+}
+
 impl Direction {
-    /// Copies until `r` ends, then shuts `w` down; returns the bytes copied.
-    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<u64>>
+    /// Copies until `r` ends, then shuts `w` down; returns the bytes copied,
+    /// or the failure and the end it came from.
+    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<Result<u64, (End, io::Error)>>
     where
         R: ChunkSource + ?Sized,
         W: ChunkSink + ?Sized,
     {
+        let writer = |e| (End::Writer, e);
         loop {
             if self.received.is_pending() {
-                self.copied += ready!(self.received.poll_drain(cx, w))? as u64;
+                self.copied += ready!(self.received.poll_drain(cx, w)).map_err(writer)? as u64;
             }
             if !self.chunk.is_empty() {
                 let len = self.chunk.len() as u64;
-                ready!(poll_write_chunk_all(cx, w, &mut self.chunk))?;
+                ready!(poll_write_chunk_all(cx, w, &mut self.chunk)).map_err(writer)?;
                 self.copied += len;
             }
             if let Some(b) = &self.buf
                 && self.written < b.len()
             {
-                ready!(poll_write_rest(cx, Pin::new(&mut *w), b, &mut self.written))?;
+                ready!(poll_write_rest(cx, Pin::new(&mut *w), b, &mut self.written)).map_err(writer)?;
                 self.copied += b.len() as u64;
             }
             if self.read_done {
-                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                ready!(Pin::new(&mut *w).poll_shutdown(cx)).map_err(writer)?;
                 return Poll::Ready(Ok(self.copied));
             }
             self.written = 0;
@@ -616,10 +613,13 @@ impl Direction {
             } else {
                 poll_read_lazily(Pin::new(&mut *r), cx, &mut self.buf)
             };
+            if read.is_ready() {
+                self.reads += 1;
+            }
             match read {
                 Poll::Pending => {
                     // Nothing more to read for now: push out what the writer buffers.
-                    ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                    ready!(Pin::new(&mut *w).poll_flush(cx)).map_err(writer)?;
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => self.read_done = true,
@@ -629,7 +629,7 @@ impl Direction {
                         self.chunk = chunk;
                     }
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((End::Reader, e))),
             }
         }
     }
@@ -676,12 +676,12 @@ where
         if a_done.is_none()
             && let Poll::Ready(copied) = a_to_b.poll_copy(cx, a, b)
         {
-            a_done = Some(copied?);
+            a_done = Some(copied.map_err(|(_, e)| e)?);
         }
         if b_done.is_none()
             && let Poll::Ready(copied) = b_to_a.poll_copy(cx, b, a)
         {
-            b_done = Some(copied?);
+            b_done = Some(copied.map_err(|(_, e)| e)?);
         }
         match (a_done, b_done) {
             (Some(up), Some(down)) => Poll::Ready(Ok((up, down))),
@@ -694,7 +694,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     #[tokio::test]
     async fn copy_both_carries_each_direction_and_its_end() {
