@@ -218,6 +218,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         if bulk.intact { "intact" } else { "CORRUPTED" }
     );
     anyhow::ensure!(bulk.intact, "data corrupted in the tunnel");
+    anyhow::ensure!(
+        matches!(&refused, Err(e) if e.code() == connector_core::proto::DialCode::Refused),
+        "the dial to a closed port did not fail as refused: {}",
+        outcome(&refused)
+    );
+    anyhow::ensure!(
+        matches!(&nobody, Err(DialError::NoAgent(_))),
+        "the dial to a node with no agent did not fail as such: {}",
+        outcome(&nobody)
+    );
     Ok(())
 }
 

@@ -35,12 +35,24 @@ fn every_subcommand_has_help() {
         ("agent", "--allow"),
         ("demo", "--bytes"),
         ("dev-pki", "--out"),
+        ("forward", "--proxy"),
     ] {
         let out = connector(&[sub, "--help"]).output().unwrap();
         assert!(out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stdout).contains(flag),
             "{sub} --help lacks {flag}"
+        );
+    }
+    // The top level lists every subcommand with a line on what it does.
+    let out = connector(&["--help"]).output().unwrap();
+    assert!(out.status.success());
+    let top = String::from_utf8_lossy(&out.stdout);
+    for sub in ["server", "agent", "forward", "demo", "dev-pki"] {
+        assert!(
+            top.lines()
+                .any(|l| l.trim_start().starts_with(sub) && l.len() > sub.len() + 8),
+            "connector --help lacks a described {sub}:\n{top}"
         );
     }
 }

@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use sha2::{Digest, Sha256};
 
-/// What the agent process gets through its environment (`CONNECTOR_*`), not flags.
-const AGENT_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// The agent with a short keepalive and idle timeout, set through the environment,
 /// on `transport` (`quic` or `tcp`).
 fn quick_agent(dir: &std::path::Path, quic: &str, transport: &str) -> Running {
@@ -111,13 +108,14 @@ fn killing_the_agent_mid_transfer_ends_the_clients_connection_tcp() {
 fn killing_the_agent_mid_transfer_ends_the_clients_connection(transport: &str) {
     let dir = temp_dir(&format!("kill-agent-{transport}"));
     dev_pki(&dir);
-    // The server keeps its default 30 s idle timeout: the agent's 2 s one (from its environment) must apply.
+    // The server's own idle timeout is ten minutes, past the 60 s wait below: only the
+    // agent's 2 s one (from its environment) can remove the agent in time.
     let Started {
         mut server,
         agent,
         plain,
         ..
-    } = start(&dir, &["--keepalive", "250ms"], transport);
+    } = start(&dir, &["--keepalive", "250ms", "--idle-timeout", "10m"], transport);
 
     let mut tcp = connect_through(&plain, endless_source());
     let mut buf = vec![0u8; 64 * 1024];
@@ -149,10 +147,6 @@ fn killing_the_agent_mid_transfer_ends_the_clients_connection(transport: &str) {
     eprintln!(
         "client read {before} bytes, agent killed, {after} more, then {end} after {ended_after:?}; \
          server removed the agent after {removed_after:?}"
-    );
-    assert!(
-        removed_after < AGENT_IDLE_TIMEOUT + Duration::from_secs(8),
-        "the agent's idle timeout did not apply: removed after {removed_after:?}"
     );
 }
 

@@ -7,8 +7,10 @@ mod common;
 
 use common::*;
 use connector_core::agent::{Agent, AgentStatus, DestinationPolicy};
-use connector_core::proto::{DialCode, RejectCode};
+use connector_core::proto::{DialCode, RejectCode, StreamCode};
 use connector_core::server::{DialError, Selector};
+use connector_core::transport::StreamReset;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 on_all_transports!(
@@ -29,6 +31,9 @@ on_all_transports!(
     bytes_relayed_during_the_dial_reach_the_target_in_order_and_once,
     a_refused_dial_fails_while_relaying,
     a_client_failing_during_the_dial_fails_it,
+    a_target_reset_reaches_the_dialer_as_a_target_reset,
+    the_target_closing_first_still_receives_the_dialers_bytes,
+    a_name_that_does_not_resolve_fails_with_the_dns_code,
 );
 
 async fn bulk_64_mib_each_way_arrives_intact(kind: Kind) {
@@ -48,19 +53,19 @@ async fn bulk_64_mib_each_way_arrives_intact(kind: Kind) {
 }
 
 async fn two_hundred_concurrent_connections_through_one_agent(kind: Kind) {
+    const N: usize = 200;
     let h = Harness::new(kind).await;
     let _agent = h.agent("node-a").await;
     let echo = echo_target().await.to_string();
-    let mut streams = Vec::new();
-    for _ in 0..200 {
-        streams.push(h.server.dial(&Selector::Agent("node-a".into()), &echo).await.unwrap());
-    }
-    assert_eq!(h.server.agents()[0].active_streams, 200);
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut stream)| {
+    // All 200 dial at once, are all open together (checked at the barrier), then
+    // transfer at once.
+    let all_open = Arc::new(tokio::sync::Barrier::new(N + 1));
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let (server, echo, all_open) = (h.server.clone(), echo.clone(), all_open.clone());
             tokio::spawn(async move {
+                let mut stream = server.dial(&Selector::Agent("node-a".into()), &echo).await.unwrap();
+                all_open.wait().await;
                 let data = pattern(64 * 1024 + i, i as u64);
                 let (mut r, mut w) = tokio::io::split(&mut stream);
                 let send = async {
@@ -74,6 +79,8 @@ async fn two_hundred_concurrent_connections_through_one_agent(kind: Kind) {
             })
         })
         .collect();
+    all_open.wait().await;
+    assert_eq!(h.server.agents()[0].active_streams as usize, N);
     for task in tasks {
         task.await.unwrap();
     }
@@ -405,6 +412,60 @@ async fn a_client_failing_during_the_dial_fails_it(kind: Kind) {
     assert!(matches!(err, DialError::ClientFailed { .. }), "{err}");
     // Nothing stays open for it, and the agent serves the next dial.
     assert_eq!(h.server.agents()[0].active_streams, 0);
+    next_dial_is_served(&h).await;
+}
+
+async fn a_target_reset_reaches_the_dialer_as_a_target_reset(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let mut stream = h.server.dial(&Selector::Any, &target).await.unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    // Linger 0: closing sends a TCP RST instead of a FIN.
+    socket2::SockRef::from(&accepted)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(accepted);
+    let mut rest = Vec::new();
+    let err = stream.read_to_end(&mut rest).await.unwrap_err();
+    assert_eq!(StreamReset::from_io(&err), Some(StreamCode::TargetReset), "{err}");
+    next_dial_is_served(&h).await;
+}
+
+async fn the_target_closing_first_still_receives_the_dialers_bytes(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let mut stream = h.server.dial(&Selector::Any, &target).await.unwrap();
+    let (mut accepted, _) = listener.accept().await.unwrap();
+    // The target says its piece and shuts down its write side first...
+    accepted.write_all(b"bye").await.unwrap();
+    accepted.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"bye");
+    // ...and still receives everything the dialer sends after that, up to its FIN.
+    let data = pattern(2 * 1024 * 1024 + 5, 11);
+    stream.write_all(&data).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut received = Vec::new();
+    accepted.read_to_end(&mut received).await.unwrap();
+    assert_eq!(sha256(&received), sha256(&data));
+}
+
+async fn a_name_that_does_not_resolve_fails_with_the_dns_code(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let _agent = h.agent("node-a").await;
+    // `.invalid` never resolves (RFC 6761).
+    let err = h
+        .server
+        .dial(&Selector::Agent("node-a".into()), "no-such-host.invalid:80")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), DialCode::DnsFailure, "{err}");
+    assert!(err.to_string().contains("no-such-host.invalid"), "{err}");
     next_dial_is_served(&h).await;
 }
 

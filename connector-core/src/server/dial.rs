@@ -296,7 +296,10 @@ impl Server {
         let agent_id = agent.agent_id.clone();
         // From here on, the TunnelStream (or this guard) owns the slot.
         let slot = SlotGuard(Some(agent.clone()));
-        let bi = tokio::time::timeout(timeout, agent.conn.open_bi()).await;
+        // One deadline for the whole dial: opening the stream (which can wait for the
+        // agent's stream credit) and the exchange share it, and the agent gets what is left.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let bi = tokio::time::timeout_at(deadline, agent.conn.open_bi()).await;
         let mut bi = match bi {
             Err(_) => {
                 return Err(DialError::TimedOut {
@@ -313,7 +316,8 @@ impl Server {
             }
             Ok(Ok(bi)) => bi,
         };
-        let timeout_ms = timeout.as_millis().min(u32::MAX as u128) as u32;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let timeout_ms = left.as_millis().clamp(1, u32::MAX as u128) as u32;
         let dial = Frame::Dial(Dial {
             request_id,
             host,
@@ -355,7 +359,7 @@ impl Server {
             poll_fn(|cx| relay.poll_settle(cx, Pin::new(&mut bi.send))).await;
             answer
         };
-        let answer = match tokio::time::timeout(timeout, exchange).await {
+        let answer = match tokio::time::timeout_at(deadline, exchange).await {
             Ok(answer) => answer,
             Err(_) => {
                 bi.send.reset(StreamCode::Cancelled);
