@@ -48,7 +48,7 @@ impl Pattern {
     fn next_byte(&mut self) -> u8 {
         let byte = (self.word >> ((self.offset % 8) * 8)) as u8;
         self.offset += 1;
-        if self.offset % 8 == 0 {
+        if self.offset.is_multiple_of(8) {
             self.word = block(self.seed, self.offset / 8);
         }
         byte

@@ -142,10 +142,10 @@ pub const UDP_SOCKET_BUFFER: usize = 8 << 20;
 pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        if let Err(e) = socket.set_only_v6(false) {
-            tracing::debug!(%e, "UDP socket not dual-stack");
-        }
+    if addr.is_ipv6()
+        && let Err(e) = socket.set_only_v6(false)
+    {
+        tracing::debug!(%e, "UDP socket not dual-stack");
     }
     // Best effort: a smaller buffer still works, only less well at high rates.
     let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);

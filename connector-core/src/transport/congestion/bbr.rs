@@ -321,11 +321,11 @@ impl Bbr {
 
     fn update_min_rtt(&mut self, now: Instant, app_limited: bool) {
         let expired = now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_LIFETIME;
-        if let Some(sample) = self.batch_rtt.take() {
-            if self.min_rtt.is_none_or(|min| sample <= min) || expired {
-                self.min_rtt = Some(sample);
-                self.min_rtt_at = now;
-            }
+        if let Some(sample) = self.batch_rtt.take()
+            && (self.min_rtt.is_none_or(|min| sample <= min) || expired)
+        {
+            self.min_rtt = Some(sample);
+            self.min_rtt_at = now;
         }
         // An app-limited connection builds no queue, so its samples are
         // minimum round trips already: no need to drain the path for one (a
