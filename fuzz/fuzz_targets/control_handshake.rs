@@ -1,72 +1,172 @@
-//! The control-stream handshake as the server and the agent run it, on an
-//! arbitrary sequence of frames (Hello, Welcome, Reject, Dial, DialResult in
-//! any order, truncated or garbage): each frame is read the way
-//! `frame_io::read_frame` reads it (header validated first, then the payload),
-//! then put through the same checks as the server's session (`Hello` expected
-//! first, identifiers checked against the authenticated identity) and the
-//! agent (`Welcome` or `Reject` expected, limits taken from `Welcome`).
+//! The control-stream handshake of a real server and a real agent, fed
+//! arbitrary frames (Hello, Welcome, Reject, GoAway, Dial... in any order,
+//! truncated or garbage) over the in-memory transport. Nothing here
+//! re-implements the session: the bytes go to `Server`'s session task and to
+//! `Agent`'s, and the target checks what a peer would see.
+//!
+//! The first input byte picks the side under test (`mode % 4`):
+//! - 0: a peer writes the bytes as its control stream to the server;
+//! - 1: the same after a valid `Hello` that the server accepts (so frames
+//!   after registration reach the registered session);
+//! - 2: a fake server reads the agent's `Hello` and answers with the bytes;
+//! - 3: the same after a valid `Welcome`.
+//!
+//! Checked for every input: no panic, no hang (libFuzzer's `-timeout`); the
+//! server answers with well-formed frames only (at most one `Welcome` or
+//! `Reject`, texts within their cap), ends the session when the peer ends
+//! its stream, and forgets the peer afterwards; the agent stops cleanly from
+//! whatever state the bytes left it in.
 #![no_main]
 
-use connector_core::auth::{AgentIdentity, Allowance, served_identifiers};
-use connector_core::proto::{Credential, Frame, FrameHeader, HEADER_LEN, MAX_FRAME_PAYLOAD, clip_text};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use connector_core::agent::{Agent, AgentConfig, BackoffConfig};
+use connector_core::auth::{Allowance, StaticCredential, TokenAuthenticator, TokenEntry};
+use connector_core::frame_io::read_frame;
+use connector_core::proto::{Credential, Frame, FrameHeader, HEADER_LEN, Hello, MAX_FRAME_PAYLOAD, Secret, Welcome};
+use connector_core::server::{Server, ServerConfig};
+use connector_core::transport::memory::{self, MemoryConnector};
+use connector_core::transport::{Connector, Listener};
 use libfuzzer_sys::fuzz_target;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::runtime::Runtime;
+
+const TOKEN: &str = "token-node-a";
+/// Longest text a `Reject` carries (docs/protocol.md).
+const MAX_TEXT: usize = 1024;
+
+struct World {
+    runtime: Runtime,
+    server: Server,
+    connector: MemoryConnector,
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (server, connector) = runtime.block_on(async {
+            let entry = TokenEntry::new(
+                &Secret::new(TOKEN.to_owned()),
+                "node-a",
+                Allowance::Only("host=node-a,ipv4=10.0.0.5,cidr=10.1.0.0/16".parse().unwrap()),
+            );
+            let mut config = ServerConfig::new("fuzz-server", Arc::new(TokenAuthenticator::from_entries(vec![entry])));
+            // A peer that ends its stream mid-frame is dropped at once; this bounds the rest.
+            config.limits.hello_timeout = Duration::from_secs(2);
+            let server = Server::new(config);
+            let (listener, connector) = memory::pair();
+            server.serve(Arc::new(listener));
+            (server, connector)
+        });
+        World {
+            runtime,
+            server,
+            connector,
+        }
+    })
+}
+
+fn valid_hello() -> Vec<u8> {
+    let hello = Hello::new(
+        "node-a",
+        "host=node-a".parse().unwrap(),
+        Credential::Bearer(Secret::new(TOKEN.to_owned())),
+    );
+    Frame::Hello(hello).encode().unwrap()
+}
+
+fn valid_welcome() -> Vec<u8> {
+    Frame::Welcome(Welcome {
+        server_id: "fake-server".into(),
+        server_count: 1,
+        keepalive_ms: 5_000,
+        idle_timeout_ms: 30_000,
+        max_streams: 100,
+        max_frame: MAX_FRAME_PAYLOAD as u32,
+    })
+    .encode()
+    .unwrap()
+}
+
+/// A peer writes `bytes` on its control stream to the real server, ends the
+/// stream and reads what the server answers until it ends the session.
+async fn against_the_server(world: &World, bytes: Vec<u8>) {
+    let connection = world.connector.connect().await.expect("in-memory connect");
+    let mut control = connection.open_bi().await.expect("control stream");
+    // The server may stop reading (and reset) early: a failed write is an answer too.
+    let _ = control.send.write_all(&bytes).await;
+    let _ = control.send.shutdown().await;
+    let mut answer = Vec::new();
+    let _ = control.recv.read_to_end(&mut answer).await;
+    // Well-formed frames only, and at most one Welcome or Reject.
+    let mut rest = &answer[..];
+    let mut verdicts = 0;
+    while !rest.is_empty() {
+        let header = FrameHeader::parse(*rest.first_chunk::<HEADER_LEN>().expect("a whole header"), MAX_FRAME_PAYLOAD)
+            .expect("the server's frame header is valid");
+        let payload = rest[HEADER_LEN..].get(..header.len).expect("a whole frame");
+        match header.decode_payload(payload).expect("the server's frame decodes") {
+            Frame::Welcome(_) => verdicts += 1,
+            Frame::Reject(reject) => {
+                verdicts += 1;
+                assert!(reject.reason.len() <= MAX_TEXT, "Reject text over its cap");
+            }
+            Frame::GoAway(_) => {}
+            other => panic!("the server sent {other:?} on the control stream"),
+        }
+        rest = &rest[HEADER_LEN + header.len..];
+    }
+    assert!(verdicts <= 1, "{verdicts} Welcome/Reject frames");
+    connection.close(connector_core::proto::ConnectionCode::Normal, "done");
+    // The server forgets the peer once its connection is gone.
+    world.server.wait_for_agents(|agents| agents.is_empty()).await;
+}
+
+/// A fake server takes the real agent's `Hello`, answers with `bytes`, ends
+/// the stream, and waits for the agent to end the connection.
+async fn against_the_agent(bytes: Vec<u8>) {
+    let (listener, connector) = memory::pair();
+    let mut config = AgentConfig::new(
+        "node-a",
+        Arc::new(StaticCredential(Credential::Bearer(Secret::new(TOKEN.to_owned())))),
+    );
+    config.identifiers = "host=node-a".parse().unwrap();
+    config.backoff = BackoffConfig {
+        initial: Duration::from_secs(3600),
+        max: Duration::from_secs(3600),
+        stable_after: Duration::from_secs(3600),
+    };
+    let agent = Agent::start(Arc::new(connector), config);
+    let handshake = listener.accept().await.expect("the agent connects");
+    let connection = handshake.await.expect("in-memory handshake");
+    let mut control = connection.accept_bi().await.expect("the agent's control stream");
+    match read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await {
+        Ok(Frame::Hello(_)) => {}
+        other => panic!("the agent opened with {other:?}"),
+    }
+    let _ = control.send.write_all(&bytes).await;
+    let _ = control.send.shutdown().await;
+    // Whatever it made of the bytes (a session, a drain after GoAway, a
+    // protocol error, a reconnect wait), the agent stops from there and
+    // closes this connection.
+    agent.stop().await;
+    let _ = connection.closed().await;
+    listener.shutdown();
+}
 
 fuzz_target!(|data: &[u8]| {
-    let node_a = AgentIdentity {
-        name: "node-a".into(),
-        allowance: Allowance::Only("host=node-a,ipv4=10.0.0.5,cidr=10.1.0.0/16".parse().unwrap()),
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
     };
-    let any = AgentIdentity {
-        name: "gateway".into(),
-        allowance: Allowance::Any,
-    };
-    let mut rest = data;
-    let mut server_saw_hello = false;
-    let mut agent_welcomed = false;
-    while let Some(header) = rest.first_chunk::<HEADER_LEN>() {
-        let Ok(header) = FrameHeader::parse(*header, MAX_FRAME_PAYLOAD) else {
-            return; // the session closes with a protocol error
-        };
-        let Some(payload) = rest[HEADER_LEN..].get(..header.len) else {
-            return; // truncated: the stream ends mid-frame
-        };
-        rest = &rest[HEADER_LEN + header.len..];
-        let Ok(frame) = header.decode_payload(payload) else {
-            return;
-        };
-        match frame {
-            Frame::Hello(hello) if !server_saw_hello => {
-                server_saw_hello = true;
-                for identity in [&node_a, &any] {
-                    if let Ok(served) = served_identifiers(identity, &hello.identifiers) {
-                        // What is served is covered by what the identity allows.
-                        if let Allowance::Only(allowed) = &identity.allowance {
-                            assert!(allowed.uncovered(&served).is_empty(), "{served} outside {allowed}");
-                        }
-                    }
-                }
-                // A Hello's Debug output never exposes the credential (unless
-                // the same text is also in another field, which Debug shows).
-                let shown = format!("{hello:?}");
-                if let Credential::Bearer(secret) = &hello.credential {
-                    let token = String::from_utf8_lossy(secret.expose());
-                    let mut without = hello.clone();
-                    without.credential = Credential::None;
-                    if token.len() >= 8 && !format!("{without:?}").contains(token.as_ref()) {
-                        assert!(!shown.contains(token.as_ref()), "token in Debug output");
-                    }
-                }
-            }
-            Frame::Welcome(welcome) if !agent_welcomed => {
-                agent_welcomed = true;
-                let _ = (welcome.max_streams, welcome.max_frame.min(MAX_FRAME_PAYLOAD as u32));
-            }
-            Frame::Reject(reject) => {
-                let _ = clip_text(&reject.reason);
-                return; // both sides stop after a Reject
-            }
-            // Anything else (a second Hello, a Dial on the control stream...) is a protocol error.
-            _ => return,
+    let world = world();
+    world.runtime.block_on(async {
+        match mode % 4 {
+            0 => against_the_server(world, rest.to_vec()).await,
+            1 => against_the_server(world, [valid_hello(), rest.to_vec()].concat()).await,
+            2 => against_the_agent(rest.to_vec()).await,
+            _ => against_the_agent([valid_welcome(), rest.to_vec()].concat()).await,
         }
-    }
+    });
 });
