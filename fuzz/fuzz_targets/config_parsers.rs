@@ -32,8 +32,17 @@ fuzz_target!(|data: &[u8]| {
             "::1",
             "::ffff:169.254.169.254",
         ] {
-            // Only a rule inside the guarded range unlocks it; a name rule never does.
-            let _ = policy.check(Some(text), addr.parse().unwrap(), 80);
+            // Only a rule inside the guarded range unlocks it; a name rule never
+            // does: for a guarded address the name makes no difference (the rule's
+            // own text is a name it matches, when it is a name rule).
+            let addr = addr.parse().unwrap();
+            for port in [80, 443, 10250] {
+                assert_eq!(
+                    policy.check(Some(text), addr, port).is_ok(),
+                    policy.check(None, addr, port).is_ok(),
+                    "the name {text:?} changed the verdict on {addr}:{port}"
+                );
+            }
         }
     }
     let _ = text.parse::<ProxyStrategy>();
