@@ -165,18 +165,22 @@ async fn wrong_token_is_rejected_and_other_agents_keep_working(kind: Kind) {
 
 async fn identity_bound_to_one_node_cannot_claim_another(kind: Kind) {
     let h = Harness::new(kind).await;
-    let mut config = h.agent_config("node-a", token("node-a"));
-    config.identifiers = "host=node-b".parse().unwrap();
-    let agent = Agent::start(h.connector(None), config);
-    match agent.wait_for(|s| matches!(s, AgentStatus::Rejected { .. })).await {
-        AgentStatus::Rejected { code, reason } => {
-            assert_eq!(code, RejectCode::IdentifiersNotAllowed);
-            assert!(reason.contains("host=node-b"), "{reason}");
+    // node-a's identity allows host=node-a and 127.0.0.0/8: another node's name,
+    // an address outside that range, or a wider range are all refused.
+    for claim in ["host=node-b", "ipv4=10.9.9.9", "ipv6=fd00::5", "cidr=126.0.0.0/7"] {
+        let mut config = h.agent_config("node-a", token("node-a"));
+        config.identifiers = claim.parse().unwrap();
+        let agent = Agent::start(h.connector(None), config);
+        match agent.wait_for(|s| matches!(s, AgentStatus::Rejected { .. })).await {
+            AgentStatus::Rejected { code, reason } => {
+                assert_eq!(code, RejectCode::IdentifiersNotAllowed, "{claim}");
+                assert!(reason.contains(claim), "{reason}");
+            }
+            other => panic!("{claim}: {other:?}"),
         }
-        other => panic!("{other:?}"),
+        assert!(h.server.agents().is_empty());
+        agent.stop().await;
     }
-    assert!(h.server.agents().is_empty());
-    agent.stop().await;
     // Claiming nothing registers what the identity allows.
     let mut config = h.agent_config("node-a", token("node-a"));
     config.identifiers = Default::default();
