@@ -94,6 +94,12 @@ pub struct RawTransport {
 }
 
 impl RawTransport {
+    /// The listener's socket address (QUIC and TCP transports).
+    #[allow(dead_code)]
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.quic_addr.expect("a transport with a socket")
+    }
+
     pub fn new(kind: Kind) -> RawTransport {
         init_tracing();
         let ca = ThrowawayCa::new("connector test CA").unwrap();
