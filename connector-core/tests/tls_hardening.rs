@@ -2,6 +2,8 @@
 //! only, and an agent talks only to a server that negotiates connector's
 //! ALPN. Each refusal is followed by a well-behaved agent being served.
 
+#[allow(unused_macros)]
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
