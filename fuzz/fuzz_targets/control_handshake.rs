@@ -45,7 +45,10 @@ struct World {
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let (server, connector) = runtime.block_on(async {
             let entry = TokenEntry::new(
                 &Secret::new(TOKEN.to_owned()),
@@ -104,8 +107,11 @@ async fn against_the_server(world: &World, bytes: Vec<u8>) {
     let mut rest = &answer[..];
     let mut verdicts = 0;
     while !rest.is_empty() {
-        let header = FrameHeader::parse(*rest.first_chunk::<HEADER_LEN>().expect("a whole header"), MAX_FRAME_PAYLOAD)
-            .expect("the server's frame header is valid");
+        let header = FrameHeader::parse(
+            *rest.first_chunk::<HEADER_LEN>().expect("a whole header"),
+            MAX_FRAME_PAYLOAD,
+        )
+        .expect("the server's frame header is valid");
         let payload = rest[HEADER_LEN..].get(..header.len).expect("a whole frame");
         match header.decode_payload(payload).expect("the server's frame decodes") {
             Frame::Welcome(_) => verdicts += 1,
