@@ -320,7 +320,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_payload_after_valid_header_never_panics(kind in prop::sample::select(vec![1u8, 2, 3, 0x10, 0x11]),
+    fn arbitrary_payload_after_valid_header_never_panics(kind in prop::sample::select(vec![1u8, 2, 3, 4, 0x10, 0x11]),
                                                           payload in prop::collection::vec(any::<u8>(), 0..512)) {
         let mut bytes = vec![kind];
         bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
