@@ -434,3 +434,68 @@ async fn the_agents_idle_timeout_bounds_detection_on_the_server() {
     })
     .await
 }
+
+/// An agent that stops and whose runtime ends right away (a process exiting,
+/// a C caller freeing it) has still told the server: the server removes it at
+/// once, not at its own idle timeout (600 s here, past the hang guard).
+/// `Agent::stop` returns only once the close has gone out; on loopback the
+/// race it closes (the endpoint's driver not yet having sent the close when
+/// the runtime ends) is rarely hit, so this mainly guards the close itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_is_removed_at_once_even_if_its_runtime_ends_right_after() {
+    guard(async {
+        let pki = Pki::new();
+        let lenient = QuicSettings {
+            keepalive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            ..Default::default()
+        };
+        let net = pki.server_with("127.0.0.1:0".parse().unwrap(), lenient).unwrap();
+        for round in 0..5 {
+            let (ca, addr) = (pki.ca.cert_der(), net.addr);
+            let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let tls = AgentTls {
+                        server_cas: vec![ca].into(),
+                        server_name: "localhost".into(),
+                        client_identity: None,
+                    };
+                    let connector = QuicConnector::new(addr.to_string(), &tls, &settings()).unwrap();
+                    let agent = Agent::start(
+                        Arc::new(connector),
+                        Harness::agent_config_for("node-a", token("node-a")),
+                    );
+                    agent.connected().await;
+                    up_tx.send(()).unwrap();
+                    let _ = stop_rx.await;
+                    agent.stop().await;
+                });
+                // The runtime, and with it the agent's endpoint driver, ends here
+                // without waiting for anything.
+                runtime.shutdown_background();
+            });
+            within("the agent connecting", Duration::from_secs(20), up_rx)
+                .await
+                .unwrap();
+            assert_eq!(net.server.agents().len(), 1, "round {round}");
+            stop_tx.send(()).unwrap();
+            tokio::task::spawn_blocking(move || thread.join().unwrap())
+                .await
+                .unwrap();
+            within(
+                "the server removing the stopped agent",
+                Duration::from_secs(60),
+                net.server.wait_for_agents(|agents| agents.is_empty()),
+            )
+            .await;
+        }
+    })
+    .await
+}

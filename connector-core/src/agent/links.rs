@@ -215,7 +215,7 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                                     .drain(shared.ctx.clone(), mode.clone(), true, ConnectionCode::Draining, grace)
                                     .await
                             }
-                            _ => session.close(ConnectionCode::Normal, "agent stopping"),
+                            _ => session.close(ConnectionCode::Normal, "agent stopping").await,
                         }
                         break;
                     }

@@ -81,16 +81,19 @@ pub(super) async fn open(
         let answer = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await;
         Ok::<_, String>((control, answer))
     };
-    let (control, answer) = tokio::select! {
-        _ = mode.wait_for(|m| *m != Mode::Run) => {
+    let handshake = tokio::select! {
+        _ = mode.wait_for(|m| *m != Mode::Run) => None,
+        r = tokio::time::timeout(config.hello_timeout, handshake) => Some(r),
+    };
+    let (control, answer) = match handshake {
+        None => {
             conn.close(ConnectionCode::Normal, "agent stopping");
+            conn.close_sent().await;
             return Attempt::Stopped;
         }
-        r = tokio::time::timeout(config.hello_timeout, handshake) => match r {
-            Err(_) => return Attempt::Failed(format!("no answer to Hello within {:?}", config.hello_timeout)),
-            Ok(Err(err)) => return Attempt::Failed(err),
-            Ok(Ok(x)) => x,
-        },
+        Some(Err(_)) => return Attempt::Failed(format!("no answer to Hello within {:?}", config.hello_timeout)),
+        Some(Ok(Err(err))) => return Attempt::Failed(err),
+        Some(Ok(Ok(x))) => x,
     };
     match answer {
         Ok(Frame::Welcome(welcome)) => Attempt::Connected(Session {
@@ -173,20 +176,21 @@ impl Session {
         grace: Duration,
     ) {
         tokio::pin!(trigger);
-        loop {
+        let stopping = loop {
             tokio::select! {
-                _ = &mut trigger => break,
-                _ = mode.wait_for(|m| *m == Mode::Stop) => {
-                    self.conn.close(ConnectionCode::Normal, "agent stopping");
-                    return;
-                }
+                _ = &mut trigger => break false,
+                _ = mode.wait_for(|m| *m == Mode::Stop) => break true,
                 bi = self.conn.accept_bi() => match bi {
                     Ok(bi) => { self.tasks.spawn(serve_stream(bi, ctx.clone())); }
                     Err(_) => return,
                 },
             }
+        };
+        if stopping {
+            self.close(ConnectionCode::Normal, "agent stopping").await;
+        } else {
+            self.drain(ctx, mode, true, code, grace).await;
         }
-        self.drain(ctx, mode, true, code, grace).await;
     }
 
     /// Drains the session: tells the server (when `notify` is set) to route no
@@ -238,11 +242,13 @@ impl Session {
                 },
             }
         }
-        self.conn.close(code, code.describe());
+        self.close(code, code.describe()).await;
     }
 
-    /// Closes the session at once; open tunnelled connections end with it.
-    pub(super) fn close(self, code: ConnectionCode, reason: &str) {
+    /// Closes the session at once (open tunnelled connections end with it)
+    /// and waits until the server has been told.
+    pub(super) async fn close(self, code: ConnectionCode, reason: &str) {
         self.conn.close(code, reason);
+        self.conn.close_sent().await;
     }
 }

@@ -156,6 +156,13 @@ pub trait Connection: Send + Sync + 'static {
     fn accept_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>>;
     /// Closes the connection and every stream on it.
     fn close(&self, code: ConnectionCode, reason: &str);
+    /// After [`Connection::close`]: resolves once the close has gone out (or
+    /// a short bound passes), so that a process or runtime ending right after
+    /// still tells the peer, which otherwise finds out only at its idle
+    /// timeout. The default resolves at once.
+    fn close_sent(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
     /// Resolves once the connection is closed, by either side, with the reason.
     fn closed(&self) -> BoxFuture<'static, TransportError>;
     /// Who the peer is.

@@ -301,6 +301,10 @@ impl Connector for QuicConnector {
     }
 }
 
+/// Longest [`Connection::close_sent`] waits for a closed connection to drain
+/// (three probe timeouts; on a lost path it would be the idle timeout).
+const CLOSE_SENT_LIMIT: Duration = Duration::from_secs(1);
+
 /// One QUIC connection.
 pub struct QuicConnection {
     conn: quinn::Connection,
@@ -377,6 +381,18 @@ impl Connection for QuicConnection {
     fn closed(&self) -> BoxFuture<'static, TransportError> {
         let conn = self.conn.clone();
         Box::pin(async move { map_conn_error(conn.closed().await) })
+    }
+
+    fn close_sent(&self) -> BoxFuture<'static, ()> {
+        // The agent's own endpoint sends the CONNECTION_CLOSE from its driver task;
+        // it is idle once the connection has drained. (A server's shared endpoint
+        // keeps running, so there is nothing to wait for.)
+        let endpoint = self.endpoint.clone();
+        Box::pin(async move {
+            if let Some(endpoint) = endpoint {
+                let _ = tokio::time::timeout(CLOSE_SENT_LIMIT, endpoint.wait_idle()).await;
+            }
+        })
     }
 
     fn peer(&self) -> PeerInfo {
