@@ -22,6 +22,7 @@ on_all_transports!(
     server_refuses_streams_opened_by_an_agent,
     stream_flood_from_an_agent_is_refused_and_counted,
     client_certificate_identifies_the_agent,
+    a_token_for_one_node_cannot_take_another_nodes_agent_id,
 );
 
 /// Asserts the peer reset `stream` with a protocol error.
@@ -238,6 +239,47 @@ async fn stream_flood_from_an_agent_is_refused_and_counted(kind: Kind) {
     stream.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"still here");
     good.stop().await;
+}
+
+/// node-a's credential with agent id `node-b` is refused before anything is
+/// registered: the real node-b is not replaced and keeps serving its dials
+/// (without the check the impostor's connection would replace node-b's and
+/// capture `Selector::Agent("node-b")`).
+async fn a_token_for_one_node_cannot_take_another_nodes_agent_id(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let target = echo_target().await;
+    let real = h.agent("node-b").await;
+    let mut config = h.agent_config("node-b", token("node-a"));
+    config.identifiers = Default::default(); // claims nothing beyond the id itself
+    let impostor = Agent::start(h.connector(None), config);
+    match impostor.wait_for(|s| matches!(s, AgentStatus::Rejected { .. })).await {
+        AgentStatus::Rejected { code, reason } => {
+            assert_eq!(code, RejectCode::IdentifiersNotAllowed);
+            assert!(
+                reason.contains("\"node-a\" may not use agent id \"node-b\""),
+                "{reason}"
+            );
+            assert!(
+                !reason.contains("token-node-a"),
+                "the reason must not echo the token: {reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    impostor.stop().await;
+    let agents = h.server.agents();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(
+        (agents[0].agent_id.as_str(), agents[0].identity.as_str()),
+        ("node-b", "node-b")
+    );
+    assert!(
+        matches!(real.status(), AgentStatus::Connected { .. }),
+        "{:?}",
+        real.status()
+    );
+    assert_still_served(&h, "node-b", target).await;
+    real.stop().await;
 }
 
 async fn client_certificate_identifies_the_agent(kind: Kind) {

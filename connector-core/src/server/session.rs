@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::Server;
 use super::registry::AgentEntry;
-use crate::auth::{AuthRejection, AuthRequest, served_identifiers};
+use crate::auth::{AuthRejection, AuthRequest, check_agent_id, served_identifiers};
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::proto::{
     ConnectionCode, DecodeError, Frame, GoAway, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, Reject,
@@ -131,7 +131,7 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
     Some((control, entry, hello.version_minor))
 }
 
-/// Authenticates the agent and checks its claims and the agent limit.
+/// Authenticates the agent and checks its agent id, its claims and the agent limit.
 async fn authorize(
     server: &Server,
     conn: &Arc<dyn Connection>,
@@ -144,6 +144,16 @@ async fn authorize(
         .authenticator
         .authenticate(AuthRequest { hello, peer: &peer })
         .await?;
+    // Before anything is registered: a newer connection with the same agent
+    // id replaces the older one, so the id must belong to this identity.
+    check_agent_id(&identity, &hello.agent_id).inspect_err(|rejection| {
+        tracing::warn!(
+            agent = %hello.agent_id,
+            identity = %identity.name,
+            reason = %rejection.reason,
+            "agent claims an agent id its identity does not own"
+        );
+    })?;
     let identifiers = served_identifiers(&identity, &hello.identifiers).inspect_err(|rejection| {
         tracing::warn!(
             agent = %hello.agent_id,
