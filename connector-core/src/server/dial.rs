@@ -296,7 +296,10 @@ impl Server {
         let agent_id = agent.agent_id.clone();
         // From here on, the TunnelStream (or this guard) owns the slot.
         let slot = SlotGuard(Some(agent.clone()));
-        let bi = tokio::time::timeout(timeout, agent.conn.open_bi()).await;
+        // One deadline for opening the stream and the agent's answer: a slow
+        // stream grant and an agent that dribbles its `DialResult` share it.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let bi = tokio::time::timeout_at(deadline, agent.conn.open_bi()).await;
         let mut bi = match bi {
             Err(_) => {
                 return Err(DialError::TimedOut {
@@ -355,7 +358,7 @@ impl Server {
             poll_fn(|cx| relay.poll_settle(cx, Pin::new(&mut bi.send))).await;
             answer
         };
-        let answer = match tokio::time::timeout(timeout, exchange).await {
+        let answer = match tokio::time::timeout_at(deadline, exchange).await {
             Ok(answer) => answer,
             Err(_) => {
                 bi.send.reset(StreamCode::Cancelled);
