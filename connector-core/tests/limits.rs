@@ -109,6 +109,38 @@ async fn agents_beyond_the_server_limit_are_rejected_overloaded_and_admitted_onc
     .await
 }
 
+/// Connections that have not sent their `Hello` hold at most
+/// `max_pre_hello` slots: with both slots taken by silent connections, the
+/// next is closed after its handshake with a reason and counted; once a slot
+/// frees (a silent one leaves), a well-behaved agent registers and is
+/// served. QUIC: its handshake completes only once the server's session
+/// task (holding a slot) drives it, so a connected silent peer holds a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_pre_hello_limit_are_refused_until_a_slot_frees() {
+    guard(async {
+        let h = Harness::with_config(Kind::Quic, |c| {
+            c.limits.max_pre_hello = 2;
+            // Longer than the test's hang guard: the silent ones keep their slots.
+            c.limits.hello_timeout = Duration::from_secs(600);
+        })
+        .await;
+        let target = echo_target().await;
+        let first = h.connector(None).connect().await.unwrap();
+        let _second = h.connector(None).connect().await.unwrap();
+        let third = h.connector(None).connect().await.unwrap();
+        let reason = within("the refusal", third.closed()).await.to_string();
+        assert!(reason.contains("2 connections waiting for their Hello"), "{reason}");
+        assert_eq!(h.server.metrics().agent_rejections.get("pre_hello_limit"), 1);
+
+        first.close(ConnectionCode::Normal, "bye");
+        // Refused (and retrying) until the slot is back, then admitted.
+        let good = within("the agent's registration", h.agent("node-b")).await;
+        assert_served(&h.server, "node-b", target).await;
+        good.stop().await;
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_at_its_connection_limit_answers_overloaded_and_other_agents_are_served() {
     guard(async {
