@@ -62,6 +62,11 @@ pub struct ServerArgs {
     /// further dials fail at once (HTTP CONNECT: 503).
     #[arg(long, env = "CONNECTOR_MAX_PENDING_DIALS", default_value_t = connector_core::server::DEFAULT_MAX_PENDING_DIALS)]
     max_pending_dials: usize,
+    /// Most agent connections at once that have not yet been admitted or
+    /// refused (handshake, Hello, authentication); further connections are
+    /// closed after their handshake with a reason and retry with backoff.
+    #[arg(long, env = "CONNECTOR_MAX_PRE_HELLO", default_value_t = connector_core::server::DEFAULT_MAX_PRE_HELLO)]
+    max_pre_hello: usize,
     /// Time a connecting agent has to send its Hello.
     #[arg(long, env = "CONNECTOR_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     hello_timeout: Duration,
@@ -117,6 +122,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         hello_timeout: args.hello_timeout,
         dial_timeout: args.dial_timeout,
         max_pending_dials: args.max_pending_dials,
+        max_pre_hello: args.max_pre_hello,
     };
     setup.proxy_strategies = ProxyStrategy::parse_list(&args.proxy_strategies)?;
     if let Err(SetupError::NoAuthentication) = setup.check() {

@@ -204,7 +204,7 @@ fn limit_settings_are_read_from_the_file_and_the_environment_and_bad_values_are_
             &config,
             format!(
                 "[server]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server-key.pem\"\ntokens = \"{d}/tokens\"\n\
-                 max-agents = 100\nmax-streams-per-agent = 50\nmax-pending-dials = 20\nhello-timeout = \"5s\"\n\
+                 max-agents = 100\nmax-streams-per-agent = 50\nmax-pending-dials = 20\nmax-pre-hello = 200\nhello-timeout = \"5s\"\n\
                  dial-timeout = \"10s\"\nfrontend-max-connections = 10\nfrontend-head-timeout = \"2s\"\n{server_extra}\
                  [agent]\nserver = \"localhost:8443\"\nca = \"{d}/ca.pem\"\ntoken-file = \"{d}/node-a.token\"\n\
                  max-connections = 30\n{agent_extra}"

@@ -66,7 +66,8 @@ fn no_token_in_any_log_line_at_trace_level() {
     std::fs::write(&wrong_file, &wrong).unwrap();
     let mut wrong_agent = agent(&wrong_file, "rogue", "host=node-a");
     wrong_agent.wait_for(&["the server rejected this agent"]);
-    let mut claiming = agent(&dir.join("node-a.token"), "rogue", "host=node-b");
+    // Its own agent id (another id is refused before the claims are looked at).
+    let mut claiming = agent(&dir.join("node-a.token"), "node-a", "host=node-b");
     claiming.wait_for(&["the server rejected this agent"]);
     let line = server.wait_for(&["agent claims identifiers its identity does not allow"]);
     assert!(line.contains("identity=node-a") && line.contains("node-b"), "{line}");

@@ -22,7 +22,28 @@ on_all_transports!(
     server_refuses_streams_opened_by_an_agent,
     stream_flood_from_an_agent_is_refused_and_counted,
     client_certificate_identifies_the_agent,
+    a_token_for_one_node_cannot_take_another_nodes_agent_id,
+    a_hello_sent_one_byte_at_a_time_is_read_or_timed_out,
+    a_dial_dribbled_by_a_rogue_server_is_reset_after_the_dial_frame_timeout,
+    a_dial_result_dribbled_by_a_rogue_agent_times_the_dial_out,
 );
+
+/// Writes `bytes` one byte per write, each write awaited and flushed.
+/// Stops at the first failed write (the peer may close the stream meanwhile).
+async fn dribble(send: &mut (impl tokio::io::AsyncWrite + Unpin + ?Sized), bytes: &[u8]) {
+    for byte in bytes {
+        if send.write_all(std::slice::from_ref(byte)).await.is_err() || send.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A frame minus its last byte: it can never complete.
+fn all_but_the_last_byte(frame: &Frame) -> Vec<u8> {
+    let mut bytes = frame.encode().unwrap();
+    bytes.pop();
+    bytes
+}
 
 /// Asserts the peer reset `stream` with a protocol error.
 async fn assert_protocol_reset(stream: &mut BiStream) {
@@ -237,6 +258,174 @@ async fn stream_flood_from_an_agent_is_refused_and_counted(kind: Kind) {
     let mut back = [0u8; 10];
     stream.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"still here");
+    good.stop().await;
+}
+
+/// node-a's credential with agent id `node-b` is refused before anything is
+/// registered: the real node-b is not replaced and keeps serving its dials
+/// (without the check the impostor's connection would replace node-b's and
+/// capture `Selector::Agent("node-b")`).
+async fn a_token_for_one_node_cannot_take_another_nodes_agent_id(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let target = echo_target().await;
+    let real = h.agent("node-b").await;
+    let mut config = h.agent_config("node-b", token("node-a"));
+    config.identifiers = Default::default(); // claims nothing beyond the id itself
+    let impostor = Agent::start(h.connector(None), config);
+    match impostor.wait_for(|s| matches!(s, AgentStatus::Rejected { .. })).await {
+        AgentStatus::Rejected { code, reason } => {
+            assert_eq!(code, RejectCode::IdentifiersNotAllowed);
+            assert!(
+                reason.contains("\"node-a\" may not use agent id \"node-b\""),
+                "{reason}"
+            );
+            assert!(
+                !reason.contains("token-node-a"),
+                "the reason must not echo the token: {reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    impostor.stop().await;
+    let agents = h.server.agents();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(
+        (agents[0].agent_id.as_str(), agents[0].identity.as_str()),
+        ("node-b", "node-b")
+    );
+    assert!(
+        matches!(real.status(), AgentStatus::Connected { .. }),
+        "{:?}",
+        real.status()
+    );
+    assert_still_served(&h, "node-b", target).await;
+    real.stop().await;
+}
+
+/// A `Hello` sent one byte per write is reassembled and answered; one that
+/// stops a byte short of complete is closed when `hello_timeout` is up (the
+/// timeout covers the whole `Hello`, not each read). A well-behaved agent is
+/// served throughout.
+async fn a_hello_sent_one_byte_at_a_time_is_read_or_timed_out(kind: Kind) {
+    let h = Harness::with_config(kind, |c| c.limits.hello_timeout = std::time::Duration::from_millis(300)).await;
+    let target = echo_target().await;
+    let good = h.agent("node-b").await;
+    let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
+
+    let dribbler = h.connector(None).connect().await.unwrap();
+    let mut control = dribbler.open_bi().await.unwrap();
+    dribble(&mut control.send, &all_but_the_last_byte(&hello)).await;
+    let reason = dribbler.closed().await.to_string();
+    assert!(reason.contains("no Hello in time"), "{reason}");
+    assert_still_served(&h, "node-b", target).await;
+    assert_eq!(h.server.agents().len(), 1);
+
+    // With the default hello_timeout (10 s), the same Hello dribbled in full is answered.
+    let patient = Harness::new(kind).await;
+    let conn = patient.connector(None).connect().await.unwrap();
+    let mut control = conn.open_bi().await.unwrap();
+    dribble(&mut control.send, &hello.encode().unwrap()).await;
+    match read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap() {
+        Frame::Welcome(_) => {}
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    good.stop().await;
+}
+
+/// A rogue server that dribbles a `Dial` one byte per write and never
+/// completes it gets the stream reset once the agent's `dial_frame_timeout`
+/// is up; the agent's other tunnelled connection and new dials are served.
+async fn a_dial_dribbled_by_a_rogue_server_is_reset_after_the_dial_frame_timeout(kind: Kind) {
+    let raw = RawTransport::new(kind);
+    let mut config = Harness::agent_config_for("node-a", token("node-a"));
+    config.dial_frame_timeout = std::time::Duration::from_millis(300);
+    let agent = Agent::start(raw.connector(None), config);
+    let conn = raw.listener.accept().await.unwrap().await.unwrap();
+    let mut control = conn.accept_bi().await.unwrap();
+    assert!(matches!(
+        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
+        Frame::Hello(_)
+    ));
+    let welcome = Welcome {
+        server_id: "rogue".into(),
+        server_count: 1,
+        keepalive_ms: 5000,
+        idle_timeout_ms: 30000,
+        max_streams: 100,
+        max_frame: MAX_FRAME_PAYLOAD as u32,
+    };
+    write_frame(&mut control.send, &Frame::Welcome(welcome)).await.unwrap();
+    agent.connected().await;
+    let echo = echo_target().await;
+    let dial = |id| {
+        Frame::Dial(Dial {
+            request_id: id,
+            host: "127.0.0.1".into(),
+            port: echo.port(),
+            timeout_ms: 10_000,
+        })
+    };
+    let mut good = conn.open_bi().await.unwrap();
+    write_frame(&mut good.send, &dial(1)).await.unwrap();
+    assert!(
+        matches!(read_frame(&mut good.recv, MAX_FRAME_PAYLOAD).await.unwrap(), Frame::DialResult(r) if r.code == DialCode::Ok)
+    );
+
+    let mut slow = conn.open_bi().await.unwrap();
+    dribble(&mut slow.send, &all_but_the_last_byte(&dial(2))).await;
+    assert_protocol_reset(&mut slow).await;
+
+    echo_round_trip(&mut good, b"still open").await;
+    let mut again = conn.open_bi().await.unwrap();
+    write_frame(&mut again.send, &dial(3)).await.unwrap();
+    assert!(
+        matches!(read_frame(&mut again.recv, MAX_FRAME_PAYLOAD).await.unwrap(), Frame::DialResult(r) if r.code == DialCode::Ok)
+    );
+    echo_round_trip(&mut again, b"new").await;
+    agent.stop().await;
+}
+
+/// A rogue agent that answers a `Dial` with a `DialResult` dribbled one byte
+/// per write, never completed, makes that dial fail with `TimedOut` at its
+/// deadline (and has the stream cancelled); another agent is served.
+async fn a_dial_result_dribbled_by_a_rogue_agent_times_the_dial_out(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let target = echo_target().await;
+    let good = h.agent("node-b").await;
+    let conn = h.connector(None).connect().await.unwrap();
+    let mut control = conn.open_bi().await.unwrap();
+    let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
+    write_frame(&mut control.send, &hello).await.unwrap();
+    assert!(matches!(
+        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
+        Frame::Welcome(_)
+    ));
+    let server = h.server.clone();
+    let deadline = std::time::Duration::from_millis(300);
+    let dial = tokio::spawn(async move {
+        server
+            .dial_timeout(&Selector::Agent("node-a".into()), "10.0.0.5:10250", deadline)
+            .await
+    });
+    let mut incoming = conn.accept_bi().await.unwrap();
+    let Frame::Dial(d) = read_frame(&mut incoming.recv, MAX_FRAME_PAYLOAD).await.unwrap() else {
+        panic!("expected Dial")
+    };
+    let result = Frame::DialResult(connector_core::proto::DialResult {
+        request_id: d.request_id,
+        code: DialCode::Ok,
+        message: String::new(),
+    });
+    dribble(&mut incoming.send, &all_but_the_last_byte(&result)).await;
+    match dial.await.unwrap() {
+        Err(DialError::TimedOut { agent, after, .. }) => assert_eq!((agent.as_str(), after), ("node-a", deadline)),
+        Err(other) => panic!("expected TimedOut, got {other}"),
+        Ok(_) => panic!("expected TimedOut, got a stream"),
+    }
+    let mut buf = [0u8; 8];
+    let err = incoming.recv.read(&mut buf).await.unwrap_err();
+    assert_eq!(StreamReset::from_io(&err), Some(StreamCode::Cancelled), "{err}");
+    assert_still_served(&h, "node-b", target).await;
     good.stop().await;
 }
 

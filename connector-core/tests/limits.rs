@@ -51,7 +51,7 @@ async fn assert_served(server: &Server, agent: &str, target: SocketAddr) {
     assert_eq!(&back, b"served");
 }
 
-/// A hand-driven agent `agent_id` (token of `node-a`), registered with `h`'s server.
+/// A hand-driven agent `agent_id` (token of `node-a`, so `node-a/<instance>`), registered with `h`'s server.
 async fn raw_agent(h: &Harness, agent_id: &str) -> (Arc<dyn Connection>, BiStream) {
     let conn = h.connector(None).connect().await.unwrap();
     let mut control = conn.open_bi().await.unwrap();
@@ -105,6 +105,38 @@ async fn agents_beyond_the_server_limit_are_rejected_overloaded_and_admitted_onc
         within("the second agent's admission", second.connected()).await;
         assert_served(&h.server, "node-b", target).await;
         second.stop().await;
+    })
+    .await
+}
+
+/// Connections that have not sent their `Hello` hold at most
+/// `max_pre_hello` slots: with both slots taken by silent connections, the
+/// next is closed after its handshake with a reason and counted; once a slot
+/// frees (a silent one leaves), a well-behaved agent registers and is
+/// served. QUIC: its handshake completes only once the server's session
+/// task (holding a slot) drives it, so a connected silent peer holds a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_pre_hello_limit_are_refused_until_a_slot_frees() {
+    guard(async {
+        let h = Harness::with_config(Kind::Quic, |c| {
+            c.limits.max_pre_hello = 2;
+            // Longer than the test's hang guard: the silent ones keep their slots.
+            c.limits.hello_timeout = Duration::from_secs(600);
+        })
+        .await;
+        let target = echo_target().await;
+        let first = h.connector(None).connect().await.unwrap();
+        let _second = h.connector(None).connect().await.unwrap();
+        let third = h.connector(None).connect().await.unwrap();
+        let reason = within("the refusal", third.closed()).await.to_string();
+        assert!(reason.contains("2 connections waiting for their Hello"), "{reason}");
+        assert_eq!(h.server.metrics().agent_rejections.get("pre_hello_limit"), 1);
+
+        first.close(ConnectionCode::Normal, "bye");
+        // Refused (and retrying) until the slot is back, then admitted.
+        let good = within("the agent's registration", h.agent("node-b")).await;
+        assert_served(&h.server, "node-b", target).await;
+        good.stop().await;
     })
     .await
 }
@@ -229,11 +261,15 @@ async fn dials_beyond_the_pending_limit_fail_at_once_and_slots_come_back() {
         )
         .unwrap();
         // An agent that takes dials and never answers them.
-        let (silent, _control) = raw_agent(&h, "silent").await;
+        let (silent, _control) = raw_agent(&h, "node-a/silent").await;
         let mut pending = tokio::task::JoinSet::new();
         for _ in 0..LIMIT {
             let server = h.server.clone();
-            pending.spawn(async move { server.dial(&Selector::Agent("silent".into()), "10.0.0.5:10250").await });
+            pending.spawn(async move {
+                server
+                    .dial(&Selector::Agent("node-a/silent".into()), "10.0.0.5:10250")
+                    .await
+            });
         }
         let mut unanswered = Vec::new();
         for _ in 0..LIMIT {
@@ -296,7 +332,7 @@ async fn an_oversized_frame_on_a_registered_agents_control_stream_closes_that_ag
     let h = Harness::new(kind).await;
     let target = echo_target().await;
     let good = h.agent("node-b").await;
-    let (conn, mut control) = raw_agent(&h, "oversized").await;
+    let (conn, mut control) = raw_agent(&h, "node-a/oversized").await;
     // A frame header announcing a payload of 2 GiB, far over the frame cap.
     control.send.write_all(&[0x01, 0x7f, 0xff, 0xff, 0xff]).await.unwrap();
     match within("the server closing the connection", conn.closed()).await {
@@ -455,11 +491,14 @@ fn start_memory_server(id: &str) -> (Server, MemoryConnector) {
     (server, connector)
 }
 
-/// `count` agents (`agent-0000`, …) with `backoff`, connecting through `board`.
+/// `count` agents (`node-a/agent-0000`, …, sharing node-a's token) with `backoff`, connecting through `board`.
 fn start_agents(board: &Arc<Switchboard>, count: usize, backoff: BackoffConfig) -> Vec<Agent> {
     (0..count)
         .map(|i| {
-            let mut config = AgentConfig::new(format!("agent-{i:04}"), Arc::new(StaticCredential(token("node-a"))));
+            let mut config = AgentConfig::new(
+                format!("node-a/agent-{i:04}"),
+                Arc::new(StaticCredential(token("node-a"))),
+            );
             config.backoff = backoff.clone();
             let connector = RecordingConnector {
                 agent: i,

@@ -81,12 +81,14 @@ async fn a_full_session_logs_no_token() {
         stream.read_exact(&mut back).await.unwrap();
         drop(stream);
 
-        // A wrong token, and the good token claiming another node.
-        for (credential, claims, code) in [
-            (bearer(WRONG), "host=node-x", RejectCode::Unauthenticated),
-            (bearer(GOOD), "host=node-b", RejectCode::IdentifiersNotAllowed),
+        // A wrong token, and the good token claiming another node's name
+        // and another node's agent id.
+        for (credential, agent_id, claims, code) in [
+            (bearer(WRONG), "intruder", "host=node-x", RejectCode::Unauthenticated),
+            (bearer(GOOD), "node-a", "host=node-b", RejectCode::IdentifiersNotAllowed),
+            (bearer(GOOD), "node-b", "", RejectCode::IdentifiersNotAllowed),
         ] {
-            let mut config = h.agent_config("intruder", credential);
+            let mut config = h.agent_config(agent_id, credential);
             config.identifiers = claims.parse().unwrap();
             let rogue = Agent::start(h.connector(None), config);
             match rogue.wait_for(|s| matches!(s, AgentStatus::Rejected { .. })).await {
@@ -155,6 +157,14 @@ async fn a_full_session_logs_no_token() {
     assert!(
         claim.contains("identity=node-a") && claim.contains("host=node-b"),
         "{claim}"
+    );
+    let id_claim = text
+        .lines()
+        .find(|l| l.contains("agent claims an agent id its identity does not own"))
+        .expect("agent id mismatch logged");
+    assert!(
+        id_claim.contains("agent=node-b") && id_claim.contains("identity=node-a"),
+        "{id_claim}"
     );
     for secret in [GOOD, WRONG] {
         assert!(!text.contains(secret), "a token appears in the logs");

@@ -65,7 +65,19 @@ pub struct AgentConfig {
     /// may stay quiet for hours; `max_connections` still bounds what idle
     /// connections can hold).
     pub tunnel_idle_timeout: Option<Duration>,
+    /// Time the server has to send the whole `Dial` frame on a stream it
+    /// opened (default [`DEFAULT_DIAL_FRAME_TIMEOUT`], 60 s); a stream still
+    /// without its `Dial` then is reset with a protocol error. Generous on
+    /// purpose: QUIC makes a stream acceptable as soon as a later one carries
+    /// data, and on a connection busy with bulk transfers the server's `Dial`
+    /// write can wait for send window for seconds (the soak test saw more than
+    /// 10 s on an overloaded machine). A waiting stream costs one task and a
+    /// stream slot, both bounded by the stream limit the agent grants.
+    pub dial_frame_timeout: Duration,
 }
+
+/// Default of [`AgentConfig::dial_frame_timeout`].
+pub const DEFAULT_DIAL_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default of [`AgentConfig::replace_grace`].
 pub const DEFAULT_REPLACE_GRACE: Duration = Duration::from_secs(300);
@@ -90,6 +102,7 @@ impl AgentConfig {
             hello_timeout: Duration::from_secs(10),
             replace_grace: DEFAULT_REPLACE_GRACE,
             tunnel_idle_timeout: None,
+            dial_frame_timeout: DEFAULT_DIAL_FRAME_TIMEOUT,
         }
     }
 }
@@ -259,6 +272,7 @@ impl Agent {
             slots: Arc::new(Semaphore::new(config.max_connections)),
             max_connections: config.max_connections,
             idle_timeout: config.tunnel_idle_timeout,
+            dial_frame_timeout: config.dial_frame_timeout,
             metrics: metrics.clone(),
         });
         let described: Vec<String> = connectors.iter().map(|c| c.describe()).collect();

@@ -22,32 +22,26 @@ use crate::transport::BiStream;
 pub const MAX_DIAL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest wait for the server to acknowledge a finished stream's last bytes.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time the server has to send the `Dial` after the stream became acceptable.
-/// Generous on purpose: QUIC makes a stream acceptable as soon as a later one
-/// carries data, and on a connection busy with bulk transfers the server's
-/// `Dial` write can wait for send window for seconds (the soak test saw more
-/// than 10 s on an overloaded machine). Waiting costs one task and a stream
-/// slot, both bounded by the stream limit the agent grants; the server gives
-/// up on its own after its dial timeout (default 30 s).
-const DIAL_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// What every dial on one agent shares.
 pub(super) struct DialContext {
     pub(super) policy: DestinationPolicy,
     pub(super) slots: Arc<Semaphore>,
     pub(super) max_connections: usize,
     pub(super) idle_timeout: Option<Duration>,
+    /// [`super::AgentConfig::dial_frame_timeout`].
+    pub(super) dial_frame_timeout: Duration,
     pub(super) metrics: Arc<AgentMetrics>,
 }
 
 /// Serves one stream opened by the server. Failures end this stream only.
 pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
-    let dial = match tokio::time::timeout(DIAL_FRAME_TIMEOUT, read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD)).await {
+    let wait = ctx.dial_frame_timeout;
+    let dial = match tokio::time::timeout(wait, read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD)).await {
         Ok(Ok(Frame::Dial(dial))) => dial,
         Ok(Ok(other)) => return refuse(bi, &format!("expected Dial, got {}", other.name())),
         Ok(Err(FrameIoError::Eof)) => return,
         Ok(Err(err)) => return refuse(bi, &err.to_string()),
-        Err(_) => return refuse(bi, &format!("no Dial within {} s", DIAL_FRAME_TIMEOUT.as_secs())),
+        Err(_) => return refuse(bi, &format!("no complete Dial within {wait:?}")),
     };
     let span =
         tracing::info_span!("dial", request_id = dial.request_id, target = %format!("{}:{}", dial.host, dial.port));

@@ -16,6 +16,9 @@ pub use certificate::CertificateAuthenticator;
 pub use credential::{CredentialError, CredentialSource, StaticCredential, TokenFile};
 pub use token::{TokenAuthenticator, TokenEntry, TokenFileError, parse_tokens};
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use crate::identifiers::Identifiers;
@@ -98,6 +101,42 @@ impl Authenticator for FirstOf {
             Err(AuthRejection::unauthenticated(reasons.join("; ")))
         })
     }
+}
+
+/// Checks that `agent_id` is an id the authenticated identity may register
+/// under. The agent id selects the agent (`Selector::Agent`) and a newer
+/// connection with the same id replaces the older one, so it must come from
+/// the credential, never from the agent's word alone. Allowed:
+/// - anything, for an [`Allowance::Any`] identity;
+/// - the identity's name itself (`node-a`);
+/// - `<name>/<instance>`, for replicas that share one credential and need
+///   distinct ids (`workload-agents/pod-0`);
+/// - a host name the allowance lists (compared lower-cased, without a
+///   trailing dot), e.g. a certificate's DNS name.
+///
+/// Otherwise the rejection (code `IdentifiersNotAllowed`) names the identity
+/// and what it may use.
+pub fn check_agent_id(identity: &AgentIdentity, agent_id: &str) -> Result<(), AuthRejection> {
+    let allowed = match &identity.allowance {
+        Allowance::Any => return Ok(()),
+        Allowance::Only(allowed) => allowed,
+    };
+    let instance_of_name = agent_id
+        .strip_prefix(identity.name.as_str())
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|instance| !instance.is_empty());
+    let listed_host = crate::identifiers::valid_host(agent_id)
+        && allowed.hosts.contains(&crate::identifiers::normalize_host(agent_id));
+    if agent_id == identity.name || instance_of_name || listed_host {
+        return Ok(());
+    }
+    Err(AuthRejection {
+        code: RejectCode::IdentifiersNotAllowed,
+        reason: format!(
+            "identity {:?} may not use agent id {agent_id:?}: use {:?}, {:?}/<instance> or a host name it may claim ({allowed})",
+            identity.name, identity.name, identity.name
+        ),
+    })
 }
 
 /// Resolves what an authenticated agent will serve: its claims if they are

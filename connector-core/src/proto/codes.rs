@@ -132,7 +132,8 @@ wire_code! {
         Normal = 0, "normal" => "closed",
         /// The peer violated the protocol on the control stream.
         ProtocolError = 1, "protocol_error" => "protocol error",
-        /// The server rejected the agent (a `Reject` frame says why).
+        /// The server rejected the agent (a `Reject` frame, or without one
+        /// the close reason, says why).
         Rejected = 2, "rejected" => "agent rejected",
         /// A newer connection of the same agent replaced this one.
         Replaced = 3, "replaced" => "replaced by a newer connection of the same agent",

@@ -72,6 +72,11 @@ pub struct Hello {
     pub connected_servers: Vec<String>,
 }
 
+/// Most identifiers in one [`Hello`] (hosts, addresses and networks
+/// together, including kinds this version skips). Without it a 64 KiB frame
+/// of one-byte host names would decode into some 16,000 strings.
+pub const MAX_IDENTIFIERS: usize = 1_024;
+
 /// Most entries in [`Hello::connected_servers`].
 pub const MAX_CONNECTED_SERVERS: usize = 64;
 
@@ -197,7 +202,7 @@ impl Hello {
         put_str(w, "agent id", &self.agent_id, MAX_ID_LEN)?;
         let ids = &self.identifiers;
         let count = ids.hosts.len() + ids.addresses.len() + ids.cidrs.len();
-        check_len("identifiers", count, u16::MAX as usize)?;
+        check_len("identifiers", count, MAX_IDENTIFIERS)?;
         w.u16(count as u16);
         for host in &ids.hosts {
             w.u8(ident::HOST);
@@ -255,7 +260,14 @@ impl Hello {
         }
         let agent_id = get_id(r, "agent id")?;
         let mut identifiers = Identifiers::default();
-        for _ in 0..r.u16("identifier count")? {
+        let count = r.u16("identifier count")?;
+        if usize::from(count) > MAX_IDENTIFIERS {
+            return Err(DecodeError::InvalidValue {
+                field: "identifier count",
+                reason: "more than 1,024 identifiers",
+            });
+        }
+        for _ in 0..count {
             let kind = r.u8("identifier kind")?;
             let value = r.bytes("identifier value")?;
             let bad = |reason| DecodeError::InvalidValue {

@@ -21,8 +21,8 @@ mod wire;
 
 pub use codes::{ConnectionCode, DialCode, RejectCode, StreamCode};
 pub use message::{
-    Credential, Dial, DialResult, GoAway, Hello, MAX_CONNECTED_SERVERS, MAX_ID_LEN, MAX_TEXT_LEN, Reject, Secret,
-    Welcome, clip_text,
+    Credential, Dial, DialResult, GoAway, Hello, MAX_CONNECTED_SERVERS, MAX_ID_LEN, MAX_IDENTIFIERS, MAX_TEXT_LEN,
+    Reject, Secret, Welcome, clip_text,
 };
 
 use wire::{Reader, Writer};

@@ -91,6 +91,45 @@ fn a_hello_listing_too_many_connected_servers_is_refused() {
 }
 
 #[test]
+fn a_hello_with_too_many_identifiers_is_refused_both_ways() {
+    let mut hello = hello();
+    hello.identifiers = Identifiers {
+        hosts: (0..=MAX_IDENTIFIERS).map(|i| format!("h{i}")).collect(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        Frame::Hello(hello).encode(),
+        Err(EncodeError::FieldTooLong {
+            field: "identifiers",
+            ..
+        })
+    ));
+    // 1,025 one-byte host names fit easily in one frame; the decoder refuses the count.
+    let hello_with = |count: u16| {
+        let mut payload = vec![0, 1, 0, 1, 0, 1, b'a'];
+        payload.extend_from_slice(&count.to_be_bytes());
+        for _ in 0..count {
+            payload.extend_from_slice(&[1, 0, 1, b'n']);
+        }
+        payload.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // flags, no credential, no servers
+        let mut bytes = vec![0x01];
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&payload);
+        bytes
+    };
+    let at_the_cap = decode(&hello_with(MAX_IDENTIFIERS as u16)).unwrap().unwrap().0;
+    let Frame::Hello(hello) = at_the_cap else { panic!() };
+    assert_eq!(hello.identifiers.hosts.len(), MAX_IDENTIFIERS);
+    assert_eq!(
+        decode(&hello_with(MAX_IDENTIFIERS as u16 + 1)),
+        Err(DecodeError::InvalidValue {
+            field: "identifier count",
+            reason: "more than 1,024 identifiers"
+        })
+    );
+}
+
+#[test]
 fn dial_bytes_are_as_documented() {
     let bytes = Frame::Dial(Dial {
         request_id: 1,

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::auth::Authenticator;
 use crate::metrics::ServerMetrics;
@@ -53,7 +53,22 @@ pub struct Limits {
     /// further dials fail at once with [`DialError::TooManyPendingDials`]
     /// (default [`DEFAULT_MAX_PENDING_DIALS`]).
     pub max_pending_dials: usize,
+    /// Agent connections at once that have not yet been admitted or refused
+    /// (TLS handshake, `Hello`, authentication: up to the transport's
+    /// handshake timeout plus `hello_timeout`, about 20 s, for a peer that
+    /// stalls). Further connections are closed right after their handshake
+    /// with code `rejected` and a reason saying so, and counted in
+    /// `connector_server_agent_rejections_total{reason="pre_hello_limit"}`
+    /// (default [`DEFAULT_MAX_PRE_HELLO`]).
+    pub max_pre_hello: usize,
 }
+
+/// Default of [`Limits::max_pre_hello`]. Admitting an agent takes a few
+/// round trips, so even 10,000 agents reconnecting within a second keep far
+/// fewer than this waiting; silent connections (a slow-loris) cannot take
+/// more, and what each may make the server buffer is bounded by the
+/// connection receive window ([`crate::transport::CONNECTION_WINDOW`]).
+pub const DEFAULT_MAX_PRE_HELLO: usize = 1_000;
 
 /// Default of [`Limits::max_pending_dials`]. A healthy dial waits for about
 /// one round trip plus the agent's TCP connect (milliseconds), so a thousand
@@ -69,6 +84,7 @@ impl Default for Limits {
             hello_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(30),
             max_pending_dials: DEFAULT_MAX_PENDING_DIALS,
+            max_pre_hello: DEFAULT_MAX_PRE_HELLO,
         }
     }
 }
@@ -138,11 +154,14 @@ struct Inner {
     /// Woken whenever a tunnelled connection closes.
     tunnel_closed: Arc<Notify>,
     listeners: Mutex<Vec<Arc<dyn Listener>>>,
+    /// One permit per connection not yet admitted or refused ([`Limits::max_pre_hello`]).
+    pre_hello: Arc<Semaphore>,
 }
 
 impl Server {
     /// A server with no listener yet; call [`Server::serve`].
     pub fn new(config: ServerConfig) -> Self {
+        let pre_hello = Arc::new(Semaphore::new(config.limits.max_pre_hello));
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -155,6 +174,7 @@ impl Server {
                 draining: watch::channel(None).0,
                 tunnel_closed: Arc::new(Notify::new()),
                 listeners: Mutex::new(Vec::new()),
+                pre_hello,
             }),
         }
     }
@@ -178,7 +198,10 @@ impl Server {
                     None => break,
                 },
             };
-            tokio::spawn(session::run(self.clone(), handshake));
+            match self.inner.pre_hello.clone().try_acquire_owned() {
+                Ok(permit) => tokio::spawn(session::run(self.clone(), handshake, permit)),
+                Err(_) => tokio::spawn(session::refuse_over_pre_hello_limit(self.clone(), handshake)),
+            };
         }
         tracing::debug!(listen = %listener.local_addr(), "stopped accepting agents");
     }

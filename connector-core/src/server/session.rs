@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::Server;
 use super::registry::AgentEntry;
-use crate::auth::{AuthRejection, AuthRequest, served_identifiers};
+use crate::auth::{AuthRejection, AuthRequest, check_agent_id, served_identifiers};
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::proto::{
     ConnectionCode, DecodeError, Frame, GoAway, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, Reject,
@@ -20,7 +21,9 @@ use crate::transport::{BiStream, Connection, Handshake};
 
 /// Drives one agent connection from handshake to close. Never panics on
 /// peer input; every failure is logged and ends this connection only.
-pub(super) async fn run(server: Server, handshake: Handshake) {
+/// `pre_hello` (a [`super::Limits::max_pre_hello`] slot) is held until the
+/// agent is admitted or refused.
+pub(super) async fn run(server: Server, handshake: Handshake, pre_hello: OwnedSemaphorePermit) {
     let conn = match handshake.await {
         Ok(conn) => conn,
         Err(err) => {
@@ -35,7 +38,9 @@ pub(super) async fn run(server: Server, handshake: Handshake) {
         .unwrap_or_else(|| "memory".into());
     let span = tracing::info_span!("agent", %remote, agent = tracing::field::Empty);
     async move {
-        let Some((control, entry, minor)) = admit(&server, &conn).await else {
+        let admitted = admit(&server, &conn).await;
+        drop(pre_hello);
+        let Some((control, entry, minor)) = admitted else {
             return;
         };
         tracing::Span::current().record("agent", entry.agent_id.as_str());
@@ -46,6 +51,24 @@ pub(super) async fn run(server: Server, handshake: Handshake) {
     }
     .instrument(span)
     .await
+}
+
+/// Closes a connection that arrived while [`super::Limits::max_pre_hello`]
+/// others were waiting to be admitted: after its handshake (bounded by the
+/// transport's handshake timeout), so that the agent reads why.
+pub(super) async fn refuse_over_pre_hello_limit(server: Server, handshake: Handshake) {
+    let limit = server.inner.config.limits.max_pre_hello;
+    server.inner.metrics.agent_rejections.inc("pre_hello_limit");
+    let refused = server.inner.metrics.agent_rejections.get("pre_hello_limit");
+    tracing::warn!(
+        limit,
+        refused,
+        "refusing an agent connection: {limit} connections are already waiting to send their Hello"
+    );
+    if let Ok(conn) = handshake.await {
+        let reason = format!("server has {limit} connections waiting for their Hello; retry later");
+        conn.close(ConnectionCode::Rejected, &reason);
+    }
 }
 
 /// Handshake on the control stream. Returns the control stream and the
@@ -131,7 +154,7 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
     Some((control, entry, hello.version_minor))
 }
 
-/// Authenticates the agent and checks its claims and the agent limit.
+/// Authenticates the agent and checks its agent id, its claims and the agent limit.
 async fn authorize(
     server: &Server,
     conn: &Arc<dyn Connection>,
@@ -144,6 +167,16 @@ async fn authorize(
         .authenticator
         .authenticate(AuthRequest { hello, peer: &peer })
         .await?;
+    // Before anything is registered: a newer connection with the same agent
+    // id replaces the older one, so the id must belong to this identity.
+    check_agent_id(&identity, &hello.agent_id).inspect_err(|rejection| {
+        tracing::warn!(
+            agent = %hello.agent_id,
+            identity = %identity.name,
+            reason = %rejection.reason,
+            "agent claims an agent id its identity does not own"
+        );
+    })?;
     let identifiers = served_identifiers(&identity, &hello.identifiers).inspect_err(|rejection| {
         tracing::warn!(
             agent = %hello.agent_id,

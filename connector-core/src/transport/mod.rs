@@ -36,6 +36,15 @@ use crate::proto::{ConnectionCode, StreamCode};
 /// much buffered at the other end.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
+/// Receive window of a whole connection (all its streams together), on
+/// every transport: what one peer can make this end buffer. Without it a
+/// peer could fill every stream's window at once (4 MiB × 10,064 streams
+/// for an agent's connection). Four stream windows (16 MiB) let four bulk
+/// transfers run at full window side by side, and many smaller ones share
+/// it; a server holding 10,000 agents (the default `max_agents`) that all
+/// stop reading buffers at most 16 MiB from each.
+pub const CONNECTION_WINDOW: u32 = 4 * STREAM_WINDOW;
+
 /// A boxed, sendable future (the traits here are used as trait objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -122,6 +122,9 @@ pub fn transport_config(settings: &QuicSettings, incoming_streams: u32) -> Trans
     t.max_concurrent_bidi_streams(VarInt::from_u32(incoming_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.stream_receive_window(VarInt::from_u32(super::STREAM_WINDOW));
+    // quinn's default is unlimited (VarInt::MAX): the peer could fill every
+    // stream's window at once. See CONNECTION_WINDOW for the size.
+    t.receive_window(VarInt::from_u32(super::CONNECTION_WINDOW));
     t.congestion_controller_factory(settings.congestion.factory());
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(udp_payload_bound(settings.max_udp_payload));

@@ -68,7 +68,7 @@ impl Default for QmuxSettings {
             max_tunnelled_streams: 10_064,
             handshake_timeout: Duration::from_secs(10),
             stream_window: super::STREAM_WINDOW as u64,
-            connection_window: 16 * 1024 * 1024,
+            connection_window: super::CONNECTION_WINDOW as u64,
         }
     }
 }
