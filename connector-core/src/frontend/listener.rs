@@ -107,9 +107,11 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 /// One accepted, handshaken client connection. Holds one of the listener's
 /// connection slots until dropped.
 pub struct FrontendConn {
+    /// Declared first, so dropped first: the slot is free again by the time
+    /// the client sees its connection close.
+    _slot: OwnedSemaphorePermit,
     io: Box<dyn Io>,
     peer: String,
-    _slot: OwnedSemaphorePermit,
 }
 
 impl FrontendConn {
