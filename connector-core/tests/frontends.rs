@@ -471,7 +471,9 @@ async fn slow_and_garbage_clients_are_dropped_while_good_clients_proceed() {
 }
 
 async fn dials_route_to_the_agent_serving_the_host(kind: Kind) {
-    let h = Harness::new(kind).await;
+    // A dial timeout of an hour: were a dial for a host nobody serves to
+    // wait for an agent, this test would hang into its guard.
+    let h = Harness::with_config(kind, |c| c.limits.dial_timeout = Duration::from_secs(3600)).await;
     let mut agents = Vec::new();
     for (node, ids) in [
         ("node-a", "ipv4=127.0.0.2"),
@@ -509,6 +511,50 @@ async fn dials_route_to_the_agent_serving_the_host(kind: Kind) {
     let mut stream = h.server.dial(&Selector::for_target(&nobody), &nobody).await.unwrap();
     assert_eq!(stream.agent_id(), "node-d");
     echo(&mut stream, b"default route").await;
+    // ... and only the rest: a served host still lands on its own agent.
+    for (ip, node) in [
+        ("127.0.0.2", "node-a"),
+        ("127.0.0.3", "node-b"),
+        ("127.0.1.7", "node-c"),
+    ] {
+        let target = echo_target_on(ip).await.to_string();
+        let mut stream = h.server.dial(&Selector::for_target(&target), &target).await.unwrap();
+        assert_eq!(stream.agent_id(), node, "{target} with a default-route agent connected");
+        echo(&mut stream, node.as_bytes()).await;
+    }
+}
+
+/// With `defaultRoute` tried before `destHost`, the default-route agent
+/// takes every dial, even for a host another agent serves; without a
+/// default-route agent, `destHost` still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_route_first_wins_over_the_host_agent() {
+    guard(async {
+        let h = Harness::with_config(Kind::Memory, |c| {
+            c.proxy_strategies = vec![ProxyStrategy::DefaultRoute, ProxyStrategy::DestHost]
+        })
+        .await;
+        let mut config = h.agent_config("node-a", token("node-a"));
+        config.identifiers = "host=node-a,ipv4=127.0.0.2".parse().unwrap();
+        let _served = h.start_agent(config).await;
+        let target = echo_target_on("127.0.0.2").await.to_string();
+        let stream = h.server.dial(&Selector::for_target(&target), &target).await.unwrap();
+        assert_eq!(
+            stream.agent_id(),
+            "node-a",
+            "destHost applies while no default-route agent is connected"
+        );
+
+        let mut config = h.agent_config("node-d", token("node-d"));
+        config.identifiers = "host=node-d,default-route=true".parse().unwrap();
+        let _catch_all = h.start_agent(config).await;
+        for _ in 0..3 {
+            let mut stream = h.server.dial(&Selector::for_target(&target), &target).await.unwrap();
+            assert_eq!(stream.agent_id(), "node-d", "defaultRoute is tried first");
+            echo(&mut stream, b"default route first").await;
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
