@@ -59,7 +59,9 @@ pub struct FrontendArgs {
     /// forward); more are closed on arrival.
     #[arg(long, env = "CONNECTOR_FRONTEND_MAX_CONNECTIONS", default_value_t = 10_000)]
     frontend_max_connections: usize,
-    /// Time a frontend client has for its TLS handshake and request head (HTTP CONNECT: 408).
+    /// Time a frontend client has for its TLS handshake, and again for its
+    /// request head (HTTP CONNECT: the CONNECT head, else 408; gRPC: the HTTP/2
+    /// preface and first request header block).
     #[arg(long, env = "CONNECTOR_FRONTEND_HEAD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     frontend_head_timeout: Duration,
     /// Largest HTTP CONNECT request head accepted (HTTP CONNECT: 431 beyond it).

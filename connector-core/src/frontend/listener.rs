@@ -63,7 +63,8 @@ impl FrontendBind {
 pub struct FrontendLimits {
     /// Client connections served at once; more are closed on arrival (default 10,000).
     pub max_connections: usize,
-    /// Time a client has for the TLS handshake and its request head (default 10 s).
+    /// Time a client has for the TLS handshake, and again, separately, for
+    /// its request head (default 10 s).
     pub head_timeout: Duration,
     /// Largest request head accepted, in bytes (default 8 KiB).
     pub max_head: usize,
