@@ -860,24 +860,48 @@ fn h2_tls_client(ca: &connector_core::pki::ThrowawayCa, identity: Option<Identit
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// A Konnectivity client in a few lines of raw HTTP/2: one `Proxy` stream,
-/// `DIAL_REQ` to `target`, `DATA` echoed back by it.
+/// A Konnectivity client in a few lines of raw HTTP/2: one `Proxy` stream
+/// carrying length-prefixed `Packet`s both ways.
 #[cfg(feature = "grpc")]
-async fn grpc_dial_and_echo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, target: &str) {
-    use connector_core::frontend::grpc::pb::packet::Payload;
-    use connector_core::frontend::grpc::pb::{Data, DialRequest, Packet, PacketType};
-    use prost::Message;
-    let (client, connection) = h2::client::handshake(io).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::post("http://localhost/ProxyService/Proxy")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut send) = client.send_request(request, false).unwrap();
-    let message = |kind: PacketType, payload: Payload| {
-        let body = Packet {
+struct ProxyStream {
+    send: h2::SendStream<bytes::Bytes>,
+    body: h2::RecvStream,
+    buf: Vec<u8>,
+}
+
+#[cfg(feature = "grpc")]
+impl ProxyStream {
+    async fn open<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S) -> ProxyStream {
+        let (client, connection) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post("http://localhost/ProxyService/Proxy")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, send) = client.send_request(request, false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        ProxyStream {
+            send,
+            body: response.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, payload: grpc_pb::packet::Payload) {
+        use grpc_pb::PacketType;
+        use grpc_pb::packet::Payload;
+        use prost::Message;
+        let kind = match &payload {
+            Payload::DialRequest(_) => PacketType::DialReq,
+            Payload::Data(_) => PacketType::Data,
+            Payload::CloseDial(_) => PacketType::DialCls,
+            Payload::CloseRequest(_) => PacketType::CloseReq,
+            other => panic!("a client does not send {other:?}"),
+        };
+        let body = grpc_pb::Packet {
             r#type: kind as i32,
             payload: Some(payload),
         }
@@ -885,98 +909,127 @@ async fn grpc_dial_and_echo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let mut framed = vec![0];
         framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
         framed.extend_from_slice(&body);
-        bytes::Bytes::from(framed)
-    };
-    let dial = DialRequest {
-        protocol: "tcp".into(),
-        address: target.into(),
-        random: 42,
-    };
-    send.send_data(message(PacketType::DialReq, Payload::DialRequest(dial)), false)
-        .unwrap();
-    let response = response.await.unwrap();
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let mut buf = Vec::new();
-    let Some(Payload::DialResponse(dialled)) = next_packet(&mut body, &mut buf).await.payload else {
-        panic!("expected DIAL_RSP")
-    };
-    assert_eq!((dialled.error.as_str(), dialled.random), ("", 42));
-    let data = Data {
-        connect_id: dialled.connect_id,
-        error: String::new(),
-        data: b"konnectivity".to_vec(),
-    };
-    send.send_data(message(PacketType::Data, Payload::Data(data)), false)
-        .unwrap();
-    let mut back = Vec::new();
-    while back.len() < b"konnectivity".len() {
-        let Some(Payload::Data(data)) = next_packet(&mut body, &mut buf).await.payload else {
-            panic!("expected DATA")
-        };
-        back.extend_from_slice(&data.data);
+        self.send.send_data(framed.into(), false).unwrap();
     }
-    assert_eq!(back, b"konnectivity");
-}
 
-/// The next length-prefixed gRPC message of a `Proxy` response stream.
-#[cfg(feature = "grpc")]
-async fn next_packet(body: &mut h2::RecvStream, buf: &mut Vec<u8>) -> connector_core::frontend::grpc::pb::Packet {
-    use prost::Message;
-    loop {
-        if buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() >= 5 + len {
-                let packet = connector_core::frontend::grpc::pb::Packet::decode(&buf[5..5 + len]).unwrap();
-                buf.drain(..5 + len);
-                return packet;
+    fn dial(&mut self, address: &str, random: i64) {
+        self.send(grpc_pb::packet::Payload::DialRequest(grpc_pb::DialRequest {
+            protocol: "tcp".into(),
+            address: address.into(),
+            random,
+        }));
+    }
+
+    /// The next packet's payload from the server.
+    async fn next(&mut self) -> grpc_pb::packet::Payload {
+        use prost::Message;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if self.buf.len() >= 5 + len {
+                    let packet = grpc_pb::Packet::decode(&self.buf[5..5 + len]).unwrap();
+                    self.buf.drain(..5 + len);
+                    return packet.payload.expect("a packet without payload");
+                }
+            }
+            let chunk = self.body.data().await.expect("the Proxy stream ended").unwrap();
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next packet, which must be the `DIAL_RSP` for `random`.
+    async fn dial_response(&mut self, random: i64) -> grpc_pb::DialResponse {
+        match self.next().await {
+            grpc_pb::packet::Payload::DialResponse(rsp) if rsp.random == random => rsp,
+            other => panic!("expected DIAL_RSP for {random}, got {other:?}"),
+        }
+    }
+
+    /// Sends `data` on `connect_id` and reads it back from an echo target.
+    async fn echo(&mut self, connect_id: i64, data: &[u8]) {
+        self.send(grpc_pb::packet::Payload::Data(grpc_pb::Data {
+            connect_id,
+            error: String::new(),
+            data: data.to_vec(),
+        }));
+        let mut back = Vec::new();
+        while back.len() < data.len() {
+            match self.next().await {
+                grpc_pb::packet::Payload::Data(d) if d.connect_id == connect_id => back.extend_from_slice(&d.data),
+                other => panic!("expected DATA, got {other:?}"),
             }
         }
-        let chunk = body.data().await.expect("the Proxy stream ended").unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        buf.extend_from_slice(&chunk);
+        assert_eq!(back, data);
     }
 }
 
-/// A Unix socket gets exactly the configured mode and group, replaces a
-/// stale socket, and leaves nothing else behind in its directory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unix_socket_gets_the_configured_mode_and_group() {
-    use std::os::unix::fs::MetadataExt;
-    guard(async {
-        let h = Harness::new(Kind::Quic).await;
-        let _agent = h.agent("node-a").await;
-        let path = socket_path("mode-group");
-        let dir = path.parent().unwrap().to_owned();
-        // Our own group is one we may always give a file.
-        let probe = dir.join("probe");
-        std::fs::write(&probe, b"").unwrap();
-        let gid = std::fs::metadata(&probe).unwrap().gid();
-        std::fs::remove_file(&probe).unwrap();
-        // A stale socket from an earlier run.
-        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+#[cfg(feature = "grpc")]
+use connector_core::frontend::grpc::pb as grpc_pb;
 
-        let bind = FrontendBind::Unix {
-            path: path.clone(),
-            mode: 0o660,
-            group: Some(gid),
-        };
-        start_connect(&h, bind, FrontendLimits::default());
-        let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
-        assert_eq!(meta.gid(), gid);
-        let entries: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(entries, vec![std::ffi::OsString::from("proxy.sock")]);
-        let target = echo_target().await;
-        let mut io = UnixStream::connect(&path).await.unwrap();
-        assert_eq!(
-            connect(&mut io, &target.to_string()).await,
-            "HTTP/1.1 200 Connection established\r\n\r\n"
-        );
-        echo(&mut io, b"through the renamed socket").await;
+/// One `Proxy` stream, `DIAL_REQ` to `target`, `DATA` echoed back by it.
+#[cfg(feature = "grpc")]
+async fn grpc_dial_and_echo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, target: &str) {
+    let mut proxy = ProxyStream::open(io).await;
+    proxy.dial(target, 42);
+    let dialled = proxy.dial_response(42).await;
+    assert_eq!(dialled.error, "");
+    proxy.echo(dialled.connect_id, b"konnectivity").await;
+}
+
+/// `DIAL_CLS` abandons a pending dial on a stream that stays open: the
+/// agent's stream for it is reset, no `DIAL_RSP` follows for it, and its
+/// pending-dial slot is free before the next packet is handled (with
+/// `max_pending_dials` 1, a dial sent right after it is served; one sent
+/// while it was pending was refused).
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_dial_cls_releases_a_pending_dial_at_once() {
+    use connector_core::frame_io::{read_frame, write_frame};
+    use connector_core::frontend::FrontendProtocol;
+    use connector_core::proto::{Frame, Hello, MAX_FRAME_PAYLOAD};
+    use grpc_pb::packet::Payload;
+    guard(async {
+        let h = Harness::with_config(Kind::Quic, |c| {
+            c.limits.max_pending_dials = 1;
+            c.limits.dial_timeout = Duration::from_secs(3600);
+        })
+        .await;
+        let _agent = h.agent("node-a").await;
+        // node-b: an agent that takes dials and never answers them.
+        let conn = h.connector(None).connect().await.unwrap();
+        let mut control = conn.open_bi().await.unwrap();
+        let hello = Frame::Hello(Hello::new("node-b", "host=node-b".parse().unwrap(), token("node-b")));
+        write_frame(&mut control.send, &hello).await.unwrap();
+        let welcome = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap();
+        assert!(matches!(welcome, Frame::Welcome(_)), "{welcome:?}");
+        let path = socket_path("dial-cls");
+        connector_core::frontend::start(
+            &h.server,
+            FrontendProtocol::Grpc,
+            &FrontendBind::unix(&path),
+            &FrontendLimits::default(),
+        )
+        .unwrap();
+        let target = echo_target().await.to_string();
+
+        let mut proxy = ProxyStream::open(UnixStream::connect(&path).await.unwrap()).await;
+        proxy.dial("node-b:10250", 1);
+        // The dial reached node-b: it is pending and holds the one slot.
+        let mut unanswered = conn.accept_bi().await.unwrap();
+        proxy.dial(&target, 2);
+        let refused = proxy.dial_response(2).await;
+        assert!(refused.error.contains("dials waiting"), "{}", refused.error);
+
+        proxy.send(Payload::CloseDial(grpc_pb::CloseDial { random: 1 }));
+        proxy.dial(&target, 3);
+        let served = proxy.dial_response(3).await;
+        assert_eq!(served.error, "", "the abandoned dial still held its slot");
+        proxy.echo(served.connect_id, b"after DIAL_CLS").await;
+        // The agent's stream for the abandoned dial is gone too.
+        let mut rest = Vec::new();
+        let _ = unanswered.recv.read_to_end(&mut rest).await;
+        assert_eq!(h.server.pending_dials(), 0);
     })
     .await
 }

@@ -264,6 +264,9 @@ impl Session {
             Some(Payload::CloseDial(cancel)) => {
                 if let Some(task) = self.pending.remove(&cancel.random) {
                     task.abort();
+                    // Until it is gone: its pending-dial slot is free, and its
+                    // stream to the agent reset, before the next packet is handled.
+                    let _ = task.await;
                     tracing::debug!(random = cancel.random, "pending dial abandoned by the client");
                 }
             }
