@@ -331,15 +331,22 @@ func TestKonnectivityClientAbandonedDialIsReleased(t *testing.T) {
 	for _, g := range tn.grpcTransports() {
 		t.Run(g.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
-			abandoned := make(chan error, 1)
-			go func() {
-				conn, err := g.singleUseDial(ctx, "tcp", silent)
-				if err == nil {
-					conn.Close()
-				}
-				abandoned <- err
-			}()
-			// The limit is in force: once the silent dial is pending, another fails at once.
+			defer cancel()
+			var abandoned chan error
+			startSilentDial := func() {
+				abandoned = make(chan error, 1)
+				go func() {
+					conn, err := g.singleUseDial(ctx, "tcp", silent)
+					if err == nil {
+						conn.Close()
+					}
+					abandoned <- err
+				}()
+			}
+			startSilentDial()
+			// The limit is in force: once the silent dial is pending, another
+			// fails at once. (A probe that takes the slot first makes the silent
+			// dial fail with the limit instead; it is then sent again.)
 			for {
 				conn, err := g.singleUseDial(context.Background(), "tcp", target)
 				if err != nil {
@@ -349,6 +356,14 @@ func TestKonnectivityClientAbandonedDialIsReleased(t *testing.T) {
 					break
 				}
 				conn.Close()
+				select {
+				case err := <-abandoned:
+					if err == nil || !strings.Contains(err.Error(), "pending") {
+						t.Fatalf("the silent dial ended before it was abandoned: %v", err)
+					}
+					startSilentDial()
+				default:
+				}
 				if time.Now().After(guard) {
 					t.Fatal("hang guard: the silent dial never became pending")
 				}
