@@ -838,6 +838,70 @@ async fn grpc_slow_loris(
     grpc_dial_and_echo(tls_conn(client).await, target).await;
 }
 
+/// A client that ignores the stream limit its server announced has every
+/// stream beyond it refused (`RST_STREAM(REFUSED_STREAM)`), while the
+/// streams within it are answered.
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_streams_beyond_the_per_connection_limit_are_refused() {
+    use connector_core::frontend::FrontendProtocol;
+    use connector_core::frontend::grpc::MAX_STREAMS_PER_CONNECTION;
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let path = socket_path("grpc-streams");
+        connector_core::frontend::start(
+            &h.server,
+            FrontendProtocol::Grpc,
+            &FrontendBind::unix(&path),
+            &FrontendLimits::default(),
+        )
+        .unwrap();
+        // One `Proxy` request header block, HPACK without the dynamic table
+        // (so the same bytes serve every stream): indexed :method POST and
+        // :scheme http, literal :path, :authority, content-type and te.
+        let mut block = vec![0x83, 0x86];
+        for (prefix, value) in [
+            (&[0x04][..], &b"/ProxyService/Proxy"[..]),
+            (&[0x01], b"localhost"),
+            (&[0x0f, 0x10], b"application/grpc"),
+        ] {
+            block.extend_from_slice(prefix);
+            block.push(value.len() as u8);
+            block.extend_from_slice(value);
+        }
+        block.extend_from_slice(b"\x00\x02te\x08trailers");
+        let mut out = H2_PREFACE_AND_SETTINGS.to_vec();
+        for i in 0..=MAX_STREAMS_PER_CONNECTION {
+            out.extend_from_slice(&(block.len() as u32).to_be_bytes()[1..]);
+            out.extend_from_slice(&[0x1, 0x4]); // HEADERS, END_HEADERS (the stream stays open)
+            out.extend_from_slice(&(1 + 2 * i).to_be_bytes());
+            out.extend_from_slice(&block);
+        }
+        let mut io = UnixStream::connect(&path).await.unwrap();
+        io.write_all(&out).await.unwrap();
+        let beyond = 1 + 2 * MAX_STREAMS_PER_CONNECTION;
+        loop {
+            let mut header = [0u8; 9];
+            io.read_exact(&mut header).await.unwrap();
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            io.read_exact(&mut payload).await.unwrap();
+            match header[3] {
+                0x1 => assert_ne!(stream, beyond, "the stream beyond the limit was answered"),
+                0x3 => {
+                    assert_eq!(stream, beyond, "a stream within the limit was reset: {payload:?}");
+                    assert_eq!(payload, 7u32.to_be_bytes(), "expected REFUSED_STREAM");
+                    break;
+                }
+                0x7 => panic!("GOAWAY: {payload:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
 /// SETTINGS_MAX_CONCURRENT_STREAMS from the first frame the server sent,
 /// if that is a SETTINGS frame that carries it.
 #[cfg(feature = "grpc")]
