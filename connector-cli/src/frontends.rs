@@ -51,12 +51,17 @@ pub struct FrontendArgs {
     uds_group: Option<u32>,
     /// Forward a local TCP port to a target through an agent (repeatable):
     /// `LISTEN=HOST:PORT`, routed by HOST, or `LISTEN=HOST:PORT,agent=ID`.
+    /// No authentication: LISTEN must be a loopback address; at most
+    /// --frontend-max-connections connections per forward.
     #[arg(long, value_name = "SPEC")]
     forward: Vec<ForwardSpec>,
-    /// Frontend client connections served at once; more are closed on arrival.
+    /// Frontend client connections served at once (per listener and per
+    /// forward); more are closed on arrival.
     #[arg(long, env = "CONNECTOR_FRONTEND_MAX_CONNECTIONS", default_value_t = 10_000)]
     frontend_max_connections: usize,
-    /// Time a frontend client has for its TLS handshake and request head (HTTP CONNECT: 408).
+    /// Time a frontend client has for its TLS handshake, and again for its
+    /// request head (HTTP CONNECT: the CONNECT head, else 408; gRPC: the HTTP/2
+    /// preface and first request header block).
     #[arg(long, env = "CONNECTOR_FRONTEND_HEAD_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     frontend_head_timeout: Duration,
     /// Largest HTTP CONNECT request head accepted (HTTP CONNECT: 431 beyond it).
@@ -113,12 +118,19 @@ impl FromStr for ForwardSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let usage = || format!("{s:?}: expected LISTEN=HOST:PORT or LISTEN=HOST:PORT,agent=ID");
         let (listen, rest) = s.split_once('=').ok_or_else(usage)?;
-        let listen = listen.parse().map_err(|_| usage())?;
+        let listen: SocketAddr = listen.parse().map_err(|_| usage())?;
+        if !listen.ip().is_loopback() {
+            return Err(format!(
+                "{s:?}: {} is not a loopback address: a forward authenticates nobody, so it listens on 127.0.0.0/8 or ::1 only",
+                listen.ip()
+            ));
+        }
         let (target, selector) = match rest.split_once(",agent=") {
+            Some((_, "")) => return Err(usage()),
             Some((target, agent)) => (target.to_owned(), Selector::Agent(agent.to_owned())),
             None => (rest.to_owned(), Selector::for_target(rest)),
         };
-        if !target.contains(':') {
+        if !target.contains(':') || target.ends_with(':') || target.starts_with(':') {
             return Err(usage());
         }
         Ok(ForwardSpec {
@@ -187,10 +199,63 @@ impl FrontendArgs {
             frontend::start(server, protocol, &bind, &limits)?;
         }
         for spec in &self.forward {
-            frontend::start_forward(server, spec.listen, spec.selector.clone(), spec.target.clone())
-                .await
-                .with_context(|| format!("--forward {}", spec.listen))?;
+            frontend::start_forward_with_limits(
+                server,
+                spec.listen,
+                spec.selector.clone(),
+                spec.target.clone(),
+                &limits,
+            )
+            .await
+            .with_context(|| format!("--forward {}", spec.listen))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_specs_parse_with_and_without_an_agent() {
+        let spec: ForwardSpec = "127.0.0.1:8080=10.0.0.5:80".parse().unwrap();
+        assert_eq!(spec.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(spec.target, "10.0.0.5:80");
+        assert_eq!(
+            spec.selector.to_string(),
+            Selector::for_target("10.0.0.5:80").to_string()
+        );
+
+        let spec: ForwardSpec = "[::1]:9000=db.internal:5432,agent=node-a".parse().unwrap();
+        assert_eq!(spec.listen, "[::1]:9000".parse::<SocketAddr>().unwrap());
+        assert_eq!(spec.target, "db.internal:5432");
+        assert!(matches!(&spec.selector, Selector::Agent(id) if id == "node-a"));
+    }
+
+    #[test]
+    fn bad_forward_specs_say_what_is_expected() {
+        for bad in [
+            "",
+            "127.0.0.1:8080",
+            "127.0.0.1:8080=",
+            "127.0.0.1:8080=no-port",
+            "127.0.0.1:8080=host:",
+            "127.0.0.1:8080=:80",
+            "127.0.0.1:8080=10.0.0.5:80,agent=",
+            "localhost:8080=10.0.0.5:80",
+            "8080=10.0.0.5:80",
+        ] {
+            let err = bad.parse::<ForwardSpec>().unwrap_err();
+            assert!(err.contains("expected LISTEN=HOST:PORT"), "{bad:?}: {err}");
+        }
+        for open in [
+            "0.0.0.0:8080=10.0.0.5:80",
+            "[::]:8080=10.0.0.5:80",
+            "192.0.2.1:8080=x:1",
+        ] {
+            let err = open.parse::<ForwardSpec>().unwrap_err();
+            assert!(err.contains("not a loopback address"), "{open:?}: {err}");
+        }
     }
 }

@@ -83,6 +83,13 @@ fn curl_reaches_a_target_behind_the_agent_through_both_connect_frontends() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The server logs the same status with its one-line reason.
+    let line = server.wait_for(&["dial failed", "node-nobody:10250"]);
+    assert!(line.contains("status=503"), "{line}");
+    assert!(
+        line.contains("no connected agent matches host \"node-nobody\""),
+        "{line}"
+    );
 }
 
 #[test]
@@ -116,4 +123,37 @@ fn forward_command_carries_a_bulk_transfer_intact() {
     let mut digest = String::new();
     tcp.read_to_string(&mut digest).unwrap();
     assert_eq!(digest, hex(&Sha256::digest(&data)));
+}
+
+#[test]
+fn server_forward_flag_carries_a_bulk_transfer_intact() {
+    let dir = temp_dir("server-forward");
+    dev_pki(&dir);
+    let target = digest_target();
+    let spec = format!("127.0.0.1:0={target},agent=node-a");
+    let mut server = server(&dir, &["--forward", &spec]);
+    let quic = listen_addr(&server.wait_for(&["accepting agents"]));
+    let local = listen_addr(&server.wait_for(&["forwarding", "agent id \"node-a\""]));
+    let mut agent = agent(&dir, &quic);
+    agent.wait_for(&["connected"]);
+
+    let data: Vec<u8> = (0..48u32 * 1024 * 1024)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let mut tcp = std::net::TcpStream::connect(&local).unwrap();
+    tcp.write_all(&data).unwrap();
+    tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut digest = String::new();
+    tcp.read_to_string(&mut digest).unwrap();
+    assert_eq!(digest, hex(&Sha256::digest(&data)));
+}
+
+#[test]
+fn server_forward_flag_refuses_a_non_loopback_listen_address() {
+    let out = connector(&["server", "--forward", "0.0.0.0:8080=10.0.0.5:80,agent=node-a"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0.0.0.0 is not a loopback address"), "{stderr}");
 }

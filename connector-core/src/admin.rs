@@ -18,8 +18,8 @@ use crate::agent::AgentObserver;
 
 /// Largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
-/// Time a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to send its request head, unless [`serve_with_head_timeout`] says otherwise.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Admin connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 64;
 
@@ -65,7 +65,15 @@ impl AdminTarget for AgentObserver {
 }
 
 /// Serves the admin endpoints on `listener` until the task is dropped.
+/// A client has [`HEAD_TIMEOUT`] to send its request head.
 pub async fn serve(listener: TcpListener, target: Arc<dyn AdminTarget>) {
+    serve_with_head_timeout(listener, target, HEAD_TIMEOUT).await
+}
+
+/// [`serve`] with another time bound on request heads: a client that sends
+/// nothing, or dribbles its head, is answered `408` and closed after
+/// `head_timeout`.
+pub async fn serve_with_head_timeout(listener: TcpListener, target: Arc<dyn AdminTarget>, head_timeout: Duration) {
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %local, "admin endpoints listening (/metrics, /healthz, /readyz)");
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -82,7 +90,7 @@ pub async fn serve(listener: TcpListener, target: Arc<dyn AdminTarget>) {
         };
         let target = target.clone();
         tokio::spawn(async move {
-            if let Err(err) = handle(tcp, target.as_ref()).await {
+            if let Err(err) = handle(tcp, target.as_ref(), head_timeout).await {
                 tracing::debug!(%peer, %err, "admin request failed");
             }
             drop(slot);
@@ -90,8 +98,8 @@ pub async fn serve(listener: TcpListener, target: Arc<dyn AdminTarget>) {
     }
 }
 
-async fn handle(mut tcp: TcpStream, target: &dyn AdminTarget) -> io::Result<()> {
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp)).await {
+async fn handle(mut tcp: TcpStream, target: &dyn AdminTarget, head_timeout: Duration) -> io::Result<()> {
+    let head = match tokio::time::timeout(head_timeout, read_head(&mut tcp)).await {
         Ok(head) => head?,
         Err(_) => return respond(&mut tcp, 408, "text/plain", "request head not received in time\n").await,
     };

@@ -275,19 +275,23 @@ fn start_tls_connect(h: &Harness, tls: FrontendTls) -> String {
 
 /// A client of a TLS frontend that trusts `ca` and presents `identity`, if any.
 fn tls_client(ca: &connector_core::pki::ThrowawayCa, identity: Option<Identity>) -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(ca, identity)))
+}
+
+/// The configuration of [`tls_client`].
+fn tls_client_config(ca: &connector_core::pki::ThrowawayCa, identity: Option<Identity>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der()).unwrap();
     let builder = rustls::ClientConfig::builder_with_provider(connector_core::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
-    let config = match identity {
+    match identity {
         Some(id) => builder
             .with_client_auth_cert(id.chain().to_vec(), id.private_key())
             .unwrap(),
         None => builder.with_no_client_auth(),
-    };
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
 }
 
 /// Opens a CONNECT tunnel over TLS to an echo target and echoes through it;
@@ -350,19 +354,23 @@ async fn connect_over_mutual_tls_follows_the_client_ca_file() {
     .await
 }
 
+/// The connection bound: with every slot taken, a new client is closed at
+/// once without a response; the slot of a client that leaves is free again
+/// by the time it sees its connection close. The head timeout is an hour,
+/// so no slot frees itself meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_and_garbage_clients_are_dropped_while_good_clients_proceed() {
+async fn clients_over_the_connection_limit_are_closed_and_slots_come_back() {
     guard(async {
         let h = Harness::new(Kind::Quic).await;
         let _agent = h.agent("node-a").await;
-        let path = socket_path("slow");
+        let path = socket_path("bound");
         let limits = FrontendLimits {
             max_connections: 3,
-            head_timeout: Duration::from_millis(300),
+            head_timeout: Duration::from_secs(3600),
             max_head: 8192,
         };
         start_connect(&h, FrontendBind::unix(&path), limits);
-        let target = echo_target().await;
+        let target = echo_target().await.to_string();
 
         let mut silent = UnixStream::connect(&path).await.unwrap();
         let mut dribbler = UnixStream::connect(&path).await.unwrap();
@@ -370,24 +378,92 @@ async fn slow_and_garbage_clients_are_dropped_while_good_clients_proceed() {
         // The two slow clients hold two of three slots; a good client still gets through.
         let mut good = UnixStream::connect(&path).await.unwrap();
         assert_eq!(
-            connect(&mut good, &target.to_string()).await,
+            connect(&mut good, &target).await,
             "HTTP/1.1 200 Connection established\r\n\r\n"
         );
         echo(&mut good, b"unaffected").await;
         // A fourth connection finds every slot taken and is closed at once, without a response.
         let mut over = UnixStream::connect(&path).await.unwrap();
         assert_eq!(read_all(&mut over).await, "");
-        // The slow ones are answered 408 and dropped when their time is up.
-        for io in [&mut silent, &mut dribbler] {
-            let response = read_all(io).await;
-            assert!(response.starts_with("HTTP/1.1 408 Request Timeout"), "{response}");
-        }
         echo(&mut good, b"still unaffected").await;
-        drop(good);
-        // Slots come back: a new client is served again.
+        // The silent client leaves (the frontend reads its EOF and closes): its slot comes back.
+        silent.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut silent).await, "");
         let mut again = UnixStream::connect(&path).await.unwrap();
         assert_eq!(
-            connect(&mut again, &target.to_string()).await,
+            connect(&mut again, &target).await,
+            "HTTP/1.1 200 Connection established\r\n\r\n"
+        );
+        echo(&mut again, b"served again").await;
+    })
+    .await
+}
+
+/// The head bound, in time and content: silent and dribbling clients get
+/// 408, garbage gets 400/405/431, all while a good client's tunnel works,
+/// and a new good client is served after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_garbage_clients_are_dropped_while_good_clients_proceed() {
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let _agent = h.agent("node-a").await;
+        let path = socket_path("slow");
+        let limits = FrontendLimits {
+            head_timeout: LORIS_HEAD_TIMEOUT,
+            max_head: 8192,
+            ..FrontendLimits::default()
+        };
+        start_connect(&h, FrontendBind::unix(&path), limits);
+        let target = echo_target().await.to_string();
+
+        let mut good = UnixStream::connect(&path).await.unwrap();
+        assert_eq!(
+            connect(&mut good, &target).await,
+            "HTTP/1.1 200 Connection established\r\n\r\n"
+        );
+        let slow = async {
+            let mut silent = UnixStream::connect(&path).await.unwrap();
+            let dribbler = UnixStream::connect(&path).await.unwrap();
+            let start = format!("CONNECT {target} HTTP/1.1\r\nX-Slow: ");
+            for response in [
+                within("silent client", until_closed(&mut silent)).await,
+                within("dribbler", dribble_until_closed(dribbler, start.as_bytes(), b'a')).await,
+            ] {
+                let response = String::from_utf8(response).unwrap();
+                assert!(response.starts_with("HTTP/1.1 408 Request Timeout"), "{response}");
+            }
+        };
+        let garbage = async {
+            let cases: [(&[u8], &str); 4] = [
+                (
+                    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+                    "400 Bad Request",
+                ),
+                (b"\0\0\0\0\0\0\0\0\r\n\r\n", "400 Bad Request"),
+                (b"DELETE / HTTP/1.1\r\n\r\n", "405 Method Not Allowed"),
+                (&[b'A'; 9000], "431"),
+            ];
+            let mut clients = Vec::new();
+            for (bytes, _) in &cases {
+                let mut io = UnixStream::connect(&path).await.unwrap();
+                io.write_all(bytes).await.unwrap();
+                clients.push(io);
+            }
+            for (io, (_, status)) in clients.iter_mut().zip(cases) {
+                let response = read_all(io).await;
+                assert!(response.starts_with(&format!("HTTP/1.1 {status}")), "{response}");
+            }
+        };
+        let traffic = async {
+            for i in 0..20u8 {
+                echo(&mut good, &[i; 1000]).await;
+            }
+        };
+        tokio::join!(slow, garbage, traffic);
+        echo(&mut good, b"still unaffected").await;
+        let mut again = UnixStream::connect(&path).await.unwrap();
+        assert_eq!(
+            connect(&mut again, &target).await,
             "HTTP/1.1 200 Connection established\r\n\r\n"
         );
     })
@@ -395,7 +471,9 @@ async fn slow_and_garbage_clients_are_dropped_while_good_clients_proceed() {
 }
 
 async fn dials_route_to_the_agent_serving_the_host(kind: Kind) {
-    let h = Harness::new(kind).await;
+    // A dial timeout of an hour: were a dial for a host nobody serves to
+    // wait for an agent, this test would hang into its guard.
+    let h = Harness::with_config(kind, |c| c.limits.dial_timeout = Duration::from_secs(3600)).await;
     let mut agents = Vec::new();
     for (node, ids) in [
         ("node-a", "ipv4=127.0.0.2"),
@@ -433,6 +511,50 @@ async fn dials_route_to_the_agent_serving_the_host(kind: Kind) {
     let mut stream = h.server.dial(&Selector::for_target(&nobody), &nobody).await.unwrap();
     assert_eq!(stream.agent_id(), "node-d");
     echo(&mut stream, b"default route").await;
+    // ... and only the rest: a served host still lands on its own agent.
+    for (ip, node) in [
+        ("127.0.0.2", "node-a"),
+        ("127.0.0.3", "node-b"),
+        ("127.0.1.7", "node-c"),
+    ] {
+        let target = echo_target_on(ip).await.to_string();
+        let mut stream = h.server.dial(&Selector::for_target(&target), &target).await.unwrap();
+        assert_eq!(stream.agent_id(), node, "{target} with a default-route agent connected");
+        echo(&mut stream, node.as_bytes()).await;
+    }
+}
+
+/// With `defaultRoute` tried before `destHost`, the default-route agent
+/// takes every dial, even for a host another agent serves; without a
+/// default-route agent, `destHost` still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_route_first_wins_over_the_host_agent() {
+    guard(async {
+        let h = Harness::with_config(Kind::Memory, |c| {
+            c.proxy_strategies = vec![ProxyStrategy::DefaultRoute, ProxyStrategy::DestHost]
+        })
+        .await;
+        let mut config = h.agent_config("node-a", token("node-a"));
+        config.identifiers = "host=node-a,ipv4=127.0.0.2".parse().unwrap();
+        let _served = h.start_agent(config).await;
+        let target = echo_target_on("127.0.0.2").await.to_string();
+        let stream = h.server.dial(&Selector::for_target(&target), &target).await.unwrap();
+        assert_eq!(
+            stream.agent_id(),
+            "node-a",
+            "destHost applies while no default-route agent is connected"
+        );
+
+        let mut config = h.agent_config("node-d", token("node-d"));
+        config.identifiers = "host=node-d,default-route=true".parse().unwrap();
+        let _catch_all = h.start_agent(config).await;
+        for _ in 0..3 {
+            let mut stream = h.server.dial(&Selector::for_target(&target), &target).await.unwrap();
+            assert_eq!(stream.agent_id(), "node-d", "defaultRoute is tried first");
+            echo(&mut stream, b"default route first").await;
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,6 +587,7 @@ async fn forward_carries_a_bulk_transfer_intact() {
             listener,
             Selector::Agent("node-a".into()),
             target,
+            1,
         ));
         let mut tcp = tokio::net::TcpStream::connect(local).await.unwrap();
         let data = pattern(16 * 1024 * 1024, 11);
@@ -490,121 +613,627 @@ async fn until_closed<S: AsyncRead + Unpin>(io: &mut S) -> Vec<u8> {
     all
 }
 
+/// A slow-loris client: writes `start`, then `filler` one byte at a time
+/// (each write awaited, paced so that the head never completes or outgrows
+/// its size limit first) for as long as the connection stays open. Returns
+/// what the server sent before closing; a server without a time bound would
+/// keep it forever (the test's hang guard).
+async fn dribble_until_closed<S: AsyncRead + AsyncWrite + Unpin>(io: S, start: &[u8], filler: u8) -> Vec<u8> {
+    let (mut r, mut w) = tokio::io::split(io);
+    let writer = async {
+        let _ = w.write_all(start).await;
+        let mut pace = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            pace.tick().await;
+            if w.write_all(&[filler]).await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        got = until_closed(&mut r) => got,
+        () = writer => unreachable!(),
+    }
+}
+
+/// A hang guard for one slow-loris client (its bound is about a second).
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .unwrap_or_else(|_| panic!("hang guard: {what} was still connected after 20 s"))
+}
+
+/// The head time of the listeners in the slow-loris tests: short, yet
+/// enough for a good client's TLS handshake on a busy machine.
+const LORIS_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The first bytes of a TLS record announcing 16 KiB, which never all arrive.
+const TLS_RECORD_START: &[u8] = b"\x16\x03\x01\x40\x00";
+
 /// A slow-loris client (connects, then sends nothing or dribbles) on every
-/// kind of frontend listener is disconnected once its head time is up, while
-/// a well-behaved client of the same listener is served.
+/// kind of frontend listener is disconnected once its head time is up, and a
+/// well-behaved client of the same listener is served afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_clients_are_dropped_on_every_frontend_listener() {
+    use connector_core::frontend::FrontendProtocol;
     guard(async {
         let h = Harness::new(Kind::Quic).await;
         let _agent = h.agent("node-a").await;
-        let target = echo_target().await;
+        let target = echo_target().await.to_string();
         let limits = FrontendLimits {
-            head_timeout: Duration::from_millis(300),
+            head_timeout: LORIS_HEAD_TIMEOUT,
             ..FrontendLimits::default()
         };
         let start = |protocol, bind: FrontendBind| {
             connector_core::frontend::start(&h.server, protocol, &bind, &limits).unwrap()
         };
-        use connector_core::frontend::FrontendProtocol;
-
-        // HTTP CONNECT over mutual TLS: a client that never starts its TLS handshake.
-        let tls = FrontendTls {
+        let frontend_tls = || FrontendTls {
             identity: h.ca.issue("connector frontend", &["localhost"]).unwrap().identity(),
             client_cas: vec![h.ca.cert_der()].into(),
         };
-        let local = start(
+        let loopback = || "127.0.0.1:0".parse().unwrap();
+        let apiserver = || Some(h.ca.issue("kube-apiserver", &[]).unwrap().identity());
+        // A CONNECT head that never ends: one more header byte at a time.
+        let connect_start = format!("CONNECT {target} HTTP/1.1\r\nX-Slow: ");
+
+        // HTTP CONNECT over mutual TLS: silent, or dribbling a ClientHello.
+        let addr = start(
             FrontendProtocol::HttpConnect,
             FrontendBind::Tls {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                tls,
+                addr: loopback(),
+                tls: frontend_tls(),
             },
         );
-        let addr = local.trim_start_matches("tls://").to_owned();
+        let addr = addr.trim_start_matches("tls://").to_owned();
         let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let mut dribbler = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        dribbler.write_all(b"\x16\x03\x01").await.unwrap(); // the first bytes of a ClientHello
-        assert_eq!(until_closed(&mut silent).await, b"");
-        assert_eq!(until_closed(&mut dribbler).await, b"");
+        let dribbler = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        assert_eq!(within("silent TLS client", until_closed(&mut silent)).await, b"");
+        assert_eq!(
+            within(
+                "dribbling TLS client",
+                dribble_until_closed(dribbler, TLS_RECORD_START, 0)
+            )
+            .await,
+            b""
+        );
+        connect_and_echo(&addr, &tls_client(&h.ca, apiserver()), &target)
+            .await
+            .unwrap();
 
-        // HTTP CONNECT over a Unix socket: 408 for a head that never completes.
+        // HTTP CONNECT over a Unix socket and over plain loopback TCP: 408 for
+        // a head that never completes, silent or dribbled.
         let path = socket_path("loris-connect");
         start(FrontendProtocol::HttpConnect, FrontendBind::unix(&path));
-        let mut slow = UnixStream::connect(&path).await.unwrap();
-        slow.write_all(b"CONNECT 127.0.0.1:").await.unwrap();
-        let response = String::from_utf8(until_closed(&mut slow).await).unwrap();
-        assert!(response.starts_with("HTTP/1.1 408 Request Timeout"), "{response}");
-        let mut good = UnixStream::connect(&path).await.unwrap();
-        assert_eq!(
-            connect(&mut good, &target.to_string()).await,
-            "HTTP/1.1 200 Connection established\r\n\r\n"
+        let plain = start(
+            FrontendProtocol::HttpConnect,
+            FrontendBind::PlainLoopback { addr: loopback() },
         );
-        echo(&mut good, b"served").await;
+        let plain = plain.trim_start_matches("tcp://").to_owned();
+        for name in ["unix", "plain"] {
+            let open = async || -> Box<dyn Stream> {
+                if name == "unix" {
+                    Box::new(UnixStream::connect(&path).await.unwrap()) as Box<dyn Stream>
+                } else {
+                    Box::new(tokio::net::TcpStream::connect(&plain).await.unwrap())
+                }
+            };
+            let (mut silent, dribbler) = (open().await, open().await);
+            for response in [
+                within(name, until_closed(&mut silent)).await,
+                within(name, dribble_until_closed(dribbler, connect_start.as_bytes(), b'a')).await,
+            ] {
+                let response = String::from_utf8(response).unwrap();
+                assert!(
+                    response.starts_with("HTTP/1.1 408 Request Timeout"),
+                    "{name}: {response}"
+                );
+            }
+            let mut good = open().await;
+            assert_eq!(
+                connect(&mut good, &target).await,
+                "HTTP/1.1 200 Connection established\r\n\r\n"
+            );
+            echo(&mut good, name.as_bytes()).await;
+        }
 
-        // gRPC (HTTP/2) over a Unix socket: no connection preface in time.
         #[cfg(feature = "grpc")]
-        {
-            let path = socket_path("loris-grpc");
-            start(FrontendProtocol::Grpc, FrontendBind::unix(&path));
-            let mut silent = UnixStream::connect(&path).await.unwrap();
-            let mut dribbler = UnixStream::connect(&path).await.unwrap();
-            dribbler.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-            // The server may send its own SETTINGS first; then it closes
-            // (without the preface timeout this would wait forever).
-            until_closed(&mut silent).await;
-            until_closed(&mut dribbler).await;
-            // A client with a preface is answered with the server's SETTINGS frame.
-            let mut good = UnixStream::connect(&path).await.unwrap();
-            good.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        grpc_slow_loris(&h, &start, frontend_tls(), apiserver(), &target).await;
+    })
+    .await
+}
+
+/// Any client connection in these tests.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The HTTP/2 client connection preface and an empty SETTINGS frame.
+#[cfg(feature = "grpc")]
+const H2_PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// The gRPC listeners: silent before the preface, silent after the preface
+/// and SETTINGS, or dribbling a HEADERS frame, each is disconnected; the
+/// server announces its per-connection stream limit; a Konnectivity client
+/// is served afterwards.
+#[cfg(feature = "grpc")]
+async fn grpc_slow_loris(
+    h: &Harness,
+    start: &impl Fn(connector_core::frontend::FrontendProtocol, FrontendBind) -> String,
+    tls: FrontendTls,
+    apiserver: Option<Identity>,
+    target: &str,
+) {
+    use connector_core::frontend::FrontendProtocol;
+    use connector_core::frontend::grpc::MAX_STREAMS_PER_CONNECTION;
+    // A HEADERS frame (stream 1, no END_HEADERS) announcing 16,000 bytes
+    // of header block, which then arrive one at a time.
+    let mut dribbled_headers = H2_PREFACE_AND_SETTINGS.to_vec();
+    dribbled_headers.extend_from_slice(&[0x00, 0x3e, 0x80, 0x01, 0x00, 0, 0, 0, 1]);
+
+    let path = socket_path("loris-grpc");
+    start(FrontendProtocol::Grpc, FrontendBind::unix(&path));
+    let mut silent = UnixStream::connect(&path).await.unwrap();
+    let mut after_preface = UnixStream::connect(&path).await.unwrap();
+    after_preface.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
+    let dribbler = UnixStream::connect(&path).await.unwrap();
+    within("silent gRPC client", until_closed(&mut silent)).await;
+    let answer = within("gRPC client silent after its preface", until_closed(&mut after_preface)).await;
+    assert_eq!(
+        max_concurrent_streams(&answer),
+        Some(MAX_STREAMS_PER_CONNECTION),
+        "{answer:?}"
+    );
+    within(
+        "gRPC client dribbling HEADERS",
+        dribble_until_closed(dribbler, &dribbled_headers, 0),
+    )
+    .await;
+    grpc_dial_and_echo(UnixStream::connect(&path).await.unwrap(), target).await;
+
+    // gRPC over mutual TLS: the same, behind a TLS handshake.
+    let addr = start(
+        FrontendProtocol::Grpc,
+        FrontendBind::Tls {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            tls,
+        },
+    );
+    let addr = addr.trim_start_matches("tls://").to_owned();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let dribbler = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(within("silent gRPC TLS client", until_closed(&mut silent)).await, b"");
+    assert_eq!(
+        within(
+            "gRPC TLS client dribbling its ClientHello",
+            dribble_until_closed(dribbler, TLS_RECORD_START, 0)
+        )
+        .await,
+        b""
+    );
+    let client = h2_tls_client(&h.ca, apiserver);
+    let tls_conn = |client: tokio_rustls::TlsConnector| {
+        let addr = addr.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            client
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
                 .await
-                .unwrap();
+                .unwrap()
+        }
+    };
+    let mut after_preface = tls_conn(client.clone()).await;
+    after_preface.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
+    let answer = within(
+        "gRPC TLS client silent after its preface",
+        until_closed(&mut after_preface),
+    )
+    .await;
+    assert_eq!(max_concurrent_streams(&answer), Some(MAX_STREAMS_PER_CONNECTION));
+    let dribbler = tls_conn(client.clone()).await;
+    within(
+        "gRPC TLS client dribbling HEADERS",
+        dribble_until_closed(dribbler, &dribbled_headers, 0),
+    )
+    .await;
+    grpc_dial_and_echo(tls_conn(client).await, target).await;
+}
+
+/// A client that ignores the stream limit its server announced has every
+/// stream beyond it refused (`RST_STREAM(REFUSED_STREAM)`), while the
+/// streams within it are answered.
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_streams_beyond_the_per_connection_limit_are_refused() {
+    use connector_core::frontend::FrontendProtocol;
+    use connector_core::frontend::grpc::MAX_STREAMS_PER_CONNECTION;
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let path = socket_path("grpc-streams");
+        connector_core::frontend::start(
+            &h.server,
+            FrontendProtocol::Grpc,
+            &FrontendBind::unix(&path),
+            &FrontendLimits::default(),
+        )
+        .unwrap();
+        // One `Proxy` request header block, HPACK without the dynamic table
+        // (so the same bytes serve every stream): indexed :method POST and
+        // :scheme http, literal :path, :authority, content-type and te.
+        let mut block = vec![0x83, 0x86];
+        for (prefix, value) in [
+            (&[0x04][..], &b"/ProxyService/Proxy"[..]),
+            (&[0x01], b"localhost"),
+            (&[0x0f, 0x10], b"application/grpc"),
+        ] {
+            block.extend_from_slice(prefix);
+            block.push(value.len() as u8);
+            block.extend_from_slice(value);
+        }
+        block.extend_from_slice(b"\x00\x02te\x08trailers");
+        let mut out = H2_PREFACE_AND_SETTINGS.to_vec();
+        for i in 0..=MAX_STREAMS_PER_CONNECTION {
+            out.extend_from_slice(&(block.len() as u32).to_be_bytes()[1..]);
+            out.extend_from_slice(&[0x1, 0x4]); // HEADERS, END_HEADERS (the stream stays open)
+            out.extend_from_slice(&(1 + 2 * i).to_be_bytes());
+            out.extend_from_slice(&block);
+        }
+        let mut io = UnixStream::connect(&path).await.unwrap();
+        io.write_all(&out).await.unwrap();
+        let beyond = 1 + 2 * MAX_STREAMS_PER_CONNECTION;
+        loop {
             let mut header = [0u8; 9];
-            good.read_exact(&mut header).await.unwrap();
-            assert_eq!(header[3], 0x4, "expected a SETTINGS frame, got {header:?}");
+            io.read_exact(&mut header).await.unwrap();
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            io.read_exact(&mut payload).await.unwrap();
+            match header[3] {
+                0x1 => assert_ne!(stream, beyond, "the stream beyond the limit was answered"),
+                0x3 => {
+                    assert_eq!(stream, beyond, "a stream within the limit was reset: {payload:?}");
+                    assert_eq!(payload, 7u32.to_be_bytes(), "expected REFUSED_STREAM");
+                    break;
+                }
+                0x7 => panic!("GOAWAY: {payload:?}"),
+                _ => {}
+            }
         }
     })
     .await
 }
 
-/// A Unix socket gets exactly the configured mode and group, replaces a
-/// stale socket, and leaves nothing else behind in its directory.
+/// SETTINGS_MAX_CONCURRENT_STREAMS from the first frame the server sent,
+/// if that is a SETTINGS frame that carries it.
+#[cfg(feature = "grpc")]
+fn max_concurrent_streams(answer: &[u8]) -> Option<u32> {
+    let header = answer.get(..9)?;
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    if header[3] != 0x4 {
+        return None;
+    }
+    answer.get(9..9 + len)?.chunks_exact(6).find_map(|setting| {
+        (setting[..2] == [0, 3]).then(|| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]))
+    })
+}
+
+/// A TLS client offering ALPN `h2`.
+#[cfg(feature = "grpc")]
+fn h2_tls_client(ca: &connector_core::pki::ThrowawayCa, identity: Option<Identity>) -> tokio_rustls::TlsConnector {
+    let mut config = tls_client_config(ca, identity);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A Konnectivity client in a few lines of raw HTTP/2: one `Proxy` stream
+/// carrying length-prefixed `Packet`s both ways.
+#[cfg(feature = "grpc")]
+struct ProxyStream {
+    send: h2::SendStream<bytes::Bytes>,
+    body: h2::RecvStream,
+    buf: Vec<u8>,
+}
+
+#[cfg(feature = "grpc")]
+impl ProxyStream {
+    async fn open<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S) -> ProxyStream {
+        let (client, connection) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post("http://localhost/ProxyService/Proxy")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, send) = client.send_request(request, false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        ProxyStream {
+            send,
+            body: response.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, payload: grpc_pb::packet::Payload) {
+        use grpc_pb::PacketType;
+        use grpc_pb::packet::Payload;
+        use prost::Message;
+        let kind = match &payload {
+            Payload::DialRequest(_) => PacketType::DialReq,
+            Payload::Data(_) => PacketType::Data,
+            Payload::CloseDial(_) => PacketType::DialCls,
+            Payload::CloseRequest(_) => PacketType::CloseReq,
+            other => panic!("a client does not send {other:?}"),
+        };
+        let body = grpc_pb::Packet {
+            r#type: kind as i32,
+            payload: Some(payload),
+        }
+        .encode_to_vec();
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        self.send.send_data(framed.into(), false).unwrap();
+    }
+
+    fn dial(&mut self, address: &str, random: i64) {
+        self.send(grpc_pb::packet::Payload::DialRequest(grpc_pb::DialRequest {
+            protocol: "tcp".into(),
+            address: address.into(),
+            random,
+        }));
+    }
+
+    /// The next packet's payload from the server.
+    async fn next(&mut self) -> grpc_pb::packet::Payload {
+        use prost::Message;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if self.buf.len() >= 5 + len {
+                    let packet = grpc_pb::Packet::decode(&self.buf[5..5 + len]).unwrap();
+                    self.buf.drain(..5 + len);
+                    return packet.payload.expect("a packet without payload");
+                }
+            }
+            let chunk = self.body.data().await.expect("the Proxy stream ended").unwrap();
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next packet, which must be the `DIAL_RSP` for `random`.
+    async fn dial_response(&mut self, random: i64) -> grpc_pb::DialResponse {
+        match self.next().await {
+            grpc_pb::packet::Payload::DialResponse(rsp) if rsp.random == random => rsp,
+            other => panic!("expected DIAL_RSP for {random}, got {other:?}"),
+        }
+    }
+
+    /// Sends `data` on `connect_id` and reads it back from an echo target.
+    async fn echo(&mut self, connect_id: i64, data: &[u8]) {
+        self.send(grpc_pb::packet::Payload::Data(grpc_pb::Data {
+            connect_id,
+            error: String::new(),
+            data: data.to_vec(),
+        }));
+        let mut back = Vec::new();
+        while back.len() < data.len() {
+            match self.next().await {
+                grpc_pb::packet::Payload::Data(d) if d.connect_id == connect_id => back.extend_from_slice(&d.data),
+                other => panic!("expected DATA, got {other:?}"),
+            }
+        }
+        assert_eq!(back, data);
+    }
+}
+
+#[cfg(feature = "grpc")]
+use connector_core::frontend::grpc::pb as grpc_pb;
+
+/// One `Proxy` stream, `DIAL_REQ` to `target`, `DATA` echoed back by it.
+#[cfg(feature = "grpc")]
+async fn grpc_dial_and_echo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, target: &str) {
+    let mut proxy = ProxyStream::open(io).await;
+    proxy.dial(target, 42);
+    let dialled = proxy.dial_response(42).await;
+    assert_eq!(dialled.error, "");
+    proxy.echo(dialled.connect_id, b"konnectivity").await;
+}
+
+/// `DIAL_CLS` abandons a pending dial on a stream that stays open: the
+/// agent's stream for it is reset, no `DIAL_RSP` follows for it, and its
+/// pending-dial slot is free before the next packet is handled (with
+/// `max_pending_dials` 1, a dial sent right after it is served; one sent
+/// while it was pending was refused).
+#[cfg(feature = "grpc")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unix_socket_gets_the_configured_mode_and_group() {
-    use std::os::unix::fs::MetadataExt;
+async fn grpc_dial_cls_releases_a_pending_dial_at_once() {
+    use connector_core::frame_io::{read_frame, write_frame};
+    use connector_core::frontend::FrontendProtocol;
+    use connector_core::proto::{Frame, Hello, MAX_FRAME_PAYLOAD};
+    use grpc_pb::packet::Payload;
+    guard(async {
+        let h = Harness::with_config(Kind::Quic, |c| {
+            c.limits.max_pending_dials = 1;
+            c.limits.dial_timeout = Duration::from_secs(3600);
+        })
+        .await;
+        let _agent = h.agent("node-a").await;
+        // node-b: an agent that takes dials and never answers them.
+        let conn = h.connector(None).connect().await.unwrap();
+        let mut control = conn.open_bi().await.unwrap();
+        let hello = Frame::Hello(Hello::new("node-b", "host=node-b".parse().unwrap(), token("node-b")));
+        write_frame(&mut control.send, &hello).await.unwrap();
+        let welcome = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap();
+        assert!(matches!(welcome, Frame::Welcome(_)), "{welcome:?}");
+        let path = socket_path("dial-cls");
+        connector_core::frontend::start(
+            &h.server,
+            FrontendProtocol::Grpc,
+            &FrontendBind::unix(&path),
+            &FrontendLimits::default(),
+        )
+        .unwrap();
+        let target = echo_target().await.to_string();
+
+        let mut proxy = ProxyStream::open(UnixStream::connect(&path).await.unwrap()).await;
+        proxy.dial("node-b:10250", 1);
+        // The dial reached node-b: it is pending and holds the one slot.
+        let mut unanswered = conn.accept_bi().await.unwrap();
+        proxy.dial(&target, 2);
+        let refused = proxy.dial_response(2).await;
+        assert!(refused.error.contains("dials waiting"), "{}", refused.error);
+
+        proxy.send(Payload::CloseDial(grpc_pb::CloseDial { random: 1 }));
+        proxy.dial(&target, 3);
+        let served = proxy.dial_response(3).await;
+        assert_eq!(served.error, "", "the abandoned dial still held its slot");
+        proxy.echo(served.connect_id, b"after DIAL_CLS").await;
+        // The agent's stream for the abandoned dial is gone too.
+        let mut rest = Vec::new();
+        let _ = unanswered.recv.read_to_end(&mut rest).await;
+        assert_eq!(h.server.pending_dials(), 0);
+    })
+    .await
+}
+
+/// The admin listener (`/metrics`, `/healthz`, `/readyz`): a client that
+/// sends nothing, or dribbles its request head, is answered 408 and
+/// dropped; a probe is answered afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_clients_are_dropped_on_the_admin_listener() {
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target: Arc<dyn connector_core::admin::AdminTarget> = Arc::new(h.server.clone());
+        tokio::spawn(connector_core::admin::serve_with_head_timeout(
+            listener,
+            target,
+            LORIS_HEAD_TIMEOUT,
+        ));
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let dribbler = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for response in [
+            within("silent admin client", until_closed(&mut silent)).await,
+            within(
+                "dribbling admin client",
+                dribble_until_closed(dribbler, b"GET /healthz HTTP/1.1\r\nX-Slow: ", b'a'),
+            )
+            .await,
+        ] {
+            let response = String::from_utf8(response).unwrap();
+            assert!(response.starts_with("HTTP/1.1 408 Request Timeout"), "{response}");
+        }
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let response = String::from_utf8(until_closed(&mut probe).await).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    })
+    .await
+}
+
+/// The agents' TCP (QMux) listener: a connection that never starts its TLS
+/// handshake, or dribbles its ClientHello, is closed once the handshake
+/// time is up; a well-behaved agent connects through it and is dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_clients_are_dropped_on_the_agent_tcp_listener() {
+    use connector_core::agent::{Agent, AgentStatus};
+    use connector_core::tls::{AgentTls, ServerTls};
+    use connector_core::transport::qmux::proxy::ProxyChoice;
+    use connector_core::transport::qmux::{QmuxConnector, QmuxListener, QmuxSettings};
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let tls = ServerTls {
+            identity: h.ca.issue("connector server", &["localhost"]).unwrap().identity(),
+            client_cas: Some(vec![h.ca.cert_der()].into()),
+        };
+        let settings = QmuxSettings {
+            handshake_timeout: LORIS_HEAD_TIMEOUT,
+            ..QmuxSettings::default()
+        };
+        let listener = QmuxListener::bind("127.0.0.1:0".parse().unwrap(), &tls, &settings).unwrap();
+        let addr = listener.local_socket_addr().unwrap();
+        h.server.serve(Arc::new(listener));
+
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let dribbler = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(within("silent agent connection", until_closed(&mut silent)).await, b"");
+        assert_eq!(
+            within(
+                "agent connection dribbling its ClientHello",
+                dribble_until_closed(dribbler, TLS_RECORD_START, 0)
+            )
+            .await,
+            b""
+        );
+
+        let agent_tls = AgentTls {
+            server_cas: vec![h.ca.cert_der()].into(),
+            server_name: "localhost".into(),
+            client_identity: None,
+        };
+        let connector = QmuxConnector::new(addr.to_string(), &agent_tls, &QmuxSettings::default()).unwrap();
+        let agent = Agent::start(
+            Arc::new(connector.with_proxy(ProxyChoice::Direct)),
+            h.agent_config("node-b", token("node-b")),
+        );
+        let status = agent
+            .wait_for(|s| matches!(s, AgentStatus::Connected { .. } | AgentStatus::Rejected { .. }))
+            .await;
+        assert!(matches!(status, AgentStatus::Connected { .. }), "{status:?}");
+        let target = echo_target().await.to_string();
+        let mut stream = h.server.dial(&Selector::Agent("node-b".into()), &target).await.unwrap();
+        echo(&mut stream, b"over the TCP listener").await;
+        agent.stop().await;
+    })
+    .await
+}
+
+/// A forward authenticates nobody: it refuses to listen anywhere but on
+/// loopback, and serves at most `max_connections` at once (more are closed
+/// on arrival, without reaching an agent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_listens_on_loopback_only_and_bounds_its_connections() {
+    use connector_core::frontend::{FrontendError, start_forward, start_forward_with_limits};
     guard(async {
         let h = Harness::new(Kind::Quic).await;
         let _agent = h.agent("node-a").await;
-        let path = socket_path("mode-group");
-        let dir = path.parent().unwrap().to_owned();
-        // Our own group is one we may always give a file.
-        let probe = dir.join("probe");
-        std::fs::write(&probe, b"").unwrap();
-        let gid = std::fs::metadata(&probe).unwrap().gid();
-        std::fs::remove_file(&probe).unwrap();
-        // A stale socket from an earlier run.
-        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-
-        let bind = FrontendBind::Unix {
-            path: path.clone(),
-            mode: 0o660,
-            group: Some(gid),
+        let target = echo_target().await.to_string();
+        for open in ["0.0.0.0:0", "[::]:0"] {
+            let err = start_forward(
+                &h.server,
+                open.parse().unwrap(),
+                Selector::Agent("node-a".into()),
+                target.clone(),
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(err, FrontendError::NotLoopback(_)), "{err}");
+            assert!(err.to_string().contains("not a loopback address"), "{err}");
+        }
+        let limits = FrontendLimits {
+            max_connections: 1,
+            ..FrontendLimits::default()
         };
-        start_connect(&h, bind, FrontendLimits::default());
-        let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
-        assert_eq!(meta.gid(), gid);
-        let entries: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(entries, vec![std::ffi::OsString::from("proxy.sock")]);
-        let target = echo_target().await;
-        let mut io = UnixStream::connect(&path).await.unwrap();
-        assert_eq!(
-            connect(&mut io, &target.to_string()).await,
-            "HTTP/1.1 200 Connection established\r\n\r\n"
-        );
-        echo(&mut io, b"through the renamed socket").await;
+        let local = start_forward_with_limits(
+            &h.server,
+            "127.0.0.1:0".parse().unwrap(),
+            Selector::Agent("node-a".into()),
+            target,
+            &limits,
+        )
+        .await
+        .unwrap();
+        let mut first = tokio::net::TcpStream::connect(local).await.unwrap();
+        echo(&mut first, b"the one slot").await;
+        let mut second = tokio::net::TcpStream::connect(local).await.unwrap();
+        assert_eq!(until_closed(&mut second).await, b"");
+        echo(&mut first, b"still served").await;
     })
     .await
 }

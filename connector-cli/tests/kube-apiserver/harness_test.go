@@ -176,6 +176,11 @@ func TestMain(m *testing.M) {
 }
 
 func newTunnel(t reporter) *tunnel {
+	return newTunnelWith(t, "10s")
+}
+
+// newTunnelWith starts a tunnel whose server has this --dial-timeout and extra flags.
+func newTunnelWith(t reporter, dialTimeout string, extraServerArgs ...string) *tunnel {
 	dir, err := os.MkdirTemp("", "connector-kube-apiserver-")
 	if err != nil {
 		t.Fatal(err)
@@ -196,13 +201,14 @@ func newTunnel(t reporter) *tunnel {
 		t.Fatal(err)
 	}
 	tn := &tunnel{dir: dir, connectUDS: f("connect.sock"), grpcUDS: f("grpc.sock")}
-	server := start(t, "server", "--listen", "127.0.0.1:0", "--server-id", "srv-go",
+	args := []string{"server", "--listen", "127.0.0.1:0", "--server-id", "srv-go",
 		"--cert", f("server.pem"), "--key", f("server-key.pem"), "--tokens", f("tokens"),
 		"--connect-uds", tn.connectUDS, "--connect-tls", "127.0.0.1:0",
 		"--grpc-uds", tn.grpcUDS, "--grpc-tls", "127.0.0.1:0",
 		"--frontend-cert", f("server.pem"), "--frontend-key", f("server-key.pem"),
 		"--frontend-client-ca", f("ca.pem"),
-		"--dial-timeout", "10s")
+		"--dial-timeout", dialTimeout}
+	server := start(t, append(args, extraServerArgs...)...)
 	tn.server = server
 	quic := listenAddr(server.waitFor(t, "accepting agents"))
 	tn.connectTLS = listenAddr(server.waitFor(t, "HTTP CONNECT frontend listening", "tls://"))

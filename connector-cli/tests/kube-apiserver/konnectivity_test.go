@@ -13,8 +13,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -247,6 +249,142 @@ func TestKonnectivityClientUnknownHost(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), "node-z.example") {
 				t.Errorf("error %q does not name the host", err)
+			}
+		})
+	}
+}
+
+// When the client closes first, konnectivity-client's Close sends CLOSE_REQ
+// and waits for CLOSE_RSP: it returns nil only if the server answers.
+func TestKonnectivityClientCloseIsAcknowledged(t *testing.T) {
+	_, plain := httpTargets(t)
+	target := strings.TrimPrefix(plain.URL, "http://")
+	for _, g := range shared.grpcTransports() {
+		reusable, err := client.CreateGRPCTunnel(context.Background(), g.address, g.options...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dialers := map[string]func(context.Context, string, string) (net.Conn, error){
+			"single-use": g.singleUseDial,
+			"reusable":   reusable.DialContext,
+		}
+		for kind, dial := range dialers {
+			t.Run(g.name+"/"+kind, func(t *testing.T) {
+				conn, err := dial(context.Background(), "tcp", target)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := conn.Close(); err != nil {
+					t.Errorf("Close() = %v; want nil (CLOSE_RSP without error)", err)
+				}
+			})
+		}
+		if err := reusable.Close(); err != nil {
+			t.Errorf("closing the reusable tunnel: %v", err)
+		}
+	}
+}
+
+// blackHole is a loopback listener whose accept queue is full: the kernel
+// drops further SYNs, so a connection attempt to it never completes (Linux
+// queues backlog+1 connections that nobody accepts).
+func blackHole(t *testing.T) string {
+	const backlog = 1
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, backlog); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	for i := 0; i <= backlog; i++ {
+		c, err := net.DialTimeout("tcp", addr, hangGuard)
+		if err != nil {
+			t.Fatalf("filling the accept queue: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	return addr
+}
+
+// A dial the client abandons (its context ends while the target does not
+// answer) fails in the client as a context dial failure, and the client's
+// DIAL_CLS (with the end of its stream) releases the server's pending dial:
+// with --max-pending-dials 1 and an hour's dial timeout, the next dial is
+// served only once the abandoned one is gone.
+func TestKonnectivityClientAbandonedDialIsReleased(t *testing.T) {
+	tn := newTunnelWith(t, "3600s", "--max-pending-dials", "1")
+	t.Cleanup(func() { os.RemoveAll(tn.dir) })
+	silent := blackHole(t)
+	_, plain := httpTargets(t)
+	target := strings.TrimPrefix(plain.URL, "http://")
+	guard := time.Now().Add(hangGuard)
+	for _, g := range tn.grpcTransports() {
+		t.Run(g.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var abandoned chan error
+			startSilentDial := func() {
+				abandoned = make(chan error, 1)
+				go func() {
+					conn, err := g.singleUseDial(ctx, "tcp", silent)
+					if err == nil {
+						conn.Close()
+					}
+					abandoned <- err
+				}()
+			}
+			startSilentDial()
+			// The limit is in force: once the silent dial is pending, another
+			// fails at once. (A probe that takes the slot first makes the silent
+			// dial fail with the limit instead; it is then sent again.)
+			for {
+				conn, err := g.singleUseDial(context.Background(), "tcp", target)
+				if err != nil {
+					if !strings.Contains(err.Error(), "pending") {
+						t.Fatalf("dial while one is pending: %v; want the pending-dial limit", err)
+					}
+					break
+				}
+				conn.Close()
+				select {
+				case err := <-abandoned:
+					if err == nil || !strings.Contains(err.Error(), "pending") {
+						t.Fatalf("the silent dial ended before it was abandoned: %v", err)
+					}
+					startSilentDial()
+				default:
+				}
+				if time.Now().After(guard) {
+					t.Fatal("hang guard: the silent dial never became pending")
+				}
+			}
+			cancel()
+			err := <-abandoned
+			isDial, reason := client.GetDialFailureReason(err)
+			if !isDial || reason != metrics.DialFailureContext {
+				t.Fatalf("abandoned dial: GetDialFailureReason(%v) = %v, %q; want a context dial failure", err, isDial, reason)
+			}
+			// Released: a dial is served again (polled, as DIAL_CLS is sent asynchronously).
+			for {
+				conn, err := g.singleUseDial(context.Background(), "tcp", target)
+				if err == nil {
+					conn.Close()
+					break
+				}
+				if time.Now().After(guard) {
+					t.Fatalf("hang guard: the abandoned dial was never released: %v", err)
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
 		})
 	}

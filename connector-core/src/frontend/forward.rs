@@ -3,17 +3,22 @@
 //! port-forward` for anything behind an agent, and the way standard tools
 //! (iperf3, wrk, curl) are pointed at the tunnel.
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::server::{Selector, Server};
 
 /// Accepts on `listener` until the server shuts down, tunnelling each
 /// connection to `target` through the agent `selector` picks. A failed dial
-/// closes the local connection (the reason is logged).
-pub async fn serve(server: Server, listener: TcpListener, selector: Selector, target: String) {
+/// closes the local connection (the reason is logged). At most
+/// `max_connections` are served at once; more are closed on arrival.
+pub async fn serve(server: Server, listener: TcpListener, selector: Selector, target: String, max_connections: usize) {
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %local, %target, via = %selector, "forwarding");
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let (mut tcp, peer) = tokio::select! {
             _ = server.stopped() => break,
@@ -25,6 +30,10 @@ pub async fn serve(server: Server, listener: TcpListener, selector: Selector, ta
                     continue;
                 }
             },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(listen = %local, %peer, limit = max_connections, "too many forwarded connections; closing a new one");
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let (server, selector, target) = (server.clone(), selector.clone(), target.clone());
@@ -38,6 +47,7 @@ pub async fn serve(server: Server, listener: TcpListener, selector: Selector, ta
                     Ok(stream) => stream,
                     Err(err) => {
                         tracing::warn!(%err, "dial failed; closing the local connection");
+                        drop(slot); // free before the client sees the close
                         return;
                     }
                 };
@@ -45,6 +55,7 @@ pub async fn serve(server: Server, listener: TcpListener, selector: Selector, ta
                     Ok((up, down)) => tracing::debug!(to_target = up, to_client = down, "closed"),
                     Err(err) => tracing::debug!(%err, "aborted"),
                 }
+                drop(slot); // free before the client sees the close
             }
             .instrument(span),
         );

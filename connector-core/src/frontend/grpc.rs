@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -45,6 +46,17 @@ const DATA_CHUNK: usize = 32 * 1024;
 const OUTBOUND_QUEUE: usize = 64;
 /// Packets buffered towards one tunnelled connection before the stream reader waits.
 const INBOUND_QUEUE: usize = 16;
+/// `Proxy` streams one client connection may have open at once
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`). konnectivity-client's single-use
+/// tunnels open one per connection; the bound keeps one client connection's
+/// buffers (each stream may queue [`INBOUND_QUEUE`] messages of up to 4 MiB
+/// per tunnelled connection) from growing with however many it opens.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+/// How often an idle client connection is probed with an HTTP/2 PING.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long the answer to a PING may take before the connection is closed:
+/// a client that vanished without a FIN does not hold its slot forever.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl tonic::transport::server::Connected for AuthorityRepair<FrontendConn> {
     type ConnectInfo = ();
@@ -52,18 +64,22 @@ impl tonic::transport::server::Connected for AuthorityRepair<FrontendConn> {
 }
 
 /// Serves Konnectivity's gRPC `ProxyService` on `listener` until the server
-/// shuts down. A client must send its HTTP/2 connection preface within
-/// `limits.head_timeout`, or it is disconnected.
+/// shuts down. A client must send its HTTP/2 connection preface and its
+/// first request's header block within `limits.head_timeout` (after the TLS
+/// handshake, which has its own `head_timeout`), or it is disconnected; an
+/// established client that stops answering HTTP/2 PINGs is disconnected
+/// too, and each client connection has at most
+/// [`MAX_STREAMS_PER_CONNECTION`] streams open.
 pub async fn serve(
     server: Server,
     listener: FrontendListener,
     limits: FrontendLimits,
 ) -> Result<(), tonic::transport::Error> {
-    let preface_timeout = limits.head_timeout;
+    let request_timeout = limits.head_timeout;
     tracing::info!(listen = %listener.local_addr(), "gRPC (Konnectivity ProxyService) frontend listening");
     let incoming = futures_util::stream::unfold(listener, move |mut listener| async move {
         listener.accept().await.map(|conn| {
-            let conn = AuthorityRepair::new(conn).with_preface_timeout(preface_timeout);
+            let conn = AuthorityRepair::new(conn).with_request_timeout(request_timeout);
             (Ok::<_, std::io::Error>(conn), listener)
         })
     });
@@ -72,6 +88,9 @@ pub async fn serve(
         async move { server.stopped().await }
     };
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(ProxyServiceServer::new(Frontend { server }))
         .serve_with_incoming_shutdown(incoming, stopped)
         .await
@@ -245,6 +264,9 @@ impl Session {
             Some(Payload::CloseDial(cancel)) => {
                 if let Some(task) = self.pending.remove(&cancel.random) {
                     task.abort();
+                    // Until it is gone: its pending-dial slot is free, and its
+                    // stream to the agent reset, before the next packet is handled.
+                    let _ = task.await;
                     tracing::debug!(random = cancel.random, "pending dial abandoned by the client");
                 }
             }

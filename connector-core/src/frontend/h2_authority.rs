@@ -74,6 +74,8 @@ pub struct Rewriter {
     /// The client did not speak HTTP/2: pass everything through unchanged
     /// and let the server reject it.
     passthrough: bool,
+    /// A complete header block (the first request) has been passed on.
+    request_seen: bool,
     /// Bytes of the current non-header frame still to copy through.
     copying: usize,
     pending: Option<PendingBlock>,
@@ -97,6 +99,7 @@ impl Rewriter {
             output: BytesMut::new(),
             preface_seen: false,
             passthrough: false,
+            request_seen: false,
             copying: 0,
             pending: None,
             decoder,
@@ -126,6 +129,12 @@ impl Rewriter {
             self.preface_seen = true;
         }
         self.process_frames()
+    }
+
+    /// Whether the client has sent its first complete request header block
+    /// (or turned out not to speak HTTP/2, which the server rejects at once).
+    pub fn request_seen(&self) -> bool {
+        self.request_seen || self.passthrough
     }
 
     /// Bytes ready for the server.
@@ -238,6 +247,7 @@ impl Rewriter {
 
     /// Decodes, repairs, re-encodes and writes one complete header block.
     fn emit(&mut self, block: PendingBlock) -> Result<(), RepairError> {
+        self.request_seen = true;
         let mut headers = self.decoder.decode(&block.fragment).map_err(RepairError::Hpack)?;
         for (name, value) in headers.iter_mut() {
             if name.as_slice() == b":authority" && http::uri::Authority::try_from(value.as_slice()).is_err() {
@@ -294,8 +304,8 @@ pub struct AuthorityRepair<IO> {
     io: IO,
     rewriter: Rewriter,
     scratch: Box<[u8]>,
-    /// Until the client's connection preface has arrived: when it must have.
-    preface_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Until the client's first request header block has arrived: when it must have.
+    request_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> AuthorityRepair<IO> {
@@ -305,17 +315,18 @@ impl<IO> AuthorityRepair<IO> {
             io,
             rewriter: Rewriter::new(),
             scratch: vec![0; 32 * 1024].into_boxed_slice(),
-            preface_deadline: None,
+            request_deadline: None,
         }
     }
 
     /// Fails reads with `TimedOut` (closing the connection) unless the
-    /// client's complete HTTP/2 connection preface arrives within `limit`:
-    /// a client that connects and stays silent, or dribbles its preface,
-    /// does not hold a connection slot for longer. Must be called within a
-    /// tokio runtime.
-    pub fn with_preface_timeout(mut self, limit: std::time::Duration) -> Self {
-        self.preface_deadline = Some(Box::pin(tokio::time::sleep(limit)));
+    /// client's connection preface and its first complete request header
+    /// block (HEADERS and any CONTINUATIONs) arrive within `limit`: a client
+    /// that connects and stays silent, stops after the preface or SETTINGS,
+    /// or dribbles either, does not hold a connection slot for longer. Must
+    /// be called within a tokio runtime.
+    pub fn with_request_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.request_deadline = Some(Box::pin(tokio::time::sleep(limit)));
         self
     }
 }
@@ -323,14 +334,14 @@ impl<IO> AuthorityRepair<IO> {
 impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityRepair<IO> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.rewriter.preface_seen || this.rewriter.passthrough {
-            this.preface_deadline = None;
-        } else if let Some(deadline) = &mut this.preface_deadline
+        if this.rewriter.request_seen() {
+            this.request_deadline = None;
+        } else if let Some(deadline) = &mut this.request_deadline
             && deadline.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "no HTTP/2 connection preface in time",
+                "no complete HTTP/2 request header block in time",
             )));
         }
         loop {
@@ -507,6 +518,32 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend_from_slice(&[0xff, 0xff, 0xff, TYPE_HEADERS, 0, 0, 0, 0, 1]);
         assert!(matches!(rewriter.feed(&input), Err(RepairError::TooLarge)));
+    }
+
+    #[test]
+    fn the_first_request_counts_once_its_header_block_is_complete() {
+        let block = request(b"localhost");
+        let (a, b) = block.split_at(5);
+        let mut rewriter = Rewriter::new();
+        rewriter.feed(PREFACE).unwrap();
+        rewriter.feed(&frame(0x4, 0, 0, &[])).unwrap();
+        assert!(!rewriter.request_seen(), "preface and SETTINGS are not a request");
+        rewriter.feed(&frame(TYPE_HEADERS, 0, 1, a)).unwrap();
+        assert!(
+            !rewriter.request_seen(),
+            "a header block without END_HEADERS is not complete"
+        );
+        rewriter
+            .feed(&frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, b))
+            .unwrap();
+        assert!(rewriter.request_seen());
+
+        let mut rewriter = Rewriter::new();
+        rewriter.feed(b"GET / HTTP/1.1\r\n").unwrap();
+        assert!(
+            rewriter.request_seen(),
+            "not HTTP/2: the server rejects it, nothing to wait for"
+        );
     }
 
     #[test]

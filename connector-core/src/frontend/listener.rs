@@ -63,7 +63,8 @@ impl FrontendBind {
 pub struct FrontendLimits {
     /// Client connections served at once; more are closed on arrival (default 10,000).
     pub max_connections: usize,
-    /// Time a client has for the TLS handshake and its request head (default 10 s).
+    /// Time a client has for the TLS handshake, and again, separately, for
+    /// its request head (default 10 s).
     pub head_timeout: Duration,
     /// Largest request head accepted, in bytes (default 8 KiB).
     pub max_head: usize,
@@ -107,9 +108,11 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 /// One accepted, handshaken client connection. Holds one of the listener's
 /// connection slots until dropped.
 pub struct FrontendConn {
+    /// Declared first, so dropped first: the slot is free again by the time
+    /// the client sees its connection close.
+    _slot: OwnedSemaphorePermit,
     io: Box<dyn Io>,
     peer: String,
-    _slot: OwnedSemaphorePermit,
 }
 
 impl FrontendConn {

@@ -72,19 +72,46 @@ pub fn start(
 
 /// Binds a local TCP port whose connections are tunnelled to `target`
 /// through the agent `selector` picks ([`forward`]), served in a background
-/// task until the server shuts down. Returns the bound address.
+/// task until the server shuts down, with at most the default
+/// [`FrontendLimits::max_connections`] connections at once. Returns the
+/// bound address.
+///
+/// A forward authenticates nobody, so like
+/// [`FrontendBind::PlainLoopback`] it only binds loopback addresses
+/// ([`FrontendError::NotLoopback`] otherwise).
 pub async fn start_forward(
     server: &Server,
     listen: SocketAddr,
     selector: Selector,
     target: String,
 ) -> Result<SocketAddr, FrontendError> {
+    start_forward_with_limits(server, listen, selector, target, &FrontendLimits::default()).await
+}
+
+/// [`start_forward`] serving at most `limits.max_connections` connections at
+/// once; more are closed on arrival.
+pub async fn start_forward_with_limits(
+    server: &Server,
+    listen: SocketAddr,
+    selector: Selector,
+    target: String,
+    limits: &FrontendLimits,
+) -> Result<SocketAddr, FrontendError> {
+    if !listen.ip().is_loopback() {
+        return Err(FrontendError::NotLoopback(listen));
+    }
     let bind_err = |source| FrontendError::Bind {
         what: listen.to_string(),
         source,
     };
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
-    tokio::spawn(forward::serve(server.clone(), listener, selector, target));
+    tokio::spawn(forward::serve(
+        server.clone(),
+        listener,
+        selector,
+        target,
+        limits.max_connections,
+    ));
     Ok(local)
 }
