@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -28,19 +30,26 @@ type tunnel struct {
 	ca    []byte
 }
 
-func newTunnel(t testing.TB) *tunnel {
+func newTunnel(t testing.TB) *tunnel { return newTunnelWith(t, nil) }
+
+// newTunnelWith is newTunnel with the server's Config changed by edit.
+func newTunnelWith(t testing.TB, edit func(*Config)) *tunnel {
 	t.Helper()
 	ca, cert, key, err := ThrowawayCertificates("localhost,127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(Config{
+	cfg := Config{
 		Listen:        "127.0.0.1:0",
 		CertPEM:       cert,
 		KeyPEM:        key,
 		Tokens:        []Token{{Token: "token-a", Name: "node-a", Allowed: "host=node-a,cidr=127.0.0.0/8"}},
 		WorkerThreads: 2,
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	srv, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,30 +255,105 @@ func hangingTarget(t *testing.T) string {
 	return addr
 }
 
-func TestCancelledContextAbortsPendingDial(t *testing.T) {
-	tn := newTunnel(t)
-	target := hangingTarget(t)
-	ctx, cancel := context.WithCancel(context.Background())
+// hangGuard only catches a hang: a call that should have ended and did not.
+const hangGuard = 60 * time.Second
+
+// inCgoCall reports whether a goroutine is inside the C function fn.
+func inCgoCall(fn string) bool {
+	buf := make([]byte, 1<<22)
+	n := runtime.Stack(buf, true)
+	return strings.Contains(string(buf[:n]), "._Cfunc_"+fn+"(")
+}
+
+// dialInProgress dials target on another goroutine and returns once that
+// goroutine is inside the C dial call, with the channel its outcome will
+// arrive on. If the dial ends before it was seen in C, it returns that
+// error and a nil channel instead.
+func dialInProgress(t *testing.T, srv *Server, ctx context.Context, target string) (<-chan error, error) {
+	t.Helper()
 	result := make(chan error, 1)
 	go func() {
-		c, err := tn.srv.DialContext(ctx, "tcp", target)
+		c, err := srv.DialContext(ctx, "tcp", target)
 		if c != nil {
 			c.Close()
 		}
 		result <- err
 	}()
-	cancel()
-	err := <-result
-	if !errors.Is(err, context.Canceled) || !errors.Is(err, ErrCancelled) {
-		t.Fatalf("dial with a cancelled context: %v", err)
+	guard := time.After(hangGuard)
+	for !inCgoCall("connector_server_dial_fd") {
+		select {
+		case err := <-result:
+			return nil, err
+		case <-guard:
+			t.Fatal("the dial never reached the C call")
+		case <-time.After(time.Millisecond): // poll again
+		}
 	}
-	// A deadline in the context bounds the dial the same way.
-	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	_, err = tn.srv.DialContext(ctx, "tcp", target)
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("dial past the context deadline: %v", err)
+	return result, nil
+}
+
+func awaitDial(t *testing.T, result <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-result:
+		return err
+	case <-time.After(hangGuard):
+		t.Fatal("the dial was not aborted")
+		return nil
 	}
+}
+
+// A dial already blocked inside the library (the agent's TCP connect to a
+// full accept queue never completes, and the library's own dial timeout is
+// an hour) ends when its context is cancelled or its deadline passes.
+func TestCancelledContextAbortsPendingDial(t *testing.T) {
+	tn := newTunnelWith(t, func(c *Config) { c.Limits.DialTimeout = time.Hour })
+	target := hangingTarget(t)
+	t.Run("cancel", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		result, early := dialInProgress(t, tn.srv, ctx, target)
+		if result == nil {
+			t.Fatalf("the dial ended before the cancel: %v", early)
+		}
+		cancel()
+		err := awaitDial(t, result)
+		if !errors.Is(err, context.Canceled) || !errors.Is(err, ErrCancelled) {
+			t.Fatalf("dial cancelled in progress: %v", err)
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		// The deadline must pass while the dial is inside the library; if the
+		// goroutine was too slow to get there, retry with a longer one.
+		for wait := 50 * time.Millisecond; ; wait *= 2 {
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			result, early := dialInProgress(t, tn.srv, ctx, target)
+			if result == nil {
+				cancel()
+				if !errors.Is(early, context.DeadlineExceeded) {
+					t.Fatalf("dial past the context deadline: %v", early)
+				}
+				if wait > hangGuard {
+					t.Fatal("the dial never reached the C call before its deadline")
+				}
+				continue
+			}
+			err := awaitDial(t, result)
+			cancel()
+			var e *Error
+			if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrTimeout) || !os.IsTimeout(err) ||
+				!errors.As(err, &e) || e.Code != CodeTimedOut {
+				t.Fatalf("dial whose context deadline passed in progress: %v", err)
+			}
+			return
+		}
+	})
+	// The aborted dials left the server usable.
+	c, err := tn.srv.DialContext(context.Background(), "tcp", echoTarget(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
 }
 
 func TestCloseWrite(t *testing.T) {

@@ -9,6 +9,7 @@ import "C"
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -261,13 +262,13 @@ func (s *Server) WaitForAgent(ctx context.Context, agentID string) error {
 // another goroutine, so no goroutine or thread is left behind.
 func blocking(ctx context.Context, op string, f func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result) error {
 	if err := ctx.Err(); err != nil {
-		return &Error{Op: op, Code: CodeCancelled, Message: err.Error(), cause: err}
+		return ctxError(op, err)
 	}
 	var timeout C.uint64_t
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
 		if left <= 0 {
-			return &Error{Op: op, Code: CodeTimedOut, Message: "context deadline exceeded", cause: context.DeadlineExceeded}
+			return ctxError(op, context.DeadlineExceeded)
 		}
 		timeout = micros(left)
 	}
@@ -282,13 +283,27 @@ func blocking(ctx context.Context, op string, f func(timeout C.uint64_t, cancel 
 	if e, ok := err.(*Error); ok {
 		switch {
 		case ctx.Err() != nil && (e.Code == CodeCancelled || e.Code == CodeTimedOut):
+			// Whichever fired first (the cancel handle or the library's timer
+			// set from ctx's deadline), ctx ended the call.
 			e.cause = ctx.Err()
+			if errors.Is(e.cause, context.DeadlineExceeded) {
+				e.Code = CodeTimedOut
+			}
 		case e.Code == CodeTimedOut && timeout > 0:
 			// The library's timer, set from ctx's deadline, fired first.
 			e.cause = context.DeadlineExceeded
 		}
 	}
 	return err
+}
+
+// ctxError is the error of a call ended by ctx: a passed deadline is a
+// timeout (CodeTimedOut, os.IsTimeout), a cancellation CodeCancelled.
+func ctxError(op string, err error) *Error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &Error{Op: op, Code: CodeTimedOut, Message: "context deadline exceeded", cause: err}
+	}
+	return &Error{Op: op, Code: CodeCancelled, Message: err.Error(), cause: err}
 }
 
 // DialContext connects to address ("host:port", as the agent's network
