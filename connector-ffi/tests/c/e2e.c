@@ -1,6 +1,7 @@
 /* End-to-end test of the C ABI: a server and agents over real QUIC on
  * loopback, a TCP echo target, dials, reads, writes, half-close, timeouts,
- * cancellation from another thread, the socketpair hand-over, a C auth
+ * calls blocked on a silent target ended by another thread (cancel, free)
+ * or by their timeout, the socketpair hand-over, a C auth
  * callback, and bad input. Run under Valgrind by run-tests.sh: every
  * handle and string is freed, so any leak is reported. */
 
@@ -8,11 +9,14 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static int checks = 0;
@@ -118,19 +122,70 @@ static void *fire_later(void *arg) {
   return NULL;
 }
 
-/* ---- a read pending in another thread while the stream is freed ---- */
+/* ---- a call pending in another thread, interrupted once it is blocked ---- */
 
 typedef struct {
   connector_stream *stream;
+  connector_cancel *cancel;
+  const uint8_t *data; /* NULL: read, else write `len` bytes of it */
+  size_t len;
+  int announce[2]; /* the thread writes its id here just before the call */
+  size_t done;     /* bytes read or written */
   connector_result result;
-} pending_read;
+} pending_call;
 
-static void *read_forever(void *arg) {
-  pending_read *p = arg;
-  uint8_t buf[16];
-  size_t n = 0;
-  p->result = connector_stream_read(p->stream, buf, sizeof buf, 0, NULL, &n, NULL);
+static void *call_pending(void *arg) {
+  pending_call *p = arg;
+  pid_t tid = (pid_t)syscall(SYS_gettid);
+  CHECK(write(p->announce[1], &tid, sizeof tid) == (ssize_t)sizeof tid, "announce");
+  if (p->data == NULL) {
+    uint8_t buf[16];
+    p->result = connector_stream_read(p->stream, buf, sizeof buf, 0, p->cancel, &p->done, NULL);
+  } else {
+    p->result = connector_stream_write(p->stream, p->data, p->len, 0, p->cancel, &p->done, NULL);
+  }
   return NULL;
+}
+
+/* Starts `p` on a new thread and returns once that thread has announced
+ * itself and is parked on a futex: inside the library's blocking wait (the
+ * call takes no other lock that blocks for long). Residual race: a futex
+ * wait on a briefly contended lock on the way in would also match; the
+ * interrupt then lands before the wait, which gives the same result code
+ * through the call's entry check. Without /proc, it returns after the
+ * announcement. */
+static pthread_t start_blocked(pending_call *p) {
+  CHECK(pipe(p->announce) == 0, "pipe");
+  pthread_t thread;
+  pthread_create(&thread, NULL, call_pending, p);
+  pid_t tid = 0;
+  CHECK(read(p->announce[0], &tid, sizeof tid) == (ssize_t)sizeof tid, "announcement");
+  close(p->announce[0]);
+  close(p->announce[1]);
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
+  for (long polls = 0;; polls++) {
+    FILE *f = fopen(path, "r");
+    if (f == NULL) break;
+    char line[32] = {0};
+    int ok = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    if (!ok) break;
+    if (strncmp(line, "202 ", 4) == 0) break; /* futex (x86-64) */
+    CHECK(polls < 6000000, "the call never blocked (syscall %s)", line);
+    sched_yield();
+  }
+  return thread;
+}
+
+/* A TCP target that accepts (through the kernel's queue) and then never
+ * reads or writes: returns the listening socket; accept() the connection
+ * after dialling to hold its end. */
+static int silent_target(char *target, size_t size) {
+  int port = 0;
+  int fd = listen_loopback(&port);
+  snprintf(target, size, "127.0.0.1:%d", port);
+  return fd;
 }
 
 static connector_agent *start_agent(const char *server_addr, const char *ca, const char *id, const char *token) {
@@ -238,15 +293,75 @@ int main(void) {
   OK(connector_stream_write(stream, (const uint8_t *)"x", 1, 10 * SEC, cancel, &n, &err));
   OK(connector_stream_read(stream, (uint8_t *)buf, sizeof buf, 10 * SEC, cancel, &n, &err));
   CHECK(n == 1 && buf[0] == 'x', "stream usable after a cancelled read");
-  /* Free while another thread reads: that read ends with CLOSED (or, if the
-   * free won the race, INVALID_HANDLE); either way no crash and no leak. */
-  pending_read pending = {.stream = stream, .result = CONNECTOR_OK};
-  pthread_t reader;
-  pthread_create(&reader, NULL, read_forever, &pending);
   OK(connector_stream_free(stream, &err)); /* aborts: the target sees a reset */
-  pthread_join(reader, NULL);
-  CHECK(pending.result == CONNECTOR_ERR_CLOSED || pending.result == CONNECTOR_ERR_INVALID_HANDLE,
-        "pending read after free: %s", connector_result_name(pending.result));
+
+  /* 2b. Calls already blocked on a silent target, ended from another thread. */
+  char silent[64];
+  int silent_fd = silent_target(silent, sizeof silent);
+  OK(connector_server_dial(server, CONNECTOR_SELECT_AGENT, "node-a", silent, 10 * SEC, NULL, &stream, &err));
+  int held = accept(silent_fd, NULL, NULL);
+  CHECK(held >= 0, "accept the silent connection");
+  /* A read blocked in the library, cancelled. */
+  OK(connector_cancel_reset(cancel, &err));
+  pending_call pr = {.stream = stream, .cancel = cancel};
+  pthread_t blocked = start_blocked(&pr);
+  OK(connector_cancel_fire(cancel, &err));
+  pthread_join(blocked, NULL);
+  CHECK(pr.result == CONNECTOR_ERR_CANCELLED && pr.done == 0, "blocked read after cancel: %s",
+        connector_result_name(pr.result));
+  OK(connector_cancel_reset(cancel, &err));
+  CHECK(write(held, "y", 1) == 1, "the target speaks");
+  OK(connector_stream_read(stream, (uint8_t *)buf, sizeof buf, 10 * SEC, cancel, &n, &err));
+  CHECK(n == 1 && buf[0] == 'y', "stream usable after a cancelled blocked read");
+  /* A blocked read, and the stream freed: the read ends with CLOSED. */
+  pr = (pending_call){.stream = stream};
+  blocked = start_blocked(&pr);
+  OK(connector_stream_free(stream, &err));
+  pthread_join(blocked, NULL);
+  CHECK(pr.result == CONNECTOR_ERR_CLOSED, "blocked read after free: %s", connector_result_name(pr.result));
+  close(held);
+  /* A write into a target that never reads: more than the tunnel buffers
+   * (stream window, socket buffers), so it cannot complete. Once the target
+   * holds some of its bytes, the write is under way: cancel it. */
+  OK(connector_server_dial(server, CONNECTOR_SELECT_AGENT, "node-a", silent, 10 * SEC, NULL, &stream, &err));
+  held = accept(silent_fd, NULL, NULL);
+  CHECK(held >= 0, "accept the silent connection");
+  const size_t big = 64u << 20;
+  uint8_t *data = calloc(big, 1);
+  CHECK(data != NULL, "calloc");
+  pending_call pw = {.stream = stream, .cancel = cancel, .data = data, .len = big};
+  CHECK(pipe(pw.announce) == 0, "pipe");
+  pthread_create(&blocked, NULL, call_pending, &pw);
+  struct pollfd arrived = {.fd = held, .events = POLLIN};
+  CHECK(poll(&arrived, 1, 120 * 1000) == 1, "the write's first bytes reach the target");
+  OK(connector_cancel_fire(cancel, &err));
+  pthread_join(blocked, NULL);
+  close(pw.announce[0]);
+  close(pw.announce[1]);
+  CHECK(pw.result == CONNECTOR_ERR_CANCELLED && pw.done > 0 && pw.done < big,
+        "write into a full pipe after cancel: %s, %zu bytes", connector_result_name(pw.result), pw.done);
+  /* Nor can another: a write with a timeout ends on its timeout. */
+  EXPECT(CONNECTOR_ERR_TIMED_OUT, connector_stream_write(stream, data, big, 100000, NULL, &n, &err));
+  CHECK(n < big, "partial write on timeout (%zu bytes)", n);
+  free(data);
+  OK(connector_stream_free(stream, &err));
+  close(held);
+  close(silent_fd);
+
+  /* Waits that cannot succeed end on their timeout. */
+  EXPECT(CONNECTOR_ERR_TIMED_OUT, connector_server_wait_agent(server, "nobody", 100000, NULL, &err));
+  int udp = socket(AF_INET, SOCK_DGRAM, 0); /* a "server" that never answers */
+  struct sockaddr_in udp_addr = {.sin_family = AF_INET};
+  udp_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(udp, (struct sockaddr *)&udp_addr, sizeof udp_addr) == 0, "bind udp");
+  socklen_t udp_len = sizeof udp_addr;
+  getsockname(udp, (struct sockaddr *)&udp_addr, &udp_len);
+  char nowhere[64];
+  snprintf(nowhere, sizeof nowhere, "127.0.0.1:%d", ntohs(udp_addr.sin_port));
+  connector_agent *lost = start_agent(nowhere, ca, "node-lost", "token-a");
+  EXPECT(CONNECTOR_ERR_TIMED_OUT, connector_agent_wait_connected(lost, 100000, NULL, &err));
+  OK(connector_agent_free(lost, &err));
+  close(udp);
 
   /* 3. The socketpair hand-over. */
   int fd = -1;
