@@ -540,7 +540,7 @@ func TestBadConfig(t *testing.T) {
 func TestFrontends(t *testing.T) {
 	tn := newTunnel(t)
 	target := echoTarget(t)
-	where, err := tn.srv.StartFrontend(HTTPConnect, "tcp://127.0.0.1:0", nil)
+	where, err := tn.srv.StartFrontend(HTTPConnect, "tcp://127.0.0.1:0", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -554,10 +554,10 @@ func TestFrontends(t *testing.T) {
 	if _, err := io.ReadFull(proxy, head); err != nil || string(head) != "HTTP/1.1 200" {
 		t.Fatalf("CONNECT answer %q, %v", head, err)
 	}
-	if _, err := tn.srv.StartFrontend(GRPC, "tcp://127.0.0.1:0", nil); err != nil {
+	if _, err := tn.srv.StartFrontend(GRPC, "tcp://127.0.0.1:0", nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tn.srv.StartFrontend(GRPC, "tcp://10.1.2.3:0", nil); !errors.Is(err, ErrSetup) {
+	if _, err := tn.srv.StartFrontend(GRPC, "tcp://10.1.2.3:0", nil, nil); !errors.Is(err, ErrSetup) {
 		t.Fatalf("non-loopback plain frontend: %v", err)
 	}
 	fwd, err := tn.srv.StartForward("127.0.0.1:0", "node-a", target)

@@ -28,6 +28,9 @@ type Limits struct {
 	MaxStreamsPerAgent int           // tunnelled connections per agent (default 10,000)
 	HelloTimeout       time.Duration // time an agent has to send its Hello (default 10s)
 	DialTimeout        time.Duration // dial deadline when the context has none (default 30s)
+	// MaxPendingDials bounds the dials waiting for their agent's answer at
+	// once, across all agents; more fail at once with ErrOverloaded (default 1,000).
+	MaxPendingDials int
 }
 
 // Token admits agents presenting a bearer token.
@@ -78,10 +81,21 @@ type Config struct {
 	// blocking methods (dial, wait).
 	Authenticate func(AuthRequest) (Identity, error)
 
-	ServerID        string // this replica's id (default "connector")
+	ServerID string // this replica's id (default "connector")
+	// ServerCount is how many replicas run behind the address agents are
+	// given (default 1). Agents keep connecting until they hold a session
+	// with each, so every replica can dial through every agent.
+	ServerCount     int
 	ProxyStrategies string // e.g. "destHost,defaultRoute" (the default)
-	Limits          Limits
-	WorkerThreads   int // runtime threads (0: one per CPU)
+	// TCPListen is where the TCP fallback listener (for agents whose network
+	// blocks UDP) listens: "" or "same" (Listen's IP and port), "off", or "IP:PORT".
+	TCPListen string
+	// Keepalive is how often a keepalive is sent on an idle agent connection
+	// (0: 5s); IdleTimeout how long an agent may stay silent before it is
+	// dropped (0: 30s; the smaller of the two ends' applies).
+	Keepalive, IdleTimeout time.Duration
+	Limits                 Limits
+	WorkerThreads          int // runtime threads (0: one per CPU)
 }
 
 // Server is a running connector server: agents connect to it, and
@@ -89,6 +103,7 @@ type Config struct {
 type Server struct {
 	h        *C.connector_server
 	addr     string
+	tcpAddr  string
 	closed   atomic.Bool
 	auth     cgo.Handle
 	authSlot unsafe.Pointer // C memory holding auth, passed as the callback's user_data
@@ -165,6 +180,25 @@ func NewServer(cfg Config) (*Server, error) {
 			return C.connector_server_config_set_server_id(h, p, m)
 		})
 	}
+	if err == nil && cfg.ServerCount != 0 {
+		if cfg.ServerCount < 0 || cfg.ServerCount > 65535 {
+			err = &Error{Op: "new server: server count", Code: CodeInvalidArgument, Message: fmt.Sprintf("server count %d is not 1 to 65535", cfg.ServerCount)}
+		} else {
+			err = set("server count", func(m **C.char) C.connector_result {
+				return C.connector_server_config_set_server_count(h, C.uint16_t(cfg.ServerCount), m)
+			})
+		}
+	}
+	if err == nil && cfg.TCPListen != "" {
+		err = strArg("TCP listen", cfg.TCPListen, func(p *C.char, m **C.char) C.connector_result {
+			return C.connector_server_config_set_tcp_listen(h, p, m)
+		})
+	}
+	if err == nil && (cfg.Keepalive > 0 || cfg.IdleTimeout > 0) {
+		err = set("keepalive", func(m **C.char) C.connector_result {
+			return C.connector_server_config_set_keepalive(h, millis(cfg.Keepalive), millis(cfg.IdleTimeout), m)
+		})
+	}
 	if err == nil && cfg.ProxyStrategies != "" {
 		err = strArg("proxy strategies", cfg.ProxyStrategies, func(p *C.char, m **C.char) C.connector_result {
 			return C.connector_server_config_set_proxy_strategies(h, p, m)
@@ -176,6 +210,7 @@ func NewServer(cfg Config) (*Server, error) {
 			max_streams_per_agent: C.uint32_t(max(cfg.Limits.MaxStreamsPerAgent, 0)),
 			hello_timeout_ms:      C.uint64_t(max(cfg.Limits.HelloTimeout.Milliseconds(), 0)),
 			dial_timeout_ms:       C.uint64_t(max(cfg.Limits.DialTimeout.Milliseconds(), 0)),
+			max_pending_dials:     C.uint64_t(max(cfg.Limits.MaxPendingDials, 0)),
 		}
 		err = set("limits", func(m **C.char) C.connector_result { return C.connector_server_config_set_limits(h, &l, m) })
 	}
@@ -200,6 +235,11 @@ func NewServer(cfg Config) (*Server, error) {
 		err = call("new server", func(m **C.char) C.connector_result { return C.connector_server_local_addr(s.h, &addr, m) })
 		s.addr = takeString(addr)
 	}
+	if err == nil {
+		var addr *C.char
+		err = call("new server", func(m **C.char) C.connector_result { return C.connector_server_tcp_addr(s.h, &addr, m) })
+		s.tcpAddr = takeString(addr)
+	}
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -209,6 +249,9 @@ func NewServer(cfg Config) (*Server, error) {
 
 // Addr is the UDP address agents connect to.
 func (s *Server) Addr() string { return s.addr }
+
+// TCPAddr is the TCP address of the fallback listener, or "" when it is off.
+func (s *Server) TCPAddr() string { return s.tcpAddr }
 
 func (s *Server) closedError(op string) error {
 	return newError(op, CodeClosed, "server closed")
@@ -390,10 +433,18 @@ type FrontendTLS struct {
 	CertFile, KeyFile, ClientCAFile string
 }
 
+// FrontendLimits bounds a frontend; zero fields keep the defaults.
+type FrontendLimits struct {
+	MaxConnections int           // client connections at once; more are closed on arrival (default 10,000)
+	HeadTimeout    time.Duration // time for the TLS handshake and request head (default 10s)
+	MaxHead        int           // largest request head in bytes (default 8 KiB; CONNECT answers 431 beyond)
+}
+
 // StartFrontend serves protocol on bind: "unix:///path.sock" (owner-only),
 // "tcp://127.0.0.1:PORT" (plain, loopback only) or "tls://IP:PORT" (then
-// tls is required). It returns where it listens and serves until Close.
-func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS) (string, error) {
+// tls is required). limits may be nil (defaults). It returns where it
+// listens and serves until Close.
+func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS, limits *FrontendLimits) (string, error) {
 	if s.closed.Load() {
 		return "", s.closedError("start frontend")
 	}
@@ -410,9 +461,19 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS)
 	if protocol == GRPC {
 		p = C.CONNECTOR_FRONTEND_GRPC
 	}
+	var lim *C.connector_frontend_limits
+	if limits != nil {
+		lim = (*C.connector_frontend_limits)(C.malloc(C.size_t(unsafe.Sizeof(C.connector_frontend_limits{}))))
+		defer C.free(unsafe.Pointer(lim))
+		*lim = C.connector_frontend_limits{
+			max_connections: C.uint64_t(max(limits.MaxConnections, 0)),
+			head_timeout_ms: millis(limits.HeadTimeout),
+			max_head:        C.uint64_t(max(limits.MaxHead, 0)),
+		}
+	}
 	var out *C.char
 	err := call("start frontend", func(m **C.char) C.connector_result {
-		return C.connector_server_start_frontend(s.h, C.connector_frontend_protocol(p), b, cert, key, ca, &out, m)
+		return C.connector_server_start_frontend(s.h, C.connector_frontend_protocol(p), b, cert, key, ca, lim, &out, m)
 	})
 	return takeString(out), err
 }

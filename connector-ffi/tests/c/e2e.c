@@ -223,6 +223,10 @@ int main(void) {
   OK(connector_server_config_set_authenticator(scfg, authenticate, &auth_calls, &err));
   connector_limits limits = {.dial_timeout_ms = 5000};
   OK(connector_server_config_set_limits(scfg, &limits, &err));
+  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_config_set_server_count(scfg, 0, &err));
+  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_config_set_tcp_listen(scfg, "sideways", &err));
+  OK(connector_server_config_set_tcp_listen(scfg, "same", &err));
+  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_config_set_keepalive(scfg, 0, 0, &err));
   OK(connector_server_config_set_worker_threads(scfg, 2, &err));
   OK(connector_server_start(scfg, &server, &err));
   OK(connector_server_config_free(scfg, &err));
@@ -243,6 +247,18 @@ int main(void) {
   size_t count = 0;
   OK(connector_server_agent_count(server, &count, &err));
   CHECK(count == 2, "two agents connected, got %zu", count);
+  /* The agent's sessions: one replica (the default server count), over QUIC. */
+  OK(connector_agent_wait_sessions(agent, 1, 30 * SEC, NULL, &err));
+  char *sessions = NULL;
+  size_t expected = 0;
+  OK(connector_agent_sessions(agent, &sessions, &expected, &err));
+  CHECK(strcmp(sessions, "connector quic") == 0 && expected == 1, "sessions %s, expecting %zu", sessions, expected);
+  connector_string_free(sessions);
+  EXPECT(CONNECTOR_ERR_TIMED_OUT, connector_agent_wait_sessions(agent, 2, 100000, NULL, &err));
+  char *tcp_addr = NULL; /* the TCP fallback listener, on the QUIC port by default */
+  OK(connector_server_tcp_addr(server, &tcp_addr, &err));
+  CHECK(tcp_addr != NULL && strcmp(tcp_addr, addr) == 0, "TCP listener %s, QUIC %s", tcp_addr ? tcp_addr : "none", addr);
+  connector_string_free(tcp_addr);
 
   /* The echo target: three connections (blocking API, cancel test, fd). */
   int port = 0;
@@ -358,6 +374,14 @@ int main(void) {
   getsockname(udp, (struct sockaddr *)&udp_addr, &udp_len);
   char nowhere[64];
   snprintf(nowhere, sizeof nowhere, "127.0.0.1:%d", ntohs(udp_addr.sin_port));
+  {
+    connector_agent_config *acfg = NULL;
+    OK(connector_agent_config_new(&acfg, &err));
+    EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_agent_config_add_server(acfg, "no-port", &err));
+    EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_agent_config_set_transport(acfg, "smoke signals", &err));
+    EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_agent_config_set_keepalive(acfg, 0, 0, &err));
+    OK(connector_agent_config_free(acfg, &err));
+  }
   connector_agent *lost = start_agent(nowhere, ca, "node-lost", "token-a");
   EXPECT(CONNECTOR_ERR_TIMED_OUT, connector_agent_wait_connected(lost, 100000, NULL, &err));
   OK(connector_agent_free(lost, &err));
@@ -394,13 +418,13 @@ int main(void) {
 
   /* Frontends: HTTP CONNECT and gRPC on loopback, a forward. */
   char *where = NULL;
-  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://127.0.0.1:0", NULL, NULL, NULL, &where, &err));
+  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://127.0.0.1:0", NULL, NULL, NULL, NULL, &where, &err));
   CHECK(strncmp(where, "tcp://127.0.0.1:", 16) == 0, "frontend address %s", where);
   connector_string_free(where);
-  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_GRPC, "tcp://127.0.0.1:0", NULL, NULL, NULL, &where, &err));
+  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_GRPC, "tcp://127.0.0.1:0", NULL, NULL, NULL, NULL, &where, &err));
   connector_string_free(where);
-  EXPECT(CONNECTOR_ERR_SETUP, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://0.0.0.0:0", NULL, NULL, NULL, &where, &err));
-  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "ftp://x", NULL, NULL, NULL, &where, &err));
+  EXPECT(CONNECTOR_ERR_SETUP, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://0.0.0.0:0", NULL, NULL, NULL, NULL, &where, &err));
+  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "ftp://x", NULL, NULL, NULL, NULL, &where, &err));
   OK(connector_server_start_forward(server, "127.0.0.1:0", "node-a", target, &where, &err));
   connector_string_free(where);
 
