@@ -226,12 +226,13 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 // server refuses it (an error matching ErrRejected; the agent keeps
 // retrying), or ctx ends.
 func (a *Agent) WaitConnected(ctx context.Context) error {
-	if a.closed.Load() {
-		return newError("wait connected", CodeClosed, "agent closed")
+	if err := enter(&a.closed, "wait connected", "agent"); err != nil {
+		return err
 	}
-	return blocking(ctx, "wait connected", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	err := blocking(ctx, "wait connected", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_agent_wait_connected(a.h, timeout, cancel, m)
 	})
+	return settle(&a.closed, "wait connected", "agent", err)
 }
 
 // Session is a server replica the agent holds a session with.
@@ -244,8 +245,8 @@ type Session struct {
 // how many it should hold (the number of server addresses, or the replica
 // count the servers announce).
 func (a *Agent) Sessions() (held []Session, expected int, err error) {
-	if a.closed.Load() {
-		return nil, 0, newError("sessions", CodeClosed, "agent closed")
+	if err := enter(&a.closed, "sessions", "agent"); err != nil {
+		return nil, 0, err
 	}
 	var out *C.char
 	var n C.size_t
@@ -255,18 +256,19 @@ func (a *Agent) Sessions() (held []Session, expected int, err error) {
 			held = append(held, Session{ServerID: id, Transport: transport})
 		}
 	}
-	return held, int(n), err
+	return held, int(n), settle(&a.closed, "sessions", "agent", err)
 }
 
 // WaitSessions blocks until the agent holds sessions with at least n
 // server replicas, or ctx ends.
 func (a *Agent) WaitSessions(ctx context.Context, n int) error {
-	if a.closed.Load() {
-		return newError("wait sessions", CodeClosed, "agent closed")
+	if err := enter(&a.closed, "wait sessions", "agent"); err != nil {
+		return err
 	}
-	return blocking(ctx, "wait sessions", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	err := blocking(ctx, "wait sessions", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_agent_wait_sessions(a.h, C.size_t(max(n, 0)), timeout, cancel, m)
 	})
+	return settle(&a.closed, "wait sessions", "agent", err)
 }
 
 // Status describes where the agent stands: "connecting", "connected to

@@ -650,3 +650,65 @@ func TestCloseWhileInUse(t *testing.T) {
 		t.Fatalf("dial after Close: %v", err)
 	}
 }
+
+// A call that passes its closed check just before another goroutine's
+// Close frees the handle reports ErrClosed, as a call after Close does
+// (the library sees a freed handle: CodeInvalidHandle).
+func TestCallRacingClose(t *testing.T) {
+	ca, cert, key, err := ThrowawayCertificates("localhost,127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// closeInWindow makes the next call close c right after its closed check.
+	closeInWindow := func(c io.Closer) {
+		hook := func() {
+			afterClosedCheck.Store(nil)
+			c.Close()
+		}
+		afterClosedCheck.Store(&hook)
+	}
+	t.Cleanup(func() { afterClosedCheck.Store(nil) })
+	check := func(t *testing.T, err error) {
+		t.Helper()
+		var e *Error
+		if !errors.Is(err, ErrClosed) || errors.Is(err, ErrInvalidHandle) || !errors.As(err, &e) || e.Code != CodeClosed {
+			t.Fatalf("call racing Close: %v", err)
+		}
+	}
+	ctx := context.Background()
+	serverCalls := map[string]func(*Server) error{
+		"AgentCount":   func(s *Server) error { _, err := s.AgentCount(); return err },
+		"WaitForAgent": func(s *Server) error { return s.WaitForAgent(ctx, "node-a") },
+		"DialContext":  func(s *Server) error { _, err := s.DialContext(ctx, "tcp", "127.0.0.1:1"); return err },
+		"StartFrontend": func(s *Server) error {
+			_, err := s.StartFrontend(HTTPConnect, "tcp://127.0.0.1:0", nil, nil)
+			return err
+		},
+		"StartForward": func(s *Server) error { _, err := s.StartForward("127.0.0.1:0", "", "127.0.0.1:1"); return err },
+	}
+	for name, call := range serverCalls {
+		t.Run(name, func(t *testing.T) {
+			srv, err := NewServer(Config{Listen: "127.0.0.1:0", CertPEM: cert, KeyPEM: key, Tokens: []Token{{Token: "t", Name: "n", Allowed: "*"}}, WorkerThreads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeInWindow(srv)
+			check(t, call(srv))
+		})
+	}
+	agentCalls := map[string]func(*Agent) error{
+		"WaitConnected": func(a *Agent) error { return a.WaitConnected(ctx) },
+		"Sessions":      func(a *Agent) error { _, _, err := a.Sessions(); return err },
+		"WaitSessions":  func(a *Agent) error { return a.WaitSessions(ctx, 1) },
+	}
+	for name, call := range agentCalls {
+		t.Run(name, func(t *testing.T) {
+			agent, err := NewAgent(AgentConfig{Server: "127.0.0.1:1", ServerName: "localhost", ServerCAPEM: ca, AgentID: "a", Token: "t", WorkerThreads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeInWindow(agent)
+			check(t, call(agent))
+		})
+	}
+}

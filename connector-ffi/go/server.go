@@ -253,10 +253,6 @@ func (s *Server) Addr() string { return s.addr }
 // TCPAddr is the TCP address of the fallback listener, or "" when it is off.
 func (s *Server) TCPAddr() string { return s.tcpAddr }
 
-func (s *Server) closedError(op string) error {
-	return newError(op, CodeClosed, "server closed")
-}
-
 // Close shuts the server down: agents are disconnected (their tunnelled
 // connections end), frontends stop, and pending dials fail with ErrClosed.
 // It is safe to call more than once.
@@ -276,28 +272,29 @@ func (s *Server) Close() error {
 
 // AgentCount is the number of connected agents.
 func (s *Server) AgentCount() (int, error) {
-	if s.closed.Load() {
-		return 0, s.closedError("agent count")
+	if err := enter(&s.closed, "agent count", "server"); err != nil {
+		return 0, err
 	}
 	var n C.size_t
 	err := call("agent count", func(m **C.char) C.connector_result { return C.connector_server_agent_count(s.h, &n, m) })
-	return int(n), err
+	return int(n), settle(&s.closed, "agent count", "server", err)
 }
 
 // WaitForAgent blocks until the agent agentID ("" for any agent) is
 // connected, or ctx ends.
 func (s *Server) WaitForAgent(ctx context.Context, agentID string) error {
-	if s.closed.Load() {
-		return s.closedError("wait for agent")
+	if err := enter(&s.closed, "wait for agent", "server"); err != nil {
+		return err
 	}
 	var id *C.char
 	if agentID != "" {
 		id = cString(agentID)
 		defer freeString(id)
 	}
-	return blocking(ctx, "wait for agent", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	err := blocking(ctx, "wait for agent", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_server_wait_agent(s.h, id, timeout, cancel, m)
 	})
+	return settle(&s.closed, "wait for agent", "server", err)
 }
 
 // blocking runs a blocking C call bounded by ctx: its deadline becomes the
@@ -387,8 +384,8 @@ func (s *Server) dial(ctx context.Context, network, address string, kind C.conne
 	default:
 		return nil, &Error{Op: "dial", Code: CodeInvalidArgument, Message: fmt.Sprintf("network %q: %v", network, ErrUnknownNetwork), cause: ErrUnknownNetwork}
 	}
-	if s.closed.Load() {
-		return nil, s.closedError("dial")
+	if err := enter(&s.closed, "dial", "server"); err != nil {
+		return nil, err
 	}
 	var sel *C.char
 	if selector != "" {
@@ -403,7 +400,7 @@ func (s *Server) dial(ctx context.Context, network, address string, kind C.conne
 		return C.connector_server_dial_fd(s.h, kind, sel, target, timeout, cancel, &fd, &h, m)
 	})
 	if err != nil {
-		return nil, err
+		return nil, settle(&s.closed, "dial "+address, "server", err)
 	}
 	var agent *C.char
 	C.connector_stream_agent_id(h, &agent, nil)
@@ -445,8 +442,8 @@ type FrontendLimits struct {
 // tls is required). limits may be nil (defaults). It returns where it
 // listens and serves until Close.
 func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS, limits *FrontendLimits) (string, error) {
-	if s.closed.Load() {
-		return "", s.closedError("start frontend")
+	if err := enter(&s.closed, "start frontend", "server"); err != nil {
+		return "", err
 	}
 	b := cString(bind)
 	defer freeString(b)
@@ -475,15 +472,15 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 	err := call("start frontend", func(m **C.char) C.connector_result {
 		return C.connector_server_start_frontend(s.h, C.connector_frontend_protocol(p), b, cert, key, ca, lim, &out, m)
 	})
-	return takeString(out), err
+	return takeString(out), settle(&s.closed, "start frontend", "server", err)
 }
 
 // StartForward binds listen ("IP:PORT") and tunnels each connection to
 // target through agentID ("" for the agent serving target's host). It
 // returns the bound address and serves until Close.
 func (s *Server) StartForward(listen, agentID, target string) (string, error) {
-	if s.closed.Load() {
-		return "", s.closedError("start forward")
+	if err := enter(&s.closed, "start forward", "server"); err != nil {
+		return "", err
 	}
 	l, t := cString(listen), cString(target)
 	defer freeString(l)
@@ -497,5 +494,5 @@ func (s *Server) StartForward(listen, agentID, target string) (string, error) {
 	err := call("start forward", func(m **C.char) C.connector_result {
 		return C.connector_server_start_forward(s.h, l, id, t, &out, m)
 	})
-	return takeString(out), err
+	return takeString(out), settle(&s.closed, "start forward", "server", err)
 }
