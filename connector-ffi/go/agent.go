@@ -43,7 +43,7 @@ type AgentConfig struct {
 	MaxConnections int // tunnelled connections served at once (0: default 10,000)
 	WorkerThreads  int // runtime threads (0: one per CPU)
 	// TunnelIdleTimeout closes a tunnelled connection idle this long in
-	// both directions (0: never); the dialling side then reads EOF.
+	// both directions (0: never); a Conn then fails with ErrTimeout.
 	TunnelIdleTimeout time.Duration
 	// Keepalive is how often a keepalive is sent on an idle connection to
 	// the server (0: 5s); IdleTimeout how long without an answer the server

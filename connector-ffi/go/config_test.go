@@ -205,7 +205,9 @@ func TestTunnelIdleTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := readEnds(t, c); err != io.EOF {
+	var e *Error
+	if err := readEnds(t, c); !errors.Is(err, ErrTimeout) || !errors.As(err, &e) || e.Code != CodeTimedOut ||
+		!strings.Contains(e.Message, "idle") {
 		t.Fatalf("idle tunnelled connection: %v", err)
 	}
 }

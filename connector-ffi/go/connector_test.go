@@ -712,3 +712,60 @@ func TestCallRacingClose(t *testing.T) {
 		})
 	}
 }
+
+// A connection that breaks (target reset, agent gone) ends Read with an
+// *Error saying so, not with the io.EOF of a clean end.
+func TestBrokenConnectionIsAnError(t *testing.T) {
+	tn := newTunnel(t)
+	wantIO := func(t *testing.T, what string, err error) {
+		t.Helper()
+		var e *Error
+		if !errors.Is(err, ErrIO) || errors.Is(err, io.EOF) || !errors.As(err, &e) || e.Code != CodeIO {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	t.Run("target reset", func(t *testing.T) {
+		target, accepted := silentTarget(t)
+		c, err := tn.srv.DialContext(context.Background(), "tcp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		peer := (<-accepted).(*net.TCPConn)
+		peer.SetLinger(0)
+		peer.Close() // RST
+		err = readEnds(t, c)
+		wantIO(t, "read after a target reset", err)
+		if !strings.Contains(err.Error(), "reset") {
+			t.Fatalf("reason: %v", err)
+		}
+		_, err = c.Write([]byte("x"))
+		wantIO(t, "write after a target reset", err)
+	})
+	t.Run("agent gone", func(t *testing.T) {
+		// The server notices the agent's absence by its idle timeout (a
+		// freed agent's goodbye is not always sent before its runtime stops).
+		tn := newTunnelWith(t, func(c *Config) { c.IdleTimeout = time.Second; c.Keepalive = 100 * time.Millisecond })
+		agent := startAgentWith(t, tn, "node-gone", func(*AgentConfig) {})
+		target, _ := silentTarget(t)
+		c, err := (&Dialer{Server: tn.srv, AgentID: "node-gone"}).DialContext(context.Background(), "tcp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		agent.Close()
+		wantIO(t, "read after the agent left", readEnds(t, c))
+	})
+	t.Run("clean end", func(t *testing.T) {
+		target, accepted := silentTarget(t)
+		c, err := tn.srv.DialContext(context.Background(), "tcp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		(<-accepted).Close()
+		if err := readEnds(t, c); err != io.EOF {
+			t.Fatalf("read after the target closed: %v", err)
+		}
+	})
+}

@@ -590,7 +590,8 @@ connector_result connector_agent_config_set_worker_threads(const connector_agent
                                                            char **error);
 
 // Closes a tunnelled connection idle (no bytes either way) for `timeout_ms`
-// milliseconds (0: never, the default); the server's side then reads end of stream.
+// milliseconds (0: never, the default); a stream then fails with
+// `CONNECTOR_ERR_TIMED_OUT` (see `connector_stream_status`).
 //
 // # Safety
 // `error` null or writable.
@@ -748,7 +749,8 @@ connector_result connector_server_dial(const connector_server *server,
 // of a Unix socketpair in `*fd`, owned by the caller: read and write it with
 // the caller's own event loop; `shutdown(fd, SHUT_WR)` is a half-close. A
 // library task copies between the other end and the tunnel. `*out` is a
-// stream handle that can only be freed: close the descriptor, then free the
+// stream handle that can only be freed and asked [`crate::stream::connector_stream_status`]
+// (whether the connection ended cleanly): close the descriptor, then free the
 // handle (data written before the close still reaches the target, within
 // 10 s; then the connection ends).
 //
@@ -820,6 +822,27 @@ connector_result connector_stream_close_write(const connector_stream *stream,
 connector_result connector_stream_agent_id(const connector_stream *stream,
                                            char **out,
                                            char **error);
+
+// Whether a stream handed over as a descriptor
+// ([`crate::server::connector_server_dial_fd`]) ended abnormally. The
+// descriptor reads end of stream both when the target closed cleanly and
+// when the tunnel broke; this tells them apart. `*ended` is
+// `CONNECTOR_OK` while the connection runs or after a clean end, else the
+// code of what broke it, with a message in `*reason` (null otherwise; free
+// with `connector_string_free`): `CONNECTOR_ERR_IO` for a target reset or
+// a lost agent or server connection, `CONNECTOR_ERR_TIMED_OUT` when the
+// agent closed an idle connection (its tunnel idle timeout). The outcome is
+// recorded before the library closes its end, so once the descriptor reads
+// end of stream (or fails), this call gives the final answer. For other
+// streams, read and write report failures themselves: `*ended` is
+// `CONNECTOR_OK`.
+//
+// # Safety
+// `ended` and `reason` writable; `error` null or writable.
+connector_result connector_stream_status(const connector_stream *stream,
+                                         connector_result *ended,
+                                         char **reason,
+                                         char **error);
 
 // Frees the stream. Pending calls on it return `CONNECTOR_ERR_CLOSED`. A
 // connection not finished in both directions is aborted (the target sees a

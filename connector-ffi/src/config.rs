@@ -845,7 +845,8 @@ pub unsafe extern "C" fn connector_agent_config_set_worker_threads(
 }
 
 /// Closes a tunnelled connection idle (no bytes either way) for `timeout_ms`
-/// milliseconds (0: never, the default); the server's side then reads end of stream.
+/// milliseconds (0: never, the default); a stream then fails with
+/// `CONNECTOR_ERR_TIMED_OUT` (see `connector_stream_status`).
 ///
 /// # Safety
 /// `error` null or writable.

@@ -275,7 +275,8 @@ pub unsafe extern "C" fn connector_server_dial(
 /// of a Unix socketpair in `*fd`, owned by the caller: read and write it with
 /// the caller's own event loop; `shutdown(fd, SHUT_WR)` is a half-close. A
 /// library task copies between the other end and the tunnel. `*out` is a
-/// stream handle that can only be freed: close the descriptor, then free the
+/// stream handle that can only be freed and asked [`crate::stream::connector_stream_status`]
+/// (whether the connection ended cleanly): close the descriptor, then free the
 /// handle (data written before the close still reaches the target, within
 /// 10 s; then the connection ends).
 ///
@@ -303,8 +304,9 @@ pub unsafe extern "C" fn connector_server_dial_fd(
         let tunnel = server.dial(&selector, target, timeout_us, cancel.as_deref())?;
         let agent_id = tunnel.agent_id().to_owned();
         let abort = Arc::new(connector_cancel::new());
-        let raw = crate::splice::start(server.rt.handle(), tunnel, abort.clone())?;
-        let stream = connector_stream::spliced(server.rt.clone(), agent_id, abort);
+        let end = Arc::new(crate::splice::SpliceEnd::default());
+        let raw = crate::splice::start(server.rt.handle(), tunnel, abort.clone(), end.clone())?;
+        let stream = connector_stream::spliced(server.rt.clone(), agent_id, abort, end);
         write_out(fd, raw, "fd")?;
         write_out(out, STREAMS.insert(Arc::new(stream)), "out")
     })

@@ -360,8 +360,30 @@ int main(void) {
   EXPECT(CONNECTOR_ERR_TIMED_OUT, connector_stream_write(stream, data, big, 100000, NULL, &n, &err));
   CHECK(n < big, "partial write on timeout (%zu bytes)", n);
   free(data);
+  connector_result ended = CONNECTOR_ERR_PANIC;
+  char *reason = NULL;
+  OK(connector_stream_status(stream, &ended, &reason, &err)); /* not a descriptor stream */
+  CHECK(ended == CONNECTOR_OK && reason == NULL, "status of a blocking stream");
   OK(connector_stream_free(stream, &err));
   close(held);
+  /* A descriptor stream whose target resets: the descriptor reads end of
+   * stream (or a reset), and the status says the tunnel broke. */
+  int rfd = -1;
+  OK(connector_server_dial_fd(server, CONNECTOR_SELECT_AGENT, "node-a", silent, 10 * SEC, NULL, &rfd, &stream, &err));
+  held = accept(silent_fd, NULL, NULL);
+  CHECK(held >= 0, "accept the silent connection");
+  OK(connector_stream_status(stream, &ended, &reason, &err));
+  CHECK(ended == CONNECTOR_OK && reason == NULL, "status while running");
+  struct linger hard = {.l_onoff = 1, .l_linger = 0};
+  CHECK(setsockopt(held, SOL_SOCKET, SO_LINGER, &hard, sizeof hard) == 0, "SO_LINGER");
+  close(held); /* RST */
+  for (ssize_t rr = 1; rr > 0;) rr = read(rfd, buf, sizeof buf);
+  OK(connector_stream_status(stream, &ended, &reason, &err));
+  CHECK(ended == CONNECTOR_ERR_IO && reason != NULL && strstr(reason, "reset") != NULL, "status after a target reset: %s (%s)",
+        connector_result_name(ended), reason ? reason : "no reason");
+  connector_string_free(reason);
+  close(rfd);
+  OK(connector_stream_free(stream, &err));
   close(silent_fd);
 
   /* Waits that cannot succeed end on their timeout. */
@@ -397,6 +419,10 @@ int main(void) {
   ssize_t r;
   while ((r = read(fd, buf + got, sizeof buf - got)) > 0) got += (size_t)r;
   CHECK(r == 0 && got == strlen(msg) && memcmp(buf, msg, got) == 0, "fd echo then EOF (got %zu)", got);
+  connector_result clean = CONNECTOR_ERR_PANIC;
+  char *why = NULL;
+  OK(connector_stream_status(stream, &clean, &why, &err));
+  CHECK(clean == CONNECTOR_OK && why == NULL, "a clean end: %s", connector_result_name(clean));
   close(fd);
   OK(connector_stream_free(stream, &err));
   pthread_join(echo_thread, NULL);
