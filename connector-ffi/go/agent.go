@@ -8,13 +8,18 @@ import "C"
 import (
 	"context"
 	"runtime"
+	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // AgentConfig configures an Agent. Server, a server CA, AgentID and a
 // credential (Token, TokenFile or a client certificate) are required.
 type AgentConfig struct {
-	Server     string // the server's "host:port"
+	Server string // the server's "host:port"
+	// Servers lists further server addresses: with several, each is one
+	// replica and the agent holds a session with every one.
+	Servers    []string
 	ServerName string // name on the server certificate (default: Server's host)
 
 	ServerCAFile string // CAs the server certificate must chain to (PEM)
@@ -37,6 +42,19 @@ type AgentConfig struct {
 
 	MaxConnections int // tunnelled connections served at once (0: default 10,000)
 	WorkerThreads  int // runtime threads (0: one per CPU)
+	// TunnelIdleTimeout closes a tunnelled connection idle this long in
+	// both directions (0: never); a Conn then fails with ErrTimeout.
+	TunnelIdleTimeout time.Duration
+	// Keepalive is how often a keepalive is sent on an idle connection to
+	// the server (0: 5s); IdleTimeout how long without an answer the server
+	// counts as gone (0: 30s; the smaller of the two ends' applies).
+	Keepalive, IdleTimeout time.Duration
+	// Transport is "auto" (the default: QUIC, falling back to TCP when UDP
+	// does not get through), "quic" or "tcp".
+	Transport string
+	// TCPServer is the server's TCP fallback address (default: Server; only
+	// with a single server address).
+	TCPServer string
 }
 
 // Agent is a running agent: it keeps a connection to its server and
@@ -65,6 +83,42 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	steps := []func() error{
 		func() error {
 			return str("server", cfg.Server, func(p *C.char, m **C.char) C.connector_result { return C.connector_agent_config_set_server(h, p, m) })
+		},
+		func() error {
+			for _, addr := range cfg.Servers {
+				if err := str("server", addr, func(p *C.char, m **C.char) C.connector_result {
+					return C.connector_agent_config_add_server(h, p, m)
+				}); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		func() error {
+			if cfg.TunnelIdleTimeout <= 0 {
+				return nil
+			}
+			return set("tunnel idle timeout", func(m **C.char) C.connector_result {
+				return C.connector_agent_config_set_tunnel_idle_timeout(h, millis(cfg.TunnelIdleTimeout), m)
+			})
+		},
+		func() error {
+			if cfg.Keepalive <= 0 && cfg.IdleTimeout <= 0 {
+				return nil
+			}
+			return set("keepalive", func(m **C.char) C.connector_result {
+				return C.connector_agent_config_set_keepalive(h, millis(cfg.Keepalive), millis(cfg.IdleTimeout), m)
+			})
+		},
+		func() error {
+			return str("transport", cfg.Transport, func(p *C.char, m **C.char) C.connector_result {
+				return C.connector_agent_config_set_transport(h, p, m)
+			})
+		},
+		func() error {
+			return str("TCP server", cfg.TCPServer, func(p *C.char, m **C.char) C.connector_result {
+				return C.connector_agent_config_set_tcp_server(h, p, m)
+			})
 		},
 		func() error {
 			return str("server name", cfg.ServerName, func(p *C.char, m **C.char) C.connector_result {
@@ -172,12 +226,49 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 // server refuses it (an error matching ErrRejected; the agent keeps
 // retrying), or ctx ends.
 func (a *Agent) WaitConnected(ctx context.Context) error {
-	if a.closed.Load() {
-		return newError("wait connected", CodeClosed, "agent closed")
+	if err := enter(&a.closed, "wait connected", "agent"); err != nil {
+		return err
 	}
-	return blocking(ctx, "wait connected", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	err := blocking(ctx, "wait connected", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_agent_wait_connected(a.h, timeout, cancel, m)
 	})
+	return settle(&a.closed, "wait connected", "agent", err)
+}
+
+// Session is a server replica the agent holds a session with.
+type Session struct {
+	ServerID  string // the replica's id
+	Transport string // "quic" or "tcp"
+}
+
+// Sessions lists the server replicas the agent holds a session with, and
+// how many it should hold (the number of server addresses, or the replica
+// count the servers announce).
+func (a *Agent) Sessions() (held []Session, expected int, err error) {
+	if err := enter(&a.closed, "sessions", "agent"); err != nil {
+		return nil, 0, err
+	}
+	var out *C.char
+	var n C.size_t
+	err = call("sessions", func(m **C.char) C.connector_result { return C.connector_agent_sessions(a.h, &out, &n, m) })
+	for line := range strings.SplitSeq(takeString(out), "\n") {
+		if id, transport, ok := strings.Cut(line, " "); ok {
+			held = append(held, Session{ServerID: id, Transport: transport})
+		}
+	}
+	return held, int(n), settle(&a.closed, "sessions", "agent", err)
+}
+
+// WaitSessions blocks until the agent holds sessions with at least n
+// server replicas, or ctx ends.
+func (a *Agent) WaitSessions(ctx context.Context, n int) error {
+	if err := enter(&a.closed, "wait sessions", "agent"); err != nil {
+		return err
+	}
+	err := blocking(ctx, "wait sessions", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+		return C.connector_agent_wait_sessions(a.h, C.size_t(max(n, 0)), timeout, cancel, m)
+	})
+	return settle(&a.closed, "wait sessions", "agent", err)
 }
 
 // Status describes where the agent stands: "connecting", "connected to

@@ -64,6 +64,14 @@ func micros(d time.Duration) C.uint64_t {
 	return C.uint64_t(us)
 }
 
+// millis converts a duration for the C API, where 0 means the default.
+func millis(d time.Duration) C.uint64_t {
+	if d <= 0 {
+		return 0
+	}
+	return C.uint64_t(max(d.Milliseconds(), 1))
+}
+
 // canceller wraps a connector_cancel handle.
 type canceller struct{ h *C.connector_cancel }
 

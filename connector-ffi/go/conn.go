@@ -6,7 +6,9 @@ package connector
 import "C"
 
 import (
+	"errors"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -48,6 +50,17 @@ type streamHandle struct {
 	h    *C.connector_stream
 }
 
+// status is the library's record of how the stream ended: nil while it
+// runs, after a clean end, or once the handle is freed.
+func (s *streamHandle) status(op string) *Error {
+	var ended C.connector_result
+	var reason *C.char
+	if C.connector_stream_status(s.h, &ended, &reason, nil) != C.CONNECTOR_OK || ended == C.CONNECTOR_OK {
+		return nil
+	}
+	return newError(op, Code(ended), takeString(reason))
+}
+
 func (s *streamHandle) free() {
 	s.once.Do(func() { C.connector_stream_free(s.h, nil) })
 }
@@ -65,10 +78,40 @@ func newConn(uc *net.UnixConn, h *C.connector_stream, agentID, target string) *C
 }
 
 // Read reads what the target sent; io.EOF once the target closed its side.
-func (c *Conn) Read(b []byte) (int, error) { return c.uc.Read(b) }
+// When the connection broke instead (the target reset it, the agent or
+// the server went away), Read returns an *Error matching ErrIO; when the
+// agent closed it for its tunnel idle timeout, one matching ErrTimeout.
+func (c *Conn) Read(b []byte) (int, error) {
+	n, err := c.uc.Read(b)
+	if err != nil {
+		err = c.why("read", err)
+	}
+	return n, err
+}
 
-// Write sends b to the target.
-func (c *Conn) Write(b []byte) (int, error) { return c.uc.Write(b) }
+// Write sends b to the target. Like Read, it reports a broken connection
+// as an *Error.
+func (c *Conn) Write(b []byte) (int, error) {
+	n, err := c.uc.Write(b)
+	if err != nil {
+		err = c.why("write", err)
+	}
+	return n, err
+}
+
+// why replaces the socketpair's error (io.EOF, a reset, a broken pipe) by
+// the reason the library recorded when the tunnel broke, if it did. The
+// library records it before closing its end, so it is known by the time
+// the socketpair reports the end.
+func (c *Conn) why(op string, err error) error {
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	if broken := c.stream.status(op); broken != nil {
+		return broken
+	}
+	return err
+}
 
 // Close closes the connection. Pending Read and Write calls return
 // errors. Data written before Close still reaches the target, which then

@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -28,19 +30,26 @@ type tunnel struct {
 	ca    []byte
 }
 
-func newTunnel(t testing.TB) *tunnel {
+func newTunnel(t testing.TB) *tunnel { return newTunnelWith(t, nil) }
+
+// newTunnelWith is newTunnel with the server's Config changed by edit.
+func newTunnelWith(t testing.TB, edit func(*Config)) *tunnel {
 	t.Helper()
 	ca, cert, key, err := ThrowawayCertificates("localhost,127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(Config{
+	cfg := Config{
 		Listen:        "127.0.0.1:0",
 		CertPEM:       cert,
 		KeyPEM:        key,
 		Tokens:        []Token{{Token: "token-a", Name: "node-a", Allowed: "host=node-a,cidr=127.0.0.0/8"}},
 		WorkerThreads: 2,
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	srv, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,30 +255,105 @@ func hangingTarget(t *testing.T) string {
 	return addr
 }
 
-func TestCancelledContextAbortsPendingDial(t *testing.T) {
-	tn := newTunnel(t)
-	target := hangingTarget(t)
-	ctx, cancel := context.WithCancel(context.Background())
+// hangGuard only catches a hang: a call that should have ended and did not.
+const hangGuard = 60 * time.Second
+
+// inCgoCall reports whether a goroutine is inside the C function fn.
+func inCgoCall(fn string) bool {
+	buf := make([]byte, 1<<22)
+	n := runtime.Stack(buf, true)
+	return strings.Contains(string(buf[:n]), "._Cfunc_"+fn+"(")
+}
+
+// dialInProgress dials target on another goroutine and returns once that
+// goroutine is inside the C dial call, with the channel its outcome will
+// arrive on. If the dial ends before it was seen in C, it returns that
+// error and a nil channel instead.
+func dialInProgress(t *testing.T, srv *Server, ctx context.Context, target string) (<-chan error, error) {
+	t.Helper()
 	result := make(chan error, 1)
 	go func() {
-		c, err := tn.srv.DialContext(ctx, "tcp", target)
+		c, err := srv.DialContext(ctx, "tcp", target)
 		if c != nil {
 			c.Close()
 		}
 		result <- err
 	}()
-	cancel()
-	err := <-result
-	if !errors.Is(err, context.Canceled) || !errors.Is(err, ErrCancelled) {
-		t.Fatalf("dial with a cancelled context: %v", err)
+	guard := time.After(hangGuard)
+	for !inCgoCall("connector_server_dial_fd") {
+		select {
+		case err := <-result:
+			return nil, err
+		case <-guard:
+			t.Fatal("the dial never reached the C call")
+		case <-time.After(time.Millisecond): // poll again
+		}
 	}
-	// A deadline in the context bounds the dial the same way.
-	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	_, err = tn.srv.DialContext(ctx, "tcp", target)
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("dial past the context deadline: %v", err)
+	return result, nil
+}
+
+func awaitDial(t *testing.T, result <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-result:
+		return err
+	case <-time.After(hangGuard):
+		t.Fatal("the dial was not aborted")
+		return nil
 	}
+}
+
+// A dial already blocked inside the library (the agent's TCP connect to a
+// full accept queue never completes, and the library's own dial timeout is
+// an hour) ends when its context is cancelled or its deadline passes.
+func TestCancelledContextAbortsPendingDial(t *testing.T) {
+	tn := newTunnelWith(t, func(c *Config) { c.Limits.DialTimeout = time.Hour })
+	target := hangingTarget(t)
+	t.Run("cancel", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		result, early := dialInProgress(t, tn.srv, ctx, target)
+		if result == nil {
+			t.Fatalf("the dial ended before the cancel: %v", early)
+		}
+		cancel()
+		err := awaitDial(t, result)
+		if !errors.Is(err, context.Canceled) || !errors.Is(err, ErrCancelled) {
+			t.Fatalf("dial cancelled in progress: %v", err)
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		// The deadline must pass while the dial is inside the library; if the
+		// goroutine was too slow to get there, retry with a longer one.
+		for wait := 50 * time.Millisecond; ; wait *= 2 {
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			result, early := dialInProgress(t, tn.srv, ctx, target)
+			if result == nil {
+				cancel()
+				if !errors.Is(early, context.DeadlineExceeded) {
+					t.Fatalf("dial past the context deadline: %v", early)
+				}
+				if wait > hangGuard {
+					t.Fatal("the dial never reached the C call before its deadline")
+				}
+				continue
+			}
+			err := awaitDial(t, result)
+			cancel()
+			var e *Error
+			if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrTimeout) || !os.IsTimeout(err) ||
+				!errors.As(err, &e) || e.Code != CodeTimedOut {
+				t.Fatalf("dial whose context deadline passed in progress: %v", err)
+			}
+			return
+		}
+	})
+	// The aborted dials left the server usable.
+	c, err := tn.srv.DialContext(context.Background(), "tcp", echoTarget(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
 }
 
 func TestCloseWrite(t *testing.T) {
@@ -456,7 +540,7 @@ func TestBadConfig(t *testing.T) {
 func TestFrontends(t *testing.T) {
 	tn := newTunnel(t)
 	target := echoTarget(t)
-	where, err := tn.srv.StartFrontend(HTTPConnect, "tcp://127.0.0.1:0", nil)
+	where, err := tn.srv.StartFrontend(HTTPConnect, "tcp://127.0.0.1:0", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,10 +554,10 @@ func TestFrontends(t *testing.T) {
 	if _, err := io.ReadFull(proxy, head); err != nil || string(head) != "HTTP/1.1 200" {
 		t.Fatalf("CONNECT answer %q, %v", head, err)
 	}
-	if _, err := tn.srv.StartFrontend(GRPC, "tcp://127.0.0.1:0", nil); err != nil {
+	if _, err := tn.srv.StartFrontend(GRPC, "tcp://127.0.0.1:0", nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tn.srv.StartFrontend(GRPC, "tcp://10.1.2.3:0", nil); !errors.Is(err, ErrSetup) {
+	if _, err := tn.srv.StartFrontend(GRPC, "tcp://10.1.2.3:0", nil, nil); !errors.Is(err, ErrSetup) {
 		t.Fatalf("non-loopback plain frontend: %v", err)
 	}
 	fwd, err := tn.srv.StartForward("127.0.0.1:0", "node-a", target)
@@ -565,4 +649,123 @@ func TestCloseWhileInUse(t *testing.T) {
 	if _, err := tn.srv.DialContext(context.Background(), "tcp", target); !errors.Is(err, ErrClosed) {
 		t.Fatalf("dial after Close: %v", err)
 	}
+}
+
+// A call that passes its closed check just before another goroutine's
+// Close frees the handle reports ErrClosed, as a call after Close does
+// (the library sees a freed handle: CodeInvalidHandle).
+func TestCallRacingClose(t *testing.T) {
+	ca, cert, key, err := ThrowawayCertificates("localhost,127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// closeInWindow makes the next call close c right after its closed check.
+	closeInWindow := func(c io.Closer) {
+		hook := func() {
+			afterClosedCheck.Store(nil)
+			c.Close()
+		}
+		afterClosedCheck.Store(&hook)
+	}
+	t.Cleanup(func() { afterClosedCheck.Store(nil) })
+	check := func(t *testing.T, err error) {
+		t.Helper()
+		var e *Error
+		if !errors.Is(err, ErrClosed) || errors.Is(err, ErrInvalidHandle) || !errors.As(err, &e) || e.Code != CodeClosed {
+			t.Fatalf("call racing Close: %v", err)
+		}
+	}
+	ctx := context.Background()
+	serverCalls := map[string]func(*Server) error{
+		"AgentCount":   func(s *Server) error { _, err := s.AgentCount(); return err },
+		"WaitForAgent": func(s *Server) error { return s.WaitForAgent(ctx, "node-a") },
+		"DialContext":  func(s *Server) error { _, err := s.DialContext(ctx, "tcp", "127.0.0.1:1"); return err },
+		"StartFrontend": func(s *Server) error {
+			_, err := s.StartFrontend(HTTPConnect, "tcp://127.0.0.1:0", nil, nil)
+			return err
+		},
+		"StartForward": func(s *Server) error { _, err := s.StartForward("127.0.0.1:0", "", "127.0.0.1:1"); return err },
+	}
+	for name, call := range serverCalls {
+		t.Run(name, func(t *testing.T) {
+			srv, err := NewServer(Config{Listen: "127.0.0.1:0", CertPEM: cert, KeyPEM: key, Tokens: []Token{{Token: "t", Name: "n", Allowed: "*"}}, WorkerThreads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeInWindow(srv)
+			check(t, call(srv))
+		})
+	}
+	agentCalls := map[string]func(*Agent) error{
+		"WaitConnected": func(a *Agent) error { return a.WaitConnected(ctx) },
+		"Sessions":      func(a *Agent) error { _, _, err := a.Sessions(); return err },
+		"WaitSessions":  func(a *Agent) error { return a.WaitSessions(ctx, 1) },
+	}
+	for name, call := range agentCalls {
+		t.Run(name, func(t *testing.T) {
+			agent, err := NewAgent(AgentConfig{Server: "127.0.0.1:1", ServerName: "localhost", ServerCAPEM: ca, AgentID: "a", Token: "t", WorkerThreads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeInWindow(agent)
+			check(t, call(agent))
+		})
+	}
+}
+
+// A connection that breaks (target reset, agent gone) ends Read with an
+// *Error saying so, not with the io.EOF of a clean end.
+func TestBrokenConnectionIsAnError(t *testing.T) {
+	tn := newTunnel(t)
+	wantIO := func(t *testing.T, what string, err error) {
+		t.Helper()
+		var e *Error
+		if !errors.Is(err, ErrIO) || errors.Is(err, io.EOF) || !errors.As(err, &e) || e.Code != CodeIO {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	t.Run("target reset", func(t *testing.T) {
+		target, accepted := silentTarget(t)
+		c, err := tn.srv.DialContext(context.Background(), "tcp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		peer := (<-accepted).(*net.TCPConn)
+		peer.SetLinger(0)
+		peer.Close() // RST
+		err = readEnds(t, c)
+		wantIO(t, "read after a target reset", err)
+		if !strings.Contains(err.Error(), "reset") {
+			t.Fatalf("reason: %v", err)
+		}
+		_, err = c.Write([]byte("x"))
+		wantIO(t, "write after a target reset", err)
+	})
+	t.Run("agent gone", func(t *testing.T) {
+		// The server notices the agent's absence by its idle timeout (a
+		// freed agent's goodbye is not always sent before its runtime stops).
+		tn := newTunnelWith(t, func(c *Config) { c.IdleTimeout = time.Second; c.Keepalive = 100 * time.Millisecond })
+		agent := startAgentWith(t, tn, "node-gone", func(*AgentConfig) {})
+		target, _ := silentTarget(t)
+		c, err := (&Dialer{Server: tn.srv, AgentID: "node-gone"}).DialContext(context.Background(), "tcp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		agent.Close()
+		wantIO(t, "read after the agent left", readEnds(t, c))
+	})
+	t.Run("clean end", func(t *testing.T) {
+		target, accepted := silentTarget(t)
+		c, err := tn.srv.DialContext(context.Background(), "tcp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		(<-accepted).Close()
+		if err := readEnds(t, c); err != io.EOF {
+			t.Fatalf("read after the target closed: %v", err)
+		}
+	})
 }

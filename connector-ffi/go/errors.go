@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 )
 
 // Code is the C ABI's result code carried by an *Error.
@@ -115,4 +116,30 @@ func (e *Error) Timeout() bool { return e.Code == CodeTimedOut }
 // Temporary reports whether retrying may help (net.Error; deprecated there).
 func (e *Error) Temporary() bool {
 	return e.Code == CodeTimedOut || e.Code == CodeOverloaded || e.Code == CodeNoAgent
+}
+
+// afterClosedCheck, when set, runs right after a Server or Agent method
+// passed its closed check (tests close the object in that window).
+var afterClosedCheck atomic.Pointer[func()]
+
+// enter fails with ErrClosed once closed is set; what names the object.
+func enter(closed *atomic.Bool, op, what string) error {
+	if closed.Load() {
+		return newError(op, CodeClosed, what+" closed")
+	}
+	if hook := afterClosedCheck.Load(); hook != nil {
+		(*hook)()
+	}
+	return nil
+}
+
+// settle reports a call that raced Close as ErrClosed: Close freed the
+// handle after the call's closed check, so the library answered
+// CodeInvalidHandle (or CodeClosed, which already matches ErrClosed).
+func settle(closed *atomic.Bool, op, what string, err error) error {
+	var e *Error
+	if errors.As(err, &e) && e.Code == CodeInvalidHandle && closed.Load() {
+		return newError(op, CodeClosed, what+" closed")
+	}
+	return err
 }

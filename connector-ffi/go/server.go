@@ -9,6 +9,7 @@ import "C"
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -27,6 +28,9 @@ type Limits struct {
 	MaxStreamsPerAgent int           // tunnelled connections per agent (default 10,000)
 	HelloTimeout       time.Duration // time an agent has to send its Hello (default 10s)
 	DialTimeout        time.Duration // dial deadline when the context has none (default 30s)
+	// MaxPendingDials bounds the dials waiting for their agent's answer at
+	// once, across all agents; more fail at once with ErrOverloaded (default 1,000).
+	MaxPendingDials int
 }
 
 // Token admits agents presenting a bearer token.
@@ -77,10 +81,21 @@ type Config struct {
 	// blocking methods (dial, wait).
 	Authenticate func(AuthRequest) (Identity, error)
 
-	ServerID        string // this replica's id (default "connector")
+	ServerID string // this replica's id (default "connector")
+	// ServerCount is how many replicas run behind the address agents are
+	// given (default 1). Agents keep connecting until they hold a session
+	// with each, so every replica can dial through every agent.
+	ServerCount     int
 	ProxyStrategies string // e.g. "destHost,defaultRoute" (the default)
-	Limits          Limits
-	WorkerThreads   int // runtime threads (0: one per CPU)
+	// TCPListen is where the TCP fallback listener (for agents whose network
+	// blocks UDP) listens: "" or "same" (Listen's IP and port), "off", or "IP:PORT".
+	TCPListen string
+	// Keepalive is how often a keepalive is sent on an idle agent connection
+	// (0: 5s); IdleTimeout how long an agent may stay silent before it is
+	// dropped (0: 30s; the smaller of the two ends' applies).
+	Keepalive, IdleTimeout time.Duration
+	Limits                 Limits
+	WorkerThreads          int // runtime threads (0: one per CPU)
 }
 
 // Server is a running connector server: agents connect to it, and
@@ -88,6 +103,7 @@ type Config struct {
 type Server struct {
 	h        *C.connector_server
 	addr     string
+	tcpAddr  string
 	closed   atomic.Bool
 	auth     cgo.Handle
 	authSlot unsafe.Pointer // C memory holding auth, passed as the callback's user_data
@@ -164,6 +180,25 @@ func NewServer(cfg Config) (*Server, error) {
 			return C.connector_server_config_set_server_id(h, p, m)
 		})
 	}
+	if err == nil && cfg.ServerCount != 0 {
+		if cfg.ServerCount < 0 || cfg.ServerCount > 65535 {
+			err = &Error{Op: "new server: server count", Code: CodeInvalidArgument, Message: fmt.Sprintf("server count %d is not 1 to 65535", cfg.ServerCount)}
+		} else {
+			err = set("server count", func(m **C.char) C.connector_result {
+				return C.connector_server_config_set_server_count(h, C.uint16_t(cfg.ServerCount), m)
+			})
+		}
+	}
+	if err == nil && cfg.TCPListen != "" {
+		err = strArg("TCP listen", cfg.TCPListen, func(p *C.char, m **C.char) C.connector_result {
+			return C.connector_server_config_set_tcp_listen(h, p, m)
+		})
+	}
+	if err == nil && (cfg.Keepalive > 0 || cfg.IdleTimeout > 0) {
+		err = set("keepalive", func(m **C.char) C.connector_result {
+			return C.connector_server_config_set_keepalive(h, millis(cfg.Keepalive), millis(cfg.IdleTimeout), m)
+		})
+	}
 	if err == nil && cfg.ProxyStrategies != "" {
 		err = strArg("proxy strategies", cfg.ProxyStrategies, func(p *C.char, m **C.char) C.connector_result {
 			return C.connector_server_config_set_proxy_strategies(h, p, m)
@@ -175,6 +210,7 @@ func NewServer(cfg Config) (*Server, error) {
 			max_streams_per_agent: C.uint32_t(max(cfg.Limits.MaxStreamsPerAgent, 0)),
 			hello_timeout_ms:      C.uint64_t(max(cfg.Limits.HelloTimeout.Milliseconds(), 0)),
 			dial_timeout_ms:       C.uint64_t(max(cfg.Limits.DialTimeout.Milliseconds(), 0)),
+			max_pending_dials:     C.uint64_t(max(cfg.Limits.MaxPendingDials, 0)),
 		}
 		err = set("limits", func(m **C.char) C.connector_result { return C.connector_server_config_set_limits(h, &l, m) })
 	}
@@ -199,6 +235,11 @@ func NewServer(cfg Config) (*Server, error) {
 		err = call("new server", func(m **C.char) C.connector_result { return C.connector_server_local_addr(s.h, &addr, m) })
 		s.addr = takeString(addr)
 	}
+	if err == nil {
+		var addr *C.char
+		err = call("new server", func(m **C.char) C.connector_result { return C.connector_server_tcp_addr(s.h, &addr, m) })
+		s.tcpAddr = takeString(addr)
+	}
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -209,9 +250,8 @@ func NewServer(cfg Config) (*Server, error) {
 // Addr is the UDP address agents connect to.
 func (s *Server) Addr() string { return s.addr }
 
-func (s *Server) closedError(op string) error {
-	return newError(op, CodeClosed, "server closed")
-}
+// TCPAddr is the TCP address of the fallback listener, or "" when it is off.
+func (s *Server) TCPAddr() string { return s.tcpAddr }
 
 // Close shuts the server down: agents are disconnected (their tunnelled
 // connections end), frontends stop, and pending dials fail with ErrClosed.
@@ -232,28 +272,29 @@ func (s *Server) Close() error {
 
 // AgentCount is the number of connected agents.
 func (s *Server) AgentCount() (int, error) {
-	if s.closed.Load() {
-		return 0, s.closedError("agent count")
+	if err := enter(&s.closed, "agent count", "server"); err != nil {
+		return 0, err
 	}
 	var n C.size_t
 	err := call("agent count", func(m **C.char) C.connector_result { return C.connector_server_agent_count(s.h, &n, m) })
-	return int(n), err
+	return int(n), settle(&s.closed, "agent count", "server", err)
 }
 
 // WaitForAgent blocks until the agent agentID ("" for any agent) is
 // connected, or ctx ends.
 func (s *Server) WaitForAgent(ctx context.Context, agentID string) error {
-	if s.closed.Load() {
-		return s.closedError("wait for agent")
+	if err := enter(&s.closed, "wait for agent", "server"); err != nil {
+		return err
 	}
 	var id *C.char
 	if agentID != "" {
 		id = cString(agentID)
 		defer freeString(id)
 	}
-	return blocking(ctx, "wait for agent", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	err := blocking(ctx, "wait for agent", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_server_wait_agent(s.h, id, timeout, cancel, m)
 	})
+	return settle(&s.closed, "wait for agent", "server", err)
 }
 
 // blocking runs a blocking C call bounded by ctx: its deadline becomes the
@@ -261,13 +302,13 @@ func (s *Server) WaitForAgent(ctx context.Context, agentID string) error {
 // another goroutine, so no goroutine or thread is left behind.
 func blocking(ctx context.Context, op string, f func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result) error {
 	if err := ctx.Err(); err != nil {
-		return &Error{Op: op, Code: CodeCancelled, Message: err.Error(), cause: err}
+		return ctxError(op, err)
 	}
 	var timeout C.uint64_t
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
 		if left <= 0 {
-			return &Error{Op: op, Code: CodeTimedOut, Message: "context deadline exceeded", cause: context.DeadlineExceeded}
+			return ctxError(op, context.DeadlineExceeded)
 		}
 		timeout = micros(left)
 	}
@@ -282,13 +323,27 @@ func blocking(ctx context.Context, op string, f func(timeout C.uint64_t, cancel 
 	if e, ok := err.(*Error); ok {
 		switch {
 		case ctx.Err() != nil && (e.Code == CodeCancelled || e.Code == CodeTimedOut):
+			// Whichever fired first (the cancel handle or the library's timer
+			// set from ctx's deadline), ctx ended the call.
 			e.cause = ctx.Err()
+			if errors.Is(e.cause, context.DeadlineExceeded) {
+				e.Code = CodeTimedOut
+			}
 		case e.Code == CodeTimedOut && timeout > 0:
 			// The library's timer, set from ctx's deadline, fired first.
 			e.cause = context.DeadlineExceeded
 		}
 	}
 	return err
+}
+
+// ctxError is the error of a call ended by ctx: a passed deadline is a
+// timeout (CodeTimedOut, os.IsTimeout), a cancellation CodeCancelled.
+func ctxError(op string, err error) *Error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &Error{Op: op, Code: CodeTimedOut, Message: "context deadline exceeded", cause: err}
+	}
+	return &Error{Op: op, Code: CodeCancelled, Message: err.Error(), cause: err}
 }
 
 // DialContext connects to address ("host:port", as the agent's network
@@ -329,8 +384,8 @@ func (s *Server) dial(ctx context.Context, network, address string, kind C.conne
 	default:
 		return nil, &Error{Op: "dial", Code: CodeInvalidArgument, Message: fmt.Sprintf("network %q: %v", network, ErrUnknownNetwork), cause: ErrUnknownNetwork}
 	}
-	if s.closed.Load() {
-		return nil, s.closedError("dial")
+	if err := enter(&s.closed, "dial", "server"); err != nil {
+		return nil, err
 	}
 	var sel *C.char
 	if selector != "" {
@@ -345,7 +400,7 @@ func (s *Server) dial(ctx context.Context, network, address string, kind C.conne
 		return C.connector_server_dial_fd(s.h, kind, sel, target, timeout, cancel, &fd, &h, m)
 	})
 	if err != nil {
-		return nil, err
+		return nil, settle(&s.closed, "dial "+address, "server", err)
 	}
 	var agent *C.char
 	C.connector_stream_agent_id(h, &agent, nil)
@@ -375,12 +430,20 @@ type FrontendTLS struct {
 	CertFile, KeyFile, ClientCAFile string
 }
 
+// FrontendLimits bounds a frontend; zero fields keep the defaults.
+type FrontendLimits struct {
+	MaxConnections int           // client connections at once; more are closed on arrival (default 10,000)
+	HeadTimeout    time.Duration // time for the TLS handshake and request head (default 10s)
+	MaxHead        int           // largest request head in bytes (default 8 KiB; CONNECT answers 431 beyond)
+}
+
 // StartFrontend serves protocol on bind: "unix:///path.sock" (owner-only),
 // "tcp://127.0.0.1:PORT" (plain, loopback only) or "tls://IP:PORT" (then
-// tls is required). It returns where it listens and serves until Close.
-func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS) (string, error) {
-	if s.closed.Load() {
-		return "", s.closedError("start frontend")
+// tls is required). limits may be nil (defaults). It returns where it
+// listens and serves until Close.
+func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS, limits *FrontendLimits) (string, error) {
+	if err := enter(&s.closed, "start frontend", "server"); err != nil {
+		return "", err
 	}
 	b := cString(bind)
 	defer freeString(b)
@@ -395,19 +458,29 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS)
 	if protocol == GRPC {
 		p = C.CONNECTOR_FRONTEND_GRPC
 	}
+	var lim *C.connector_frontend_limits
+	if limits != nil {
+		lim = (*C.connector_frontend_limits)(C.malloc(C.size_t(unsafe.Sizeof(C.connector_frontend_limits{}))))
+		defer C.free(unsafe.Pointer(lim))
+		*lim = C.connector_frontend_limits{
+			max_connections: C.uint64_t(max(limits.MaxConnections, 0)),
+			head_timeout_ms: millis(limits.HeadTimeout),
+			max_head:        C.uint64_t(max(limits.MaxHead, 0)),
+		}
+	}
 	var out *C.char
 	err := call("start frontend", func(m **C.char) C.connector_result {
-		return C.connector_server_start_frontend(s.h, C.connector_frontend_protocol(p), b, cert, key, ca, &out, m)
+		return C.connector_server_start_frontend(s.h, C.connector_frontend_protocol(p), b, cert, key, ca, lim, &out, m)
 	})
-	return takeString(out), err
+	return takeString(out), settle(&s.closed, "start frontend", "server", err)
 }
 
 // StartForward binds listen ("IP:PORT") and tunnels each connection to
 // target through agentID ("" for the agent serving target's host). It
 // returns the bound address and serves until Close.
 func (s *Server) StartForward(listen, agentID, target string) (string, error) {
-	if s.closed.Load() {
-		return "", s.closedError("start forward")
+	if err := enter(&s.closed, "start forward", "server"); err != nil {
+		return "", err
 	}
 	l, t := cString(listen), cString(target)
 	defer freeString(l)
@@ -421,5 +494,5 @@ func (s *Server) StartForward(listen, agentID, target string) (string, error) {
 	err := call("start forward", func(m **C.char) C.connector_result {
 		return C.connector_server_start_forward(s.h, l, id, t, &out, m)
 	})
-	return takeString(out), err
+	return takeString(out), settle(&s.closed, "start forward", "server", err)
 }

@@ -150,7 +150,20 @@ typedef struct {
   uint64_t hello_timeout_ms;
   // Default dial deadline when a dial passes no timeout, ms (default 30 s).
   uint64_t dial_timeout_ms;
+  // Dials waiting for their agent's answer at once, across all agents;
+  // more fail at once with `CONNECTOR_ERR_OVERLOADED` (default 1,000).
+  uint64_t max_pending_dials;
 } connector_limits;
+
+// Bounds of one frontend; a zero field keeps the default.
+typedef struct {
+  // Client connections served at once; more are closed on arrival (default 10,000).
+  uint64_t max_connections;
+  // Time a client has for the TLS handshake and its request head, ms (default 10 s).
+  uint64_t head_timeout_ms;
+  // Largest request head accepted, in bytes (default 8 KiB; HTTP CONNECT answers 431 beyond).
+  uint64_t max_head;
+} connector_frontend_limits;
 
 #ifdef __cplusplus
 extern "C" {
@@ -183,6 +196,30 @@ connector_result connector_agent_wait_connected(const connector_agent *agent,
 // # Safety
 // `out` writable; `error` null or writable.
 connector_result connector_agent_status(const connector_agent *agent, char **out, char **error);
+
+// The server replicas the agent holds a session with, one line each,
+// `SERVER_ID TRANSPORT` (`quic` or `tcp`), in `*out` (empty when none; free
+// with `connector_string_free`), and in `*expected` how many it should hold:
+// the number of server addresses, or the replica count the servers announce.
+//
+// # Safety
+// `out` and `expected` writable; `error` null or writable.
+connector_result connector_agent_sessions(const connector_agent *agent,
+                                          char **out,
+                                          size_t *expected,
+                                          char **error);
+
+// Waits until the agent holds sessions with at least `count` server
+// replicas (see [`connector_agent_sessions`]), at most `timeout_us`
+// microseconds (0: no limit).
+//
+// # Safety
+// `error` null or writable.
+connector_result connector_agent_wait_sessions(const connector_agent *agent,
+                                               size_t count,
+                                               uint64_t timeout_us,
+                                               const connector_cancel *cancel,
+                                               char **error);
 
 // Stops the agent (closing its connection, which ends its tunnelled
 // connections) and frees the handle.
@@ -380,6 +417,39 @@ connector_result connector_server_config_set_worker_threads(const connector_serv
                                                             uint32_t threads,
                                                             char **error);
 
+// Sets how many server replicas run behind the address agents are given
+// (default 1). It is announced to agents, which keep connecting until they
+// hold a session with each replica, so every replica can dial through every
+// agent (see docs/operations.md, high availability).
+//
+// # Safety
+// `error` null or writable.
+connector_result connector_server_config_set_server_count(const connector_server_config *config,
+                                                          uint16_t count,
+                                                          char **error);
+
+// Sets where the TCP fallback listener (TLS + QMux, for agents whose
+// network blocks UDP) listens: `"same"` (the default: the QUIC listener's
+// IP and port), `"off"`, or `IP:PORT`. See [`crate::server::connector_server_tcp_addr`].
+//
+// # Safety
+// `listen` NUL-terminated; `error` null or writable.
+connector_result connector_server_config_set_tcp_listen(const connector_server_config *config,
+                                                        const char *listen,
+                                                        char **error);
+
+// Sets how often the server sends a keepalive on an otherwise idle agent
+// connection (default 5 s) and after how long without hearing from an
+// agent it drops it (default 30 s); 0 keeps a value as it is. The
+// connection's idle timeout is the smaller of the two ends'.
+//
+// # Safety
+// `error` null or writable.
+connector_result connector_server_config_set_keepalive(const connector_server_config *config,
+                                                       uint64_t keepalive_ms,
+                                                       uint64_t idle_timeout_ms,
+                                                       char **error);
+
 // Creates agent settings. Required before starting: the server address,
 // its CA, an agent id and a credential (token, token file or client certificate).
 //
@@ -393,11 +463,23 @@ connector_result connector_agent_config_new(connector_agent_config **out, char *
 // `error` null or writable.
 connector_result connector_agent_config_free(connector_agent_config *config, char **error);
 
-// Sets the server address, `host:port` (resolved at every connection attempt).
+// Sets the server address, `host:port` (resolved at every connection
+// attempt), replacing any set before. One address may front several
+// replicas: the agent keeps connecting until it holds as many as the
+// servers announce (`connector_server_config_set_server_count`).
 //
 // # Safety
 // `server` NUL-terminated; `error` null or writable.
 connector_result connector_agent_config_set_server(const connector_agent_config *config,
+                                                   const char *server,
+                                                   char **error);
+
+// Adds a server address, `host:port`: with several, each is one replica
+// and the agent holds a session with every one of them.
+//
+// # Safety
+// `server` NUL-terminated; `error` null or writable.
+connector_result connector_agent_config_add_server(const connector_agent_config *config,
                                                    const char *server,
                                                    char **error);
 
@@ -507,6 +589,45 @@ connector_result connector_agent_config_set_worker_threads(const connector_agent
                                                            uint32_t threads,
                                                            char **error);
 
+// Closes a tunnelled connection idle (no bytes either way) for `timeout_ms`
+// milliseconds (0: never, the default); a stream then fails with
+// `CONNECTOR_ERR_TIMED_OUT` (see `connector_stream_status`).
+//
+// # Safety
+// `error` null or writable.
+connector_result connector_agent_config_set_tunnel_idle_timeout(const connector_agent_config *config,
+                                                                uint64_t timeout_ms,
+                                                                char **error);
+
+// Sets how often the agent sends a keepalive on an otherwise idle
+// connection to its server (default 5 s) and after how long without an
+// answer the server counts as gone (default 30 s); 0 keeps a value as it is.
+//
+// # Safety
+// `error` null or writable.
+connector_result connector_agent_config_set_keepalive(const connector_agent_config *config,
+                                                      uint64_t keepalive_ms,
+                                                      uint64_t idle_timeout_ms,
+                                                      char **error);
+
+// Sets the transport to the server: `"auto"` (the default: QUIC, falling
+// back to TCP when UDP does not get through), `"quic"` or `"tcp"`.
+//
+// # Safety
+// `transport` NUL-terminated; `error` null or writable.
+connector_result connector_agent_config_set_transport(const connector_agent_config *config,
+                                                      const char *transport,
+                                                      char **error);
+
+// Sets the server's TCP fallback address, `host:port` (default: the same
+// as the server address; only with a single server address).
+//
+// # Safety
+// `server` NUL-terminated; `error` null or writable.
+connector_result connector_agent_config_set_tcp_server(const connector_agent_config *config,
+                                                       const char *server,
+                                                       char **error);
+
 // Frees a string the library handed out (an error message, an address).
 // Null is ignored.
 //
@@ -520,17 +641,18 @@ const char *connector_result_name(connector_result result);
 // Starts a frontend on `bind`: `unix:///path/to.sock` (owner-only),
 // `tcp://127.0.0.1:PORT` (plain, loopback only) or `tls://IP:PORT` (mutual
 // TLS: `cert_path`, `key_path` and `client_ca_path` are then required; pass
-// null otherwise). `*out` receives where it listens (free with
-// `connector_string_free`). It serves until the server is freed.
+// null otherwise). `limits` may be null (defaults). `*out` receives where it
+// listens (free with `connector_string_free`). It serves until the server is freed.
 //
 // # Safety
-// Strings null or NUL-terminated; `out` writable; `error` null or writable.
+// Strings null or NUL-terminated; `limits` null or readable; `out` writable; `error` null or writable.
 connector_result connector_server_start_frontend(const connector_server *server,
                                                  connector_frontend_protocol protocol,
                                                  const char *bind,
                                                  const char *cert_path,
                                                  const char *key_path,
                                                  const char *client_ca_path,
+                                                 const connector_frontend_limits *limits,
                                                  char **out,
                                                  char **error);
 
@@ -578,6 +700,16 @@ connector_result connector_server_local_addr(const connector_server *server,
                                              char **out,
                                              char **error);
 
+// The TCP address agents reach over the fallback transport (`ip:port`) in
+// `*out` (free with `connector_string_free`), or null when it is off
+// (`connector_server_config_set_tcp_listen(config, "off")`).
+//
+// # Safety
+// `out` writable; `error` null or writable.
+connector_result connector_server_tcp_addr(const connector_server *server,
+                                           char **out,
+                                           char **error);
+
 // How many agents are connected, in `*out`.
 //
 // # Safety
@@ -617,7 +749,8 @@ connector_result connector_server_dial(const connector_server *server,
 // of a Unix socketpair in `*fd`, owned by the caller: read and write it with
 // the caller's own event loop; `shutdown(fd, SHUT_WR)` is a half-close. A
 // library task copies between the other end and the tunnel. `*out` is a
-// stream handle that can only be freed: close the descriptor, then free the
+// stream handle that can only be freed and asked [`crate::stream::connector_stream_status`]
+// (whether the connection ended cleanly): close the descriptor, then free the
 // handle (data written before the close still reaches the target, within
 // 10 s; then the connection ends).
 //
@@ -689,6 +822,27 @@ connector_result connector_stream_close_write(const connector_stream *stream,
 connector_result connector_stream_agent_id(const connector_stream *stream,
                                            char **out,
                                            char **error);
+
+// Whether a stream handed over as a descriptor
+// ([`crate::server::connector_server_dial_fd`]) ended abnormally. The
+// descriptor reads end of stream both when the target closed cleanly and
+// when the tunnel broke; this tells them apart. `*ended` is
+// `CONNECTOR_OK` while the connection runs or after a clean end, else the
+// code of what broke it, with a message in `*reason` (null otherwise; free
+// with `connector_string_free`): `CONNECTOR_ERR_IO` for a target reset or
+// a lost agent or server connection, `CONNECTOR_ERR_TIMED_OUT` when the
+// agent closed an idle connection (its tunnel idle timeout). The outcome is
+// recorded before the library closes its end, so once the descriptor reads
+// end of stream (or fails), this call gives the final answer. For other
+// streams, read and write report failures themselves: `*ended` is
+// `CONNECTOR_OK`.
+//
+// # Safety
+// `ended` and `reason` writable; `error` null or writable.
+connector_result connector_stream_status(const connector_stream *stream,
+                                         connector_result *ended,
+                                         char **reason,
+                                         char **error);
 
 // Frees the stream. Pending calls on it return `CONNECTOR_ERR_CLOSED`. A
 // connection not finished in both directions is aborted (the target sees a

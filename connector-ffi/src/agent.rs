@@ -29,7 +29,11 @@ const STOP_GRACE_US: u64 = 5_000_000;
 
 fn start(config: &connector_agent_config) -> Result<connector_agent, Error> {
     let s = config.snapshot();
-    let server = s.server.clone().ok_or_else(|| Error::setup("no server address"))?;
+    let server = s
+        .servers
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::setup("no server address"))?;
     let agent_id = s.agent_id.clone().ok_or_else(|| Error::setup("no agent id"))?;
     if s.server_cas.is_empty() {
         return Err(Error::setup(
@@ -50,6 +54,19 @@ fn start(config: &connector_agent_config) -> Result<connector_agent, Error> {
     setup.identifiers = s.identifiers.clone();
     setup.policy = s.policy();
     setup.max_connections = s.max_connections;
+    setup.servers = s.servers.clone();
+    setup.tunnel_idle_timeout = s.tunnel_idle_timeout;
+    if let Some(keepalive) = s.liveness.keepalive {
+        setup.keepalive = keepalive;
+    }
+    if let Some(idle) = s.liveness.idle_timeout {
+        setup.idle_timeout = idle;
+    }
+    if let Some(transport) = s.transport {
+        setup.transport = transport;
+    }
+    setup.tcp_server = s.tcp_server.clone();
+    setup.check().map_err(Error::setup)?;
     let rt = OwnedRuntime::new(s.worker_threads)?;
     let agent = {
         let _entered = rt.handle().enter();
@@ -63,6 +80,14 @@ fn start(config: &connector_agent_config) -> Result<connector_agent, Error> {
 }
 
 impl connector_agent {
+    fn running(&self) -> Result<Arc<Agent>, Error> {
+        self.agent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Error::new(connector_result::CONNECTOR_ERR_CLOSED, "the agent was stopped"))
+    }
+
     fn status(&self) -> Result<AgentStatus, Error> {
         let guard = self.agent.lock().unwrap_or_else(|p| p.into_inner());
         guard
@@ -107,12 +132,7 @@ pub unsafe extern "C" fn connector_agent_wait_connected(
     guard(error, || {
         let agent = AGENTS.get(agent)?;
         let cancel = cancel::optional(cancel)?;
-        let running = agent
-            .agent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| Error::new(connector_result::CONNECTOR_ERR_CLOSED, "the agent was stopped"))?;
+        let running = agent.running()?;
         let outcome = agent
             .rt
             .block(timeout_us, cancel.as_deref(), Some(&agent.closed), async {
@@ -159,6 +179,61 @@ pub unsafe extern "C" fn connector_agent_status(
             AgentStatus::Stopped => "stopped".to_owned(),
         };
         write_out(out, to_c_string(&text), "out")
+    })
+}
+
+/// The server replicas the agent holds a session with, one line each,
+/// `SERVER_ID TRANSPORT` (`quic` or `tcp`), in `*out` (empty when none; free
+/// with `connector_string_free`), and in `*expected` how many it should hold:
+/// the number of server addresses, or the replica count the servers announce.
+///
+/// # Safety
+/// `out` and `expected` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_sessions(
+    agent: *const connector_agent,
+    out: *mut *mut c_char,
+    expected: *mut usize,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        check_out(expected, "expected")?;
+        let running = AGENTS.get(agent)?.running()?;
+        let lines: Vec<String> = running
+            .servers()
+            .iter()
+            .map(|s| format!("{} {}", s.server_id, s.transport))
+            .collect();
+        write_out(expected, running.observer().expected_servers(), "expected")?;
+        write_out(out, to_c_string(&lines.join("\n")), "out")
+    })
+}
+
+/// Waits until the agent holds sessions with at least `count` server
+/// replicas (see [`connector_agent_sessions`]), at most `timeout_us`
+/// microseconds (0: no limit).
+///
+/// # Safety
+/// `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_wait_sessions(
+    agent: *const connector_agent,
+    count: usize,
+    timeout_us: u64,
+    cancel: *const connector_cancel,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        let agent = AGENTS.get(agent)?;
+        let cancel = cancel::optional(cancel)?;
+        let running = agent.running()?;
+        agent
+            .rt
+            .block(timeout_us, cancel.as_deref(), Some(&agent.closed), async {
+                running.wait_for_servers(|held| held.len() >= count).await;
+                Ok(())
+            })
     })
 }
 

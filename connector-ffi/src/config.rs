@@ -13,7 +13,9 @@ use connector_core::agent::{DestinationPolicy, Rule};
 use connector_core::auth::{Allowance, TokenEntry};
 use connector_core::proto::Secret;
 use connector_core::server::{Limits, ProxyStrategy};
+use connector_core::setup::TcpListen;
 use connector_core::tls::{CaBundle, Identity};
+use connector_core::transport::fallback::TransportMode;
 
 use crate::auth::connector_auth_callback;
 use crate::connector_result;
@@ -37,6 +39,35 @@ pub(crate) struct ServerSettings {
     pub(crate) limits: Limits,
     pub(crate) proxy_strategies: Option<Vec<ProxyStrategy>>,
     pub(crate) worker_threads: usize,
+    pub(crate) server_count: u16,
+    pub(crate) tcp_listen: TcpListen,
+    pub(crate) liveness: Liveness,
+}
+
+/// Keepalive interval and idle timeout of the connection between agent and
+/// server (`None`: the library's default).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Liveness {
+    pub(crate) keepalive: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+impl Liveness {
+    /// Sets either value from milliseconds (0 keeps it as it is).
+    fn set(&mut self, keepalive_ms: u64, idle_timeout_ms: u64) -> Result<(), Error> {
+        if keepalive_ms == 0 && idle_timeout_ms == 0 {
+            return Err(Error::invalid(
+                "give a keepalive interval, an idle timeout, or both (0 keeps one as it is)",
+            ));
+        }
+        if keepalive_ms > 0 {
+            self.keepalive = Some(Duration::from_millis(keepalive_ms));
+        }
+        if idle_timeout_ms > 0 {
+            self.idle_timeout = Some(Duration::from_millis(idle_timeout_ms));
+        }
+        Ok(())
+    }
 }
 
 /// Settings of an agent, edited through `connector_agent_config_*` calls.
@@ -46,7 +77,7 @@ pub struct connector_agent_config {
 
 #[derive(Clone, Default)]
 pub(crate) struct AgentSettings {
-    pub(crate) server: Option<String>,
+    pub(crate) servers: Vec<String>,
     pub(crate) server_name: Option<String>,
     pub(crate) server_cas: CaBundle,
     pub(crate) agent_id: Option<String>,
@@ -57,6 +88,10 @@ pub(crate) struct AgentSettings {
     pub(crate) rules: Vec<Rule>,
     pub(crate) max_connections: usize,
     pub(crate) worker_threads: usize,
+    pub(crate) tunnel_idle_timeout: Option<Duration>,
+    pub(crate) liveness: Liveness,
+    pub(crate) transport: Option<TransportMode>,
+    pub(crate) tcp_server: Option<String>,
 }
 
 /// Server resource bounds; a zero field keeps the default.
@@ -71,6 +106,9 @@ pub struct connector_limits {
     pub hello_timeout_ms: u64,
     /// Default dial deadline when a dial passes no timeout, ms (default 30 s).
     pub dial_timeout_ms: u64,
+    /// Dials waiting for their agent's answer at once, across all agents;
+    /// more fail at once with `CONNECTOR_ERR_OVERLOADED` (default 1,000).
+    pub max_pending_dials: u64,
 }
 
 pub(crate) static SERVER_CONFIGS: Registry<connector_server_config> = Registry::new("server config");
@@ -150,6 +188,9 @@ pub unsafe extern "C" fn connector_server_config_new(
             limits: Limits::default(),
             proxy_strategies: None,
             worker_threads: 0,
+            server_count: 1,
+            tcp_listen: TcpListen::SameAsQuic,
+            liveness: Liveness::default(),
         };
         let config = Arc::new(connector_server_config {
             settings: Mutex::new(settings),
@@ -378,6 +419,9 @@ pub unsafe extern "C" fn connector_server_config_set_limits(
         if l.dial_timeout_ms > 0 {
             s.limits.dial_timeout = ms(l.dial_timeout_ms);
         }
+        if l.max_pending_dials > 0 {
+            s.limits.max_pending_dials = usize::try_from(l.max_pending_dials).unwrap_or(usize::MAX);
+        }
         Ok(())
     })
 }
@@ -437,6 +481,63 @@ pub unsafe extern "C" fn connector_server_config_set_worker_threads(
     })
 }
 
+/// Sets how many server replicas run behind the address agents are given
+/// (default 1). It is announced to agents, which keep connecting until they
+/// hold a session with each replica, so every replica can dial through every
+/// agent (see docs/operations.md, high availability).
+///
+/// # Safety
+/// `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_config_set_server_count(
+    config: *const connector_server_config,
+    count: u16,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_server(config, error, |s| {
+        if count == 0 {
+            return Err(Error::invalid("server_count must be at least 1"));
+        }
+        s.server_count = count;
+        Ok(())
+    })
+}
+
+/// Sets where the TCP fallback listener (TLS + QMux, for agents whose
+/// network blocks UDP) listens: `"same"` (the default: the QUIC listener's
+/// IP and port), `"off"`, or `IP:PORT`. See [`crate::server::connector_server_tcp_addr`].
+///
+/// # Safety
+/// `listen` NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_config_set_tcp_listen(
+    config: *const connector_server_config,
+    listen: *const c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_server(config, error, |s| {
+        s.tcp_listen = arg_str(listen, "listen")?.parse().map_err(Error::invalid)?;
+        Ok(())
+    })
+}
+
+/// Sets how often the server sends a keepalive on an otherwise idle agent
+/// connection (default 5 s) and after how long without hearing from an
+/// agent it drops it (default 30 s); 0 keeps a value as it is. The
+/// connection's idle timeout is the smaller of the two ends'.
+///
+/// # Safety
+/// `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_config_set_keepalive(
+    config: *const connector_server_config,
+    keepalive_ms: u64,
+    idle_timeout_ms: u64,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_server(config, error, |s| s.liveness.set(keepalive_ms, idle_timeout_ms))
+}
+
 // ---------------------------------------------------------------- agent
 
 /// Creates agent settings. Required before starting: the server address,
@@ -474,7 +575,18 @@ pub unsafe extern "C" fn connector_agent_config_free(
     guard(error, || AGENT_CONFIGS.remove(config).map(drop))
 }
 
-/// Sets the server address, `host:port` (resolved at every connection attempt).
+fn server_address(server: *const c_char, what: &str) -> Result<String, Error> {
+    let text = arg_str(server, what)?;
+    if !text.contains(':') {
+        return Err(Error::invalid(format!("{what} address {text:?} is not host:port")));
+    }
+    Ok(text.to_owned())
+}
+
+/// Sets the server address, `host:port` (resolved at every connection
+/// attempt), replacing any set before. One address may front several
+/// replicas: the agent keeps connecting until it holds as many as the
+/// servers announce (`connector_server_config_set_server_count`).
 ///
 /// # Safety
 /// `server` NUL-terminated; `error` null or writable.
@@ -485,11 +597,24 @@ pub unsafe extern "C" fn connector_agent_config_set_server(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        let text = arg_str(server, "server")?;
-        if !text.contains(':') {
-            return Err(Error::invalid(format!("server address {text:?} is not host:port")));
-        }
-        s.server = Some(text.to_owned());
+        s.servers = vec![server_address(server, "server")?];
+        Ok(())
+    })
+}
+
+/// Adds a server address, `host:port`: with several, each is one replica
+/// and the agent holds a session with every one of them.
+///
+/// # Safety
+/// `server` NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_config_add_server(
+    config: *const connector_agent_config,
+    server: *const c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_agent(config, error, |s| {
+        s.servers.push(server_address(server, "server")?);
         Ok(())
     })
 }
@@ -715,6 +840,74 @@ pub unsafe extern "C" fn connector_agent_config_set_worker_threads(
 ) -> connector_result {
     edit_agent(config, error, |s| {
         s.worker_threads = threads as usize;
+        Ok(())
+    })
+}
+
+/// Closes a tunnelled connection idle (no bytes either way) for `timeout_ms`
+/// milliseconds (0: never, the default); a stream then fails with
+/// `CONNECTOR_ERR_TIMED_OUT` (see `connector_stream_status`).
+///
+/// # Safety
+/// `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_config_set_tunnel_idle_timeout(
+    config: *const connector_agent_config,
+    timeout_ms: u64,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_agent(config, error, |s| {
+        s.tunnel_idle_timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
+        Ok(())
+    })
+}
+
+/// Sets how often the agent sends a keepalive on an otherwise idle
+/// connection to its server (default 5 s) and after how long without an
+/// answer the server counts as gone (default 30 s); 0 keeps a value as it is.
+///
+/// # Safety
+/// `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_config_set_keepalive(
+    config: *const connector_agent_config,
+    keepalive_ms: u64,
+    idle_timeout_ms: u64,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_agent(config, error, |s| s.liveness.set(keepalive_ms, idle_timeout_ms))
+}
+
+/// Sets the transport to the server: `"auto"` (the default: QUIC, falling
+/// back to TCP when UDP does not get through), `"quic"` or `"tcp"`.
+///
+/// # Safety
+/// `transport` NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_config_set_transport(
+    config: *const connector_agent_config,
+    transport: *const c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_agent(config, error, |s| {
+        s.transport = Some(arg_str(transport, "transport")?.parse().map_err(Error::invalid)?);
+        Ok(())
+    })
+}
+
+/// Sets the server's TCP fallback address, `host:port` (default: the same
+/// as the server address; only with a single server address).
+///
+/// # Safety
+/// `server` NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_config_set_tcp_server(
+    config: *const connector_agent_config,
+    server: *const c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_agent(config, error, |s| {
+        s.tcp_server = Some(server_address(server, "tcp_server")?);
         Ok(())
     })
 }

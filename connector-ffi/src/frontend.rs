@@ -13,6 +13,34 @@ use crate::connector_result;
 use crate::error::{Error, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
 use crate::server::{SERVERS, connector_server};
 
+/// Bounds of one frontend; a zero field keeps the default.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct connector_frontend_limits {
+    /// Client connections served at once; more are closed on arrival (default 10,000).
+    pub max_connections: u64,
+    /// Time a client has for the TLS handshake and its request head, ms (default 10 s).
+    pub head_timeout_ms: u64,
+    /// Largest request head accepted, in bytes (default 8 KiB; HTTP CONNECT answers 431 beyond).
+    pub max_head: u64,
+}
+
+impl connector_frontend_limits {
+    fn apply(&self) -> FrontendLimits {
+        let mut limits = FrontendLimits::default();
+        if self.max_connections > 0 {
+            limits.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
+        }
+        if self.head_timeout_ms > 0 {
+            limits.head_timeout = std::time::Duration::from_millis(self.head_timeout_ms);
+        }
+        if self.max_head > 0 {
+            limits.max_head = usize::try_from(self.max_head).unwrap_or(usize::MAX);
+        }
+        limits
+    }
+}
+
 /// The protocol a frontend speaks.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +79,11 @@ fn parse_bind(bind: &str, tls: Option<(&str, &str, &str)>) -> Result<FrontendBin
 /// Starts a frontend on `bind`: `unix:///path/to.sock` (owner-only),
 /// `tcp://127.0.0.1:PORT` (plain, loopback only) or `tls://IP:PORT` (mutual
 /// TLS: `cert_path`, `key_path` and `client_ca_path` are then required; pass
-/// null otherwise). `*out` receives where it listens (free with
-/// `connector_string_free`). It serves until the server is freed.
+/// null otherwise). `limits` may be null (defaults). `*out` receives where it
+/// listens (free with `connector_string_free`). It serves until the server is freed.
 ///
 /// # Safety
-/// Strings null or NUL-terminated; `out` writable; `error` null or writable.
+/// Strings null or NUL-terminated; `limits` null or readable; `out` writable; `error` null or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connector_server_start_frontend(
     server: *const connector_server,
@@ -64,6 +92,7 @@ pub unsafe extern "C" fn connector_server_start_frontend(
     cert_path: *const c_char,
     key_path: *const c_char,
     client_ca_path: *const c_char,
+    limits: *const connector_frontend_limits,
     out: *mut *mut c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
@@ -85,13 +114,19 @@ pub unsafe extern "C" fn connector_server_start_frontend(
             }
         };
         let bind = parse_bind(bind, tls)?;
+        let limits = if limits.is_null() {
+            FrontendLimits::default()
+        } else {
+            // SAFETY: non-null and readable per the contract.
+            unsafe { *limits }.apply()
+        };
         let protocol = match protocol {
             connector_frontend_protocol::CONNECTOR_FRONTEND_HTTP_CONNECT => FrontendProtocol::HttpConnect,
             connector_frontend_protocol::CONNECTOR_FRONTEND_GRPC => FrontendProtocol::Grpc,
         };
         let local = {
             let _entered = server.rt.handle().enter();
-            frontend::start(&server.server, protocol, &bind, &FrontendLimits::default()).map_err(Error::setup)?
+            frontend::start(&server.server, protocol, &bind, &limits).map_err(Error::setup)?
         };
         write_out(out, to_c_string(&local), "out")
     })

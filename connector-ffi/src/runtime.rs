@@ -102,3 +102,89 @@ impl Drop for OwnedRuntime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::task::Poll;
+
+    use super::*;
+
+    /// A work future that reports on `polled` when first polled (the call is
+    /// then inside `block`, waiting) and never completes.
+    fn stuck(polled: mpsc::Sender<()>) -> impl Future<Output = Result<(), Error>> {
+        let mut polled = Some(polled);
+        std::future::poll_fn(move |_| {
+            if let Some(tx) = polled.take() {
+                let _ = tx.send(());
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Generous bound that only catches a hang (a call that never ends).
+    const HANG_GUARD: Duration = Duration::from_secs(120);
+
+    /// Runs `block` on another thread with `stuck` work; once the work is
+    /// being polled (the call is in progress), runs `interrupt` on this
+    /// thread; returns the call's outcome.
+    fn interrupted(
+        timeout_us: u64,
+        cancel: &Arc<connector_cancel>,
+        closed: &Arc<connector_cancel>,
+        interrupt: impl FnOnce(),
+    ) -> Result<(), Error> {
+        let rt = OwnedRuntime::new(1).unwrap();
+        let (polled_tx, polled) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
+        let (c, k) = (cancel.clone(), closed.clone());
+        std::thread::spawn(move || {
+            let _ = done_tx.send(rt.block(timeout_us, Some(&c), Some(&k), stuck(polled_tx)));
+        });
+        polled.recv_timeout(HANG_GUARD).expect("the work is polled");
+        interrupt();
+        done.recv_timeout(HANG_GUARD).expect("the blocked call returns")
+    }
+
+    #[test]
+    fn a_cancel_fired_from_another_thread_ends_a_call_in_progress() {
+        let (cancel, closed) = (Arc::new(connector_cancel::new()), Arc::new(connector_cancel::new()));
+        let err = interrupted(0, &cancel, &closed, || cancel.fire()).unwrap_err();
+        assert_eq!(err.code, connector_result::CONNECTOR_ERR_CANCELLED, "{}", err.message);
+    }
+
+    #[test]
+    fn closing_the_handle_from_another_thread_ends_a_call_in_progress() {
+        // What `connector_*_free` does to calls pending on the handle.
+        let (cancel, closed) = (Arc::new(connector_cancel::new()), Arc::new(connector_cancel::new()));
+        let err = interrupted(0, &cancel, &closed, || closed.fire()).unwrap_err();
+        assert_eq!(err.code, connector_result::CONNECTOR_ERR_CLOSED, "{}", err.message);
+    }
+
+    #[test]
+    fn a_call_in_progress_times_out() {
+        let (cancel, closed) = (Arc::new(connector_cancel::new()), Arc::new(connector_cancel::new()));
+        let err = interrupted(1_000, &cancel, &closed, || {}).unwrap_err();
+        assert_eq!(err.code, connector_result::CONNECTOR_ERR_TIMED_OUT, "{}", err.message);
+        assert!(!cancel.is_fired() && !closed.is_fired());
+    }
+
+    #[test]
+    fn a_cancel_fired_before_the_call_ends_it_without_running_the_work() {
+        let rt = OwnedRuntime::new(1).unwrap();
+        let cancel = connector_cancel::new();
+        cancel.fire();
+        let (tx, rx) = mpsc::channel();
+        let err = rt.block(0, Some(&cancel), None, stuck(tx)).unwrap_err();
+        assert_eq!(err.code, connector_result::CONNECTOR_ERR_CANCELLED);
+        assert!(rx.try_recv().is_err(), "the work was never polled");
+    }
+
+    #[test]
+    fn a_blocking_call_on_a_library_thread_is_refused() {
+        let rt = OwnedRuntime::new(1).unwrap();
+        let _entered = rt.handle().enter();
+        let err = rt.block(0, None, None, async { Ok(()) }).unwrap_err();
+        assert_eq!(err.code, connector_result::CONNECTOR_ERR_WRONG_THREAD);
+    }
+}

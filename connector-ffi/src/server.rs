@@ -23,6 +23,7 @@ pub struct connector_server {
     pub(crate) rt: Arc<OwnedRuntime>,
     pub(crate) server: Server,
     local_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
     /// Fired by [`connector_server_free`]: pending calls end.
     closed: connector_cancel,
     /// The C authenticator's calls in progress, if there is one.
@@ -76,6 +77,14 @@ fn start(config: &connector_server_config) -> Result<connector_server, Error> {
     }
     setup.server_id = s.server_id;
     setup.limits = s.limits;
+    setup.server_count = s.server_count;
+    setup.tcp_listen = s.tcp_listen;
+    if let Some(keepalive) = s.liveness.keepalive {
+        setup.keepalive = keepalive;
+    }
+    if let Some(idle) = s.liveness.idle_timeout {
+        setup.idle_timeout = idle;
+    }
     if let Some(strategies) = s.proxy_strategies {
         setup.proxy_strategies = strategies;
     }
@@ -87,6 +96,7 @@ fn start(config: &connector_server_config) -> Result<connector_server, Error> {
         rt,
         server: started.server,
         local_addr: started.local_addr,
+        tcp_addr: started.tcp_addr,
         closed: connector_cancel::new(),
         auth_gate,
     })
@@ -125,6 +135,29 @@ pub unsafe extern "C" fn connector_server_local_addr(
         check_out(out, "out")?;
         let server = SERVERS.get(server)?;
         write_out(out, to_c_string(&server.local_addr.to_string()), "out")
+    })
+}
+
+/// The TCP address agents reach over the fallback transport (`ip:port`) in
+/// `*out` (free with `connector_string_free`), or null when it is off
+/// (`connector_server_config_set_tcp_listen(config, "off")`).
+///
+/// # Safety
+/// `out` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_tcp_addr(
+    server: *const connector_server,
+    out: *mut *mut c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        let server = SERVERS.get(server)?;
+        let addr = match server.tcp_addr {
+            Some(addr) => to_c_string(&addr.to_string()),
+            None => std::ptr::null_mut(),
+        };
+        write_out(out, addr, "out")
     })
 }
 
@@ -242,7 +275,8 @@ pub unsafe extern "C" fn connector_server_dial(
 /// of a Unix socketpair in `*fd`, owned by the caller: read and write it with
 /// the caller's own event loop; `shutdown(fd, SHUT_WR)` is a half-close. A
 /// library task copies between the other end and the tunnel. `*out` is a
-/// stream handle that can only be freed: close the descriptor, then free the
+/// stream handle that can only be freed and asked [`crate::stream::connector_stream_status`]
+/// (whether the connection ended cleanly): close the descriptor, then free the
 /// handle (data written before the close still reaches the target, within
 /// 10 s; then the connection ends).
 ///
@@ -270,8 +304,9 @@ pub unsafe extern "C" fn connector_server_dial_fd(
         let tunnel = server.dial(&selector, target, timeout_us, cancel.as_deref())?;
         let agent_id = tunnel.agent_id().to_owned();
         let abort = Arc::new(connector_cancel::new());
-        let raw = crate::splice::start(server.rt.handle(), tunnel, abort.clone())?;
-        let stream = connector_stream::spliced(server.rt.clone(), agent_id, abort);
+        let end = Arc::new(crate::splice::SpliceEnd::default());
+        let raw = crate::splice::start(server.rt.handle(), tunnel, abort.clone(), end.clone())?;
+        let stream = connector_stream::spliced(server.rt.clone(), agent_id, abort, end);
         write_out(fd, raw, "fd")?;
         write_out(out, STREAMS.insert(Arc::new(stream)), "out")
     })

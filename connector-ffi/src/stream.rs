@@ -12,6 +12,7 @@ use crate::connector_result;
 use crate::error::{Error, check_out, guard, to_c_string, write_out};
 use crate::handle::Registry;
 use crate::runtime::OwnedRuntime;
+use crate::splice::SpliceEnd;
 
 /// A tunnelled TCP connection. One read and one write may be pending at
 /// once, from different threads; [`connector_stream_free`] aborts them
@@ -22,6 +23,8 @@ pub struct connector_stream {
     /// Fired when the handle is freed.
     closed: Arc<connector_cancel>,
     io: Option<Io>,
+    /// How the copy task of a stream handed over as a descriptor ended.
+    end: Option<Arc<SpliceEnd>>,
 }
 
 struct Io {
@@ -44,17 +47,24 @@ impl connector_stream {
                 reader: tokio::sync::Mutex::new(reader),
                 writer: tokio::sync::Mutex::new(writer),
             }),
+            end: None,
         }
     }
 
     /// A stream whose bytes flow through a socketpair; the handle only
     /// aborts it (`closed` is handed to the splice task).
-    pub(crate) fn spliced(rt: Arc<OwnedRuntime>, agent_id: String, closed: Arc<connector_cancel>) -> Self {
+    pub(crate) fn spliced(
+        rt: Arc<OwnedRuntime>,
+        agent_id: String,
+        closed: Arc<connector_cancel>,
+        end: Arc<SpliceEnd>,
+    ) -> Self {
         Self {
             rt,
             agent_id,
             closed,
             io: None,
+            end: Some(end),
         }
     }
 
@@ -209,6 +219,44 @@ pub unsafe extern "C" fn connector_stream_agent_id(
         check_out(out, "out")?;
         let stream = STREAMS.get(stream)?;
         write_out(out, to_c_string(&stream.agent_id), "out")
+    })
+}
+
+/// Whether a stream handed over as a descriptor
+/// ([`crate::server::connector_server_dial_fd`]) ended abnormally. The
+/// descriptor reads end of stream both when the target closed cleanly and
+/// when the tunnel broke; this tells them apart. `*ended` is
+/// `CONNECTOR_OK` while the connection runs or after a clean end, else the
+/// code of what broke it, with a message in `*reason` (null otherwise; free
+/// with `connector_string_free`): `CONNECTOR_ERR_IO` for a target reset or
+/// a lost agent or server connection, `CONNECTOR_ERR_TIMED_OUT` when the
+/// agent closed an idle connection (its tunnel idle timeout). The outcome is
+/// recorded before the library closes its end, so once the descriptor reads
+/// end of stream (or fails), this call gives the final answer. For other
+/// streams, read and write report failures themselves: `*ended` is
+/// `CONNECTOR_OK`.
+///
+/// # Safety
+/// `ended` and `reason` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_stream_status(
+    stream: *const connector_stream,
+    ended: *mut connector_result,
+    reason: *mut *mut c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(ended, "ended")?;
+        check_out(reason, "reason")?;
+        write_out(reason, std::ptr::null_mut(), "reason")?;
+        let stream = STREAMS.get(stream)?;
+        match stream.end.as_deref().and_then(SpliceEnd::get) {
+            Some(Err(err)) => {
+                write_out(ended, err.code, "ended")?;
+                write_out(reason, to_c_string(&err.message), "reason")
+            }
+            _ => write_out(ended, connector_result::CONNECTOR_OK, "ended"),
+        }
     })
 }
 

@@ -1,6 +1,7 @@
 /* End-to-end test of the C ABI: a server and agents over real QUIC on
  * loopback, a TCP echo target, dials, reads, writes, half-close, timeouts,
- * cancellation from another thread, the socketpair hand-over, a C auth
+ * calls blocked on a silent target ended by another thread (cancel, free)
+ * or by their timeout, the socketpair hand-over, a C auth
  * callback, and bad input. Run under Valgrind by run-tests.sh: every
  * handle and string is freed, so any leak is reported. */
 
@@ -8,11 +9,14 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static int checks = 0;
@@ -118,19 +122,70 @@ static void *fire_later(void *arg) {
   return NULL;
 }
 
-/* ---- a read pending in another thread while the stream is freed ---- */
+/* ---- a call pending in another thread, interrupted once it is blocked ---- */
 
 typedef struct {
   connector_stream *stream;
+  connector_cancel *cancel;
+  const uint8_t *data; /* NULL: read, else write `len` bytes of it */
+  size_t len;
+  int announce[2]; /* the thread writes its id here just before the call */
+  size_t done;     /* bytes read or written */
   connector_result result;
-} pending_read;
+} pending_call;
 
-static void *read_forever(void *arg) {
-  pending_read *p = arg;
-  uint8_t buf[16];
-  size_t n = 0;
-  p->result = connector_stream_read(p->stream, buf, sizeof buf, 0, NULL, &n, NULL);
+static void *call_pending(void *arg) {
+  pending_call *p = arg;
+  pid_t tid = (pid_t)syscall(SYS_gettid);
+  CHECK(write(p->announce[1], &tid, sizeof tid) == (ssize_t)sizeof tid, "announce");
+  if (p->data == NULL) {
+    uint8_t buf[16];
+    p->result = connector_stream_read(p->stream, buf, sizeof buf, 0, p->cancel, &p->done, NULL);
+  } else {
+    p->result = connector_stream_write(p->stream, p->data, p->len, 0, p->cancel, &p->done, NULL);
+  }
   return NULL;
+}
+
+/* Starts `p` on a new thread and returns once that thread has announced
+ * itself and is parked on a futex: inside the library's blocking wait (the
+ * call takes no other lock that blocks for long). Residual race: a futex
+ * wait on a briefly contended lock on the way in would also match; the
+ * interrupt then lands before the wait, which gives the same result code
+ * through the call's entry check. Without /proc, it returns after the
+ * announcement. */
+static pthread_t start_blocked(pending_call *p) {
+  CHECK(pipe(p->announce) == 0, "pipe");
+  pthread_t thread;
+  pthread_create(&thread, NULL, call_pending, p);
+  pid_t tid = 0;
+  CHECK(read(p->announce[0], &tid, sizeof tid) == (ssize_t)sizeof tid, "announcement");
+  close(p->announce[0]);
+  close(p->announce[1]);
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
+  for (long polls = 0;; polls++) {
+    FILE *f = fopen(path, "r");
+    if (f == NULL) break;
+    char line[32] = {0};
+    int ok = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    if (!ok) break;
+    if (strncmp(line, "202 ", 4) == 0) break; /* futex (x86-64) */
+    CHECK(polls < 6000000, "the call never blocked (syscall %s)", line);
+    sched_yield();
+  }
+  return thread;
+}
+
+/* A TCP target that accepts (through the kernel's queue) and then never
+ * reads or writes: returns the listening socket; accept() the connection
+ * after dialling to hold its end. */
+static int silent_target(char *target, size_t size) {
+  int port = 0;
+  int fd = listen_loopback(&port);
+  snprintf(target, size, "127.0.0.1:%d", port);
+  return fd;
 }
 
 static connector_agent *start_agent(const char *server_addr, const char *ca, const char *id, const char *token) {
@@ -168,6 +223,10 @@ int main(void) {
   OK(connector_server_config_set_authenticator(scfg, authenticate, &auth_calls, &err));
   connector_limits limits = {.dial_timeout_ms = 5000};
   OK(connector_server_config_set_limits(scfg, &limits, &err));
+  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_config_set_server_count(scfg, 0, &err));
+  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_config_set_tcp_listen(scfg, "sideways", &err));
+  OK(connector_server_config_set_tcp_listen(scfg, "same", &err));
+  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_config_set_keepalive(scfg, 0, 0, &err));
   OK(connector_server_config_set_worker_threads(scfg, 2, &err));
   OK(connector_server_start(scfg, &server, &err));
   OK(connector_server_config_free(scfg, &err));
@@ -188,6 +247,18 @@ int main(void) {
   size_t count = 0;
   OK(connector_server_agent_count(server, &count, &err));
   CHECK(count == 2, "two agents connected, got %zu", count);
+  /* The agent's sessions: one replica (the default server count), over QUIC. */
+  OK(connector_agent_wait_sessions(agent, 1, 30 * SEC, NULL, &err));
+  char *sessions = NULL;
+  size_t expected = 0;
+  OK(connector_agent_sessions(agent, &sessions, &expected, &err));
+  CHECK(strcmp(sessions, "connector quic") == 0 && expected == 1, "sessions %s, expecting %zu", sessions, expected);
+  connector_string_free(sessions);
+  EXPECT(CONNECTOR_ERR_TIMED_OUT, connector_agent_wait_sessions(agent, 2, 100000, NULL, &err));
+  char *tcp_addr = NULL; /* the TCP fallback listener, on the QUIC port by default */
+  OK(connector_server_tcp_addr(server, &tcp_addr, &err));
+  CHECK(tcp_addr != NULL && strcmp(tcp_addr, addr) == 0, "TCP listener %s, QUIC %s", tcp_addr ? tcp_addr : "none", addr);
+  connector_string_free(tcp_addr);
 
   /* The echo target: three connections (blocking API, cancel test, fd). */
   int port = 0;
@@ -238,15 +309,105 @@ int main(void) {
   OK(connector_stream_write(stream, (const uint8_t *)"x", 1, 10 * SEC, cancel, &n, &err));
   OK(connector_stream_read(stream, (uint8_t *)buf, sizeof buf, 10 * SEC, cancel, &n, &err));
   CHECK(n == 1 && buf[0] == 'x', "stream usable after a cancelled read");
-  /* Free while another thread reads: that read ends with CLOSED (or, if the
-   * free won the race, INVALID_HANDLE); either way no crash and no leak. */
-  pending_read pending = {.stream = stream, .result = CONNECTOR_OK};
-  pthread_t reader;
-  pthread_create(&reader, NULL, read_forever, &pending);
   OK(connector_stream_free(stream, &err)); /* aborts: the target sees a reset */
-  pthread_join(reader, NULL);
-  CHECK(pending.result == CONNECTOR_ERR_CLOSED || pending.result == CONNECTOR_ERR_INVALID_HANDLE,
-        "pending read after free: %s", connector_result_name(pending.result));
+
+  /* 2b. Calls already blocked on a silent target, ended from another thread. */
+  char silent[64];
+  int silent_fd = silent_target(silent, sizeof silent);
+  OK(connector_server_dial(server, CONNECTOR_SELECT_AGENT, "node-a", silent, 10 * SEC, NULL, &stream, &err));
+  int held = accept(silent_fd, NULL, NULL);
+  CHECK(held >= 0, "accept the silent connection");
+  /* A read blocked in the library, cancelled. */
+  OK(connector_cancel_reset(cancel, &err));
+  pending_call pr = {.stream = stream, .cancel = cancel};
+  pthread_t blocked = start_blocked(&pr);
+  OK(connector_cancel_fire(cancel, &err));
+  pthread_join(blocked, NULL);
+  CHECK(pr.result == CONNECTOR_ERR_CANCELLED && pr.done == 0, "blocked read after cancel: %s",
+        connector_result_name(pr.result));
+  OK(connector_cancel_reset(cancel, &err));
+  CHECK(write(held, "y", 1) == 1, "the target speaks");
+  OK(connector_stream_read(stream, (uint8_t *)buf, sizeof buf, 10 * SEC, cancel, &n, &err));
+  CHECK(n == 1 && buf[0] == 'y', "stream usable after a cancelled blocked read");
+  /* A blocked read, and the stream freed: the read ends with CLOSED. */
+  pr = (pending_call){.stream = stream};
+  blocked = start_blocked(&pr);
+  OK(connector_stream_free(stream, &err));
+  pthread_join(blocked, NULL);
+  CHECK(pr.result == CONNECTOR_ERR_CLOSED, "blocked read after free: %s", connector_result_name(pr.result));
+  close(held);
+  /* A write into a target that never reads: more than the tunnel buffers
+   * (stream window, socket buffers), so it cannot complete. Once the target
+   * holds some of its bytes, the write is under way: cancel it. */
+  OK(connector_server_dial(server, CONNECTOR_SELECT_AGENT, "node-a", silent, 10 * SEC, NULL, &stream, &err));
+  held = accept(silent_fd, NULL, NULL);
+  CHECK(held >= 0, "accept the silent connection");
+  const size_t big = 64u << 20;
+  uint8_t *data = calloc(big, 1);
+  CHECK(data != NULL, "calloc");
+  pending_call pw = {.stream = stream, .cancel = cancel, .data = data, .len = big};
+  CHECK(pipe(pw.announce) == 0, "pipe");
+  pthread_create(&blocked, NULL, call_pending, &pw);
+  struct pollfd arrived = {.fd = held, .events = POLLIN};
+  CHECK(poll(&arrived, 1, 120 * 1000) == 1, "the write's first bytes reach the target");
+  OK(connector_cancel_fire(cancel, &err));
+  pthread_join(blocked, NULL);
+  close(pw.announce[0]);
+  close(pw.announce[1]);
+  CHECK(pw.result == CONNECTOR_ERR_CANCELLED && pw.done > 0 && pw.done < big,
+        "write into a full pipe after cancel: %s, %zu bytes", connector_result_name(pw.result), pw.done);
+  /* Nor can another: a write with a timeout ends on its timeout. */
+  EXPECT(CONNECTOR_ERR_TIMED_OUT, connector_stream_write(stream, data, big, 100000, NULL, &n, &err));
+  CHECK(n < big, "partial write on timeout (%zu bytes)", n);
+  free(data);
+  connector_result ended = CONNECTOR_ERR_PANIC;
+  char *reason = NULL;
+  OK(connector_stream_status(stream, &ended, &reason, &err)); /* not a descriptor stream */
+  CHECK(ended == CONNECTOR_OK && reason == NULL, "status of a blocking stream");
+  OK(connector_stream_free(stream, &err));
+  close(held);
+  /* A descriptor stream whose target resets: the descriptor reads end of
+   * stream (or a reset), and the status says the tunnel broke. */
+  int rfd = -1;
+  OK(connector_server_dial_fd(server, CONNECTOR_SELECT_AGENT, "node-a", silent, 10 * SEC, NULL, &rfd, &stream, &err));
+  held = accept(silent_fd, NULL, NULL);
+  CHECK(held >= 0, "accept the silent connection");
+  OK(connector_stream_status(stream, &ended, &reason, &err));
+  CHECK(ended == CONNECTOR_OK && reason == NULL, "status while running");
+  struct linger hard = {.l_onoff = 1, .l_linger = 0};
+  CHECK(setsockopt(held, SOL_SOCKET, SO_LINGER, &hard, sizeof hard) == 0, "SO_LINGER");
+  close(held); /* RST */
+  for (ssize_t rr = 1; rr > 0;) rr = read(rfd, buf, sizeof buf);
+  OK(connector_stream_status(stream, &ended, &reason, &err));
+  CHECK(ended == CONNECTOR_ERR_IO && reason != NULL && strstr(reason, "reset") != NULL, "status after a target reset: %s (%s)",
+        connector_result_name(ended), reason ? reason : "no reason");
+  connector_string_free(reason);
+  close(rfd);
+  OK(connector_stream_free(stream, &err));
+  close(silent_fd);
+
+  /* Waits that cannot succeed end on their timeout. */
+  EXPECT(CONNECTOR_ERR_TIMED_OUT, connector_server_wait_agent(server, "nobody", 100000, NULL, &err));
+  int udp = socket(AF_INET, SOCK_DGRAM, 0); /* a "server" that never answers */
+  struct sockaddr_in udp_addr = {.sin_family = AF_INET};
+  udp_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(udp, (struct sockaddr *)&udp_addr, sizeof udp_addr) == 0, "bind udp");
+  socklen_t udp_len = sizeof udp_addr;
+  getsockname(udp, (struct sockaddr *)&udp_addr, &udp_len);
+  char nowhere[64];
+  snprintf(nowhere, sizeof nowhere, "127.0.0.1:%d", ntohs(udp_addr.sin_port));
+  {
+    connector_agent_config *acfg = NULL;
+    OK(connector_agent_config_new(&acfg, &err));
+    EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_agent_config_add_server(acfg, "no-port", &err));
+    EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_agent_config_set_transport(acfg, "smoke signals", &err));
+    EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_agent_config_set_keepalive(acfg, 0, 0, &err));
+    OK(connector_agent_config_free(acfg, &err));
+  }
+  connector_agent *lost = start_agent(nowhere, ca, "node-lost", "token-a");
+  EXPECT(CONNECTOR_ERR_TIMED_OUT, connector_agent_wait_connected(lost, 100000, NULL, &err));
+  OK(connector_agent_free(lost, &err));
+  close(udp);
 
   /* 3. The socketpair hand-over. */
   int fd = -1;
@@ -258,6 +419,10 @@ int main(void) {
   ssize_t r;
   while ((r = read(fd, buf + got, sizeof buf - got)) > 0) got += (size_t)r;
   CHECK(r == 0 && got == strlen(msg) && memcmp(buf, msg, got) == 0, "fd echo then EOF (got %zu)", got);
+  connector_result clean = CONNECTOR_ERR_PANIC;
+  char *why = NULL;
+  OK(connector_stream_status(stream, &clean, &why, &err));
+  CHECK(clean == CONNECTOR_OK && why == NULL, "a clean end: %s", connector_result_name(clean));
   close(fd);
   OK(connector_stream_free(stream, &err));
   pthread_join(echo_thread, NULL);
@@ -279,13 +444,13 @@ int main(void) {
 
   /* Frontends: HTTP CONNECT and gRPC on loopback, a forward. */
   char *where = NULL;
-  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://127.0.0.1:0", NULL, NULL, NULL, &where, &err));
+  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://127.0.0.1:0", NULL, NULL, NULL, NULL, &where, &err));
   CHECK(strncmp(where, "tcp://127.0.0.1:", 16) == 0, "frontend address %s", where);
   connector_string_free(where);
-  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_GRPC, "tcp://127.0.0.1:0", NULL, NULL, NULL, &where, &err));
+  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_GRPC, "tcp://127.0.0.1:0", NULL, NULL, NULL, NULL, &where, &err));
   connector_string_free(where);
-  EXPECT(CONNECTOR_ERR_SETUP, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://0.0.0.0:0", NULL, NULL, NULL, &where, &err));
-  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "ftp://x", NULL, NULL, NULL, &where, &err));
+  EXPECT(CONNECTOR_ERR_SETUP, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://0.0.0.0:0", NULL, NULL, NULL, NULL, &where, &err));
+  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "ftp://x", NULL, NULL, NULL, NULL, &where, &err));
   OK(connector_server_start_forward(server, "127.0.0.1:0", "node-a", target, &where, &err));
   connector_string_free(where);
 
