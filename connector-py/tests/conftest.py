@@ -7,7 +7,7 @@ import hashlib
 import socket
 import sys
 import threading
-from typing import Iterator, List
+from typing import Any, Callable, Iterator, List, Tuple, TypeVar
 
 import pytest
 
@@ -106,10 +106,13 @@ def closed_port() -> str:
     return f"127.0.0.1:{port}"
 
 
-def run_in_thread(fn, *args):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def run_in_thread(fn: Callable[..., T], *args: Any) -> Tuple[threading.Thread, List[T], List[BaseException]]:
     """Starts fn(*args) in a thread; returns (thread, result list, error list)."""
-    result: list = []
-    error: list = []
+    result: List[T] = []
+    error: List[BaseException] = []
 
     def body() -> None:
         try:

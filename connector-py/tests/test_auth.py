@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import List
+from typing import Dict, List
 
 import pytest
 
@@ -89,7 +89,7 @@ def test_authenticator_may_use_the_blocking_api(connector_tunnel_factory) -> Non
     """An authenticator runs on a thread of connector's runtime; blocking calls
     from it (here: a dial through another agent, as an auth service behind the
     tunnel would need) still work."""
-    holder: dict = {}
+    holder: Dict[str, LocalTunnel] = {}
 
     def authenticate(request: connector.AuthRequest) -> "connector.Accept | connector.Reject":
         tunnel = holder["tunnel"]

@@ -1,7 +1,27 @@
 """The compiled extension behind ``connector`` (use the ``connector`` package's API)."""
 
 from types import TracebackType
-from typing import Awaitable, Callable, Dict, List, Optional, Tuple, Type, Union, final
+from typing import Awaitable, Callable, Dict, List, Literal, Optional, Tuple, Type, Union, final
+
+__all__ = [
+    "Server",
+    "AgentInfo",
+    "Agent",
+    "Stream",
+    "AsyncStream",
+    "AuthRequest",
+    "Accept",
+    "Reject",
+    "ThrowawayCa",
+    "EchoTarget",
+    "set_log_level",
+    "flush_logs",
+    "diagnostics",
+    "wait_idle",
+    "wait_busy",
+    "rust_echo_transfer",
+    "__version__",
+]
 
 __version__: str
 
@@ -48,7 +68,7 @@ class Stream:
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
-    ) -> bool: ...
+    ) -> Literal[False]: ...
 
 @final
 class AsyncStream:
@@ -73,7 +93,7 @@ class AsyncStream:
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
-    ) -> Awaitable[bool]: ...
+    ) -> Awaitable[Literal[False]]: ...
 
 @final
 class AuthRequest:

@@ -24,6 +24,7 @@ import threading
 from types import TracebackType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
 
+from . import _connector
 from ._connector import EchoTarget, ThrowawayCa, diagnostics, wait_busy, wait_idle
 from .agent import Agent
 from .server import Authenticator, Server
@@ -34,9 +35,20 @@ __all__ = [
     "LocalTunnel",
     "ThrowawayCa",
     "diagnostics",
+    "rust_echo_transfer",
     "wait_busy",
     "wait_idle",
 ]
+
+
+def rust_echo_transfer(
+    server: Server, target: str, total: int, chunk: int = 256 * 1024, agent: Optional[str] = None
+) -> float:
+    """The Rust-API baseline of a bulk transfer: dials ``target`` (an echo
+    server) through ``server`` with the Rust API (no Python in the data path),
+    sends ``total`` bytes in ``chunk``-byte writes while reading the echo back,
+    and returns the seconds it took."""
+    return _connector.rust_echo_transfer(server._inner, target, total, chunk, agent)
 
 
 class HttpTarget:
