@@ -73,8 +73,11 @@ pub struct ServerSetup {
     pub identity: Identity,
     /// Bearer-token agents.
     pub tokens: Option<TokenAuthenticator>,
-    /// CAs for agents' client certificates; enables mTLS authentication.
+    /// CAs for agents' client certificates; enables mTLS (TLS then asks
+    /// agents for a certificate and verifies its chain).
     pub client_cas: Option<CaBundle>,
+    /// What a verified client certificate decides (with `client_cas`).
+    pub client_certificates: ClientCertificates,
     /// The user's own verifiers, asked after tokens and certificates.
     pub authenticators: Vec<Arc<dyn Authenticator>>,
     /// This replica's id, reported to agents.
@@ -95,6 +98,23 @@ pub struct ServerSetup {
     pub proxy_strategies: Vec<ProxyStrategy>,
     /// Where the TCP fallback transport (TLS + QMux) listens.
     pub tcp_listen: TcpListen,
+}
+
+/// What a client certificate that TLS verified against
+/// [`ServerSetup::client_cas`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientCertificates {
+    /// It authenticates the agent by itself ([`CertificateAuthenticator`]:
+    /// its common name is the identity, its DNS/IP names what it may claim),
+    /// before [`ServerSetup::authenticators`] are asked.
+    #[default]
+    Authenticate,
+    /// TLS only verifies the chain; tokens and [`ServerSetup::authenticators`]
+    /// decide, seeing the chain in [`PeerInfo::certificates`](crate::transport::PeerInfo)
+    /// (e.g. a user authenticator that maps certificate names through its own
+    /// revocation list, using [`CertificateAuthenticator::identity_of`]).
+    /// Needs tokens or an authenticator.
+    VerifyOnly,
 }
 
 /// Where a server's TCP fallback listener listens.
@@ -142,6 +162,7 @@ impl ServerSetup {
             identity,
             tokens: None,
             client_cas: None,
+            client_certificates: ClientCertificates::Authenticate,
             authenticators: Vec::new(),
             server_id: "connector".into(),
             server_count: 1,
@@ -157,7 +178,9 @@ impl ServerSetup {
 
     /// Checks what [`ServerSetup::start`] would refuse, without binding anything.
     pub fn check(&self) -> Result<(), SetupError> {
-        if self.tokens.is_none() && self.client_cas.is_none() && self.authenticators.is_empty() {
+        let certificates_authenticate =
+            self.client_cas.is_some() && self.client_certificates == ClientCertificates::Authenticate;
+        if self.tokens.is_none() && !certificates_authenticate && self.authenticators.is_empty() {
             return Err(SetupError::NoAuthentication);
         }
         Ok(())
@@ -171,7 +194,7 @@ impl ServerSetup {
         if let Some(tokens) = self.tokens {
             authenticators.push(Arc::new(tokens));
         }
-        if self.client_cas.is_some() {
+        if self.client_cas.is_some() && self.client_certificates == ClientCertificates::Authenticate {
             authenticators.push(Arc::new(CertificateAuthenticator));
         }
         authenticators.extend(self.authenticators);
@@ -403,7 +426,23 @@ fn host_part(server: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::host_part;
+    use super::{ClientCertificates, ServerSetup, SetupError, host_part};
+    use crate::pki::ThrowawayCa;
+
+    #[test]
+    fn verify_only_certificates_need_another_authenticator() {
+        let ca = ThrowawayCa::new("test ca").unwrap();
+        let identity = ca.issue("server", &["localhost"]).unwrap().identity();
+        let mut setup = ServerSetup::new("127.0.0.1:0".parse().unwrap(), identity);
+        setup.client_cas = Some(vec![ca.cert_der()].into());
+        assert!(setup.check().is_ok(), "certificates authenticate by default");
+        setup.client_certificates = ClientCertificates::VerifyOnly;
+        assert!(matches!(setup.check(), Err(SetupError::NoAuthentication)));
+        setup
+            .authenticators
+            .push(std::sync::Arc::new(crate::auth::CertificateAuthenticator));
+        assert!(setup.check().is_ok());
+    }
 
     #[test]
     fn server_names_come_from_the_host_part() {

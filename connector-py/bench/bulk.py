@@ -25,9 +25,9 @@ import asyncio
 import statistics
 import threading
 import time
+from typing import Dict, List
 
-from connector import _connector
-from connector.testing import LocalTunnel
+from connector.testing import LocalTunnel, rust_echo_transfer
 
 
 def python_sync(tunnel: LocalTunnel, target: str, size: int, chunk: int) -> float:
@@ -88,7 +88,7 @@ def python_asyncio(tunnel: LocalTunnel, target: str, size: int, chunk: int) -> f
 
 
 def rust(tunnel: LocalTunnel, target: str, size: int, chunk: int) -> float:
-    return _connector.rust_echo_transfer(tunnel.server._inner, target, size, chunk, agent="node-0")
+    return rust_echo_transfer(tunnel.server, target, size, chunk, agent="node-0")
 
 
 def main() -> None:
@@ -100,7 +100,7 @@ def main() -> None:
     size = args.size_mib * 1024 * 1024
     chunk = args.chunk_kib * 1024
     runs = {"Rust API": rust, "Python (blocking)": python_sync, "Python (asyncio)": python_asyncio}
-    times: dict = {name: [] for name in runs}
+    times: Dict[str, List[float]] = {name: [] for name in runs}
     with LocalTunnel(1) as tunnel:
         echo = tunnel.echo_target()
         for _ in range(args.rounds):

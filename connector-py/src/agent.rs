@@ -8,6 +8,8 @@ use connector_core::auth::StaticCredential;
 use connector_core::proto::{Credential, Secret};
 use connector_core::setup::{AgentSetup, SetupError};
 use connector_core::tls::{Identity, certs_from_pem};
+use connector_core::transport::fallback::TransportMode;
+use connector_core::transport::qmux::proxy::ProxyChoice;
 use pyo3::prelude::*;
 use tokio::sync::watch;
 
@@ -40,14 +42,16 @@ fn setup_error(err: SetupError) -> Failure {
 impl Agent {
     #[new]
     #[pyo3(signature = (
-        *, server, ca_pem, agent_id, token=None, token_file=None, cert_pem=None, key_pem=None,
-        server_name=None, identifiers="", allow=Vec::new(), max_connections=None, keepalive=None,
-        idle_timeout=None,
+        *, servers, ca_pem, agent_id, token=None, token_file=None, cert_pem=None, key_pem=None,
+        server_name=None, identifiers="", allow=Vec::new(), max_connections=None,
+        tunnel_idle_timeout=None, keepalive=None, idle_timeout=None, transport=None,
+        tcp_server=None, proxy=None, quic_connect_timeout=None, quic_probe_interval=None,
+        congestion=None, max_udp_payload=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        server: String,
+        servers: Vec<String>,
         ca_pem: Vec<u8>,
         agent_id: String,
         token: Option<String>,
@@ -58,14 +62,24 @@ impl Agent {
         identifiers: &str,
         allow: Vec<String>,
         max_connections: Option<usize>,
+        tunnel_idle_timeout: Option<f64>,
         keepalive: Option<f64>,
         idle_timeout: Option<f64>,
+        transport: Option<&str>,
+        tcp_server: Option<String>,
+        proxy: Option<&str>,
+        quic_connect_timeout: Option<f64>,
+        quic_probe_interval: Option<f64>,
+        congestion: Option<&str>,
+        max_udp_payload: Option<u16>,
     ) -> PyResult<Self> {
+        let config = |e: &dyn std::fmt::Display| Failure::Config(e.to_string());
         if agent_id.is_empty() {
             return Err(Failure::Config("agent_id must not be empty".into()).into());
         }
         let cas = certs_from_pem(&ca_pem, "ca").map_err(|e| Failure::Config(e.to_string()))?;
-        let mut setup = AgentSetup::new(server, cas, agent_id.clone());
+        let mut setup = AgentSetup::new(String::new(), cas, agent_id.clone());
+        setup.servers = servers;
         setup.server_name = server_name;
         setup.identifiers = identifiers
             .parse::<Identifiers>()
@@ -100,8 +114,28 @@ impl Agent {
         if let Some(d) = seconds("keepalive", keepalive)? {
             setup.keepalive = d;
         }
+        setup.tunnel_idle_timeout = seconds("tunnel_idle_timeout", tunnel_idle_timeout)?;
         if let Some(d) = seconds("idle_timeout", idle_timeout)? {
             setup.idle_timeout = d;
+        }
+        if let Some(mode) = transport {
+            setup.transport = mode.parse::<TransportMode>().map_err(|e| config(&e))?;
+        }
+        setup.tcp_server = tcp_server;
+        if let Some(url) = proxy {
+            setup.proxy = Some(ProxyChoice::parse(url).map_err(|e| config(&e))?);
+        }
+        if let Some(d) = seconds("quic_connect_timeout", quic_connect_timeout)? {
+            setup.fallback.quic_connect_timeout = d;
+        }
+        if let Some(d) = seconds("quic_probe_interval", quic_probe_interval)? {
+            setup.fallback.probe_interval = d;
+        }
+        if let Some(name) = congestion {
+            setup.congestion = name.parse().map_err(|e: String| config(&e))?;
+        }
+        if let Some(n) = max_udp_payload {
+            setup.max_udp_payload = n;
         }
         let agent = py.detach(|| {
             let _enter = runtime().enter();

@@ -28,11 +28,13 @@ pub struct AuthRequest {
     token: Option<String>,
     /// Its network address (`ip:port`).
     remote_addr: Option<String>,
-    /// Its verified TLS client certificate chain (DER, leaf first); empty without mTLS.
+    /// Its TLS client certificate chain (DER, leaf first), verified against the
+    /// server's `client_ca`; empty if it presented none (or without `client_ca`).
     certificates: Vec<Py<PyBytes>>,
     /// The client certificate's subject common name.
     certificate_name: Option<String>,
-    /// The DNS/IP names of the client certificate, as identifiers (`host=...,ipv4=...`).
+    /// The DNS/IP names of the client certificate, as identifiers (`host=...,ipv4=...`):
+    /// what the certificate alone would let the agent claim.
     certificate_identifiers: Option<String>,
 }
 

@@ -63,6 +63,7 @@ fn dial_error(py: Python<'_>, err: &DialError) -> PyErr {
         DialError::InvalidTarget { target, .. } => ("invalid_target", None, Some(target)),
         DialError::NoAgent(_) => ("no_agent", None, None),
         DialError::AgentBusy { agent, .. } => ("agent_busy", Some(agent), None),
+        DialError::TooManyPendingDials { .. } => ("too_many_pending_dials", None, None),
         DialError::TimedOut { target, agent, .. } => ("timed_out", Some(agent), Some(target)),
         DialError::Failed { agent, target, .. } => ("failed", Some(agent), Some(target)),
         DialError::Transport { agent, .. } => ("transport", Some(agent), None),

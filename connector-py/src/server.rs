@@ -7,7 +7,7 @@ use std::time::Duration;
 use connector_core::auth::{Allowance, TokenAuthenticator, TokenEntry};
 use connector_core::proto::Secret;
 use connector_core::server::{AgentInfo as CoreAgentInfo, ProxyStrategy, Selector};
-use connector_core::setup::{ServerSetup, SetupError};
+use connector_core::setup::{ClientCertificates, ServerSetup, SetupError, TcpListen};
 use connector_core::tls::{CaBundle, Identity};
 use connector_core::{Identifiers, Server as CoreServer};
 use pyo3::prelude::*;
@@ -62,6 +62,7 @@ impl AgentInfo {
 pub struct Server {
     server: CoreServer,
     local_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
 }
 
 /// One `(token, identity, allow)` entry; `allow` is `"*"` or identifiers,
@@ -104,6 +105,20 @@ fn selector(target: &str, agent: Option<String>, host: Option<String>) -> Result
     }
 }
 
+/// `client_certificates=`: `"authenticate"` or `"verify-only"`; by default
+/// `"verify-only"` when a Python authenticator is given (it then decides,
+/// seeing the certificate), else `"authenticate"`.
+fn certificate_use(value: Option<&str>, has_authenticator: bool) -> Result<ClientCertificates, Failure> {
+    match value.map(str::trim) {
+        None if has_authenticator => Ok(ClientCertificates::VerifyOnly),
+        None | Some("authenticate") => Ok(ClientCertificates::Authenticate),
+        Some("verify-only") => Ok(ClientCertificates::VerifyOnly),
+        Some(other) => Err(Failure::Config(format!(
+            "client_certificates must be \"authenticate\" or \"verify-only\", not {other:?}"
+        ))),
+    }
+}
+
 impl Server {
     fn dial_timeout(&self, timeout: Option<f64>) -> Result<Duration, Failure> {
         Ok(seconds("timeout", timeout)?.unwrap_or(self.server.config().limits.dial_timeout))
@@ -115,9 +130,10 @@ impl Server {
     #[new]
     #[pyo3(signature = (
         *, listen, cert_pem, key_pem, tokens=None, tokens_file=None, client_ca_pem=None,
-        authenticator=None, server_id=None, server_count=None, max_agents=None,
-        max_streams_per_agent=None, hello_timeout=None, dial_timeout=None, keepalive=None,
-        idle_timeout=None, proxy_strategies=None,
+        client_certificates=None, authenticator=None, server_id=None, server_count=None,
+        max_agents=None, max_streams_per_agent=None, max_pending_dials=None, hello_timeout=None,
+        dial_timeout=None, keepalive=None, idle_timeout=None, proxy_strategies=None,
+        tcp_listen=None, congestion=None, max_udp_payload=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -128,16 +144,21 @@ impl Server {
         tokens: Option<Vec<TokenSpec>>,
         tokens_file: Option<String>,
         client_ca_pem: Option<Vec<u8>>,
+        client_certificates: Option<&str>,
         authenticator: Option<Bound<'_, PyAny>>,
         server_id: Option<String>,
         server_count: Option<u16>,
         max_agents: Option<usize>,
         max_streams_per_agent: Option<u32>,
+        max_pending_dials: Option<usize>,
         hello_timeout: Option<f64>,
         dial_timeout: Option<f64>,
         keepalive: Option<f64>,
         idle_timeout: Option<f64>,
         proxy_strategies: Option<&str>,
+        tcp_listen: Option<&str>,
+        congestion: Option<&str>,
+        max_udp_payload: Option<u16>,
     ) -> PyResult<Self> {
         let config = |e: &dyn std::fmt::Display| Failure::Config(e.to_string());
         let listen: SocketAddr = listen
@@ -154,6 +175,7 @@ impl Server {
         if let Some(pem) = client_ca_pem {
             setup.client_cas = Some(CaBundle::from_pem(&pem, "client_ca").map_err(|e| config(&e))?);
         }
+        setup.client_certificates = certificate_use(client_certificates, authenticator.is_some())?;
         if let Some(callable) = authenticator {
             setup
                 .authenticators
@@ -171,6 +193,9 @@ impl Server {
         if let Some(n) = max_streams_per_agent {
             setup.limits.max_streams_per_agent = n;
         }
+        if let Some(n) = max_pending_dials {
+            setup.limits.max_pending_dials = n;
+        }
         if let Some(d) = seconds("hello_timeout", hello_timeout)? {
             setup.limits.hello_timeout = d;
         }
@@ -186,6 +211,15 @@ impl Server {
         if let Some(list) = proxy_strategies {
             setup.proxy_strategies = ProxyStrategy::parse_list(list).map_err(|e| config(&e))?;
         }
+        if let Some(listen) = tcp_listen {
+            setup.tcp_listen = listen.parse::<TcpListen>().map_err(|e| config(&e))?;
+        }
+        if let Some(name) = congestion {
+            setup.congestion = name.parse().map_err(|e: String| config(&e))?;
+        }
+        if let Some(n) = max_udp_payload {
+            setup.max_udp_payload = n;
+        }
         let started = py.detach(|| {
             let _enter = runtime().enter();
             setup.start()
@@ -199,6 +233,7 @@ impl Server {
         Ok(Self {
             server: started.server,
             local_addr: started.local_addr,
+            tcp_addr: started.tcp_addr,
         })
     }
 
@@ -212,6 +247,18 @@ impl Server {
     #[getter]
     fn port(&self) -> u16 {
         self.local_addr.port()
+    }
+
+    /// Where agents connect over the TCP fallback (`ip:port`), `None` when it is off.
+    #[getter]
+    fn tcp_address(&self) -> Option<String> {
+        self.tcp_addr.map(|a| a.to_string())
+    }
+
+    /// This server's id, reported to agents.
+    #[getter]
+    fn server_id(&self) -> String {
+        self.server.config().server_id.clone()
     }
 
     /// The connected agents, sorted by agent id.

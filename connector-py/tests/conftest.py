@@ -7,7 +7,8 @@ import hashlib
 import socket
 import sys
 import threading
-from typing import Iterator, List
+import time
+from typing import Any, Callable, Iterator, List, Tuple, TypeVar
 
 import pytest
 
@@ -62,27 +63,48 @@ def hold_target() -> Iterator[HoldTarget]:
     target.close()
 
 
+def accept_queue(port: int) -> Tuple[int, int]:
+    """The accept queue of the listener on 127.0.0.1:``port``: (length, limit),
+    as the kernel reports it in /proc/net/tcp (a listening socket's rx_queue is
+    its queue length, tx_queue its backlog limit)."""
+    local = "0100007F:%04X" % port
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[3] == "0A":  # 0A: LISTEN
+                tx_queue, rx_queue = fields[4].split(":")
+                return int(rx_queue, 16), int(tx_queue, 16)
+    raise RuntimeError(f"no listener on 127.0.0.1:{port} in /proc/net/tcp")
+
+
 class StuckTarget:
     """A listening socket whose accept queue is full and never drained, so a
-    further TCP connect gets no answer (its SYN is dropped): a dial to it
-    stays in progress until its deadline."""
+    further TCP connect gets no answer: Linux drops a SYN for a listener whose
+    accept queue is full (whatever tcp_abort_on_overflow says, which only
+    concerns the final ACK), and a dial to it stays in progress until its
+    deadline.
+
+    Whether the queue is full is read from the kernel (/proc/net/tcp), not
+    guessed from how long a connect takes: each filler's connect completes
+    (the queue had room for it), and the next is made only once the kernel
+    shows the previous one queued.
+    """
 
     def __init__(self) -> None:
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(0)
-        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        port = self.listener.getsockname()[1]
+        self.address = "127.0.0.1:%d" % port
         self.fillers: List[socket.socket] = []
-        # Fill the accept queue: connect until a connect no longer completes.
-        for _ in range(8):
-            s = socket.socket()
-            s.settimeout(0.5)
-            try:
-                s.connect(self.listener.getsockname())
-            except (socket.timeout, OSError):
-                s.close()
-                break
-            self.fillers.append(s)
+        length, limit = accept_queue(port)
+        # The kernel's "full" is length > limit (listen(0) still queues one).
+        while length <= limit:
+            self.fillers.append(socket.create_connection(("127.0.0.1", port)))
+            # The handshake's last ACK is queued by the kernel right after the
+            # client's connect returns; wait until it shows (bounded by the hang guard).
+            while (length := accept_queue(port)[0]) < len(self.fillers):
+                time.sleep(0.001)
 
     def close(self) -> None:
         for s in self.fillers:
@@ -106,10 +128,13 @@ def closed_port() -> str:
     return f"127.0.0.1:{port}"
 
 
-def run_in_thread(fn, *args):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def run_in_thread(fn: Callable[..., T], *args: Any) -> Tuple[threading.Thread, List[T], List[BaseException]]:
     """Starts fn(*args) in a thread; returns (thread, result list, error list)."""
-    result: list = []
-    error: list = []
+    result: List[T] = []
+    error: List[BaseException] = []
 
     def body() -> None:
         try:

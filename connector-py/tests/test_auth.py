@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import List
+from typing import Dict, List
 
 import pytest
 
@@ -89,7 +89,7 @@ def test_authenticator_may_use_the_blocking_api(connector_tunnel_factory) -> Non
     """An authenticator runs on a thread of connector's runtime; blocking calls
     from it (here: a dial through another agent, as an auth service behind the
     tunnel would need) still work."""
-    holder: dict = {}
+    holder: Dict[str, LocalTunnel] = {}
 
     def authenticate(request: connector.AuthRequest) -> "connector.Accept | connector.Reject":
         tunnel = holder["tunnel"]
@@ -110,3 +110,93 @@ def test_authenticator_may_use_the_blocking_api(connector_tunnel_factory) -> Non
     late = tunnel.add_agent("late", token="late-token")
     assert late.status == "connected"
     assert [a.agent_id for a in tunnel.server.agents()] == ["late", "node-0"]
+
+
+def test_authenticator_sees_client_certificate() -> None:
+    """With ``client_ca`` and an authenticator, TLS verifies the certificate
+    chain and the authenticator decides, seeing the certificate's details (a
+    valid certificate alone no longer admits the agent)."""
+    import ssl
+
+    from connector.testing import EchoTarget, ThrowawayCa
+
+    server_ca = ThrowawayCa("server CA")
+    client_ca = ThrowawayCa("client CA")
+    seen: List[connector.AuthRequest] = []
+
+    def authenticate(request: connector.AuthRequest) -> "connector.Accept | connector.Reject":
+        seen.append(request)
+        if request.certificate_name == "node-revoked":
+            return connector.Reject("certificate node-revoked is revoked")
+        if request.certificate_name is None:
+            return connector.Reject("no client certificate")
+        return connector.Accept(request.certificate_name, allow=request.certificate_identifiers or "")
+
+    cert, key = server_ca.issue("connector server", ["localhost", "127.0.0.1"])
+    with connector.Server(cert=cert, key=key, client_ca=client_ca.cert_pem, authenticator=authenticate) as server:
+
+        def agent(name: str) -> connector.Agent:
+            agent_cert, agent_key = client_ca.issue(name, [name, "10.0.0.5"])
+            return connector.Agent(
+                server.address,
+                ca=server_ca.cert_pem,
+                agent_id=name,
+                cert=agent_cert,
+                key=agent_key,
+                identifiers=f"host={name}",
+                allow=["127.0.0.0/8"],
+            )
+
+        with agent("node-revoked") as revoked, agent("node-ok") as ok:
+            with pytest.raises(connector.AuthError) as err:
+                revoked.wait_connected(timeout=60)
+            assert "node-revoked is revoked" in err.value.reason
+            ok.wait_connected(timeout=60)
+            assert [(a.agent_id, a.identity) for a in server.agents()] == [("node-ok", "node-ok")]
+
+            by_agent = {r.agent_id: r for r in seen}
+            assert set(by_agent) == {"node-ok", "node-revoked"}
+            for name, request in by_agent.items():
+                assert request.token is None
+                assert request.certificate_name == name
+                assert request.certificate_identifiers == f"host={name},ipv4=10.0.0.5"
+                assert len(request.certificates) == 1
+                pem = ssl.DER_cert_to_PEM_cert(request.certificates[0])
+                assert pem.startswith("-----BEGIN CERTIFICATE-----")
+
+            echo = EchoTarget()
+            try:
+                with server.dial(echo.address, host="node-ok") as stream:
+                    stream.sendall(b"mtls")
+                    assert stream.readexactly(4) == b"mtls"
+            finally:
+                echo.close()
+
+
+def test_client_certificates_can_still_authenticate_by_themselves() -> None:
+    """``client_certificates="authenticate"`` keeps the certificate-first order:
+    a valid certificate admits the agent without asking the authenticator."""
+    from connector.testing import ThrowawayCa
+
+    server_ca = ThrowawayCa("server CA")
+    client_ca = ThrowawayCa("client CA")
+    calls: List[str] = []
+
+    def authenticate(request: connector.AuthRequest) -> connector.Reject:
+        calls.append(request.agent_id)
+        return connector.Reject("asked")
+
+    cert, key = server_ca.issue("connector server", ["localhost", "127.0.0.1"])
+    with connector.Server(
+        cert=cert,
+        key=key,
+        client_ca=client_ca.cert_pem,
+        client_certificates="authenticate",
+        authenticator=authenticate,
+    ) as server:
+        agent_cert, agent_key = client_ca.issue("node-a", ["node-a"])
+        with connector.Agent(server.address, ca=server_ca.cert_pem, agent_id="node-a", cert=agent_cert, key=agent_key):
+            server.wait_for_agents(agent_ids=["node-a"], timeout=60)
+        assert calls == []
+    with pytest.raises(connector.ConfigError):
+        connector.Server(cert=cert, key=key, client_ca=client_ca.cert_pem, client_certificates="maybe")

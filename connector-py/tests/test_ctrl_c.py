@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -10,30 +11,21 @@ import pytest
 
 SCRIPT = textwrap.dedent(
     """
-    import os, signal, socket, sys, threading
+    import os, signal, sys, threading
     from connector.testing import LocalTunnel, wait_busy
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    target = "127.0.0.1:%d" % listener.getsockname()[1]
+    sys.path.insert(0, sys.argv[2])
+    from conftest import HoldTarget, StuckTarget
+
     with LocalTunnel(1) as tunnel:
         if sys.argv[1] == "read":
-            stream = tunnel.server.dial(target, host="node-0")
-            peer, _ = listener.accept()  # kept open and silent
+            hold = HoldTarget()
+            stream = tunnel.server.dial(hold.address, host="node-0")
+            hold.accept()  # kept open and silent
             call = stream.read
         else:
-            # Fill the accept queue: the agent's connect then gets no answer.
-            fillers = []
-            while True:
-                s = socket.socket()
-                s.settimeout(0.5)
-                try:
-                    s.connect(listener.getsockname())
-                except OSError:
-                    break
-                fillers.append(s)
-            call = lambda: tunnel.server.dial(target, host="node-0", timeout=600)
+            stuck = StuckTarget()  # the agent's connect gets no answer
+            call = lambda: tunnel.server.dial(stuck.address, host="node-0", timeout=600)
 
         def interrupt():
             wait_busy(blocking_calls=1, timeout=60)   # the main thread is blocked in the call
@@ -51,6 +43,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("call", ["read", "dial"])
 def test_ctrl_c_interrupts_a_blocked_call(call: str) -> None:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, call], capture_output=True, text=True, timeout=120)
+    tests = str(pathlib.Path(__file__).resolve().parent)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, call, tests], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "interrupted"

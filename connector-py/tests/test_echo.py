@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+from typing import List, Tuple
 
 import pytest
 from conftest import pattern, sha256
@@ -22,7 +23,7 @@ def test_sync_echo_16_mib_each_way(connector_tunnel: LocalTunnel) -> None:
     with connector_tunnel.server.dial(echo.address, host="node-0", timeout=30) as stream:
         assert isinstance(stream, connector.Stream)
         assert stream.agent_id == "node-0"
-        errors: list = []
+        errors: List[BaseException] = []
 
         def send() -> None:
             try:
@@ -53,7 +54,7 @@ def test_asyncio_echo_16_mib_each_way(connector_tunnel: LocalTunnel) -> None:
     echo = connector_tunnel.echo_target()
     data = pattern(SIZE, 2)
 
-    async def main() -> tuple:
+    async def main() -> Tuple[int, str]:
         stream = await connector_tunnel.server.dial_async(echo.address, host="node-0", timeout=30)
         assert isinstance(stream, connector.AsyncStream)
         async with stream:
@@ -64,7 +65,7 @@ def test_asyncio_echo_16_mib_each_way(connector_tunnel: LocalTunnel) -> None:
                     await stream.drain()
                 await stream.shutdown_write()
 
-            async def receive() -> tuple:
+            async def receive() -> Tuple[int, str]:
                 digest = hashlib.sha256()
                 n = 0
                 while True:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import queue
 import re
 import subprocess
 import threading
-from typing import Iterator, List, Set
+from typing import Iterator, List, Set, Tuple
 
 import pytest
 
@@ -64,7 +65,7 @@ class Process:
 
 
 @pytest.fixture
-def cli_server(tmp_path) -> Iterator[tuple]:  # type: ignore[no-untyped-def]
+def cli_server(tmp_path: pathlib.Path) -> Iterator[Tuple[pathlib.Path, str, str]]:
     binary = connector_bin()
     pki = tmp_path / "pki"
     subprocess.run([binary, "dev-pki", "--out", str(pki)], check=True, capture_output=True, timeout=60)

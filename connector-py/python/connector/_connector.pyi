@@ -1,7 +1,27 @@
 """The compiled extension behind ``connector`` (use the ``connector`` package's API)."""
 
 from types import TracebackType
-from typing import Awaitable, Callable, Dict, List, Optional, Tuple, Type, Union, final
+from typing import Awaitable, Callable, Dict, List, Literal, Optional, Tuple, Type, Union, final
+
+__all__ = [
+    "Server",
+    "AgentInfo",
+    "Agent",
+    "Stream",
+    "AsyncStream",
+    "AuthRequest",
+    "Accept",
+    "Reject",
+    "ThrowawayCa",
+    "EchoTarget",
+    "set_log_level",
+    "flush_logs",
+    "diagnostics",
+    "wait_idle",
+    "wait_busy",
+    "rust_echo_transfer",
+    "__version__",
+]
 
 __version__: str
 
@@ -48,7 +68,7 @@ class Stream:
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
-    ) -> bool: ...
+    ) -> Literal[False]: ...
 
 @final
 class AsyncStream:
@@ -73,7 +93,7 @@ class AsyncStream:
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
-    ) -> Awaitable[bool]: ...
+    ) -> Awaitable[Literal[False]]: ...
 
 @final
 class AuthRequest:
@@ -123,21 +143,30 @@ class Server:
         tokens: Optional[List[Tuple[str, str, Optional[str]]]] = None,
         tokens_file: Optional[str] = None,
         client_ca_pem: Optional[bytes] = None,
+        client_certificates: Optional[str] = None,
         authenticator: Optional[Callable[[AuthRequest], Union[Accept, Reject]]] = None,
         server_id: Optional[str] = None,
         server_count: Optional[int] = None,
         max_agents: Optional[int] = None,
         max_streams_per_agent: Optional[int] = None,
+        max_pending_dials: Optional[int] = None,
         hello_timeout: Optional[float] = None,
         dial_timeout: Optional[float] = None,
         keepalive: Optional[float] = None,
         idle_timeout: Optional[float] = None,
         proxy_strategies: Optional[str] = None,
+        tcp_listen: Optional[str] = None,
+        congestion: Optional[str] = None,
+        max_udp_payload: Optional[int] = None,
     ) -> "Server": ...
     @property
     def address(self) -> str: ...
     @property
     def port(self) -> int: ...
+    @property
+    def tcp_address(self) -> Optional[str]: ...
+    @property
+    def server_id(self) -> str: ...
     def agents(self) -> List[AgentInfo]: ...
     def wait_for_agents(
         self, count: int = 1, agent_ids: List[str] = ..., timeout: Optional[float] = None
@@ -155,7 +184,7 @@ class Agent:
     def __new__(
         cls,
         *,
-        server: str,
+        servers: List[str],
         ca_pem: bytes,
         agent_id: str,
         token: Optional[str] = None,
@@ -166,8 +195,16 @@ class Agent:
         identifiers: str = "",
         allow: List[str] = ...,
         max_connections: Optional[int] = None,
+        tunnel_idle_timeout: Optional[float] = None,
         keepalive: Optional[float] = None,
         idle_timeout: Optional[float] = None,
+        transport: Optional[str] = None,
+        tcp_server: Optional[str] = None,
+        proxy: Optional[str] = None,
+        quic_connect_timeout: Optional[float] = None,
+        quic_probe_interval: Optional[float] = None,
+        congestion: Optional[str] = None,
+        max_udp_payload: Optional[int] = None,
     ) -> "Agent": ...
     @property
     def agent_id(self) -> str: ...

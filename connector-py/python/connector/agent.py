@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
-from typing import Iterable, Optional, Type, Union
+from typing import Iterable, Optional, Sequence, Type, Union
 
 from . import _connector
 from ._pem import PemSource, pem_bytes, seconds
@@ -16,25 +16,37 @@ __all__ = ["Agent"]
 class Agent:
     """A connector agent, started at once; it reconnects with backoff until stopped.
 
-    Options mirror the Rust ``AgentSetup``:
+    The options are the Rust ``connector_core::setup::AgentSetup``'s; ``None``
+    keeps the Rust default. Durations are in seconds.
 
-    - ``server``: the server's ``host:port``; ``ca``: the CA(s) its certificate
-      must chain to; ``server_name``: the name expected on that certificate
-      (default: the host part of ``server``).
+    - ``server``: the server's ``host:port``, or a list of them (one replica
+      each); ``ca``: the CA(s) its certificate must chain to; ``server_name``:
+      the name expected on that certificate (default: each address's host part).
     - Credential: ``token`` or ``token_file`` (re-read at each connection), and/or
       a client certificate ``cert`` + ``key`` (mTLS).
     - ``identifiers``: what the agent serves (``"host=node-a,ipv4=10.0.0.5,cidr=10.0.0.0/24,default-route=true"``).
     - ``allow``: destination rules (``"10.0.0.0/8"``, ``"127.0.0.1:8080"``,
       ``"*.svc.cluster.local:443"``). Default: anything except loopback,
       unspecified and cloud-metadata addresses.
-    - ``max_connections``, ``keepalive``, ``idle_timeout`` (seconds).
+    - ``max_connections`` (tunnelled connections served at once; more are
+      answered ``OVERLOADED``), ``tunnel_idle_timeout`` (closes a tunnelled
+      connection idle this long both ways; default never), ``keepalive``,
+      ``idle_timeout``.
+    - Transport: ``transport`` (``"auto"``: QUIC with fallback to TCP, the
+      default; ``"quic"``; ``"tcp"``), ``tcp_server`` (the server's TCP address,
+      default the same as ``server``; single server only), ``proxy`` (HTTP proxy
+      URL for TCP, or ``"off"``; default ``HTTPS_PROXY``/``NO_PROXY``),
+      ``quic_connect_timeout`` and ``quic_probe_interval`` (auto mode),
+      ``congestion`` (``"auto"``, ``"cubic"`` or ``"bbr"``), ``max_udp_payload``.
+
+    Not exposed: the fallback's degradation thresholds (Rust defaults apply).
 
     Use as a context manager, or call :meth:`stop`.
     """
 
     def __init__(
         self,
-        server: str,
+        server: Union[str, Sequence[str]],
         *,
         ca: PemSource,
         agent_id: str,
@@ -46,14 +58,23 @@ class Agent:
         identifiers: str = "",
         allow: Iterable[str] = (),
         max_connections: Optional[int] = None,
+        tunnel_idle_timeout: Optional[float] = None,
         keepalive: Optional[float] = None,
         idle_timeout: Optional[float] = None,
+        transport: Optional[str] = None,
+        tcp_server: Optional[str] = None,
+        proxy: Optional[str] = None,
+        quic_connect_timeout: Optional[float] = None,
+        quic_probe_interval: Optional[float] = None,
+        congestion: Optional[str] = None,
+        max_udp_payload: Optional[int] = None,
     ) -> None:
         if isinstance(allow, str):
             allow = [allow]
+        servers = [server] if isinstance(server, str) else list(server)
         try:
             self._inner = _connector.Agent(
-                server=server,
+                servers=servers,
                 ca_pem=pem_bytes(ca, "ca"),
                 agent_id=agent_id,
                 token=token,
@@ -64,8 +85,16 @@ class Agent:
                 identifiers=identifiers,
                 allow=list(allow),
                 max_connections=max_connections,
+                tunnel_idle_timeout=seconds(tunnel_idle_timeout, "tunnel_idle_timeout"),
                 keepalive=seconds(keepalive, "keepalive"),
                 idle_timeout=seconds(idle_timeout, "idle_timeout"),
+                transport=transport,
+                tcp_server=tcp_server,
+                proxy=proxy,
+                quic_connect_timeout=seconds(quic_connect_timeout, "quic_connect_timeout"),
+                quic_probe_interval=seconds(quic_probe_interval, "quic_probe_interval"),
+                congestion=congestion,
+                max_udp_payload=max_udp_payload,
             )
         except (TypeError, OverflowError) as e:
             raise ConfigError(str(e)) from e

@@ -63,8 +63,10 @@ class DialError(ConnectorError):
     Attributes:
         code: the :class:`DialCode` (an ``int`` if this version does not know it).
         kind: where it failed: ``"failed"`` (the agent reported ``code``),
-            ``"no_agent"``, ``"agent_busy"``, ``"timed_out"``, ``"invalid_target"``,
-            ``"transport"``, ``"protocol"`` or ``"shutting_down"``.
+            ``"no_agent"``, ``"agent_busy"`` (the server's ``max_streams_per_agent``),
+            ``"too_many_pending_dials"`` (the server's ``max_pending_dials``),
+            ``"timed_out"``, ``"invalid_target"``, ``"transport"``, ``"protocol"`` or
+            ``"shutting_down"``.
         agent: the agent's id, when one was chosen.
         target: the target, when known.
     """

@@ -38,14 +38,35 @@ def _token_entries(tokens: Mapping[str, TokenSpec]) -> List[Tuple[str, str, Opti
 
 
 class Server:
-    """A connector server: accepts agents over QUIC and dials through them.
+    """A connector server: accepts agents over QUIC (and TCP) and dials through them.
 
-    Options mirror the Rust ``ServerSetup``. Authentication is required:
-    ``tokens`` (``{token: identity}`` or ``{token: (identity, allow)}``),
-    ``tokens_file`` (the ``connector server --tokens`` format, re-read when it
-    changes), ``client_ca`` (mTLS: the certificate's common name becomes the
-    identity) and/or ``authenticator`` (a Python callable); they are tried in
-    that order. Durations are in seconds.
+    The options are the Rust ``connector_core::setup::ServerSetup``'s (and its
+    ``Limits``); ``None`` keeps the Rust default. Durations are in seconds.
+
+    Authentication (at least one is required), tried in this order:
+
+    - ``tokens``: ``{token: identity}`` or ``{token: (identity, allow)}``;
+      ``tokens_file``: the ``connector server --tokens`` format, re-read when it changes.
+    - ``client_ca``: CA(s) for agents' client certificates (mTLS). With
+      ``client_certificates="authenticate"`` (the default without an
+      ``authenticator``) a verified certificate admits the agent by itself: its
+      common name is the identity, its DNS/IP names what it may claim. With
+      ``"verify-only"`` (the default *with* an ``authenticator``) TLS only
+      verifies the chain and the authenticator decides, seeing the certificate
+      in :class:`AuthRequest` (``certificates``, ``certificate_name``,
+      ``certificate_identifiers``).
+    - ``authenticator``: a Python callable (see :data:`Authenticator`).
+
+    Other options: ``listen`` (UDP ``ip:port``), ``server_id`` (reported to
+    agents), ``server_count`` (replicas behind the agents' address),
+    ``max_agents``, ``max_streams_per_agent``, ``max_pending_dials`` (dials
+    waiting for an agent's answer, server-wide), ``hello_timeout``,
+    ``dial_timeout`` (the default of :meth:`dial`'s ``timeout``), ``keepalive``,
+    ``idle_timeout``, ``proxy_strategies`` (how host dials pick an agent),
+    ``tcp_listen`` (the TCP fallback listener: ``"same"`` as the QUIC address,
+    the default; ``"off"``; or an ``ip:port``), ``congestion`` (``"auto"``,
+    ``"cubic"`` or ``"bbr"``) and ``max_udp_payload`` (upper bound of QUIC path
+    MTU discovery).
 
     Use as a context manager, or call :meth:`close`.
     """
@@ -59,16 +80,21 @@ class Server:
         tokens: Optional[Mapping[str, TokenSpec]] = None,
         tokens_file: Optional[Union[str, "os.PathLike[str]"]] = None,
         client_ca: Optional[PemSource] = None,
+        client_certificates: Optional[str] = None,
         authenticator: Optional[Authenticator] = None,
         server_id: Optional[str] = None,
         server_count: Optional[int] = None,
         max_agents: Optional[int] = None,
         max_streams_per_agent: Optional[int] = None,
+        max_pending_dials: Optional[int] = None,
         hello_timeout: Optional[float] = None,
         dial_timeout: Optional[float] = None,
         keepalive: Optional[float] = None,
         idle_timeout: Optional[float] = None,
         proxy_strategies: Optional[Union[str, Iterable[str]]] = None,
+        tcp_listen: Optional[str] = None,
+        congestion: Optional[str] = None,
+        max_udp_payload: Optional[int] = None,
     ) -> None:
         if proxy_strategies is not None and not isinstance(proxy_strategies, str):
             proxy_strategies = ",".join(proxy_strategies)
@@ -80,16 +106,21 @@ class Server:
                 tokens=None if tokens is None else _token_entries(tokens),
                 tokens_file=None if tokens_file is None else os.fspath(tokens_file),
                 client_ca_pem=None if client_ca is None else pem_bytes(client_ca, "client_ca"),
+                client_certificates=client_certificates,
                 authenticator=authenticator,
                 server_id=server_id,
                 server_count=server_count,
                 max_agents=max_agents,
                 max_streams_per_agent=max_streams_per_agent,
+                max_pending_dials=max_pending_dials,
                 hello_timeout=seconds(hello_timeout, "hello_timeout"),
                 dial_timeout=seconds(dial_timeout, "dial_timeout"),
                 keepalive=seconds(keepalive, "keepalive"),
                 idle_timeout=seconds(idle_timeout, "idle_timeout"),
                 proxy_strategies=proxy_strategies,
+                tcp_listen=tcp_listen,
+                congestion=congestion,
+                max_udp_payload=max_udp_payload,
             )
         except (TypeError, OverflowError) as e:
             raise ConfigError(str(e)) from e
@@ -104,6 +135,16 @@ class Server:
     def port(self) -> int:
         """The bound UDP port."""
         return self._inner.port
+
+    @property
+    def tcp_address(self) -> Optional[str]:
+        """Where agents connect over the TCP fallback, ``ip:port`` (``None`` when ``tcp_listen="off"``)."""
+        return self._inner.tcp_address
+
+    @property
+    def server_id(self) -> str:
+        """This server's id, as reported to agents (:meth:`Agent.wait_connected` returns it)."""
+        return self._inner.server_id
 
     @property
     def closed(self) -> bool:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import http.server
 import threading
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Type
 
+from . import _connector
 from ._connector import EchoTarget, ThrowawayCa, diagnostics, wait_busy, wait_idle
 from .agent import Agent
 from .server import Authenticator, Server
@@ -34,9 +35,20 @@ __all__ = [
     "LocalTunnel",
     "ThrowawayCa",
     "diagnostics",
+    "rust_echo_transfer",
     "wait_busy",
     "wait_idle",
 ]
+
+
+def rust_echo_transfer(
+    server: Server, target: str, total: int, chunk: int = 256 * 1024, agent: Optional[str] = None
+) -> float:
+    """The Rust-API baseline of a bulk transfer: dials ``target`` (an echo
+    server) through ``server`` with the Rust API (no Python in the data path),
+    sends ``total`` bytes in ``chunk``-byte writes while reading the echo back,
+    and returns the seconds it took."""
+    return _connector.rust_echo_transfer(server._inner, target, total, chunk, agent)
 
 
 class HttpTarget:
@@ -92,7 +104,9 @@ class LocalTunnel:
     claiming ``host=<its id>`` and allowed to reach ``127.0.0.0/8``, so a dial
     with ``host="node-3"`` goes through ``node-3``. They authenticate with the
     tokens ``token-<id>``; with ``authenticator`` given, the server asks it
-    too (tokens first). The constructor returns once every agent is connected.
+    too (tokens first). ``agent_options`` go to each of these agents'
+    :class:`Agent` (e.g. ``{"max_connections": 1}``); ``server_options`` to the
+    :class:`Server`. The constructor returns once every agent is connected.
     """
 
     def __init__(
@@ -101,6 +115,7 @@ class LocalTunnel:
         *,
         agent_ids: Optional[Sequence[str]] = None,
         authenticator: Optional[Authenticator] = None,
+        agent_options: Optional[Mapping[str, Any]] = None,
         timeout: float = 60.0,
         **server_options: Any,
     ) -> None:
@@ -121,7 +136,7 @@ class LocalTunnel:
         self._closers: List[Callable[[], None]] = []
         try:
             for agent_id in ids:
-                self.add_agent(agent_id, wait=False)
+                self.add_agent(agent_id, wait=False, **dict(agent_options or {}))
             self.server.wait_for_agents(len(ids), agent_ids=ids, timeout=timeout)
             for agent in self.agents:
                 agent.wait_connected(timeout=timeout)
