@@ -9,7 +9,10 @@
 //! - 1: the same after a valid `Hello` that the server accepts (so frames
 //!   after registration reach the registered session);
 //! - 2: a fake server reads the agent's `Hello` and answers with the bytes;
-//! - 3: the same after a valid `Welcome`.
+//! - 3: the same after a valid `Welcome`;
+//! - 4: a `Hello` with node-a's valid token and an agent id taken from the
+//!   bytes: the server welcomes it only under an id node-a's identity owns
+//!   (`node-a` or `node-a/<instance>`), whatever the bytes.
 //!
 //! Checked for every input: no panic, no hang (libFuzzer's `-timeout`); the
 //! server answers with well-formed frames only (at most one `Welcome` or
@@ -72,12 +75,18 @@ fn world() -> &'static World {
 }
 
 fn valid_hello() -> Vec<u8> {
+    hello_as("node-a").expect("node-a's Hello encodes")
+}
+
+/// node-a's `Hello` (its token, `host=node-a`) under `agent_id`; `None` if
+/// the id cannot be encoded (too long).
+fn hello_as(agent_id: &str) -> Option<Vec<u8>> {
     let hello = Hello::new(
-        "node-a",
+        agent_id,
         "host=node-a".parse().unwrap(),
         Credential::Bearer(Secret::new(TOKEN.to_owned())),
     );
-    Frame::Hello(hello).encode().unwrap()
+    Frame::Hello(hello).encode().ok()
 }
 
 fn valid_welcome() -> Vec<u8> {
@@ -95,7 +104,8 @@ fn valid_welcome() -> Vec<u8> {
 
 /// A peer writes `bytes` on its control stream to the real server, ends the
 /// stream and reads what the server answers until it ends the session.
-async fn against_the_server(world: &World, bytes: Vec<u8>) {
+/// Returns whether the server welcomed it.
+async fn against_the_server(world: &World, bytes: Vec<u8>) -> bool {
     let connection = world.connector.connect().await.expect("in-memory connect");
     let mut control = connection.open_bi().await.expect("control stream");
     // The server may stop reading (and reset) early: a failed write is an answer too.
@@ -105,7 +115,7 @@ async fn against_the_server(world: &World, bytes: Vec<u8>) {
     let _ = control.recv.read_to_end(&mut answer).await;
     // Well-formed frames only, and at most one Welcome or Reject.
     let mut rest = &answer[..];
-    let mut verdicts = 0;
+    let (mut verdicts, mut welcomed) = (0, false);
     while !rest.is_empty() {
         let header = FrameHeader::parse(
             *rest.first_chunk::<HEADER_LEN>().expect("a whole header"),
@@ -114,7 +124,10 @@ async fn against_the_server(world: &World, bytes: Vec<u8>) {
         .expect("the server's frame header is valid");
         let payload = rest[HEADER_LEN..].get(..header.len).expect("a whole frame");
         match header.decode_payload(payload).expect("the server's frame decodes") {
-            Frame::Welcome(_) => verdicts += 1,
+            Frame::Welcome(_) => {
+                verdicts += 1;
+                welcomed = true;
+            }
             Frame::Reject(reject) => {
                 verdicts += 1;
                 assert!(reject.reason.len() <= MAX_TEXT, "Reject text over its cap");
@@ -128,6 +141,7 @@ async fn against_the_server(world: &World, bytes: Vec<u8>) {
     connection.close(connector_core::proto::ConnectionCode::Normal, "done");
     // The server forgets the peer once its connection is gone.
     world.server.wait_for_agents(|agents| agents.is_empty()).await;
+    welcomed
 }
 
 /// A fake server takes the real agent's `Hello`, answers with `bytes`, ends
@@ -168,11 +182,26 @@ fuzz_target!(|data: &[u8]| {
     };
     let world = world();
     world.runtime.block_on(async {
-        match mode % 4 {
-            0 => against_the_server(world, rest.to_vec()).await,
-            1 => against_the_server(world, [valid_hello(), rest.to_vec()].concat()).await,
+        match mode % 5 {
+            0 => {
+                against_the_server(world, rest.to_vec()).await;
+            }
+            1 => {
+                against_the_server(world, [valid_hello(), rest.to_vec()].concat()).await;
+            }
             2 => against_the_agent(rest.to_vec()).await,
-            _ => against_the_agent([valid_welcome(), rest.to_vec()].concat()).await,
+            3 => against_the_agent([valid_welcome(), rest.to_vec()].concat()).await,
+            _ => {
+                let id = String::from_utf8_lossy(rest);
+                if let Some(hello) = hello_as(&id)
+                    && against_the_server(world, hello).await
+                {
+                    assert!(
+                        id == "node-a" || id.starts_with("node-a/"),
+                        "node-a's token was welcomed as {id:?}"
+                    );
+                }
+            }
         }
     });
 });
