@@ -475,7 +475,8 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 	return takeString(out), settle(&s.closed, "start frontend", "server", err)
 }
 
-// StartForward binds listen ("IP:PORT") and tunnels each connection to
+// StartForward binds listen ("IP:PORT", a loopback address: the forward
+// authenticates nobody, so other addresses are refused) and tunnels each connection to
 // target through agentID ("" for the agent serving target's host). It
 // returns the bound address and serves until Close.
 func (s *Server) StartForward(listen, agentID, target string) (string, error) {

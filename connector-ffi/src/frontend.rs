@@ -132,9 +132,11 @@ pub unsafe extern "C" fn connector_server_start_frontend(
     })
 }
 
-/// Binds `listen` (`IP:PORT`) and tunnels each accepted TCP connection to
-/// `target` through the agent with id `agent_id` (null: the agent serving
-/// the target's host). `*out` receives the bound address.
+/// Binds `listen` (`IP:PORT`, a loopback address: the listener
+/// authenticates nobody, so any other address is refused) and tunnels each
+/// accepted TCP connection to `target` through the agent with id `agent_id`
+/// (null: the agent serving the target's host). `*out` receives the bound
+/// address.
 ///
 /// # Safety
 /// Strings null or NUL-terminated; `out` writable; `error` null or writable.
