@@ -186,6 +186,9 @@ async fn server_rejects_unknown_major_version_clearly(kind: Kind) {
         "{}",
         reject.reason
     );
+    // The server goes on serving agents that speak its version.
+    let _agent = h.agent("node-a").await;
+    next_dial_is_served(&h).await;
 }
 
 async fn server_refuses_streams_opened_by_an_agent(kind: Kind) {
@@ -481,6 +484,9 @@ async fn agent_refuses_a_server_with_an_untrusted_certificate() {
         assert!(reason.contains("certificate"), "{reason}");
         assert!(h.server.agents().is_empty());
         agent.stop().await;
+        // The same agent settings towards the real server (its CA) are served.
+        let _agent = h.agent("node-a").await;
+        next_dial_is_served(&h).await;
     })
     .await
 }
@@ -649,6 +655,7 @@ async fn agent_refuses_a_server_without_the_connector_alpn() {
         }
         // The real server is unaffected.
         let _good = h.agent("node-b").await;
+        next_dial_is_served(&h).await;
     })
     .await
 }
