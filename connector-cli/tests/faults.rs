@@ -10,7 +10,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sha2::{Digest, Sha256};
 
 /// The agent with a short keepalive and idle timeout, set through the environment,
 /// on `transport` (`quic` or `tcp`).
@@ -86,13 +85,7 @@ fn connect_through(proxy: &str, target: SocketAddr) -> TcpStream {
 
 /// A digest exchange through a fresh CONNECT: the whole path works.
 fn digest_through(proxy: &str, target: SocketAddr) {
-    let mut tcp = connect_through(proxy, target);
-    let data = vec![7u8; 1024 * 1024];
-    tcp.write_all(&data).unwrap();
-    tcp.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut digest = String::new();
-    tcp.read_to_string(&mut digest).unwrap();
-    assert_eq!(digest, hex(&Sha256::digest(&data)));
+    assert_digest_answered(connect_through(proxy, target), &[7u8; 1024 * 1024]);
 }
 
 #[test]

@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::Command;
 
 use common::*;
-use sha2::{Digest, Sha256};
 
 #[test]
 fn curl_reaches_a_target_behind_the_agent_through_both_connect_frontends() {
@@ -117,12 +115,7 @@ fn forward_command_carries_a_bulk_transfer_intact() {
     let data: Vec<u8> = (0..48u32 * 1024 * 1024)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let mut tcp = std::net::TcpStream::connect(&local).unwrap();
-    tcp.write_all(&data).unwrap();
-    tcp.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut digest = String::new();
-    tcp.read_to_string(&mut digest).unwrap();
-    assert_eq!(digest, hex(&Sha256::digest(&data)));
+    assert_digest_answered(std::net::TcpStream::connect(&local).unwrap(), &data);
 }
 
 #[test]
@@ -140,12 +133,7 @@ fn server_forward_flag_carries_a_bulk_transfer_intact() {
     let data: Vec<u8> = (0..48u32 * 1024 * 1024)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
-    let mut tcp = std::net::TcpStream::connect(&local).unwrap();
-    tcp.write_all(&data).unwrap();
-    tcp.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut digest = String::new();
-    tcp.read_to_string(&mut digest).unwrap();
-    assert_eq!(digest, hex(&Sha256::digest(&data)));
+    assert_digest_answered(std::net::TcpStream::connect(&local).unwrap(), &data);
 }
 
 #[test]

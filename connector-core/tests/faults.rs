@@ -96,13 +96,10 @@ impl Pki {
 
     /// Starts agent `node` towards `via` (the server or a proxy in front of it) and waits until it is connected.
     async fn agent(&self, node: &str, via: SocketAddr) -> Agent {
-        let tls = AgentTls {
-            server_cas: vec![self.ca.cert_der()].into(),
-            server_name: "localhost".into(),
-            client_identity: None,
-        };
-        let connector = QuicConnector::new(via.to_string(), &tls, &settings()).unwrap();
-        let agent = Agent::start(Arc::new(connector), Harness::agent_config_for(node, token(node)));
+        let agent = Agent::start(
+            agent_connector(self.ca.cert_der(), via),
+            Harness::agent_config_for(node, token(node)),
+        );
         let status = within(
             "the agent connecting",
             Duration::from_secs(20),
@@ -112,6 +109,17 @@ impl Pki {
         assert!(matches!(status, AgentStatus::Connected { .. }), "{node}: {status:?}");
         agent
     }
+}
+
+/// An agent's QUIC connector towards `via` (the server or a proxy in front
+/// of it), trusting `ca`, with the test settings.
+fn agent_connector(ca: rustls::pki_types::CertificateDer<'static>, via: SocketAddr) -> Arc<QuicConnector> {
+    let tls = AgentTls {
+        server_cas: vec![ca].into(),
+        server_name: "localhost".into(),
+        client_identity: None,
+    };
+    Arc::new(QuicConnector::new(via.to_string(), &tls, &settings()).unwrap())
 }
 
 fn session(agent: &Agent) -> u64 {
@@ -462,14 +470,8 @@ async fn a_stopped_agent_is_removed_at_once_even_if_its_runtime_ends_right_after
                     .build()
                     .unwrap();
                 runtime.block_on(async {
-                    let tls = AgentTls {
-                        server_cas: vec![ca].into(),
-                        server_name: "localhost".into(),
-                        client_identity: None,
-                    };
-                    let connector = QuicConnector::new(addr.to_string(), &tls, &settings()).unwrap();
                     let agent = Agent::start(
-                        Arc::new(connector),
+                        agent_connector(ca, addr),
                         Harness::agent_config_for("node-a", token("node-a")),
                     );
                     agent.connected().await;

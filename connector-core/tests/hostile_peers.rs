@@ -5,6 +5,8 @@
 #[macro_use]
 mod common;
 
+use std::sync::Arc;
+
 use common::*;
 use connector_core::agent::{Agent, AgentStatus};
 use connector_core::frame_io::{read_frame, write_frame};
@@ -58,20 +60,10 @@ async fn assert_protocol_reset(stream: &mut BiStream) {
     assert_eq!(StreamReset::from_io(&err), Some(StreamCode::ProtocolError), "{err}");
 }
 
-async fn echo_round_trip(stream: &mut BiStream, payload: &[u8]) {
-    stream.send.write_all(payload).await.unwrap();
-    let mut back = vec![0u8; payload.len()];
-    stream.recv.read_exact(&mut back).await.unwrap();
-    assert_eq!(back, payload);
-}
-
-async fn agent_resets_garbage_streams_and_keeps_serving_the_others(kind: Kind) {
-    // The test plays the server.
-    let raw = RawTransport::new(kind);
-    let agent = Agent::start(
-        raw.connector(None),
-        Harness::agent_config_for("node-a", token("node-a")),
-    );
+/// The test plays the server for `agent` on `raw`: takes its connection and
+/// `Hello` (as node-a), answers `Welcome`, and waits until the agent is
+/// connected. The control stream is returned so that it stays open.
+async fn play_server(raw: &RawTransport, agent: &Agent) -> (Arc<dyn Connection>, BiStream) {
     let conn = raw.listener.accept().await.unwrap().await.unwrap();
     let mut control = conn.accept_bi().await.unwrap();
     let Frame::Hello(hello) = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap() else {
@@ -88,17 +80,53 @@ async fn agent_resets_garbage_streams_and_keeps_serving_the_others(kind: Kind) {
     };
     write_frame(&mut control.send, &Frame::Welcome(welcome)).await.unwrap();
     agent.connected().await;
+    (conn, control)
+}
+
+/// A `Dial` (request `id`) to the echo target on loopback `port`.
+fn echo_dial(id: u64, port: u16) -> Frame {
+    Frame::Dial(Dial {
+        request_id: id,
+        host: "127.0.0.1".into(),
+        port,
+        timeout_ms: 10_000,
+    })
+}
+
+/// A hand-driven agent: connects to `h`'s server, says a valid `Hello` as
+/// node-a and takes its `Welcome`. The control stream is returned so that it
+/// stays open.
+async fn register_by_hand(h: &Harness) -> (Arc<dyn Connection>, BiStream) {
+    let conn = h.connector(None).connect().await.unwrap();
+    let mut control = conn.open_bi().await.unwrap();
+    let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
+    write_frame(&mut control.send, &hello).await.unwrap();
+    assert!(matches!(
+        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
+        Frame::Welcome(_)
+    ));
+    (conn, control)
+}
+
+async fn echo_round_trip(stream: &mut BiStream, payload: &[u8]) {
+    stream.send.write_all(payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    stream.recv.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, payload);
+}
+
+async fn agent_resets_garbage_streams_and_keeps_serving_the_others(kind: Kind) {
+    // The test plays the server.
+    let raw = RawTransport::new(kind);
+    let agent = Agent::start(
+        raw.connector(None),
+        Harness::agent_config_for("node-a", token("node-a")),
+    );
+    let (conn, _control) = play_server(&raw, &agent).await;
 
     // A healthy tunnelled connection, opened first and kept open throughout.
     let echo = echo_target().await;
-    let dial = |id| {
-        Frame::Dial(Dial {
-            request_id: id,
-            host: "127.0.0.1".into(),
-            port: echo.port(),
-            timeout_ms: 10_000,
-        })
-    };
+    let dial = |id| echo_dial(id, echo.port());
     let mut good = conn.open_bi().await.unwrap();
     write_frame(&mut good.send, &dial(1)).await.unwrap();
     match read_frame(&mut good.recv, MAX_FRAME_PAYLOAD).await.unwrap() {
@@ -194,14 +222,7 @@ async fn server_rejects_unknown_major_version_clearly(kind: Kind) {
 async fn server_refuses_streams_opened_by_an_agent(kind: Kind) {
     let h = Harness::new(kind).await;
     // A hand-driven agent: valid Hello, then it opens a stream of its own.
-    let conn = h.connector(None).connect().await.unwrap();
-    let mut control = conn.open_bi().await.unwrap();
-    let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
-    write_frame(&mut control.send, &hello).await.unwrap();
-    assert!(matches!(
-        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
-        Frame::Welcome(_)
-    ));
+    let (conn, _control) = register_by_hand(&h).await;
     let mut rogue = conn.open_bi().await.unwrap();
     // The write may already fail: the server can refuse the stream before the bytes arrive.
     let _ = rogue.send.write_all(b"let me into the control plane").await;
@@ -236,14 +257,7 @@ async fn stream_flood_from_an_agent_is_refused_and_counted(kind: Kind) {
     let good = h.agent("node-b").await;
     // A hand-driven agent opens stream after stream (QUIC grants it only a
     // few at a time; each is refused and its credit returned).
-    let conn = h.connector(None).connect().await.unwrap();
-    let mut control = conn.open_bi().await.unwrap();
-    let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
-    write_frame(&mut control.send, &hello).await.unwrap();
-    assert!(matches!(
-        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
-        Frame::Welcome(_)
-    ));
+    let (conn, _control) = register_by_hand(&h).await;
     for _ in 0..FLOOD {
         let mut rogue = conn.open_bi().await.unwrap();
         let _ = rogue.send.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
@@ -343,31 +357,9 @@ async fn a_dial_dribbled_by_a_rogue_server_is_reset_after_the_dial_frame_timeout
     let mut config = Harness::agent_config_for("node-a", token("node-a"));
     config.dial_frame_timeout = std::time::Duration::from_millis(300);
     let agent = Agent::start(raw.connector(None), config);
-    let conn = raw.listener.accept().await.unwrap().await.unwrap();
-    let mut control = conn.accept_bi().await.unwrap();
-    assert!(matches!(
-        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
-        Frame::Hello(_)
-    ));
-    let welcome = Welcome {
-        server_id: "rogue".into(),
-        server_count: 1,
-        keepalive_ms: 5000,
-        idle_timeout_ms: 30000,
-        max_streams: 100,
-        max_frame: MAX_FRAME_PAYLOAD as u32,
-    };
-    write_frame(&mut control.send, &Frame::Welcome(welcome)).await.unwrap();
-    agent.connected().await;
+    let (conn, _control) = play_server(&raw, &agent).await;
     let echo = echo_target().await;
-    let dial = |id| {
-        Frame::Dial(Dial {
-            request_id: id,
-            host: "127.0.0.1".into(),
-            port: echo.port(),
-            timeout_ms: 10_000,
-        })
-    };
+    let dial = |id| echo_dial(id, echo.port());
     let mut good = conn.open_bi().await.unwrap();
     write_frame(&mut good.send, &dial(1)).await.unwrap();
     assert!(
@@ -395,14 +387,7 @@ async fn a_dial_result_dribbled_by_a_rogue_agent_times_the_dial_out(kind: Kind) 
     let h = Harness::new(kind).await;
     let target = echo_target().await;
     let good = h.agent("node-b").await;
-    let conn = h.connector(None).connect().await.unwrap();
-    let mut control = conn.open_bi().await.unwrap();
-    let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
-    write_frame(&mut control.send, &hello).await.unwrap();
-    assert!(matches!(
-        read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
-        Frame::Welcome(_)
-    ));
+    let (conn, _control) = register_by_hand(&h).await;
     let server = h.server.clone();
     let deadline = std::time::Duration::from_millis(300);
     let dial = tokio::spawn(async move {

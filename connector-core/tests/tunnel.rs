@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use connector_core::agent::{Agent, AgentStatus, DestinationPolicy};
 use connector_core::proto::{DialCode, RejectCode, StreamCode};
-use connector_core::server::{DialError, Selector};
+use connector_core::server::{DialError, Selector, TunnelStream};
 use connector_core::transport::StreamReset;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -279,10 +279,7 @@ async fn dials_are_routed_by_host_and_by_agent_id(kind: Kind) {
 async fn dropping_a_stream_resets_the_target_connection(kind: Kind) {
     let h = Harness::new(kind).await;
     let _agent = h.agent("node-a").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = listener.local_addr().unwrap().to_string();
-    let mut stream = h.server.dial(&Selector::Any, &target).await.unwrap();
-    let (mut accepted, _) = listener.accept().await.unwrap();
+    let (mut stream, mut accepted) = dial_a_fresh_target(&h).await;
     stream.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     accepted.read_exact(&mut buf).await.unwrap();
@@ -422,10 +419,7 @@ async fn a_client_failing_during_the_dial_fails_it(kind: Kind) {
 async fn a_target_reset_reaches_the_dialer_as_a_target_reset(kind: Kind) {
     let h = Harness::new(kind).await;
     let _agent = h.agent("node-a").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = listener.local_addr().unwrap().to_string();
-    let mut stream = h.server.dial(&Selector::Any, &target).await.unwrap();
-    let (accepted, _) = listener.accept().await.unwrap();
+    let (mut stream, accepted) = dial_a_fresh_target(&h).await;
     // Linger 0: closing sends a TCP RST instead of a FIN.
     socket2::SockRef::from(&accepted)
         .set_linger(Some(std::time::Duration::ZERO))
@@ -440,10 +434,7 @@ async fn a_target_reset_reaches_the_dialer_as_a_target_reset(kind: Kind) {
 async fn the_target_closing_first_still_receives_the_dialers_bytes(kind: Kind) {
     let h = Harness::new(kind).await;
     let _agent = h.agent("node-a").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = listener.local_addr().unwrap().to_string();
-    let mut stream = h.server.dial(&Selector::Any, &target).await.unwrap();
-    let (mut accepted, _) = listener.accept().await.unwrap();
+    let (mut stream, mut accepted) = dial_a_fresh_target(&h).await;
     // The target says its piece and shuts down its write side first...
     accepted.write_all(b"bye").await.unwrap();
     accepted.shutdown().await.unwrap();
@@ -471,6 +462,16 @@ async fn a_name_that_does_not_resolve_fails_with_the_dns_code(kind: Kind) {
     assert_eq!(err.code(), DialCode::DnsFailure, "{err}");
     assert!(err.to_string().contains("no-such-host.invalid"), "{err}");
     next_dial_is_served(&h).await;
+}
+
+/// Dials a fresh loopback listener through any agent: the tunnelled stream,
+/// and the target's end of it.
+async fn dial_a_fresh_target(h: &Harness) -> (TunnelStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let stream = h.server.dial(&Selector::Any, &target).await.unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    (stream, accepted)
 }
 
 /// A loopback port nothing listens on (bound, read, released).

@@ -243,6 +243,19 @@ pub fn digest_target() -> std::net::SocketAddr {
     addr
 }
 
+/// Sends `data` to a [`digest_target`] over `tcp` (already connected, through
+/// whatever the test exercises), half-closes, and checks the digest it answers.
+#[allow(dead_code)]
+pub fn assert_digest_answered(mut tcp: std::net::TcpStream, data: &[u8]) {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    tcp.write_all(data).unwrap();
+    tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut digest = String::new();
+    tcp.read_to_string(&mut digest).unwrap();
+    assert_eq!(digest, hex(&Sha256::digest(data)));
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
