@@ -197,10 +197,10 @@ func TestTCPFallbackListenerAndTransport(t *testing.T) {
 
 func TestTunnelIdleTimeout(t *testing.T) {
 	tn := newTunnel(t)
-	startAgentWith(t, tn, "node-idle", func(c *AgentConfig) { c.TunnelIdleTimeout = 100 * time.Millisecond })
+	startAgentWith(t, tn, "node-a/idle", func(c *AgentConfig) { c.TunnelIdleTimeout = 100 * time.Millisecond })
 	target, _ := silentTarget(t)
 	// Without the timeout a silent connection stays open (the read hangs).
-	c, err := (&Dialer{Server: tn.srv, AgentID: "node-idle"}).DialContext(context.Background(), "tcp", target)
+	c, err := (&Dialer{Server: tn.srv, AgentID: "node-a/idle"}).DialContext(context.Background(), "tcp", target)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,15 +272,15 @@ func TestKeepaliveAndIdleTimeout(t *testing.T) {
 	}
 	t.Run("server idle timeout", func(t *testing.T) {
 		tn := newTunnelWith(t, func(c *Config) { c.IdleTimeout = idle; c.Keepalive = time.Hour })
-		startAgentWith(t, tn, "node-k", func(c *AgentConfig) { c.Keepalive = time.Hour })
-		if err := silentFor(t, tn, "node-k"); err == nil {
+		startAgentWith(t, tn, "node-a/k", func(c *AgentConfig) { c.Keepalive = time.Hour })
+		if err := silentFor(t, tn, "node-a/k"); err == nil {
 			t.Fatal("the connection outlived the server's idle timeout")
 		}
 	})
 	t.Run("agent idle timeout", func(t *testing.T) {
 		tn := newTunnelWith(t, func(c *Config) { c.Keepalive = time.Hour })
-		startAgentWith(t, tn, "node-k", func(c *AgentConfig) { c.IdleTimeout = idle; c.Keepalive = time.Hour })
-		if err := silentFor(t, tn, "node-k"); err == nil {
+		startAgentWith(t, tn, "node-a/k", func(c *AgentConfig) { c.IdleTimeout = idle; c.Keepalive = time.Hour })
+		if err := silentFor(t, tn, "node-a/k"); err == nil {
 			t.Fatal("the connection outlived the agent's idle timeout")
 		}
 	})
@@ -288,15 +288,15 @@ func TestKeepaliveAndIdleTimeout(t *testing.T) {
 	// its 5s default, only this end's keepalive can keep the connection up.
 	t.Run("server keepalive", func(t *testing.T) {
 		tn := newTunnelWith(t, func(c *Config) { c.IdleTimeout = idle; c.Keepalive = 100 * time.Millisecond })
-		startAgentWith(t, tn, "node-k", func(c *AgentConfig) { c.IdleTimeout = idle })
-		if err := silentFor(t, tn, "node-k"); err != nil {
+		startAgentWith(t, tn, "node-a/k", func(c *AgentConfig) { c.IdleTimeout = idle })
+		if err := silentFor(t, tn, "node-a/k"); err != nil {
 			t.Fatalf("kept-alive connection: %v", err)
 		}
 	})
 	t.Run("agent keepalive", func(t *testing.T) {
 		tn := newTunnelWith(t, func(c *Config) { c.IdleTimeout = idle })
-		startAgentWith(t, tn, "node-k", func(c *AgentConfig) { c.IdleTimeout = idle; c.Keepalive = 100 * time.Millisecond })
-		if err := silentFor(t, tn, "node-k"); err != nil {
+		startAgentWith(t, tn, "node-a/k", func(c *AgentConfig) { c.IdleTimeout = idle; c.Keepalive = 100 * time.Millisecond })
+		if err := silentFor(t, tn, "node-a/k"); err != nil {
 			t.Fatalf("kept-alive connection: %v", err)
 		}
 	})

@@ -746,9 +746,9 @@ func TestBrokenConnectionIsAnError(t *testing.T) {
 		// The server notices the agent's absence by its idle timeout (a
 		// freed agent's goodbye is not always sent before its runtime stops).
 		tn := newTunnelWith(t, func(c *Config) { c.IdleTimeout = time.Second; c.Keepalive = 100 * time.Millisecond })
-		agent := startAgentWith(t, tn, "node-gone", func(*AgentConfig) {})
+		agent := startAgentWith(t, tn, "node-a/gone", func(*AgentConfig) {})
 		target, _ := silentTarget(t)
-		c, err := (&Dialer{Server: tn.srv, AgentID: "node-gone"}).DialContext(context.Background(), "tcp", target)
+		c, err := (&Dialer{Server: tn.srv, AgentID: "node-a/gone"}).DialContext(context.Background(), "tcp", target)
 		if err != nil {
 			t.Fatal(err)
 		}

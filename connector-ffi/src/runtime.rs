@@ -9,6 +9,24 @@ use crate::cancel::connector_cancel;
 use crate::connector_result;
 use crate::error::Error;
 
+/// Blocks `SIGPIPE` on the calling thread (each of the runtime's threads).
+/// A write to a socket whose peer has gone raises `SIGPIPE` on the writing
+/// thread, and a host process may leave it at its default action, which
+/// ends the process: a Go program does so for signals on threads it did not
+/// create. Blocked, the signal stays pending on that thread and the write
+/// just fails with `EPIPE`, which the library handles like any broken
+/// connection. (TLS records on the TCP transport and frontends are written
+/// with plain `write`/`writev`, which, unlike `send(MSG_NOSIGNAL)`, raise it.)
+fn block_sigpipe() {
+    // SAFETY: plain libc calls on a local, initialised signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// A runtime shut down (worker threads joined) when the last owner lets go.
 pub(crate) struct OwnedRuntime(Option<tokio::runtime::Runtime>);
 
@@ -19,7 +37,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 impl OwnedRuntime {
     pub(crate) fn new(worker_threads: usize) -> Result<Arc<Self>, Error> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all().thread_name("connector");
+        builder
+            .enable_all()
+            .thread_name("connector")
+            .on_thread_start(block_sigpipe);
         if worker_threads > 0 {
             builder.worker_threads(worker_threads);
         }
@@ -109,6 +130,35 @@ mod tests {
     use std::task::Poll;
 
     use super::*;
+
+    /// Whether `SIGPIPE` is blocked on the calling thread.
+    fn sigpipe_blocked() -> bool {
+        // SAFETY: reads the calling thread's mask into a local set.
+        unsafe {
+            let mut current: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
+            libc::sigismember(&current, libc::SIGPIPE) == 1
+        }
+    }
+
+    #[test]
+    fn the_runtimes_threads_block_sigpipe() {
+        let rt = OwnedRuntime::new(2).unwrap();
+        assert!(!sigpipe_blocked(), "the test thread itself is untouched");
+        let on_workers = rt.handle().block_on(async {
+            let mut checks = Vec::new();
+            for _ in 0..8 {
+                checks.push(tokio::spawn(async { sigpipe_blocked() }));
+            }
+            let blocking = tokio::task::spawn_blocking(sigpipe_blocked).await.unwrap();
+            let mut all = blocking;
+            for check in checks {
+                all &= check.await.unwrap();
+            }
+            all
+        });
+        assert!(on_workers, "a worker or blocking-pool thread has SIGPIPE unblocked");
+    }
 
     /// A work future that reports on `polled` when first polled (the call is
     /// then inside `block`, waiting) and never completes.
