@@ -57,15 +57,18 @@ async fn two_hundred_concurrent_connections_through_one_agent(kind: Kind) {
     let h = Harness::new(kind).await;
     let _agent = h.agent("node-a").await;
     let echo = echo_target().await.to_string();
-    // All 200 dial at once, are all open together (checked at the barrier), then
-    // transfer at once.
+    // All 200 dial at once, are all open together (counted while every task
+    // waits at the second barrier), then transfer at once.
     let all_open = Arc::new(tokio::sync::Barrier::new(N + 1));
+    let counted = Arc::new(tokio::sync::Barrier::new(N + 1));
     let tasks: Vec<_> = (0..N)
         .map(|i| {
-            let (server, echo, all_open) = (h.server.clone(), echo.clone(), all_open.clone());
+            let (server, echo) = (h.server.clone(), echo.clone());
+            let (all_open, counted) = (all_open.clone(), counted.clone());
             tokio::spawn(async move {
                 let mut stream = server.dial(&Selector::Agent("node-a".into()), &echo).await.unwrap();
                 all_open.wait().await;
+                counted.wait().await;
                 let data = pattern(64 * 1024 + i, i as u64);
                 let (mut r, mut w) = tokio::io::split(&mut stream);
                 let send = async {
@@ -81,6 +84,7 @@ async fn two_hundred_concurrent_connections_through_one_agent(kind: Kind) {
         .collect();
     all_open.wait().await;
     assert_eq!(h.server.agents()[0].active_streams as usize, N);
+    counted.wait().await;
     for task in tasks {
         task.await.unwrap();
     }
