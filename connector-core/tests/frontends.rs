@@ -613,6 +613,67 @@ async fn until_closed<S: AsyncRead + Unpin>(io: &mut S) -> Vec<u8> {
     all
 }
 
+/// A Unix socket gets exactly the configured mode and group, replaces a
+/// stale socket, and leaves nothing else behind in its directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_gets_the_configured_mode_and_group() {
+    use std::os::unix::fs::MetadataExt;
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let _agent = h.agent("node-a").await;
+        let path = socket_path("mode-group");
+        let dir = path.parent().unwrap().to_owned();
+        // The group a new file gets anyway...
+        let probe = dir.join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        let own = std::fs::metadata(&probe).unwrap().gid();
+        std::fs::remove_file(&probe).unwrap();
+        // ...and, where there is one, another group we may give it, so that a
+        // listener ignoring `group` fails here.
+        let gid = other_group(own).unwrap_or(own);
+        // A stale socket from an earlier run.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+
+        let bind = FrontendBind::Unix {
+            path: path.clone(),
+            mode: 0o660,
+            group: Some(gid),
+        };
+        start_connect(&h, bind, FrontendLimits::default());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), gid);
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, vec![std::ffi::OsString::from("proxy.sock")]);
+        let target = echo_target().await;
+        let mut io = UnixStream::connect(&path).await.unwrap();
+        assert_eq!(
+            connect(&mut io, &target.to_string()).await,
+            "HTTP/1.1 200 Connection established\r\n\r\n"
+        );
+        echo(&mut io, b"through the renamed socket").await;
+    })
+    .await
+}
+
+/// A group other than `own` that this process may give its files: any, for
+/// root; otherwise one of its supplementary groups, if it has one.
+fn other_group(own: u32) -> Option<u32> {
+    // SAFETY: plain libc queries into a local buffer of the size passed.
+    unsafe {
+        if libc::geteuid() == 0 {
+            return Some(if own == 0 { 1 } else { 0 });
+        }
+        let mut groups = vec![0 as libc::gid_t; 256];
+        let n = libc::getgroups(groups.len() as i32, groups.as_mut_ptr());
+        groups.truncate(n.max(0) as usize);
+        groups.into_iter().find(|&g| g != own)
+    }
+}
+
 /// A slow-loris client: writes `start`, then `filler` one byte at a time
 /// (each write awaited, paced so that the head never completes or outgrows
 /// its size limit first) for as long as the connection stays open. Returns
