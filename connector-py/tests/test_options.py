@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import threading
 from typing import Callable, Iterator, List, Tuple
 
@@ -67,8 +68,11 @@ def test_server_dial_timeout_is_the_default_deadline(connector_tunnel_factory: F
     with pytest.raises(connector.DialTimeoutError) as err:
         tunnel.server.dial(stuck_target.address, host="node-0")  # timeout=None: the server's
     assert err.value.code == connector.DialCode.TIMED_OUT
-    # The deadline that passed is the configured one, not the 30 s default.
-    assert "timed out after 250ms" in str(err.value)
+    # The deadline that passed is the configured one, not the 30 s default:
+    # the server's ("timed out after 250ms") or the agent's, which is sent
+    # what is left of it ("no connection within 249ms"), whichever reports first.
+    found = re.search(r"(?:after|within) (\d+)ms", str(err.value))
+    assert found is not None and 0 < int(found.group(1)) <= 250, str(err.value)
 
 
 def test_tokens_file_round_trip(pki: Tuple[ThrowawayCa, str, str], tmp_path: pathlib.Path, echo: EchoTarget) -> None:
