@@ -11,6 +11,7 @@ pub mod identifiers;
 pub mod metrics;
 #[cfg(feature = "netsim")]
 pub mod netsim;
+pub mod no_sigpipe;
 pub mod proto;
 
 pub use identifiers::Identifiers;

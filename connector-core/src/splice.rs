@@ -119,20 +119,6 @@ pub(crate) trait ChunkSink: AsyncWrite + Unpin {
     }
 }
 
-/// One `sendmsg` of `chunks` with `MSG_NOSIGNAL`, once the socket is writable.
-fn poll_send_gathered(tcp: &TcpStream, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(tcp.poll_write_ready(cx))?;
-        let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
-            socket2::SockRef::from(tcp).send_vectored_with_flags(chunks, libc::MSG_NOSIGNAL)
-        });
-        match sent {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            sent => return Poll::Ready(sent),
-        }
-    }
-}
-
 impl ChunkSink for Box<dyn SendStream> {
     fn takes_chunks(&self) -> bool {
         (**self).takes_chunks()
@@ -145,7 +131,7 @@ impl ChunkSink for Box<dyn SendStream> {
 
 impl ChunkSink for tokio::net::tcp::WriteHalf<'_> {
     fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        poll_send_gathered(self.as_ref(), cx, chunks)
+        crate::no_sigpipe::poll_send_gathered(self.as_ref(), cx, chunks)
     }
 
     fn gathers(&self) -> bool {
@@ -155,7 +141,7 @@ impl ChunkSink for tokio::net::tcp::WriteHalf<'_> {
 
 impl ChunkSink for TcpStream {
     fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        poll_send_gathered(self, cx, chunks)
+        crate::no_sigpipe::poll_send_gathered(self, cx, chunks)
     }
 
     fn gathers(&self) -> bool {

@@ -296,7 +296,8 @@ async fn accept_loop(
                 }
                 (Raw::Tcp(tcp), Some(tls)) => {
                     let _ = tcp.set_nodelay(true);
-                    match tokio::time::timeout(timeout, tls.accept(tcp)).await {
+                    // TLS records go out gathered: without SIGPIPE (crate::no_sigpipe).
+                    match tokio::time::timeout(timeout, tls.accept(crate::no_sigpipe::NoSigPipe(tcp))).await {
                         Ok(Ok(stream)) => Box::new(stream),
                         Ok(Err(err)) => {
                             tracing::info!(%peer, %err, "frontend TLS handshake failed");

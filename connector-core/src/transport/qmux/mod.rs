@@ -31,6 +31,7 @@ use super::{
     BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream, SendStream, StreamReset,
     TransportError,
 };
+use crate::no_sigpipe::NoSigPipe;
 use crate::proto::{ConnectionCode, StreamCode};
 use crate::tls::{AgentTls, ServerTls, TlsError};
 
@@ -164,7 +165,7 @@ impl Listener for QmuxListener {
             }
             Some(Box::pin(async move {
                 let _ = tcp.set_nodelay(true);
-                let stream = tokio::time::timeout(settings.handshake_timeout, tls.accept(tcp))
+                let stream = tokio::time::timeout(settings.handshake_timeout, tls.accept(NoSigPipe(tcp)))
                     .await
                     .map_err(|_| TransportError::Connect(format!("TLS handshake with {remote} timed out")))?
                     .map_err(|e| TransportError::Connect(format!("TLS handshake with {remote}: {e}")))?;
@@ -252,7 +253,7 @@ impl QmuxConnector {
         let _ = tcp.set_nodelay(true);
         let stream = self
             .tls
-            .connect(self.server_name.clone(), tcp)
+            .connect(self.server_name.clone(), NoSigPipe(tcp))
             .await
             .map_err(|e| TransportError::Connect(format!("TLS handshake with {}: {e}", self.server)))?;
         let (_, session) = stream.get_ref();
@@ -368,7 +369,8 @@ impl Shared {
     }
 }
 
-type Tls = tokio_rustls::TlsStream<TcpStream>;
+/// TLS over the socket; its records go out gathered, without `SIGPIPE`.
+type Tls = tokio_rustls::TlsStream<NoSigPipe>;
 
 async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd: R) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
