@@ -119,12 +119,8 @@ impl FromStr for ForwardSpec {
         let usage = || format!("{s:?}: expected LISTEN=HOST:PORT or LISTEN=HOST:PORT,agent=ID");
         let (listen, rest) = s.split_once('=').ok_or_else(usage)?;
         let listen: SocketAddr = listen.parse().map_err(|_| usage())?;
-        if !listen.ip().is_loopback() {
-            return Err(format!(
-                "{s:?}: {} is not a loopback address: a forward authenticates nobody, so it listens on 127.0.0.0/8 or ::1 only",
-                listen.ip()
-            ));
-        }
+        // Checked again when it starts; here so that --check-config catches it too.
+        frontend::require_loopback(listen).map_err(|e| format!("{s:?}: {e}"))?;
         let (target, selector) = match rest.split_once(",agent=") {
             Some((_, "")) => return Err(usage()),
             Some((target, agent)) => (target.to_owned(), Selector::Agent(agent.to_owned())),

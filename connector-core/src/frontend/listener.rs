@@ -94,11 +94,23 @@ pub enum FrontendError {
     /// TLS material problem.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// A plain TCP frontend was asked for on a non-loopback address.
+    /// A listener that authenticates nobody (a plain TCP frontend, a
+    /// forward) was asked for on a non-loopback address.
     #[error(
-        "{0} is not a loopback address: plain TCP frontends must use 127.0.0.0/8 or ::1; use TLS with client certificates elsewhere"
+        "{} is not a loopback address: listeners without authentication (plain TCP frontends, forwards) must use 127.0.0.0/8 or ::1; use TLS with client certificates elsewhere",
+        .0.ip()
     )]
     NotLoopback(SocketAddr),
+}
+
+/// Refuses a non-loopback address for a listener that authenticates nobody
+/// (a plain TCP frontend, a forward).
+pub fn require_loopback(addr: SocketAddr) -> Result<(), FrontendError> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(FrontendError::NotLoopback(addr))
+    }
 }
 
 /// Anything a frontend client connection can be.
@@ -180,9 +192,7 @@ impl FrontendListener {
                 (Socket::Tcp(listener), Some(acceptor), format!("tls://{local}"))
             }
             FrontendBind::PlainLoopback { addr } => {
-                if !addr.ip().is_loopback() {
-                    return Err(FrontendError::NotLoopback(*addr));
-                }
+                require_loopback(*addr)?;
                 let listener = std_tcp(*addr).map_err(bind_err(addr.to_string()))?;
                 let local = listener.local_addr().map_err(bind_err(addr.to_string()))?;
                 (Socket::Tcp(listener), None, format!("tcp://{local}"))

@@ -15,7 +15,7 @@ pub mod h2_authority;
 pub mod http_connect;
 mod listener;
 
-pub use listener::{FrontendBind, FrontendConn, FrontendError, FrontendLimits, FrontendListener};
+pub use listener::{FrontendBind, FrontendConn, FrontendError, FrontendLimits, FrontendListener, require_loopback};
 
 use std::net::SocketAddr;
 
@@ -97,9 +97,7 @@ pub async fn start_forward_with_limits(
     target: String,
     limits: &FrontendLimits,
 ) -> Result<SocketAddr, FrontendError> {
-    if !listen.ip().is_loopback() {
-        return Err(FrontendError::NotLoopback(listen));
-    }
+    require_loopback(listen)?;
     let bind_err = |source| FrontendError::Bind {
         what: listen.to_string(),
         source,
