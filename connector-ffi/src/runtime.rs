@@ -15,8 +15,9 @@ use crate::error::Error;
 /// ends the process: a Go program does so for signals on threads it did not
 /// create. Blocked, the signal stays pending on that thread and the write
 /// just fails with `EPIPE`, which the library handles like any broken
-/// connection. (TLS records on the TCP transport and frontends are written
-/// with plain `write`/`writev`, which, unlike `send(MSG_NOSIGNAL)`, raise it.)
+/// connection. connector-core's own socket writes already pass
+/// `MSG_NOSIGNAL` ([`connector_core::no_sigpipe`]); this covers any write it
+/// does not control, since here one is enough to end the host.
 fn block_sigpipe() {
     // SAFETY: plain libc calls on a local, initialised signal set.
     unsafe {
