@@ -90,6 +90,18 @@ impl Pki {
         Ok(TestServer { server, addr })
     }
 
+    /// A server whose own idle timeout (600 s) is past every wait of these
+    /// tests: only something else (the agent's idle timeout, its close) can
+    /// make it drop an agent in time.
+    fn lenient_server(&self) -> TestServer {
+        let lenient = QuicSettings {
+            keepalive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            ..Default::default()
+        };
+        self.server_with("127.0.0.1:0".parse().unwrap(), lenient).unwrap()
+    }
+
     fn server(&self) -> TestServer {
         self.server_on("127.0.0.1:0".parse().unwrap()).unwrap()
     }
@@ -414,14 +426,8 @@ async fn agents_reconnect_to_a_restarted_server() {
 async fn the_agents_idle_timeout_bounds_detection_on_the_server() {
     guard(async {
         let pki = Pki::new();
-        // The server's own idle timeout is past the 60 s wait below: only the agent's
-        // 2 s one can remove the agent in time.
-        let lenient = QuicSettings {
-            keepalive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(600),
-            ..Default::default()
-        };
-        let net = pki.server_with("127.0.0.1:0".parse().unwrap(), lenient).unwrap();
+        // Only the agent's 2 s idle timeout can remove the agent within the wait below.
+        let net = pki.lenient_server();
         let proxy = UdpImpairProxy::start(vec![net.addr], 11).await.unwrap();
         let _agent = pki.agent("node-a", proxy.local_addr()).await;
         proxy.set(Impairment {
@@ -453,12 +459,7 @@ async fn the_agents_idle_timeout_bounds_detection_on_the_server() {
 async fn a_stopped_agent_is_removed_at_once_even_if_its_runtime_ends_right_after() {
     guard(async {
         let pki = Pki::new();
-        let lenient = QuicSettings {
-            keepalive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(600),
-            ..Default::default()
-        };
-        let net = pki.server_with("127.0.0.1:0".parse().unwrap(), lenient).unwrap();
+        let net = pki.lenient_server();
         for round in 0..5 {
             let (ca, addr) = (pki.ca.cert_der(), net.addr);
             let (up_tx, up_rx) = tokio::sync::oneshot::channel();
