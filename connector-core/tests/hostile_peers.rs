@@ -656,14 +656,7 @@ async fn an_agent_that_never_reads_holds_at_most_its_stream_limit() {
         let h = Harness::with_config(Kind::Quic, |c| c.limits.max_streams_per_agent = LIMIT).await;
         let target = echo_target().await;
         let good = h.agent("node-b").await;
-        let conn = h.connector(None).connect().await.unwrap();
-        let mut control = conn.open_bi().await.unwrap();
-        let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
-        write_frame(&mut control.send, &hello).await.unwrap();
-        assert!(matches!(
-            read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap(),
-            Frame::Welcome(_)
-        ));
+        let (conn, _control) = register_by_hand(&h).await;
         let pending: Vec<_> = (0..LIMIT)
             .map(|_| {
                 let server = h.server.clone();
