@@ -38,13 +38,6 @@ pub(crate) fn poll_send_gathered(
 #[derive(Debug)]
 pub struct NoSigPipe(pub TcpStream);
 
-impl NoSigPipe {
-    /// The socket.
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.0
-    }
-}
-
 impl AsyncRead for NoSigPipe {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
