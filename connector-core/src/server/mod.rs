@@ -66,8 +66,9 @@ pub struct Limits {
 /// Default of [`Limits::max_pre_hello`]. Admitting an agent takes a few
 /// round trips, so even 10,000 agents reconnecting within a second keep far
 /// fewer than this waiting; silent connections (a slow-loris) cannot take
-/// more, and what each may make the server buffer is bounded by the
-/// connection receive window ([`crate::transport::CONNECTION_WINDOW`]).
+/// more, and what each may make the server buffer is bounded by the stream
+/// windows of the few streams an agent may open
+/// ([`crate::transport::quic::AGENT_OPENED_STREAMS`], [`crate::transport::credit`]).
 pub const DEFAULT_MAX_PRE_HELLO: usize = 1_000;
 
 /// Default of [`Limits::max_pending_dials`]. A healthy dial waits for about

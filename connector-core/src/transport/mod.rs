@@ -7,6 +7,7 @@
 //! tests and benchmarks.
 
 pub mod congestion;
+pub mod credit;
 pub mod fallback;
 pub mod memory;
 pub mod qmux;
@@ -33,17 +34,13 @@ use crate::proto::{ConnectionCode, StreamCode};
 /// path full while a lost packet is sent again (quinn's default, 1.25 MB,
 /// held one connection to 0.1–0.27 Gbit/s on a 20 ms, 1 %-loss path; see
 /// `docs/benchmarks.md`). A reader that stops reading holds at most this
-/// much buffered at the other end.
+/// much buffered at this end; every open stream has this much connection
+/// credit of its own ([`credit`]).
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
-/// Receive window of a whole connection (all its streams together), on
-/// every transport: what one peer can make this end buffer. Without it a
-/// peer could fill every stream's window at once (4 MiB × 10,064 streams
-/// for an agent's connection). Four stream windows (16 MiB) let four bulk
-/// transfers run at full window side by side, and many smaller ones share
-/// it; a server holding 10,000 agents (the default `max_agents`) that all
-/// stop reading buffers at most 16 MiB from each.
-pub const CONNECTION_WINDOW: u32 = 4 * STREAM_WINDOW;
+// The receive window of a whole connection is not a fixed second limit: it
+// covers one stream window per open stream (see [`credit`]), so tunnels whose
+// reader stopped cannot take the credit of the others.
 
 /// A boxed, sendable future (the traits here are used as trait objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

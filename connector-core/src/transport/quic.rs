@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::congestion::CongestionControl;
+use super::credit::CreditLedger;
 use super::{
     BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream, SendStream, StreamReset,
     TransportError,
@@ -122,9 +123,9 @@ pub fn transport_config(settings: &QuicSettings, incoming_streams: u32) -> Trans
     t.max_concurrent_bidi_streams(VarInt::from_u32(incoming_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.stream_receive_window(VarInt::from_u32(super::STREAM_WINDOW));
-    // quinn's default is unlimited (VarInt::MAX): the peer could fill every
-    // stream's window at once. See CONNECTION_WINDOW for the size.
-    t.receive_window(VarInt::from_u32(super::CONNECTION_WINDOW));
+    // The starting size; each connection then covers its open streams
+    // (`QuicConnection::credit`, see `transport::credit`).
+    t.receive_window(VarInt::from_u64(super::credit::INITIAL_CONNECTION_WINDOW).expect("small"));
     t.congestion_controller_factory(settings.congestion.factory());
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(udp_payload_bound(settings.max_udp_payload));
@@ -314,6 +315,43 @@ pub struct QuicConnection {
     peer: PeerInfo,
     /// The agent's own endpoint, kept alive and closed with the connection.
     endpoint: Option<Endpoint>,
+    /// Sizes the receive window to the streams open on this connection.
+    credit: Arc<Credit>,
+}
+
+/// A connection's [`CreditLedger`], applied to quinn's receive window.
+struct Credit {
+    conn: quinn::Connection,
+    ledger: Mutex<CreditLedger>,
+}
+
+impl Credit {
+    /// Counts a new stream until the returned guard (held by its receiving half) drops.
+    fn opened(self: &Arc<Self>) -> CreditGuard {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = ledger.opened() {
+            // Under the lock, so that concurrent changes reach quinn in order.
+            self.set(window);
+        }
+        CreditGuard(self.clone())
+    }
+
+    fn set(&self, window: u64) {
+        self.conn
+            .set_receive_window(VarInt::from_u64(window).unwrap_or(VarInt::MAX));
+    }
+}
+
+/// One open stream counted in its connection's [`Credit`].
+struct CreditGuard(Arc<Credit>);
+
+impl Drop for CreditGuard {
+    fn drop(&mut self) {
+        let mut ledger = self.0.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = ledger.closed() {
+            self.0.set(window);
+        }
+    }
 }
 
 impl QuicConnection {
@@ -327,7 +365,23 @@ impl QuicConnection {
             remote_addr: Some(conn.remote_address()),
             certificates,
         };
-        Self { conn, peer, endpoint }
+        let credit = Arc::new(Credit {
+            conn: conn.clone(),
+            ledger: Mutex::new(CreditLedger::default()),
+        });
+        Self {
+            conn,
+            peer,
+            endpoint,
+            credit,
+        }
+    }
+
+    fn bi(&self, (send, recv): (quinn::SendStream, quinn::RecvStream)) -> BiStream {
+        BiStream {
+            send: Box::new(QuicSend(send)),
+            recv: Box::new(QuicRecv(recv, self.credit.opened())),
+        }
     }
 
     /// quinn's counters for this connection (packets sent and lost, ACKs, RTT), for path-quality checks.
@@ -361,20 +415,13 @@ fn map_conn_error(err: quinn::ConnectionError) -> TransportError {
     }
 }
 
-fn bi((send, recv): (quinn::SendStream, quinn::RecvStream)) -> BiStream {
-    BiStream {
-        send: Box::new(QuicSend(send)),
-        recv: Box::new(QuicRecv(recv)),
-    }
-}
-
 impl Connection for QuicConnection {
     fn open_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
-        Box::pin(async move { self.conn.open_bi().await.map(bi).map_err(map_conn_error) })
+        Box::pin(async move { self.conn.open_bi().await.map(|s| self.bi(s)).map_err(map_conn_error) })
     }
 
     fn accept_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
-        Box::pin(async move { self.conn.accept_bi().await.map(bi).map_err(map_conn_error) })
+        Box::pin(async move { self.conn.accept_bi().await.map(|s| self.bi(s)).map_err(map_conn_error) })
     }
 
     fn close(&self, code: ConnectionCode, reason: &str) {
@@ -433,7 +480,8 @@ fn map_io(err: io::Error) -> io::Error {
 }
 
 struct QuicSend(quinn::SendStream);
-struct QuicRecv(quinn::RecvStream);
+/// The receiving half, counted in its connection's credit while it exists.
+struct QuicRecv(quinn::RecvStream, #[allow(dead_code)] CreditGuard);
 
 impl AsyncWrite for QuicSend {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {

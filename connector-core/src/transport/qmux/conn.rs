@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 
 use super::frame::{self, Frame, FrameError, TransportParams, error_code};
+use crate::transport::credit::CreditLedger;
 
 /// Bytes a stream buffers for sending before its writer waits for the driver.
 pub const SEND_BUFFER: u64 = 256 * 1024;
@@ -40,10 +41,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// QX_PING interval.
     pub keepalive: Duration,
-    /// Receive window per stream.
+    /// Receive window per stream. The connection's window covers one of
+    /// these per open stream ([`CreditLedger`]).
     pub stream_window: u64,
-    /// Receive window for the whole connection.
-    pub connection_window: u64,
     /// Streams the peer may have open at once.
     pub max_incoming_streams: u64,
 }
@@ -153,6 +153,8 @@ pub struct Conn {
     conn_recv_total: u64,
     conn_recv_consumed: u64,
     max_data_pending: bool,
+    /// Sizes the connection window to the open streams.
+    credit: CreditLedger,
     control: VecDeque<Frame>,
     send_queue: VecDeque<u64>,
     max_stream_data_queue: VecDeque<u64>,
@@ -177,9 +179,10 @@ fn add_waker(list: &mut Vec<Waker>, cx: &Context<'_>) {
 impl Conn {
     /// A new connection; its first output is our QX_TRANSPORT_PARAMETERS.
     pub fn new(side: Side, config: Config, now: Instant) -> Self {
+        let credit = CreditLedger::new(config.stream_window);
         let params = TransportParams {
             max_idle_timeout_ms: config.idle_timeout.as_millis().min(frame::VARINT_MAX as u128) as u64,
-            initial_max_data: config.connection_window,
+            initial_max_data: credit.window(),
             initial_max_stream_data_bidi_local: config.stream_window,
             initial_max_stream_data_bidi_remote: config.stream_window,
             initial_max_streams_bidi: config.max_incoming_streams,
@@ -197,10 +200,11 @@ impl Conn {
             incoming: VecDeque::new(),
             conn_send_max: 0,
             conn_send_used: 0,
-            conn_recv_max: config.connection_window,
+            conn_recv_max: credit.window(),
             conn_recv_total: 0,
             conn_recv_consumed: 0,
             max_data_pending: false,
+            credit,
             control: VecDeque::from([Frame::TransportParameters(params)]),
             send_queue: VecDeque::new(),
             max_stream_data_queue: VecDeque::new(),
@@ -501,6 +505,7 @@ impl Conn {
                     ..Default::default()
                 },
             );
+            self.stream_opened();
             self.incoming.push_back(new);
         }
         self.accept_wakers.drain(..).for_each(Waker::wake);
@@ -576,10 +581,26 @@ impl Conn {
     /// Connection-level credit: bytes the application (or discarding) consumed.
     fn consumed(&mut self, n: u64) {
         self.conn_recv_consumed += n;
-        let window = self.config.connection_window;
-        if self.conn_recv_max - self.conn_recv_consumed < window / 2 {
-            self.conn_recv_max = self.conn_recv_consumed + window;
+        self.announce_credit();
+    }
+
+    /// Raises the connection's credit to what was consumed plus the window,
+    /// in steps of an eighth of the window (as QUIC implementations do; the
+    /// window allows for it, see [`crate::transport::credit::window_for`]).
+    /// Never lowers it: a shrunk window takes effect as data is consumed.
+    fn announce_credit(&mut self) {
+        let window = self.credit.window();
+        let target = self.conn_recv_consumed + window;
+        if target >= self.conn_recv_max + window / 8 {
+            self.conn_recv_max = target;
             self.max_data_pending = true;
+        }
+    }
+
+    /// Counts a new stream in the connection's credit.
+    fn stream_opened(&mut self) {
+        if self.credit.opened().is_some() {
+            self.announce_credit();
         }
     }
 
@@ -587,6 +608,7 @@ impl Conn {
         let Some(s) = self.streams.get(&id) else { return };
         if s.send_dropped && s.recv_dropped && s.send_done() && s.recv_done() && !s.queued {
             self.streams.remove(&id);
+            self.credit.closed();
             if !self.is_local(id) {
                 self.local_max_streams += 1;
                 self.max_streams_pending = true;
@@ -617,6 +639,7 @@ impl Conn {
                 ..Default::default()
             },
         );
+        self.stream_opened();
         Poll::Ready(Ok(id))
     }
 
@@ -933,7 +956,6 @@ mod tests {
             idle_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(3),
             stream_window: 64 * 1024,
-            connection_window: 256 * 1024,
             max_incoming_streams: 2,
         }
     }

@@ -55,10 +55,9 @@ pub struct QmuxSettings {
     pub max_tunnelled_streams: u32,
     /// Limit for TCP connect, proxy CONNECT and TLS handshake together.
     pub handshake_timeout: Duration,
-    /// Receive window per stream (bytes buffered for a slow reader).
+    /// Receive window per stream (bytes buffered for a slow reader); the
+    /// connection's window covers one per open stream (`transport::credit`).
     pub stream_window: u64,
-    /// Receive window of the whole connection.
-    pub connection_window: u64,
 }
 
 impl Default for QmuxSettings {
@@ -69,7 +68,6 @@ impl Default for QmuxSettings {
             max_tunnelled_streams: 10_064,
             handshake_timeout: Duration::from_secs(10),
             stream_window: super::STREAM_WINDOW as u64,
-            connection_window: super::CONNECTION_WINDOW as u64,
         }
     }
 }
@@ -98,7 +96,6 @@ fn config(settings: &QmuxSettings, incoming_streams: u32) -> Config {
         idle_timeout: settings.idle_timeout,
         keepalive: settings.keepalive,
         stream_window: settings.stream_window,
-        connection_window: settings.connection_window,
         max_incoming_streams: u64::from(incoming_streams),
     }
 }

@@ -1,0 +1,153 @@
+//! Connection credit per tunnel: how large a connection's receive window is,
+//! so that tunnels whose reader stopped cannot take the credit the others need.
+//!
+//! Both QUIC and QMux have two levels of flow control: a window per stream
+//! ([`STREAM_WINDOW`]) and one for the whole connection. Data a stream's
+//! reader has not read yet holds both. With a fixed connection window of
+//! four stream windows, four stalled tunnels (a paused `kubectl logs -f`,
+//! an upload into a frozen process) held all of it, and nothing else on that
+//! agent moved: neither other tunnels' data nor the `Dial` of a new one.
+//!
+//! quinn's stream window is one value for the whole connection, fixed at the
+//! handshake (a runtime setter is only proposed upstream), so stream windows
+//! cannot be tuned per tunnel; and a shared budget smaller than
+//! `k × STREAM_WINDOW` cannot keep `k` stalled tunnels from filling it
+//! without resetting them. So the connection window is not a second, shared
+//! limit: it grows with the streams open on the connection, one stream
+//! window each, plus spare windows for the control stream and the first
+//! bytes of new tunnels. What bounds memory is each tunnel's own window
+//! (4 MiB of what its reader has not read), the number of tunnels, and the
+//! stall timeout, which ends a tunnel whose reader has read nothing for that
+//! long (`docs/protocol.md`, "Flow control and isolation"). Go's HTTP/2
+//! transport makes the same choice (a 1 GiB connection window over 4 MiB
+//! stream windows).
+
+use super::STREAM_WINDOW;
+
+/// Stream windows a connection's receive window covers when few streams are
+/// open: 16 MiB, the connection window connector always had, so a new
+/// connection's first bulk transfers are as fast as before.
+const MIN_SLOTS: u64 = 4;
+
+/// Spare stream windows beyond the open streams: the control stream, the
+/// first bytes of tunnels the peer opened whose credit has not been
+/// announced yet, and room that spares a window update per stream opened.
+const SPARE_SLOTS: u64 = 8;
+
+/// The receive window for `slots` stream windows of `stream_window` bytes.
+/// QUIC implementations announce new connection credit only once it has
+/// grown by an eighth of the window (quinn: `receive_window / 8`), so up to
+/// an eighth may be unannounced at any time; the window is that much larger,
+/// so that what the peer has been told always covers every slot.
+pub const fn window_for(slots: u64, stream_window: u64) -> u64 {
+    let covered = slots * stream_window;
+    covered + covered.div_ceil(7)
+}
+
+/// The receive window of a connection with no stream open yet, with
+/// [`STREAM_WINDOW`] per stream.
+pub const INITIAL_CONNECTION_WINDOW: u64 = window_for(MIN_SLOTS, STREAM_WINDOW as u64);
+
+/// Counts a connection's open streams and sizes its receive window to them.
+/// The window grows at once when a stream opens past the covered slots and
+/// shrinks lazily (with hysteresis), so a storm of short tunnels does not
+/// change it at every open and close.
+#[derive(Debug)]
+pub struct CreditLedger {
+    stream_window: u64,
+    open: u64,
+    slots: u64,
+}
+
+impl Default for CreditLedger {
+    /// A ledger for streams of [`STREAM_WINDOW`].
+    fn default() -> Self {
+        Self::new(STREAM_WINDOW as u64)
+    }
+}
+
+impl CreditLedger {
+    /// A ledger for streams whose receive window is `stream_window` bytes.
+    pub fn new(stream_window: u64) -> Self {
+        Self {
+            stream_window,
+            open: 0,
+            slots: MIN_SLOTS,
+        }
+    }
+
+    /// The receive window now.
+    pub fn window(&self) -> u64 {
+        window_for(self.slots, self.stream_window)
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> u64 {
+        self.open
+    }
+
+    /// A stream opened (either side opened it); returns the new window if it grew.
+    pub fn opened(&mut self) -> Option<u64> {
+        self.open += 1;
+        // Every open stream and at least one spare window stay covered.
+        (self.open + 1 > self.slots).then(|| {
+            self.slots = self.open + SPARE_SLOTS;
+            self.window()
+        })
+    }
+
+    /// A stream's receiving half went away; returns the new window if it shrank.
+    pub fn closed(&mut self) -> Option<u64> {
+        self.open = self.open.saturating_sub(1);
+        let wanted = (self.open + SPARE_SLOTS).max(MIN_SLOTS);
+        (self.slots > wanted + 2 * SPARE_SLOTS).then(|| {
+            self.slots = wanted;
+            self.window()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_open_stream_keeps_a_window_and_one_more_is_spare() {
+        let mut ledger = CreditLedger::default();
+        assert_eq!(ledger.window(), INITIAL_CONNECTION_WINDOW);
+        for open in 1..=1_000u64 {
+            ledger.opened();
+            // What the peer may be owed after quinn's 1/8 announcement lag
+            // still leaves a stream window beyond every open stream's.
+            let announced = ledger.window() - ledger.window() / 8;
+            assert!(announced >= (open + 1) * STREAM_WINDOW as u64, "open {open}");
+        }
+        for _ in 0..1_000 {
+            ledger.closed();
+            let announced = ledger.window() - ledger.window() / 8;
+            assert!(announced >= (ledger.open() + 1) * STREAM_WINDOW as u64);
+        }
+        assert!(
+            ledger.window() <= window_for(MIN_SLOTS + 3 * SPARE_SLOTS, STREAM_WINDOW as u64),
+            "back within the hysteresis of the minimum"
+        );
+    }
+
+    #[test]
+    fn a_storm_of_short_streams_changes_the_window_rarely() {
+        let mut ledger = CreditLedger::default();
+        for _ in 0..100 {
+            ledger.opened();
+        }
+        let changes = (0..10_000)
+            .filter(|i| {
+                if i % 2 == 0 {
+                    ledger.opened().is_some()
+                } else {
+                    ledger.closed().is_some()
+                }
+            })
+            .count();
+        assert_eq!(changes, 0, "one stream more or less around a level moves nothing");
+    }
+}
