@@ -62,6 +62,12 @@ pub struct AgentArgs {
     /// one: `kubectl exec`/`attach` sessions may be quiet for hours.
     #[arg(long, env = "CONNECTOR_TUNNEL_IDLE_TIMEOUT", default_value = "off", value_parser = parse_optional_duration)]
     tunnel_idle_timeout: OptionalDuration,
+    /// Close a tunnelled connection one side of which (the client or the
+    /// target) has read none of the bytes waiting for it for this long; both
+    /// ends see a `stalled` reset. A stalled connection stops no other, but
+    /// holds up to 4 MiB on each end. `off` never closes one.
+    #[arg(long, env = "CONNECTOR_TUNNEL_STALL_TIMEOUT", default_value = "3m", value_parser = parse_optional_duration)]
+    tunnel_stall_timeout: OptionalDuration,
     /// Keepalive interval on the server connection.
     #[arg(long, env = "CONNECTOR_KEEPALIVE", default_value = "5s", value_parser = parse_duration)]
     keepalive: Duration,
@@ -116,6 +122,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     setup.policy = DestinationPolicy::new(args.allow);
     setup.max_connections = args.max_connections;
     setup.tunnel_idle_timeout = args.tunnel_idle_timeout.0;
+    setup.tunnel_stall_timeout = args.tunnel_stall_timeout.0;
     setup.keepalive = args.keepalive;
     setup.idle_timeout = args.idle_timeout;
     setup.congestion = args.quic.congestion_control;

@@ -221,6 +221,9 @@ pub struct ServerMetrics {
     pub dial_duration: Histogram,
     /// Tunnelled connections open now.
     pub tunnels_active: Gauge,
+    /// Tunnelled connections the agent closed because one side read nothing
+    /// for its stall timeout.
+    pub tunnels_stalled: Counter,
     /// Bytes written by dialers towards targets.
     pub bytes_to_targets: Counter,
     /// Bytes read by dialers from targets.
@@ -305,6 +308,11 @@ impl ServerMetrics {
             self.tunnels_active.get(),
         );
         page.counter(
+            "connector_server_tunnels_stalled_total",
+            "Tunnelled connections the agent closed because one side read nothing for its stall timeout.",
+            self.tunnels_stalled.get(),
+        );
+        page.counter(
             "connector_server_bytes_to_targets_total",
             "Bytes sent through tunnels towards targets.",
             self.bytes_to_targets.get(),
@@ -333,6 +341,8 @@ pub struct AgentMetrics {
     pub go_aways: Counter,
     /// Tunnelled connections closed by the idle timeout.
     pub tunnels_idle_closed: Counter,
+    /// Tunnelled connections closed by the stall timeout.
+    pub tunnels_stalled: Counter,
 }
 
 impl AgentMetrics {
@@ -408,6 +418,11 @@ impl AgentMetrics {
             "connector_agent_tunnels_idle_closed_total",
             "Tunnelled connections closed because no byte moved for the idle timeout.",
             self.tunnels_idle_closed.get(),
+        );
+        page.counter(
+            "connector_agent_tunnels_stalled_total",
+            "Tunnelled connections closed on both ends because one side read nothing for the stall timeout.",
+            self.tunnels_stalled.get(),
         );
         page.finish()
     }

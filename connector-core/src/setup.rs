@@ -290,6 +290,10 @@ pub struct AgentSetup {
     /// Closes a tunnelled connection idle this long in both directions
     /// (default `None`: never; see [`AgentConfig::tunnel_idle_timeout`]).
     pub tunnel_idle_timeout: Option<Duration>,
+    /// Closes a tunnelled connection one side of which reads nothing of what
+    /// waits for it this long (default 3 minutes, `None`: never; see
+    /// [`AgentConfig::tunnel_stall_timeout`]).
+    pub tunnel_stall_timeout: Option<Duration>,
     /// QUIC keepalive interval.
     pub keepalive: Duration,
     /// The server is gone after this long without an answer.
@@ -324,6 +328,7 @@ impl AgentSetup {
             policy: DestinationPolicy::default(),
             max_connections: crate::agent::DEFAULT_MAX_CONNECTIONS,
             tunnel_idle_timeout: None,
+            tunnel_stall_timeout: Some(crate::agent::DEFAULT_TUNNEL_STALL_TIMEOUT),
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
             congestion: quic.congestion,
@@ -376,6 +381,7 @@ impl AgentSetup {
         config.policy = self.policy;
         config.max_connections = self.max_connections;
         config.tunnel_idle_timeout = self.tunnel_idle_timeout;
+        config.tunnel_stall_timeout = self.tunnel_stall_timeout;
         Ok(Agent::start_with_servers(connectors, config))
     }
 

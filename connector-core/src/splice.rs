@@ -293,6 +293,83 @@ pub enum Abort {
     /// with [`StreamCode::IdleTimeout`] and the TCP connection resets (RST)
     /// when dropped.
     Idle,
+    /// One side read none of the bytes waiting for it for the stall timeout;
+    /// the stream was reset with [`StreamCode::Stalled`] and the TCP
+    /// connection resets (RST) when dropped.
+    Stalled(Stalled),
+}
+
+/// The error of a copy whose writer took none of the bytes waiting for it
+/// for the stall timeout ([`Abort::Stalled`]); it travels as the source of
+/// an [`io::Error`] of kind `TimedOut`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{reader} read none of the bytes waiting for it for {after:?}")]
+pub struct Stalled {
+    /// Who stopped reading: `"the target"` or `"the server's side"` (on the agent).
+    pub reader: &'static str,
+    /// The stall timeout.
+    pub after: Duration,
+}
+
+impl Stalled {
+    fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, self)
+    }
+
+    /// The stall inside `err`, if a copy ended because of one.
+    pub fn from_io(err: &io::Error) -> Option<Self> {
+        err.get_ref()?.downcast_ref::<Stalled>().copied()
+    }
+}
+
+/// Watches one direction's writer while bytes wait for it: a writer that
+/// takes none of them for the stall timeout has a reader that stopped
+/// reading (a client that paused, a target that froze), and its tunnel only
+/// holds memory. Like TCP's user timeout, but for the far reader: the
+/// transports' flow control makes a stopped reader stop the writer here.
+#[derive(Default)]
+struct StallWatch {
+    timeout: Option<Duration>,
+    /// Who reads what this direction writes, for the error.
+    reader: &'static str,
+    /// Since when the writer has taken nothing of what waits.
+    blocked_since: Option<Instant>,
+    /// Kept across waits (reset, not reallocated); dropped once nothing waits.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallWatch {
+    /// Ready once the writer has waited the whole stall timeout without
+    /// taking a byte; registers the timer otherwise.
+    fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<Stalled> {
+        let Some(after) = self.timeout else {
+            return Poll::Pending;
+        };
+        let since = *self.blocked_since.get_or_insert_with(Instant::now);
+        let deadline = since + after;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Stalled {
+            reader: self.reader,
+            after,
+        })
+    }
+
+    /// The writer took bytes.
+    fn progressed(&mut self) {
+        self.blocked_since = None;
+    }
+
+    /// Nothing waits for the writer any more.
+    fn idle(&mut self) {
+        self.blocked_since = None;
+        self.timer = None;
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -362,9 +439,18 @@ where
     .await
 }
 
-/// Runs until both directions have ended or one side fails. With
-/// `idle_timeout`, a connection that moved no byte either way for that long
-/// is aborted on both sides ([`Abort::Idle`]).
+/// When a splice gives up on a tunnelled connection (both off: never).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpliceTimeouts {
+    /// No byte moved either way for this long: [`Abort::Idle`].
+    pub idle: Option<Duration>,
+    /// Bytes waited for one side, which took none of them for this long:
+    /// [`Abort::Stalled`].
+    pub stall: Option<Duration>,
+}
+
+/// Runs until both directions have ended or one side fails, or one of
+/// `timeouts` aborts both sides.
 ///
 /// The caller keeps `tcp` and drops it afterwards: after an abort, dropping
 /// it sends the TCP reset.
@@ -372,9 +458,11 @@ pub async fn splice(
     tcp: &mut TcpStream,
     mut send: Box<dyn SendStream>,
     mut recv: Box<dyn RecvStream>,
-    idle_timeout: Option<Duration>,
+    timeouts: SpliceTimeouts,
 ) -> SpliceOutcome {
-    let (mut to_tunnel, mut to_tcp) = (Direction::default(), Direction::default());
+    let idle_timeout = timeouts.idle;
+    let mut to_tunnel = Direction::watched(timeouts.stall, "the server's side");
+    let mut to_tcp = Direction::watched(timeouts.stall, "the target");
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -413,6 +501,13 @@ pub async fn splice(
         }
     };
     let aborted = failure.map(|failure| match failure {
+        Failure::Io(_, err) if let Some(stalled) = Stalled::from_io(&err) => {
+            tracing::info!(%stalled, "tunnelled connection stalled; resetting both sides");
+            let _ = tcp.set_zero_linger();
+            send.reset(StreamCode::Stalled);
+            recv.stop(StreamCode::Stalled);
+            Abort::Stalled(stalled)
+        }
         Failure::Idle => {
             tracing::debug!(?idle_timeout, "tunnelled connection idle; resetting both sides");
             let _ = tcp.set_zero_linger();
@@ -555,6 +650,7 @@ struct Direction {
     /// Reads that returned (data or the end).
     reads: u64,
     copied: u64,
+    stall: StallWatch,
 }
 
 /// Which end of a [`Direction`] failed.
@@ -565,9 +661,63 @@ enum End {
 }
 
 impl Direction {
+    /// A direction that fails with [`Stalled`] once its writer has taken
+    /// none of the bytes waiting for it for `stall` (never without one);
+    /// `reader` names who reads what it writes.
+    fn watched(stall: Option<Duration>, reader: &'static str) -> Self {
+        Self {
+            stall: StallWatch {
+                timeout: stall,
+                reader,
+                ..StallWatch::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    /// Bytes read and not yet written.
+    fn waiting(&self) -> usize {
+        let received: usize = self.received.chunks[self.received.next..self.received.filled]
+            .iter()
+            .map(Bytes::len)
+            .sum();
+        let buffered = self.buf.as_ref().map_or(0, |b| b.len().saturating_sub(self.written));
+        received + self.chunk.len() + buffered
+    }
+
     /// Copies until `r` ends, then shuts `w` down; returns the bytes copied,
-    /// or the failure and the end it came from.
+    /// or the failure and the end it came from. A writer that takes none of
+    /// the waiting bytes for the stall timeout fails it with [`Stalled`].
     fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<Result<u64, (End, io::Error)>>
+    where
+        R: ChunkSource + ?Sized,
+        W: ChunkSink + ?Sized,
+    {
+        let (waiting, reads) = (self.waiting(), self.reads);
+        let poll = self.poll_copy_unwatched(cx, r, w);
+        if poll.is_pending() {
+            let now_waiting = self.waiting();
+            if now_waiting == 0 {
+                self.stall.idle();
+            } else {
+                // A read comes only after everything before it was written.
+                if now_waiting < waiting || self.reads != reads {
+                    self.stall.progressed();
+                }
+                if let Poll::Ready(stalled) = self.stall.poll_waiting(cx) {
+                    return Poll::Ready(Err((End::Writer, stalled.into_io())));
+                }
+            }
+        }
+        poll
+    }
+
+    fn poll_copy_unwatched<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> Poll<Result<u64, (End, io::Error)>>
     where
         R: ChunkSource + ?Sized,
         W: ChunkSink + ?Sized,

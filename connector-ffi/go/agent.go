@@ -45,6 +45,10 @@ type AgentConfig struct {
 	// TunnelIdleTimeout closes a tunnelled connection idle this long in
 	// both directions (0: never); a Conn then fails with ErrTimeout.
 	TunnelIdleTimeout time.Duration
+	// TunnelStallTimeout closes a tunnelled connection one side of which
+	// has read none of the bytes waiting for it this long (0: the default,
+	// 3 minutes; negative: never); a Conn then fails with ErrIO.
+	TunnelStallTimeout time.Duration
 	// Keepalive is how often a keepalive is sent on an idle connection to
 	// the server (0: 5s); IdleTimeout how long without an answer the server
 	// counts as gone (0: 30s; the smaller of the two ends' applies).
@@ -100,6 +104,14 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 			}
 			return set("tunnel idle timeout", func(m **C.char) C.connector_result {
 				return C.connector_agent_config_set_tunnel_idle_timeout(h, millis(cfg.TunnelIdleTimeout), m)
+			})
+		},
+		func() error {
+			if cfg.TunnelStallTimeout == 0 {
+				return nil
+			}
+			return set("tunnel stall timeout", func(m **C.char) C.connector_result {
+				return C.connector_agent_config_set_tunnel_stall_timeout(h, millis(cfg.TunnelStallTimeout), m)
 			})
 		},
 		func() error {

@@ -56,6 +56,7 @@ fn start(config: &connector_agent_config) -> Result<connector_agent, Error> {
     setup.max_connections = s.max_connections;
     setup.servers = s.servers.clone();
     setup.tunnel_idle_timeout = s.tunnel_idle_timeout;
+    setup.tunnel_stall_timeout = s.tunnel_stall_timeout;
     if let Some(keepalive) = s.liveness.keepalive {
         setup.keepalive = keepalive;
     }

@@ -89,6 +89,7 @@ pub(crate) struct AgentSettings {
     pub(crate) max_connections: usize,
     pub(crate) worker_threads: usize,
     pub(crate) tunnel_idle_timeout: Option<Duration>,
+    pub(crate) tunnel_stall_timeout: Option<Duration>,
     pub(crate) liveness: Liveness,
     pub(crate) transport: Option<TransportMode>,
     pub(crate) tcp_server: Option<String>,
@@ -554,6 +555,7 @@ pub unsafe extern "C" fn connector_agent_config_new(
         check_out(out, "out")?;
         let settings = AgentSettings {
             max_connections: connector_core::agent::DEFAULT_MAX_CONNECTIONS,
+            tunnel_stall_timeout: Some(connector_core::agent::DEFAULT_TUNNEL_STALL_TIMEOUT),
             ..Default::default()
         };
         let config = Arc::new(connector_agent_config {
@@ -858,6 +860,25 @@ pub unsafe extern "C" fn connector_agent_config_set_tunnel_idle_timeout(
 ) -> connector_result {
     edit_agent(config, error, |s| {
         s.tunnel_idle_timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
+        Ok(())
+    })
+}
+
+/// Closes a tunnelled connection one side of which (the dialer or the
+/// target) has read none of the bytes waiting for it for `timeout_ms`
+/// milliseconds (0: never; default 3 minutes); a stream then fails with
+/// `CONNECTOR_ERR_IO` (see `connector_stream_status`: reset `stalled`).
+///
+/// # Safety
+/// `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_config_set_tunnel_stall_timeout(
+    config: *const connector_agent_config,
+    timeout_ms: u64,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_agent(config, error, |s| {
+        s.tunnel_stall_timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
         Ok(())
     })
 }

@@ -44,7 +44,7 @@ impl Agent {
     #[pyo3(signature = (
         *, servers, ca_pem, agent_id, token=None, token_file=None, cert_pem=None, key_pem=None,
         server_name=None, identifiers="", allow=Vec::new(), max_connections=None,
-        tunnel_idle_timeout=None, keepalive=None, idle_timeout=None, transport=None,
+        tunnel_idle_timeout=None, tunnel_stall_timeout=None, keepalive=None, idle_timeout=None, transport=None,
         tcp_server=None, proxy=None, quic_connect_timeout=None, quic_probe_interval=None,
         congestion=None, max_udp_payload=None,
     ))]
@@ -63,6 +63,7 @@ impl Agent {
         allow: Vec<String>,
         max_connections: Option<usize>,
         tunnel_idle_timeout: Option<f64>,
+        tunnel_stall_timeout: Option<f64>,
         keepalive: Option<f64>,
         idle_timeout: Option<f64>,
         transport: Option<&str>,
@@ -115,6 +116,10 @@ impl Agent {
             setup.keepalive = d;
         }
         setup.tunnel_idle_timeout = seconds("tunnel_idle_timeout", tunnel_idle_timeout)?;
+        if let Some(d) = seconds("tunnel_stall_timeout", tunnel_stall_timeout)? {
+            // 0 turns it off; None keeps the default.
+            setup.tunnel_stall_timeout = (!d.is_zero()).then_some(d);
+        }
         if let Some(d) = seconds("idle_timeout", idle_timeout)? {
             setup.idle_timeout = d;
         }

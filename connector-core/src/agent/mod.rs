@@ -38,6 +38,8 @@ use crate::transport::Connector;
 use links::{Discovery, Servers, Shared};
 use serve::DialContext;
 
+use crate::splice::SpliceTimeouts;
+
 /// Agent settings.
 #[derive(Clone)]
 pub struct AgentConfig {
@@ -65,6 +67,13 @@ pub struct AgentConfig {
     /// may stay quiet for hours; `max_connections` still bounds what idle
     /// connections can hold).
     pub tunnel_idle_timeout: Option<Duration>,
+    /// A tunnelled connection one side of which reads none of the bytes
+    /// waiting for it for this long (a client paused for good, a target that
+    /// froze) is closed on both ends with [`crate::proto::StreamCode::Stalled`]
+    /// (default [`DEFAULT_TUNNEL_STALL_TIMEOUT`]; `None`: never). A stalled
+    /// tunnel stops nothing else, but holds up to a stream window of memory
+    /// on each end; this ends it once its cause is clearly gone.
+    pub tunnel_stall_timeout: Option<Duration>,
     /// Time the server has to send the whole `Dial` frame on a stream it
     /// opened (default [`DEFAULT_DIAL_FRAME_TIMEOUT`], 60 s); a stream still
     /// without its `Dial` then is reset with a protocol error. Generous on
@@ -75,6 +84,10 @@ pub struct AgentConfig {
     /// stream slot, both bounded by the stream limit the agent grants.
     pub dial_frame_timeout: Duration,
 }
+
+/// Default of [`AgentConfig::tunnel_stall_timeout`]: three minutes, long
+/// enough for a person to come back to a paused `kubectl logs -f`.
+pub const DEFAULT_TUNNEL_STALL_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Default of [`AgentConfig::dial_frame_timeout`].
 pub const DEFAULT_DIAL_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,6 +115,7 @@ impl AgentConfig {
             hello_timeout: Duration::from_secs(10),
             replace_grace: DEFAULT_REPLACE_GRACE,
             tunnel_idle_timeout: None,
+            tunnel_stall_timeout: Some(DEFAULT_TUNNEL_STALL_TIMEOUT),
             dial_frame_timeout: DEFAULT_DIAL_FRAME_TIMEOUT,
         }
     }
@@ -115,6 +129,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("policy", &self.policy)
             .field("max_connections", &self.max_connections)
             .field("tunnel_idle_timeout", &self.tunnel_idle_timeout)
+            .field("tunnel_stall_timeout", &self.tunnel_stall_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -271,7 +286,10 @@ impl Agent {
             policy: config.policy.clone(),
             slots: Arc::new(Semaphore::new(config.max_connections)),
             max_connections: config.max_connections,
-            idle_timeout: config.tunnel_idle_timeout,
+            timeouts: SpliceTimeouts {
+                idle: config.tunnel_idle_timeout,
+                stall: config.tunnel_stall_timeout,
+            },
             dial_frame_timeout: config.dial_frame_timeout,
             metrics: metrics.clone(),
         });

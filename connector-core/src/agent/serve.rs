@@ -15,7 +15,7 @@ use super::policy::DestinationPolicy;
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::metrics::AgentMetrics;
 use crate::proto::{Dial, DialCode, DialResult, Frame, MAX_FRAME_PAYLOAD, StreamCode, clip_text};
-use crate::splice::{Abort, splice};
+use crate::splice::{Abort, SpliceTimeouts, splice};
 use crate::transport::BiStream;
 
 /// Longest an agent works on one dial, whatever the server asked for.
@@ -27,7 +27,8 @@ pub(super) struct DialContext {
     pub(super) policy: DestinationPolicy,
     pub(super) slots: Arc<Semaphore>,
     pub(super) max_connections: usize,
-    pub(super) idle_timeout: Option<Duration>,
+    /// The tunnel idle and stall timeouts.
+    pub(super) timeouts: SpliceTimeouts,
     /// [`super::AgentConfig::dial_frame_timeout`].
     pub(super) dial_frame_timeout: Duration,
     pub(super) metrics: Arc<AgentMetrics>,
@@ -68,16 +69,23 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
         ctx.metrics.dials.inc(DialCode::Ok.label());
         ctx.metrics.tunnels_active.inc();
         let delivered = bi.send.delivered();
-        let outcome = splice(&mut tcp, bi.send, bi.recv, ctx.idle_timeout).await;
+        let outcome = splice(&mut tcp, bi.send, bi.recv, ctx.timeouts).await;
         if outcome.aborted.is_none() {
             // The task ends once the server has everything: a draining session
             // closes its connection when its tasks are done.
             let _ = tokio::time::timeout(DELIVERY_TIMEOUT, delivered).await;
         }
         ctx.metrics.tunnels_active.dec();
-        if outcome.aborted == Some(Abort::Idle) {
-            tracing::info!(idle_timeout = ?ctx.idle_timeout, "closed an idle tunnelled connection");
-            ctx.metrics.tunnels_idle_closed.inc();
+        match outcome.aborted {
+            Some(Abort::Idle) => {
+                tracing::info!(idle_timeout = ?ctx.timeouts.idle, "closed an idle tunnelled connection");
+                ctx.metrics.tunnels_idle_closed.inc();
+            }
+            Some(Abort::Stalled(stalled)) => {
+                tracing::warn!(%stalled, "closed a stalled tunnelled connection on both ends");
+                ctx.metrics.tunnels_stalled.inc();
+            }
+            _ => {}
         }
         // Counted before the target sees its connection end.
         drop(tcp);

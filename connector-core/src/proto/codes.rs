@@ -122,6 +122,9 @@ wire_code! {
         Internal = 4, "internal" => "internal error",
         /// No byte went either way for the agent's tunnelled-connection idle timeout.
         IdleTimeout = 5, "idle_timeout" => "tunnelled connection idle for too long",
+        /// Since 1.2: one side read none of the bytes waiting for it for the
+        /// agent's stall timeout (a client or target that stopped reading).
+        Stalled = 6, "stalled" => "tunnelled connection stalled: a side stopped reading",
     }
 }
 

@@ -13,7 +13,7 @@ use super::registry::AgentEntry;
 use crate::metrics::ServerMetrics;
 use crate::proto::StreamCode;
 use crate::splice::{ChunkSink, ChunkSource};
-use crate::transport::{RecvStream, SendStream};
+use crate::transport::{RecvStream, SendStream, StreamReset};
 
 /// A TCP connection opened by an agent, seen from the server side.
 ///
@@ -26,6 +26,8 @@ pub struct TunnelStream {
     recv: Box<dyn RecvStream>,
     write_closed: bool,
     read_eof: bool,
+    /// The agent reset this tunnel as stalled (counted once).
+    stalled: bool,
     request_id: u64,
     agent: Arc<AgentEntry>,
     metrics: Arc<ServerMetrics>,
@@ -45,6 +47,7 @@ impl TunnelStream {
             recv,
             write_closed: false,
             read_eof: false,
+            stalled: false,
             request_id,
             agent,
             metrics,
@@ -78,6 +81,26 @@ impl TunnelStream {
     }
 }
 
+impl TunnelStream {
+    /// Notes how a read or write failed: a reset by the agent's stall
+    /// timeout is logged and counted, once per tunnel.
+    fn failed<T>(&mut self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(err)) = &poll
+            && !self.stalled
+            && StreamReset::from_io(err) == Some(StreamCode::Stalled)
+        {
+            self.stalled = true;
+            self.metrics.tunnels_stalled.inc();
+            tracing::info!(
+                request_id = self.request_id,
+                agent = %self.agent.agent_id,
+                "the agent closed a stalled tunnelled connection (a side read nothing for its stall timeout)"
+            );
+        }
+        poll
+    }
+}
+
 impl std::fmt::Debug for TunnelStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TunnelStream")
@@ -103,6 +126,7 @@ impl AsyncRead for TunnelStream {
         let before = buf.filled().len();
         let this = &mut *self;
         let poll = Pin::new(&mut this.recv).poll_read(cx, buf);
+        let poll = this.failed(poll);
         if let Poll::Ready(Ok(())) = poll {
             let read = buf.filled().len() - before;
             if read == 0 && buf.remaining() > 0 {
@@ -117,6 +141,7 @@ impl AsyncRead for TunnelStream {
 impl AsyncWrite for TunnelStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.send).poll_write(cx, buf);
+        let poll = self.failed(poll);
         if let Poll::Ready(Ok(n)) = poll {
             self.metrics.bytes_to_targets.add(n as u64);
         }
@@ -143,6 +168,7 @@ impl ChunkSink for TunnelStream {
 
     fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
         let poll = self.send.poll_write_chunk(cx, chunk);
+        let poll = self.failed(poll);
         if let Poll::Ready(Ok(n)) = poll {
             self.metrics.bytes_to_targets.add(n as u64);
         }
@@ -157,6 +183,7 @@ impl ChunkSource for TunnelStream {
 
     fn poll_read_chunks(&mut self, cx: &mut Context<'_>, chunks: &mut [Bytes]) -> Poll<io::Result<usize>> {
         let poll = self.recv.poll_read_chunks(cx, chunks);
+        let poll = self.failed(poll);
         if let Poll::Ready(Ok(filled)) = poll {
             if filled == 0 && !chunks.is_empty() {
                 self.read_eof = true;

@@ -196,6 +196,7 @@ class Agent:
         allow: List[str] = ...,
         max_connections: Optional[int] = None,
         tunnel_idle_timeout: Optional[float] = None,
+        tunnel_stall_timeout: Optional[float] = None,
         keepalive: Optional[float] = None,
         idle_timeout: Optional[float] = None,
         transport: Optional[str] = None,

@@ -30,8 +30,10 @@ class Agent:
       unspecified and cloud-metadata addresses.
     - ``max_connections`` (tunnelled connections served at once; more are
       answered ``OVERLOADED``), ``tunnel_idle_timeout`` (closes a tunnelled
-      connection idle this long both ways; default never), ``keepalive``,
-      ``idle_timeout``.
+      connection idle this long both ways; default never),
+      ``tunnel_stall_timeout`` (closes a tunnelled connection one side of
+      which has read nothing of what waits for it this long; default 180 s,
+      ``0``: never), ``keepalive``, ``idle_timeout``.
     - Transport: ``transport`` (``"auto"``: QUIC with fallback to TCP, the
       default; ``"quic"``; ``"tcp"``), ``tcp_server`` (the server's TCP address,
       default the same as ``server``; single server only), ``proxy`` (HTTP proxy
@@ -59,6 +61,7 @@ class Agent:
         allow: Iterable[str] = (),
         max_connections: Optional[int] = None,
         tunnel_idle_timeout: Optional[float] = None,
+        tunnel_stall_timeout: Optional[float] = None,
         keepalive: Optional[float] = None,
         idle_timeout: Optional[float] = None,
         transport: Optional[str] = None,
@@ -86,6 +89,7 @@ class Agent:
                 allow=list(allow),
                 max_connections=max_connections,
                 tunnel_idle_timeout=seconds(tunnel_idle_timeout, "tunnel_idle_timeout"),
+                tunnel_stall_timeout=seconds(tunnel_stall_timeout, "tunnel_stall_timeout"),
                 keepalive=seconds(keepalive, "keepalive"),
                 idle_timeout=seconds(idle_timeout, "idle_timeout"),
                 transport=transport,
