@@ -62,11 +62,23 @@ pub struct ServerArgs {
     /// further dials fail at once (HTTP CONNECT: 503).
     #[arg(long, env = "CONNECTOR_MAX_PENDING_DIALS", default_value_t = connector_core::server::DEFAULT_MAX_PENDING_DIALS)]
     max_pending_dials: usize,
-    /// Most agent connections at once that have not yet been admitted or
-    /// refused (handshake, Hello, authentication); further connections are
-    /// closed after their handshake with a reason and retry with backoff.
+    /// Most agent connections at once past their handshake and not yet
+    /// admitted or refused (Hello, authentication); a new one closes the one
+    /// that has waited longest (with a reason; it retries with backoff), so
+    /// silent peers cannot keep agents out.
     #[arg(long, env = "CONNECTOR_MAX_PRE_HELLO", default_value_t = connector_core::server::DEFAULT_MAX_PRE_HELLO)]
     max_pre_hello: usize,
+    /// Most QUIC or TLS handshakes in progress at once; a new one drops the
+    /// one in progress longest.
+    #[arg(long, env = "CONNECTOR_MAX_HANDSHAKES", default_value_t = connector_core::server::DEFAULT_MAX_HANDSHAKES)]
+    max_handshakes: usize,
+    /// Most connections not yet admitted from one source address at once;
+    /// further attempts from it are dropped before their handshake.
+    #[arg(long, env = "CONNECTOR_MAX_UNADMITTED_PER_SOURCE", default_value_t = connector_core::server::DEFAULT_MAX_UNADMITTED_PER_SOURCE)]
+    max_unadmitted_per_source: usize,
+    /// Time the authenticator has to decide on an agent; it is then refused.
+    #[arg(long, env = "CONNECTOR_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    auth_timeout: Duration,
     /// Time a connecting agent has to send its Hello.
     #[arg(long, env = "CONNECTOR_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     hello_timeout: Duration,
@@ -123,6 +135,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         dial_timeout: args.dial_timeout,
         max_pending_dials: args.max_pending_dials,
         max_pre_hello: args.max_pre_hello,
+        max_handshakes: args.max_handshakes,
+        max_unadmitted_per_source: args.max_unadmitted_per_source,
+        auth_timeout: args.auth_timeout,
     };
     setup.proxy_strategies = ProxyStrategy::parse_list(&args.proxy_strategies)?;
     if let Err(SetupError::NoAuthentication) = setup.check() {

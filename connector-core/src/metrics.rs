@@ -240,14 +240,24 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    /// Renders the page; `agents` are the agents connected now, by transport.
-    pub fn render(&self, server_id: &str, agents: &[(&str, usize)]) -> String {
+    /// Renders the page; `agents` are the agents connected now, by
+    /// transport, `unadmitted` the connections not yet admitted.
+    pub fn render(&self, server_id: &str, agents: &[(&str, usize)], unadmitted: crate::server::Unadmitted) -> String {
         let mut page = TextEncoder::new();
         page.gauge(
             "connector_server_info",
             "This server replica's id (always 1).",
             &[("server_id", server_id)],
             1,
+        );
+        page.labeled_gauge(
+            "connector_server_agents_unadmitted",
+            "Agent connections not yet admitted: handshake in progress, or waiting for their Hello and its authentication.",
+            "stage",
+            &[
+                ("handshake", unadmitted.handshakes as i64),
+                ("hello", unadmitted.awaiting_hello as i64),
+            ],
         );
         let count = |transport: &str| {
             agents

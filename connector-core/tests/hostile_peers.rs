@@ -545,8 +545,9 @@ async fn expired_certificates_are_refused_both_ways() {
         // Drive its handshakes (the connection never gets further).
         tokio::spawn(async move {
             use connector_core::transport::Listener;
+            use std::future::IntoFuture;
             while let Some(handshake) = stale_listener.accept().await {
-                tokio::spawn(handshake);
+                tokio::spawn(handshake.into_future());
             }
         });
         let connector = std::sync::Arc::new(QuicConnector::new(addr, &agent_tls, &settings).unwrap());

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use connector_core::agent::{Agent, AgentConfig, AgentStatus, BackoffConfig};
-use connector_core::auth::StaticCredential;
+use connector_core::auth::{AgentIdentity, AuthRejection, AuthRequest, Authenticator, StaticCredential};
 use connector_core::frame_io::{read_frame, write_frame};
 use connector_core::frontend::{self, FrontendBind, FrontendLimits, FrontendProtocol};
 use connector_core::proto::{
@@ -116,27 +116,143 @@ async fn agents_beyond_the_server_limit_are_rejected_overloaded_and_admitted_onc
 /// served. QUIC: its handshake completes only once the server's session
 /// task (holding a slot) drives it, so a connected silent peer holds a slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_pre_hello_limit_are_refused_until_a_slot_frees() {
+async fn an_agent_registers_while_silent_peers_hold_every_admission_slot_quic() {
+    guard(silent_peers_cannot_keep_an_agent_out(Kind::Quic)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registers_while_silent_peers_hold_every_admission_slot_tcp() {
+    guard(silent_peers_cannot_keep_an_agent_out(Kind::Tcp)).await
+}
+
+/// Anonymous peers hold every slot of admission: handshakes started and
+/// never finished, and connections past their handshake that never send a
+/// `Hello`. A legitimate agent still registers (before, a full pre-`Hello`
+/// set refused every newcomer for as long as the silent peers stayed), and
+/// the silent peer that waited longest is closed with the reason.
+async fn silent_peers_cannot_keep_an_agent_out(kind: Kind) {
+    const SLOTS: usize = 4;
+    let h = Harness::with_config(kind, |c| {
+        c.limits.max_pre_hello = SLOTS;
+        c.limits.max_handshakes = SLOTS;
+        // Longer than the test's hang guard: the silent ones keep their slots.
+        c.limits.hello_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let target = echo_target().await;
+    let _stuck = h.half_open_handshakes(SLOTS).await;
+    within(
+        "the half-open handshakes in every handshake slot",
+        h.server.wait_for_unadmitted(|u| u.handshakes == SLOTS),
+    )
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..SLOTS {
+        silent.push(h.connector(None).connect().await.unwrap());
+    }
+    within(
+        "the silent connections in every pre-Hello slot",
+        h.server.wait_for_unadmitted(|u| u.awaiting_hello == SLOTS),
+    )
+    .await;
+
+    let agent = within("the agent's registration", h.agent("node-b")).await;
+    assert_served(&h.server, "node-b", target).await;
+    let reason = within("the eviction of the oldest silent peer", silent[0].closed())
+        .await
+        .to_string();
+    assert!(reason.contains("waited longest"), "{reason}");
+    let rejections = &h.server.metrics().agent_rejections;
+    assert!(rejections.get("pre_hello_evicted") >= 1);
+    assert!(rejections.get("handshake_evicted") >= 1);
+    assert!(
+        h.server.render_metrics().contains(&format!(
+            "connector_server_agents_unadmitted{{stage=\"hello\"}} {}",
+            SLOTS - 1
+        )),
+        "{}",
+        h.server.render_metrics()
+    );
+    agent.stop().await;
+}
+
+/// Never decides on `node-slow`'s token; asks the harness's authenticator otherwise.
+struct StuckOnOne(Arc<dyn Authenticator>);
+
+impl Authenticator for StuckOnOne {
+    fn authenticate<'a>(&'a self, request: AuthRequest<'a>) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>> {
+        if request.hello.agent_id == "node-slow" {
+            return Box::pin(std::future::pending());
+        }
+        self.0.authenticate(request)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticator_that_never_decides_refuses_that_agent_and_frees_its_slot() {
     guard(async {
         let h = Harness::with_config(Kind::Quic, |c| {
-            c.limits.max_pre_hello = 2;
-            // Longer than the test's hang guard: the silent ones keep their slots.
-            c.limits.hello_timeout = Duration::from_secs(600);
+            c.authenticator = Arc::new(StuckOnOne(c.authenticator.clone()));
+            c.limits.auth_timeout = Duration::from_millis(200);
+            c.limits.max_pre_hello = 1;
         })
         .await;
         let target = echo_target().await;
-        let first = h.connector(None).connect().await.unwrap();
-        let _second = h.connector(None).connect().await.unwrap();
-        let third = h.connector(None).connect().await.unwrap();
-        let reason = within("the refusal", third.closed()).await.to_string();
-        assert!(reason.contains("2 connections waiting for their Hello"), "{reason}");
-        assert_eq!(h.server.metrics().agent_rejections.get("pre_hello_limit"), 1);
-
-        first.close(ConnectionCode::Normal, "bye");
-        // Refused (and retrying) until the slot is back, then admitted.
-        let good = within("the agent's registration", h.agent("node-b")).await;
+        let slow = Agent::start(h.connector(None), h.agent_config("node-slow", token("node-a")));
+        let status = within(
+            "the refusal",
+            slow.wait_for(|s| matches!(s, AgentStatus::Rejected { .. } | AgentStatus::Connected { .. })),
+        )
+        .await;
+        match status {
+            AgentStatus::Rejected { code, reason } => {
+                assert_eq!(code, RejectCode::Internal);
+                assert!(
+                    reason.contains("authentication did not finish within 200ms"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(h.server.metrics().agent_rejections.get("auth_timeout") >= 1);
+        slow.stop().await;
+        // Its one pre-Hello slot is back: the next agent is admitted and served.
+        let agent = within("the next agent", h.agent("node-b")).await;
         assert_served(&h.server, "node-b", target).await;
-        good.stop().await;
+        agent.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unadmitted_quic_connection_has_credit_for_its_hello_only() {
+    guard(async {
+        let h = Harness::with_config(Kind::Quic, |c| c.limits.hello_timeout = Duration::from_secs(600)).await;
+        // Before the Hello: one stream, and a Hello's worth of connection credit.
+        let conn = h.connector(None).connect().await.unwrap();
+        let mut control = conn.open_bi().await.unwrap();
+        let taken = control.send.write(&vec![0u8; 1 << 20]).await.unwrap();
+        assert!(
+            taken as u64 <= connector_core::transport::PRE_ADMISSION_WINDOW,
+            "{taken} bytes taken before admission"
+        );
+        let second = conn.open_bi();
+        tokio::pin!(second);
+        assert!(
+            futures_util::poll!(second.as_mut()).is_pending(),
+            "no stream credit beyond the control stream"
+        );
+        // Once admitted, the agent's connection gets stream credit (the
+        // server then refuses such a stream, as the protocol says).
+        let conn = h.connector(None).connect().await.unwrap();
+        let mut control = conn.open_bi().await.unwrap();
+        let hello = Frame::Hello(Hello::new("node-a", Default::default(), token("node-a")));
+        write_frame(&mut control.send, &hello).await.unwrap();
+        match read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap() {
+            Frame::Welcome(_) => {}
+            other => panic!("expected Welcome, got {}", other.name()),
+        }
+        within("stream credit after the Welcome", conn.open_bi()).await.unwrap();
     })
     .await
 }

@@ -212,6 +212,29 @@ func TestTunnelIdleTimeout(t *testing.T) {
 	}
 }
 
+func TestTunnelStallTimeout(t *testing.T) {
+	tn := newTunnel(t)
+	startAgentWith(t, tn, "node-a/stall", func(c *AgentConfig) { c.TunnelStallTimeout = 200 * time.Millisecond })
+	target, _ := silentTarget(t)
+	c, err := (&Dialer{Server: tn.srv, AgentID: "node-a/stall"}).DialContext(context.Background(), "tcp", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// An upload into a target that never reads: without the timeout the writes block for good.
+	c.SetWriteDeadline(time.Now().Add(hangGuard))
+	chunk := make([]byte, 64<<10)
+	for err == nil {
+		_, err = c.Write(chunk)
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the stalled upload was not closed")
+	}
+	if err := readEnds(t, c); !errors.Is(err, ErrIO) || !strings.Contains(err.Error(), "stalled") {
+		t.Fatalf("stalled tunnelled connection: %v", err)
+	}
+}
+
 // startAgentWith starts another agent on tn's server (token "token-a",
 // which may claim anything in 127.0.0.0/8) with its config changed by edit.
 func startAgentWith(t *testing.T, tn *tunnel, id string, edit func(*AgentConfig)) *Agent {

@@ -190,6 +190,24 @@ def test_tunnel_idle_timeout_closes_an_idle_tunnel(connector_tunnel_factory: Fac
             pass
 
 
+def test_tunnel_stall_timeout_closes_an_upload_into_a_target_that_never_reads(
+    connector_tunnel_factory: Factory, hold_target: HoldTarget
+) -> None:
+    tunnel = connector_tunnel_factory(agent_ids=["stall"], agent_options={"tunnel_stall_timeout": 0.5})
+    with tunnel.server.dial(hold_target.address, host="stall") as stream:
+        peer = hold_target.accept()  # never reads
+        stream.timeout = 60  # only a hang guard: the agent resets the tunnel long before
+        chunk = b"x" * 65536
+        with pytest.raises(connector.StreamError, match="stalled"):
+            while True:
+                stream.sendall(chunk)
+        # The agent reset its connection to the target too.
+        peer.settimeout(60)
+        with pytest.raises(ConnectionResetError):
+            while peer.recv(1 << 20):
+                pass
+
+
 def test_transport_options_are_checked(pki: Tuple[ThrowawayCa, str, str]) -> None:
     ca, cert, key = pki
     for bad in ({"tcp_listen": "nowhere"}, {"congestion": "reno"}, {"client_certificates": "maybe"}):

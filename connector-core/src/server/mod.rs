@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod dial;
 mod registry;
 mod routing;
@@ -29,12 +30,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::auth::Authenticator;
 use crate::metrics::ServerMetrics;
 use crate::proto::ConnectionCode;
 use crate::transport::Listener;
+use admission::{SlotPool, Sources};
 use registry::Registry;
 
 /// Bounds that protect the server from its peers. Defaults are documented
@@ -53,22 +55,53 @@ pub struct Limits {
     /// further dials fail at once with [`DialError::TooManyPendingDials`]
     /// (default [`DEFAULT_MAX_PENDING_DIALS`]).
     pub max_pending_dials: usize,
-    /// Agent connections at once that have not yet been admitted or refused
-    /// (TLS handshake, `Hello`, authentication: up to the transport's
-    /// handshake timeout plus `hello_timeout`, about 20 s, for a peer that
-    /// stalls). Further connections are closed right after their handshake
-    /// with code `rejected` and a reason saying so, and counted in
-    /// `connector_server_agent_rejections_total{reason="pre_hello_limit"}`
-    /// (default [`DEFAULT_MAX_PRE_HELLO`]).
+    /// Agent connections at once past their handshake and not yet admitted
+    /// or refused (`Hello`, authentication). When a connection completes its
+    /// handshake with this many waiting, the one that has waited longest is
+    /// closed with code `rejected` and a reason saying so, and counted in
+    /// `connector_server_agent_rejections_total{reason="pre_hello_evicted"}`:
+    /// silent peers cannot keep legitimate agents out (see
+    /// `server::admission`; default [`DEFAULT_MAX_PRE_HELLO`]).
     pub max_pre_hello: usize,
+    /// Handshakes (QUIC or TLS) in progress at once; a new one evicts the
+    /// one in progress longest (`…{reason="handshake_evicted"}`; default
+    /// [`DEFAULT_MAX_HANDSHAKES`]). The transport's own handshake timeout
+    /// bounds each.
+    pub max_handshakes: usize,
+    /// Connections not yet admitted (handshake, `Hello`, authentication) from
+    /// one source address at once; further ones are dropped at once
+    /// (`…{reason="per_source_limit"}`; default
+    /// [`DEFAULT_MAX_UNADMITTED_PER_SOURCE`]).
+    pub max_unadmitted_per_source: usize,
+    /// Time the authenticator has to decide on an agent (a TokenReview, a
+    /// callback into the host); the agent is then refused with `INTERNAL`
+    /// and a reason saying so (`…{reason="auth_timeout"}`; default 10 s).
+    pub auth_timeout: Duration,
 }
+
+/// Agent connections not yet admitted ([`Server::unadmitted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Unadmitted {
+    /// Handshakes (QUIC or TLS) in progress ([`Limits::max_handshakes`]).
+    pub handshakes: usize,
+    /// Past their handshake, waiting for their `Hello` or its
+    /// authentication ([`Limits::max_pre_hello`]).
+    pub awaiting_hello: usize,
+}
+
+/// Default of [`Limits::max_handshakes`].
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1_000;
+
+/// Default of [`Limits::max_unadmitted_per_source`]: nodes behind one NAT
+/// address reconnect together after a server restart, but each is past
+/// admission within a round trip or two, so even thousands of them keep few
+/// waiting at once; those beyond retry with backoff.
+pub const DEFAULT_MAX_UNADMITTED_PER_SOURCE: usize = 256;
 
 /// Default of [`Limits::max_pre_hello`]. Admitting an agent takes a few
 /// round trips, so even 10,000 agents reconnecting within a second keep far
-/// fewer than this waiting; silent connections (a slow-loris) cannot take
-/// more, and what each may make the server buffer is bounded by the stream
-/// windows of the few streams an agent may open
-/// ([`crate::transport::quic::AGENT_OPENED_STREAMS`], [`crate::transport::credit`]).
+/// fewer than this waiting; what each waiting connection may make the server
+/// buffer is its `Hello` ([`crate::transport::PRE_ADMISSION_WINDOW`]).
 pub const DEFAULT_MAX_PRE_HELLO: usize = 1_000;
 
 /// Default of [`Limits::max_pending_dials`]. A healthy dial waits for about
@@ -86,6 +119,9 @@ impl Default for Limits {
             dial_timeout: Duration::from_secs(30),
             max_pending_dials: DEFAULT_MAX_PENDING_DIALS,
             max_pre_hello: DEFAULT_MAX_PRE_HELLO,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_unadmitted_per_source: DEFAULT_MAX_UNADMITTED_PER_SOURCE,
+            auth_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -155,14 +191,21 @@ struct Inner {
     /// Woken whenever a tunnelled connection closes.
     tunnel_closed: Arc<Notify>,
     listeners: Mutex<Vec<Arc<dyn Listener>>>,
-    /// One permit per connection not yet admitted or refused ([`Limits::max_pre_hello`]).
-    pre_hello: Arc<Semaphore>,
+    /// Handshakes in progress ([`Limits::max_handshakes`]).
+    handshakes: Arc<SlotPool>,
+    /// Connections past their handshake, not yet admitted ([`Limits::max_pre_hello`]).
+    pre_hello: Arc<SlotPool>,
+    /// Connections not yet admitted, per source ([`Limits::max_unadmitted_per_source`]).
+    sources: Arc<Sources>,
 }
 
 impl Server {
     /// A server with no listener yet; call [`Server::serve`].
     pub fn new(config: ServerConfig) -> Self {
-        let pre_hello = Arc::new(Semaphore::new(config.limits.max_pre_hello));
+        let limits = &config.limits;
+        let handshakes = SlotPool::new(limits.max_handshakes);
+        let pre_hello = SlotPool::new(limits.max_pre_hello);
+        let sources = Sources::new(limits.max_unadmitted_per_source);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -175,7 +218,9 @@ impl Server {
                 draining: watch::channel(None).0,
                 tunnel_closed: Arc::new(Notify::new()),
                 listeners: Mutex::new(Vec::new()),
+                handshakes,
                 pre_hello,
+                sources,
             }),
         }
     }
@@ -192,19 +237,47 @@ impl Server {
     async fn accept_loop(self, listener: Arc<dyn Listener>) {
         let mut shutdown = self.inner.shutdown.subscribe();
         loop {
-            let handshake = tokio::select! {
+            let incoming = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
                 next = listener.accept() => match next {
-                    Some(handshake) => handshake,
+                    Some(incoming) => incoming,
                     None => break,
                 },
             };
-            match self.inner.pre_hello.clone().try_acquire_owned() {
-                Ok(permit) => tokio::spawn(session::run(self.clone(), handshake, permit)),
-                Err(_) => tokio::spawn(session::refuse_over_pre_hello_limit(self.clone(), handshake)),
-            };
+            match self.inner.sources.enter(incoming.remote) {
+                Some(source) => {
+                    tokio::spawn(session::run(self.clone(), incoming, source));
+                }
+                // Dropped before its handshake: the cheapest refusal there is.
+                None => session::refuse_over_source_limit(&self, incoming),
+            }
         }
         tracing::debug!(listen = %listener.local_addr(), "stopped accepting agents");
+    }
+
+    /// Agent connections not yet admitted, by stage.
+    pub fn unadmitted(&self) -> Unadmitted {
+        Unadmitted {
+            handshakes: self.inner.handshakes.held(),
+            awaiting_hello: self.inner.pre_hello.held(),
+        }
+    }
+
+    /// Waits until `predicate` holds for [`Server::unadmitted`] (checked now
+    /// and after every change).
+    pub async fn wait_for_unadmitted(&self, mut predicate: impl FnMut(Unadmitted) -> bool) {
+        let (mut handshakes, mut hello) = (self.inner.handshakes.subscribe(), self.inner.pre_hello.subscribe());
+        loop {
+            handshakes.borrow_and_update();
+            hello.borrow_and_update();
+            if predicate(self.unadmitted()) {
+                return;
+            }
+            tokio::select! {
+                _ = handshakes.changed() => {}
+                _ = hello.changed() => {}
+            }
+        }
     }
 
     /// A snapshot of the connected agents, sorted by agent id.
@@ -259,7 +332,9 @@ impl Server {
     /// The metrics page in the Prometheus text format (what `/metrics` serves).
     pub fn render_metrics(&self) -> String {
         let agents = self.inner.registry.by_transport();
-        self.inner.metrics.render(&self.inner.config.server_id, &agents)
+        self.inner
+            .metrics
+            .render(&self.inner.config.server_id, &agents, self.unadmitted())
     }
 
     /// Whether the server is serving: at least one listener accepting agents

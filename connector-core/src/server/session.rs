@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::Server;
+use super::admission::SourceGuard;
 use super::registry::AgentEntry;
 use crate::auth::{AuthRejection, AuthRequest, check_agent_id, served_identifiers};
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
@@ -17,20 +17,34 @@ use crate::proto::{
     ConnectionCode, DecodeError, Frame, GoAway, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, Reject,
     RejectCode, StreamCode, Welcome, clip_text,
 };
-use crate::transport::{BiStream, Connection, Handshake};
+use crate::transport::{BiStream, Connection, Incoming};
 
 /// Drives one agent connection from handshake to close. Never panics on
-/// peer input; every failure is logged and ends this connection only.
-/// `pre_hello` (a [`super::Limits::max_pre_hello`] slot) is held until the
-/// agent is admitted or refused.
-pub(super) async fn run(server: Server, handshake: Handshake, pre_hello: OwnedSemaphorePermit) {
-    let conn = match handshake.await {
-        Ok(conn) => conn,
-        Err(err) => {
-            tracing::debug!(%err, "agent handshake failed");
+/// peer input; every failure is logged and ends this connection only. Until
+/// the agent is admitted or refused it holds `source` (counted against its
+/// address), then a handshake slot and then a pre-`Hello` slot, either of
+/// which a newcomer may take if it waits too long (`server::admission`).
+pub(super) async fn run(server: Server, incoming: Incoming, source: SourceGuard) {
+    let inner = server.inner.clone();
+    let mut slot = inner.handshakes.take();
+    let conn = tokio::select! {
+        conn = incoming.handshake => match conn {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::debug!(%err, "agent handshake failed");
+                return;
+            }
+        },
+        () = slot.evicted() => {
+            inner.metrics.agent_rejections.inc("handshake_evicted");
+            tracing::debug!(
+                limit = inner.config.limits.max_handshakes,
+                "dropping the handshake in progress longest to make room for a new one"
+            );
             return;
         }
     };
+    drop(slot);
     let remote = conn
         .peer()
         .remote_addr
@@ -38,8 +52,30 @@ pub(super) async fn run(server: Server, handshake: Handshake, pre_hello: OwnedSe
         .unwrap_or_else(|| "memory".into());
     let span = tracing::info_span!("agent", %remote, agent = tracing::field::Empty);
     async move {
-        let admitted = admit(&server, &conn).await;
-        drop(pre_hello);
+        let inner = &server.inner;
+        let mut slot = inner.pre_hello.take();
+        let authorized = tokio::select! {
+            authorized = hello_and_authorize(&server, &conn) => authorized,
+            () = slot.evicted() => {
+                let limit = inner.config.limits.max_pre_hello;
+                inner.metrics.agent_rejections.inc("pre_hello_evicted");
+                let evicted = inner.metrics.agent_rejections.get("pre_hello_evicted");
+                tracing::warn!(
+                    limit,
+                    evicted,
+                    "closing the agent connection that waited longest for its Hello: {limit} connections are waiting"
+                );
+                let reason = format!("server has {limit} connections waiting for their Hello and this one waited longest; retry");
+                conn.close(ConnectionCode::Rejected, &reason);
+                return;
+            }
+        };
+        drop(slot);
+        let admitted = match authorized {
+            Some((control, entry, minor)) => welcome(&server, &conn, control, entry, minor).await,
+            None => None,
+        };
+        drop(source);
         let Some((control, entry, minor)) = admitted else {
             return;
         };
@@ -53,27 +89,31 @@ pub(super) async fn run(server: Server, handshake: Handshake, pre_hello: OwnedSe
     .await
 }
 
-/// Closes a connection that arrived while [`super::Limits::max_pre_hello`]
-/// others were waiting to be admitted: after its handshake (bounded by the
-/// transport's handshake timeout), so that the agent reads why.
-pub(super) async fn refuse_over_pre_hello_limit(server: Server, handshake: Handshake) {
-    let limit = server.inner.config.limits.max_pre_hello;
-    server.inner.metrics.agent_rejections.inc("pre_hello_limit");
-    let refused = server.inner.metrics.agent_rejections.get("pre_hello_limit");
-    tracing::warn!(
-        limit,
-        refused,
-        "refusing an agent connection: {limit} connections are already waiting to send their Hello"
-    );
-    if let Ok(conn) = handshake.await {
-        let reason = format!("server has {limit} connections waiting for their Hello; retry later");
-        conn.close(ConnectionCode::Rejected, &reason);
+/// Drops a connection attempt from an address that already has
+/// [`super::Limits::max_unadmitted_per_source`] connections waiting to be
+/// admitted, before its handshake: the cheapest refusal there is (QUIC: the
+/// attempt is refused; TCP: the socket is closed).
+pub(super) fn refuse_over_source_limit(server: &Server, incoming: Incoming) {
+    let metrics = &server.inner.metrics;
+    metrics.agent_rejections.inc("per_source_limit");
+    let refused = metrics.agent_rejections.get("per_source_limit");
+    // Every refusal would be a line under a flood; the counter carries the rest.
+    if refused.is_power_of_two() {
+        tracing::warn!(
+            remote = ?incoming.remote,
+            limit = server.inner.sources.limit(),
+            refused,
+            "dropping an agent connection attempt: its address already has its limit of connections waiting to be admitted"
+        );
     }
+    drop(incoming);
 }
 
-/// Handshake on the control stream. Returns the control stream and the
-/// registered entry, or `None` when the agent was refused (already logged).
-async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream, Arc<AgentEntry>, u16)> {
+/// Reads the `Hello` from the control stream and authenticates the agent.
+/// Returns the control stream and the agent's entry (not yet registered),
+/// or `None` when the agent was refused (already logged). Cancel-safe: it
+/// registers nothing.
+async fn hello_and_authorize(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream, Arc<AgentEntry>, u16)> {
     let limits = &server.inner.config.limits;
     let first = tokio::time::timeout(limits.hello_timeout, async {
         let mut control = conn.accept_bi().await.map_err(|e| e.to_string())?;
@@ -127,6 +167,19 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
             return None;
         }
     };
+    Some((control, entry, hello.version_minor))
+}
+
+/// Registers an authorized agent, grants its connection full credit and
+/// sends its `Welcome`. Returns what [`hello_and_authorize`] gave, or `None`
+/// if the agent left before its `Welcome`.
+async fn welcome(
+    server: &Server,
+    conn: &Arc<dyn Connection>,
+    mut control: BiStream,
+    entry: Arc<AgentEntry>,
+    minor: u16,
+) -> Option<(BiStream, Arc<AgentEntry>, u16)> {
     let config = &server.inner.config;
     let welcome = Frame::Welcome(Welcome {
         server_id: config.server_id.clone(),
@@ -136,9 +189,10 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
         max_streams: config.limits.max_streams_per_agent,
         max_frame: MAX_FRAME_PAYLOAD as u32,
     });
-    // Registered before the Welcome leaves, so that an agent that sees its
-    // Welcome can be dialled at once.
+    // Registered and given full credit before the Welcome leaves, so that an
+    // agent that sees its Welcome can be dialled at once.
     server.inner.registry.insert(entry.clone());
+    conn.admitted();
     if let Err(err) = write_frame(&mut control.send, &welcome).await {
         tracing::debug!(%err, "agent left before its Welcome");
         server.inner.registry.remove(entry.conn_id);
@@ -151,7 +205,7 @@ async fn admit(server: &Server, conn: &Arc<dyn Connection>) -> Option<(BiStream,
         "agent connected"
     );
     server.inner.metrics.agent_connections.inc();
-    Some((control, entry, hello.version_minor))
+    Some((control, entry, minor))
 }
 
 /// Authenticates the agent and checks its agent id, its claims and the agent limit.
@@ -161,12 +215,21 @@ async fn authorize(
     hello: &Hello,
 ) -> Result<Arc<AgentEntry>, AuthRejection> {
     let peer = conn.peer();
-    let identity = server
-        .inner
-        .config
-        .authenticator
-        .authenticate(AuthRequest { hello, peer: &peer })
-        .await?;
+    let config = &server.inner.config;
+    let deadline = config.limits.auth_timeout;
+    let identity = tokio::time::timeout(
+        deadline,
+        config.authenticator.authenticate(AuthRequest { hello, peer: &peer }),
+    )
+    .await
+    .map_err(|_| {
+        server.inner.metrics.agent_rejections.inc("auth_timeout");
+        tracing::warn!(agent = %hello.agent_id, ?deadline, "the authenticator did not decide in time; refusing the agent");
+        AuthRejection {
+            code: RejectCode::Internal,
+            reason: format!("authentication did not finish within {deadline:?}; retry later"),
+        }
+    })??;
     // Before anything is registered: a newer connection with the same agent
     // id replaces the older one, so the id must belong to this identity.
     check_agent_id(&identity, &hello.agent_id).inspect_err(|rejection| {

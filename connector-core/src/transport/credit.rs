@@ -22,7 +22,7 @@
 //! transport makes the same choice (a 1 GiB connection window over 4 MiB
 //! stream windows).
 
-use super::STREAM_WINDOW;
+use super::{PRE_ADMISSION_WINDOW, STREAM_WINDOW};
 
 /// Stream windows a connection's receive window covers when few streams are
 /// open: 16 MiB, the connection window connector always had, so a new
@@ -52,11 +52,16 @@ pub const INITIAL_CONNECTION_WINDOW: u64 = window_for(MIN_SLOTS, STREAM_WINDOW a
 /// The window grows at once when a stream opens past the covered slots and
 /// shrinks lazily (with hysteresis), so a storm of short tunnels does not
 /// change it at every open and close.
+///
+/// A server's ledger starts *restricted* ([`CreditLedger::restricted`]):
+/// until its peer is admitted the window is [`PRE_ADMISSION_WINDOW`], enough
+/// for a `Hello` and nothing more.
 #[derive(Debug)]
 pub struct CreditLedger {
     stream_window: u64,
     open: u64,
     slots: u64,
+    restricted: bool,
 }
 
 impl Default for CreditLedger {
@@ -73,11 +78,35 @@ impl CreditLedger {
             stream_window,
             open: 0,
             slots: MIN_SLOTS,
+            restricted: false,
         }
+    }
+
+    /// A ledger whose window stays [`PRE_ADMISSION_WINDOW`] until
+    /// [`CreditLedger::admit`] (the server's, for a peer not yet admitted).
+    pub fn restricted(stream_window: u64) -> Self {
+        Self {
+            restricted: true,
+            ..Self::new(stream_window)
+        }
+    }
+
+    /// Lifts the restriction; returns the new window if it was restricted.
+    pub fn admit(&mut self) -> Option<u64> {
+        if !std::mem::take(&mut self.restricted) {
+            return None;
+        }
+        if self.open + 1 > self.slots {
+            self.slots = self.open + SPARE_SLOTS;
+        }
+        Some(self.window())
     }
 
     /// The receive window now.
     pub fn window(&self) -> u64 {
+        if self.restricted {
+            return PRE_ADMISSION_WINDOW;
+        }
         window_for(self.slots, self.stream_window)
     }
 
@@ -90,7 +119,7 @@ impl CreditLedger {
     pub fn opened(&mut self) -> Option<u64> {
         self.open += 1;
         // Every open stream and at least one spare window stay covered.
-        (self.open + 1 > self.slots).then(|| {
+        (self.open + 1 > self.slots && !self.restricted).then(|| {
             self.slots = self.open + SPARE_SLOTS;
             self.window()
         })
@@ -100,7 +129,7 @@ impl CreditLedger {
     pub fn closed(&mut self) -> Option<u64> {
         self.open = self.open.saturating_sub(1);
         let wanted = (self.open + SPARE_SLOTS).max(MIN_SLOTS);
-        (self.slots > wanted + 2 * SPARE_SLOTS).then(|| {
+        (self.slots > wanted + 2 * SPARE_SLOTS && !self.restricted).then(|| {
             self.slots = wanted;
             self.window()
         })
@@ -131,6 +160,16 @@ mod tests {
             ledger.window() <= window_for(MIN_SLOTS + 3 * SPARE_SLOTS, STREAM_WINDOW as u64),
             "back within the hysteresis of the minimum"
         );
+    }
+
+    #[test]
+    fn a_restricted_ledger_covers_a_hello_only_until_admitted() {
+        let mut ledger = CreditLedger::restricted(STREAM_WINDOW as u64);
+        assert_eq!(ledger.window(), PRE_ADMISSION_WINDOW);
+        assert_eq!(ledger.opened(), None, "no growth before admission");
+        assert_eq!(ledger.window(), PRE_ADMISSION_WINDOW);
+        assert_eq!(ledger.admit(), Some(INITIAL_CONNECTION_WINDOW));
+        assert_eq!(ledger.admit(), None, "once");
     }
 
     #[test]

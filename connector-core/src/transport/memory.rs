@@ -14,8 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream, SendStream, StreamReset,
-    TransportError,
+    BiStream, BoxFuture, Connection, Connector, Handshake, Incoming, Listener, PeerInfo, RecvStream, SendStream,
+    StreamReset, TransportError,
 };
 use crate::proto::{ConnectionCode, StreamCode};
 
@@ -62,11 +62,11 @@ impl MemoryConnector {
 }
 
 impl Listener for MemoryListener {
-    fn accept(&self) -> BoxFuture<'_, Option<Handshake>> {
+    fn accept(&self) -> BoxFuture<'_, Option<Incoming>> {
         Box::pin(async move {
             let conn = self.incoming.lock().await.recv().await?;
             let conn: Arc<dyn Connection> = conn;
-            Some(Box::pin(async move { Ok(conn) }) as Handshake)
+            Some(Incoming::new(None, Box::pin(async move { Ok(conn) }) as Handshake))
         })
     }
 

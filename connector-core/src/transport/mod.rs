@@ -183,16 +183,61 @@ pub trait Connection: Send + Sync + 'static {
     fn superseded(&self) -> BoxFuture<'static, String> {
         Box::pin(std::future::pending())
     }
+    /// Server side: the peer has been authenticated and admitted. Until then
+    /// it has credit for its control stream only, and a small connection
+    /// window ([`PRE_ADMISSION_WINDOW`]), so an anonymous peer cannot make
+    /// the server buffer more; this grants the full windows and stream
+    /// credit. The default does nothing (transports without such limits).
+    fn admitted(&self) {}
 }
+
+/// Server side: the connection receive window of a peer not yet admitted:
+/// room for its `Hello` (a frame of at most 64 KiB and its header) twice
+/// over, and nothing for any other stream ([`Connection::admitted`]).
+pub const PRE_ADMISSION_WINDOW: u64 = 2 * (crate::proto::MAX_FRAME_PAYLOAD as u64 + 64);
 
 /// A connection whose handshake is still in progress.
 pub type Handshake = BoxFuture<'static, Result<Arc<dyn Connection>, TransportError>>;
+
+/// A connection attempt a listener accepted: where it comes from, as far as
+/// the transport knows before any handshake, and the handshake, which the
+/// caller drives (or drops, which aborts it). Awaiting it drives the handshake.
+pub struct Incoming {
+    /// The peer's address (`None` on transports without one).
+    pub remote: Option<SocketAddr>,
+    /// The handshake.
+    pub handshake: Handshake,
+}
+
+impl Incoming {
+    /// An attempt from `remote` whose handshake is `handshake`.
+    pub fn new(remote: Option<SocketAddr>, handshake: Handshake) -> Self {
+        Self { remote, handshake }
+    }
+}
+
+impl std::future::IntoFuture for Incoming {
+    type Output = Result<Arc<dyn Connection>, TransportError>;
+    type IntoFuture = Handshake;
+
+    fn into_future(self) -> Handshake {
+        self.handshake
+    }
+}
+
+impl fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Server side: yields incoming agent connections.
 pub trait Listener: Send + Sync + 'static {
     /// Waits for the next incoming connection. The returned handshake is
     /// driven separately so that one slow peer does not hold up the others.
-    fn accept(&self) -> BoxFuture<'_, Option<Handshake>>;
+    fn accept(&self) -> BoxFuture<'_, Option<Incoming>>;
     /// Where the listener listens, for logs.
     fn local_addr(&self) -> String;
     /// Stops accepting and closes every connection made through it.

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::congestion::CongestionControl;
 use super::credit::CreditLedger;
 use super::{
-    BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream, SendStream, StreamReset,
-    TransportError,
+    BiStream, BoxFuture, Connection, Connector, Handshake, Incoming, Listener, PeerInfo, RecvStream, SendStream,
+    StreamReset, TransportError,
 };
 use crate::proto::{ConnectionCode, StreamCode};
 use crate::tls::{AgentTls, ServerTls, TlsError};
@@ -46,6 +47,11 @@ pub struct QuicSettings {
     /// path MTU discovery, clamped to 1,200..=[`MAX_UDP_PAYLOAD`]. 1,200
     /// turns discovery off.
     pub max_udp_payload: u16,
+    /// Server side: with this many handshakes in progress, a new connection
+    /// attempt must first prove it owns its source address (a QUIC Retry:
+    /// one more round trip), so that floods of attempts from forged
+    /// addresses cost the server nothing. 0 asks every attempt.
+    pub validate_addresses_above: usize,
 }
 
 impl Default for QuicSettings {
@@ -57,9 +63,15 @@ impl Default for QuicSettings {
             handshake_timeout: Duration::from_secs(10),
             congestion: CongestionControl::Auto,
             max_udp_payload: MAX_UDP_PAYLOAD,
+            validate_addresses_above: DEFAULT_VALIDATE_ADDRESSES_ABOVE,
         }
     }
 }
+
+/// Default of [`QuicSettings::validate_addresses_above`]: agents' handshakes
+/// take a round trip or two, so even a reconnect storm of thousands keeps
+/// fewer than this in progress; past it, an extra round trip is cheap.
+pub const DEFAULT_VALIDATE_ADDRESSES_ABOVE: usize = 64;
 
 /// Why a QUIC endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +199,25 @@ pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>, max_udp_p
 pub struct QuicListener {
     endpoint: Endpoint,
     handshake_timeout: Duration,
+    validate_addresses_above: usize,
+    /// Handshakes in progress (counted by [`InProgress`]).
+    handshakes: Arc<AtomicUsize>,
+}
+
+/// One handshake counted in [`QuicListener`]'s handshakes in progress.
+struct InProgress(Arc<AtomicUsize>);
+
+impl InProgress {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl QuicListener {
@@ -195,12 +226,18 @@ impl QuicListener {
         let crypto =
             QuicServerConfig::try_from(tls.rustls_config()?).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config(settings, AGENT_OPENED_STREAMS)));
+        // Until its peer is admitted (`Connection::admitted`), a connection
+        // has credit for the control stream and a `Hello` only.
+        let mut transport = transport_config(settings, 1);
+        transport.receive_window(VarInt::from_u64(super::PRE_ADMISSION_WINDOW).expect("small"));
+        config.transport_config(Arc::new(transport));
         let endpoint = endpoint(addr, Some(config), settings.max_udp_payload)
             .map_err(|source| QuicSetupError::Bind { addr, source })?;
         Ok(Self {
             endpoint,
             handshake_timeout: settings.handshake_timeout,
+            validate_addresses_above: settings.validate_addresses_above,
+            handshakes: Arc::default(),
         })
     }
 
@@ -211,18 +248,31 @@ impl QuicListener {
 }
 
 impl Listener for QuicListener {
-    fn accept(&self) -> BoxFuture<'_, Option<Handshake>> {
+    fn accept(&self) -> BoxFuture<'_, Option<Incoming>> {
         Box::pin(async move {
-            let incoming = self.endpoint.accept().await?;
+            let incoming = loop {
+                let incoming = self.endpoint.accept().await?;
+                let busy = self.handshakes.load(Ordering::Relaxed) >= self.validate_addresses_above;
+                if busy && !incoming.remote_address_validated() && incoming.may_retry() {
+                    // Answered with a Retry: a peer at that address comes back with its token.
+                    let _ = incoming.retry();
+                    continue;
+                }
+                break incoming;
+            };
+            let remote = incoming.remote_address();
+            let in_progress = InProgress::new(&self.handshakes);
             let limit = self.handshake_timeout;
-            Some(Box::pin(async move {
+            let handshake = Box::pin(async move {
+                let _in_progress = in_progress;
                 let connecting = incoming.accept().map_err(|e| TransportError::Connect(e.to_string()))?;
                 let conn = tokio::time::timeout(limit, connecting)
                     .await
                     .map_err(|_| TransportError::Connect("handshake timed out".into()))?
                     .map_err(|e| TransportError::Connect(e.to_string()))?;
-                Ok(Arc::new(QuicConnection::new(conn, None)) as Arc<dyn Connection>)
-            }) as Handshake)
+                Ok(Arc::new(QuicConnection::new(conn, None, Admission::Pending)) as Arc<dyn Connection>)
+            }) as Handshake;
+            Some(Incoming::new(Some(remote), handshake))
         })
     }
 
@@ -290,7 +340,7 @@ impl QuicConnector {
                 .await
                 .map_err(|_| TransportError::Connect(format!("handshake with {addr} timed out")))?
                 .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
-            Ok(QuicConnection::new(conn, Some(endpoint)))
+            Ok(QuicConnection::new(conn, Some(endpoint), Admission::NotNeeded))
         }
     }
 }
@@ -317,6 +367,15 @@ pub struct QuicConnection {
     endpoint: Option<Endpoint>,
     /// Sizes the receive window to the streams open on this connection.
     credit: Arc<Credit>,
+}
+
+/// Whether a connection waits for its peer's admission ([`Connection::admitted`]).
+#[derive(Debug, Clone, Copy)]
+enum Admission {
+    /// A server's connection: restricted credit until the agent is admitted.
+    Pending,
+    /// An agent's connection.
+    NotNeeded,
 }
 
 /// A connection's [`CreditLedger`], applied to quinn's receive window.
@@ -355,7 +414,7 @@ impl Drop for CreditGuard {
 }
 
 impl QuicConnection {
-    fn new(conn: quinn::Connection, endpoint: Option<Endpoint>) -> Self {
+    fn new(conn: quinn::Connection, endpoint: Option<Endpoint>, admission: Admission) -> Self {
         let certificates = conn
             .peer_identity()
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -365,9 +424,13 @@ impl QuicConnection {
             remote_addr: Some(conn.remote_address()),
             certificates,
         };
+        let ledger = match admission {
+            Admission::Pending => CreditLedger::restricted(super::STREAM_WINDOW.into()),
+            Admission::NotNeeded => CreditLedger::default(),
+        };
         let credit = Arc::new(Credit {
             conn: conn.clone(),
-            ledger: Mutex::new(CreditLedger::default()),
+            ledger: Mutex::new(ledger),
         });
         Self {
             conn,
@@ -455,6 +518,15 @@ impl Connection for QuicConnection {
 
     fn transport(&self) -> &'static str {
         "quic"
+    }
+
+    fn admitted(&self) {
+        let mut ledger = self.credit.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = ledger.admit() {
+            self.credit.set(window);
+            self.conn
+                .set_max_concurrent_bi_streams(VarInt::from_u32(AGENT_OPENED_STREAMS));
+        }
     }
 }
 

@@ -179,6 +179,49 @@ impl RawTransport {
     }
 }
 
+impl RawTransport {
+    /// `n` connection attempts that start a handshake and never finish it:
+    /// idle TCP connections that send no TLS ClientHello, or QUIC Initial
+    /// packets (each from its own UDP port) whose sender never answers.
+    /// Holding the returned value keeps them open.
+    pub async fn half_open_handshakes(&self, n: usize) -> Vec<Box<dyn std::any::Any + Send>> {
+        let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+        match self.kind {
+            Kind::Tcp => {
+                for _ in 0..n {
+                    held.push(Box::new(
+                        tokio::net::TcpStream::connect(self.socket_addr()).await.unwrap(),
+                    ));
+                }
+            }
+            Kind::Quic => {
+                let tls = AgentTls {
+                    server_cas: vec![self.ca.cert_der()].into(),
+                    server_name: "localhost".into(),
+                    client_identity: None,
+                };
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.rustls_config().unwrap()).unwrap();
+                let config = quinn_proto::ClientConfig::new(Arc::new(crypto));
+                for _ in 0..n {
+                    let mut endpoint =
+                        quinn_proto::Endpoint::new(Arc::new(quinn_proto::EndpointConfig::default()), None, false, None);
+                    let now = std::time::Instant::now();
+                    let (_, mut conn) = endpoint
+                        .connect(now, config.clone(), self.socket_addr(), "localhost")
+                        .unwrap();
+                    let mut buf = Vec::new();
+                    let transmit = conn.poll_transmit(now, 1, &mut buf).expect("an Initial packet");
+                    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    socket.send_to(&buf[..transmit.size], self.socket_addr()).await.unwrap();
+                    held.push(Box::new(socket));
+                }
+            }
+            Kind::Memory => {}
+        }
+        held
+    }
+}
+
 /// A server on a [`RawTransport`].
 pub struct Harness {
     pub server: Server,

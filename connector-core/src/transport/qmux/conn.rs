@@ -46,6 +46,9 @@ pub struct Config {
     pub stream_window: u64,
     /// Streams the peer may have open at once.
     pub max_incoming_streams: u64,
+    /// Server side: until [`Conn::admit`], the peer may open one stream and
+    /// send [`crate::transport::PRE_ADMISSION_WINDOW`] bytes in all.
+    pub until_admitted: bool,
 }
 
 /// Why the connection ended.
@@ -179,13 +182,17 @@ fn add_waker(list: &mut Vec<Waker>, cx: &Context<'_>) {
 impl Conn {
     /// A new connection; its first output is our QX_TRANSPORT_PARAMETERS.
     pub fn new(side: Side, config: Config, now: Instant) -> Self {
-        let credit = CreditLedger::new(config.stream_window);
+        let (credit, max_incoming) = if config.until_admitted {
+            (CreditLedger::restricted(config.stream_window), 1)
+        } else {
+            (CreditLedger::new(config.stream_window), config.max_incoming_streams)
+        };
         let params = TransportParams {
             max_idle_timeout_ms: config.idle_timeout.as_millis().min(frame::VARINT_MAX as u128) as u64,
             initial_max_data: credit.window(),
             initial_max_stream_data_bidi_local: config.stream_window,
             initial_max_stream_data_bidi_remote: config.stream_window,
-            initial_max_streams_bidi: config.max_incoming_streams,
+            initial_max_streams_bidi: max_incoming,
             max_record_size: frame::DEFAULT_MAX_RECORD_SIZE,
         };
         Self {
@@ -195,7 +202,7 @@ impl Conn {
             next_local: 0,
             peer_max_streams: 0,
             next_remote: 0,
-            local_max_streams: config.max_incoming_streams,
+            local_max_streams: max_incoming,
             max_streams_pending: false,
             incoming: VecDeque::new(),
             conn_send_max: 0,
@@ -597,6 +604,16 @@ impl Conn {
         }
     }
 
+    /// The peer was admitted: full connection credit and stream credit
+    /// ([`Config::until_admitted`]). Idempotent.
+    pub fn admit(&mut self) {
+        if self.credit.admit().is_some() {
+            self.announce_credit();
+            self.local_max_streams += self.config.max_incoming_streams.saturating_sub(1);
+            self.max_streams_pending = true;
+        }
+    }
+
     /// Counts a new stream in the connection's credit.
     fn stream_opened(&mut self) {
         if self.credit.opened().is_some() {
@@ -950,12 +967,14 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::PRE_ADMISSION_WINDOW;
 
     fn config() -> Config {
         Config {
             idle_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(3),
             stream_window: 64 * 1024,
+            until_admitted: false,
             max_incoming_streams: 2,
         }
     }
@@ -1032,6 +1051,59 @@ mod tests {
         assert_eq!(received, data);
         let mut buf = [0u8; 8];
         assert_eq!(ready(s.poll_read(0, &cx(), &mut buf)), Ok(0), "FIN after the data");
+    }
+
+    #[test]
+    fn a_peer_not_yet_admitted_has_one_stream_and_a_hellos_worth_of_credit() {
+        let now = Instant::now();
+        let big = Config {
+            stream_window: 4 << 20,
+            ..config()
+        };
+        let mut c = Conn::new(Side::Client, big.clone(), now);
+        let mut s = Conn::new(
+            Side::Server,
+            Config {
+                until_admitted: true,
+                ..big
+            },
+            now,
+        );
+        pump(&mut c, &mut s, now);
+        pump(&mut s, &mut c, now);
+        let control = ready(c.poll_open(&cx())).unwrap();
+        assert!(c.poll_open(&cx()).is_pending(), "no credit for a second stream");
+        let chunk = vec![1u8; 1 << 20];
+        let mut offered = 0;
+        while let Poll::Ready(Ok(n)) = c.poll_write(control, &cx(), &chunk) {
+            offered += n;
+            pump(&mut c, &mut s, now);
+        }
+        pump(&mut c, &mut s, now);
+        assert!(
+            c.poll_write(control, &cx(), &chunk).is_pending(),
+            "the writer waits for credit"
+        );
+        assert!(offered as u64 <= PRE_ADMISSION_WINDOW + SEND_BUFFER, "{offered} taken");
+        assert!(
+            s.conn_recv_total <= PRE_ADMISSION_WINDOW,
+            "{} arrived",
+            s.conn_recv_total
+        );
+        assert!(s.error.is_none(), "the client kept to its credit");
+
+        s.admit();
+        pump(&mut s, &mut c, now);
+        assert!(c.poll_open(&cx()).is_ready(), "stream credit once admitted");
+        assert!(
+            c.poll_write(control, &cx(), &chunk).is_ready(),
+            "connection credit once admitted"
+        );
+        pump(&mut c, &mut s, now);
+        assert!(
+            s.conn_recv_total > PRE_ADMISSION_WINDOW,
+            "connection credit once admitted"
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ use self::conn::{Config, Conn, ConnError, Side, StreamError};
 use self::proxy::ProxyChoice;
 use super::quic::AGENT_OPENED_STREAMS;
 use super::{
-    BiStream, BoxFuture, Connection, Connector, Handshake, Listener, PeerInfo, RecvStream, SendStream, StreamReset,
-    TransportError,
+    BiStream, BoxFuture, Connection, Connector, Handshake, Incoming, Listener, PeerInfo, RecvStream, SendStream,
+    StreamReset, TransportError,
 };
 use crate::no_sigpipe::NoSigPipe;
 use crate::proto::{ConnectionCode, StreamCode};
@@ -91,12 +91,14 @@ pub enum QmuxSetupError {
     Proxy(#[from] proxy::ProxyError),
 }
 
-fn config(settings: &QmuxSettings, incoming_streams: u32) -> Config {
+fn config(side: Side, settings: &QmuxSettings, incoming_streams: u32) -> Config {
     Config {
         idle_timeout: settings.idle_timeout,
         keepalive: settings.keepalive,
         stream_window: settings.stream_window,
         max_incoming_streams: u64::from(incoming_streams),
+        // A server's peers are admitted by the server (`Connection::admitted`).
+        until_admitted: side == Side::Server,
     }
 }
 
@@ -135,7 +137,7 @@ impl QmuxListener {
 }
 
 impl Listener for QmuxListener {
-    fn accept(&self) -> BoxFuture<'_, Option<Handshake>> {
+    fn accept(&self) -> BoxFuture<'_, Option<Incoming>> {
         Box::pin(async move {
             let mut stop = self.shutdown.subscribe();
             let (tcp, remote) = loop {
@@ -160,7 +162,7 @@ impl Listener for QmuxListener {
                 live.retain(|w| w.strong_count() > 0);
                 live.push(Arc::downgrade(&shared));
             }
-            Some(Box::pin(async move {
+            let handshake = Box::pin(async move {
                 let _ = tcp.set_nodelay(true);
                 let stream = tokio::time::timeout(settings.handshake_timeout, tls.accept(NoSigPipe(tcp)))
                     .await
@@ -181,7 +183,8 @@ impl Listener for QmuxListener {
                     certificates,
                 };
                 Ok(QmuxConnection::start(shared, stream, peer) as Arc<dyn Connection>)
-            }) as Handshake)
+            }) as Handshake;
+            Some(Incoming::new(Some(remote), handshake))
         })
     }
 
@@ -329,7 +332,11 @@ fn transport_error(e: &ConnError) -> TransportError {
 impl Shared {
     fn new(side: Side, settings: &QmuxSettings, incoming_streams: u32) -> Self {
         Self {
-            conn: Mutex::new(Conn::new(side, config(settings, incoming_streams), Instant::now())),
+            conn: Mutex::new(Conn::new(
+                side,
+                config(side, settings, incoming_streams),
+                Instant::now(),
+            )),
             wake_writer: Notify::new(),
             closed: watch::channel(None).0,
         }
@@ -506,6 +513,10 @@ impl Connection for QmuxConnection {
                 .map_err(|e| transport_error(&e))?;
             Ok(self.bi(id))
         })
+    }
+
+    fn admitted(&self) {
+        self.shared.with(Conn::admit);
     }
 
     fn accept_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
