@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod attack;
 pub mod client;
 pub mod harness;
 pub mod soak;

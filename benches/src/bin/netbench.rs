@@ -8,6 +8,8 @@
 //! * `impair`: the shared UDP impairment proxy (`connector_core::netsim`) with a fixed delay and random loss each way;
 //! * `tun-impair`: the same at the IP level, between TUN devices in two network namespaces (for TCP peers too);
 //! * `idle`: opens many idle connections and reports the tunnel's RSS growth;
+//! * `attack`: the agent port under anonymous load while agents register
+//!   ([`connector_benches::attack`]);
 //! * `table`: prints the collected rows with ratios.
 
 use std::fs::OpenOptions;
@@ -120,6 +122,8 @@ enum Cmd {
         #[arg(long)]
         server_pid: u32,
     },
+    /// The server's agent port under anonymous load while legitimate agents register.
+    Attack(connector_benches::attack::AttackArgs),
     /// Retries dial + first echo through a path until it works (at most 60 s): a readiness check.
     Probe {
         /// Where to connect (`host:port` or `unix:PATH`).
@@ -248,6 +252,7 @@ fn main() -> anyhow::Result<()> {
             n,
             server_pid,
         } => multi_thread()?.block_on(agents(server, ca, token_file, n, server_pid)),
+        Cmd::Attack(args) => multi_thread()?.block_on(connector_benches::attack::run(args)),
         Cmd::Probe { addr, connect_target } => current_thread()?.block_on(probe(TcpDialer { addr, connect_target })),
         Cmd::Table { input } => table(&input),
     }

@@ -24,7 +24,37 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{oneshot, watch};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{Semaphore, oneshot, watch};
+
+use crate::frame_io::FrameIoError;
+use crate::proto::{Frame, FrameHeader, HEADER_LEN, MAX_FRAME_PAYLOAD};
+
+/// Bytes of `Hello` payloads the server reads at once, across all
+/// connections not yet admitted: a `Hello` may announce up to 64 KiB, and a
+/// thousand peers announcing that would be 64 MiB; a `Hello` waits for its
+/// share (most are 1–2 KiB), and waiting counts against the `Hello` timeout
+/// and the pre-`Hello` slot like any other delay.
+pub(super) const HELLO_BUDGET: usize = 8 << 20;
+
+/// Reads a `Hello` frame (or whatever frame comes first) from `recv`; its
+/// payload only once `budget` grants that many bytes.
+pub(super) async fn read_hello<R: AsyncRead + Unpin + ?Sized>(
+    recv: &mut R,
+    budget: &Semaphore,
+) -> Result<Frame, FrameIoError> {
+    let mut header = [0u8; HEADER_LEN];
+    recv.read_exact(&mut header).await?;
+    let header = FrameHeader::parse(header, MAX_FRAME_PAYLOAD)?;
+    // Never closed; a frame is at most 64 KiB, well below the budget.
+    let _share = budget
+        .acquire_many(u32::try_from(header.len).unwrap_or(u32::MAX))
+        .await
+        .map_err(|_| FrameIoError::Eof)?;
+    let mut payload = vec![0u8; header.len];
+    recv.read_exact(&mut payload).await?;
+    Ok(header.decode_payload(&payload)?)
+}
 
 /// A set of at most `capacity` slots in which a newcomer, when it is full,
 /// takes the slot of the holder that has held one longest.

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::auth::Authenticator;
 use crate::metrics::ServerMetrics;
@@ -197,6 +197,8 @@ struct Inner {
     pre_hello: Arc<SlotPool>,
     /// Connections not yet admitted, per source ([`Limits::max_unadmitted_per_source`]).
     sources: Arc<Sources>,
+    /// Bytes of `Hello`s being read at once ([`admission::HELLO_BUDGET`]).
+    hello_budget: Semaphore,
 }
 
 impl Server {
@@ -221,6 +223,7 @@ impl Server {
                 handshakes,
                 pre_hello,
                 sources,
+                hello_budget: Semaphore::new(admission::HELLO_BUDGET),
             }),
         }
     }

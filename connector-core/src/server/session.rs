@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::Server;
-use super::admission::SourceGuard;
+use super::admission::{SourceGuard, read_hello};
 use super::registry::AgentEntry;
 use crate::auth::{AuthRejection, AuthRequest, check_agent_id, served_identifiers};
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
@@ -117,7 +117,7 @@ async fn hello_and_authorize(server: &Server, conn: &Arc<dyn Connection>) -> Opt
     let limits = &server.inner.config.limits;
     let first = tokio::time::timeout(limits.hello_timeout, async {
         let mut control = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let hello = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await;
+        let hello = read_hello(&mut control.recv, &server.inner.hello_budget).await;
         Ok::<_, String>((control, hello))
     })
     .await;

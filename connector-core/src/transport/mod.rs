@@ -191,10 +191,13 @@ pub trait Connection: Send + Sync + 'static {
     fn admitted(&self) {}
 }
 
-/// Server side: the connection receive window of a peer not yet admitted:
-/// room for its `Hello` (a frame of at most 64 KiB and its header) twice
-/// over, and nothing for any other stream ([`Connection::admitted`]).
-pub const PRE_ADMISSION_WINDOW: u64 = 2 * (crate::proto::MAX_FRAME_PAYLOAD as u64 + 64);
+/// Server side: the connection receive window of a peer not yet admitted,
+/// and nothing for any other stream ([`Connection::admitted`]). A `Hello`
+/// (most are 1–2 KiB, at most 64 KiB) larger than this arrives in several
+/// round trips, as the server reads it; what an anonymous peer can make the
+/// server buffer is this, plus the `Hello` the server is reading
+/// (`server::admission::HELLO_BUDGET` bounds those together).
+pub const PRE_ADMISSION_WINDOW: u64 = 16 * 1024;
 
 /// A connection whose handshake is still in progress.
 pub type Handshake = BoxFuture<'static, Result<Arc<dyn Connection>, TransportError>>;
