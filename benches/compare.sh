@@ -218,8 +218,9 @@ fi
 #    reports whether a dial works again.
 read -r -a EXTRA_SERVER_ARGS <<<"${CONNECTOR_EXTRA_SERVER_ARGS:-}"
 read -r -a EXTRA_AGENT_ARGS <<<"${CONNECTOR_EXTRA_AGENT_ARGS:-}"
+# Each run's own table goes to stderr: every row is printed at the end.
 isolation() {
-	"$NB" isolation --secs "$SECS" --ks "$ISOLATION_KS" --target-direct 127.0.0.1:17001 --out "$ISO_OUT" "$@"
+	"$NB" isolation --secs "$SECS" --ks "$ISOLATION_KS" --target-direct 127.0.0.1:17001 --out "$ISO_OUT" "$@" >&2
 }
 port=17460
 for transport in quic tcp; do
@@ -270,7 +271,7 @@ if [ -s "$OUT" ]; then
 	echo
 fi
 if [ -s "$ISO_OUT" ]; then
-	echo "Isolation beside stalled tunnels (SECS=$SECS; \"MiB pushed\": what the stalled tunnels' senders wrote):"
+	echo "Isolation beside stalled tunnels (SECS=$SECS; \"MiB unread\": what the stalled tunnels' senders wrote and nobody read):"
 	echo
 	"$NB" table --input "$ISO_OUT"
 	echo

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -700,7 +700,7 @@ struct IsolationRow {
     opened: usize,
     /// Whether the stalled tunnels' senders stopped making progress within --settle-timeout.
     settled: bool,
-    /// Bytes the stalled tunnels' senders pushed into them.
+    /// Bytes the stalled tunnels' senders pushed into them that nobody read.
     held: u64,
     /// Healthy transfer, bytes per second (0: nothing moved).
     rate: f64,
@@ -741,15 +741,16 @@ impl IsolationRow {
     }
 }
 
-/// k stalled tunnels, kept stalled until dropped.
+/// k stalled tunnels, kept stalled until their tasks end (dropping this aborts them).
 struct Stalled {
-    /// `down`: the stalled downloads nobody reads.
-    readers: Vec<BoxIo>,
-    /// `up`: the tasks writing into never-reading sinks (aborted on drop).
-    writers: tokio::task::JoinSet<()>,
-    /// `up`: bytes the writers have written.
-    written: Arc<AtomicU64>,
+    /// A task per tunnel, holding it (aborted on drop).
+    tunnels: tokio::task::JoinSet<()>,
+    /// Tunnels that opened.
     opened: usize,
+    /// `down`: bytes the client read from the sources before they stalled.
+    read: Arc<AtomicU64>,
+    /// `up`: bytes the client wrote into the never-reading sinks.
+    written: Arc<AtomicU64>,
 }
 
 /// `netbench isolation`: per direction, the healthy transfer alone, then beside
@@ -829,14 +830,16 @@ async fn isolation_row(
     // A backstop only (the group is released below): past every bounded phase of this row.
     let hold_secs =
         (args.dial_timeout * 4.0 + args.settle_timeout + args.secs * 2.0 + args.recovery_timeout + 60.0) as u32;
-    let stalled = open_stalled(dialer.clone(), direction, k, key, hold_secs, dial_timeout).await;
+    let mut stalled = open_stalled(dialer.clone(), direction, k, key, hold_secs, dial_timeout).await;
     let settle_limit = Duration::from_secs_f64(args.settle_timeout);
+    // What the senders pushed into the stalled tunnels and nobody read: bytes waiting on the way.
     let (held, settled) = match direction {
         Direction::Down => {
-            settle(settle_limit, async || {
+            let (sent, settled) = settle(settle_limit, async || {
                 Ok(target_group(&args.target_direct, target::STATUS, key).await?.0)
             })
-            .await?
+            .await?;
+            (sent.saturating_sub(stalled.read.load(Ordering::Relaxed)), settled)
         }
         Direction::Up => {
             let written = stalled.written.clone();
@@ -844,7 +847,7 @@ async fn isolation_row(
         }
     };
     eprintln!(
-        "{} {} k={k}: {}/{k} stalled tunnels open, {:.1} MiB pushed into them, {}",
+        "{} {} k={k}: {}/{k} stalled tunnels open, {:.1} MiB sent into them unread, {}",
         args.label,
         direction.name(),
         stalled.opened,
@@ -861,9 +864,9 @@ async fn isolation_row(
         (rate, dial_burst(dialer.clone(), args.dials, dial_timeout).await)
     })
     .await;
-    let opened = stalled.opened;
-    // Close the stalled tunnels: the clients go away, and the target ends its side.
-    drop(stalled);
+    // Close the stalled tunnels: the clients go away (their tasks end, dropping
+    // the connections), and the target ends its side.
+    stalled.tunnels.shutdown().await;
     let closed = Instant::now();
     if let Err(e) = target_group(&args.target_direct, target::RELEASE, key).await {
         eprintln!("{} {} k={k}: release failed: {e:#}", args.label, direction.name());
@@ -891,7 +894,7 @@ async fn isolation_row(
     Ok(IsolationRow {
         direction,
         k,
-        opened,
+        opened: stalled.opened,
         settled,
         held,
         rate,
@@ -903,11 +906,14 @@ async fn isolation_row(
     })
 }
 
-/// Opens k tunnels at once and stalls them. `down`: each asks the target for an
-/// endless counted source and reads its first byte, then nothing more. `up`:
-/// each asks for a sink of group `key` that never reads and, once it answered,
-/// writes into it without end. A tunnel that does not get that far within
-/// `dial_timeout` is closed and not counted as open.
+/// Opens k tunnels at once, then stalls them all together, so that each of
+/// them is open before the first one stalls. `down`: each asks the target for
+/// an endless counted source of group `key` and reads (and drops) what comes
+/// until every tunnel has opened or failed to, then reads nothing more. `up`:
+/// each asks for a never-reading sink of group `key`; once every tunnel has
+/// opened or failed to, each writes into its sink without end. A tunnel opens
+/// when the source's first byte, or the sink's answer, is back within
+/// `dial_timeout`; one that does not is closed and not counted.
 async fn open_stalled(
     dialer: Arc<dyn Dialer>,
     direction: Direction,
@@ -916,45 +922,70 @@ async fn open_stalled(
     hold_secs: u32,
     dial_timeout: Duration,
 ) -> Stalled {
-    let mut opening = tokio::task::JoinSet::new();
+    let (stall, stall_now) = tokio::sync::watch::channel(false);
+    // Nothing is sent on it: each task drops its sender once its attempt is
+    // over, so the channel closes when every attempt is.
+    let (attempting, mut attempts) = tokio::sync::mpsc::channel::<()>(1);
+    let opened = Arc::new(AtomicUsize::new(0));
+    let read = Arc::new(AtomicU64::new(0));
+    let written = Arc::new(AtomicU64::new(0));
+    let chunk: Arc<[u8]> = vec![0xa5u8; CHUNK].into();
+    let mut tunnels = tokio::task::JoinSet::new();
     for _ in 0..k {
-        let dialer = dialer.clone();
-        opening.spawn(tokio::time::timeout(dial_timeout, async move {
-            let mut io = dialer.dial().await?;
+        let (dialer, mut stall_now, attempting) = (dialer.clone(), stall_now.clone(), attempting.clone());
+        let (opened, read, written, chunk) = (opened.clone(), read.clone(), written.clone(), chunk.clone());
+        tunnels.spawn(async move {
+            let open = tokio::time::timeout(dial_timeout, async {
+                let mut io = dialer.dial().await?;
+                match direction {
+                    Direction::Down => {
+                        client::start_counted_download(&mut io, key).await?;
+                        let mut first = [0u8; 1];
+                        io.read_exact(&mut first).await?;
+                        read.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Direction::Up => client::start_hold(&mut io, key, hold_secs).await?,
+                }
+                anyhow::Ok(io)
+            })
+            .await;
+            drop(attempting);
+            let Ok(Ok(mut io)) = open else { return };
+            opened.fetch_add(1, Ordering::Relaxed);
             match direction {
                 Direction::Down => {
-                    client::start_counted_download(&mut io, key).await?;
-                    let mut first = [0u8; 1];
-                    io.read_exact(&mut first).await?;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        tokio::select! {
+                            _ = stall_now.wait_for(|stall| *stall) => break,
+                            n = io.read(&mut buf) => match n {
+                                Ok(n @ 1..) => read.fetch_add(n as u64, Ordering::Relaxed),
+                                _ => return,
+                            },
+                        };
+                    }
+                    // Stalled: the connection stays open, nobody reads it.
+                    std::future::pending::<()>().await
                 }
-                Direction::Up => client::start_hold(&mut io, key, hold_secs).await?,
-            }
-            anyhow::Ok(io)
-        }));
-    }
-    let mut stalled = Stalled {
-        readers: Vec::new(),
-        writers: tokio::task::JoinSet::new(),
-        written: Arc::new(AtomicU64::new(0)),
-        opened: 0,
-    };
-    let chunk: Arc<[u8]> = vec![0xa5u8; CHUNK].into();
-    while let Some(done) = opening.join_next().await {
-        let Ok(Ok(Ok(mut io))) = done else { continue };
-        stalled.opened += 1;
-        match direction {
-            Direction::Down => stalled.readers.push(io),
-            Direction::Up => {
-                let (written, chunk) = (stalled.written.clone(), chunk.clone());
-                stalled.writers.spawn(async move {
+                Direction::Up => {
+                    let _ = stall_now.wait_for(|stall| *stall).await;
                     while let Ok(n @ 1..) = io.write(&chunk).await {
                         written.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                });
+                }
             }
-        }
+        });
     }
-    stalled
+    drop(attempting);
+    // Every attempt is over within `dial_timeout`.
+    let _ = attempts.recv().await;
+    stall.send_replace(true);
+    Stalled {
+        tunnels,
+        opened: opened.load(Ordering::Relaxed),
+        read,
+        written,
+    }
 }
 
 /// Polls a sender's progress (a byte count) until it has not grown for
@@ -1147,7 +1178,7 @@ fn print_isolation_table(text: &str) {
     let num = |r: &[&str], i: usize| r.get(i).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
     let show = |v: Option<f64>| v.map(format_value).unwrap_or_else(|| "–".into());
     println!(
-        "| path | stalled | k | stalled open | MiB pushed per stalled | senders stopped | healthy Gbit/s | ÷ alone | dials ok | dial p50 ms | server RSS MiB | agent RSS MiB | recovered after s |"
+        "| path | stalled | k | stalled open | MiB unread in them | senders stopped | healthy Gbit/s | ÷ alone | dials ok | dial p50 ms | server RSS MiB | agent RSS MiB | recovered after s |"
     );
     println!("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for line in text
@@ -1172,11 +1203,7 @@ fn print_isolation_table(text: &str) {
             } else {
                 format!("{opened:.0}/{k:.0}")
             },
-            if alone || opened == 0.0 {
-                "–".into()
-            } else {
-                show(num(&r, 5).map(|m| m / opened))
-            },
+            if alone { "–".into() } else { show(num(&r, 5)) },
             match num(&r, 4) {
                 Some(v) if v > 0.0 => "yes",
                 Some(_) => "no",
