@@ -34,6 +34,22 @@ start() {
 # stop PID...: asks each process to end.
 stop() { for pid in "$@"; do kill "$pid" 2>/dev/null || true; done; }
 
+# stop_wait PID...: asks each process to end and waits until it has (at most 10 s, then
+# SIGKILL), so that its ports and sockets are free again.
+stop_wait() {
+	stop "$@"
+	local pid i
+	for pid in "$@"; do
+		for ((i = 0; i < 100; i++)); do
+			# A child that exited stays a zombie until `wait`: it counts as ended.
+			grep -qs '^State:[[:space:]]*[^Z[:space:]]' "/proc/$pid/status" || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+}
+
 # stop_all: ends everything `start` started (for an EXIT trap).
 stop_all() {
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -6,7 +6,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::CHUNK;
-use crate::target::{ECHO, SINK, SOURCE};
+use crate::target::{COUNTED_SOURCE, ECHO, HOLD, SINK, SOURCE};
 
 /// Sends `bytes` to a [`SINK`] and waits for its count, i.e. until every byte
 /// arrived at the target. Returns the count the target saw.
@@ -64,6 +64,48 @@ pub async fn start_download<S: AsyncWrite + Unpin>(stream: &mut S, bytes: u64) -
     request[1..].copy_from_slice(&bytes.to_be_bytes());
     stream.write_all(&request).await?;
     stream.flush().await
+}
+
+/// Asks for an endless [`COUNTED_SOURCE`] of group `key` without reading it.
+pub async fn start_counted_download<S: AsyncWrite + Unpin>(stream: &mut S, key: u64) -> io::Result<()> {
+    let mut request = [0u8; 9];
+    request[0] = COUNTED_SOURCE;
+    request[1..].copy_from_slice(&key.to_be_bytes());
+    stream.write_all(&request).await?;
+    stream.flush().await
+}
+
+/// Asks for a [`HOLD`] sink of group `key` (at most `hold_secs` seconds) and
+/// waits for its answer: from then on the target reads nothing.
+pub async fn start_hold<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, key: u64, hold_secs: u32) -> io::Result<()> {
+    let mut request = [0u8; 13];
+    request[0] = HOLD;
+    request[1..9].copy_from_slice(&key.to_be_bytes());
+    request[9..].copy_from_slice(&hold_secs.to_be_bytes());
+    stream.write_all(&request).await?;
+    stream.flush().await?;
+    match stream.read_u8().await? {
+        HOLD => Ok(()),
+        other => Err(io::Error::other(format!(
+            "unexpected answer {other:#04x} to a hold request"
+        ))),
+    }
+}
+
+/// A [`crate::target::STATUS`] or [`crate::target::RELEASE`] request for
+/// group `key` on a fresh connection: returns the bytes the group's counted
+/// sources wrote and the group's connections still open.
+pub async fn group_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    mode: u8,
+    key: u64,
+) -> io::Result<(u64, u64)> {
+    let mut request = [0u8; 9];
+    request[0] = mode;
+    request[1..].copy_from_slice(&key.to_be_bytes());
+    stream.write_all(&request).await?;
+    stream.flush().await?;
+    Ok((stream.read_u64().await?, stream.read_u64().await?))
 }
 
 /// Switches a fresh connection to [`ECHO`] mode.

@@ -8,9 +8,11 @@
 //! * `impair`: the shared UDP impairment proxy (`connector_core::netsim`) with a fixed delay and random loss each way;
 //! * `tun-impair`: the same at the IP level, between TUN devices in two network namespaces (for TCP peers too);
 //! * `idle`: opens many idle connections and reports the tunnel's RSS growth;
+//! * `isolation`: healthy bulk and new dials beside k stalled tunnels, with the
+//!   tunnel's RSS (issue 15), a row per k and direction;
 //! * `attack`: the agent port under anonymous load while agents register
 //!   ([`connector_benches::attack`]);
-//! * `table`: prints the collected rows with ratios.
+//! * `table`: prints the collected rows (of `run` or `isolation`) with ratios.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -18,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -63,6 +66,8 @@ enum Cmd {
     },
     /// Measures raw QUIC (one connection, a stream per dial) and appends a row.
     QuicRun(RunArgs),
+    /// Healthy bulk and new dials beside k stalled tunnels of a TCP path; appends a row per k and direction.
+    Isolation(IsolationArgs),
     /// UDP impairment proxy: fixed one-way delay and random loss in both directions.
     Impair {
         /// Address clients send to.
@@ -135,7 +140,7 @@ enum Cmd {
     },
     /// Prints the rows of a results file as a table with ratios.
     Table {
-        /// The results file written by `run`.
+        /// The results file written by `run` (or by `isolation`).
         #[arg(long)]
         input: PathBuf,
     },
@@ -195,6 +200,73 @@ struct RunArgs {
     out: PathBuf,
 }
 
+/// Which way the stalled tunnels' bytes go (and the healthy transfer beside them).
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Stalled clients: the target sends, the client stopped reading (a paused
+    /// `kubectl logs -f`); the healthy transfer is a download.
+    Down,
+    /// Stalled targets: the client sends, the target never reads (`kubectl cp`
+    /// into a frozen process); the healthy transfer is an upload.
+    Up,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Down => "down",
+            Direction::Up => "up",
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct IsolationArgs {
+    /// Row label.
+    #[arg(long)]
+    label: String,
+    /// Where to connect (`host:port`); with --connect-target, the CONNECT proxy (`unix:PATH` or `host:port`).
+    #[arg(long)]
+    addr: String,
+    /// Send `CONNECT <this>` first on every connection (an HTTP CONNECT proxy at --addr).
+    #[arg(long)]
+    connect_target: Option<String>,
+    /// The target service's own address (`host:port`), reached without the path under test:
+    /// how much the stalled sources wrote is asked there, and the never-reading sinks are released there.
+    #[arg(long)]
+    target_direct: String,
+    /// Numbers of stalled tunnels: a row each, per direction.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+    ks: Vec<usize>,
+    /// Directions of the stall (`down`: clients stopped reading; `up`: targets stopped reading).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "down,up")]
+    directions: Vec<Direction>,
+    /// Seconds of the healthy bulk transfer.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// New dials beside the stalled tunnels (all at once); each must echo a byte.
+    #[arg(long, default_value_t = 20)]
+    dials: usize,
+    /// Seconds a dial, or the opening of a stalled tunnel, may take before it counts as failed.
+    #[arg(long, default_value_t = 10.0)]
+    dial_timeout: f64,
+    /// Most seconds to wait for the stalled tunnels' senders to stop making progress.
+    #[arg(long, default_value_t = 20.0)]
+    settle_timeout: f64,
+    /// Most seconds to wait, once the stalled tunnels are closed, for a dial to work again.
+    #[arg(long, default_value_t = 30.0)]
+    recovery_timeout: f64,
+    /// The tunnel's server process (its RSS is reported).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The tunnel's agent process (its RSS is reported).
+    #[arg(long)]
+    agent_pid: Option<u32>,
+    /// Results file (tab-separated, appended).
+    #[arg(long)]
+    out: PathBuf,
+}
+
 /// The `connector` binary's allocator, so that raw QUIC stays the ceiling of the same build.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -219,6 +291,7 @@ fn main() -> anyhow::Result<()> {
             let dialer = QuicDialer::connect(&args).await?;
             run(args, Arc::new(dialer)).await
         }),
+        Cmd::Isolation(args) => current_thread()?.block_on(isolation(args)),
         Cmd::Impair { listen, upstream, path } => {
             multi_thread()?.block_on(impair(listen, upstream, path.delay(), path.loss, path.seed))
         }
@@ -619,6 +692,544 @@ async fn run(args: RunArgs, dialer: Arc<dyn Dialer>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sender progress must stand still this long for stalled tunnels to count as stalled.
+const STALL_QUIET: Duration = Duration::from_secs(1);
+const MIB: f64 = 1024.0 * 1024.0;
+const ISOLATION_HEADER: &str = "label\tdirection\tk\topened\tsettled\theld_mib\tgbps\tratio\tdials_ok\tdials\tdial_p50_ms\tserver_rss_mib\tagent_rss_mib\trecovered_s";
+
+/// One row of `isolation`: a direction and a number of stalled tunnels (0: the transfer alone).
+struct IsolationRow {
+    direction: Direction,
+    k: usize,
+    /// Stalled tunnels that opened (the target's first byte, or its hold answer, came back).
+    opened: usize,
+    /// Whether the stalled tunnels' senders stopped making progress within --settle-timeout.
+    settled: bool,
+    /// Bytes the stalled tunnels' senders pushed into them that nobody read.
+    held: u64,
+    /// Healthy transfer, bytes per second (0: nothing moved).
+    rate: f64,
+    dials_ok: usize,
+    dials: usize,
+    /// Median dial → first echo of the dials that worked, milliseconds.
+    dial_p50_ms: f64,
+    /// Peak VmRSS of server and agent during the measurement, KiB.
+    rss_kib: [u64; 2],
+    /// Seconds after the stalled tunnels closed until a dial worked again (`None`: not within --recovery-timeout).
+    recovered: Option<f64>,
+}
+
+impl IsolationRow {
+    fn tsv(&self, label: &str, alone: f64) -> String {
+        let na = |v: Option<f64>| v.map_or("nan".to_owned(), |v| format!("{v:.3}"));
+        let stalled = self.k > 0;
+        format!(
+            "{label}\t{}\t{}\t{}\t{}\t{:.2}\t{:.4}\t{:.3}\t{}\t{}\t{:.2}\t{:.1}\t{:.1}\t{}",
+            self.direction.name(),
+            self.k,
+            self.opened,
+            if stalled {
+                u8::from(self.settled).to_string()
+            } else {
+                "nan".into()
+            },
+            self.held as f64 / MIB,
+            self.rate * 8e-9,
+            if alone > 0.0 { self.rate / alone } else { f64::NAN },
+            self.dials_ok,
+            self.dials,
+            self.dial_p50_ms,
+            self.rss_kib[0] as f64 / 1024.0,
+            self.rss_kib[1] as f64 / 1024.0,
+            if stalled { na(self.recovered) } else { "nan".into() },
+        )
+    }
+}
+
+/// k stalled tunnels, kept stalled until their tasks end (dropping this aborts them).
+struct Stalled {
+    /// A task per tunnel, holding it (aborted on drop).
+    tunnels: tokio::task::JoinSet<()>,
+    /// Tunnels that opened.
+    opened: usize,
+    /// `down`: bytes the client read from the sources before they stalled.
+    read: Arc<AtomicU64>,
+    /// `up`: bytes the client wrote into the never-reading sinks.
+    written: Arc<AtomicU64>,
+}
+
+/// `netbench isolation`: per direction, the healthy transfer alone, then beside
+/// each k of stalled tunnels; a row each, appended to --out as it is measured.
+async fn isolation(args: IsolationArgs) -> anyhow::Result<()> {
+    let dialer: Arc<dyn Dialer> = Arc::new(TcpDialer {
+        addr: args.addr.clone(),
+        connect_target: args.connect_target.clone(),
+    });
+    let dial_timeout = Duration::from_secs_f64(args.dial_timeout);
+    let pids = [args.server_pid, args.agent_pid];
+    tokio::time::timeout(dial_timeout, dial_and_echo(dialer.as_ref()))
+        .await
+        .context("first dial: no echo within --dial-timeout")?
+        .context("first dial")?;
+    let new = !args.out.exists();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.out)
+        .with_context(|| format!("opening {}", args.out.display()))?;
+    if new {
+        writeln!(file, "{ISOLATION_HEADER}")?;
+    }
+    let mut lines = vec![ISOLATION_HEADER.to_owned()];
+    for &direction in &args.directions {
+        let ((rate, (dials_ok, dial_p50_ms)), rss_kib) = peak_rss(&pids, async {
+            let rate = healthy_transfer(dialer.as_ref(), direction, args.secs, dial_timeout).await;
+            (rate, dial_burst(dialer.clone(), args.dials, dial_timeout).await)
+        })
+        .await;
+        let alone = IsolationRow {
+            direction,
+            k: 0,
+            opened: 0,
+            settled: true,
+            held: 0,
+            rate,
+            dials_ok,
+            dials: args.dials,
+            dial_p50_ms,
+            rss_kib,
+            recovered: None,
+        };
+        eprintln!(
+            "{} {}: alone {:.2} Gbit/s, dials {dials_ok}/{}",
+            args.label,
+            direction.name(),
+            rate * 8e-9,
+            args.dials
+        );
+        let line = alone.tsv(&args.label, rate);
+        writeln!(file, "{line}")?;
+        lines.push(line);
+        for &k in &args.ks {
+            let row = isolation_row(&args, dialer.clone(), direction, k)
+                .await
+                .with_context(|| format!("{} k={k}", direction.name()))?;
+            let line = row.tsv(&args.label, alone.rate);
+            writeln!(file, "{line}")?;
+            lines.push(line);
+        }
+    }
+    print_isolation_table(&lines.join("\n"));
+    Ok(())
+}
+
+/// One k of one direction: stall k tunnels, measure beside them, close them, wait for recovery.
+async fn isolation_row(
+    args: &IsolationArgs,
+    dialer: Arc<dyn Dialer>,
+    direction: Direction,
+    k: usize,
+) -> anyhow::Result<IsolationRow> {
+    let dial_timeout = Duration::from_secs_f64(args.dial_timeout);
+    let key: u64 = rand::random();
+    // A backstop only (the group is released below): past every bounded phase of this row.
+    let hold_secs =
+        (args.dial_timeout * 4.0 + args.settle_timeout + args.secs * 2.0 + args.recovery_timeout + 60.0) as u32;
+    let mut stalled = open_stalled(dialer.clone(), direction, k, key, hold_secs, dial_timeout).await;
+    let settle_limit = Duration::from_secs_f64(args.settle_timeout);
+    // What the senders pushed into the stalled tunnels and nobody read: bytes waiting on the way.
+    let (held, settled) = match direction {
+        Direction::Down => {
+            let (sent, settled) = settle(settle_limit, async || {
+                Ok(target_group(&args.target_direct, target::STATUS, key).await?.0)
+            })
+            .await?;
+            (sent.saturating_sub(stalled.read.load(Ordering::Relaxed)), settled)
+        }
+        Direction::Up => {
+            let written = stalled.written.clone();
+            settle(settle_limit, async || Ok(written.load(Ordering::Relaxed))).await?
+        }
+    };
+    eprintln!(
+        "{} {} k={k}: {}/{k} stalled tunnels open, {:.1} MiB sent into them unread, {}",
+        args.label,
+        direction.name(),
+        stalled.opened,
+        held as f64 / MIB,
+        if settled {
+            "senders stopped"
+        } else {
+            "senders still moving at --settle-timeout"
+        }
+    );
+    let pids = [args.server_pid, args.agent_pid];
+    let ((rate, (dials_ok, dial_p50_ms)), rss_kib) = peak_rss(&pids, async {
+        let rate = healthy_transfer(dialer.as_ref(), direction, args.secs, dial_timeout).await;
+        (rate, dial_burst(dialer.clone(), args.dials, dial_timeout).await)
+    })
+    .await;
+    // Close the stalled tunnels: the clients go away (their tasks end, dropping
+    // the connections), and the target ends its side.
+    stalled.tunnels.shutdown().await;
+    let closed = Instant::now();
+    if let Err(e) = target_group(&args.target_direct, target::RELEASE, key).await {
+        eprintln!("{} {} k={k}: release failed: {e:#}", args.label, direction.name());
+    }
+    let recovered = recover(
+        dialer.as_ref(),
+        closed,
+        Duration::from_secs_f64(args.recovery_timeout),
+        dial_timeout,
+    )
+    .await;
+    eprintln!(
+        "{} {} k={k}: beside them {:.2} Gbit/s, dials {dials_ok}/{}, RSS server {:.1} MiB agent {:.1} MiB, {}",
+        args.label,
+        direction.name(),
+        rate * 8e-9,
+        args.dials,
+        rss_kib[0] as f64 / 1024.0,
+        rss_kib[1] as f64 / 1024.0,
+        match recovered {
+            Some(s) => format!("a dial worked again {s:.2} s after they closed"),
+            None => "no dial worked after they closed".into(),
+        }
+    );
+    Ok(IsolationRow {
+        direction,
+        k,
+        opened: stalled.opened,
+        settled,
+        held,
+        rate,
+        dials_ok,
+        dials: args.dials,
+        dial_p50_ms,
+        rss_kib,
+        recovered,
+    })
+}
+
+/// Opens k tunnels at once, then stalls them all together, so that each of
+/// them is open before the first one stalls. `down`: each asks the target for
+/// an endless counted source of group `key` and reads (and drops) what comes
+/// until every tunnel has opened or failed to, then reads nothing more. `up`:
+/// each asks for a never-reading sink of group `key`; once every tunnel has
+/// opened or failed to, each writes into its sink without end. A tunnel opens
+/// when the source's first byte, or the sink's answer, is back within
+/// `dial_timeout`; one that does not is closed and not counted.
+async fn open_stalled(
+    dialer: Arc<dyn Dialer>,
+    direction: Direction,
+    k: usize,
+    key: u64,
+    hold_secs: u32,
+    dial_timeout: Duration,
+) -> Stalled {
+    let (stall, stall_now) = tokio::sync::watch::channel(false);
+    // Nothing is sent on it: each task drops its sender once its attempt is
+    // over, so the channel closes when every attempt is.
+    let (attempting, mut attempts) = tokio::sync::mpsc::channel::<()>(1);
+    let opened = Arc::new(AtomicUsize::new(0));
+    let read = Arc::new(AtomicU64::new(0));
+    let written = Arc::new(AtomicU64::new(0));
+    let chunk: Arc<[u8]> = vec![0xa5u8; CHUNK].into();
+    let mut tunnels = tokio::task::JoinSet::new();
+    for _ in 0..k {
+        let (dialer, mut stall_now, attempting) = (dialer.clone(), stall_now.clone(), attempting.clone());
+        let (opened, read, written, chunk) = (opened.clone(), read.clone(), written.clone(), chunk.clone());
+        tunnels.spawn(async move {
+            let open = tokio::time::timeout(dial_timeout, async {
+                let mut io = dialer.dial().await?;
+                match direction {
+                    Direction::Down => {
+                        client::start_counted_download(&mut io, key).await?;
+                        let mut first = [0u8; 1];
+                        io.read_exact(&mut first).await?;
+                        read.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Direction::Up => client::start_hold(&mut io, key, hold_secs).await?,
+                }
+                anyhow::Ok(io)
+            })
+            .await;
+            drop(attempting);
+            let Ok(Ok(mut io)) = open else { return };
+            opened.fetch_add(1, Ordering::Relaxed);
+            match direction {
+                Direction::Down => {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        tokio::select! {
+                            _ = stall_now.wait_for(|stall| *stall) => break,
+                            n = io.read(&mut buf) => match n {
+                                Ok(n @ 1..) => read.fetch_add(n as u64, Ordering::Relaxed),
+                                _ => return,
+                            },
+                        };
+                    }
+                    // Stalled: the connection stays open, nobody reads it.
+                    std::future::pending::<()>().await
+                }
+                Direction::Up => {
+                    let _ = stall_now.wait_for(|stall| *stall).await;
+                    while let Ok(n @ 1..) = io.write(&chunk).await {
+                        written.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    drop(attempting);
+    // Every attempt is over within `dial_timeout`.
+    let _ = attempts.recv().await;
+    stall.send_replace(true);
+    Stalled {
+        tunnels,
+        opened: opened.load(Ordering::Relaxed),
+        read,
+        written,
+    }
+}
+
+/// Polls a sender's progress (a byte count) until it has not grown for
+/// [`STALL_QUIET`]; at most `limit`. Returns the last count and whether it settled.
+async fn settle(
+    limit: Duration,
+    mut progress: impl AsyncFnMut() -> anyhow::Result<u64>,
+) -> anyhow::Result<(u64, bool)> {
+    let end = Instant::now() + limit;
+    let mut last = progress().await?;
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = progress().await?;
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= STALL_QUIET {
+            return Ok((now, true));
+        }
+        if Instant::now() >= end {
+            return Ok((now, false));
+        }
+    }
+}
+
+/// A [`target::STATUS`] or [`target::RELEASE`] request to the target service itself.
+async fn target_group(direct: &str, mode: u8, key: u64) -> anyhow::Result<(u64, u64)> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut tcp = TcpStream::connect(direct)
+            .await
+            .with_context(|| format!("connecting to the target at {direct}"))?;
+        client::group_request(&mut tcp, mode, key)
+            .await
+            .with_context(|| format!("group request to the target at {direct}"))
+    })
+    .await
+    .with_context(|| format!("the target at {direct} did not answer within 5 s"))?
+}
+
+/// The healthy transfer of `direction` (bytes per second); bounded in time.
+async fn healthy_transfer(dialer: &dyn Dialer, direction: Direction, secs: f64, dial_timeout: Duration) -> f64 {
+    let result = match direction {
+        Direction::Down => bounded_download(dialer, secs, dial_timeout).await,
+        Direction::Up => bounded_upload(dialer, secs, dial_timeout).await,
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("healthy {} transfer: {e:#}", direction.name());
+        0.0
+    })
+}
+
+/// [`timed_download`] that cannot hang: no connection within `dial_timeout`,
+/// or no first byte within `secs`, is a rate of 0; the read phase ends after
+/// `secs` whatever arrived.
+async fn bounded_download(dialer: &dyn Dialer, secs: f64, dial_timeout: Duration) -> anyhow::Result<f64> {
+    let mut io = tokio::time::timeout(dial_timeout, async {
+        let mut io = dialer.dial().await?;
+        client::start_download(&mut io, u64::MAX).await?;
+        anyhow::Ok(io)
+    })
+    .await
+    .context("no connection within the dial timeout")??;
+    let mut buf = vec![0u8; CHUNK];
+    // The first byte starts the clock, as in `timed_download`.
+    let first = match tokio::time::timeout(Duration::from_secs_f64(secs), io.read(&mut buf)).await {
+        Err(_) => return Ok(0.0),
+        Ok(n) => n.context("first read")?,
+    };
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut got = first as u64;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), io.read(&mut buf)).await {
+            Err(_) => break,
+            Ok(Ok(0)) => bail!("source closed early"),
+            Ok(Ok(n)) => got += n as u64,
+            Ok(Err(e)) => return Err(e).context("download"),
+        }
+    }
+    Ok(got as f64 / start.elapsed().as_secs_f64())
+}
+
+/// [`timed_upload`] that cannot hang: frames are written for `secs`; a frame
+/// the deadline cuts, the end frame and the sink's count get `grace` more.
+/// Only bytes the sink acknowledged count: a count that does not come is a
+/// rate of 0.
+async fn bounded_upload(dialer: &dyn Dialer, secs: f64, grace: Duration) -> anyhow::Result<f64> {
+    let mut io = tokio::time::timeout(grace, async {
+        let mut io = dialer.dial().await?;
+        io.write_all(&[target::SINK]).await?;
+        anyhow::Ok(io)
+    })
+    .await
+    .context("no connection within the dial timeout")??;
+    let mut frame = vec![0xa5u8; CHUNK + 4];
+    frame[..4].copy_from_slice(&(CHUNK as u32).to_be_bytes());
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let hard = deadline + grace;
+    let mut sent = 0u64;
+    'frames: while Instant::now() < deadline {
+        let mut off = 0;
+        while off < frame.len() {
+            // A frame is finished once begun: the sink cannot count a partial one.
+            let limit = if off == 0 { deadline } else { hard };
+            match tokio::time::timeout_at(limit.into(), io.write(&frame[off..])).await {
+                Err(_) if off == 0 => break 'frames,
+                Err(_) => return Ok(0.0),
+                Ok(Ok(0)) => bail!("upload: connection closed"),
+                Ok(Ok(n)) => off += n,
+                Ok(Err(e)) => return Err(e).context("upload"),
+            }
+        }
+        sent += CHUNK as u64;
+    }
+    match tokio::time::timeout_at(hard.into(), client::finish_upload(&mut io)).await {
+        Err(_) => Ok(0.0),
+        Ok(Ok(seen)) if seen == sent => Ok(seen as f64 / start.elapsed().as_secs_f64()),
+        Ok(Ok(seen)) => bail!("sink saw {seen} of {sent} bytes"),
+        Ok(Err(e)) => Err(e).context("upload count"),
+    }
+}
+
+async fn dial_and_echo(dialer: &dyn Dialer) -> anyhow::Result<()> {
+    let mut io = dialer.dial().await?;
+    client::first_echo(&mut io).await?;
+    Ok(())
+}
+
+/// `n` dials at once, each to its first echoed byte within `timeout`: how many
+/// worked, and their median time in milliseconds.
+async fn dial_burst(dialer: Arc<dyn Dialer>, n: usize, timeout: Duration) -> (usize, f64) {
+    let mut dials = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let dialer = dialer.clone();
+        dials.spawn(async move {
+            let t = Instant::now();
+            let ok = matches!(
+                tokio::time::timeout(timeout, dial_and_echo(dialer.as_ref())).await,
+                Ok(Ok(()))
+            );
+            ok.then(|| t.elapsed().as_secs_f64() * 1e3)
+        });
+    }
+    let mut ms: Vec<f64> = dials.join_all().await.into_iter().flatten().collect();
+    ms.sort_by(f64::total_cmp);
+    (ms.len(), percentile(&ms, 50.0).unwrap_or(f64::NAN))
+}
+
+/// After the stalled tunnels closed at `closed`: dials (each within
+/// `dial_timeout`) until one echoes, at most `limit`; seconds since `closed`.
+async fn recover(dialer: &dyn Dialer, closed: Instant, limit: Duration, dial_timeout: Duration) -> Option<f64> {
+    let end = closed + limit;
+    while Instant::now() < end {
+        let attempt = dial_timeout.min(end - Instant::now());
+        if let Ok(Ok(())) = tokio::time::timeout(attempt, dial_and_echo(dialer)).await {
+            return Some(closed.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Runs `work` while sampling the VmRSS of `pids` every 100 ms; returns its
+/// output and each process's peak (KiB; 0 for a pid not given).
+async fn peak_rss<T>(pids: &[Option<u32>; 2], work: impl std::future::Future<Output = T>) -> (T, [u64; 2]) {
+    let mut peaks = [0u64; 2];
+    let sample = |peaks: &mut [u64; 2]| {
+        for (peak, pid) in peaks.iter_mut().zip(pids) {
+            if let Some(pid) = pid {
+                *peak = (*peak).max(status_kib(*pid, "VmRSS:"));
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => {
+                sample(&mut peaks);
+                return (out, peaks);
+            }
+            _ = tick.tick() => sample(&mut peaks),
+        }
+    }
+}
+
+/// Prints `isolation` rows (the TSV, header included) as a markdown table.
+fn print_isolation_table(text: &str) {
+    let num = |r: &[&str], i: usize| r.get(i).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
+    let show = |v: Option<f64>| v.map(format_value).unwrap_or_else(|| "–".into());
+    println!(
+        "| path | stalled | k | stalled open | MiB unread in them | senders stopped | healthy Gbit/s | ÷ alone | dials ok | dial p50 ms | server RSS MiB | agent RSS MiB | recovered after s |"
+    );
+    println!("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with("label\t") && !l.trim().is_empty())
+    {
+        let r: Vec<&str> = line.split('\t').collect();
+        let stalled = match r.get(1).copied() {
+            Some("down") => "clients (down)",
+            Some("up") => "targets (up)",
+            _ => "?",
+        };
+        let k = num(&r, 2).unwrap_or(0.0);
+        let opened = num(&r, 3).unwrap_or(0.0);
+        let alone = k == 0.0;
+        println!(
+            "| {} | {stalled} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} |",
+            r[0],
+            if alone { "0 (alone)".into() } else { format!("{k:.0}") },
+            if alone {
+                "–".into()
+            } else {
+                format!("{opened:.0}/{k:.0}")
+            },
+            if alone { "–".into() } else { show(num(&r, 5)) },
+            match num(&r, 4) {
+                Some(v) if v > 0.0 => "yes",
+                Some(_) => "no",
+                None => "–",
+            },
+            show(num(&r, 6)),
+            show(num(&r, 7)),
+            r.get(8).unwrap_or(&"?"),
+            r.get(9).unwrap_or(&"?"),
+            show(num(&r, 10)),
+            show(num(&r, 11)),
+            show(num(&r, 12)),
+            if alone {
+                "–".into()
+            } else {
+                num(&r, 13).map(format_value).unwrap_or_else(|| "never".into())
+            },
+        );
+    }
+}
+
 /// Runs the shared UDP impairment proxy ([`UdpImpairProxy`]) at `listen` until killed:
 /// every datagram delayed by `delay` and dropped with probability `loss`, in both directions.
 async fn impair(listen: SocketAddr, upstream: SocketAddr, delay: Duration, loss: f64, seed: u64) -> anyhow::Result<()> {
@@ -710,6 +1321,10 @@ async fn idle(addr: String, n: usize, pids: Vec<u32>) -> anyhow::Result<()> {
 
 fn table(input: &PathBuf) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(input)?;
+    if text.starts_with(ISOLATION_HEADER) {
+        print_isolation_table(&text);
+        return Ok(());
+    }
     let rows: Vec<Vec<String>> = text
         .lines()
         .filter(|l| !l.starts_with("label\t") && !l.trim().is_empty())
