@@ -60,11 +60,14 @@ pub(super) async fn run(server: Server, incoming: Incoming, source: SourceGuard)
                 let limit = inner.config.limits.max_pre_hello;
                 inner.metrics.agent_rejections.inc("pre_hello_evicted");
                 let evicted = inner.metrics.agent_rejections.get("pre_hello_evicted");
-                tracing::warn!(
-                    limit,
-                    evicted,
-                    "closing the agent connection that waited longest for its Hello: {limit} connections are waiting"
-                );
+                // A line per eviction would flood the log under attack; the counter has them all.
+                if evicted.is_power_of_two() {
+                    tracing::warn!(
+                        limit,
+                        evicted,
+                        "closing the agent connection that waited longest for its Hello: {limit} connections are waiting"
+                    );
+                }
                 let reason = format!("server has {limit} connections waiting for their Hello and this one waited longest; retry");
                 conn.close(ConnectionCode::Rejected, &reason);
                 return;
