@@ -158,7 +158,7 @@ async fn attack_phase(
     attackers.push(tokio::spawn(garbage(args.clone(), stop.clone())));
     // Let the first wave land before the agents come.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (times, locked_out, refusals) = register_agents(&args, &cas, token).await;
+    let (times, locked_out, refusals) = register_agents(&args, cas, token).await;
     stop.store(true, Ordering::Relaxed);
     for attacker in attackers {
         let _ = attacker.await;
@@ -283,7 +283,8 @@ async fn register_agents(
     let (mut times, mut locked_out, mut refusals) = (Vec::new(), 0, 0);
     let mut agents = Vec::new();
     for i in 0..args.agents {
-        let mut setup = connector_core::setup::AgentSetup::new(args.quic.to_string(), cas.to_vec(), format!("node-a/legit-{i}"));
+        let mut setup =
+            connector_core::setup::AgentSetup::new(args.quic.to_string(), cas.to_vec(), format!("node-a/legit-{i}"));
         setup.credentials = Some(Arc::new(StaticCredential(Credential::Bearer(Secret::new(
             token.to_owned(),
         )))));
@@ -298,7 +299,13 @@ async fn register_agents(
             Err(_) => locked_out += 1,
         }
         let observer = agent.observer();
-        refusals += observer.metrics().connect_failures.snapshot().iter().map(|(_, n)| n).sum::<u64>();
+        refusals += observer
+            .metrics()
+            .connect_failures
+            .snapshot()
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<u64>();
         agents.push(agent);
     }
     for agent in agents {
