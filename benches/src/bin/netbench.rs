@@ -166,8 +166,9 @@ impl PathImpairment {
     }
 }
 
+/// The path under test and the label of its rows (`run`, `quic-run`, `isolation`).
 #[derive(clap::Args, Clone)]
-struct RunArgs {
+struct PathArgs {
     /// Row label.
     #[arg(long)]
     label: String,
@@ -177,6 +178,12 @@ struct RunArgs {
     /// Send `CONNECT <this>` first on every connection (an HTTP CONNECT proxy at --addr).
     #[arg(long)]
     connect_target: Option<String>,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    path: PathArgs,
     /// CA (PEM) of the raw QUIC server (`quic-run`).
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -222,15 +229,8 @@ impl Direction {
 
 #[derive(clap::Args, Clone)]
 struct IsolationArgs {
-    /// Row label.
-    #[arg(long)]
-    label: String,
-    /// Where to connect (`host:port`); with --connect-target, the CONNECT proxy (`unix:PATH` or `host:port`).
-    #[arg(long)]
-    addr: String,
-    /// Send `CONNECT <this>` first on every connection (an HTTP CONNECT proxy at --addr).
-    #[arg(long)]
-    connect_target: Option<String>,
+    #[command(flatten)]
+    path: PathArgs,
     /// The target service's own address (`host:port`), reached without the path under test:
     /// how much the stalled sources wrote is asked there, and the never-reading sinks are released there.
     #[arg(long)]
@@ -279,7 +279,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("netbench target on {addr}");
             std::future::pending::<anyhow::Result<()>>().await
         }),
-        Cmd::Run(args) => current_thread()?.block_on(run(args.clone(), Arc::new(TcpDialer::new(&args)))),
+        Cmd::Run(args) => current_thread()?.block_on(run(args.clone(), Arc::new(TcpDialer::new(&args.path)))),
         Cmd::QuicServe {
             listen,
             ca_out,
@@ -357,10 +357,10 @@ struct TcpDialer {
 }
 
 impl TcpDialer {
-    fn new(args: &RunArgs) -> Self {
+    fn new(path: &PathArgs) -> Self {
         Self {
-            addr: args.addr.clone(),
-            connect_target: args.connect_target.clone(),
+            addr: path.addr.clone(),
+            connect_target: path.connect_target.clone(),
         }
     }
 }
@@ -418,7 +418,7 @@ impl QuicDialer {
             client_identity: None,
         };
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.rustls_config()?)?;
-        let addr: SocketAddr = args.addr.parse()?;
+        let addr: SocketAddr = args.path.addr.parse()?;
         // Any local address of the server's family: the server may be beyond loopback (wan-ip.sh).
         let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
         let mut endpoint = endpoint(local, None, MAX_UDP_PAYLOAD)?;
@@ -639,7 +639,7 @@ async fn run(args: RunArgs, dialer: Arc<dyn Dialer>) -> anyhow::Result<()> {
     let cpu_all = (total_cpu(&all_pids) - cpu_a0) / gib;
     eprintln!(
         "{}: down {:.2} Gbit/s, up {:.2} Gbit/s",
-        args.label,
+        args.path.label,
         down * 8e-9,
         up * 8e-9
     );
@@ -657,7 +657,7 @@ async fn run(args: RunArgs, dialer: Arc<dyn Dialer>) -> anyhow::Result<()> {
         let beside = hol(dialer.as_ref(), secs).await.context("HOL")?;
         eprintln!(
             "{}: HOL solo {:.2} Gbit/s, beside a stalled reader {:.2} Gbit/s",
-            args.label,
+            args.path.label,
             solo * 8e-9,
             beside * 8e-9
         );
@@ -666,7 +666,7 @@ async fn run(args: RunArgs, dialer: Arc<dyn Dialer>) -> anyhow::Result<()> {
     let rss_kib: u64 = args.pids.iter().map(|&p| status_kib(p, "VmHWM:")).sum();
     let row = format!(
         "{}\t{:.4}\t{:.4}\t{:.1}\t{:.1}\t{:.1}\t{:.0}\t{:.3}\t{:.3}\t{:.3}\t{:.1}",
-        args.label,
+        args.path.label,
         up * 8e-9,
         down * 8e-9,
         percentile(&rtts, 50.0).unwrap_or(f64::NAN),
@@ -761,10 +761,7 @@ struct Stalled {
 /// `netbench isolation`: per direction, the healthy transfer alone, then beside
 /// each k of stalled tunnels; a row each, appended to --out as it is measured.
 async fn isolation(args: IsolationArgs) -> anyhow::Result<()> {
-    let dialer: Arc<dyn Dialer> = Arc::new(TcpDialer {
-        addr: args.addr.clone(),
-        connect_target: args.connect_target.clone(),
-    });
+    let dialer: Arc<dyn Dialer> = Arc::new(TcpDialer::new(&args.path));
     let dial_timeout = Duration::from_secs_f64(args.dial_timeout);
     let pids = [args.server_pid, args.agent_pid];
     tokio::time::timeout(dial_timeout, dial_and_echo(dialer.as_ref()))
@@ -802,19 +799,19 @@ async fn isolation(args: IsolationArgs) -> anyhow::Result<()> {
         };
         eprintln!(
             "{} {}: alone {:.2} Gbit/s, dials {dials_ok}/{}",
-            args.label,
+            args.path.label,
             direction.name(),
             rate * 8e-9,
             args.dials
         );
-        let line = alone.tsv(&args.label, rate);
+        let line = alone.tsv(&args.path.label, rate);
         writeln!(file, "{line}")?;
         lines.push(line);
         for &k in &args.ks {
             let row = isolation_row(&args, dialer.clone(), direction, k)
                 .await
                 .with_context(|| format!("{} k={k}", direction.name()))?;
-            let line = row.tsv(&args.label, alone.rate);
+            let line = row.tsv(&args.path.label, alone.rate);
             writeln!(file, "{line}")?;
             lines.push(line);
         }
@@ -853,7 +850,7 @@ async fn isolation_row(
     };
     eprintln!(
         "{} {} k={k}: {}/{k} stalled tunnels open, {:.1} MiB sent into them unread, {}",
-        args.label,
+        args.path.label,
         direction.name(),
         stalled.opened,
         held as f64 / MIB,
@@ -874,7 +871,7 @@ async fn isolation_row(
     stalled.tunnels.shutdown().await;
     let closed = Instant::now();
     if let Err(e) = target_group(&args.target_direct, target::RELEASE, key).await {
-        eprintln!("{} {} k={k}: release failed: {e:#}", args.label, direction.name());
+        eprintln!("{} {} k={k}: release failed: {e:#}", args.path.label, direction.name());
     }
     let recovered = recover(
         dialer.as_ref(),
@@ -885,7 +882,7 @@ async fn isolation_row(
     .await;
     eprintln!(
         "{} {} k={k}: beside them {:.2} Gbit/s, dials {dials_ok}/{}, RSS server {:.1} MiB agent {:.1} MiB, {}",
-        args.label,
+        args.path.label,
         direction.name(),
         rate * 8e-9,
         args.dials,
