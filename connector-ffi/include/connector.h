@@ -599,6 +599,17 @@ connector_result connector_agent_config_set_tunnel_idle_timeout(const connector_
                                                                 uint64_t timeout_ms,
                                                                 char **error);
 
+// Closes a tunnelled connection one side of which (the dialer or the
+// target) has read none of the bytes waiting for it for `timeout_ms`
+// milliseconds (0: never; default 3 minutes); a stream then fails with
+// `CONNECTOR_ERR_IO` (see `connector_stream_status`: reset `stalled`).
+//
+// # Safety
+// `error` null or writable.
+connector_result connector_agent_config_set_tunnel_stall_timeout(const connector_agent_config *config,
+                                                                 uint64_t timeout_ms,
+                                                                 char **error);
+
 // Sets how often the agent sends a keepalive on an otherwise idle
 // connection to its server (default 5 s) and after how long without an
 // answer the server counts as gone (default 30 s); 0 keeps a value as it is.
