@@ -4,8 +4,9 @@
 #   1. installs cbindgen (crates.io) and valgrind (apt) when missing;
 #   2. builds connector-ffi's static library and checks that
 #      include/connector.h is what cbindgen generates from the source;
-#   3. builds the C end-to-end test against the header and the static library
-#      and runs it under Valgrind, failing on any definite or possible leak;
+#   3. builds the C test programs (tests/c: the end-to-end test and the ABI
+#      soundness test) against the header and the static library and runs
+#      them under Valgrind, failing on any definite or possible leak;
 #   4. runs `go test -race ./...` for connector-ffi/go and
 #      examples/go-apiserver-plugin, then prints the round-trip measurement.
 # Usage: connector-ffi/run-tests.sh   (honours CARGO_TARGET_DIR)
@@ -43,8 +44,9 @@ fi
 
 step "build the static library"
 (cd "$repo" && cargo build -p connector-ffi)
-lib="$target_dir/debug/libconnector_ffi.a"
-test -f "$lib"
+# Copied at once: every build of the workspace rewrites this path.
+lib="$work/libconnector_ffi.a"
+cp "$target_dir/debug/libconnector_ffi.a" "$lib"
 
 step "header is fresh (cbindgen --verify)"
 (cd "$here" && "$cbindgen" --quiet --config cbindgen.toml --verify --output include/connector.h) || {
@@ -57,16 +59,22 @@ step "Rust unit tests"
 grep -q '^test result: ok' "$work/rust.log" || { cat "$work/rust.log"; exit 1; }
 rust_passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$work/rust.log" | awk '{s+=$4} END {print s+0}')
 
-step "C end-to-end test under Valgrind"
-cc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -g -I "$here/include" "$here/tests/c/e2e.c" "$lib" \
-    -lpthread -ldl -lm -o "$work/e2e"
+c_programs=(e2e abi)
+cflags=(-std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -g -I "$here/include")
+libs=("$lib" -lpthread -ldl -lm)
+
+step "C tests under Valgrind (e2e, abi)"
 # Valgrind's uninitialised-value checker flags bytes decrypted by the crypto
 # library's assembly (aws-lc) wherever they flow (quinn's stream reads, ours):
 # false positives. This run is about leaks, so those checks are off.
-valgrind --quiet --leak-check=full --show-leak-kinds=definite,possible \
-    --errors-for-leak-kinds=definite,possible --undef-value-errors=no \
-    --error-exitcode=42 "$work/e2e" | tee "$work/c.log"
-c_checks=$(grep -Eo '[0-9]+ checks passed' "$work/c.log" | awk '{print $1}')
+for program in "${c_programs[@]}"; do
+    cc "${cflags[@]}" "$here/tests/c/$program.c" "${libs[@]}" -o "$work/$program"
+    valgrind --quiet --leak-check=full --show-leak-kinds=definite,possible \
+        --errors-for-leak-kinds=definite,possible --undef-value-errors=no \
+        --error-exitcode=42 "$work/$program" | tee "$work/$program.log"
+done
+c_checks=$(grep -Eo '[0-9]+ checks passed' "$work/e2e.log" | awk '{print $1}')
+abi_checks=$(grep -Eo '[0-9]+ checks passed' "$work/abi.log" | awk '{print $1}')
 
 step "Go package and example: go test -race ./..."
 mkdir -p "$here/go/lib"
@@ -86,5 +94,5 @@ go_sub_passed=$(grep -Ec -- '^ +--- PASS' "$work/go.log")
 step "round trip through the Go Conn vs the Rust API (one run, no -race)"
 (cd "$here/go" && go test -count=1 -run 'TestMeasureRoundTrip$' -v . | grep -E 'round trip|µs|MiB|threads|median')
 
-printf '\nconnector-ffi: %s Rust tests, C e2e %s checks (Valgrind: no leaks), Go %s tests + %s subtests passed (-race)\n' \
-    "$rust_passed" "$c_checks" "$go_passed" "$go_sub_passed"
+printf '\nconnector-ffi: %s Rust tests, C e2e %s checks and abi %s checks (Valgrind: no leaks), Go %s tests + %s subtests passed (-race)\n' \
+    "$rust_passed" "$c_checks" "$abi_checks" "$go_passed" "$go_sub_passed"

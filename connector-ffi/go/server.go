@@ -378,7 +378,9 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	}
 }
 
-func (s *Server) dial(ctx context.Context, network, address string, kind C.connector_selector_kind, selector string) (net.Conn, error) {
+// dial goes through the agent kind (a connector_selector_kind constant,
+// passed as uint32_t like every enum of the C ABI) and selector pick.
+func (s *Server) dial(ctx context.Context, network, address string, kind C.uint32_t, selector string) (net.Conn, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
 	default:
@@ -454,7 +456,7 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 		defer freeString(key)
 		defer freeString(ca)
 	}
-	p := C.CONNECTOR_FRONTEND_HTTP_CONNECT
+	p := C.uint32_t(C.CONNECTOR_FRONTEND_HTTP_CONNECT)
 	if protocol == GRPC {
 		p = C.CONNECTOR_FRONTEND_GRPC
 	}
@@ -470,7 +472,7 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 	}
 	var out *C.char
 	err := call("start frontend", func(m **C.char) C.connector_result {
-		return C.connector_server_start_frontend(s.h, C.connector_frontend_protocol(p), b, cert, key, ca, lim, &out, m)
+		return C.connector_server_start_frontend(s.h, p, b, cert, key, ca, lim, &out, m)
 	})
 	return takeString(out), settle(&s.closed, "start frontend", "server", err)
 }

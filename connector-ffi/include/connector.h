@@ -7,6 +7,8 @@
  *  - Every function returns a connector_result (CONNECTOR_OK == 0). The last
  *    argument, `char **error` (may be NULL), receives a message on failure;
  *    free it with connector_string_free. There is no "last error" state.
+ *  - Enum arguments are passed as uint32_t (use the named constants); a value
+ *    that is no constant of the enum gives CONNECTOR_ERR_INVALID_ARGUMENT.
  *  - Blocking calls take `timeout_us` (0: no limit) and an optional
  *    connector_cancel that any thread may fire. Call them from your own
  *    threads, not from inside the auth callback.
@@ -65,14 +67,6 @@ typedef enum {
   CONNECTOR_ERR_WRONG_THREAD = 18,
 } connector_result;
 
-// The protocol a frontend speaks.
-typedef enum {
-  // HTTP CONNECT (`CONNECT host:port`, as kube-apiserver's egress selector sends it).
-  CONNECTOR_FRONTEND_HTTP_CONNECT = 0,
-  // Konnectivity's gRPC `ProxyService`.
-  CONNECTOR_FRONTEND_GRPC = 1,
-} connector_frontend_protocol;
-
 // Which agent a dial goes through.
 typedef enum {
   // The agent serving the target's host (the `selector` string is ignored):
@@ -85,6 +79,14 @@ typedef enum {
   // Any connected agent.
   CONNECTOR_SELECT_ANY = 3,
 } connector_selector_kind;
+
+// The protocol a frontend speaks.
+typedef enum {
+  // HTTP CONNECT (`CONNECT host:port`, as kube-apiserver's egress selector sends it).
+  CONNECTOR_FRONTEND_HTTP_CONNECT = 0,
+  // Konnectivity's gRPC `ProxyService`.
+  CONNECTOR_FRONTEND_GRPC = 1,
+} connector_frontend_protocol;
 
 // A running agent (it reconnects with backoff until freed).
 typedef struct connector_agent connector_agent;
@@ -647,18 +649,21 @@ connector_result connector_agent_config_set_tcp_server(const connector_agent_con
 void connector_string_free(char *text);
 
 // A static, NUL-terminated name for a result code (`"CONNECTOR_ERR_TIMED_OUT"`).
-const char *connector_result_name(connector_result result);
+// Any value may be passed: one that is no result code gives the static
+// string `"(unknown connector_result)"`, never null.
+const char *connector_result_name(uint32_t result);
 
-// Starts a frontend on `bind`: `unix:///path/to.sock` (owner-only),
-// `tcp://127.0.0.1:PORT` (plain, loopback only) or `tls://IP:PORT` (mutual
-// TLS: `cert_path`, `key_path` and `client_ca_path` are then required; pass
-// null otherwise). `limits` may be null (defaults). `*out` receives where it
+// Starts a frontend speaking `protocol` (a `connector_frontend_protocol`;
+// any other value is `CONNECTOR_ERR_INVALID_ARGUMENT`) on `bind`:
+// `unix:///path/to.sock` (owner-only), `tcp://127.0.0.1:PORT` (plain,
+// loopback only) or `tls://IP:PORT` (mutual TLS: `cert_path`, `key_path`
+// and `client_ca_path` are then required; pass null otherwise). `limits` may be null (defaults). `*out` receives where it
 // listens (free with `connector_string_free`). It serves until the server is freed.
 //
 // # Safety
 // Strings null or NUL-terminated; `limits` null or readable; `out` writable; `error` null or writable.
 connector_result connector_server_start_frontend(const connector_server *server,
-                                                 connector_frontend_protocol protocol,
+                                                 uint32_t protocol,
                                                  const char *bind,
                                                  const char *cert_path,
                                                  const char *key_path,
@@ -743,14 +748,16 @@ connector_result connector_server_wait_agent(const connector_server *server,
                                              char **error);
 
 // Opens a TCP connection to `target` (`host:port`, as the agent sees it)
-// through the agent `kind`/`selector` picks. `timeout_us` (0: the server's
-// default dial timeout) covers choosing the agent, opening the stream and
-// the agent's TCP connect. On success `*out` is a new stream handle.
+// through the agent `kind` (a `connector_selector_kind`; any other value is
+// `CONNECTOR_ERR_INVALID_ARGUMENT`) and `selector` pick. `timeout_us` (0:
+// the server's default dial timeout) covers choosing the agent, opening the
+// stream and the agent's TCP connect. On success `*out` is a new stream
+// handle.
 //
 // # Safety
 // Strings NUL-terminated (`selector` may be null when unused); `out` writable; `error` null or writable.
 connector_result connector_server_dial(const connector_server *server,
-                                       connector_selector_kind kind,
+                                       uint32_t kind,
                                        const char *selector_arg,
                                        const char *target,
                                        uint64_t timeout_us,
@@ -770,7 +777,7 @@ connector_result connector_server_dial(const connector_server *server,
 // # Safety
 // As [`connector_server_dial`]; `fd` writable.
 connector_result connector_server_dial_fd(const connector_server *server,
-                                          connector_selector_kind kind,
+                                          uint32_t kind,
                                           const char *selector_arg,
                                           const char *target,
                                           uint64_t timeout_us,

@@ -13,7 +13,7 @@ use crate::auth::{CallbackAuthenticator, CallbackGate};
 use crate::cancel::{self, connector_cancel};
 use crate::config::{SERVER_CONFIGS, connector_server_config};
 use crate::connector_result;
-use crate::error::{Error, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
+use crate::error::{Error, arg_enum, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
 use crate::handle::Registry;
 use crate::runtime::OwnedRuntime;
 use crate::stream::{STREAMS, connector_stream};
@@ -43,6 +43,21 @@ pub enum connector_selector_kind {
     CONNECTOR_SELECT_AGENT = 2,
     /// Any connected agent.
     CONNECTOR_SELECT_ANY = 3,
+}
+
+impl TryFrom<u32> for connector_selector_kind {
+    type Error = ();
+
+    fn try_from(value: u32) -> Result<Self, ()> {
+        use connector_selector_kind::*;
+        Ok(match value {
+            0 => CONNECTOR_SELECT_TARGET_HOST,
+            1 => CONNECTOR_SELECT_HOST,
+            2 => CONNECTOR_SELECT_AGENT,
+            3 => CONNECTOR_SELECT_ANY,
+            _ => return Err(()),
+        })
+    }
 }
 
 pub(crate) static SERVERS: Registry<connector_server> = Registry::new("server");
@@ -242,16 +257,18 @@ impl connector_server {
 }
 
 /// Opens a TCP connection to `target` (`host:port`, as the agent sees it)
-/// through the agent `kind`/`selector` picks. `timeout_us` (0: the server's
-/// default dial timeout) covers choosing the agent, opening the stream and
-/// the agent's TCP connect. On success `*out` is a new stream handle.
+/// through the agent `kind` (a `connector_selector_kind`; any other value is
+/// `CONNECTOR_ERR_INVALID_ARGUMENT`) and `selector` pick. `timeout_us` (0:
+/// the server's default dial timeout) covers choosing the agent, opening the
+/// stream and the agent's TCP connect. On success `*out` is a new stream
+/// handle.
 ///
 /// # Safety
 /// Strings NUL-terminated (`selector` may be null when unused); `out` writable; `error` null or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connector_server_dial(
     server: *const connector_server,
-    kind: connector_selector_kind,
+    kind: u32,
     selector_arg: *const c_char,
     target: *const c_char,
     timeout_us: u64,
@@ -260,6 +277,7 @@ pub unsafe extern "C" fn connector_server_dial(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
+        let kind = arg_enum(kind, "kind")?;
         check_out(out, "out")?;
         let server = SERVERS.get(server)?;
         let cancel = cancel::optional(cancel)?;
@@ -285,7 +303,7 @@ pub unsafe extern "C" fn connector_server_dial(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connector_server_dial_fd(
     server: *const connector_server,
-    kind: connector_selector_kind,
+    kind: u32,
     selector_arg: *const c_char,
     target: *const c_char,
     timeout_us: u64,
@@ -295,6 +313,7 @@ pub unsafe extern "C" fn connector_server_dial_fd(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
+        let kind = arg_enum(kind, "kind")?;
         check_out(out, "out")?;
         check_out(fd, "fd")?;
         let server = SERVERS.get(server)?;
