@@ -108,6 +108,9 @@ type Server struct {
 	auth     cgo.Handle
 	authSlot unsafe.Pointer // C memory holding auth, passed as the callback's user_data
 	mu       sync.Mutex
+	// freed is closed once Close has freed the C server (for a Close made
+	// inside Authenticate, after Authenticate has returned).
+	freed chan struct{}
 }
 
 // NewServer starts a server: it binds cfg.Listen and accepts agents in the
@@ -118,7 +121,7 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	defer C.connector_server_config_free(h, nil)
-	s := &Server{}
+	s := &Server{freed: make(chan struct{})}
 	set := func(what string, f func(m **C.char) C.connector_result) error { return call("new server: "+what, f) }
 	strArg := func(what, v string, f func(p *C.char, m **C.char) C.connector_result) error {
 		p := cString(v)
@@ -255,19 +258,55 @@ func (s *Server) TCPAddr() string { return s.tcpAddr }
 
 // Close shuts the server down: agents are disconnected (their tunnelled
 // connections end), frontends stop, and pending dials fail with ErrClosed.
+// It waits for calls of Config.Authenticate in progress, so Authenticate
+// must not wait for the goroutine calling Close. Called from inside
+// Authenticate, it cannot wait for that very call: it returns at once and
+// the server is freed on another goroutine once Authenticate has returned.
 // It is safe to call more than once.
 func (s *Server) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	if s.h != nil {
-		C.connector_server_free(s.h, nil)
+	if s.h == nil {
+		s.releaseAuth()
+		close(s.freed)
+		return nil
 	}
+	err := s.free()
+	var e *Error
+	if errors.As(err, &e) && e.Code == CodeWrongThread {
+		// On a library thread: inside Authenticate. A new goroutine runs on
+		// a thread of Go's, where the library waits for the callback.
+		go func() {
+			if s.free() == nil {
+				s.releaseAuth()
+				close(s.freed)
+			}
+		}()
+		return nil
+	}
+	if err != nil {
+		// The library may still call Authenticate: keep what it uses.
+		return err
+	}
+	s.releaseAuth()
+	close(s.freed)
+	return nil
+}
+
+// free frees the C server; once it succeeds, Authenticate is not running
+// and is never called again.
+func (s *Server) free() error {
+	return call("close", func(m **C.char) C.connector_result { return C.connector_server_free(s.h, m) })
+}
+
+// releaseAuth frees what the library passes to Authenticate.
+func (s *Server) releaseAuth() {
 	if s.authSlot != nil {
 		C.free(s.authSlot)
+		s.authSlot = nil
 		s.auth.Delete()
 	}
-	return nil
 }
 
 // AgentCount is the number of connected agents.

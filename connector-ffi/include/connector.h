@@ -135,9 +135,11 @@ typedef struct {
 
 // Decides on one agent. Runs on a library thread (blocking is allowed
 // there, e.g. for a TokenReview request, but the callback must not make
-// blocking connector calls). It must call [`connector_auth_accept`] or
-// [`connector_auth_reject`] on `decision` before returning; with neither the
-// agent is rejected.
+// blocking connector calls nor free the server: both return
+// `CONNECTOR_ERR_WRONG_THREAD`). `connector_server_free` waits for it to
+// return, so it must not wait for the thread that frees the server. It
+// must call [`connector_auth_accept`] or [`connector_auth_reject`] on
+// `decision` before returning; with neither the agent is rejected.
 typedef void (*connector_auth_callback)(void *user_data,
                                         const connector_auth_request *request,
                                         connector_auth_decision *decision);
@@ -376,8 +378,9 @@ connector_result connector_server_config_set_tokens_file(const connector_server_
 // Installs a C authenticator, asked (after tokens and client certificates,
 // if configured) about every agent's `Hello`; see [`connector_auth_callback`].
 // `user_data` is passed back to every call and must stay valid until every
-// server started from these settings is freed (after `connector_server_free`
-// returns, the callback is not called again).
+// server started from these settings is freed: once `connector_server_free`
+// returns `CONNECTOR_OK`, no call of the callback is running or will start
+// (it waits for running ones).
 //
 // # Safety
 // `callback` a valid function; `error` null or writable.
@@ -787,11 +790,18 @@ connector_result connector_server_dial_fd(const connector_server *server,
                                           char **error);
 
 // Shuts the server down (agents are disconnected, their streams end,
-// frontends stop) and frees the handle. Once it returns, the auth callback
-// is no longer called (calls in progress are waited for, up to 30 s), so
-// its `user_data` may be freed. Pending calls on it return
+// frontends stop) and frees the handle. Pending calls on it return
 // `CONNECTOR_ERR_CLOSED`. Streams already dialled must still be freed; the
 // runtime's threads are joined when the last handle using them is freed.
+//
+// The auth callback: once this returns `CONNECTOR_OK`, the callback is not
+// running and will never be called again, so its `user_data` may be
+// released. To get there it waits, with no time limit, for calls of the
+// callback already running (a callback that never returns makes it wait
+// forever). Called on a library thread, inside the auth callback above all
+// (it would wait for itself), it returns `CONNECTOR_ERR_WRONG_THREAD` and
+// does nothing: the handle stays valid, to be freed from one of the
+// caller's own threads.
 //
 // # Safety
 // `error` null or writable.

@@ -331,15 +331,19 @@ pub unsafe extern "C" fn connector_server_dial_fd(
     })
 }
 
-/// How long freeing a server waits for auth callbacks in progress.
-const AUTH_DRAIN: Duration = Duration::from_secs(30);
-
 /// Shuts the server down (agents are disconnected, their streams end,
-/// frontends stop) and frees the handle. Once it returns, the auth callback
-/// is no longer called (calls in progress are waited for, up to 30 s), so
-/// its `user_data` may be freed. Pending calls on it return
+/// frontends stop) and frees the handle. Pending calls on it return
 /// `CONNECTOR_ERR_CLOSED`. Streams already dialled must still be freed; the
 /// runtime's threads are joined when the last handle using them is freed.
+///
+/// The auth callback: once this returns `CONNECTOR_OK`, the callback is not
+/// running and will never be called again, so its `user_data` may be
+/// released. To get there it waits, with no time limit, for calls of the
+/// callback already running (a callback that never returns makes it wait
+/// forever). Called on a library thread, inside the auth callback above all
+/// (it would wait for itself), it returns `CONNECTOR_ERR_WRONG_THREAD` and
+/// does nothing: the handle stays valid, to be freed from one of the
+/// caller's own threads.
 ///
 /// # Safety
 /// `error` null or writable.
@@ -349,11 +353,25 @@ pub unsafe extern "C" fn connector_server_free(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
+        if crate::auth::in_callback() {
+            return Err(Error::new(
+                connector_result::CONNECTOR_ERR_WRONG_THREAD,
+                "connector_server_free called inside an auth callback, which it would wait for: \
+                 nothing was freed; free the server from one of your own threads",
+            ));
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::new(
+                connector_result::CONNECTOR_ERR_WRONG_THREAD,
+                "connector_server_free called on a connector library thread: nothing was freed; \
+                 free the server from one of your own threads",
+            ));
+        }
         let server = SERVERS.remove(server)?;
         server.server.shutdown();
         server.closed.fire();
         if let Some(gate) = &server.auth_gate {
-            gate.close(AUTH_DRAIN);
+            gate.close();
         }
         Ok(())
     })
