@@ -13,7 +13,8 @@
  *     inside the callback freed the server, and free from another thread
  *     returned success after about 40 s with the callback still running.
  *
- * Run by run-tests.sh under Valgrind. CONNECTOR_ABI_HOLD_MS (default 1000) is how long the test
+ * Run by run-tests.sh under Valgrind and, built with ASan and UBSan, by the
+ * sanitizer step. CONNECTOR_ABI_HOLD_MS (default 1000) is how long the test
  * holds the callback while free waits. Against the old library, 41000 shows
  * free returning CONNECTOR_OK with the callback still running: it waited 30 s
  * for callbacks, then 10 s for the runtime's threads. */
