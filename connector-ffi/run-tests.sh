@@ -4,9 +4,15 @@
 #   1. installs cbindgen (crates.io) and valgrind (apt) when missing;
 #   2. builds connector-ffi's static library and checks that
 #      include/connector.h is what cbindgen generates from the source;
-#   3. builds the C end-to-end test against the header and the static library
-#      and runs it under Valgrind, failing on any definite or possible leak;
-#   4. runs `go test -race ./...` for connector-ffi/go and
+#   3. builds the C test programs (tests/c: the end-to-end test and the ABI
+#      soundness test) against the header and the static library and runs
+#      them under Valgrind, failing on any definite or possible leak;
+#   4. the sanitizer job: builds the same C programs with AddressSanitizer
+#      and UndefinedBehaviorSanitizer and runs them, then runs the Rust ABI
+#      tests under Miri (installs the nightly toolchain's miri component when
+#      missing; CONNECTOR_FFI_MIRI=0 skips it); see docs/ffi.md for what each
+#      one covers;
+#   5. runs `go test -race ./...` for connector-ffi/go and
 #      examples/go-apiserver-plugin, then prints the round-trip measurement.
 # Usage: connector-ffi/run-tests.sh   (honours CARGO_TARGET_DIR)
 set -euo pipefail
@@ -43,8 +49,9 @@ fi
 
 step "build the static library"
 (cd "$repo" && cargo build -p connector-ffi)
-lib="$target_dir/debug/libconnector_ffi.a"
-test -f "$lib"
+# Copied at once: every build of the workspace rewrites this path.
+lib="$work/libconnector_ffi.a"
+cp "$target_dir/debug/libconnector_ffi.a" "$lib"
 
 step "header is fresh (cbindgen --verify)"
 (cd "$here" && "$cbindgen" --quiet --config cbindgen.toml --verify --output include/connector.h) || {
@@ -57,16 +64,51 @@ step "Rust unit tests"
 grep -q '^test result: ok' "$work/rust.log" || { cat "$work/rust.log"; exit 1; }
 rust_passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$work/rust.log" | awk '{s+=$4} END {print s+0}')
 
-step "C end-to-end test under Valgrind"
-cc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -g -I "$here/include" "$here/tests/c/e2e.c" "$lib" \
-    -lpthread -ldl -lm -o "$work/e2e"
+c_programs=(e2e abi)
+cflags=(-std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -g -I "$here/include")
+libs=("$lib" -lpthread -ldl -lm)
+
+step "C tests under Valgrind (e2e, abi)"
 # Valgrind's uninitialised-value checker flags bytes decrypted by the crypto
 # library's assembly (aws-lc) wherever they flow (quinn's stream reads, ours):
 # false positives. This run is about leaks, so those checks are off.
-valgrind --quiet --leak-check=full --show-leak-kinds=definite,possible \
-    --errors-for-leak-kinds=definite,possible --undef-value-errors=no \
-    --error-exitcode=42 "$work/e2e" | tee "$work/c.log"
-c_checks=$(grep -Eo '[0-9]+ checks passed' "$work/c.log" | awk '{print $1}')
+for program in "${c_programs[@]}"; do
+    cc "${cflags[@]}" "$here/tests/c/$program.c" "${libs[@]}" -o "$work/$program"
+    valgrind --quiet --leak-check=full --show-leak-kinds=definite,possible \
+        --errors-for-leak-kinds=definite,possible --undef-value-errors=no \
+        --error-exitcode=42 "$work/$program" | tee "$work/$program.log"
+done
+c_checks=$(grep -Eo '[0-9]+ checks passed' "$work/e2e.log" | awk '{print $1}')
+abi_checks=$(grep -Eo '[0-9]+ checks passed' "$work/abi.log" | awk '{print $1}')
+
+step "sanitizers: C tests with AddressSanitizer + UndefinedBehaviorSanitizer"
+# The C side is instrumented (bounds, use after free, leaks through LSan,
+# integer and pointer UB); the Rust library is linked as built, its heap
+# going through the intercepted malloc. A crash anywhere, such as a wild
+# jump from an out-of-range enum, is reported with its stack.
+sanitize=(-O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+for program in "${c_programs[@]}"; do
+    cc "${cflags[@]}" "${sanitize[@]}" "$here/tests/c/$program.c" "${libs[@]}" -o "$work/$program-asan"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        "$work/$program-asan" | tail -n 1
+done
+
+step "sanitizers: Rust ABI tests under Miri"
+miri_passed=skipped
+if [ "${CONNECTOR_FFI_MIRI:-1}" = 0 ]; then
+    echo "skipped (CONNECTOR_FFI_MIRI=0)"
+else
+    cargo +nightly miri --version >/dev/null 2>&1 ||
+        rustup component add --toolchain nightly miri rust-src ||
+        rustup toolchain install nightly --profile minimal --component miri,rust-src
+    # Tests that need no socket, crypto or signal mask (Miri runs none of
+    # those): the ABI as C calls it, result codes, handles, the callback gate.
+    # Handles are integers cast to pointers, hence permissive provenance.
+    (cd "$repo" && MIRIFLAGS=-Zmiri-permissive-provenance cargo +nightly miri test -p connector-ffi --lib -- \
+        abi_tests:: error:: handle:: auth:: 2>&1 | tee "$work/miri.log" | grep -E '^test result|FAILED|Undefined Behavior') || true
+    grep -q '^test result: ok' "$work/miri.log" || { cat "$work/miri.log"; exit 1; }
+    miri_passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$work/miri.log" | awk '{print $4}')
+fi
 
 step "Go package and example: go test -race ./..."
 mkdir -p "$here/go/lib"
@@ -86,5 +128,5 @@ go_sub_passed=$(grep -Ec -- '^ +--- PASS' "$work/go.log")
 step "round trip through the Go Conn vs the Rust API (one run, no -race)"
 (cd "$here/go" && go test -count=1 -run 'TestMeasureRoundTrip$' -v . | grep -E 'round trip|µs|MiB|threads|median')
 
-printf '\nconnector-ffi: %s Rust tests, C e2e %s checks (Valgrind: no leaks), Go %s tests + %s subtests passed (-race)\n' \
-    "$rust_passed" "$c_checks" "$go_passed" "$go_sub_passed"
+printf '\nconnector-ffi: %s Rust tests, Miri %s, C e2e %s checks and abi %s checks (Valgrind: no leaks; ASan+UBSan: clean), Go %s tests + %s subtests passed (-race)\n' \
+    "$rust_passed" "$miri_passed" "$c_checks" "$abi_checks" "$go_passed" "$go_sub_passed"

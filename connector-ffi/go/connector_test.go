@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -514,6 +515,90 @@ func TestAuthenticateCallback(t *testing.T) {
 	defer mu.Unlock()
 	if len(seen) < 2 || seen[0].AgentID == "" || seen[0].Identifiers != "ipv4=127.0.0.1" || seen[0].RemoteAddr == "" {
 		t.Fatalf("callback saw %+v", seen)
+	}
+}
+
+// authServer starts a server whose only authentication is authenticate.
+func authServer(t *testing.T, authenticate func(AuthRequest) (Identity, error)) (*Server, []byte) {
+	t.Helper()
+	ca, cert, key, err := ThrowawayCertificates("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(Config{Listen: "127.0.0.1:0", CertPEM: cert, KeyPEM: key, Authenticate: authenticate, WorkerThreads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv, ca
+}
+
+// Close waits for an Authenticate call in progress (the library then frees
+// what it was given), however long it takes.
+func TestCloseWaitsForAuthenticate(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	var finished atomic.Bool
+	srv, ca := authServer(t, func(AuthRequest) (Identity, error) {
+		once.Do(func() { close(entered) })
+		<-release
+		time.Sleep(50 * time.Millisecond) // still running a while after being let go
+		finished.Store(true)
+		return Identity{}, errors.New("held")
+	})
+	startAgent(t, srv, ca, "node-held", "some-token")
+	select {
+	case <-entered:
+	case <-time.After(time.Minute):
+		t.Fatal("Authenticate was never called")
+	}
+	closed := make(chan bool)
+	go func() {
+		srv.Close()
+		closed <- finished.Load()
+	}()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while Authenticate was running")
+	case <-time.After(time.Second):
+	}
+	close(release)
+	if !<-closed {
+		t.Fatal("Close returned before Authenticate did")
+	}
+}
+
+// Close called inside Authenticate cannot wait for that call: it returns at
+// once, and the server is freed once Authenticate has returned.
+func TestCloseInsideAuthenticate(t *testing.T) {
+	var srv *Server
+	ready := make(chan struct{})
+	closeErr := make(chan error, 1)
+	srv, ca := authServer(t, func(AuthRequest) (Identity, error) {
+		<-ready
+		closeErr <- srv.Close()
+		if _, err := srv.AgentCount(); !errors.Is(err, ErrClosed) {
+			return Identity{}, fmt.Errorf("after Close inside Authenticate, AgentCount: %v", err)
+		}
+		return Identity{}, errors.New("closing")
+	})
+	close(ready)
+	startAgent(t, srv, ca, "node-closer", "some-token")
+	select {
+	case err := <-closeErr:
+		if err != nil {
+			t.Fatalf("Close inside Authenticate: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Authenticate was never called")
+	}
+	select {
+	case <-srv.freed:
+	case <-time.After(time.Minute):
+		t.Fatal("the server was never freed")
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
 	}
 }
 

@@ -108,6 +108,9 @@ type Server struct {
 	auth     cgo.Handle
 	authSlot unsafe.Pointer // C memory holding auth, passed as the callback's user_data
 	mu       sync.Mutex
+	// freed is closed once Close has freed the C server (for a Close made
+	// inside Authenticate, after Authenticate has returned).
+	freed chan struct{}
 }
 
 // NewServer starts a server: it binds cfg.Listen and accepts agents in the
@@ -118,7 +121,7 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	defer C.connector_server_config_free(h, nil)
-	s := &Server{}
+	s := &Server{freed: make(chan struct{})}
 	set := func(what string, f func(m **C.char) C.connector_result) error { return call("new server: "+what, f) }
 	strArg := func(what, v string, f func(p *C.char, m **C.char) C.connector_result) error {
 		p := cString(v)
@@ -255,19 +258,55 @@ func (s *Server) TCPAddr() string { return s.tcpAddr }
 
 // Close shuts the server down: agents are disconnected (their tunnelled
 // connections end), frontends stop, and pending dials fail with ErrClosed.
+// It waits for calls of Config.Authenticate in progress, so Authenticate
+// must not wait for the goroutine calling Close. Called from inside
+// Authenticate, it cannot wait for that very call: it returns at once and
+// the server is freed on another goroutine once Authenticate has returned.
 // It is safe to call more than once.
 func (s *Server) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	if s.h != nil {
-		C.connector_server_free(s.h, nil)
+	if s.h == nil {
+		s.releaseAuth()
+		close(s.freed)
+		return nil
 	}
+	err := s.free()
+	var e *Error
+	if errors.As(err, &e) && e.Code == CodeWrongThread {
+		// On a library thread: inside Authenticate. A new goroutine runs on
+		// a thread of Go's, where the library waits for the callback.
+		go func() {
+			if s.free() == nil {
+				s.releaseAuth()
+				close(s.freed)
+			}
+		}()
+		return nil
+	}
+	if err != nil {
+		// The library may still call Authenticate: keep what it uses.
+		return err
+	}
+	s.releaseAuth()
+	close(s.freed)
+	return nil
+}
+
+// free frees the C server; once it succeeds, Authenticate is not running
+// and is never called again.
+func (s *Server) free() error {
+	return call("close", func(m **C.char) C.connector_result { return C.connector_server_free(s.h, m) })
+}
+
+// releaseAuth frees what the library passes to Authenticate.
+func (s *Server) releaseAuth() {
 	if s.authSlot != nil {
 		C.free(s.authSlot)
+		s.authSlot = nil
 		s.auth.Delete()
 	}
-	return nil
 }
 
 // AgentCount is the number of connected agents.
@@ -378,7 +417,9 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	}
 }
 
-func (s *Server) dial(ctx context.Context, network, address string, kind C.connector_selector_kind, selector string) (net.Conn, error) {
+// dial goes through the agent kind (a connector_selector_kind constant,
+// passed as uint32_t like every enum of the C ABI) and selector pick.
+func (s *Server) dial(ctx context.Context, network, address string, kind C.uint32_t, selector string) (net.Conn, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
 	default:
@@ -454,7 +495,7 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 		defer freeString(key)
 		defer freeString(ca)
 	}
-	p := C.CONNECTOR_FRONTEND_HTTP_CONNECT
+	p := C.uint32_t(C.CONNECTOR_FRONTEND_HTTP_CONNECT)
 	if protocol == GRPC {
 		p = C.CONNECTOR_FRONTEND_GRPC
 	}
@@ -470,7 +511,7 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 	}
 	var out *C.char
 	err := call("start frontend", func(m **C.char) C.connector_result {
-		return C.connector_server_start_frontend(s.h, C.connector_frontend_protocol(p), b, cert, key, ca, lim, &out, m)
+		return C.connector_server_start_frontend(s.h, p, b, cert, key, ca, lim, &out, m)
 	})
 	return takeString(out), settle(&s.closed, "start frontend", "server", err)
 }

@@ -7,6 +7,8 @@
  *  - Every function returns a connector_result (CONNECTOR_OK == 0). The last
  *    argument, `char **error` (may be NULL), receives a message on failure;
  *    free it with connector_string_free. There is no "last error" state.
+ *  - Enum arguments are passed as uint32_t (use the named constants); a value
+ *    that is no constant of the enum gives CONNECTOR_ERR_INVALID_ARGUMENT.
  *  - Blocking calls take `timeout_us` (0: no limit) and an optional
  *    connector_cancel that any thread may fire. Call them from your own
  *    threads, not from inside the auth callback.
@@ -65,14 +67,6 @@ typedef enum {
   CONNECTOR_ERR_WRONG_THREAD = 18,
 } connector_result;
 
-// The protocol a frontend speaks.
-typedef enum {
-  // HTTP CONNECT (`CONNECT host:port`, as kube-apiserver's egress selector sends it).
-  CONNECTOR_FRONTEND_HTTP_CONNECT = 0,
-  // Konnectivity's gRPC `ProxyService`.
-  CONNECTOR_FRONTEND_GRPC = 1,
-} connector_frontend_protocol;
-
 // Which agent a dial goes through.
 typedef enum {
   // The agent serving the target's host (the `selector` string is ignored):
@@ -85,6 +79,14 @@ typedef enum {
   // Any connected agent.
   CONNECTOR_SELECT_ANY = 3,
 } connector_selector_kind;
+
+// The protocol a frontend speaks.
+typedef enum {
+  // HTTP CONNECT (`CONNECT host:port`, as kube-apiserver's egress selector sends it).
+  CONNECTOR_FRONTEND_HTTP_CONNECT = 0,
+  // Konnectivity's gRPC `ProxyService`.
+  CONNECTOR_FRONTEND_GRPC = 1,
+} connector_frontend_protocol;
 
 // A running agent (it reconnects with backoff until freed).
 typedef struct connector_agent connector_agent;
@@ -133,9 +135,11 @@ typedef struct {
 
 // Decides on one agent. Runs on a library thread (blocking is allowed
 // there, e.g. for a TokenReview request, but the callback must not make
-// blocking connector calls). It must call [`connector_auth_accept`] or
-// [`connector_auth_reject`] on `decision` before returning; with neither the
-// agent is rejected.
+// blocking connector calls nor free the server: both return
+// `CONNECTOR_ERR_WRONG_THREAD`). `connector_server_free` waits for it to
+// return, so it must not wait for the thread that frees the server. It
+// must call [`connector_auth_accept`] or [`connector_auth_reject`] on
+// `decision` before returning; with neither the agent is rejected.
 typedef void (*connector_auth_callback)(void *user_data,
                                         const connector_auth_request *request,
                                         connector_auth_decision *decision);
@@ -374,8 +378,9 @@ connector_result connector_server_config_set_tokens_file(const connector_server_
 // Installs a C authenticator, asked (after tokens and client certificates,
 // if configured) about every agent's `Hello`; see [`connector_auth_callback`].
 // `user_data` is passed back to every call and must stay valid until every
-// server started from these settings is freed (after `connector_server_free`
-// returns, the callback is not called again).
+// server started from these settings is freed: once `connector_server_free`
+// returns `CONNECTOR_OK`, no call of the callback is running or will start
+// (it waits for running ones).
 //
 // # Safety
 // `callback` a valid function; `error` null or writable.
@@ -599,6 +604,17 @@ connector_result connector_agent_config_set_tunnel_idle_timeout(const connector_
                                                                 uint64_t timeout_ms,
                                                                 char **error);
 
+// Closes a tunnelled connection one side of which (the dialer or the
+// target) has read none of the bytes waiting for it for `timeout_ms`
+// milliseconds (0: never; default 3 minutes); a stream then fails with
+// `CONNECTOR_ERR_IO` (see `connector_stream_status`: reset `stalled`).
+//
+// # Safety
+// `error` null or writable.
+connector_result connector_agent_config_set_tunnel_stall_timeout(const connector_agent_config *config,
+                                                                 uint64_t timeout_ms,
+                                                                 char **error);
+
 // Sets how often the agent sends a keepalive on an otherwise idle
 // connection to its server (default 5 s) and after how long without an
 // answer the server counts as gone (default 30 s); 0 keeps a value as it is.
@@ -636,18 +652,21 @@ connector_result connector_agent_config_set_tcp_server(const connector_agent_con
 void connector_string_free(char *text);
 
 // A static, NUL-terminated name for a result code (`"CONNECTOR_ERR_TIMED_OUT"`).
-const char *connector_result_name(connector_result result);
+// Any value may be passed: one that is no result code gives the static
+// string `"(unknown connector_result)"`, never null.
+const char *connector_result_name(uint32_t result);
 
-// Starts a frontend on `bind`: `unix:///path/to.sock` (owner-only),
-// `tcp://127.0.0.1:PORT` (plain, loopback only) or `tls://IP:PORT` (mutual
-// TLS: `cert_path`, `key_path` and `client_ca_path` are then required; pass
-// null otherwise). `limits` may be null (defaults). `*out` receives where it
+// Starts a frontend speaking `protocol` (a `connector_frontend_protocol`;
+// any other value is `CONNECTOR_ERR_INVALID_ARGUMENT`) on `bind`:
+// `unix:///path/to.sock` (owner-only), `tcp://127.0.0.1:PORT` (plain,
+// loopback only) or `tls://IP:PORT` (mutual TLS: `cert_path`, `key_path`
+// and `client_ca_path` are then required; pass null otherwise). `limits` may be null (defaults). `*out` receives where it
 // listens (free with `connector_string_free`). It serves until the server is freed.
 //
 // # Safety
 // Strings null or NUL-terminated; `limits` null or readable; `out` writable; `error` null or writable.
 connector_result connector_server_start_frontend(const connector_server *server,
-                                                 connector_frontend_protocol protocol,
+                                                 uint32_t protocol,
                                                  const char *bind,
                                                  const char *cert_path,
                                                  const char *key_path,
@@ -732,14 +751,16 @@ connector_result connector_server_wait_agent(const connector_server *server,
                                              char **error);
 
 // Opens a TCP connection to `target` (`host:port`, as the agent sees it)
-// through the agent `kind`/`selector` picks. `timeout_us` (0: the server's
-// default dial timeout) covers choosing the agent, opening the stream and
-// the agent's TCP connect. On success `*out` is a new stream handle.
+// through the agent `kind` (a `connector_selector_kind`; any other value is
+// `CONNECTOR_ERR_INVALID_ARGUMENT`) and `selector` pick. `timeout_us` (0:
+// the server's default dial timeout) covers choosing the agent, opening the
+// stream and the agent's TCP connect. On success `*out` is a new stream
+// handle.
 //
 // # Safety
 // Strings NUL-terminated (`selector` may be null when unused); `out` writable; `error` null or writable.
 connector_result connector_server_dial(const connector_server *server,
-                                       connector_selector_kind kind,
+                                       uint32_t kind,
                                        const char *selector_arg,
                                        const char *target,
                                        uint64_t timeout_us,
@@ -759,7 +780,7 @@ connector_result connector_server_dial(const connector_server *server,
 // # Safety
 // As [`connector_server_dial`]; `fd` writable.
 connector_result connector_server_dial_fd(const connector_server *server,
-                                          connector_selector_kind kind,
+                                          uint32_t kind,
                                           const char *selector_arg,
                                           const char *target,
                                           uint64_t timeout_us,
@@ -769,11 +790,18 @@ connector_result connector_server_dial_fd(const connector_server *server,
                                           char **error);
 
 // Shuts the server down (agents are disconnected, their streams end,
-// frontends stop) and frees the handle. Once it returns, the auth callback
-// is no longer called (calls in progress are waited for, up to 30 s), so
-// its `user_data` may be freed. Pending calls on it return
+// frontends stop) and frees the handle. Pending calls on it return
 // `CONNECTOR_ERR_CLOSED`. Streams already dialled must still be freed; the
 // runtime's threads are joined when the last handle using them is freed.
+//
+// The auth callback: once this returns `CONNECTOR_OK`, the callback is not
+// running and will never be called again, so its `user_data` may be
+// released. To get there it waits, with no time limit, for calls of the
+// callback already running (a callback that never returns makes it wait
+// forever). Called on a library thread, inside the auth callback above all
+// (it would wait for itself), it returns `CONNECTOR_ERR_WRONG_THREAD` and
+// does nothing: the handle stays valid, to be freed from one of the
+// caller's own threads.
 //
 // # Safety
 // `error` null or writable.

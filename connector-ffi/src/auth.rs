@@ -3,9 +3,9 @@
 //! certificate, address) and decides with [`connector_auth_accept`] or
 //! [`connector_auth_reject`].
 
+use std::cell::Cell;
 use std::ffi::{CString, c_char, c_void};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use connector_core::auth::{AgentIdentity, AuthRejection, AuthRequest, Authenticator};
 use connector_core::proto::{Credential, RejectCode};
@@ -42,9 +42,11 @@ pub struct connector_auth_decision {
 
 /// Decides on one agent. Runs on a library thread (blocking is allowed
 /// there, e.g. for a TokenReview request, but the callback must not make
-/// blocking connector calls). It must call [`connector_auth_accept`] or
-/// [`connector_auth_reject`] on `decision` before returning; with neither the
-/// agent is rejected.
+/// blocking connector calls nor free the server: both return
+/// `CONNECTOR_ERR_WRONG_THREAD`). `connector_server_free` waits for it to
+/// return, so it must not wait for the thread that frees the server. It
+/// must call [`connector_auth_accept`] or [`connector_auth_reject`] on
+/// `decision` before returning; with neither the agent is rejected.
 pub type connector_auth_callback = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -122,45 +124,71 @@ pub(crate) struct CallbackAuthenticator {
 }
 
 /// Tracks calls in progress so that freeing the server can wait for them:
-/// once [`CallbackGate::close`] returns, the callback is never called
-/// again and the caller may free `user_data`.
+/// once [`CallbackGate::close`] returns, no call is running and none will
+/// start, so the caller may free `user_data`.
 #[derive(Default)]
 pub(crate) struct CallbackGate {
-    state: Mutex<(bool, usize)>,
+    state: Mutex<GateState>,
     idle: Condvar,
 }
 
+#[derive(Default)]
+struct GateState {
+    closed: bool,
+    running: usize,
+}
+
+thread_local! {
+    /// How many auth callbacks the current thread is inside (0 or 1).
+    static IN_CALLBACK: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether the current thread is inside an auth callback.
+pub(crate) fn in_callback() -> bool {
+    IN_CALLBACK.with(Cell::get) > 0
+}
+
 impl CallbackGate {
-    /// Counts a call in, unless closed.
-    fn enter(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.0 {
-            return false;
-        }
-        state.1 += 1;
-        true
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn leave(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.1 -= 1;
-        if state.1 == 0 {
-            self.idle.notify_all();
+    /// Runs `call` counted as a call in progress, unless the gate is closed
+    /// (then `None`).
+    pub(crate) fn run<T>(&self, call: impl FnOnce() -> T) -> Option<T> {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return None;
+            }
+            state.running += 1;
         }
+        /// Counts the call out even if `call` unwinds.
+        struct Leave<'a>(&'a CallbackGate);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                IN_CALLBACK.with(|c| c.set(c.get() - 1));
+                let mut state = self.0.lock();
+                state.running -= 1;
+                if state.running == 0 {
+                    self.0.idle.notify_all();
+                }
+            }
+        }
+        IN_CALLBACK.with(|c| c.set(c.get() + 1));
+        let _leave = Leave(self);
+        Some(call())
     }
 
-    /// Refuses further calls and waits (at most `limit`) for running ones.
-    /// Called from a callback itself, it cannot wait for that call and returns at once.
-    pub(crate) fn close(&self, limit: Duration) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.0 = true;
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return;
+    /// Refuses further calls and waits, with no time limit, until no call
+    /// is running. Must not be called from inside a call (it would wait for
+    /// itself): [`crate::server::connector_server_free`] refuses that first.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        while state.running > 0 {
+            state = self.idle.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        let _ = self
-            .idle
-            .wait_timeout_while(state, limit, |s| s.1 > 0)
-            .unwrap_or_else(|p| p.into_inner());
     }
 }
 
@@ -180,12 +208,6 @@ impl Authenticator for CallbackAuthenticator {
         let gate = self.gate.clone();
         Box::pin(async move {
             let call = move || {
-                if !gate.enter() {
-                    return Some(Err(AuthRejection {
-                        code: RejectCode::ShuttingDown,
-                        reason: "the server is shutting down".into(),
-                    }));
-                }
                 let raw = connector_auth_request {
                     agent_id: agent_id.as_ptr(),
                     identifiers: identifiers.as_ptr(),
@@ -198,10 +220,20 @@ impl Authenticator for CallbackAuthenticator {
                 let mut decision = connector_auth_decision {
                     outcome: Mutex::new(None),
                 };
-                // SAFETY: the callback was registered as valid for the server's lifetime;
-                // every pointer in `raw` and `decision` outlives the call.
-                unsafe { callback(user_data as *mut c_void, &raw, &mut decision) };
-                gate.leave();
+                // Counted in `gate`, so that freeing the server waits for
+                // the call before its `user_data` may be released.
+                let called = gate.run(|| {
+                    // SAFETY: the callback and `user_data` stay valid until
+                    // `connector_server_free` returns, which waits for this
+                    // call; every pointer in `raw` and `decision` outlives it.
+                    unsafe { callback(user_data as *mut c_void, &raw, &mut decision) }
+                });
+                if called.is_none() {
+                    return Some(Err(AuthRejection {
+                        code: RejectCode::ShuttingDown,
+                        reason: "the server is shutting down".into(),
+                    }));
+                }
                 decision.outcome.into_inner().unwrap_or_else(|p| p.into_inner())
             };
             match tokio::task::spawn_blocking(call).await {
@@ -213,5 +245,68 @@ impl Authenticator for CallbackAuthenticator {
                 }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Generous bound that only catches a hang.
+    const HANG_GUARD: Duration = Duration::from_secs(120);
+
+    #[test]
+    fn closing_the_gate_waits_for_a_running_call_however_long_it_takes() {
+        let gate = Arc::new(CallbackGate::default());
+        let (entered_tx, entered) = mpsc::channel();
+        let (release_tx, release) = mpsc::channel::<()>();
+        let finished = Arc::new(Mutex::new(false));
+        let call = {
+            let (gate, finished) = (gate.clone(), finished.clone());
+            std::thread::spawn(move || {
+                gate.run(|| {
+                    assert!(in_callback());
+                    entered_tx.send(()).unwrap();
+                    release.recv().unwrap();
+                    *finished.lock().unwrap() = true;
+                })
+            })
+        };
+        entered.recv_timeout(HANG_GUARD).unwrap();
+        assert!(!in_callback(), "only the calling thread is inside the callback");
+        let (closed_tx, closed) = mpsc::channel();
+        let closer = {
+            let (gate, finished) = (gate.clone(), finished.clone());
+            std::thread::spawn(move || {
+                gate.close();
+                closed_tx.send(*finished.lock().unwrap()).unwrap();
+            })
+        };
+        // The call is held well past a scheduling delay: close must still be waiting.
+        let held = if cfg!(miri) {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_secs(1)
+        };
+        assert_eq!(closed.recv_timeout(held), Err(mpsc::RecvTimeoutError::Timeout));
+        release_tx.send(()).unwrap();
+        let finished_first = closed.recv_timeout(HANG_GUARD).unwrap();
+        assert!(finished_first, "close returned while the call was still running");
+        assert_eq!(call.join().unwrap(), Some(()));
+        closer.join().unwrap();
+        // Closed: no call starts any more.
+        assert_eq!(gate.run(|| unreachable!("called after close")), None::<()>);
+    }
+
+    #[test]
+    fn closing_an_idle_gate_returns_at_once() {
+        let gate = CallbackGate::default();
+        assert_eq!(gate.run(|| 7), Some(7));
+        assert!(!in_callback());
+        gate.close(); // would hang if the finished call were still counted
+        assert_eq!(gate.run(|| 8), None);
     }
 }

@@ -370,8 +370,9 @@ pub unsafe extern "C" fn connector_server_config_set_tokens_file(
 /// Installs a C authenticator, asked (after tokens and client certificates,
 /// if configured) about every agent's `Hello`; see [`connector_auth_callback`].
 /// `user_data` is passed back to every call and must stay valid until every
-/// server started from these settings is freed (after `connector_server_free`
-/// returns, the callback is not called again).
+/// server started from these settings is freed: once `connector_server_free`
+/// returns `CONNECTOR_OK`, no call of the callback is running or will start
+/// (it waits for running ones).
 ///
 /// # Safety
 /// `callback` a valid function; `error` null or writable.

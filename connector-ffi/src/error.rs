@@ -155,10 +155,18 @@ pub unsafe extern "C" fn connector_string_free(text: *mut c_char) {
     });
 }
 
+/// What [`connector_result_name`] returns for a value that is no result code.
+const UNKNOWN_RESULT: &[u8] = b"(unknown connector_result)\0";
+
 /// A static, NUL-terminated name for a result code (`"CONNECTOR_ERR_TIMED_OUT"`).
+/// Any value may be passed: one that is no result code gives the static
+/// string `"(unknown connector_result)"`, never null.
 #[unsafe(no_mangle)]
-pub extern "C" fn connector_result_name(result: connector_result) -> *const c_char {
+pub extern "C" fn connector_result_name(result: u32) -> *const c_char {
     use connector_result::*;
+    let Ok(result) = connector_result::try_from(result) else {
+        return UNKNOWN_RESULT.as_ptr().cast();
+    };
     let name: &'static [u8] = match result {
         CONNECTOR_OK => b"CONNECTOR_OK\0",
         CONNECTOR_ERR_INVALID_ARGUMENT => b"CONNECTOR_ERR_INVALID_ARGUMENT\0",
@@ -181,6 +189,58 @@ pub extern "C" fn connector_result_name(result: connector_result) -> *const c_ch
         CONNECTOR_ERR_WRONG_THREAD => b"CONNECTOR_ERR_WRONG_THREAD\0",
     };
     name.as_ptr().cast()
+}
+
+/// Every result code, at the index of its value (a new code goes last, in
+/// the enum and here).
+const ALL_RESULTS: [connector_result; 19] = {
+    use connector_result::*;
+    [
+        CONNECTOR_OK,
+        CONNECTOR_ERR_INVALID_ARGUMENT,
+        CONNECTOR_ERR_INVALID_HANDLE,
+        CONNECTOR_ERR_TIMED_OUT,
+        CONNECTOR_ERR_CANCELLED,
+        CONNECTOR_ERR_CLOSED,
+        CONNECTOR_ERR_NO_AGENT,
+        CONNECTOR_ERR_REFUSED,
+        CONNECTOR_ERR_UNREACHABLE,
+        CONNECTOR_ERR_DNS,
+        CONNECTOR_ERR_DENIED,
+        CONNECTOR_ERR_OVERLOADED,
+        CONNECTOR_ERR_INVALID_TARGET,
+        CONNECTOR_ERR_INTERNAL,
+        CONNECTOR_ERR_IO,
+        CONNECTOR_ERR_SETUP,
+        CONNECTOR_ERR_REJECTED,
+        CONNECTOR_ERR_PANIC,
+        CONNECTOR_ERR_WRONG_THREAD,
+    ]
+};
+
+impl TryFrom<u32> for connector_result {
+    type Error = ();
+
+    fn try_from(value: u32) -> Result<Self, ()> {
+        usize::try_from(value)
+            .ok()
+            .and_then(|i| ALL_RESULTS.get(i))
+            .copied()
+            .ok_or(())
+    }
+}
+
+/// Reads a C enum argument. The C ABI takes enums as `uint32_t`: C lets a
+/// caller pass any integer where an enum is declared, and such a value in a
+/// Rust enum would be undefined behaviour (a `match` on it jumps anywhere).
+/// A value that is no variant is `CONNECTOR_ERR_INVALID_ARGUMENT`.
+pub(crate) fn arg_enum<T: TryFrom<u32>>(value: u32, what: &str) -> Result<T, Error> {
+    T::try_from(value).map_err(|_| {
+        Error::invalid(format!(
+            "{what} {value} is not a {} value",
+            std::any::type_name::<T>().rsplit("::").next().unwrap_or("valid")
+        ))
+    })
 }
 
 /// Reads a required C string argument.
@@ -273,12 +333,33 @@ mod tests {
     }
 
     #[test]
-    fn every_code_has_a_name() {
-        for code in 0..=18u32 {
-            // SAFETY: every value in 0..=18 is a variant.
-            let result: connector_result = unsafe { std::mem::transmute(code) };
-            let name = unsafe { std::ffi::CStr::from_ptr(connector_result_name(result)) };
-            assert!(name.to_str().unwrap().starts_with("CONNECTOR_"));
+    fn every_code_has_a_name_and_converts_back() {
+        for (value, code) in ALL_RESULTS.iter().enumerate() {
+            let value = value as u32;
+            assert_eq!(*code as u32, value, "ALL_RESULTS is in value order");
+            assert_eq!(connector_result::try_from(value), Ok(*code));
+            let name = unsafe { std::ffi::CStr::from_ptr(connector_result_name(value)) };
+            assert_eq!(name.to_str().unwrap(), format!("{code:?}"));
         }
+    }
+
+    #[test]
+    fn a_value_that_is_no_code_has_the_unknown_name() {
+        for value in [19, 100, 1000, u32::MAX, -1i32 as u32] {
+            let name = unsafe { std::ffi::CStr::from_ptr(connector_result_name(value)) };
+            assert_eq!(name.to_str().unwrap(), "(unknown connector_result)");
+            assert_eq!(connector_result::try_from(value), Err(()));
+        }
+    }
+
+    #[test]
+    fn an_enum_argument_out_of_range_is_an_invalid_argument() {
+        let err = arg_enum::<connector_result>(19, "result").unwrap_err();
+        assert_eq!(err.code, connector_result::CONNECTOR_ERR_INVALID_ARGUMENT);
+        assert_eq!(err.message, "result 19 is not a connector_result value");
+        assert_eq!(
+            arg_enum::<connector_result>(5, "result").unwrap(),
+            connector_result::CONNECTOR_ERR_CLOSED
+        );
     }
 }

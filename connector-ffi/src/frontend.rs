@@ -10,7 +10,7 @@ use connector_core::frontend::{self, FrontendBind, FrontendLimits, FrontendProto
 use connector_core::tls::FrontendTls;
 
 use crate::connector_result;
-use crate::error::{Error, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
+use crate::error::{Error, arg_enum, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
 use crate::server::{SERVERS, connector_server};
 
 /// Bounds of one frontend; a zero field keeps the default.
@@ -51,6 +51,18 @@ pub enum connector_frontend_protocol {
     CONNECTOR_FRONTEND_GRPC = 1,
 }
 
+impl TryFrom<u32> for connector_frontend_protocol {
+    type Error = ();
+
+    fn try_from(value: u32) -> Result<Self, ()> {
+        match value {
+            0 => Ok(Self::CONNECTOR_FRONTEND_HTTP_CONNECT),
+            1 => Ok(Self::CONNECTOR_FRONTEND_GRPC),
+            _ => Err(()),
+        }
+    }
+}
+
 fn parse_bind(bind: &str, tls: Option<(&str, &str, &str)>) -> Result<FrontendBind, Error> {
     if let Some(path) = bind.strip_prefix("unix://") {
         if tls.is_some() {
@@ -76,10 +88,11 @@ fn parse_bind(bind: &str, tls: Option<(&str, &str, &str)>) -> Result<FrontendBin
     )))
 }
 
-/// Starts a frontend on `bind`: `unix:///path/to.sock` (owner-only),
-/// `tcp://127.0.0.1:PORT` (plain, loopback only) or `tls://IP:PORT` (mutual
-/// TLS: `cert_path`, `key_path` and `client_ca_path` are then required; pass
-/// null otherwise). `limits` may be null (defaults). `*out` receives where it
+/// Starts a frontend speaking `protocol` (a `connector_frontend_protocol`;
+/// any other value is `CONNECTOR_ERR_INVALID_ARGUMENT`) on `bind`:
+/// `unix:///path/to.sock` (owner-only), `tcp://127.0.0.1:PORT` (plain,
+/// loopback only) or `tls://IP:PORT` (mutual TLS: `cert_path`, `key_path`
+/// and `client_ca_path` are then required; pass null otherwise). `limits` may be null (defaults). `*out` receives where it
 /// listens (free with `connector_string_free`). It serves until the server is freed.
 ///
 /// # Safety
@@ -87,7 +100,7 @@ fn parse_bind(bind: &str, tls: Option<(&str, &str, &str)>) -> Result<FrontendBin
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connector_server_start_frontend(
     server: *const connector_server,
-    protocol: connector_frontend_protocol,
+    protocol: u32,
     bind: *const c_char,
     cert_path: *const c_char,
     key_path: *const c_char,
@@ -97,6 +110,10 @@ pub unsafe extern "C" fn connector_server_start_frontend(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
+        let protocol = match arg_enum(protocol, "protocol")? {
+            connector_frontend_protocol::CONNECTOR_FRONTEND_HTTP_CONNECT => FrontendProtocol::HttpConnect,
+            connector_frontend_protocol::CONNECTOR_FRONTEND_GRPC => FrontendProtocol::Grpc,
+        };
         check_out(out, "out")?;
         let server = SERVERS.get(server)?;
         let bind = arg_str(bind, "bind")?;
@@ -119,10 +136,6 @@ pub unsafe extern "C" fn connector_server_start_frontend(
         } else {
             // SAFETY: non-null and readable per the contract.
             unsafe { *limits }.apply()
-        };
-        let protocol = match protocol {
-            connector_frontend_protocol::CONNECTOR_FRONTEND_HTTP_CONNECT => FrontendProtocol::HttpConnect,
-            connector_frontend_protocol::CONNECTOR_FRONTEND_GRPC => FrontendProtocol::Grpc,
         };
         let local = {
             let _entered = server.rt.handle().enter();

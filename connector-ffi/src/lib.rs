@@ -26,6 +26,8 @@
 #![allow(non_camel_case_types)]
 #![warn(missing_docs)]
 
+#[cfg(test)]
+mod abi_tests;
 pub mod agent;
 pub mod auth;
 pub mod bench;

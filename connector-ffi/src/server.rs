@@ -13,7 +13,7 @@ use crate::auth::{CallbackAuthenticator, CallbackGate};
 use crate::cancel::{self, connector_cancel};
 use crate::config::{SERVER_CONFIGS, connector_server_config};
 use crate::connector_result;
-use crate::error::{Error, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
+use crate::error::{Error, arg_enum, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
 use crate::handle::Registry;
 use crate::runtime::OwnedRuntime;
 use crate::stream::{STREAMS, connector_stream};
@@ -43,6 +43,21 @@ pub enum connector_selector_kind {
     CONNECTOR_SELECT_AGENT = 2,
     /// Any connected agent.
     CONNECTOR_SELECT_ANY = 3,
+}
+
+impl TryFrom<u32> for connector_selector_kind {
+    type Error = ();
+
+    fn try_from(value: u32) -> Result<Self, ()> {
+        use connector_selector_kind::*;
+        Ok(match value {
+            0 => CONNECTOR_SELECT_TARGET_HOST,
+            1 => CONNECTOR_SELECT_HOST,
+            2 => CONNECTOR_SELECT_AGENT,
+            3 => CONNECTOR_SELECT_ANY,
+            _ => return Err(()),
+        })
+    }
 }
 
 pub(crate) static SERVERS: Registry<connector_server> = Registry::new("server");
@@ -242,16 +257,18 @@ impl connector_server {
 }
 
 /// Opens a TCP connection to `target` (`host:port`, as the agent sees it)
-/// through the agent `kind`/`selector` picks. `timeout_us` (0: the server's
-/// default dial timeout) covers choosing the agent, opening the stream and
-/// the agent's TCP connect. On success `*out` is a new stream handle.
+/// through the agent `kind` (a `connector_selector_kind`; any other value is
+/// `CONNECTOR_ERR_INVALID_ARGUMENT`) and `selector` pick. `timeout_us` (0:
+/// the server's default dial timeout) covers choosing the agent, opening the
+/// stream and the agent's TCP connect. On success `*out` is a new stream
+/// handle.
 ///
 /// # Safety
 /// Strings NUL-terminated (`selector` may be null when unused); `out` writable; `error` null or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connector_server_dial(
     server: *const connector_server,
-    kind: connector_selector_kind,
+    kind: u32,
     selector_arg: *const c_char,
     target: *const c_char,
     timeout_us: u64,
@@ -260,6 +277,7 @@ pub unsafe extern "C" fn connector_server_dial(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
+        let kind = arg_enum(kind, "kind")?;
         check_out(out, "out")?;
         let server = SERVERS.get(server)?;
         let cancel = cancel::optional(cancel)?;
@@ -285,7 +303,7 @@ pub unsafe extern "C" fn connector_server_dial(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connector_server_dial_fd(
     server: *const connector_server,
-    kind: connector_selector_kind,
+    kind: u32,
     selector_arg: *const c_char,
     target: *const c_char,
     timeout_us: u64,
@@ -295,6 +313,7 @@ pub unsafe extern "C" fn connector_server_dial_fd(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
+        let kind = arg_enum(kind, "kind")?;
         check_out(out, "out")?;
         check_out(fd, "fd")?;
         let server = SERVERS.get(server)?;
@@ -312,15 +331,19 @@ pub unsafe extern "C" fn connector_server_dial_fd(
     })
 }
 
-/// How long freeing a server waits for auth callbacks in progress.
-const AUTH_DRAIN: Duration = Duration::from_secs(30);
-
 /// Shuts the server down (agents are disconnected, their streams end,
-/// frontends stop) and frees the handle. Once it returns, the auth callback
-/// is no longer called (calls in progress are waited for, up to 30 s), so
-/// its `user_data` may be freed. Pending calls on it return
+/// frontends stop) and frees the handle. Pending calls on it return
 /// `CONNECTOR_ERR_CLOSED`. Streams already dialled must still be freed; the
 /// runtime's threads are joined when the last handle using them is freed.
+///
+/// The auth callback: once this returns `CONNECTOR_OK`, the callback is not
+/// running and will never be called again, so its `user_data` may be
+/// released. To get there it waits, with no time limit, for calls of the
+/// callback already running (a callback that never returns makes it wait
+/// forever). Called on a library thread, inside the auth callback above all
+/// (it would wait for itself), it returns `CONNECTOR_ERR_WRONG_THREAD` and
+/// does nothing: the handle stays valid, to be freed from one of the
+/// caller's own threads.
 ///
 /// # Safety
 /// `error` null or writable.
@@ -330,11 +353,25 @@ pub unsafe extern "C" fn connector_server_free(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
+        if crate::auth::in_callback() {
+            return Err(Error::new(
+                connector_result::CONNECTOR_ERR_WRONG_THREAD,
+                "connector_server_free called inside an auth callback, which it would wait for: \
+                 nothing was freed; free the server from one of your own threads",
+            ));
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::new(
+                connector_result::CONNECTOR_ERR_WRONG_THREAD,
+                "connector_server_free called on a connector library thread: nothing was freed; \
+                 free the server from one of your own threads",
+            ));
+        }
         let server = SERVERS.remove(server)?;
         server.server.shutdown();
         server.closed.fire();
         if let Some(gate) = &server.auth_gate {
-            gate.close(AUTH_DRAIN);
+            gate.close();
         }
         Ok(())
     })

@@ -5,6 +5,7 @@
  * callback, and bad input. Run under Valgrind by run-tests.sh: every
  * handle and string is freed, so any leak is reported. */
 
+#include "check.h"
 #include "connector.h"
 
 #include <arpa/inet.h>
@@ -18,33 +19,6 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-
-static int checks = 0;
-
-#define CHECK(cond, ...)                                                        \
-  do {                                                                          \
-    checks++;                                                                   \
-    if (!(cond)) {                                                              \
-      fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);           \
-      fprintf(stderr, __VA_ARGS__);                                             \
-      fprintf(stderr, "\n");                                                    \
-      exit(1);                                                                  \
-    }                                                                           \
-  } while (0)
-
-/* Calls `call` (which ends in `&err`) and requires `expected`. */
-#define EXPECT(expected, call)                                                  \
-  do {                                                                          \
-    char *err = NULL;                                                           \
-    connector_result got = (call);                                              \
-    CHECK(got == (expected), "%s returned %s (%s), expected %s", #call,         \
-          connector_result_name(got), err ? err : "no message",                 \
-          connector_result_name(expected));                                     \
-    CHECK((got == CONNECTOR_OK) == (err == NULL), "message iff error");         \
-    connector_string_free(err);                                                 \
-  } while (0)
-
-#define OK(call) EXPECT(CONNECTOR_OK, call)
 
 static const uint64_t SEC = 1000000; /* microseconds */
 
