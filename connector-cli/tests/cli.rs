@@ -219,7 +219,10 @@ fn limit_settings_are_read_from_the_file_and_the_environment_and_bad_values_are_
         (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
 
-    write("frontend-max-head = \"4KiB\"\n", "tunnel-idle-timeout = \"4h\"\n");
+    write(
+        "frontend-max-head = \"4KiB\"\nmax-handshakes = 500\nmax-unadmitted-per-source = 64\nauth-timeout = \"5s\"\n",
+        "tunnel-idle-timeout = \"4h\"\ntunnel-stall-timeout = \"5m\"\n",
+    );
     for command in ["server", "agent"] {
         let (ok, err) = check(command, &[]);
         assert!(ok, "{command}: {err}");
@@ -240,6 +243,10 @@ fn limit_settings_are_read_from_the_file_and_the_environment_and_bad_values_are_
     let (ok, err) = check("agent", &[]);
     assert!(!ok);
     assert!(err.contains("--tunnel-idle-timeout") && err.contains("never"), "{err}");
+    write("", "tunnel-stall-timeout = \"soon\"\n");
+    let (ok, err) = check("agent", &[]);
+    assert!(!ok);
+    assert!(err.contains("--tunnel-stall-timeout") && err.contains("soon"), "{err}");
     write("frontend-max-head = \"64\"\n", "");
     let (ok, err) = check("server", &[]);
     assert!(!ok);
