@@ -27,9 +27,9 @@ pub fn run(args: DevPkiArgs) -> anyhow::Result<()> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ca = ThrowawayCa::new("connector dev CA")?;
     let names: Vec<&str> = args.server_names.iter().map(String::as_str).collect();
-    let server = ca.issue("connector server", &names)?;
-    let client = ca.issue(&args.node, &[&args.node])?;
-    let apiserver = ca.issue("kube-apiserver", &[])?;
+    let server = ca.issue_server("connector server", &names)?;
+    let client = ca.issue_client(&args.node, &[&args.node])?;
+    let apiserver = ca.issue_client("kube-apiserver", &[])?;
     let token = format!("{:032x}", rand::random::<u128>());
     // The token may serve the node's name and this machine's loopback address,
     // where a developer runs the targets.

@@ -1,7 +1,8 @@
 //! Client-certificate (mTLS) authentication. TLS has already verified the
-//! chain against the server's client CA bundle; this maps the leaf
-//! certificate to an identity: its subject common name is the identity's
-//! name, and its DNS and IP subject alternative names are what it may claim.
+//! chain against the server's client CA bundle, and that the leaf names
+//! clientAuth in its extended key usage; this maps the leaf certificate to
+//! an identity: its subject common name is the identity's name, and its DNS
+//! and IP subject alternative names are what it may claim.
 
 use std::net::IpAddr;
 
@@ -10,6 +11,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{AgentIdentity, Allowance, AuthRejection, AuthRequest, Authenticator};
 use crate::identifiers::{Identifiers, normalize_host, valid_host};
+use crate::tls::{KeyPurpose, check_purpose};
 use crate::transport::BoxFuture;
 
 /// Accepts agents by their verified client certificate.
@@ -17,10 +19,14 @@ use crate::transport::BoxFuture;
 pub struct CertificateAuthenticator;
 
 impl CertificateAuthenticator {
-    /// Maps a DER leaf certificate to an identity.
+    /// Maps a DER leaf certificate to an identity. The certificate must
+    /// name clientAuth in its extended key usage (checked again here for
+    /// transports without TLS and for custom authenticators that call this).
     pub fn identity_of(der: &[u8]) -> Result<AgentIdentity, AuthRejection> {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| AuthRejection::unauthenticated(format!("unparsable client certificate: {e}")))?;
+        check_purpose(der, KeyPurpose::ClientAuth)
+            .map_err(|e| AuthRejection::unauthenticated(format!("client certificate refused: {e}")))?;
         let name = cert
             .subject()
             .iter_common_name()
@@ -82,5 +88,19 @@ mod tests {
             Allowance::Only("host=node-a.example,ipv4=10.0.0.5".parse().unwrap())
         );
         assert!(CertificateAuthenticator::identity_of(b"garbage").is_err());
+    }
+
+    #[test]
+    fn needs_client_auth() {
+        let ca = ThrowawayCa::new("test ca").unwrap();
+        for purposes in [&[][..], &[KeyPurpose::ServerAuth]] {
+            let issued = ca.issue_for("node-a", &["node-a"], purposes).unwrap();
+            let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+            let err = CertificateAuthenticator::identity_of(&der).unwrap_err();
+            assert!(err.reason.contains("clientAuth"), "{purposes:?}: {}", err.reason);
+        }
+        let issued = ca.issue_client("node-a", &["node-a"]).unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        assert_eq!(CertificateAuthenticator::identity_of(&der).unwrap().name, "node-a");
     }
 }
