@@ -9,12 +9,14 @@ use std::net::IpAddr;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::{AgentIdentity, Allowance, AuthRejection, AuthRequest, Authenticator};
+use super::{AgentIdentity, Allowance, AuthRejection, AuthRequest, Authenticator, check_identity_name};
 use crate::identifiers::{Identifiers, normalize_host, valid_host};
 use crate::tls::{KeyPurpose, check_purpose};
 use crate::transport::BoxFuture;
 
-/// Accepts agents by their verified client certificate.
+/// Accepts agents by their verified client certificate. Its subject common
+/// name must be a valid identity name ([`super::check_identity_name`]: no
+/// `/`, no control characters).
 #[derive(Debug, Clone, Default)]
 pub struct CertificateAuthenticator;
 
@@ -34,6 +36,11 @@ impl CertificateAuthenticator {
             .and_then(|cn| cn.as_str().ok())
             .ok_or_else(|| AuthRejection::unauthenticated("client certificate has no subject common name"))?
             .to_owned();
+        check_identity_name(&name).map_err(|e| {
+            AuthRejection::unauthenticated(format!(
+                "the client certificate's common name cannot be an identity: {e}"
+            ))
+        })?;
         let mut allowed = Identifiers::default();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for general in &san.value.general_names {
