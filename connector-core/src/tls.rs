@@ -57,7 +57,7 @@ pub enum TlsError {
     /// A TLS frontend trusts the CA of agents' client certificates and
     /// admits any client it issued (see [`FrontendTls::check_trust_domains`]).
     #[error(
-        "the frontend's client CA is also a CA of agents' client certificates, so every agent could dial through the frontend: give frontend clients (kube-apiserver) their own CA, or list the clients the frontend admits (--frontend-allow-client NAME)"
+        "the frontend's client CA is also a CA of agents' client certificates, so every agent could dial through the frontend: give frontend clients (kube-apiserver) their own CA, or list the clients the frontend admits (connector server --frontend-allow-client NAME; FrontendTls::allowed_clients, allowed_clients in C, AllowedClients in Go)"
     )]
     SharedClientCa,
 }

@@ -599,6 +599,17 @@ connector_result connector_agent_config_set_tunnel_idle_timeout(const connector_
                                                                 uint64_t timeout_ms,
                                                                 char **error);
 
+// Closes a tunnelled connection one side of which (the dialer or the
+// target) has read none of the bytes waiting for it for `timeout_ms`
+// milliseconds (0: never; default 3 minutes); a stream then fails with
+// `CONNECTOR_ERR_IO` (see `connector_stream_status`: reset `stalled`).
+//
+// # Safety
+// `error` null or writable.
+connector_result connector_agent_config_set_tunnel_stall_timeout(const connector_agent_config *config,
+                                                                 uint64_t timeout_ms,
+                                                                 char **error);
+
 // Sets how often the agent sends a keepalive on an otherwise idle
 // connection to its server (default 5 s) and after how long without an
 // answer the server counts as gone (default 30 s); 0 keeps a value as it is.
@@ -641,8 +652,15 @@ const char *connector_result_name(connector_result result);
 // Starts a frontend on `bind`: `unix:///path/to.sock` (owner-only),
 // `tcp://127.0.0.1:PORT` (plain, loopback only) or `tls://IP:PORT` (mutual
 // TLS: `cert_path`, `key_path` and `client_ca_path` are then required; pass
-// null otherwise). `limits` may be null (defaults). `*out` receives where it
-// listens (free with `connector_string_free`). It serves until the server is freed.
+// null otherwise). Client certificates need EKU clientAuth.
+// `allowed_clients` (tls:// only; null for none) is a comma-separated list
+// of the clients admitted: a client certificate whose common name equals a
+// name, or one of whose DNS names equals one ignoring case. Without it any
+// certificate `client_ca_path` issued is admitted, and a `client_ca_path`
+// holding one of the server's agent client CAs is refused
+// (`CONNECTOR_ERR_SETUP`): every agent could use the frontend.
+// `limits` may be null (defaults). `*out` receives where it listens (free
+// with `connector_string_free`). It serves until the server is freed.
 //
 // # Safety
 // Strings null or NUL-terminated; `limits` null or readable; `out` writable; `error` null or writable.
@@ -652,6 +670,7 @@ connector_result connector_server_start_frontend(const connector_server *server,
                                                  const char *cert_path,
                                                  const char *key_path,
                                                  const char *client_ca_path,
+                                                 const char *allowed_clients,
                                                  const connector_frontend_limits *limits,
                                                  char **out,
                                                  char **error);
