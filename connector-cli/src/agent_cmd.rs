@@ -23,8 +23,8 @@ pub struct AgentArgs {
     /// report); repeat the flag or separate with commas to list one address per replica.
     #[arg(long, env = "CONNECTOR_SERVER", value_delimiter = ',', required = true)]
     server: Vec<String>,
-    /// CA bundle (PEM) the server's certificate must chain to; followed: a changed
-    /// file is used from the next handshake.
+    /// CA bundle (PEM) the server's certificate must chain to (the certificate
+    /// needs EKU serverAuth); followed: a changed file is used from the next handshake.
     #[arg(long, env = "CONNECTOR_CA")]
     ca: PathBuf,
     /// Name expected on the server's certificate (default: the host part of --server).
@@ -41,7 +41,8 @@ pub struct AgentArgs {
     /// File holding the bearer token, re-read at each connection (rotation-safe).
     #[arg(long, env = "CONNECTOR_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// Client certificate chain (PEM) for mTLS.
+    /// Client certificate chain (PEM) for mTLS; it needs EKU clientAuth, and its
+    /// common name is the agent's identity.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
     /// Private key of the client certificate (PEM).

@@ -54,7 +54,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("connector demo: a server, an agent and a target service in one process\n");
     let t = Instant::now();
     let ca = ThrowawayCa::new("connector demo CA")?;
-    let server_cert = ca.issue("connector demo server", &["localhost", "127.0.0.1"])?;
+    let server_cert = ca.issue_server("connector demo server", &["localhost", "127.0.0.1"])?;
     let token = Secret::new(format!("demo-{:016x}", rand::random::<u64>()));
     step(
         1,

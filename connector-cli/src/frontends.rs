@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use connector_core::frontend::{self, FrontendBind, FrontendLimits, FrontendProtocol};
 use connector_core::server::{Selector, Server};
-use connector_core::tls::FrontendTls;
+use connector_core::tls::{CaBundle, FrontendTls};
 
 use crate::units::parse_duration;
 
@@ -39,9 +39,18 @@ pub struct FrontendArgs {
     #[arg(long, value_name = "FILE")]
     frontend_key: Option<PathBuf>,
     /// CA bundle (PEM) that frontend clients' certificates must chain to; followed:
-    /// a changed file is used from the next handshake.
+    /// a changed file is used from the next handshake. Client certificates need
+    /// EKU clientAuth. Use a CA of frontend clients only: the server refuses to
+    /// start when this is also the agents' --client-ca, unless
+    /// --frontend-allow-client lists the clients.
     #[arg(long, value_name = "FILE")]
     frontend_client_ca: Option<PathBuf>,
+    /// Admit only this client on the TLS frontends (repeatable): a client
+    /// certificate is admitted when its subject common name equals NAME, or one
+    /// of its DNS names equals NAME ignoring case. Without it, any certificate
+    /// --frontend-client-ca issued is admitted.
+    #[arg(long = "frontend-allow-client", value_name = "NAME")]
+    frontend_allow_client: Vec<String>,
     /// File mode of the frontends' Unix sockets (octal).
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     uds_mode: u32,
@@ -138,31 +147,41 @@ impl FromStr for ForwardSpec {
 }
 
 impl FrontendArgs {
-    fn tls(&self) -> anyhow::Result<Option<FrontendTls>> {
+    /// The TLS frontends' settings, refused when a TLS frontend would admit
+    /// every client of the agents' CA (`agent_client_cas`, the server's
+    /// --client-ca).
+    fn tls(&self, agent_client_cas: &CaBundle) -> anyhow::Result<Option<FrontendTls>> {
         let (Some(cert), Some(key), Some(ca)) = (&self.frontend_cert, &self.frontend_key, &self.frontend_client_ca)
         else {
             return Ok(None);
         };
-        Ok(Some(FrontendTls::from_files(cert, key, ca)?))
+        let mut tls = FrontendTls::from_files(cert, key, ca)?;
+        tls.allowed_clients = self.frontend_allow_client.clone();
+        if self.connect_tls.is_some() || self.grpc_tls.is_some() {
+            tls.check_trust_domains(agent_client_cas)
+                .with_context(|| format!("--frontend-client-ca {}", ca.display()))?;
+        }
+        Ok(Some(tls))
     }
 
     /// Checks the frontend settings (TLS material, sockets' directories) without binding.
-    pub fn check(&self) -> anyhow::Result<()> {
-        let tls = self.tls()?;
+    pub fn check(&self, agent_client_cas: &CaBundle) -> anyhow::Result<()> {
+        let tls = self.tls(agent_client_cas)?;
         if tls.is_none() && (self.connect_tls.is_some() || self.grpc_tls.is_some()) {
             anyhow::bail!("TLS frontends need --frontend-cert, --frontend-key and --frontend-client-ca");
         }
         Ok(())
     }
 
-    /// Binds every configured frontend and starts serving on `server`.
-    pub async fn start(&self, server: &Server) -> anyhow::Result<()> {
+    /// Binds every configured frontend and starts serving on `server`, whose
+    /// agents' client certificates chain to `agent_client_cas`.
+    pub async fn start(&self, server: &Server, agent_client_cas: &CaBundle) -> anyhow::Result<()> {
         let limits = FrontendLimits {
             max_connections: self.frontend_max_connections,
             head_timeout: self.frontend_head_timeout,
             max_head: self.frontend_max_head,
         };
-        let tls = self.tls()?;
+        let tls = self.tls(agent_client_cas)?;
         let tls_bind = |addr: SocketAddr| -> anyhow::Result<FrontendBind> {
             let tls = tls
                 .clone()

@@ -29,7 +29,7 @@ pub struct ServerArgs {
         value_name = "ADDR|same|off"
     )]
     tcp_listen: TcpListen,
-    /// Server certificate chain (PEM), presented to agents.
+    /// Server certificate chain (PEM), presented to agents; it needs EKU serverAuth.
     #[arg(long, env = "CONNECTOR_CERT")]
     cert: PathBuf,
     /// Private key of the server certificate (PEM).
@@ -40,8 +40,9 @@ pub struct ServerArgs {
     #[arg(long, env = "CONNECTOR_TOKENS")]
     tokens: Option<PathBuf>,
     /// CA bundle (PEM) for agents' client certificates (mTLS). The certificate's
-    /// common name becomes the identity; its DNS/IP SANs are what it may serve.
-    /// Followed: a changed file is used from the next handshake.
+    /// common name becomes the identity (no '/' or control characters); its
+    /// DNS/IP SANs are what it may serve; it needs EKU clientAuth. Followed: a
+    /// changed file is used from the next handshake.
     #[arg(long, env = "CONNECTOR_CLIENT_CA")]
     client_ca: Option<PathBuf>,
     /// This replica's id, reported to agents (default: the host name).
@@ -143,7 +144,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Err(SetupError::NoAuthentication) = setup.check() {
         bail!("no way to authenticate agents: pass --tokens FILE and/or --client-ca FILE");
     }
-    args.frontends.check()?;
+    // Kept for the frontends: a TLS frontend must not admit every agent.
+    let agent_client_cas = setup.client_cas.clone().unwrap_or_default();
+    args.frontends.check(&agent_client_cas)?;
     if let Some(file) = &args.check_config {
         println!("{}: the server configuration is valid", file.display());
         return Ok(());
@@ -154,7 +157,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => tracing::info!(quic = %started.local_addr, "listening for agents (TCP fallback off)"),
     }
     let server = started.server;
-    args.frontends.start(&server).await?;
+    args.frontends.start(&server, &agent_client_cas).await?;
     if let Some(addr) = args.admin {
         crate::admin::start(addr, std::sync::Arc::new(server.clone())).await?;
     }

@@ -11,7 +11,12 @@ use common::*;
 fn curl_reaches_a_target_behind_the_agent_through_both_connect_frontends() {
     let dir = temp_dir("curl");
     dev_pki(&dir);
-    let (cert, key, ca) = (dir.join("server.pem"), dir.join("server-key.pem"), dir.join("ca.pem"));
+    // The frontend clients' CA, not the agents' (`ca.pem`, the server's --client-ca).
+    let (cert, key, ca) = (
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+        dir.join("frontend-client-ca.pem"),
+    );
     let frontend_tls = [
         "--connect-tls",
         "127.0.0.1:0",
@@ -63,6 +68,28 @@ fn curl_reaches_a_target_behind_the_agent_through_both_connect_frontends() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from behind the agent");
     assert!(!curl_tls(false).status.success());
+    // An agent's client certificate is no frontend client's.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-p",
+            "-x",
+            &format!("https://localhost:{}", tls.rsplit(':').next().unwrap()),
+        ])
+        .arg("--proxy-cacert")
+        .arg(dir.join("ca.pem"))
+        .arg("--proxy-cert")
+        .arg(dir.join("node-a.pem"))
+        .arg("--proxy-key")
+        .arg(dir.join("node-a-key.pem"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an agent's certificate opened the frontend: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // A host no agent serves: curl sees the 503 at once.
     let out = Command::new("curl")

@@ -1,10 +1,17 @@
 //! Throw-away certificates for `connector demo`, tests and benchmarks: a CA,
 //! a server certificate and client certificates, generated in memory with
 //! rcgen. Never use these in production; issue real certificates instead.
+//!
+//! Every leaf carries an extended key usage (EKU) extension, because
+//! connector refuses a certificate without the purpose it is presented for
+//! (see [`crate::tls::KeyPurpose`]): [`ThrowawayCa::issue_server`] and
+//! [`ThrowawayCa::issue_client`] issue single-purpose certificates, as a real
+//! PKI should; [`ThrowawayCa::issue`] issues one valid for both ends, for
+//! tests that do not care.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
 
-use crate::tls::Identity;
+use crate::tls::{Identity, KeyPurpose};
 
 /// A freshly generated certificate authority.
 pub struct ThrowawayCa {
@@ -58,15 +65,37 @@ impl ThrowawayCa {
     }
 
     /// Issues a certificate with common name `cn` and the given DNS names and IP
-    /// addresses as subject alternative names.
+    /// addresses as subject alternative names, valid both as a server and as a
+    /// client certificate (EKU serverAuth and clientAuth): for tests and
+    /// demos that use one certificate either way. Prefer
+    /// [`ThrowawayCa::issue_server`] and [`ThrowawayCa::issue_client`].
     pub fn issue(&self, cn: &str, names: &[&str]) -> Result<IssuedPem, rcgen::Error> {
-        self.issue_with(cn, names, |_| {})
+        self.issue_for(cn, names, &[KeyPurpose::ServerAuth, KeyPurpose::ClientAuth])
+    }
+
+    /// Issues a server certificate (EKU serverAuth only): what a connector
+    /// server presents to agents, or a frontend to kube-apiserver.
+    pub fn issue_server(&self, cn: &str, names: &[&str]) -> Result<IssuedPem, rcgen::Error> {
+        self.issue_for(cn, names, &[KeyPurpose::ServerAuth])
+    }
+
+    /// Issues a client certificate (EKU clientAuth only): what an agent, or
+    /// a frontend client such as kube-apiserver, presents.
+    pub fn issue_client(&self, cn: &str, names: &[&str]) -> Result<IssuedPem, rcgen::Error> {
+        self.issue_for(cn, names, &[KeyPurpose::ClientAuth])
+    }
+
+    /// Issues a certificate for exactly `purposes`; with none, the
+    /// certificate has no EKU extension at all (which connector refuses at
+    /// both ends; for tests of that).
+    pub fn issue_for(&self, cn: &str, names: &[&str], purposes: &[KeyPurpose]) -> Result<IssuedPem, rcgen::Error> {
+        self.issue_with(cn, names, purposes, |_| {})
     }
 
     /// Like [`ThrowawayCa::issue`], but the certificate expired long ago
     /// (valid only during the year 2000): for testing that peers refuse it.
     pub fn issue_expired(&self, cn: &str, names: &[&str]) -> Result<IssuedPem, rcgen::Error> {
-        self.issue_with(cn, names, |params| {
+        self.issue_with(cn, names, &[KeyPurpose::ServerAuth, KeyPurpose::ClientAuth], |params| {
             params.not_before = rcgen::date_time_ymd(2000, 1, 1);
             params.not_after = rcgen::date_time_ymd(2001, 1, 1);
         })
@@ -76,10 +105,18 @@ impl ThrowawayCa {
         &self,
         cn: &str,
         names: &[&str],
+        purposes: &[KeyPurpose],
         adjust: impl FnOnce(&mut CertificateParams),
     ) -> Result<IssuedPem, rcgen::Error> {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = purposes
+            .iter()
+            .map(|purpose| match purpose {
+                KeyPurpose::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+                KeyPurpose::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+            })
+            .collect();
         for name in names {
             params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),

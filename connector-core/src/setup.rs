@@ -241,11 +241,10 @@ impl ServerSetup {
             Some(l) => Some(l.local_socket_addr().map_err(SetupError::LocalAddr)?),
             None => None,
         };
-        let authenticator: Arc<dyn Authenticator> = if authenticators.len() == 1 {
-            authenticators.remove(0)
-        } else {
-            Arc::new(FirstOf(authenticators))
-        };
+        // Even a single authenticator goes through `FirstOf`, which refuses
+        // an identity with an unusable name (`auth::check_identity_name`)
+        // with a clear reason.
+        let authenticator: Arc<dyn Authenticator> = Arc::new(FirstOf(authenticators));
         let mut config = ServerConfig::new(self.server_id, authenticator);
         config.server_count = self.server_count;
         config.keepalive = self.keepalive;

@@ -6,9 +6,11 @@
 
 mod ca;
 mod follow;
+mod purpose;
 mod reload;
 
 pub use ca::CaBundle;
+pub use purpose::{KeyPurpose, PurposeError, check_allowed_client, check_purpose};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +54,12 @@ pub enum TlsError {
     /// The server-certificate verifier could not be built from the CA bundle.
     #[error("server CA bundle rejected: {0}: pass the CA the server's certificate chains to")]
     ServerCa(String),
+    /// A TLS frontend trusts the CA of agents' client certificates and
+    /// admits any client it issued (see [`FrontendTls::check_trust_domains`]).
+    #[error(
+        "the frontend's client CA is also a CA of agents' client certificates, so every agent could dial through the frontend: give frontend clients (kube-apiserver) their own CA, or list the clients the frontend admits (connector server --frontend-allow-client NAME; FrontendTls::allowed_clients, allowed_clients in C, AllowedClients in Go)"
+    )]
+    SharedClientCa,
 }
 
 /// A certificate chain and its private key, as PEM. An identity read with
@@ -179,7 +187,7 @@ impl ServerTls {
         let builder = ServerConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
         let builder = match &self.client_cas {
-            Some(cas) => builder.with_client_cert_verifier(cas.client_verifier(true)?),
+            Some(cas) => builder.with_client_cert_verifier(cas.client_verifier(true, &[])?),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(self.identity.server_cert()?);
@@ -228,18 +236,33 @@ impl AgentTls {
 }
 
 /// TLS settings of a TCP frontend (HTTP CONNECT, gRPC): the server's
-/// certificate, and the CAs whose client certificates are *required*
-/// (kube-apiserver's egress selector presents one).
+/// certificate, the CAs whose client certificates are *required*
+/// (kube-apiserver's egress selector presents one), and which of those
+/// clients are admitted.
+///
+/// A frontend client may dial anything any agent serves, so its CA should
+/// issue nothing else: if the frontend trusts the CA of agents' client
+/// certificates, every agent could use the frontend. Give the frontend its
+/// own client CA, or list the clients it admits in
+/// [`FrontendTls::allowed_clients`]; [`FrontendTls::check_trust_domains`]
+/// refuses the shared CA without a list.
 #[derive(Debug, Clone)]
 pub struct FrontendTls {
     /// The frontend's certificate and key.
     pub identity: Identity,
-    /// CAs a client certificate must chain to.
+    /// CAs a client certificate must chain to. The client certificate must
+    /// also name clientAuth in its extended key usage.
     pub client_cas: CaBundle,
+    /// The clients admitted: a client certificate is accepted when its
+    /// subject common name equals an entry, or one of its DNS subject
+    /// alternative names equals one ignoring ASCII case. Empty: any client
+    /// certificate the CAs issued (with clientAuth).
+    pub allowed_clients: Vec<String>,
 }
 
 impl FrontendTls {
-    /// Loads the certificate chain, key and client CA bundle from PEM files (and follows them).
+    /// Loads the certificate chain, key and client CA bundle from PEM files
+    /// (and follows them), with no allow-list.
     pub fn from_files(
         chain: impl AsRef<Path>,
         key: impl AsRef<Path>,
@@ -248,13 +271,34 @@ impl FrontendTls {
         Ok(Self {
             identity: Identity::from_files(chain, key)?,
             client_cas: CaBundle::from_file(client_ca)?,
+            allowed_clients: Vec::new(),
         })
     }
 
+    /// Refuses a frontend without [`FrontendTls::allowed_clients`] whose
+    /// client CAs include one of `agent_client_cas` (the CAs of agents'
+    /// client certificates; the same DER certificate): every agent's
+    /// certificate would open the frontend. Call it before starting a TLS
+    /// frontend next to a server that authenticates agents by certificate.
+    pub fn check_trust_domains(&self, agent_client_cas: &CaBundle) -> Result<(), TlsError> {
+        if !self.allowed_clients.is_empty() {
+            return Ok(());
+        }
+        let shared = self
+            .client_cas
+            .certs()
+            .any(|ca| agent_client_cas.certs().any(|agents| agents == ca));
+        if shared {
+            return Err(TlsError::SharedClientCa);
+        }
+        Ok(())
+    }
+
     /// Builds the rustls configuration: TLS 1.2 or 1.3, client certificate
-    /// required, offering `alpn` (e.g. `h2` for gRPC).
+    /// required (with clientAuth, and on the allow-list when there is one),
+    /// offering `alpn` (e.g. `h2` for gRPC).
     pub fn rustls_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
-        let verifier = self.client_cas.client_verifier(false)?;
+        let verifier = self.client_cas.client_verifier(false, &self.allowed_clients)?;
         let mut config = ServerConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_client_cert_verifier(verifier)

@@ -231,6 +231,7 @@ async fn connect_over_mutual_tls_requires_a_client_certificate() {
         let tls = FrontendTls {
             identity: h.ca.issue("connector frontend", &["localhost"]).unwrap().identity(),
             client_cas: vec![h.ca.cert_der()].into(),
+            allowed_clients: Vec::new(),
         };
         let addr = start_tls_connect(&h, tls);
         let target = echo_target().await;
@@ -259,6 +260,108 @@ async fn connect_over_mutual_tls_requires_a_client_certificate() {
             io.read_exact(&mut buf).await
         };
         assert!(refused.await.is_err());
+    })
+    .await
+}
+
+/// The mutual-TLS frontend admits a client only with a clientAuth
+/// certificate and, when it has an allow-list, only the clients on it: with
+/// the agents' CA trusted for frontend clients too, an agent's own client
+/// certificate used to get `200` and a tunnel. A frontend without a list
+/// whose client CA is the agents' is refused by `check_trust_domains`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mutual_tls_frontend_admits_only_its_clients() {
+    use connector_core::tls::KeyPurpose;
+    guard(async {
+        let h = Harness::new(Kind::Quic).await;
+        let _agent = h.agent("node-a").await;
+        let target = echo_target().await.to_string();
+        let frontend_identity = || {
+            h.ca.issue_server("connector frontend", &["localhost"])
+                .unwrap()
+                .identity()
+        };
+        let client = |ca: &connector_core::pki::ThrowawayCa, cn: &str, names: &[&str], purposes: &[KeyPurpose]| {
+            tls_client(&h.ca, Some(ca.issue_for(cn, names, purposes).unwrap().identity()))
+        };
+        let client_auth = &[KeyPurpose::ClientAuth][..];
+
+        // The agents' CA, shared with frontend clients, but with an allow-list.
+        let shared = FrontendTls {
+            identity: frontend_identity(),
+            client_cas: vec![h.ca.cert_der()].into(),
+            allowed_clients: vec!["kube-apiserver".into()],
+        };
+        shared.check_trust_domains(&vec![h.ca.cert_der()].into()).unwrap();
+        let addr = start_tls_connect(&h, shared);
+        connect_and_echo(&addr, &client(&h.ca, "kube-apiserver", &[], client_auth), &target)
+            .await
+            .unwrap();
+        // Admitted by a DNS name on the list, whatever its common name.
+        connect_and_echo(
+            &addr,
+            &client(&h.ca, "apiserver-1", &["Kube-Apiserver"], client_auth),
+            &target,
+        )
+        .await
+        .unwrap();
+        for (what, cn, purposes) in [
+            ("an agent's client certificate", "node-a", client_auth),
+            ("a certificate without EKU", "kube-apiserver", &[][..]),
+            ("a server certificate", "kube-apiserver", &[KeyPurpose::ServerAuth][..]),
+        ] {
+            let names: &[&str] = if cn == "node-a" { &["node-a"] } else { &[] };
+            assert!(
+                connect_and_echo(&addr, &client(&h.ca, cn, names, purposes), &target)
+                    .await
+                    .is_err(),
+                "{what} was admitted"
+            );
+        }
+
+        // Without a list, the agents' CA is refused for frontend clients.
+        let unlisted = FrontendTls {
+            identity: frontend_identity(),
+            client_cas: vec![h.ca.cert_der()].into(),
+            allowed_clients: Vec::new(),
+        };
+        let err = unlisted
+            .check_trust_domains(&vec![h.ca.cert_der()].into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--frontend-allow-client") && err.contains("own CA"),
+            "{err}"
+        );
+
+        // A CA of their own: any clientAuth certificate it issued, none without EKU.
+        let apiserver_ca = connector_core::pki::ThrowawayCa::new("frontend clients CA").unwrap();
+        let own = FrontendTls {
+            identity: frontend_identity(),
+            client_cas: vec![apiserver_ca.cert_der()].into(),
+            allowed_clients: Vec::new(),
+        };
+        own.check_trust_domains(&vec![h.ca.cert_der()].into()).unwrap();
+        let addr = start_tls_connect(&h, own);
+        connect_and_echo(
+            &addr,
+            &client(&apiserver_ca, "kube-apiserver", &[], client_auth),
+            &target,
+        )
+        .await
+        .unwrap();
+        assert!(
+            connect_and_echo(&addr, &client(&apiserver_ca, "kube-apiserver", &[], &[]), &target)
+                .await
+                .is_err(),
+            "a certificate without EKU was admitted"
+        );
+        assert!(
+            connect_and_echo(&addr, &client(&h.ca, "node-a", &["node-a"], client_auth), &target)
+                .await
+                .is_err(),
+            "an agent's certificate (another CA) was admitted"
+        );
     })
     .await
 }
@@ -328,6 +431,7 @@ async fn connect_over_mutual_tls_follows_the_client_ca_file() {
         let tls = FrontendTls {
             identity: h.ca.issue("connector frontend", &["localhost"]).unwrap().identity(),
             client_cas: CaBundle::from_file(&ca_file).unwrap(),
+            allowed_clients: Vec::new(),
         };
         let addr = start_tls_connect(&h, tls);
         let target = echo_target().await.to_string();
@@ -732,6 +836,7 @@ async fn slow_loris_clients_are_dropped_on_every_frontend_listener() {
         let frontend_tls = || FrontendTls {
             identity: h.ca.issue("connector frontend", &["localhost"]).unwrap().identity(),
             client_cas: vec![h.ca.cert_der()].into(),
+            allowed_clients: Vec::new(),
         };
         let loopback = || "127.0.0.1:0".parse().unwrap();
         let apiserver = || Some(h.ca.issue("kube-apiserver", &[]).unwrap().identity());

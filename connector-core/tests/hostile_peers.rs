@@ -25,6 +25,7 @@ on_all_transports!(
     stream_flood_from_an_agent_is_refused_and_counted,
     client_certificate_identifies_the_agent,
     a_token_for_one_node_cannot_take_another_nodes_agent_id,
+    no_identity_can_be_named_like_another_identitys_instance,
     a_hello_sent_one_byte_at_a_time_is_read_or_timed_out,
     a_dial_dribbled_by_a_rogue_server_is_reset_after_the_dial_frame_timeout,
     a_dial_result_dribbled_by_a_rogue_agent_times_the_dial_out,
@@ -317,6 +318,142 @@ async fn a_token_for_one_node_cannot_take_another_nodes_agent_id(kind: Kind) {
     );
     assert_still_served(&h, "node-b", target).await;
     real.stop().await;
+}
+
+/// Accepts one token as one identity name, whatever the name (an embedder's
+/// own authenticator, or a C or Python callback).
+struct NamedBy {
+    token: &'static str,
+    name: &'static str,
+}
+
+impl connector_core::auth::Authenticator for NamedBy {
+    fn authenticate<'a>(
+        &'a self,
+        request: connector_core::auth::AuthRequest<'a>,
+    ) -> connector_core::transport::BoxFuture<
+        'a,
+        Result<connector_core::auth::AgentIdentity, connector_core::auth::AuthRejection>,
+    > {
+        use connector_core::auth::{AgentIdentity, Allowance, AuthRejection};
+        Box::pin(async move {
+            match &request.hello.credential {
+                Credential::Bearer(token) if token.expose() == self.token.as_bytes() => Ok(AgentIdentity {
+                    name: self.name.into(),
+                    allowance: Allowance::Only("cidr=127.0.0.0/8".parse().unwrap()),
+                }),
+                _ => Err(AuthRejection::unauthenticated("not this authenticator's token")),
+            }
+        })
+    }
+}
+
+/// Identity `team` may register as `team/<instance>`. When identity names
+/// could contain `/`, identity `team/victim` registered as itself and `team`
+/// took the same agent id, replacing the real agent (and the two kept
+/// replacing each other). Now no authenticator yields such a name: the
+/// would-be victim is refused with a reason, whether its name comes from a
+/// token, a certificate or a custom authenticator, and other agents are
+/// served throughout.
+async fn no_identity_can_be_named_like_another_identitys_instance(kind: Kind) {
+    use connector_core::auth::{
+        Allowance, Authenticator, CertificateAuthenticator, FirstOf, TokenAuthenticator, TokenEntry,
+    };
+    use connector_core::proto::Secret;
+    let entries = [
+        ("token-team", "team"),
+        ("token-victim", "team/victim"),
+        ("token-node-b", "node-b"),
+    ]
+    .into_iter()
+    .map(|(token, name)| {
+        let allowed = match name {
+            "node-b" => "host=node-b,cidr=127.0.0.0/8",
+            _ => "cidr=127.0.0.0/8",
+        };
+        let allowed = allowed.parse().unwrap();
+        TokenEntry::new(&Secret::new(token), name, Allowance::Only(allowed))
+    })
+    .collect();
+    let authenticators: Vec<Arc<dyn Authenticator>> = vec![
+        Arc::new(TokenAuthenticator::from_entries(entries)),
+        Arc::new(CertificateAuthenticator),
+        Arc::new(NamedBy {
+            token: "token-custom",
+            name: "team/custom",
+        }),
+    ];
+    let h = Harness::with_config(kind, |c| c.authenticator = Arc::new(FirstOf(authenticators))).await;
+    let target = echo_target().await;
+    let good = h.agent("node-b").await;
+    let config = |agent_id: &str, credential: Credential| {
+        let mut config = h.agent_config("node-b", credential);
+        config.agent_id = agent_id.into();
+        config.identifiers = Default::default(); // serve what the identity allows
+        config
+    };
+    let bearer = |token: &str| Credential::Bearer(Secret::new(token));
+
+    // Token, certificate and custom authenticator each name a `team/...` identity.
+    let victims = [
+        (
+            "token",
+            Agent::start(h.connector(None), config("team/victim", bearer("token-victim"))),
+        ),
+        (
+            "certificate",
+            Agent::start(
+                h.connector(Some(h.ca.issue("team/cert", &[]).unwrap().identity())),
+                config("team/cert", Credential::None),
+            ),
+        ),
+        (
+            "custom",
+            Agent::start(h.connector(None), config("team/custom", bearer("token-custom"))),
+        ),
+    ];
+    for (what, victim) in victims {
+        let status = victim
+            .wait_for(|s| matches!(s, AgentStatus::Connected { .. } | AgentStatus::Rejected { .. }))
+            .await;
+        victim.stop().await;
+        match status {
+            AgentStatus::Rejected { code, reason } => {
+                assert_eq!(code, RejectCode::Unauthenticated, "{what}: {reason}");
+                assert!(
+                    reason.contains("identity name") && reason.contains("'/'"),
+                    "{what}: {reason}"
+                );
+                assert!(
+                    !reason.contains("token-"),
+                    "{what}: the reason echoes a token: {reason}"
+                );
+            }
+            other => panic!("{what}: an identity named team/... was admitted: {other:?}"),
+        }
+    }
+
+    // `team` may use the id `team/victim`: no other identity can own it.
+    let team = Agent::start(h.connector(None), config("team/victim", bearer("token-team")));
+    team.connected().await;
+    let mut agents: Vec<_> = h
+        .server
+        .agents()
+        .into_iter()
+        .map(|a| (a.agent_id, a.identity))
+        .collect();
+    agents.sort();
+    assert_eq!(
+        agents,
+        [
+            ("node-b".to_owned(), "node-b".to_owned()),
+            ("team/victim".to_owned(), "team".to_owned())
+        ]
+    );
+    assert_still_served(&h, "node-b", target).await;
+    assert_still_served(&h, "team/victim", target).await;
+    team.stop().await;
+    good.stop().await;
 }
 
 /// A `Hello` sent one byte per write is reassembled and answered; one that

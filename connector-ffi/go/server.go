@@ -15,6 +15,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/cgo"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -467,8 +468,15 @@ const (
 )
 
 // FrontendTLS is the mutual-TLS material of a tls:// frontend (PEM files).
+// Client certificates need EKU clientAuth. AllowedClients, if not empty, are
+// the clients admitted: a certificate whose common name equals one, or one of
+// whose DNS names equals one ignoring case. Without it any certificate
+// ClientCAFile issued is admitted, and a ClientCAFile holding one of the
+// server's agent client CAs is refused (ErrSetup): every agent could use the
+// frontend. Give frontend clients their own CA, or list them.
 type FrontendTLS struct {
 	CertFile, KeyFile, ClientCAFile string
+	AllowedClients                  []string
 }
 
 // FrontendLimits bounds a frontend; zero fields keep the defaults.
@@ -488,12 +496,16 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 	}
 	b := cString(bind)
 	defer freeString(b)
-	var cert, key, ca *C.char
+	var cert, key, ca, allowed *C.char
 	if tls != nil {
 		cert, key, ca = cString(tls.CertFile), cString(tls.KeyFile), cString(tls.ClientCAFile)
 		defer freeString(cert)
 		defer freeString(key)
 		defer freeString(ca)
+		if len(tls.AllowedClients) > 0 {
+			allowed = cString(strings.Join(tls.AllowedClients, ","))
+			defer freeString(allowed)
+		}
 	}
 	p := C.uint32_t(C.CONNECTOR_FRONTEND_HTTP_CONNECT)
 	if protocol == GRPC {
@@ -511,7 +523,7 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 	}
 	var out *C.char
 	err := call("start frontend", func(m **C.char) C.connector_result {
-		return C.connector_server_start_frontend(s.h, p, b, cert, key, ca, lim, &out, m)
+		return C.connector_server_start_frontend(s.h, p, b, cert, key, ca, allowed, lim, &out, m)
 	})
 	return takeString(out), settle(&s.closed, "start frontend", "server", err)
 }

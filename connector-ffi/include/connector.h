@@ -658,10 +658,18 @@ const char *connector_result_name(uint32_t result);
 
 // Starts a frontend speaking `protocol` (a `connector_frontend_protocol`;
 // any other value is `CONNECTOR_ERR_INVALID_ARGUMENT`) on `bind`:
-// `unix:///path/to.sock` (owner-only), `tcp://127.0.0.1:PORT` (plain,
-// loopback only) or `tls://IP:PORT` (mutual TLS: `cert_path`, `key_path`
-// and `client_ca_path` are then required; pass null otherwise). `limits` may be null (defaults). `*out` receives where it
-// listens (free with `connector_string_free`). It serves until the server is freed.
+// `unix:///path/to.sock` (owner-only),
+// `tcp://127.0.0.1:PORT` (plain, loopback only) or `tls://IP:PORT` (mutual
+// TLS: `cert_path`, `key_path` and `client_ca_path` are then required; pass
+// null otherwise). Client certificates need EKU clientAuth.
+// `allowed_clients` (tls:// only; null for none) is a comma-separated list
+// of the clients admitted: a client certificate whose common name equals a
+// name, or one of whose DNS names equals one ignoring case. Without it any
+// certificate `client_ca_path` issued is admitted, and a `client_ca_path`
+// holding one of the server's agent client CAs is refused
+// (`CONNECTOR_ERR_SETUP`): every agent could use the frontend.
+// `limits` may be null (defaults). `*out` receives where it listens (free
+// with `connector_string_free`). It serves until the server is freed.
 //
 // # Safety
 // Strings null or NUL-terminated; `limits` null or readable; `out` writable; `error` null or writable.
@@ -671,6 +679,7 @@ connector_result connector_server_start_frontend(const connector_server *server,
                                                  const char *cert_path,
                                                  const char *key_path,
                                                  const char *client_ca_path,
+                                                 const char *allowed_clients,
                                                  const connector_frontend_limits *limits,
                                                  char **out,
                                                  char **error);

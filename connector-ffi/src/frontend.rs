@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use connector_core::Selector;
 use connector_core::frontend::{self, FrontendBind, FrontendLimits, FrontendProtocol};
-use connector_core::tls::FrontendTls;
+use connector_core::tls::{CaBundle, FrontendTls};
 
 use crate::connector_result;
 use crate::error::{Error, arg_enum, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
@@ -63,7 +63,25 @@ impl TryFrom<u32> for connector_frontend_protocol {
     }
 }
 
-fn parse_bind(bind: &str, tls: Option<(&str, &str, &str)>) -> Result<FrontendBind, Error> {
+/// The names of a comma-separated list, trimmed, without empty ones.
+fn names(list: Option<&str>) -> Vec<String> {
+    list.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parse_bind(
+    bind: &str,
+    tls: Option<(&str, &str, &str)>,
+    allowed_clients: Vec<String>,
+    agent_client_cas: &CaBundle,
+) -> Result<FrontendBind, Error> {
+    if !bind.starts_with("tls://") && !allowed_clients.is_empty() {
+        return Err(Error::invalid("allowed_clients is only used with tls:// binds"));
+    }
     if let Some(path) = bind.strip_prefix("unix://") {
         if tls.is_some() {
             return Err(Error::invalid("TLS files are only used with tls:// binds"));
@@ -80,7 +98,9 @@ fn parse_bind(bind: &str, tls: Option<(&str, &str, &str)>) -> Result<FrontendBin
     if let Some(rest) = bind.strip_prefix("tls://") {
         let (chain, key, client_ca) =
             tls.ok_or_else(|| Error::invalid("a tls:// bind needs certificate, key and client CA files"))?;
-        let tls = FrontendTls::from_files(chain, key, client_ca).map_err(|e| Error::invalid(e.to_string()))?;
+        let mut tls = FrontendTls::from_files(chain, key, client_ca).map_err(|e| Error::invalid(e.to_string()))?;
+        tls.allowed_clients = allowed_clients;
+        tls.check_trust_domains(agent_client_cas).map_err(Error::setup)?;
         return Ok(FrontendBind::Tls { addr: addr(rest)?, tls });
     }
     Err(Error::invalid(format!(
@@ -90,10 +110,18 @@ fn parse_bind(bind: &str, tls: Option<(&str, &str, &str)>) -> Result<FrontendBin
 
 /// Starts a frontend speaking `protocol` (a `connector_frontend_protocol`;
 /// any other value is `CONNECTOR_ERR_INVALID_ARGUMENT`) on `bind`:
-/// `unix:///path/to.sock` (owner-only), `tcp://127.0.0.1:PORT` (plain,
-/// loopback only) or `tls://IP:PORT` (mutual TLS: `cert_path`, `key_path`
-/// and `client_ca_path` are then required; pass null otherwise). `limits` may be null (defaults). `*out` receives where it
-/// listens (free with `connector_string_free`). It serves until the server is freed.
+/// `unix:///path/to.sock` (owner-only),
+/// `tcp://127.0.0.1:PORT` (plain, loopback only) or `tls://IP:PORT` (mutual
+/// TLS: `cert_path`, `key_path` and `client_ca_path` are then required; pass
+/// null otherwise). Client certificates need EKU clientAuth.
+/// `allowed_clients` (tls:// only; null for none) is a comma-separated list
+/// of the clients admitted: a client certificate whose common name equals a
+/// name, or one of whose DNS names equals one ignoring case. Without it any
+/// certificate `client_ca_path` issued is admitted, and a `client_ca_path`
+/// holding one of the server's agent client CAs is refused
+/// (`CONNECTOR_ERR_SETUP`): every agent could use the frontend.
+/// `limits` may be null (defaults). `*out` receives where it listens (free
+/// with `connector_string_free`). It serves until the server is freed.
 ///
 /// # Safety
 /// Strings null or NUL-terminated; `limits` null or readable; `out` writable; `error` null or writable.
@@ -105,6 +133,7 @@ pub unsafe extern "C" fn connector_server_start_frontend(
     cert_path: *const c_char,
     key_path: *const c_char,
     client_ca_path: *const c_char,
+    allowed_clients: *const c_char,
     limits: *const connector_frontend_limits,
     out: *mut *mut c_char,
     error: *mut *mut c_char,
@@ -130,7 +159,8 @@ pub unsafe extern "C" fn connector_server_start_frontend(
                 ));
             }
         };
-        let bind = parse_bind(bind, tls)?;
+        let allowed_clients = names(arg_opt_str(allowed_clients, "allowed_clients")?);
+        let bind = parse_bind(bind, tls, allowed_clients, &server.agent_client_cas)?;
         let limits = if limits.is_null() {
             FrontendLimits::default()
         } else {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use connector_core::auth::TokenAuthenticator;
 use connector_core::setup::ServerSetup;
+use connector_core::tls::CaBundle;
 use connector_core::{Selector, Server, TunnelStream};
 
 use crate::auth::{CallbackAuthenticator, CallbackGate};
@@ -22,6 +23,9 @@ use crate::stream::{STREAMS, connector_stream};
 pub struct connector_server {
     pub(crate) rt: Arc<OwnedRuntime>,
     pub(crate) server: Server,
+    /// The CAs of agents' client certificates, which no TLS frontend may
+    /// trust without an allow-list.
+    pub(crate) agent_client_cas: CaBundle,
     local_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     /// Fired by [`connector_server_free`]: pending calls end.
@@ -77,6 +81,7 @@ fn start(config: &connector_server_config) -> Result<connector_server, Error> {
     } else if !s.tokens.is_empty() {
         setup.tokens = Some(TokenAuthenticator::from_entries(s.tokens));
     }
+    let agent_client_cas = s.client_cas.clone();
     if !s.client_cas.is_empty() {
         setup.client_cas = Some(s.client_cas);
     }
@@ -110,6 +115,7 @@ fn start(config: &connector_server_config) -> Result<connector_server, Error> {
     Ok(connector_server {
         rt,
         server: started.server,
+        agent_client_cas,
         local_addr: started.local_addr,
         tcp_addr: started.tcp_addr,
         closed: connector_cancel::new(),

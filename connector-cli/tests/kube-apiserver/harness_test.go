@@ -206,7 +206,7 @@ func newTunnelWith(t reporter, dialTimeout string, extraServerArgs ...string) *t
 		"--connect-uds", tn.connectUDS, "--connect-tls", "127.0.0.1:0",
 		"--grpc-uds", tn.grpcUDS, "--grpc-tls", "127.0.0.1:0",
 		"--frontend-cert", f("server.pem"), "--frontend-key", f("server-key.pem"),
-		"--frontend-client-ca", f("ca.pem"),
+		"--frontend-client-ca", f("frontend-client-ca.pem"),
 		"--dial-timeout", dialTimeout}
 	server := start(t, append(args, extraServerArgs...)...)
 	tn.server = server

@@ -1,26 +1,34 @@
 //! Client-certificate (mTLS) authentication. TLS has already verified the
-//! chain against the server's client CA bundle; this maps the leaf
-//! certificate to an identity: its subject common name is the identity's
-//! name, and its DNS and IP subject alternative names are what it may claim.
+//! chain against the server's client CA bundle, and that the leaf names
+//! clientAuth in its extended key usage; this maps the leaf certificate to
+//! an identity: its subject common name is the identity's name, and its DNS
+//! and IP subject alternative names are what it may claim.
 
 use std::net::IpAddr;
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::{AgentIdentity, Allowance, AuthRejection, AuthRequest, Authenticator};
+use super::{AgentIdentity, Allowance, AuthRejection, AuthRequest, Authenticator, check_identity_name};
 use crate::identifiers::{Identifiers, normalize_host, valid_host};
+use crate::tls::{KeyPurpose, check_purpose};
 use crate::transport::BoxFuture;
 
-/// Accepts agents by their verified client certificate.
+/// Accepts agents by their verified client certificate. Its subject common
+/// name must be a valid identity name ([`super::check_identity_name`]: no
+/// `/`, no control characters).
 #[derive(Debug, Clone, Default)]
 pub struct CertificateAuthenticator;
 
 impl CertificateAuthenticator {
-    /// Maps a DER leaf certificate to an identity.
+    /// Maps a DER leaf certificate to an identity. The certificate must
+    /// name clientAuth in its extended key usage (checked again here for
+    /// transports without TLS and for custom authenticators that call this).
     pub fn identity_of(der: &[u8]) -> Result<AgentIdentity, AuthRejection> {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| AuthRejection::unauthenticated(format!("unparsable client certificate: {e}")))?;
+        check_purpose(der, KeyPurpose::ClientAuth)
+            .map_err(|e| AuthRejection::unauthenticated(format!("client certificate refused: {e}")))?;
         let name = cert
             .subject()
             .iter_common_name()
@@ -28,6 +36,11 @@ impl CertificateAuthenticator {
             .and_then(|cn| cn.as_str().ok())
             .ok_or_else(|| AuthRejection::unauthenticated("client certificate has no subject common name"))?
             .to_owned();
+        check_identity_name(&name).map_err(|e| {
+            AuthRejection::unauthenticated(format!(
+                "the client certificate's common name cannot be an identity: {e}"
+            ))
+        })?;
         let mut allowed = Identifiers::default();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for general in &san.value.general_names {
@@ -82,5 +95,19 @@ mod tests {
             Allowance::Only("host=node-a.example,ipv4=10.0.0.5".parse().unwrap())
         );
         assert!(CertificateAuthenticator::identity_of(b"garbage").is_err());
+    }
+
+    #[test]
+    fn needs_client_auth() {
+        let ca = ThrowawayCa::new("test ca").unwrap();
+        for purposes in [&[][..], &[KeyPurpose::ServerAuth]] {
+            let issued = ca.issue_for("node-a", &["node-a"], purposes).unwrap();
+            let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+            let err = CertificateAuthenticator::identity_of(&der).unwrap_err();
+            assert!(err.reason.contains("clientAuth"), "{purposes:?}: {}", err.reason);
+        }
+        let issued = ca.issue_client("node-a", &["node-a"]).unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        assert_eq!(CertificateAuthenticator::identity_of(&der).unwrap().name, "node-a");
     }
 }

@@ -47,7 +47,9 @@ pub enum Allowance {
 /// The outcome of a successful authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentIdentity {
-    /// Who the agent is, as established by its credential (for logs and policy).
+    /// Who the agent is, as established by its credential (for logs and
+    /// policy). Must pass [`check_identity_name`]: the server refuses an
+    /// agent whose identity name does not.
     pub name: String,
     /// What it may serve.
     pub allowance: Allowance,
@@ -81,20 +83,29 @@ pub trait Authenticator: Send + Sync + 'static {
     fn authenticate<'a>(&'a self, request: AuthRequest<'a>) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>>;
 }
 
-/// Tries several authenticators in order; the first to accept wins. When all
-/// refuse, the reasons are joined.
+/// Tries several authenticators in order; the first to accept wins, if the
+/// identity it returns has a valid name ([`check_identity_name`]; otherwise
+/// the agent is refused). When all refuse, the reasons are joined (a lone
+/// refusal keeps its code).
 pub struct FirstOf(pub Vec<Arc<dyn Authenticator>>);
 
 impl Authenticator for FirstOf {
     fn authenticate<'a>(&'a self, request: AuthRequest<'a>) -> BoxFuture<'a, Result<AgentIdentity, AuthRejection>> {
         Box::pin(async move {
-            let mut reasons = Vec::new();
+            let mut rejections = Vec::new();
             for auth in &self.0 {
                 match auth.authenticate(request).await {
-                    Ok(identity) => return Ok(identity),
-                    Err(rejection) => reasons.push(rejection.reason),
+                    Ok(identity) => {
+                        check_identity_name(&identity.name).map_err(AuthRejection::from)?;
+                        return Ok(identity);
+                    }
+                    Err(rejection) => rejections.push(rejection),
                 }
             }
+            if rejections.len() == 1 {
+                return Err(rejections.remove(0));
+            }
+            let mut reasons: Vec<String> = rejections.into_iter().map(|r| r.reason).collect();
             if reasons.is_empty() {
                 reasons.push("no authenticator is configured".into());
             }
@@ -103,10 +114,58 @@ impl Authenticator for FirstOf {
     }
 }
 
+/// Why a string cannot be an identity name. The name is quoted escaped, so
+/// control characters never reach a log line raw.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityNameError {
+    /// The name is empty.
+    #[error("an identity name must not be empty")]
+    Empty,
+    /// The name contains `/`.
+    #[error(
+        "identity name {0:?} contains '/', which separates an identity's name from an instance in agent ids (NAME/INSTANCE), so it could be another identity's instance id: choose a name without '/'"
+    )]
+    Slash(String),
+    /// The name contains a control character (newline, escape, NUL, ...).
+    #[error("identity name {0:?} contains a control character: choose a printable name")]
+    Control(String),
+}
+
+impl From<IdentityNameError> for AuthRejection {
+    fn from(err: IdentityNameError) -> Self {
+        AuthRejection::unauthenticated(format!("the credential names an unusable identity: {err}"))
+    }
+}
+
+/// Checks that `name` can be an identity's name: not empty, no `/` and no
+/// control characters. Spaces and other printable characters are allowed
+/// (certificate common names often have them).
+///
+/// An identity may register under the agent id `<name>/<instance>`
+/// ([`check_agent_id`]); a name containing `/` could be exactly such an id of
+/// another identity (identity `team` would own `team/victim`, the whole
+/// name of identity `team/victim`), and the two would replace each other's
+/// connection. Tokens files are checked when loaded, certificate common
+/// names when mapped ([`CertificateAuthenticator::identity_of`]), any
+/// authenticator's result in [`FirstOf`] and again in [`check_agent_id`].
+pub fn check_identity_name(name: &str) -> Result<(), IdentityNameError> {
+    if name.is_empty() {
+        Err(IdentityNameError::Empty)
+    } else if name.contains('/') {
+        Err(IdentityNameError::Slash(name.to_owned()))
+    } else if name.chars().any(char::is_control) {
+        Err(IdentityNameError::Control(name.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
 /// Checks that `agent_id` is an id the authenticated identity may register
 /// under. The agent id selects the agent (`Selector::Agent`) and a newer
 /// connection with the same id replaces the older one, so it must come from
-/// the credential, never from the agent's word alone. Allowed:
+/// the credential, never from the agent's word alone. An identity whose name
+/// fails [`check_identity_name`] may use no id at all (code
+/// `Unauthenticated`), whatever authenticator returned it. Allowed:
 /// - anything, for an [`Allowance::Any`] identity;
 /// - the identity's name itself (`node-a`);
 /// - `<name>/<instance>`, for replicas that share one credential and need
@@ -117,6 +176,7 @@ impl Authenticator for FirstOf {
 /// Otherwise the rejection (code `IdentifiersNotAllowed`) names the identity
 /// and what it may use.
 pub fn check_agent_id(identity: &AgentIdentity, agent_id: &str) -> Result<(), AuthRejection> {
+    check_identity_name(&identity.name)?;
     let allowed = match &identity.allowance {
         Allowance::Any => return Ok(()),
         Allowance::Only(allowed) => allowed,

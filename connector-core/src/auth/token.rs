@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Without a third column the identity may claim `host=IDENTITY` only; `*`
-//! lets it claim anything.
+//! lets it claim anything. An identity name may not contain `/` or control
+//! characters ([`super::check_identity_name`]): a file with one is refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -20,7 +21,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{AgentIdentity, Allowance, AuthRejection, AuthRequest, Authenticator};
+use super::{AgentIdentity, Allowance, AuthRejection, AuthRequest, Authenticator, check_identity_name};
 use crate::identifiers::Identifiers;
 use crate::proto::{Credential, Secret};
 use crate::transport::BoxFuture;
@@ -43,7 +44,9 @@ impl std::fmt::Debug for TokenEntry {
 }
 
 impl TokenEntry {
-    /// Accepts `token` as identity `name` with the given allowance.
+    /// Accepts `token` as identity `name` with the given allowance. A `name`
+    /// that fails [`super::check_identity_name`] is refused when an agent
+    /// presents the token.
     pub fn new(token: &Secret, name: impl Into<String>, allowance: Allowance) -> Self {
         Self {
             digest: Sha256::digest(token.expose()).into(),
@@ -97,6 +100,7 @@ pub fn parse_tokens(text: &str, path: &str) -> Result<Vec<TokenEntry>, TokenFile
         let name = cols
             .next()
             .ok_or_else(|| syntax("expected TOKEN IDENTITY [IDENTIFIERS|*]".into()))?;
+        check_identity_name(name).map_err(|e| syntax(e.to_string()))?;
         let allowance = match cols.next() {
             None => Allowance::Only(format!("host={name}").parse().map_err(|e| syntax(format!("{e}")))?),
             Some("*") => Allowance::Any,
@@ -196,8 +200,12 @@ impl Authenticator for TokenAuthenticator {
                 return Err(AuthRejection::unauthenticated("no bearer token presented"));
             };
             self.refresh();
-            self.lookup(token)
-                .ok_or_else(|| AuthRejection::unauthenticated("bearer token not recognised"))
+            let identity = self
+                .lookup(token)
+                .ok_or_else(|| AuthRejection::unauthenticated("bearer token not recognised"))?;
+            // Entries made with `TokenEntry::new` were not checked when loaded.
+            check_identity_name(&identity.name)?;
+            Ok(identity)
         })
     }
 }

@@ -17,6 +17,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::follow::Following;
+use super::purpose::{ClientAuthVerifier, ServerAuthVerifier};
 use super::{TlsError, certs_from_pem, crypto_provider, read};
 
 /// CA certificates a peer's certificate must chain to. Certificates read
@@ -87,31 +88,46 @@ impl CaBundle {
     }
 
     /// The verifier of server certificates (agent side).
+    /// The leaf must also name serverAuth in its extended key usage
+    /// ([`super::KeyPurpose`]).
     pub(crate) fn server_verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
-        if self.files.is_empty() {
-            return Ok(webpki_server(roots(&self.fixed, &[])?)?);
-        }
-        let fixed = self.fixed.clone();
-        let following = self.follow(move |files| webpki_server(roots(&fixed, files)?))?;
-        Ok(Arc::new(FollowingServerVerifier(following)))
+        let inner: Arc<dyn ServerCertVerifier> = if self.files.is_empty() {
+            webpki_server(roots(&self.fixed, &[])?)?
+        } else {
+            let fixed = self.fixed.clone();
+            let following = self.follow(move |files| webpki_server(roots(&fixed, files)?))?;
+            Arc::new(FollowingServerVerifier(following))
+        };
+        Ok(Arc::new(ServerAuthVerifier { inner }))
     }
 
     /// The verifier of client certificates (server side); `optional` accepts
-    /// clients without one (the authenticator then decides).
-    pub(crate) fn client_verifier(&self, optional: bool) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-        if self.files.is_empty() {
-            return webpki_client(roots(&self.fixed, &[])?, optional);
-        }
-        let fixed = self.fixed.clone();
-        let following = self.follow(move |files| {
-            let verifier = webpki_client(roots(&fixed, files)?, optional)?;
-            // rustls borrows the hints from the verifier for as long as it
-            // lives: each bundle in use keeps its own, a few hundred bytes per
-            // CA rotation.
-            let hints: &'static [DistinguishedName] = Box::leak(verifier.root_hint_subjects().to_vec().into());
-            Ok(ClientInner { verifier, hints })
-        })?;
-        Ok(Arc::new(FollowingClientVerifier(following)))
+    /// clients without one (the authenticator then decides). The leaf must
+    /// also name clientAuth in its extended key usage and, when `allowed` is
+    /// not empty, carry one of its names (frontends).
+    pub(crate) fn client_verifier(
+        &self,
+        optional: bool,
+        allowed: &[String],
+    ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        let inner = if self.files.is_empty() {
+            webpki_client(roots(&self.fixed, &[])?, optional)?
+        } else {
+            let fixed = self.fixed.clone();
+            let following = self.follow(move |files| {
+                let verifier = webpki_client(roots(&fixed, files)?, optional)?;
+                // rustls borrows the hints from the verifier for as long as it
+                // lives: each bundle in use keeps its own, a few hundred bytes per
+                // CA rotation.
+                let hints: &'static [DistinguishedName] = Box::leak(verifier.root_hint_subjects().to_vec().into());
+                Ok(ClientInner { verifier, hints })
+            })?;
+            Arc::new(FollowingClientVerifier(following))
+        };
+        Ok(Arc::new(ClientAuthVerifier {
+            inner,
+            allowed: allowed.into(),
+        }))
     }
 
     fn follow<T: Clone>(

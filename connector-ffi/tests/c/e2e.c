@@ -418,13 +418,14 @@ int main(void) {
 
   /* Frontends: HTTP CONNECT and gRPC on loopback, a forward. */
   char *where = NULL;
-  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://127.0.0.1:0", NULL, NULL, NULL, NULL, &where, &err));
+  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://127.0.0.1:0", NULL, NULL, NULL, NULL, NULL, &where, &err));
   CHECK(strncmp(where, "tcp://127.0.0.1:", 16) == 0, "frontend address %s", where);
   connector_string_free(where);
-  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_GRPC, "tcp://127.0.0.1:0", NULL, NULL, NULL, NULL, &where, &err));
+  OK(connector_server_start_frontend(server, CONNECTOR_FRONTEND_GRPC, "tcp://127.0.0.1:0", NULL, NULL, NULL, NULL, NULL, &where, &err));
   connector_string_free(where);
-  EXPECT(CONNECTOR_ERR_SETUP, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://0.0.0.0:0", NULL, NULL, NULL, NULL, &where, &err));
-  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "ftp://x", NULL, NULL, NULL, NULL, &where, &err));
+  EXPECT(CONNECTOR_ERR_SETUP, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://0.0.0.0:0", NULL, NULL, NULL, NULL, NULL, &where, &err));
+  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "ftp://x", NULL, NULL, NULL, NULL, NULL, &where, &err));
+  EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT, connector_server_start_frontend(server, CONNECTOR_FRONTEND_HTTP_CONNECT, "tcp://127.0.0.1:0", NULL, NULL, NULL, "kube-apiserver", NULL, &where, &err));
   OK(connector_server_start_forward(server, "127.0.0.1:0", "node-a", target, &where, &err));
   connector_string_free(where);
 
