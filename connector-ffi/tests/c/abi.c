@@ -52,7 +52,7 @@ static void enums_out_of_range(connector_server *server) {
            connector_server_dial_fd(server, bad_kind[i], "node", "127.0.0.1:1", SEC, NULL, &fd, &stream, &err));
     CHECK(stream == NULL && fd == -1, "nothing handed out for kind %u", bad_kind[i]);
     EXPECT(CONNECTOR_ERR_INVALID_ARGUMENT,
-           connector_server_start_frontend(server, bad_protocol[i], "tcp://127.0.0.1:0", NULL, NULL, NULL, NULL, &where, &err));
+           connector_server_start_frontend(server, bad_protocol[i], "tcp://127.0.0.1:0", NULL, NULL, NULL, NULL, NULL, &where, &err));
     CHECK(where == NULL, "no frontend for protocol %u", bad_protocol[i]);
   }
   /* The message names the argument and the value. */
