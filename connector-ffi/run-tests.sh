@@ -77,6 +77,7 @@ for program in "${c_programs[@]}"; do
     cc "${cflags[@]}" "$here/tests/c/$program.c" "${libs[@]}" -o "$work/$program"
     valgrind --quiet --leak-check=full --show-leak-kinds=definite,possible \
         --errors-for-leak-kinds=definite,possible --undef-value-errors=no \
+        --suppressions="$here/tests/c/valgrind.supp" \
         --error-exitcode=42 "$work/$program" | tee "$work/$program.log"
 done
 c_checks=$(grep -Eo '[0-9]+ checks passed' "$work/e2e.log" | awk '{print $1}')
