@@ -78,6 +78,7 @@ impl Proxy {
             roots.add(ca)?;
         }
         let identity = Identity::from_files(cert, key)?;
+        connector_core::secret_file::warn_if_exposed(key, "TLS key file");
         let config = rustls::ClientConfig::builder_with_provider(connector_core::tls::crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)

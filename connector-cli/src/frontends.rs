@@ -143,7 +143,9 @@ impl FrontendArgs {
         else {
             return Ok(None);
         };
-        Ok(Some(FrontendTls::from_files(cert, key, ca)?))
+        let tls = FrontendTls::from_files(cert, key, ca)?;
+        connector_core::secret_file::warn_if_exposed(key, "frontend TLS key file");
+        Ok(Some(tls))
     }
 
     /// Checks the frontend settings (TLS material, sockets' directories) without binding.

@@ -246,6 +246,14 @@ fn secrets_are_redacted_in_debug() {
     assert!(!text.contains("s3cret"), "{text}");
 }
 
+/// Issue 16, item 10: token bytes are zeroed when a `Secret` (each clone
+/// its own copy) is dropped.
+#[test]
+fn secrets_are_zeroized_on_drop() {
+    fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    zeroized_on_drop::<Secret>();
+}
+
 #[test]
 fn oversized_fields_fail_to_encode() {
     let dial = Frame::Dial(Dial {
