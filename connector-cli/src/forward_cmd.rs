@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use connector_core::proto::escaped;
 use connector_core::tls::{Identity, certs_from_file};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -135,7 +136,9 @@ async fn handshake(io: &mut (impl AsyncRead + AsyncWrite + Unpin), target: &str)
         .await
         .unwrap_or(Ok(0))
         .unwrap_or(0);
-    bail!("{status}: {}", String::from_utf8_lossy(&body[..n]).trim())
+    // The proxy's text, escaped: it goes into a log line.
+    let body = String::from_utf8_lossy(&body[..n]);
+    bail!("{}: {}", escaped(status), escaped(body.trim()))
 }
 
 pub async fn run(args: ForwardArgs) -> anyhow::Result<()> {

@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use super::h2_authority::AuthorityRepair;
 use super::listener::{FrontendConn, FrontendLimits, FrontendListener};
+use crate::proto::escaped;
 use crate::server::{Selector, Server, TunnelStream};
 
 /// Code generated from `proto/konnectivity/client.proto`.
@@ -288,7 +289,7 @@ impl Session {
                     Ok(stream) => {
                         let connect_id = self.next_id;
                         self.next_id += 1;
-                        tracing::debug!(connect_id, %address, agent = stream.agent_id(), "connected");
+                        tracing::debug!(connect_id, address = %escaped(&address), agent = stream.agent_id(), "connected");
                         let conn = self.start(connect_id, stream, events.clone());
                         self.conns.insert(connect_id, conn);
                         self.send(packet_of_dial_rsp(DialResponse {
@@ -299,7 +300,7 @@ impl Session {
                         .await;
                     }
                     Err(error) => {
-                        tracing::info!(%address, %error, "dial failed");
+                        tracing::info!(address = %escaped(&address), error = %escaped(&error), "dial failed");
                         self.send(packet_of_dial_rsp(DialResponse {
                             error,
                             connect_id: 0,

@@ -167,7 +167,8 @@ fn put_str(w: &mut Writer, field: &'static str, v: &str, max: usize) -> Result<(
 
 fn get_id(r: &mut Reader<'_>, field: &'static str) -> Result<String, DecodeError> {
     let id = r.str(field)?;
-    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+    // Printable only: ids go into log lines and metric labels as they are.
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(super::is_printable) {
         return Err(DecodeError::InvalidValue {
             field,
             reason: "must be 1..=128 printable bytes",

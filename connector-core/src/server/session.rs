@@ -15,7 +15,7 @@ use crate::auth::{AuthRejection, AuthRequest, check_agent_id, served_identifiers
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::proto::{
     ConnectionCode, DecodeError, Frame, GoAway, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, Reject,
-    RejectCode, StreamCode, Welcome, clip_text,
+    RejectCode, StreamCode, Welcome, clip_text, escaped,
 };
 use crate::transport::{BiStream, Connection, Handshake};
 
@@ -256,7 +256,7 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, e
                     if server.inner.registry.remove(entry.conn_id) {
                         tracing::info!(
                             code = %go_away.code,
-                            reason = %go_away.reason,
+                            reason = %escaped(&go_away.reason),
                             open = entry.active.load(Ordering::Relaxed),
                             "agent is going away: no new dials to it; open tunnelled connections continue"
                         );
