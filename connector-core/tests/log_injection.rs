@@ -2,7 +2,8 @@
 //! (issue 16, item 7): a `GoAway` reason, a `Reject` reason, a close reason
 //! and a `DialResult` message holding a newline, a forged log record and
 //! terminal escape codes show up escaped inside the record that reports
-//! them.
+//! them. The gRPC frontend's error statuses (item 9) are checked here too,
+//! since they are logged.
 //!
 //! The whole binary captures every log record (DEBUG and up) into one
 //! buffer; each test looks for its own marker in it.
@@ -268,5 +269,176 @@ fn transport_errors_display_peer_text_escaped() {
         let shown = err.to_string();
         assert!(!shown.contains(['\n', '\r', '\x1b']), "{shown:?}");
         assert!(shown.contains(r"bye\n2026") && shown.contains(r"\u{1b}[2K"), "{shown}");
+    }
+}
+
+#[cfg(feature = "grpc")]
+mod grpc {
+    //! Issue 16, item 9: a packet the gRPC frontend cannot take ends the
+    //! stream with an error status (it used to end with `grpc-status: 0`,
+    //! as if all was well) and a WARN line.
+
+    use std::path::PathBuf;
+
+    use bytes::Bytes;
+    use connector_core::frontend::grpc::pb;
+    use connector_core::frontend::{FrontendBind, FrontendLimits, FrontendProtocol};
+    use prost::Message;
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    fn socket_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("connector-li-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("proxy.sock")
+    }
+
+    /// A gRPC message frame: flag, length, bytes.
+    fn message(flag: u8, body: &[u8]) -> Vec<u8> {
+        let mut framed = vec![flag];
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(body);
+        framed
+    }
+
+    fn packet(kind: pb::PacketType, payload: Option<pb::packet::Payload>) -> Vec<u8> {
+        pb::Packet {
+            r#type: kind as i32,
+            payload,
+        }
+        .encode_to_vec()
+    }
+
+    /// Opens one `Proxy` stream, sends `bytes` (then ends the request when
+    /// `end`), and returns the `grpc-status` and `grpc-message` it ends with.
+    async fn proxy_call(path: &PathBuf, bytes: Vec<u8>, end: bool) -> (String, String) {
+        let io = UnixStream::connect(path).await.unwrap();
+        let (client, connection) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post("http://localhost/ProxyService/Proxy")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        send.send_data(Bytes::from(bytes), end).unwrap();
+        let response = within("the response head", response).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let headers = response.headers().clone();
+        let mut body = response.into_body();
+        while let Some(chunk) = within("the response body", body.data()).await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        let trailers = within("the trailers", body.trailers())
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        let field = |name: &str| {
+            trailers
+                .get(name)
+                .or_else(|| headers.get(name))
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        drop(send);
+        (field("grpc-status"), field("grpc-message"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_packets_end_the_stream_with_an_error_status_and_a_warning() {
+        logs();
+        guard(async {
+            let h = Harness::new(Kind::Memory).await;
+            let path = socket_path("bad-packets");
+            connector_core::frontend::start(
+                &h.server,
+                FrontendProtocol::Grpc,
+                &FrontendBind::unix(&path),
+                &FrontendLimits::default(),
+            )
+            .unwrap();
+            const INVALID_ARGUMENT: &str = "3";
+            const RESOURCE_EXHAUSTED: &str = "8";
+            let dial_rsp = packet(
+                pb::PacketType::DialRsp,
+                Some(pb::packet::Payload::DialResponse(pb::DialResponse::default())),
+            );
+            let cases: [(&str, Vec<u8>, bool, &str); 6] = [
+                // Not protobuf at all.
+                ("malformed", message(0, &[0xff; 12]), false, INVALID_ARGUMENT),
+                // A message announcing 100 bytes, of which 10 come before the end.
+                (
+                    "truncated",
+                    message(0, &[0; 100])[..15].to_vec(),
+                    true,
+                    INVALID_ARGUMENT,
+                ),
+                // Above tonic's 4 MiB limit: refused from the length alone.
+                ("over-long", [0, 0, 0x50, 0, 0].to_vec(), false, RESOURCE_EXHAUSTED),
+                // The compressed flag, without a grpc-encoding.
+                ("compressed", message(1, &dial_rsp), false, INVALID_ARGUMENT),
+                // What only a server sends, and a packet without payload.
+                ("unexpected", message(0, &dial_rsp), false, INVALID_ARGUMENT),
+                (
+                    "empty",
+                    message(0, &packet(pb::PacketType::Data, None)),
+                    false,
+                    INVALID_ARGUMENT,
+                ),
+            ];
+            for (what, bytes, end, code) in cases {
+                let (status, message) = proxy_call(&path, bytes, end).await;
+                assert_eq!(status, code, "{what}: grpc-status {status:?} ({message})");
+                assert!(!message.is_empty(), "{what}: no grpc-message");
+            }
+            let text = logs().text();
+            let warnings = text
+                .lines()
+                .filter(|l| l.contains("WARN") && l.contains("ending a client stream on a bad packet"))
+                .count();
+            assert_eq!(warnings, 6, "{text}");
+        })
+        .await
+    }
+
+    /// A DIAL_REQ address is the client's text: logged as one line.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dial_address_is_one_escaped_log_line() {
+        logs();
+        guard(async {
+            let h = Harness::new(Kind::Memory).await;
+            let path = socket_path("address");
+            connector_core::frontend::start(
+                &h.server,
+                FrontendProtocol::Grpc,
+                &FrontendBind::unix(&path),
+                &FrontendLimits::default(),
+            )
+            .unwrap();
+            let dial = packet(
+                pb::PacketType::DialReq,
+                Some(pb::packet::Payload::DialRequest(pb::DialRequest {
+                    protocol: "tcp".into(),
+                    address: forged("forged-grpc-address"),
+                    random: 7,
+                })),
+            );
+            let io = UnixStream::connect(&path).await.unwrap();
+            let (client, connection) = h2::client::handshake(io).await.unwrap();
+            tokio::spawn(connection);
+            let mut client = client.ready().await.unwrap();
+            let request = http::Request::post("http://localhost/ProxyService/Proxy")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let (_response, mut send) = client.send_request(request, false).unwrap();
+            send.send_data(Bytes::from(message(0, &dial)), false).unwrap();
+            assert_logged_once("forged-grpc-address", "dial failed").await;
+        })
+        .await
     }
 }
