@@ -19,7 +19,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frame_decoder control_handshake http_connect_head grpc_frontend config_parsers)
+  targets=(frame_decoder control_handshake http_connect_head grpc_frontend config_parsers qmux_conn proxy_response)
 fi
 
 export RUSTC_BOOTSTRAP=1

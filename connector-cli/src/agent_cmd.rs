@@ -50,8 +50,8 @@ pub struct AgentArgs {
     key: Option<PathBuf>,
     /// Destinations the agent may connect to (repeatable): a network, address or
     /// host-name pattern with optional ports, e.g. `10.0.0.0/8`, `10.0.0.5:10250`,
-    /// `*.svc.cluster.local:443`. Default: anything except loopback, unspecified
-    /// and cloud-metadata addresses.
+    /// `*.svc.cluster.local:443`. Default: anything except loopback, unspecified,
+    /// link-local and cloud-metadata addresses (in any IPv6 form that carries them).
     #[arg(long = "allow", value_name = "RULE")]
     allow: Vec<Rule>,
     /// Most tunnelled connections served at once; further dials are answered

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use connector_core::proto::escaped;
 use connector_core::tls::{Identity, certs_from_file};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -78,6 +79,7 @@ impl Proxy {
             roots.add(ca)?;
         }
         let identity = Identity::from_files(cert, key)?;
+        connector_core::secret_file::warn_if_exposed(key, "TLS key file");
         let config = rustls::ClientConfig::builder_with_provider(connector_core::tls::crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
@@ -134,7 +136,9 @@ async fn handshake(io: &mut (impl AsyncRead + AsyncWrite + Unpin), target: &str)
         .await
         .unwrap_or(Ok(0))
         .unwrap_or(0);
-    bail!("{status}: {}", String::from_utf8_lossy(&body[..n]).trim())
+    // The proxy's text, escaped: it goes into a log line.
+    let body = String::from_utf8_lossy(&body[..n]);
+    bail!("{}: {}", escaped(status), escaped(body.trim()))
 }
 
 pub async fn run(args: ForwardArgs) -> anyhow::Result<()> {

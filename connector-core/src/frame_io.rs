@@ -3,6 +3,7 @@
 //! one frame, so raw bytes that follow it stay in the stream.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zeroize::Zeroizing;
 
 use crate::proto::{DecodeError, EncodeError, Frame, FrameHeader, HEADER_LEN};
 
@@ -42,14 +43,16 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     let mut header = [0u8; HEADER_LEN];
     recv.read_exact(&mut header).await?;
     let header = FrameHeader::parse(header, max_payload)?;
-    let mut payload = vec![0u8; header.len];
+    // Zeroed when dropped: a `Hello` payload holds the agent's token.
+    let mut payload = Zeroizing::new(vec![0u8; header.len]);
     recv.read_exact(&mut payload).await?;
     Ok(header.decode_payload(&payload)?)
 }
 
 /// Encodes and writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(send: &mut W, frame: &Frame) -> Result<(), FrameIoError> {
-    let bytes = frame.encode()?;
+    // Zeroed when dropped, as the `Hello` holds the agent's token.
+    let bytes = Zeroizing::new(frame.encode()?);
     send.write_all(&bytes).await?;
     Ok(())
 }

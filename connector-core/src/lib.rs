@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod netsim;
 pub mod no_sigpipe;
 pub mod proto;
+pub mod secret_file;
 
 pub use identifiers::Identifiers;
 pub mod auth;

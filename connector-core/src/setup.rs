@@ -190,6 +190,9 @@ impl ServerSetup {
     /// within a tokio runtime, which then drives the server.
     pub fn start(self) -> Result<StartedServer, SetupError> {
         self.check()?;
+        if let Some((_, key)) = self.identity.files() {
+            crate::secret_file::warn_if_exposed(key, "TLS key file");
+        }
         let mut authenticators: Vec<Arc<dyn Authenticator>> = Vec::new();
         if let Some(tokens) = self.tokens {
             authenticators.push(Arc::new(tokens));
@@ -366,6 +369,9 @@ impl AgentSetup {
     /// Starts the agent's connect loops. Must be called within a tokio runtime.
     pub fn start(self) -> Result<Agent, SetupError> {
         self.check()?;
+        if let Some((_, key)) = self.client_identity.as_ref().and_then(|identity| identity.files()) {
+            crate::secret_file::warn_if_exposed(key, "TLS key file");
+        }
         let connectors = self
             .servers
             .iter()

@@ -27,10 +27,22 @@ fuzz_target!(|data: &[u8]| {
         let policy = DestinationPolicy::new(vec![rule]);
         for addr in [
             "169.254.169.254",
+            "169.254.170.2",
+            "169.254.170.23",
+            "fe80::1",
             "fd00:ec2::254",
+            "fd00:ec2::23",
+            "100.100.100.200",
+            "168.63.129.16",
             "127.0.0.1",
             "::1",
             "::ffff:169.254.169.254",
+            // Guarded IPv4 addresses inside IPv6 ones: IPv4-compatible,
+            // NAT64 (well-known and local-use prefixes), 6to4.
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:7f00:1::",
         ] {
             // Only a rule inside the guarded range unlocks it; a name rule never
             // does: for a guarded address the name makes no difference (the rule's

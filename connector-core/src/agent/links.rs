@@ -19,7 +19,7 @@ use super::serve::DialContext;
 use super::session::{self, Attempt, Served};
 use super::{AgentConfig, AgentStatus, Backoff, Mode, ServerSession};
 use crate::metrics::AgentMetrics;
-use crate::proto::{ConnectionCode, RejectCode};
+use crate::proto::{ConnectionCode, RejectCode, escaped};
 use crate::transport::Connector;
 
 /// How the agent finds its server replicas.
@@ -176,16 +176,16 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                 code: RejectCode::AlreadyConnected,
                 reason,
             } => {
-                tracing::debug!(link = index, %reason, "landed on a replica this agent already holds; trying again");
+                tracing::debug!(link = index, reason = %escaped(&reason), "landed on a replica this agent already holds; trying again");
                 quiet = true;
             }
             Attempt::Rejected { code, reason } => {
-                tracing::error!(%code, %reason, "the server rejected this agent");
+                tracing::error!(%code, reason = %escaped(&reason), "the server rejected this agent");
                 shared.metrics.connect_failures.inc(code.label());
                 shared.publish(Some(AgentStatus::Rejected { code, reason }));
             }
             Attempt::Failed(reason) => {
-                tracing::warn!(%reason, server = %connector.describe(), "could not connect to the server");
+                tracing::warn!(reason = %escaped(&reason), server = %connector.describe(), "could not connect to the server");
                 shared.metrics.connect_failures.inc("connection_failed");
                 shared.publish(Some(AgentStatus::Disconnected { reason }));
             }
@@ -220,7 +220,7 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                         break;
                     }
                     Served::GoAway(go_away) => {
-                        tracing::info!(%server_id, reason = %go_away.reason, "the server is going away; connecting elsewhere");
+                        tracing::info!(%server_id, reason = %escaped(&go_away.reason), "the server is going away; connecting elsewhere");
                         shared.metrics.go_aways.inc();
                         // The server stopped routing here; what is open may finish within its grace.
                         let grace = Duration::from_millis(go_away.grace_ms.into());
@@ -251,7 +251,7 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                         delay_after = false;
                     }
                     Served::Lost(reason) => {
-                        tracing::warn!(%server_id, %reason, "connection to the server ended");
+                        tracing::warn!(%server_id, reason = %escaped(&reason), "connection to the server ended");
                         shared.publish(Some(AgentStatus::Disconnected { reason }));
                     }
                 }

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::policy::DestinationPolicy;
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::metrics::AgentMetrics;
-use crate::proto::{Dial, DialCode, DialResult, Frame, MAX_FRAME_PAYLOAD, StreamCode, clip_text};
+use crate::proto::{Dial, DialCode, DialResult, Frame, MAX_FRAME_PAYLOAD, StreamCode, clip_text, escaped};
 use crate::splice::{Abort, SpliceTimeouts, splice};
 use crate::transport::BiStream;
 
@@ -56,7 +56,7 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
         let mut tcp = match connect(&dial, &ctx.policy).await {
             Ok(tcp) => tcp,
             Err((code, message)) => {
-                tracing::info!(%code, %message, "dial failed");
+                tracing::info!(%code, message = %escaped(&message), "dial failed");
                 ctx.metrics.dials.inc(code.label());
                 let _ = answer(&mut bi, &dial, code, &message).await;
                 return;
@@ -97,7 +97,7 @@ pub(super) async fn serve_stream(mut bi: BiStream, ctx: Arc<DialContext>) {
 
 /// Resets a stream whose first frame was not a valid `Dial`.
 fn refuse(mut bi: BiStream, reason: &str) {
-    tracing::warn!(%reason, "refusing a stream from the server");
+    tracing::warn!(reason = %escaped(reason), "refusing a stream from the server");
     bi.send.reset(StreamCode::ProtocolError);
     bi.recv.stop(StreamCode::ProtocolError);
 }

@@ -20,6 +20,7 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 use super::{AgentIdentity, Allowance, AuthRejection, AuthRequest, Authenticator, check_identity_name};
 use crate::identifiers::Identifiers;
@@ -141,9 +142,12 @@ impl TokenAuthenticator {
     /// Tokens from a file, re-read when its modification time or size changes.
     /// Fails now if the file is unreadable or malformed; later, a broken
     /// rewrite keeps the previous tokens in force and is logged.
+    /// Warns (once) when users other than its owner may read it
+    /// ([`crate::secret_file::warn_if_exposed`]).
     pub fn from_file(path: impl Into<PathBuf>) -> Result<Self, TokenFileError> {
         let path = path.into();
         let (stamp, entries) = load(&path)?;
+        crate::secret_file::warn_if_exposed(&path, "tokens file");
         Ok(Self {
             file: Some(path),
             state: Mutex::new(TokenState { stamp, entries }),
@@ -186,10 +190,11 @@ fn stamp(path: &Path) -> Stamp {
 
 fn load(path: &Path) -> Result<(Stamp, Vec<TokenEntry>), TokenFileError> {
     let before = stamp(path);
-    let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+    // Zeroed when dropped, like every copy of a token this process makes.
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
         path: path.display().to_string(),
         source,
-    })?;
+    })?);
     Ok((before, parse_tokens(&text, &path.display().to_string())?))
 }
 
@@ -241,6 +246,36 @@ mod tests {
         assert_eq!(auth.lookup(&Secret::new("two")).unwrap().name, "b");
         assert!(auth.lookup(&Secret::new("three")).is_none());
         assert!(auth.lookup(&Secret::new("")).is_none());
+    }
+
+    /// Issue 16, item 10: a tokens file others may read is used, and
+    /// warned about once, with its path, mode and the fix.
+    #[cfg(unix)]
+    #[test]
+    fn an_exposed_tokens_file_is_warned_about_once() {
+        use crate::secret_file::tests::{file_with_mode, logs_of};
+        let path = file_with_mode("tokens", 0o644, "tok-1 node-a\n");
+        let logs = logs_of(|| {
+            let auth = TokenAuthenticator::from_file(&path).unwrap();
+            assert!(auth.lookup(&Secret::new("tok-1")).is_some());
+            std::fs::write(&path, "tok-22 node-a\n").unwrap();
+            auth.refresh();
+            let _again = TokenAuthenticator::from_file(&path).unwrap();
+        });
+        let warnings: Vec<_> = logs.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 1, "{logs}");
+        assert!(
+            warnings[0].contains(&format!("tokens file {}", path.display())),
+            "{logs}"
+        );
+        assert!(
+            warnings[0].contains("mode 0644") && warnings[0].contains("chmod 600"),
+            "{logs}"
+        );
+        assert!(!logs.contains("tok-1") && !logs.contains("tok-22"), "{logs}");
+        let private = file_with_mode("tokens-private", 0o600, "tok-3 node-a\n");
+        let logs = logs_of(|| drop(TokenAuthenticator::from_file(&private).unwrap()));
+        assert!(!logs.contains("WARN"), "{logs}");
     }
 
     #[test]

@@ -14,20 +14,29 @@
 //! may carry several connections; konnectivity-client's single-use tunnels
 //! use one stream per connection, so every connection gets its own HTTP/2
 //! flow control.
+//!
+//! A packet the server cannot take ends its stream with an error status,
+//! after the packets already queued for the client, and a WARN line:
+//! `RESOURCE_EXHAUSTED` for a message above the 4 MiB limit,
+//! `INVALID_ARGUMENT` for one that does not decode (bad protobuf, a
+//! compressed flag, a stream that ends inside a message) and for a packet a
+//! client never sends (no payload, `DIAL_RSP`, `CLOSE_RSP`, `DRAIN`). The
+//! tunnelled connections of that stream are closed.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::h2_authority::AuthorityRepair;
 use super::listener::{FrontendConn, FrontendLimits, FrontendListener};
+use crate::proto::escaped;
 use crate::server::{Selector, Server, TunnelStream};
 
 /// Code generated from `proto/konnectivity/client.proto`.
@@ -108,6 +117,7 @@ impl ProxyService for Frontend {
 
     async fn proxy(&self, request: Request<Streaming<Packet>>) -> Result<Response<Self::ProxyStream>, Status> {
         let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (failed, failure) = oneshot::channel();
         let session = Session {
             server: self.server.clone(),
             out,
@@ -117,11 +127,14 @@ impl ProxyService for Frontend {
         };
         tokio::spawn(
             session
-                .run(request.into_inner())
+                .run(request.into_inner(), failed)
                 .instrument(tracing::info_span!("grpc")),
         );
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (Ok(p), rx)) });
-        Ok(Response::new(Box::pin(stream)))
+        // The packets, then (once every sender is gone) the session's error
+        // status if it ended on a bad packet: tonic ends the stream with it.
+        let packets = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (Ok(p), rx)) });
+        let status = futures_util::stream::once(failure).filter_map(|f| std::future::ready(f.ok().map(Err)));
+        Ok(Response::new(Box::pin(packets.chain(status))))
     }
 }
 
@@ -187,24 +200,58 @@ fn close_rsp(connect_id: i64, error: String) -> Packet {
     )
 }
 
+/// The status that ends a stream whose client sent what tonic could not
+/// decode into a packet; `None` when the stream itself failed (the client
+/// reset it or its connection broke): nothing can be sent then.
+fn undecodable(status: &Status) -> Option<Status> {
+    // Decoding errors carry no source; HTTP/2 and I/O errors do.
+    if std::error::Error::source(status).is_some() {
+        return None;
+    }
+    let message = format!("undecodable packet: {}", escaped(status.message()));
+    Some(match status.code() {
+        // Above the message size limit (gRPC answers that with RESOURCE_EXHAUSTED).
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Status::resource_exhausted(message),
+        _ => Status::invalid_argument(message),
+    })
+}
+
 impl Session {
-    async fn run(mut self, mut inbound: Streaming<Packet>) {
+    /// Serves the client's packets until its stream ends; a bad packet ends
+    /// it with an error status sent through `failed`.
+    async fn run(mut self, mut inbound: Streaming<Packet>, failed: oneshot::Sender<Status>) {
         let (events_tx, mut events) = mpsc::channel(OUTBOUND_QUEUE);
-        loop {
+        let failure = loop {
             tokio::select! {
                 message = inbound.message() => match message {
-                    Ok(Some(packet)) => self.on_packet(packet, &events_tx).await,
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(%status, "client stream failed");
-                        break;
+                    Ok(Some(packet)) => {
+                        if let Err(status) = self.on_packet(packet, &events_tx).await {
+                            break Some(status);
+                        }
                     }
+                    Ok(None) => break None,
+                    Err(status) => match undecodable(&status) {
+                        Some(status) => break Some(status),
+                        None => {
+                            tracing::debug!(status = %escaped(&status.to_string()), "client stream failed");
+                            break None;
+                        }
+                    },
                 },
                 Some(event) = events.recv() => self.on_event(event, &events_tx).await,
             }
-        }
+        };
         for (_, task) in self.pending.drain() {
             task.abort();
+        }
+        if let Some(status) = failure {
+            tracing::warn!(
+                code = ?status.code(),
+                reason = %escaped(status.message()),
+                connections = self.conns.len(),
+                "ending a client stream on a bad packet"
+            );
+            let _ = failed.send(status);
         }
         tracing::debug!(connections = self.conns.len(), "client stream ended");
     }
@@ -213,7 +260,8 @@ impl Session {
         let _ = self.out.send(packet).await;
     }
 
-    async fn on_packet(&mut self, packet: Packet, events: &mpsc::Sender<Event>) {
+    /// Handles one packet from the client; `Err` ends the stream with that status.
+    async fn on_packet(&mut self, packet: Packet, events: &mpsc::Sender<Event>) -> Result<(), Status> {
         match packet.payload {
             Some(Payload::DialRequest(dial)) => {
                 if dial.protocol != "tcp" {
@@ -223,7 +271,8 @@ impl Session {
                         connect_id: 0,
                         random: dial.random,
                     };
-                    return self.send(packet_of_dial_rsp(rsp)).await;
+                    self.send(packet_of_dial_rsp(rsp)).await;
+                    return Ok(());
                 }
                 let (server, events, random) = (self.server.clone(), events.clone(), dial.random);
                 let task = tokio::spawn(async move {
@@ -270,8 +319,20 @@ impl Session {
                     tracing::debug!(random = cancel.random, "pending dial abandoned by the client");
                 }
             }
-            other => tracing::debug!(kind = packet.r#type, payload = ?other.is_some(), "ignoring packet"),
+            Some(Payload::DialResponse(_) | Payload::CloseResponse(_) | Payload::Drain(_)) | None => {
+                let payload = match &packet.payload {
+                    Some(Payload::DialResponse(_)) => "DIAL_RSP",
+                    Some(Payload::CloseResponse(_)) => "CLOSE_RSP",
+                    Some(Payload::Drain(_)) => "DRAIN",
+                    _ => "no payload",
+                };
+                return Err(Status::invalid_argument(format!(
+                    "unexpected packet from a client: type {}, {payload}",
+                    packet.r#type
+                )));
+            }
         }
+        Ok(())
     }
 
     async fn on_event(&mut self, event: Event, events: &mpsc::Sender<Event>) {
@@ -288,7 +349,7 @@ impl Session {
                     Ok(stream) => {
                         let connect_id = self.next_id;
                         self.next_id += 1;
-                        tracing::debug!(connect_id, %address, agent = stream.agent_id(), "connected");
+                        tracing::debug!(connect_id, address = %escaped(&address), agent = stream.agent_id(), "connected");
                         let conn = self.start(connect_id, stream, events.clone());
                         self.conns.insert(connect_id, conn);
                         self.send(packet_of_dial_rsp(DialResponse {
@@ -299,7 +360,7 @@ impl Session {
                         .await;
                     }
                     Err(error) => {
-                        tracing::info!(%address, %error, "dial failed");
+                        tracing::info!(address = %escaped(&address), error = %escaped(&error), "dial failed");
                         self.send(packet_of_dial_rsp(DialResponse {
                             error,
                             connect_id: 0,

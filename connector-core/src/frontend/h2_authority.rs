@@ -252,7 +252,7 @@ impl Rewriter {
         for (name, value) in headers.iter_mut() {
             if name.as_slice() == b":authority" && http::uri::Authority::try_from(value.as_slice()).is_err() {
                 tracing::debug!(
-                    authority = %String::from_utf8_lossy(value),
+                    authority = %crate::proto::escaped(&String::from_utf8_lossy(value)),
                     "replacing an invalid :authority (a Unix socket path) with localhost"
                 );
                 *value = REPLACEMENT_AUTHORITY.to_vec();

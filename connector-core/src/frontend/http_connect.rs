@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
 
 use super::listener::{FrontendConn, FrontendLimits, FrontendListener};
-use crate::proto::DialCode;
+use crate::proto::{DialCode, escaped};
 use crate::server::{DialError, Selector, Server};
 
 /// Serves CONNECT requests from `listener` until the server shuts down.
@@ -148,7 +148,7 @@ async fn handle(server: Server, mut conn: FrontendConn, limits: FrontendLimits) 
             return respond_error(&mut conn, 431, "Request Header Fields Too Large", &reason, "").await;
         }
         Ok(Err(HeadError::Malformed(reason))) => {
-            tracing::info!(status = 400, %reason, "refusing request");
+            tracing::info!(status = 400, reason = %escaped(&reason), "refusing request");
             return respond_error(&mut conn, 400, "Bad Request", &reason, "").await;
         }
         Err(_) => {
@@ -158,7 +158,7 @@ async fn handle(server: Server, mut conn: FrontendConn, limits: FrontendLimits) 
         }
     };
     if head.method != "CONNECT" {
-        let reason = format!("only CONNECT is supported, not {}", head.method);
+        let reason = format!("only CONNECT is supported, not {}", escaped(&head.method));
         tracing::info!(status = 405, %reason, "refusing request");
         return respond_error(&mut conn, 405, "Method Not Allowed", &reason, "Allow: CONNECT\r\n").await;
     }
@@ -167,11 +167,11 @@ async fn handle(server: Server, mut conn: FrontendConn, limits: FrontendLimits) 
         Ok(stream) => stream,
         Err(err) => {
             let (status, text) = status_for(&err);
-            tracing::info!(target = %head.target, status, reason = %err, "dial failed");
+            tracing::info!(target = %escaped(&head.target), status, reason = %err, "dial failed");
             return respond_error(&mut conn, status, text, &err.to_string(), "").await;
         }
     };
-    tracing::debug!(target = %head.target, agent = stream.agent_id(), request_id = stream.request_id(), "tunnel established");
+    tracing::debug!(target = %escaped(&head.target), agent = stream.agent_id(), request_id = stream.request_id(), "tunnel established");
     if conn
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await

@@ -310,7 +310,7 @@ async fn accept_loop(
                     match tokio::time::timeout(timeout, tls.accept(crate::no_sigpipe::NoSigPipe(tcp))).await {
                         Ok(Ok(stream)) => Box::new(stream),
                         Ok(Err(err)) => {
-                            tracing::info!(%peer, %err, "frontend TLS handshake failed");
+                            tracing::info!(%peer, err = %crate::proto::escaped(&err.to_string()), "frontend TLS handshake failed");
                             return;
                         }
                         Err(_) => {

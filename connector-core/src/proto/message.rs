@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 use super::wire::{Reader, Writer};
 use super::{ConnectionCode, DecodeError, DialCode, EncodeError, PROTOCOL_MAJOR, RejectCode};
@@ -13,21 +14,25 @@ use crate::identifiers::{Identifiers, valid_host};
 /// Longest agent or server id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 
-/// A secret byte string (a bearer token). Its `Debug` output is redacted and
-/// equality is checked in constant time.
+/// A secret byte string (a bearer token). Its `Debug` output is redacted,
+/// equality is checked in constant time, and its bytes are overwritten with
+/// zeros when it is dropped (each clone's own copy too).
 #[derive(Clone, Default)]
-pub struct Secret(Vec<u8>);
+pub struct Secret(Zeroizing<Vec<u8>>);
 
 impl Secret {
     /// Wraps secret bytes.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(bytes.into())
+        Self(Zeroizing::new(bytes.into()))
     }
     /// The secret bytes. Never log them.
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
 }
+
+/// The bytes are zeroed on drop (by the `Zeroizing` inside).
+impl zeroize::ZeroizeOnDrop for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -162,7 +167,8 @@ fn put_str(w: &mut Writer, field: &'static str, v: &str, max: usize) -> Result<(
 
 fn get_id(r: &mut Reader<'_>, field: &'static str) -> Result<String, DecodeError> {
     let id = r.str(field)?;
-    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+    // Printable only: ids go into log lines and metric labels as they are.
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(super::is_printable) {
         return Err(DecodeError::InvalidValue {
             field,
             reason: "must be 1..=128 printable bytes",

@@ -17,6 +17,7 @@
 
 mod codes;
 mod message;
+mod text;
 mod wire;
 
 pub use codes::{ConnectionCode, DialCode, RejectCode, StreamCode};
@@ -24,6 +25,7 @@ pub use message::{
     Credential, Dial, DialResult, GoAway, Hello, MAX_CONNECTED_SERVERS, MAX_ID_LEN, MAX_IDENTIFIERS, MAX_TEXT_LEN,
     Reject, Secret, Welcome, clip_text,
 };
+pub use text::{Escaped, escaped, is_printable};
 
 use wire::{Reader, Writer};
 

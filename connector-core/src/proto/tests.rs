@@ -246,6 +246,37 @@ fn secrets_are_redacted_in_debug() {
     assert!(!text.contains("s3cret"), "{text}");
 }
 
+/// Issue 16, item 10: token bytes are zeroed when a `Secret` (each clone
+/// its own copy) is dropped.
+#[test]
+fn secrets_are_zeroized_on_drop() {
+    fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    zeroized_on_drop::<Secret>();
+}
+
+/// Issue 16, item 7: ids on the wire must be printable (they reach logs and
+/// metric labels as they are).
+#[test]
+fn ids_with_non_printable_characters_are_refused() {
+    for id in ["node\u{202e}a", "node\u{200b}", "a\u{1b}[2K", "line\u{2028}"] {
+        let bytes = Frame::Hello(Hello::new(id, Identifiers::default(), Credential::None))
+            .encode()
+            .unwrap();
+        assert!(
+            matches!(decode(&bytes), Err(DecodeError::InvalidValue { field: "agent id", .. })),
+            "{id:?}"
+        );
+    }
+    let bytes = Frame::Hello(Hello::new(
+        "node-a/pod-0 \"quoted\"",
+        Identifiers::default(),
+        Credential::None,
+    ))
+    .encode()
+    .unwrap();
+    assert!(decode(&bytes).is_ok());
+}
+
 #[test]
 fn oversized_fields_fail_to_encode() {
     let dial = Frame::Dial(Dial {

@@ -19,7 +19,7 @@ use super::registry::AgentEntry;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use crate::frame_io::read_frame;
-use crate::proto::{Dial, DialCode, Frame, MAX_FRAME_PAYLOAD, StreamCode};
+use crate::proto::{Dial, DialCode, Frame, MAX_FRAME_PAYLOAD, StreamCode, escaped};
 use crate::splice::Relay;
 use crate::transport::TransportError;
 
@@ -56,8 +56,9 @@ pub enum DialError {
         /// The deadline that passed.
         after: Duration,
     },
-    /// The agent could not or would not connect to the target.
-    #[error("agent {agent:?} could not connect to {target}: {code}{}", if message.is_empty() { String::new() } else { format!(" ({message})") })]
+    /// The agent could not or would not connect to the target. The agent's
+    /// message displays escaped ([`crate::proto::escaped`]).
+    #[error("agent {agent:?} could not connect to {target}: {code}{}", if message.is_empty() { String::new() } else { format!(" ({})", escaped(message)) })]
     Failed {
         /// The agent.
         agent: String,
@@ -401,7 +402,7 @@ impl Server {
                 ))
             }
             Ok(Frame::DialResult(result)) => {
-                tracing::debug!(code = %result.code, message = %result.message, "dial failed");
+                tracing::debug!(code = %result.code, message = %escaped(&result.message), "dial failed");
                 Err(DialError::Failed {
                     agent: agent_id,
                     target: target.to_owned(),

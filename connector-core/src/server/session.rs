@@ -15,7 +15,7 @@ use crate::auth::{AuthRejection, AuthRequest, check_agent_id, served_identifiers
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::proto::{
     ConnectionCode, DecodeError, Frame, GoAway, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, Reject,
-    RejectCode, StreamCode, Welcome, clip_text,
+    RejectCode, StreamCode, Welcome, clip_text, escaped,
 };
 use crate::transport::{BiStream, Connection, Incoming};
 
@@ -203,7 +203,7 @@ async fn welcome(
     }
     tracing::info!(
         agent = %entry.agent_id,
-        identity = %entry.identity,
+        identity = %escaped(&entry.identity),
         identifiers = %entry.identifiers,
         "agent connected"
     );
@@ -238,17 +238,17 @@ async fn authorize(
     check_agent_id(&identity, &hello.agent_id).inspect_err(|rejection| {
         tracing::warn!(
             agent = %hello.agent_id,
-            identity = %identity.name,
-            reason = %rejection.reason,
+            identity = %escaped(&identity.name),
+            reason = %escaped(&rejection.reason),
             "agent claims an agent id its identity does not own"
         );
     })?;
     let identifiers = served_identifiers(&identity, &hello.identifiers).inspect_err(|rejection| {
         tracing::warn!(
             agent = %hello.agent_id,
-            identity = %identity.name,
+            identity = %escaped(&identity.name),
             claimed = %hello.identifiers,
-            reason = %rejection.reason,
+            reason = %escaped(&rejection.reason),
             "agent claims identifiers its identity does not allow"
         );
     })?;
@@ -289,7 +289,7 @@ async fn authorize(
 /// Sends `Reject`, then closes the connection once the agent has read it (or
 /// closed its side).
 async fn reject(server: &Server, conn: &Arc<dyn Connection>, control: &mut BiStream, code: RejectCode, reason: String) {
-    tracing::warn!(%code, %reason, "rejecting agent");
+    tracing::warn!(%code, reason = %escaped(&reason), "rejecting agent");
     server.inner.metrics.agent_rejections.inc(code.label());
     let frame = Frame::Reject(Reject {
         code,
@@ -322,7 +322,7 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, e
                     if server.inner.registry.remove(entry.conn_id) {
                         tracing::info!(
                             code = %go_away.code,
-                            reason = %go_away.reason,
+                            reason = %escaped(&go_away.reason),
                             open = entry.active.load(Ordering::Relaxed),
                             "agent is going away: no new dials to it; open tunnelled connections continue"
                         );

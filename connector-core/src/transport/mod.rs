@@ -26,7 +26,7 @@ use bytes::{Buf, Bytes};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::proto::{ConnectionCode, StreamCode};
+use crate::proto::{ConnectionCode, StreamCode, escaped};
 
 /// Receive window of one tunnelled connection (stream), on every transport:
 /// what a stream may have in flight towards a reader. 4 MiB is about three
@@ -255,11 +255,13 @@ pub trait Connector: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// A transport-level failure.
+/// A transport-level failure. Its `Display` escapes the text inside (a close
+/// reason is the peer's, and a TLS or QUIC error can quote the peer), so it
+/// goes into logs as one line ([`crate::proto::escaped`]).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     /// The peer closed the connection with an application code.
-    #[error("closed by peer: {code} ({reason})")]
+    #[error("closed by peer: {code} ({})", escaped(.reason))]
     ClosedByPeer {
         /// The peer's close code.
         code: ConnectionCode,
@@ -273,10 +275,10 @@ pub enum TransportError {
     #[error("connection timed out: the peer stopped answering")]
     TimedOut,
     /// The connection could not be set up (address, handshake, TLS, ALPN).
-    #[error("could not connect: {0}")]
+    #[error("could not connect: {}", escaped(.0))]
     Connect(String),
     /// Any other failure of the connection.
-    #[error("connection lost: {0}")]
+    #[error("connection lost: {}", escaped(.0))]
     Lost(String),
 }
 

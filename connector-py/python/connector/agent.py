@@ -27,7 +27,7 @@ class Agent:
     - ``identifiers``: what the agent serves (``"host=node-a,ipv4=10.0.0.5,cidr=10.0.0.0/24,default-route=true"``).
     - ``allow``: destination rules (``"10.0.0.0/8"``, ``"127.0.0.1:8080"``,
       ``"*.svc.cluster.local:443"``). Default: anything except loopback,
-      unspecified and cloud-metadata addresses.
+      unspecified, link-local and cloud-metadata addresses.
     - ``max_connections`` (tunnelled connections served at once; more are
       answered ``OVERLOADED``), ``tunnel_idle_timeout`` (closes a tunnelled
       connection idle this long both ways; default never),

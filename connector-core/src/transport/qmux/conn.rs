@@ -243,6 +243,14 @@ impl Conn {
         self.streams.len()
     }
 
+    /// Received stream bytes not read yet, over all streams. Public for the
+    /// `qmux_conn` fuzz target's bound on buffering only.
+    #[doc(hidden)]
+    pub fn unread_bytes(&self) -> u64 {
+        let unread = |s: &Stream| s.recv_buf.iter().map(|b| b.len() as u64).sum::<u64>();
+        self.streams.values().map(unread).sum()
+    }
+
     fn is_local(&self, id: u64) -> bool {
         (id & 1 == 1) == (self.side == Side::Server)
     }

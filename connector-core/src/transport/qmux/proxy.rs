@@ -6,9 +6,10 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::proto::escaped;
 use crate::transport::TransportError;
 
 /// Largest proxy response head accepted.
@@ -210,36 +211,70 @@ impl HttpProxy {
                 TransportError::Connect(format!("proxy {me} did not answer CONNECT within {RESPONSE_TIMEOUT:?}"))
             })?
             .map_err(|e| TransportError::Connect(format!("proxy {me}: {e}")))?;
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => {
+        match parse_connect_answer(&head) {
+            Ok(()) => {}
+            Err(ConnectAnswerError::Malformed) => {
                 return Err(TransportError::Connect(format!(
                     "proxy {me} sent a malformed answer to CONNECT"
                 )));
             }
-        }
-        let code = response.code.unwrap_or(0);
-        if !(200..300).contains(&code) {
-            let reason = response.reason.unwrap_or("").chars().take(100).collect::<String>();
-            let hint = if code == 407 {
-                " (check the proxy credentials in the proxy URL)"
-            } else {
-                ""
-            };
-            return Err(TransportError::Connect(format!(
-                "proxy {me} refused CONNECT to {target}: {code} {reason}{hint}"
-            )));
+            Err(refused) => {
+                return Err(TransportError::Connect(format!(
+                    "proxy {me} refused CONNECT to {target}: {refused}"
+                )));
+            }
         }
         tracing::debug!(proxy = %me, %target, "tunnel through HTTP proxy established");
         Ok((tcp, remote))
     }
 }
 
+/// Why a proxy's answer to `CONNECT` does not open the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectAnswerError {
+    /// Not an HTTP/1.x response head.
+    #[error("malformed answer")]
+    Malformed,
+    /// A status other than 2xx. The proxy's reason phrase displays escaped
+    /// ([`crate::proto::escaped`]) and cut to 100 characters.
+    #[error(
+        "{status} {}{}",
+        escaped(reason),
+        if *status == 407 { " (check the proxy credentials in the proxy URL)" } else { "" }
+    )]
+    Refused {
+        /// The status code.
+        status: u16,
+        /// The reason phrase, at most 100 characters of it.
+        reason: String,
+    },
+}
+
+/// Checks a proxy's response head (up to and including its blank line):
+/// `Ok` for a 2xx status. Public for the `proxy_response` fuzz target only.
+#[doc(hidden)]
+pub fn parse_connect_answer(head: &[u8]) -> Result<(), ConnectAnswerError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(ConnectAnswerError::Malformed),
+    }
+    let status = response.code.unwrap_or(0);
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    Err(ConnectAnswerError::Refused {
+        status,
+        reason: response.reason.unwrap_or("").chars().take(100).collect(),
+    })
+}
+
 /// Reads a response head up to its blank line, at most [`MAX_RESPONSE_HEAD`]
 /// bytes, never consuming bytes after it (the TLS handshake follows).
-async fn read_head(tcp: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+/// Public for the `proxy_response` fuzz target only.
+#[doc(hidden)]
+pub async fn read_head<R: AsyncRead + Unpin>(io: &mut R) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(512);
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -249,7 +284,7 @@ async fn read_head(tcp: &mut TcpStream) -> std::io::Result<Vec<u8>> {
                 format!("answer to CONNECT longer than {MAX_RESPONSE_HEAD} bytes"),
             ));
         }
-        if tcp.read(&mut byte).await? == 0 {
+        if io.read(&mut byte).await? == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "closed the connection before answering CONNECT",
@@ -326,6 +361,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_proxy_answer_is_checked_and_its_reason_escaped() {
+        assert_eq!(
+            parse_connect_answer(b"HTTP/1.1 200 Connection established\r\n\r\n"),
+            Ok(())
+        );
+        assert_eq!(
+            parse_connect_answer(b"SSH-2.0-OpenSSH\r\n\r\n"),
+            Err(ConnectAnswerError::Malformed)
+        );
+        // httparse refuses control bytes in the reason phrase but a tab, and
+        // gives an empty reason for one with bytes above 0x7f.
+        let refused = parse_connect_answer(b"HTTP/1.1 407 Auth\trequired\r\n\r\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            refused,
+            r"407 Auth\trequired (check the proxy credentials in the proxy URL)"
+        );
+        assert!(parse_connect_answer(b"HTTP/1.1 407 \x1b[2K\r\n\r\n").is_err());
+        let bidi = parse_connect_answer("HTTP/1.1 403 \u{202e}deined\r\n\r\n".as_bytes()).unwrap_err();
+        assert!(!bidi.to_string().contains('\u{202e}'), "{bidi}");
+        let long = format!("HTTP/1.1 502 {}\r\n\r\n", "x".repeat(500));
+        match parse_connect_answer(long.as_bytes()) {
+            Err(ConnectAnswerError::Refused { status: 502, reason }) => assert_eq!(reason.len(), 100),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
