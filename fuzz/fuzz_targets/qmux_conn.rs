@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use connector_core::transport::PRE_ADMISSION_WINDOW;
 use connector_core::transport::credit::window_for;
 use connector_core::transport::qmux::conn::{Config, Conn, Side};
 use connector_core::transport::qmux::frame::{
@@ -139,6 +140,9 @@ fuzz_target!(|data: &[u8]| {
         keepalive: Duration::from_secs(10),
         stream_window: STREAM_WINDOW,
         max_incoming_streams: MAX_INCOMING,
+        // As a server's connection starts: until the agent is admitted it
+        // has one stream and a `Hello`'s worth of credit.
+        until_admitted: true,
     };
     let mut conn = Conn::new(Side::Server, config, now);
     let cx = Context::from_waker(Waker::noop());
@@ -146,6 +150,7 @@ fuzz_target!(|data: &[u8]| {
     let mut from_peer = BytesMut::new();
     let mut streams: Vec<u64> = Vec::new();
     let mut opened = 0u64;
+    let mut admitted = false;
     let mut read_buf = vec![0u8; 16 * 1024];
     while !input.is_empty() {
         let pick = |input: &mut &[u8], streams: &[u64]| {
@@ -167,6 +172,10 @@ fuzz_target!(|data: &[u8]| {
                 put_record(&mut from_peer, &frames);
             }
             5 => {
+                if byte(&mut input) & 2 == 2 {
+                    conn.admit();
+                    admitted = true;
+                }
                 while let Poll::Ready(Ok(id)) = conn.poll_accept(&cx) {
                     streams.push(id);
                 }
@@ -239,6 +248,10 @@ fuzz_target!(|data: &[u8]| {
         let tracked = conn.stream_count() as u64;
         assert!(tracked <= MAX_INCOMING + opened, "{tracked} streams tracked");
         let unread = conn.unread_bytes();
+        assert!(
+            admitted || unread <= PRE_ADMISSION_WINDOW,
+            "{unread} bytes unread before admission"
+        );
         assert!(
             unread <= tracked * STREAM_WINDOW,
             "{unread} unread bytes in {tracked} streams"
