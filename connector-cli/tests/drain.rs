@@ -139,3 +139,28 @@ fn sigterm_drains_the_agent_without_cutting_an_open_connection() {
         "the server warned about a drained agent: {warnings:?}"
     );
 }
+
+#[test]
+fn sigterm_with_nothing_open_reaches_every_agent_before_the_server_exits() {
+    let dir = temp_dir("drain-idle");
+    dev_pki(&dir);
+    let mut server = server(&dir, &["--drain-grace", "60s"]);
+    let quic = listen_addr(&server.wait_for(&["accepting agents"]));
+    let mut agent = agent(&dir, &quic);
+    agent.wait_for(&["connected"]);
+
+    // Nothing is open: the server used to exit before its GoAway went out.
+    server.signal("TERM");
+    server.wait_for(&["go-away acknowledged", "node-a"]);
+    agent.wait_for(&["the server is going away"]);
+    let status = server.wait_exit();
+    assert!(status.success(), "{status:?}");
+    server.wait_for(&["every agent acknowledged the go-away"]);
+    server.wait_for(&["closed: every agent connection's close has gone out"]);
+    // The grace (60 s) was not waited out: the acknowledgement ended the drain.
+    assert!(
+        !server.seen().iter().any(|l| l.contains("grace over")),
+        "{:?}",
+        server.seen()
+    );
+}

@@ -235,7 +235,9 @@ pub struct ServerMetrics {
     /// Streams agents opened towards the server (only the control stream is allowed), refused.
     pub refused_agent_streams: Counter,
     /// `GoAway`s by direction: `sent` to agents while draining, `received`
-    /// from agents that are drained or moved to a new connection.
+    /// from agents that are drained or moved to a new connection,
+    /// `acknowledged`: agents that answered a sent one (with a `GoAway` of
+    /// their own or by closing their connection).
     pub go_aways: LabeledCounter,
 }
 
@@ -296,7 +298,7 @@ impl ServerMetrics {
         );
         page.labeled_counter(
             "connector_server_go_aways_total",
-            "GoAways, by direction: sent to agents while draining, received from agents leaving or moving.",
+            "GoAways, by direction: sent to agents while draining, received from agents leaving or moving, acknowledged by agents (answered with a GoAway or a close).",
             "direction",
             &self.go_aways,
         );

@@ -22,6 +22,15 @@ use crate::metrics::AgentMetrics;
 use crate::proto::{ConnectionCode, RejectCode, escaped};
 use crate::transport::Connector;
 
+/// The reason of the `GoAway` with which an agent answers a server's.
+pub(super) const GO_AWAY_ACKNOWLEDGED: &str = "go-away acknowledged";
+
+/// A session that receives `GoAway` sooner than this after it began is
+/// "rapid": after two in a row the agent waits its backoff before it
+/// connects again, so a server that sends nothing but `GoAway`s cannot make
+/// it spin.
+const RAPID_GO_AWAY: Duration = Duration::from_secs(1);
+
 /// How the agent finds its server replicas.
 pub(super) enum Discovery {
     /// One link per given address.
@@ -150,6 +159,8 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
     let mut backoff = Backoff::new(config.backoff.clone());
     // The session being replaced keeps serving until the next attempt is over.
     let mut replaced: Option<oneshot::Sender<()>> = None;
+    // The last session ended with a GoAway soon after it began.
+    let mut rapid_go_away = false;
     loop {
         if matches!(discovery, Discovery::LoadBalanced) && index > 0 {
             // An extra link waits until the servers report more replicas than links before it.
@@ -211,8 +222,10 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                         let leaving = *mode.borrow();
                         match leaving {
                             Mode::Drain(grace) => {
+                                let code = ConnectionCode::Draining;
+                                let announce = session::going_away(code, grace, code.describe());
                                 session
-                                    .drain(shared.ctx.clone(), mode.clone(), true, ConnectionCode::Draining, grace)
+                                    .drain(shared.ctx.clone(), mode.clone(), Some(announce), code, grace)
                                     .await
                             }
                             _ => session.close(ConnectionCode::Normal, "agent stopping").await,
@@ -222,18 +235,29 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                     Served::GoAway(go_away) => {
                         tracing::info!(%server_id, reason = %escaped(&go_away.reason), "the server is going away; connecting elsewhere");
                         shared.metrics.go_aways.inc();
-                        // The server stopped routing here; what is open may finish within its grace.
+                        // The server stopped routing here; what is open may finish within its
+                        // grace. The agent answers with a GoAway of its own (the server waits
+                        // for it before it closes) and closes once nothing is open.
                         let grace = Duration::from_millis(go_away.grace_ms.into());
+                        let ack = session::going_away(go_away.code, grace, GO_AWAY_ACKNOWLEDGED);
                         shared.draining.spawn(session.drain(
                             shared.ctx.clone(),
                             mode.clone(),
-                            false,
+                            Some(ack),
                             ConnectionCode::Normal,
                             grace,
                         ));
                         shared.publish(Some(AgentStatus::Disconnected {
                             reason: format!("server {server_id} is going away"),
                         }));
+                        // A replica that drains is no failure: connect again at once (to
+                        // another replica, or to its replacement). Only a server that keeps
+                        // sending GoAway right after the Welcome meets the backoff.
+                        let lasted = started.elapsed();
+                        if !rapid_go_away {
+                            delay_after = false;
+                        }
+                        rapid_go_away = lasted < RAPID_GO_AWAY;
                     }
                     Served::Superseded(reason) => {
                         tracing::info!(%server_id, %reason, "moving to a new connection; draining this one");

@@ -121,6 +121,18 @@ pub(super) async fn open(
     }
 }
 
+/// Least time a `GoAway` write may take before a drain goes on without it.
+const GO_AWAY_WRITE_LIMIT: Duration = Duration::from_secs(1);
+
+/// A `GoAway` frame with `code`, `grace` and `reason`.
+pub(super) fn going_away(code: ConnectionCode, grace: Duration, reason: &str) -> GoAway {
+    GoAway {
+        code,
+        grace_ms: grace.as_millis().min(u32::MAX as u128) as u32,
+        reason: clip_text(reason),
+    }
+}
+
 fn protocol_error(conn: &dyn Connection, reason: String) -> Attempt {
     conn.close(ConnectionCode::ProtocolError, &clip_text(&reason));
     Attempt::Failed(reason)
@@ -189,30 +201,31 @@ impl Session {
         if stopping {
             self.close(ConnectionCode::Normal, "agent stopping").await;
         } else {
-            self.drain(ctx, mode, true, code, grace).await;
+            let announce = going_away(code, grace, code.describe());
+            self.drain(ctx, mode, Some(announce), code, grace).await;
         }
     }
 
-    /// Drains the session: tells the server (when `notify` is set) to route no
-    /// more dials here, serves what is open — and dials that were already on
-    /// their way — until they end or `grace` passes (or the agent stops), then
-    /// closes with `code`.
+    /// Drains the session: sends the server `announce` (a `GoAway`: route no
+    /// more dials here, or the acknowledgement of the server's own), serves
+    /// what is open — and dials that were already on their way — until they
+    /// end or `grace` passes (or the agent stops), then closes with `code`.
     pub(super) async fn drain(
         mut self,
         ctx: Arc<DialContext>,
         mut mode: watch::Receiver<Mode>,
-        notify: bool,
+        announce: Option<GoAway>,
         code: ConnectionCode,
         grace: Duration,
     ) {
-        if notify {
-            let go_away = Frame::GoAway(GoAway {
-                code,
-                grace_ms: grace.as_millis().min(u32::MAX as u128) as u32,
-                reason: code.describe().into(),
-            });
-            if let Err(err) = write_frame(&mut self.control.send, &go_away).await {
-                tracing::debug!(%err, "could not send GoAway");
+        if let Some(go_away) = announce {
+            // Bounded: a server that reads nothing must not hold up the drain.
+            let frame = Frame::GoAway(go_away);
+            let write = write_frame(&mut self.control.send, &frame);
+            match tokio::time::timeout(grace.max(GO_AWAY_WRITE_LIMIT), write).await {
+                Ok(Ok(())) => tracing::debug!(server_id = %self.server_id, "GoAway sent"),
+                Ok(Err(err)) => tracing::debug!(%err, "could not send GoAway"),
+                Err(_) => tracing::debug!("could not send GoAway in time"),
             }
         }
         self.tasks.close();
@@ -242,6 +255,16 @@ impl Session {
                 },
             }
         }
+        // Ends the control stream and lets the server read it to its end
+        // before the close: a QUIC close discards stream data not yet
+        // delivered, the GoAway sent above among it (measured: with the close
+        // right after the GoAway, the server saw neither).
+        let delivered = self.control.send.delivered();
+        let finished = async {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.control.send).await;
+            delivered.await;
+        };
+        let _ = tokio::time::timeout(GO_AWAY_WRITE_LIMIT, finished).await;
         self.close(code, code.describe()).await;
     }
 

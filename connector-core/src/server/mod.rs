@@ -104,6 +104,12 @@ pub const DEFAULT_MAX_UNADMITTED_PER_SOURCE: usize = 256;
 /// buffer is its `Hello` ([`crate::transport::PRE_ADMISSION_WINDOW`]).
 pub const DEFAULT_MAX_PRE_HELLO: usize = 1_000;
 
+/// Longest [`Server::drain`] waits, after closing every agent connection,
+/// for the closes to go out (QUIC: the endpoint's closing connections have
+/// drained, three probe timeouts; TCP: the close is written and the agent
+/// has ended its side).
+pub const CLOSE_SENT_LIMIT: Duration = Duration::from_secs(3);
+
 /// Default of [`Limits::max_pending_dials`]. A healthy dial waits for about
 /// one round trip plus the agent's TCP connect (milliseconds), so a thousand
 /// at once means targets that do not answer; failing the excess fast beats
@@ -188,6 +194,9 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     /// Set by [`Server::drain`] to the grace announced in `GoAway`s.
     draining: watch::Sender<Option<Duration>>,
+    /// Registered sessions whose agent has not yet acknowledged this
+    /// server's `GoAway` (nor closed its connection); a drain waits for none.
+    unacknowledged: watch::Sender<usize>,
     /// Woken whenever a tunnelled connection closes.
     tunnel_closed: Arc<Notify>,
     listeners: Mutex<Vec<Arc<dyn Listener>>>,
@@ -218,6 +227,7 @@ impl Server {
                 pending_dials: AtomicUsize::new(0),
                 shutdown: watch::channel(false).0,
                 draining: watch::channel(None).0,
+                unacknowledged: watch::channel(0).0,
                 tunnel_closed: Arc::new(Notify::new()),
                 listeners: Mutex::new(Vec::new()),
                 handshakes,
@@ -354,20 +364,38 @@ impl Server {
     /// Drains the server, then shuts it down: new dials fail with
     /// [`DialError::ShuttingDown`] and new agents are refused at once; every
     /// agent is sent `GoAway` (it connects to another replica and keeps
-    /// serving what is open here); open tunnelled connections may finish
-    /// within `grace`; then [`Server::shutdown`] closes the rest.
+    /// serving what is open here) and the drain waits until each has
+    /// acknowledged it (with a `GoAway` of its own, or by closing its
+    /// connection; logged per agent as "go-away acknowledged"); open
+    /// tunnelled connections may finish; both waits end when `grace` has
+    /// passed. Then [`Server::shutdown`] closes the rest, and the drain waits
+    /// (at most [`CLOSE_SENT_LIMIT`]) until the closes have gone out, so that
+    /// a process exiting right after still tells every agent.
     pub async fn drain(&self, grace: Duration) {
         if self.inner.draining.send_replace(Some(grace)).is_some() {
             self.stopped().await;
             return;
         }
+        let deadline = tokio::time::Instant::now() + grace;
         let metrics = &self.inner.metrics;
         tracing::info!(
             agents = self.inner.registry.len(),
             open = metrics.tunnels_active.get(),
             "draining: agents told to go away, no new dials; open tunnelled connections may finish within {grace:?}"
         );
-        let deadline = tokio::time::sleep(grace);
+        let mut unacknowledged = self.inner.unacknowledged.subscribe();
+        let acknowledged = tokio::time::timeout_at(deadline, unacknowledged.wait_for(|n| *n == 0))
+            .await
+            .is_ok();
+        if acknowledged {
+            tracing::info!("every agent acknowledged the go-away");
+        } else {
+            tracing::warn!(
+                unacknowledged = *unacknowledged.borrow(),
+                "drain grace over before every agent acknowledged the go-away"
+            );
+        }
+        let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         loop {
             let closed = self.inner.tunnel_closed.notified();
@@ -385,18 +413,32 @@ impl Server {
                 }
             }
         }
-        self.shutdown();
+        let listeners = self.close_everything();
+        let sent = futures_util::future::join_all(listeners.iter().map(|l| l.closed_sent()));
+        match tokio::time::timeout(CLOSE_SENT_LIMIT, sent).await {
+            Ok(_) => tracing::info!("closed: every agent connection's close has gone out"),
+            Err(_) => tracing::warn!(
+                "agent connections still closing after {CLOSE_SENT_LIMIT:?}; exiting without waiting longer"
+            ),
+        }
     }
 
     /// Stops accepting agents, refuses new dials and closes every agent
     /// connection (open tunnelled connections end with it).
     pub fn shutdown(&self) {
+        self.close_everything();
+    }
+
+    /// [`Server::shutdown`], returning the listeners it shut down.
+    fn close_everything(&self) -> Vec<Arc<dyn Listener>> {
         self.inner.shutdown.send_replace(true);
-        for listener in self.inner.listeners.lock().expect("listeners").drain(..) {
-            listener.shutdown();
-        }
         for agent in self.inner.registry.drain() {
             agent.conn.close(ConnectionCode::Shutdown, "server shutting down");
         }
+        let listeners: Vec<_> = self.inner.listeners.lock().expect("listeners").drain(..).collect();
+        for listener in &listeners {
+            listener.shutdown();
+        }
+        listeners
     }
 }

@@ -2,7 +2,7 @@
 //! registration, then watching the connection until it ends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt;
@@ -17,7 +17,7 @@ use crate::proto::{
     ConnectionCode, DecodeError, Frame, GoAway, Hello, MAX_FRAME_PAYLOAD, PROTOCOL_MAJOR, PROTOCOL_MINOR, Reject,
     RejectCode, StreamCode, Welcome, clip_text, escaped,
 };
-use crate::transport::{BiStream, Connection, Incoming};
+use crate::transport::{BiStream, Connection, Incoming, TransportError};
 
 /// Drives one agent connection from handshake to close. Never panics on
 /// peer input; every failure is logged and ends this connection only. Until
@@ -303,29 +303,82 @@ async fn reject(server: &Server, conn: &Arc<dyn Connection>, control: &mut BiStr
     conn.close(ConnectionCode::Rejected, &clip_text(&reason));
 }
 
+/// A registered session's debt to a draining server: one in
+/// `Inner::unacknowledged` until the agent acknowledges this server's
+/// `GoAway` (or its connection ends).
+struct AckDebt<'a> {
+    counter: &'a tokio::sync::watch::Sender<usize>,
+    owed: AtomicBool,
+}
+
+impl<'a> AckDebt<'a> {
+    fn new(counter: &'a tokio::sync::watch::Sender<usize>) -> Self {
+        counter.send_modify(|n| *n += 1);
+        Self {
+            counter,
+            owed: AtomicBool::new(true),
+        }
+    }
+
+    /// Settles the debt; true the first time.
+    fn settle(&self) -> bool {
+        let settled = self.owed.swap(false, Ordering::AcqRel);
+        if settled {
+            self.counter.send_modify(|n| *n -= 1);
+        }
+        settled
+    }
+}
+
+impl Drop for AckDebt<'_> {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
 /// Watches a registered agent until its connection or control stream ends.
 /// A `GoAway` from the agent takes it out of routing at once (its open
 /// tunnelled connections continue); a drain of this server sends the agent a
-/// `GoAway` (agents older than protocol 1.1 just see the close at shutdown).
-/// Streams the agent opens are refused: tunnelled connections only go from
-/// the server to the agent.
+/// `GoAway`, which the agent acknowledges with a `GoAway` of its own or by
+/// closing the connection; either is logged as "go-away acknowledged" and
+/// lets [`Server::drain`] go on (agents older than protocol 1.1 get no
+/// `GoAway` and just see the close at shutdown). Streams the agent opens are
+/// refused: tunnelled connections only go from the server to the agent.
 async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, entry: &AgentEntry, minor: u16) {
     let mut shutdown = server.inner.shutdown.subscribe();
     let mut draining = server.inner.draining.subscribe();
+    let debt = AckDebt::new(&server.inner.unacknowledged);
+    if minor < 1 {
+        // It would not understand a GoAway: there is nothing to wait for.
+        debt.settle();
+    }
+    let go_away_sent = AtomicBool::new(false);
     let BiStream { mut send, mut recv } = control;
     let control_ended = async {
         // After the Hello an agent may only send GoAway: another frame or garbage is a protocol error.
         loop {
             match read_frame(&mut recv, MAX_FRAME_PAYLOAD).await {
                 Ok(Frame::GoAway(go_away)) => {
-                    server.inner.metrics.go_aways.inc("received");
-                    if server.inner.registry.remove(entry.conn_id) {
+                    let removed = server.inner.registry.remove(entry.conn_id);
+                    // Either way the agent is leaving this connection: nothing more to wait for.
+                    let first = debt.settle();
+                    if first && go_away_sent.load(Ordering::Acquire) {
+                        server.inner.metrics.go_aways.inc("acknowledged");
                         tracing::info!(
-                            code = %go_away.code,
-                            reason = %escaped(&go_away.reason),
+                            agent = %entry.agent_id,
                             open = entry.active.load(Ordering::Relaxed),
-                            "agent is going away: no new dials to it; open tunnelled connections continue"
+                            "go-away acknowledged"
                         );
+                    } else {
+                        server.inner.metrics.go_aways.inc("received");
+                        if removed {
+                            tracing::info!(
+                                code = %go_away.code,
+                                reason = %escaped(&go_away.reason),
+                                open = entry.active.load(Ordering::Relaxed),
+                                "agent is going away: no new dials to it; open tunnelled connections continue"
+                            );
+                        }
                     }
                 }
                 Ok(frame) => return Err(format!("unexpected {} on the control stream", frame.name())),
@@ -358,9 +411,14 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, e
                 grace_ms: grace.as_millis().min(u32::MAX as u128) as u32,
                 reason: "server draining".into(),
             });
+            // Set before the write: the answer may come before the write returns.
+            go_away_sent.store(true, Ordering::Release);
             match write_frame(&mut send, &frame).await {
                 Ok(()) => server.inner.metrics.go_aways.inc("sent"),
-                Err(err) => tracing::debug!(%err, "could not send GoAway"),
+                Err(err) => {
+                    tracing::debug!(%err, "could not send GoAway");
+                    debt.settle();
+                }
             }
         }
         std::future::pending::<()>().await
@@ -381,5 +439,14 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, e
         _ = refuse_streams => {}
         _ = go_away => {}
         _ = shutdown.wait_for(|s| *s) => conn.close(ConnectionCode::Shutdown, "server shutting down"),
+    }
+    // An agent with nothing open answers a GoAway by closing at once (and on
+    // QUIC the close may overtake its GoAway): that is its acknowledgement.
+    if go_away_sent.load(Ordering::Acquire)
+        && let Some(reason @ TransportError::ClosedByPeer { .. }) = conn.closed().now_or_never()
+        && debt.settle()
+    {
+        server.inner.metrics.go_aways.inc("acknowledged");
+        tracing::info!(agent = %entry.agent_id, %reason, "go-away acknowledged: the agent closed the connection");
     }
 }

@@ -99,9 +99,23 @@ impl Default for Degradation {
     }
 }
 
+/// What the samples of one window say about a QUIC path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing to act on.
+    Fine,
+    /// The path carries the connection but starves its data: switch to TCP.
+    Degraded(String),
+    /// ACKs flowed on this connection, then stopped altogether: the server
+    /// is gone (killed, restarted, unplugged), not the path. Connect again
+    /// over the same transport.
+    Silent(String),
+}
+
 impl Degradation {
-    /// Why the path counts as starved between two samples, if it does.
-    fn verdict(&self, first: &PathSample, last: &PathSample) -> Option<String> {
+    /// What the path did between two samples. `healthy` says whether ACKs
+    /// arrived on this connection after its handshake and before `first`.
+    fn verdict(&self, first: &PathSample, last: &PathSample, healthy: bool) -> Verdict {
         let sent = last.sent_packets - first.sent_packets;
         let sent_bytes = last.sent_bytes - first.sent_bytes;
         let lost_bytes = last.lost_bytes - first.lost_bytes;
@@ -113,12 +127,20 @@ impl Degradation {
         let judged = sent_bytes.max(lost_bytes) >= self.min_bytes;
         let lossy = judged && lost_bytes as f64 >= self.loss_ratio * sent_bytes as f64;
         let stalled = sent >= self.stall_packets && acks == 0;
-        (lossy || stalled).then(|| {
-            format!(
-                "QUIC path degraded: {lost_bytes} of {sent_bytes} bytes lost, {sent} packets sent and {acks} ACKs received in {:?}",
-                last.at.duration_since(first.at)
-            )
-        })
+        let span = last.at.duration_since(first.at);
+        if lossy || (stalled && !healthy) {
+            Verdict::Degraded(format!(
+                "QUIC path degraded: {lost_bytes} of {sent_bytes} bytes lost, {sent} packets sent and {acks} ACKs received in {span:?}"
+            ))
+        } else if stalled {
+            // Nothing is declared lost without a later ACK: total silence
+            // after a healthy spell is an absent peer, whatever the path.
+            Verdict::Silent(format!(
+                "the server stopped answering: {sent} packets sent and no ACK received in {span:?} after the connection had been healthy"
+            ))
+        } else {
+            Verdict::Fine
+        }
     }
 }
 
@@ -218,13 +240,18 @@ impl FallbackConnector {
                 Ok(conn) => return Ok(self.watch_quic(conn)),
                 Err(e) => {
                     tracing::info!(error = %e, "QUIC unavailable; falling back to TCP");
-                    self.state.lock().unwrap().prefer_tcp = true;
                     Some(e)
                 }
             }
         };
         match self.tcp.connect().await {
-            Ok(conn) => Ok(self.watch_tcp(conn)),
+            Ok(conn) => {
+                if quic_error.is_some() {
+                    // Only now is QUIC known to be the problem rather than the server.
+                    self.state.lock().unwrap().prefer_tcp = true;
+                }
+                Ok(self.watch_tcp(conn))
+            }
             Err(tcp_error) => {
                 let quic_error = match quic_error {
                     Some(e) => e,
@@ -311,6 +338,8 @@ async fn watch_degradation(
     superseded: watch::Sender<Option<String>>,
 ) {
     let mut samples: VecDeque<PathSample> = VecDeque::new();
+    // ACKs counted when the connection was handed out (its handshake's).
+    let baseline = PathSample::read(&conn, Instant::now()).acks;
     let started = Instant::now();
     let mut cleared = false;
     let mut tick = tokio::time::interval(limits.sample);
@@ -332,15 +361,24 @@ async fn watch_degradation(
         let (Some(first), Some(last)) = (samples.front(), samples.back()) else {
             continue;
         };
-        if let Some(reason) = limits.verdict(first, last) {
-            tracing::info!(%reason, "switching to TCP");
-            {
-                let mut state = state.lock().unwrap();
-                state.prefer_tcp = true;
-                state.degradations = state.degradations.saturating_add(1);
+        match limits.verdict(first, last, first.acks > baseline) {
+            Verdict::Fine => {}
+            Verdict::Degraded(reason) => {
+                tracing::info!(%reason, "switching to TCP");
+                {
+                    let mut state = state.lock().unwrap();
+                    state.prefer_tcp = true;
+                    state.degradations = state.degradations.saturating_add(1);
+                }
+                superseded.send_replace(Some(reason));
+                return;
             }
-            superseded.send_replace(Some(reason));
-            return;
+            Verdict::Silent(reason) => {
+                // Not the path's fault: the transport preference and the probe back-off stay.
+                tracing::info!(%reason, "connecting again over QUIC");
+                superseded.send_replace(Some(reason));
+                return;
+            }
         }
         if !cleared && now.duration_since(started) >= limits.window * HEALTHY_WINDOWS {
             cleared = true;
@@ -427,6 +465,9 @@ impl<C: Connection + ?Sized> Connection for Supervised<C> {
     fn close(&self, code: ConnectionCode, reason: &str) {
         self.inner.close(code, reason)
     }
+    fn close_sent(&self) -> BoxFuture<'static, ()> {
+        self.inner.close_sent()
+    }
     fn closed(&self) -> BoxFuture<'static, TransportError> {
         self.inner.closed()
     }
@@ -474,7 +515,10 @@ mod tests {
 
     fn degraded(sent: u64, size: u64, lost: u64, acks: u64) -> bool {
         let (first, last) = window(sent, size, lost, acks);
-        Degradation::default().verdict(&first, &last).is_some()
+        matches!(
+            Degradation::default().verdict(&first, &last, false),
+            Verdict::Degraded(_)
+        )
     }
 
     #[test]
@@ -485,7 +529,10 @@ mod tests {
         // Backed off after losing what it had in flight: sends little, lost much.
         let (first, mut last) = window(2, 6_550, 0, 1);
         last.lost_bytes += 30_000;
-        assert!(Degradation::default().verdict(&first, &last).is_some());
+        assert!(matches!(
+            Degradation::default().verdict(&first, &last, true),
+            Verdict::Degraded(_)
+        ));
     }
 
     #[test]
@@ -500,5 +547,29 @@ mod tests {
     fn packets_without_any_ack_are_a_stall() {
         assert!(degraded(8, 100, 0, 0));
         assert!(!degraded(7, 100, 0, 0));
+    }
+
+    #[test]
+    fn silence_after_a_healthy_spell_is_a_server_gone_not_a_degraded_path() {
+        // The case: a killed server, 11 packets and no ACK.
+        let (first, last) = window(11, 34, 0, 0);
+        let verdict = Degradation::default().verdict(&first, &last, true);
+        assert!(
+            matches!(&verdict, Verdict::Silent(reason) if reason.contains("stopped answering")),
+            "{verdict:?}"
+        );
+        // Silence on a connection that never carried data past its handshake is the path.
+        assert!(matches!(
+            Degradation::default().verdict(&first, &last, false),
+            Verdict::Degraded(_)
+        ));
+        // Loss is degradation whatever came before.
+        let (first, last) = window(30, 1_200, 10, 12);
+        assert!(matches!(
+            Degradation::default().verdict(&first, &last, true),
+            Verdict::Degraded(_)
+        ));
+        let (first, last) = window(1_000, 6_550, 20, 400);
+        assert_eq!(Degradation::default().verdict(&first, &last, true), Verdict::Fine);
     }
 }

@@ -245,6 +245,14 @@ pub trait Listener: Send + Sync + 'static {
     fn local_addr(&self) -> String;
     /// Stops accepting and closes every connection made through it.
     fn shutdown(&self);
+    /// After [`Listener::shutdown`]: resolves once the closes of its
+    /// connections have gone out (QUIC: the endpoint is idle; TCP: each close
+    /// is written and the peer has ended its side), so that a process ending
+    /// right after still tells its peers. Unbounded: the caller bounds it.
+    /// The default resolves at once.
+    fn closed_sent(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Agent side: establishes a connection to a server.

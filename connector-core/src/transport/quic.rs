@@ -289,6 +289,14 @@ impl Listener for QuicListener {
             b"server shutting down",
         );
     }
+
+    fn closed_sent(&self) -> BoxFuture<'static, ()> {
+        // Closing connections stay in their draining state (three probe
+        // timeouts) and answer what arrives with their CONNECTION_CLOSE;
+        // the endpoint is idle once every one has drained.
+        let endpoint = self.endpoint.clone();
+        Box::pin(async move { endpoint.wait_idle().await })
+    }
 }
 
 /// Agent side: connects to one server address over QUIC.

@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::task::TaskTracker;
 
 use self::conn::{Config, Conn, ConnError, Side, StreamError};
 use self::proxy::ProxyChoice;
@@ -109,6 +110,8 @@ pub struct QmuxListener {
     settings: QmuxSettings,
     live: Mutex<Vec<Weak<Shared>>>,
     shutdown: watch::Sender<bool>,
+    /// The socket tasks of every connection accepted here ([`Listener::closed_sent`]).
+    tasks: TaskTracker,
 }
 
 impl QmuxListener {
@@ -127,6 +130,7 @@ impl QmuxListener {
             settings: settings.clone(),
             live: Mutex::new(Vec::new()),
             shutdown: watch::channel(false).0,
+            tasks: TaskTracker::new(),
         })
     }
 
@@ -156,6 +160,7 @@ impl Listener for QmuxListener {
             };
             let tls = self.tls.clone();
             let settings = self.settings.clone();
+            let tasks = self.tasks.clone();
             let shared = Arc::new(Shared::new(Side::Server, &settings, AGENT_OPENED_STREAMS));
             {
                 let mut live = self.live.lock().unwrap();
@@ -182,7 +187,7 @@ impl Listener for QmuxListener {
                     remote_addr: Some(remote),
                     certificates,
                 };
-                Ok(QmuxConnection::start(shared, stream, peer) as Arc<dyn Connection>)
+                Ok(QmuxConnection::start(shared, stream, peer, Some(&tasks)) as Arc<dyn Connection>)
             }) as Handshake;
             Some(Incoming::new(Some(remote), handshake))
         })
@@ -201,6 +206,16 @@ impl Listener for QmuxListener {
         for shared in live.iter().filter_map(Weak::upgrade) {
             shared.close(ConnectionCode::Shutdown, "server shutting down");
         }
+    }
+
+    fn closed_sent(&self) -> BoxFuture<'static, ()> {
+        // Each connection's writer ends once its close is written and the
+        // TLS stream shut down; its reader once the agent has ended its side
+        // (or after the linger): leaving earlier could reset the socket and
+        // make the agent's kernel discard the close unread.
+        let tasks = self.tasks.clone();
+        tasks.close();
+        Box::pin(async move { tasks.wait().await })
     }
 }
 
@@ -276,7 +291,7 @@ impl QmuxConnector {
             remote_addr: remote,
             certificates,
         };
-        Ok(QmuxConnection::start(shared, stream, peer) as Arc<dyn Connection>)
+        Ok(QmuxConnection::start(shared, stream, peer, None) as Arc<dyn Connection>)
     }
 }
 
@@ -471,18 +486,37 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut wr: W) {
     }
 }
 
+/// Longest [`Connection::close_sent`] waits for a closed connection's socket
+/// tasks (as for QUIC).
+const CLOSE_SENT_LIMIT: Duration = Duration::from_secs(1);
+
 /// One QMux connection.
 struct QmuxConnection {
     shared: Arc<Shared>,
     peer: PeerInfo,
+    /// Its reader and writer tasks.
+    loops: TaskTracker,
 }
 
 impl QmuxConnection {
-    fn start(shared: Arc<Shared>, stream: impl Into<Tls>, peer: PeerInfo) -> Arc<Self> {
+    /// Starts the socket tasks, also tracked by `listener` when given.
+    fn start(shared: Arc<Shared>, stream: impl Into<Tls>, peer: PeerInfo, listener: Option<&TaskTracker>) -> Arc<Self> {
         let (rd, wr) = tokio::io::split(stream.into());
-        tokio::spawn(read_loop(shared.clone(), rd));
-        tokio::spawn(write_loop(shared.clone(), wr));
-        Arc::new(Self { shared, peer })
+        let loops = TaskTracker::new();
+        let reader = loops.track_future(read_loop(shared.clone(), rd));
+        let writer = loops.track_future(write_loop(shared.clone(), wr));
+        match listener {
+            Some(listener) => {
+                listener.spawn(reader);
+                listener.spawn(writer);
+            }
+            None => {
+                tokio::spawn(reader);
+                tokio::spawn(writer);
+            }
+        }
+        loops.close();
+        Arc::new(Self { shared, peer, loops })
     }
 
     fn bi(&self, id: u64) -> BiStream {
@@ -530,6 +564,13 @@ impl Connection for QmuxConnection {
 
     fn close(&self, code: ConnectionCode, reason: &str) {
         self.shared.close(code, reason);
+    }
+
+    fn close_sent(&self) -> BoxFuture<'static, ()> {
+        let loops = self.loops.clone();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(CLOSE_SENT_LIMIT, loops.wait()).await;
+        })
     }
 
     fn closed(&self) -> BoxFuture<'static, TransportError> {
