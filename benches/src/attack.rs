@@ -35,6 +35,7 @@ use connector_core::transport::quic::{MAX_UDP_PAYLOAD, QuicSettings, endpoint, t
 use rand::{RngCore, SeedableRng};
 
 use crate::client::percentile;
+use crate::status_kib;
 
 /// Options of `netbench attack`.
 #[derive(clap::Args, Clone, Debug)]
@@ -107,7 +108,7 @@ pub async fn run(args: AttackArgs) -> anyhow::Result<()> {
         server_name: args.quic.ip().to_string(),
         client_identity: None,
     };
-    let idle_kib = rss_kib(args.server_pid);
+    let idle_kib = status_kib(args.server_pid, "VmRSS:");
     let peak = Arc::new(AtomicU64::new(idle_kib));
     let sampling = Arc::new(AtomicBool::new(true));
     tokio::spawn(sample_rss(args.server_pid, peak.clone(), sampling.clone()));
@@ -120,7 +121,7 @@ pub async fn run(args: AttackArgs) -> anyhow::Result<()> {
             // Let the server shed the first phase (half-open handshakes time out).
             tokio::time::sleep(Duration::from_secs(12)).await;
         }
-        let before = rss_kib(args.server_pid);
+        let before = status_kib(args.server_pid, "VmRSS:");
         peak.store(before, Ordering::Relaxed);
         let parked = park(&args, &tls).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -184,22 +185,10 @@ fn attacker_ip(args: &AttackArgs, i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1 + (i % n) as u8))
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Keeps `peak` at the highest RSS seen, every 50 ms, while `on`.
 async fn sample_rss(pid: u32, peak: Arc<AtomicU64>, on: Arc<AtomicBool>) {
     while on.load(Ordering::Relaxed) {
-        peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+        peak.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

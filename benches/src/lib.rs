@@ -21,3 +21,16 @@ pub mod tun_impair;
 
 /// Size of the buffers used for bulk reads and writes (256 KiB).
 pub const CHUNK: usize = 256 * 1024;
+
+/// A `/proc/PID/status` field in KiB (`"VmRSS:"`, `"VmHWM:"`); 0 if unreadable.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

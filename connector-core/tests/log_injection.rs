@@ -12,8 +12,7 @@
 #[macro_use]
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::*;
@@ -25,40 +24,10 @@ use connector_core::proto::{
 use connector_core::server::{DialError, Selector};
 use connector_core::transport::{BiStream, Connection, TransportError};
 
-/// Every formatted log line, from every thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// The binary's log, as the `connector` binary writes it (text, no colours).
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("connector_core=debug")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init()
-            .expect("this test binary installs the only subscriber");
-        captured
-    })
+fn logs() -> &'static CapturedLog {
+    static LOGS: OnceLock<CapturedLog> = OnceLock::new();
+    LOGS.get_or_init(|| CapturedLog::install("connector_core=debug"))
 }
 
 /// A peer's text that tries to forge a log record and steer the terminal.

@@ -8,8 +8,7 @@
 #[macro_use]
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::*;
 use connector_core::agent::{Agent, AgentStatus};
@@ -21,36 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const GOOD: &str = "tok-9f86d081884c7d659a2feaa0c55ad015";
 const WRONG: &str = "tok-wrong-2c26b46b68ffc68ff99b453c1d304134";
 
-/// Every formatted log line, from every thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn capture_all_logs() -> Captured {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .try_init()
-        .expect("this test binary installs the only subscriber");
-    captured
+fn capture_all_logs() -> CapturedLog {
+    CapturedLog::install("trace")
 }
 
 fn bearer(token: &str) -> Credential {

@@ -162,22 +162,6 @@ async fn the_server_takes_only_a_client_auth_certificate_for_an_agent(kind: Kind
     server.shutdown();
 }
 
-macro_rules! on_tls_transports {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn quic() {
-                guard(super::$name(Kind::Quic)).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tcp() {
-                guard(super::$name(Kind::Tcp)).await
-            }
-        }
-    )*};
-}
-
 on_tls_transports!(
     agents_take_only_a_server_auth_certificate_for_the_server,
     the_server_takes_only_a_client_auth_certificate_for_an_agent,

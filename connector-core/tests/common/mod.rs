@@ -24,8 +24,26 @@ macro_rules! on_all_transports {
     )*};
 }
 
+/// Instantiates `$name(kind)` as one test per TLS transport (QUIC, TCP).
+#[allow(unused_macros)] // most test binaries use `on_all_transports`
+macro_rules! on_tls_transports {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn quic() {
+                guard(super::$name(Kind::Quic)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                guard(super::$name(Kind::Tcp)).await
+            }
+        }
+    )*};
+}
+
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connector_core::agent::{Agent, AgentConfig, AgentStatus, BackoffConfig, DestinationPolicy};
@@ -386,4 +404,40 @@ pub async fn next_dial_is_served(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(echo_all(stream, b"after").await, b"after");
+}
+
+/// Every formatted log line of the test binary, from every thread, as the
+/// `connector` binary writes them (text, no colours).
+#[derive(Clone, Default)]
+pub struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    /// Installs the binary's only subscriber, logging what `filter` lets
+    /// through into the returned capture.
+    pub fn install(filter: &str) -> CapturedLog {
+        let captured = CapturedLog::default();
+        let writer = captured.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init()
+            .expect("this test binary installs the only subscriber");
+        captured
+    }
+
+    /// What was logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }
