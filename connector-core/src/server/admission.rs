@@ -30,15 +30,23 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use crate::frame_io::FrameIoError;
 use crate::proto::{Frame, FrameHeader, HEADER_LEN, MAX_FRAME_PAYLOAD};
 
-/// Bytes of `Hello` payloads the server reads at once, across all
+/// Bytes of large `Hello` payloads the server reads at once, across all
 /// connections not yet admitted: a `Hello` may announce up to 64 KiB, and a
-/// thousand peers announcing that would be 64 MiB; a `Hello` waits for its
-/// share (most are 1–2 KiB), and waiting counts against the `Hello` timeout
-/// and the pre-`Hello` slot like any other delay.
+/// thousand peers announcing that would be 64 MiB. The first
+/// [`HELLO_FREE`] bytes of each payload need no share, so peers that hold the
+/// whole budget with large, slow `Hello`s cannot make an agent's ordinary one
+/// (1–2 KiB) wait; a large one waits for its share, and waiting counts
+/// against the `Hello` timeout and the pre-`Hello` slot like any other delay.
 pub(super) const HELLO_BUDGET: usize = 8 << 20;
 
-/// Reads a `Hello` frame (or whatever frame comes first) from `recv`; its
-/// payload only once `budget` grants that many bytes.
+/// The part of every `Hello` payload read without a share of
+/// [`HELLO_BUDGET`]: more than an agent's `Hello` takes with a token and a
+/// few dozen identifiers. With `max_pre_hello` connections (1,000) that is
+/// 4 MiB beside the budget.
+pub(super) const HELLO_FREE: usize = 4 * 1024;
+
+/// Reads a `Hello` frame (or whatever frame comes first) from `recv`; a
+/// payload larger than [`HELLO_FREE`] only once `budget` grants the excess.
 pub(super) async fn read_hello<R: AsyncRead + Unpin + ?Sized>(
     recv: &mut R,
     budget: &Semaphore,
@@ -47,8 +55,9 @@ pub(super) async fn read_hello<R: AsyncRead + Unpin + ?Sized>(
     recv.read_exact(&mut header).await?;
     let header = FrameHeader::parse(header, MAX_FRAME_PAYLOAD)?;
     // Never closed; a frame is at most 64 KiB, well below the budget.
+    let excess = header.len.saturating_sub(HELLO_FREE);
     let _share = budget
-        .acquire_many(u32::try_from(header.len).unwrap_or(u32::MAX))
+        .acquire_many(u32::try_from(excess).unwrap_or(u32::MAX))
         .await
         .map_err(|_| FrameIoError::Eof)?;
     let mut payload = vec![0u8; header.len];
@@ -231,6 +240,30 @@ mod tests {
         assert!(third.evicted().now_or_never().is_none(), "a freed slot is used first");
         drop(first);
         assert_eq!(pool.held(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_ordinary_hello_is_read_while_large_ones_hold_the_whole_budget() {
+        use crate::proto::{Hello, Secret};
+        let spent = Semaphore::new(0);
+        let hello = Frame::Hello(Hello::new(
+            "node-a",
+            Default::default(),
+            crate::proto::Credential::Bearer(Secret::new("token-node-a")),
+        ));
+        let bytes = hello.encode().unwrap();
+        assert!(bytes.len() <= HELLO_FREE);
+        let mut reader: &[u8] = &bytes;
+        let read = read_hello(&mut reader, &spent).now_or_never();
+        assert!(matches!(read, Some(Ok(Frame::Hello(_)))), "read without a share");
+
+        let mut large = vec![0x01, 0, 0, 0x20, 0]; // a Hello announcing 8 KiB
+        large.resize(5 + 0x2000, 0);
+        let mut reader: &[u8] = &large;
+        assert!(
+            read_hello(&mut reader, &spent).now_or_never().is_none(),
+            "a larger one waits for its share"
+        );
     }
 
     #[test]

@@ -196,7 +196,7 @@ pub trait Connection: Send + Sync + 'static {
 /// (most are 1–2 KiB, at most 64 KiB) larger than this arrives in several
 /// round trips, as the server reads it; what an anonymous peer can make the
 /// server buffer is this, plus the `Hello` the server is reading
-/// (`server::admission::HELLO_BUDGET` bounds those together).
+/// (`server::admission::HELLO_BUDGET` bounds the large ones together).
 pub const PRE_ADMISSION_WINDOW: u64 = 16 * 1024;
 
 /// A connection whose handshake is still in progress.
