@@ -693,6 +693,10 @@ impl Direction {
         R: ChunkSource + ?Sized,
         W: ChunkSink + ?Sized,
     {
+        if self.stall.timeout.is_none() {
+            // Nothing to watch: no bookkeeping on the copy's hot path.
+            return self.poll_copy_unwatched(cx, r, w);
+        }
         let (waiting, reads) = (self.waiting(), self.reads);
         let poll = self.poll_copy_unwatched(cx, r, w);
         if poll.is_pending() {
