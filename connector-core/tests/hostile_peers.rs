@@ -11,7 +11,7 @@ use common::*;
 use connector_core::agent::{Agent, AgentStatus};
 use connector_core::frame_io::{read_frame, write_frame};
 use connector_core::proto::{
-    Credential, Dial, DialCode, Frame, Hello, MAX_FRAME_PAYLOAD, Reject, RejectCode, StreamCode, Welcome,
+    Credential, Dial, DialCode, Frame, Hello, MAX_FRAME_PAYLOAD, Reject, RejectCode, StreamCode,
 };
 use connector_core::server::{DialError, Selector};
 use connector_core::transport::{BiStream, Connection, StreamReset};
@@ -65,22 +65,9 @@ async fn assert_protocol_reset(stream: &mut BiStream) {
 /// `Hello` (as node-a), answers `Welcome`, and waits until the agent is
 /// connected. The control stream is returned so that it stays open.
 async fn play_server(raw: &RawTransport, agent: &Agent) -> (Arc<dyn Connection>, BiStream) {
-    let conn = raw.listener.accept().await.unwrap().await.unwrap();
-    let mut control = conn.accept_bi().await.unwrap();
-    let Frame::Hello(hello) = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap() else {
-        panic!("expected Hello")
-    };
+    let (conn, mut control, hello) = accept_agent(raw).await;
     assert_eq!(hello.agent_id, "node-a");
-    let welcome = Welcome {
-        server_id: "fake".into(),
-        server_count: 1,
-        keepalive_ms: 5000,
-        idle_timeout_ms: 30000,
-        max_streams: 100,
-        max_frame: MAX_FRAME_PAYLOAD as u32,
-    };
-    write_frame(&mut control.send, &Frame::Welcome(welcome)).await.unwrap();
-    agent.connected().await;
+    welcome_agent(&mut control, agent).await;
     (conn, control)
 }
 

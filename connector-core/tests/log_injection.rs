@@ -19,7 +19,7 @@ use common::*;
 use connector_core::agent::{Agent, AgentStatus};
 use connector_core::frame_io::{read_frame, write_frame};
 use connector_core::proto::{
-    ConnectionCode, DialCode, DialResult, Frame, GoAway, Hello, MAX_FRAME_PAYLOAD, Reject, RejectCode, Welcome,
+    ConnectionCode, DialCode, DialResult, Frame, GoAway, Hello, MAX_FRAME_PAYLOAD, Reject, RejectCode,
 };
 use connector_core::server::{DialError, Selector};
 use connector_core::transport::{BiStream, Connection, TransportError};
@@ -80,29 +80,6 @@ async fn register_by_hand(h: &Harness) -> (Arc<dyn Connection>, BiStream) {
     (conn, control)
 }
 
-/// The test plays the server for `agent`: takes its connection and `Hello`.
-async fn accept_agent(raw: &RawTransport) -> (Arc<dyn Connection>, BiStream) {
-    let conn = raw.listener.accept().await.unwrap().await.unwrap();
-    let mut control = conn.accept_bi().await.unwrap();
-    let Frame::Hello(_) = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap() else {
-        panic!("expected Hello")
-    };
-    (conn, control)
-}
-
-async fn welcome(control: &mut BiStream, agent: &Agent) {
-    let welcome = Welcome {
-        server_id: "fake".into(),
-        server_count: 1,
-        keepalive_ms: 5000,
-        idle_timeout_ms: 30000,
-        max_streams: 100,
-        max_frame: MAX_FRAME_PAYLOAD as u32,
-    };
-    write_frame(&mut control.send, &Frame::Welcome(welcome)).await.unwrap();
-    agent.connected().await;
-}
-
 /// The server's log of an agent's `GoAway`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_go_away_reason_from_an_agent_is_one_escaped_log_line() {
@@ -131,8 +108,8 @@ async fn a_go_away_reason_from_a_server_is_one_escaped_log_line() {
             raw.connector(None),
             Harness::agent_config_for("node-a", token("node-a")),
         );
-        let (_conn, mut control) = accept_agent(&raw).await;
-        welcome(&mut control, &agent).await;
+        let (_conn, mut control, _) = accept_agent(&raw).await;
+        welcome_agent(&mut control, &agent).await;
         let go_away = Frame::GoAway(GoAway {
             code: ConnectionCode::Shutdown,
             grace_ms: 1000,
@@ -155,7 +132,7 @@ async fn a_reject_reason_is_one_escaped_log_line() {
             raw.connector(None),
             Harness::agent_config_for("node-a", token("node-a")),
         );
-        let (_conn, mut control) = accept_agent(&raw).await;
+        let (_conn, mut control, _) = accept_agent(&raw).await;
         let reject = Frame::Reject(Reject {
             code: RejectCode::Unauthenticated,
             reason: forged("forged-reject"),
@@ -183,7 +160,7 @@ async fn a_close_reason_is_one_escaped_log_line() {
             raw.connector(None),
             Harness::agent_config_for("node-a", token("node-a")),
         );
-        let (conn, _control) = accept_agent(&raw).await;
+        let (conn, _control, _) = accept_agent(&raw).await;
         conn.close(ConnectionCode::Rejected, &forged("forged-close"));
         assert_logged_once("forged-close", "could not connect to the server").await;
         agent.stop().await;

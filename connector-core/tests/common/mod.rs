@@ -441,3 +441,39 @@ impl CapturedLog {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+/// The test plays the server: takes the next agent connection on `raw` and
+/// its `Hello`.
+pub async fn accept_agent(
+    raw: &RawTransport,
+) -> (
+    Arc<dyn connector_core::transport::Connection>,
+    connector_core::transport::BiStream,
+    connector_core::proto::Hello,
+) {
+    use connector_core::frame_io::read_frame;
+    use connector_core::proto::{Frame, MAX_FRAME_PAYLOAD};
+    let conn = raw.listener.accept().await.unwrap().await.unwrap();
+    let mut control = conn.accept_bi().await.unwrap();
+    let Frame::Hello(hello) = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap() else {
+        panic!("expected Hello")
+    };
+    (conn, control, hello)
+}
+
+/// The test, playing the server, admits `agent` on `control` and waits
+/// until the agent sees itself connected.
+pub async fn welcome_agent(control: &mut connector_core::transport::BiStream, agent: &Agent) {
+    use connector_core::frame_io::write_frame;
+    use connector_core::proto::{Frame, MAX_FRAME_PAYLOAD, Welcome};
+    let welcome = Welcome {
+        server_id: "fake".into(),
+        server_count: 1,
+        keepalive_ms: 5000,
+        idle_timeout_ms: 30000,
+        max_streams: 100,
+        max_frame: MAX_FRAME_PAYLOAD as u32,
+    };
+    write_frame(&mut control.send, &Frame::Welcome(welcome)).await.unwrap();
+    agent.connected().await;
+}
