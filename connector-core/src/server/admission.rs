@@ -37,7 +37,7 @@ use crate::proto::{Frame, FrameHeader, HEADER_LEN, MAX_FRAME_PAYLOAD};
 /// whole budget with large, slow `Hello`s cannot make an agent's ordinary one
 /// (1–2 KiB) wait; a large one waits for its share, and waiting counts
 /// against the `Hello` timeout and the pre-`Hello` slot like any other delay.
-pub(super) const HELLO_BUDGET: usize = 8 << 20;
+pub(super) const HELLO_BUDGET: usize = 4 << 20;
 
 /// The part of every `Hello` payload read without a share of
 /// [`HELLO_BUDGET`]: more than an agent's `Hello` takes with a token and a

@@ -197,7 +197,7 @@ pub trait Connection: Send + Sync + 'static {
 /// round trips, as the server reads it; what an anonymous peer can make the
 /// server buffer is this, plus the `Hello` the server is reading
 /// (`server::admission::HELLO_BUDGET` bounds the large ones together).
-pub const PRE_ADMISSION_WINDOW: u64 = 16 * 1024;
+pub const PRE_ADMISSION_WINDOW: u64 = 8 * 1024;
 
 /// A connection whose handshake is still in progress.
 pub type Handshake = BoxFuture<'static, Result<Arc<dyn Connection>, TransportError>>;
