@@ -157,7 +157,12 @@ pub fn listen_addr(line: &str) -> String {
 
 /// Starts `connector server` with the dev PKI in `dir` plus `extra` flags.
 pub fn server(dir: &Path, extra: &[&str]) -> Running {
-    let mut cmd = connector(&["server", "--listen", "127.0.0.1:0", "--server-id", "srv-test"]);
+    server_at(dir, "127.0.0.1:0", "srv-test", extra)
+}
+
+/// [`server`] with its agent port on `listen` and its server id `id`.
+pub fn server_at(dir: &Path, listen: &str, id: &str, extra: &[&str]) -> Running {
+    let mut cmd = connector(&["server", "--listen", listen, "--server-id", id]);
     cmd.arg("--cert")
         .arg(dir.join("server.pem"))
         .arg("--key")
@@ -258,4 +263,65 @@ pub fn assert_digest_answered(mut tcp: std::net::TcpStream, data: &[u8]) {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Threads that keep every core busy until dropped: a machine under load, as
+/// during a real rolling update of busy control-plane nodes.
+pub struct CpuLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuLoad {
+    /// One spinning thread per core.
+    pub fn start() -> CpuLoad {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..10_000 {
+                            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                        }
+                    }
+                })
+            })
+            .collect();
+        CpuLoad { stop, threads }
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `GET path` from the HTTP listener at `addr` (an admin endpoint); returns the status and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
+    (status, body)
+}
+
+/// The value of the unlabelled sample `name` on a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -94,8 +94,8 @@ pub enum DialError {
         /// The limit ([`super::Limits::max_pending_dials`]).
         limit: usize,
     },
-    /// The server is shutting down.
-    #[error("the server is shutting down")]
+    /// The server is draining or shut down.
+    #[error("this server replica is draining or shut down: send the dial to another replica")]
     ShuttingDown,
     /// The local client whose bytes were being relayed during the dial
     /// ([`Server::dial_relaying`]) failed; the tunnel was reset.

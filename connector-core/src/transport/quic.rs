@@ -188,12 +188,53 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 /// is given, otherwise a client. It accepts UDP payloads up to
 /// `max_udp_payload` (see [`QuicSettings::max_udp_payload`]).
 pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>, max_udp_payload: u16) -> io::Result<Endpoint> {
-    let mut config = quinn::EndpointConfig::default();
+    endpoint_with(addr, server, quinn::EndpointConfig::default(), max_udp_payload)
+}
+
+fn endpoint_with(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    mut config: quinn::EndpointConfig,
+    max_udp_payload: u16,
+) -> io::Result<Endpoint> {
     config
         .max_udp_payload_size(udp_payload_bound(max_udp_payload))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:?}")))?;
     Endpoint::new(config, server, bind_udp(addr)?, Arc::new(quinn::TokioRuntime))
 }
+
+/// The endpoint configuration of a server: its stateless-reset key, and the
+/// key its connection ids are checked with, are derived from its TLS private
+/// key rather than drawn at random. A replacement started with the same key
+/// on the same address (a restarted replica, or one killed without closing
+/// its connections) therefore recognises an agent's packet on a connection
+/// it does not know as one of its own ids and answers with a stateless reset
+/// the agent accepts; the agent reconnects at once instead of waiting out its
+/// idle timeout (RFC 9000, section 10.3).
+fn server_endpoint_config(tls: &ServerTls) -> quinn::EndpointConfig {
+    use aws_lc_rs::{hkdf, hmac};
+    let private_key = tls.identity.private_key();
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"connector QUIC endpoint keys").extract(private_key.secret_der());
+    let reset_key: hmac::Key = prk
+        .expand(&[b"stateless reset v1"], hmac::HMAC_SHA256)
+        .expect("HKDF-SHA256 expands to one HMAC-SHA256 key")
+        .into();
+    let mut cid_key = [0u8; 32];
+    prk.expand(&[b"connection ids v1"], hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut cid_key))
+        .expect("HKDF-SHA256 expands to 32 bytes");
+    let cid_key = u64::from_le_bytes(cid_key[..8].try_into().expect("8 bytes"));
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    // quinn sends at most one reset per interval (20 ms by default); after a
+    // replica restarts, every agent's next packet asks for one. A reset is
+    // smaller than the packet that caused it, so this allows no amplification.
+    config.min_reset_interval(STATELESS_RESET_INTERVAL);
+    config
+}
+
+/// Least time between two stateless resets a server endpoint sends.
+const STATELESS_RESET_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Server side: a QUIC endpoint accepting agents.
 pub struct QuicListener {
@@ -231,8 +272,13 @@ impl QuicListener {
         let mut transport = transport_config(settings, 1);
         transport.receive_window(VarInt::from_u64(super::PRE_ADMISSION_WINDOW).expect("small"));
         config.transport_config(Arc::new(transport));
-        let endpoint = endpoint(addr, Some(config), settings.max_udp_payload)
-            .map_err(|source| QuicSetupError::Bind { addr, source })?;
+        let endpoint = endpoint_with(
+            addr,
+            Some(config),
+            server_endpoint_config(tls),
+            settings.max_udp_payload,
+        )
+        .map_err(|source| QuicSetupError::Bind { addr, source })?;
         Ok(Self {
             endpoint,
             handshake_timeout: settings.handshake_timeout,
@@ -482,6 +528,9 @@ fn map_conn_error(err: quinn::ConnectionError) -> TransportError {
         },
         E::LocallyClosed => TransportError::LocallyClosed,
         E::TimedOut => TransportError::TimedOut,
+        E::Reset => TransportError::Lost(
+            "stateless reset: the peer no longer knows this connection (it restarted or lost its state)".into(),
+        ),
         other => TransportError::Lost(other.to_string()),
     }
 }
@@ -542,8 +591,20 @@ fn stream_code(code: VarInt) -> StreamCode {
     StreamCode::from_wire(code.into_inner().min(u32::MAX as u64) as u32)
 }
 
-/// Re-expresses quinn's stream errors as [`StreamReset`] where the peer reset or stopped the stream.
+/// Re-expresses quinn's stream errors as [`StreamReset`] where the peer reset
+/// or stopped the stream, and as the [`TransportError`] that ended the
+/// connection where it was lost (quinn's own message says only "connection lost").
 fn map_io(err: io::Error) -> io::Error {
+    let lost = err.get_ref().and_then(|inner| match inner.downcast_ref::<quinn::ReadError>() {
+        Some(quinn::ReadError::ConnectionLost(cause)) => Some(cause.clone()),
+        _ => match inner.downcast_ref::<quinn::WriteError>() {
+            Some(quinn::WriteError::ConnectionLost(cause)) => Some(cause.clone()),
+            _ => None,
+        },
+    });
+    if let Some(cause) = lost {
+        return io::Error::new(err.kind(), map_conn_error(cause));
+    }
     let reset = err.get_ref().and_then(|inner| {
         if let Some(quinn::ReadError::Reset(code)) = inner.downcast_ref::<quinn::ReadError>() {
             return Some(stream_code(*code));
