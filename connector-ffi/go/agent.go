@@ -283,6 +283,17 @@ func (a *Agent) WaitSessions(ctx context.Context, n int) error {
 	return settle(&a.closed, "wait sessions", "agent", err)
 }
 
+// Metrics is the agent's metrics page in the Prometheus text format (the
+// connector_agent_* series `connector agent --admin` serves at /metrics).
+func (a *Agent) Metrics() (string, error) {
+	if err := enter(&a.closed, "metrics", "agent"); err != nil {
+		return "", err
+	}
+	var out *C.char
+	err := call("metrics", func(m **C.char) C.connector_result { return C.connector_agent_metrics(a.h, &out, m) })
+	return takeString(out), settle(&a.closed, "metrics", "agent", err)
+}
+
 // Status describes where the agent stands: "connecting", "connected to
 // SERVER-ID", "rejected: ...", "disconnected: ..." or "stopped".
 func (a *Agent) Status() string {

@@ -295,6 +295,26 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// Drain takes the server out of service gracefully, as `connector server`
+// does on SIGTERM for a rolling update. At once, new dials (also through
+// the frontends) fail with ErrClosed ("the server is shutting down"), new
+// agents are refused, and every agent is told to go away (it connects to
+// another replica). Connections already dialled keep working and may
+// finish within grace; then the server closes what is still open, stops its
+// frontends, and Drain waits (at most 3 s) for the closes to reach the
+// agents. It returns as soon as every agent has acknowledged and every
+// tunnelled connection has ended, and after at most grace plus 3 s. Close
+// from another goroutine stops the drain at once (Drain then returns
+// ErrClosed); after Drain the Server must still be closed.
+func (s *Server) Drain(grace time.Duration) error {
+	if err := enter(&s.closed, "drain", "server"); err != nil {
+		return err
+	}
+	ms := C.uint64_t(max(grace, 0).Milliseconds())
+	err := call("drain", func(m **C.char) C.connector_result { return C.connector_server_drain(s.h, ms, m) })
+	return settle(&s.closed, "drain", "server", err)
+}
+
 // free frees the C server; once it succeeds, Authenticate is not running
 // and is never called again.
 func (s *Server) free() error {

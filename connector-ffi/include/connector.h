@@ -225,6 +225,15 @@ connector_result connector_agent_wait_sessions(const connector_agent *agent,
                                                const connector_cancel *cancel,
                                                char **error);
 
+// The agent's metrics in the Prometheus text format (the
+// `connector_agent_*` series `connector agent --admin` serves at
+// `/metrics`: sessions, reconnects, `GoAway`s received, dials served...),
+// in `*out` (free with `connector_string_free`).
+//
+// # Safety
+// `out` writable; `error` null or writable.
+connector_result connector_agent_metrics(const connector_agent *agent, char **out, char **error);
+
 // Stops the agent (closing its connection, which ends its tunnelled
 // connections) and frees the handle.
 //
@@ -797,6 +806,29 @@ connector_result connector_server_dial_fd(const connector_server *server,
                                           int32_t *fd,
                                           connector_stream **out,
                                           char **error);
+
+// Drains the server, then shuts it down: what `connector server` does on
+// SIGTERM, for a rolling update. At once, new dials (also through the
+// frontends) fail with `CONNECTOR_ERR_CLOSED` ("the server is shutting
+// down"), new agents are refused, and every agent is sent `GoAway` (it
+// connects to another replica). Connections already dialled keep working
+// and may finish within `grace_ms` milliseconds; then the server closes
+// what is still open, frontends stop, and the call waits (at most 3 s) for
+// the closes to reach the agents. Blocks the calling thread until then: it
+// returns as soon as every agent has acknowledged the `GoAway` and every
+// tunnelled connection has ended, and after at most `grace_ms` plus 3 s.
+// A second call waits for the first; a call after the drain returns at
+// once. The handle stays valid and must still be freed with
+// [`connector_server_free`], which, from another thread during the drain,
+// stops it at once (the drain then returns `CONNECTOR_ERR_CLOSED`).
+// Called on a library thread (inside the auth callback) it returns
+// `CONNECTOR_ERR_WRONG_THREAD` and does nothing.
+//
+// # Safety
+// `error` null or writable.
+connector_result connector_server_drain(const connector_server *server,
+                                        uint64_t grace_ms,
+                                        char **error);
 
 // Shuts the server down (agents are disconnected, their streams end,
 // frontends stop) and frees the handle. Pending calls on it return

@@ -238,6 +238,26 @@ pub unsafe extern "C" fn connector_agent_wait_sessions(
     })
 }
 
+/// The agent's metrics in the Prometheus text format (the
+/// `connector_agent_*` series `connector agent --admin` serves at
+/// `/metrics`: sessions, reconnects, `GoAway`s received, dials served...),
+/// in `*out` (free with `connector_string_free`).
+///
+/// # Safety
+/// `out` writable; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_metrics(
+    agent: *const connector_agent,
+    out: *mut *mut c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        check_out(out, "out")?;
+        let running = AGENTS.get(agent)?.running()?;
+        write_out(out, to_c_string(&running.observer().render_metrics()), "out")
+    })
+}
+
 /// Stops the agent (closing its connection, which ends its tunnelled
 /// connections) and frees the handle.
 ///

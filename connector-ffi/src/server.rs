@@ -337,6 +337,41 @@ pub unsafe extern "C" fn connector_server_dial_fd(
     })
 }
 
+/// Drains the server, then shuts it down: what `connector server` does on
+/// SIGTERM, for a rolling update. At once, new dials (also through the
+/// frontends) fail with `CONNECTOR_ERR_CLOSED` ("the server is shutting
+/// down"), new agents are refused, and every agent is sent `GoAway` (it
+/// connects to another replica). Connections already dialled keep working
+/// and may finish within `grace_ms` milliseconds; then the server closes
+/// what is still open, frontends stop, and the call waits (at most 3 s) for
+/// the closes to reach the agents. Blocks the calling thread until then: it
+/// returns as soon as every agent has acknowledged the `GoAway` and every
+/// tunnelled connection has ended, and after at most `grace_ms` plus 3 s.
+/// A second call waits for the first; a call after the drain returns at
+/// once. The handle stays valid and must still be freed with
+/// [`connector_server_free`], which, from another thread during the drain,
+/// stops it at once (the drain then returns `CONNECTOR_ERR_CLOSED`).
+/// Called on a library thread (inside the auth callback) it returns
+/// `CONNECTOR_ERR_WRONG_THREAD` and does nothing.
+///
+/// # Safety
+/// `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_drain(
+    server: *const connector_server,
+    grace_ms: u64,
+    error: *mut *mut c_char,
+) -> connector_result {
+    guard(error, || {
+        let server = SERVERS.get(server)?;
+        let grace = Duration::from_millis(grace_ms);
+        server.rt.block(0, None, Some(&server.closed), async {
+            server.server.drain(grace).await;
+            Ok(())
+        })
+    })
+}
+
 /// Shuts the server down (agents are disconnected, their streams end,
 /// frontends stop) and frees the handle. Pending calls on it return
 /// `CONNECTOR_ERR_CLOSED`. Streams already dialled must still be freed; the

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use connector_core::Identifiers;
-use connector_core::agent::{AgentStatus, DestinationPolicy, Rule};
+use connector_core::agent::{AgentObserver, AgentStatus, DestinationPolicy, Rule};
 use connector_core::auth::StaticCredential;
 use connector_core::proto::{Credential, Secret};
 use connector_core::setup::{AgentSetup, SetupError};
@@ -25,6 +25,7 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 pub struct Agent {
     agent_id: String,
     status: watch::Receiver<AgentStatus>,
+    observer: AgentObserver,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
 }
@@ -147,6 +148,7 @@ impl Agent {
             setup.start()
         });
         let agent = agent.map_err(setup_error)?;
+        let observer = agent.observer();
         let (status_tx, status) = watch::channel(agent.status());
         let (stop, mut stop_rx) = watch::channel(false);
         let (done_tx, done) = watch::channel(false);
@@ -167,6 +169,7 @@ impl Agent {
         Ok(Self {
             agent_id,
             status,
+            observer,
             stop,
             done,
         })
@@ -198,6 +201,12 @@ impl Agent {
             AgentStatus::Disconnected { reason } => Some(reason.clone()),
             _ => None,
         }
+    }
+
+    /// The agent's metrics in the Prometheus text format (the
+    /// `connector_agent_*` series `connector agent --admin` serves).
+    fn metrics(&self) -> String {
+        self.observer.render_metrics()
     }
 
     /// Waits until the agent is registered with the server and returns the

@@ -335,6 +335,35 @@ impl Server {
         })
     }
 
+    /// Drains the server, then shuts it down (what `connector server` does on
+    /// SIGTERM): new dials fail and new agents are refused at once, every
+    /// agent is told to go away, open connections may finish within `grace`
+    /// seconds, then the rest is closed. Blocks (GIL released) until done:
+    /// as soon as every agent has acknowledged and every connection has
+    /// ended, at most `grace` plus 3 s. Ctrl-C stops the wait, not the drain.
+    #[pyo3(signature = (grace=30.0))]
+    fn drain(&self, py: Python<'_>, grace: f64) -> PyResult<()> {
+        let grace = seconds("grace", Some(grace))?.unwrap_or_default();
+        let server = self.server.clone();
+        wait(py, None, "drain", async move {
+            server.drain(grace).await;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// `drain` for asyncio: an awaitable of `None`. Cancelling the awaiting
+    /// task stops the wait, not the drain.
+    #[pyo3(signature = (grace=30.0))]
+    fn drain_async<'py>(&self, py: Python<'py>, grace: f64) -> PyResult<Bound<'py, PyAny>> {
+        let grace = seconds("grace", Some(grace))?.unwrap_or_default();
+        let server = self.server.clone();
+        awaitable(py, async move {
+            server.drain(grace).await;
+            Ok(())
+        })
+    }
+
     /// Stops accepting agents, refuses new dials and disconnects every agent. Safe to call twice.
     fn close(&self, py: Python<'_>) {
         let server = self.server.clone();

@@ -376,7 +376,11 @@ impl Server {
             self.stopped().await;
             return;
         }
-        let deadline = tokio::time::Instant::now() + grace;
+        // A grace too long for the clock (a binding's `u64::MAX` ms) is no limit.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(grace)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         let metrics = &self.inner.metrics;
         tracing::info!(
             agents = self.inner.registry.len(),

@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,6 +163,36 @@ static int silent_target(char *target, size_t size) {
   return fd;
 }
 
+/* ---- a drain running on another thread ---- */
+
+typedef struct {
+  connector_server *server;
+  uint64_t grace_ms;
+  atomic_int finished; /* set once the call returned */
+  connector_result result;
+  char *err;
+} drain_call;
+
+static void *call_drain(void *arg) {
+  drain_call *d = arg;
+  d->result = connector_server_drain(d->server, d->grace_ms, &d->err);
+  atomic_store(&d->finished, 1);
+  return NULL;
+}
+
+/* Whether the agent's metrics page has the exact line `line`. */
+static int agent_metric_is(connector_agent *agent, const char *line) {
+  char *page = NULL;
+  OK(connector_agent_metrics(agent, &page, &err));
+  size_t len = strlen(line);
+  int found = 0;
+  for (const char *at = page; (at = strstr(at, line)) != NULL; at += len) {
+    if ((at == page || at[-1] == '\n') && (at[len] == '\n' || at[len] == '\0')) found = 1;
+  }
+  connector_string_free(page);
+  return found;
+}
+
 static connector_agent *start_agent(const char *server_addr, const char *ca, const char *id, const char *token) {
   connector_agent_config *cfg = NULL;
   connector_agent *agent = NULL;
@@ -243,7 +274,7 @@ int main(void) {
   snprintf(target, sizeof target, "127.0.0.1:%d", port);
 
   /* 1. Dial, timeout while the target is silent, echo, half-close. */
-  connector_stream *stream = NULL;
+  connector_stream *stream = NULL, *stream2 = NULL;
   OK(connector_server_dial(server, CONNECTOR_SELECT_AGENT, "node-a", target, 10 * SEC, NULL, &stream, &err));
   char *agent_id = NULL;
   OK(connector_stream_agent_id(stream, &agent_id, &err));
@@ -429,10 +460,73 @@ int main(void) {
   OK(connector_server_start_forward(server, "127.0.0.1:0", "node-a", target, &where, &err));
   connector_string_free(where);
 
+  /* 5. Drain (a rolling update), with an hour's grace: the hang guard
+   * below fails the test long before a drain that waits the grace out. */
+  alarm(600);
+  port = 0;
+  echo = (echo_server){.listen_fd = listen_loopback(&port), .conns = 1};
+  pthread_create(&echo_thread, NULL, echo_accept, &echo);
+  snprintf(target, sizeof target, "127.0.0.1:%d", port);
+  OK(connector_server_dial(server, CONNECTOR_SELECT_AGENT, "node-a", target, 10 * SEC, NULL, &stream, &err));
+  CHECK(agent_metric_is(agent, "connector_agent_go_aways_total 0"), "no GoAway before the drain");
+  drain_call d = {.server = server, .grace_ms = 3600 * 1000};
+  pthread_t drainer;
+  pthread_create(&drainer, NULL, call_drain, &d);
+  /* Until the drain has begun, a dial through an unknown agent fails with
+   * NO_AGENT without leaving the server; from then on it fails with CLOSED.
+   * A drain that returns at once (does nothing) ends the wait too. */
+  while (connector_server_dial(server, CONNECTOR_SELECT_AGENT, "nobody", target, 10 * SEC, NULL, &stream2, NULL) ==
+             CONNECTOR_ERR_NO_AGENT &&
+         !atomic_load(&d.finished))
+    sched_yield();
+  CHECK(!atomic_load(&d.finished), "the drain returned with a connection open: %s (%s)", connector_result_name(d.result),
+        d.err ? d.err : "no message");
+  /* A new dial is refused: the server is shutting down. */
+  char *refused = NULL;
+  connector_result dialled = connector_server_dial(server, CONNECTOR_SELECT_AGENT, "node-a", target, 10 * SEC, NULL, &stream2, &refused);
+  CHECK(dialled == CONNECTOR_ERR_CLOSED && refused != NULL && strstr(refused, "shutting down") != NULL,
+        "a dial during the drain: %s (%s)", connector_result_name(dialled), refused ? refused : "no message");
+  connector_string_free(refused);
+  /* The connection dialled before still carries bytes both ways. */
+  const char during[] = "still open while draining";
+  OK(connector_stream_write(stream, (const uint8_t *)during, strlen(during), 10 * SEC, NULL, &n, &err));
+  for (got = 0; got < strlen(during); got += n) {
+    OK(connector_stream_read(stream, (uint8_t *)buf + got, sizeof buf - got, 10 * SEC, NULL, &n, &err));
+    CHECK(n > 0, "no early EOF while draining");
+  }
+  CHECK(memcmp(buf, during, strlen(during)) == 0, "echo while draining");
+  CHECK(!atomic_load(&d.finished), "the drain waits for the open connection");
+  /* Once it is closed, the drain ends (well before its grace). */
+  OK(connector_stream_close_write(stream, 10 * SEC, NULL, &err));
+  OK(connector_stream_read(stream, (uint8_t *)buf, sizeof buf, 10 * SEC, NULL, &n, &err));
+  CHECK(n == 0, "EOF after half-close while draining, got %zu bytes", n);
+  OK(connector_stream_free(stream, &err));
+  pthread_join(drainer, NULL);
+  CHECK(d.result == CONNECTOR_OK, "drain: %s (%s)", connector_result_name(d.result), d.err ? d.err : "no message");
+  connector_string_free(d.err);
+  /* The agent was told to go away (it acknowledged before the drain ended). */
+  CHECK(agent_metric_is(agent, "connector_agent_go_aways_total 1"), "the agent saw one GoAway");
+  OK(connector_server_drain(server, 3600 * 1000, &err)); /* drained already: returns at once */
+  EXPECT(CONNECTOR_ERR_CLOSED, connector_server_dial(server, CONNECTOR_SELECT_AGENT, "node-a", target, 10 * SEC, NULL, &stream2, &err));
+  pthread_join(echo_thread, NULL);
+  close(echo.listen_fd);
+  alarm(0);
+  EXPECT(CONNECTOR_ERR_INVALID_HANDLE, connector_server_drain(NULL, 0, &err));
+
   OK(connector_agent_free(agent, &err));
   OK(connector_agent_free(cb_agent, &err));
   OK(connector_server_free(server, &err));
   EXPECT(CONNECTOR_ERR_INVALID_HANDLE, connector_server_free(server, &err));
+  /* A grace too long for the clock is no limit (and nothing to wait for here). */
+  OK(connector_server_config_new(&scfg, &err));
+  OK(connector_server_config_set_listen(scfg, "127.0.0.1:0", &err));
+  OK(connector_server_config_set_identity_pem(scfg, (const uint8_t *)cert, strlen(cert), (const uint8_t *)key, strlen(key), &err));
+  OK(connector_server_config_add_token(scfg, (const uint8_t *)"token-a", 7, "node-a", "host=node-a", &err));
+  OK(connector_server_config_set_worker_threads(scfg, 1, &err));
+  OK(connector_server_start(scfg, &server, &err));
+  OK(connector_server_config_free(scfg, &err));
+  OK(connector_server_drain(server, UINT64_MAX, &err));
+  OK(connector_server_free(server, &err));
   connector_string_free(addr);
   connector_string_free(ca);
   connector_string_free(cert);

@@ -118,6 +118,12 @@ class Agent:
         """Why the agent is rejected or disconnected (``None`` otherwise)."""
         return self._inner.status_reason
 
+    def metrics(self) -> str:
+        """The agent's metrics in the Prometheus text format (the
+        ``connector_agent_*`` series ``connector agent --admin`` serves), e.g.
+        ``connector_agent_go_aways_total``: the servers that told it to go away."""
+        return self._inner.metrics()
+
     def wait_connected(self, timeout: Optional[float] = None) -> str:
         """Waits until the server has registered the agent; returns the server's id.
 

@@ -37,6 +37,13 @@ def _token_entries(tokens: Mapping[str, TokenSpec]) -> List[Tuple[str, str, Opti
     return entries
 
 
+def _grace(grace: float) -> float:
+    value = seconds(grace, "grace")
+    if value is None:
+        raise ConfigError("grace must be a number of seconds, not None")
+    return value
+
+
 class Server:
     """A connector server: accepts agents over QUIC (and TCP) and dials through them.
 
@@ -193,6 +200,24 @@ class Server:
     ) -> AsyncStream:
         """:meth:`dial` for asyncio; cancelling the awaiting task cancels the dial."""
         return await self._inner.dial_async(target, agent, host, seconds(timeout, "timeout"))
+
+    def drain(self, grace: float = 30.0) -> None:
+        """Drains the server, then shuts it down: what ``connector server`` does on SIGTERM.
+
+        At once, new dials fail with :class:`connector.DialError` (``kind``
+        ``"shutting_down"``), new agents are refused, and every agent is told
+        to go away (it connects to another replica). Streams already dialled
+        keep working and may finish within ``grace`` seconds; then the rest is
+        closed. Blocks (with the GIL released) until done: as soon as every
+        agent has acknowledged and every stream has ended, and after at most
+        ``grace`` plus 3 seconds. Ctrl-C stops the wait, not the drain; call
+        :meth:`close` to stop at once.
+        """
+        self._inner.drain(_grace(grace))
+
+    async def drain_async(self, grace: float = 30.0) -> None:
+        """:meth:`drain` for asyncio; cancelling the awaiting task stops the wait, not the drain."""
+        await self._inner.drain_async(_grace(grace))
 
     def close(self) -> None:
         """Stops accepting agents, refuses new dials and disconnects every agent."""
