@@ -95,7 +95,7 @@ pub enum DialError {
         limit: usize,
     },
     /// The server is draining or shut down.
-    #[error("this server replica is draining or shut down: send the dial to another replica")]
+    #[error("this server replica is draining (shutting down): send the dial to another replica")]
     ShuttingDown,
     /// The local client whose bytes were being relayed during the dial
     /// ([`Server::dial_relaying`]) failed; the tunnel was reset.
