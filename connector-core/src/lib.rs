@@ -6,6 +6,7 @@
 //! `host:port` the agent can reach.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod identifiers;
 pub mod metrics;

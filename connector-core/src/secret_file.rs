@@ -40,8 +40,7 @@ fn exposed_mode(path: &Path) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     let mode = meta.mode() & 0o7777;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let ours = meta.uid() == unsafe { libc::geteuid() };
+    let ours = meta.uid() == rustix::process::geteuid().as_raw();
     let exposed = mode & 0o004 != 0 || (ours && mode & 0o077 != 0);
     exposed.then_some(mode)
 }
