@@ -19,7 +19,7 @@
 //! Reported: registration time p50/p99, agents that never registered,
 //! refusals the agents saw, and the server's RSS above its idle RSS (peak
 //! during each phase). Time is what a benchmark measures; the suite's tests
-//! show the behaviour (`connector-core/tests/limits.rs`).
+//! show the behaviour (`connector-core/tests/it/limits.rs`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

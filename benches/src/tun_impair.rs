@@ -1,7 +1,7 @@
 //! An impaired IP path for every kind of peer, TCP and QUIC alike: two TUN
 //! devices, each in its own network namespace, and a forwarder that copies IP
 //! packets between them with a fixed one-way delay and random loss. (The
-//! kernel here has no `netem`; the UDP proxy of `connector_core::netsim` only
+//! kernel here has no `netem`; the UDP proxy of `connector_testkit::netsim` only
 //! serves QUIC.) `benches/wan-ip.sh` builds the namespaces and runs every
 //! peer across this path.
 

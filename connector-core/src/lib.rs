@@ -10,8 +10,6 @@
 
 pub mod identifiers;
 pub mod metrics;
-#[cfg(feature = "netsim")]
-pub mod netsim;
 pub mod no_sigpipe;
 pub mod proto;
 pub mod secret_file;

@@ -2,7 +2,8 @@
 //! `SIGPIPE`: a host process that has not ignored the signal (a Go program
 //! using the C library, where it arrives on one of our threads) would end.
 //! This test binary puts `SIGPIPE` back to its default action, as such a
-//! host has it, so the test dies if any write raises it.
+//! host has it, so the test dies if any write raises it. (That is why it is a
+//! test binary of its own.)
 
 #[macro_use]
 mod common;

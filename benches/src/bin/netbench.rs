@@ -5,7 +5,7 @@
 //!   forwarder, or through an HTTP CONNECT proxy) and appends one row;
 //! * `quic-serve` / `quic-run`: the same measurements over raw QUIC (quinn,
 //!   one connection, one stream per "connection"): the QUIC ceiling;
-//! * `impair`: the shared UDP impairment proxy (`connector_core::netsim`) with a fixed delay and random loss each way;
+//! * `impair`: the shared UDP impairment proxy (`connector_testkit::netsim`) with a fixed delay and random loss each way;
 //! * `tun-impair`: the same at the IP level, between TUN devices in two network namespaces (for TCP peers too);
 //! * `idle`: opens many idle connections and reports the tunnel's RSS growth;
 //! * `isolation`: healthy bulk and new dials beside k stalled tunnels, with the
@@ -27,11 +27,11 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use connector_benches::client::{self, percentile};
 use connector_benches::{CHUNK, status_kib, target};
-use connector_core::netsim::{Impairment, UdpImpairProxy};
 use connector_core::pki::ThrowawayCa;
 use connector_core::tls::{AgentTls, ServerTls};
 use connector_core::transport::congestion::CongestionControl;
 use connector_core::transport::quic::{MAX_UDP_PAYLOAD, QuicSettings, endpoint};
+use connector_testkit::netsim::{Impairment, UdpImpairProxy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 

@@ -595,13 +595,15 @@ fn stream_code(code: VarInt) -> StreamCode {
 /// or stopped the stream, and as the [`TransportError`] that ended the
 /// connection where it was lost (quinn's own message says only "connection lost").
 fn map_io(err: io::Error) -> io::Error {
-    let lost = err.get_ref().and_then(|inner| match inner.downcast_ref::<quinn::ReadError>() {
-        Some(quinn::ReadError::ConnectionLost(cause)) => Some(cause.clone()),
-        _ => match inner.downcast_ref::<quinn::WriteError>() {
-            Some(quinn::WriteError::ConnectionLost(cause)) => Some(cause.clone()),
-            _ => None,
-        },
-    });
+    let lost = err
+        .get_ref()
+        .and_then(|inner| match inner.downcast_ref::<quinn::ReadError>() {
+            Some(quinn::ReadError::ConnectionLost(cause)) => Some(cause.clone()),
+            _ => match inner.downcast_ref::<quinn::WriteError>() {
+                Some(quinn::WriteError::ConnectionLost(cause)) => Some(cause.clone()),
+                _ => None,
+            },
+        });
     if let Some(cause) = lost {
         return io::Error::new(err.kind(), map_conn_error(cause));
     }

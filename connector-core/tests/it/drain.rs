@@ -7,15 +7,11 @@
 //! gone. Agents reconnect with a backoff of an hour, so a reconnect that
 //! happens at all happened without backoff; timeouts are hang guards only.
 
-#[allow(unused_macros)]
-#[macro_use]
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use connector_core::agent::{Agent, AgentConfig, BackoffConfig};
 use connector_core::pki::ThrowawayCa;
 use connector_core::server::{Selector, Server, ServerConfig};

@@ -5,15 +5,12 @@
 //! (`hostile_peers.rs`). Also here: the spread of agents' first reconnect
 //! attempts after a server restart.
 
-#[macro_use]
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use connector_core::agent::{Agent, AgentConfig, AgentStatus, BackoffConfig};
 use connector_core::auth::{AgentIdentity, AuthRejection, AuthRequest, Authenticator, StaticCredential};
 use connector_core::frame_io::{read_frame, write_frame};

@@ -2,13 +2,10 @@
 //! target that froze) stop no other tunnel of their agent, whatever their
 //! number, and the agent's stall timeout ends them on both sides.
 
-#[macro_use]
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use connector_core::proto::StreamCode;
 use connector_core::server::{Selector, TunnelStream};
 use connector_core::transport::{STREAM_WINDOW, StreamReset, memory};

@@ -2,13 +2,9 @@
 //! only, and an agent talks only to a server that negotiates connector's
 //! ALPN. Each refusal is followed by a well-behaved agent being served.
 
-#[allow(unused_macros)]
-#[macro_use]
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use connector_core::tls::{AgentTls, ServerTls};
 use connector_core::transport::Connector;
 use connector_core::transport::qmux::proxy::ProxyChoice;

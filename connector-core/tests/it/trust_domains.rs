@@ -6,14 +6,10 @@
 //! followed by a properly issued certificate being accepted, on QUIC and on
 //! TCP (QMux).
 
-#[allow(unused_macros)]
-#[macro_use]
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use connector_core::agent::{Agent, AgentStatus};
 use connector_core::pki::ThrowawayCa;
 use connector_core::proto::Credential;

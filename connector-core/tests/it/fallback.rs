@@ -1,20 +1,15 @@
 //! The agent's transport choice on real sockets: QUIC blocked or degraded →
 //! TCP (TLS + QMux); QUIC back → return to QUIC; only an HTTP CONNECT proxy
 //! leads out → through the proxy. UDP is impaired with the shared
-//! `netsim::UdpImpairProxy`.
-
-#[allow(unused_macros)]
-#[macro_use]
-mod common;
+//! `connector_testkit::netsim::UdpImpairProxy`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use connector_core::agent::{Agent, AgentStatus};
-use connector_core::netsim::{Impairment, UdpImpairProxy};
 use connector_core::pki::ThrowawayCa;
 use connector_core::server::{Selector, Server, ServerConfig};
 use connector_core::tls::{AgentTls, ServerTls};
@@ -23,6 +18,7 @@ use connector_core::transport::qmux::proxy::{HttpProxy, ProxyChoice};
 use connector_core::transport::qmux::{QmuxConnector, QmuxListener, QmuxSettings};
 use connector_core::transport::quic::{QuicConnector, QuicListener, QuicSettings};
 use connector_core::transport::{BoxFuture, Connection, Connector, TransportError};
+use connector_testkit::netsim::{Impairment, UdpImpairProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

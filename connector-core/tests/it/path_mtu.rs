@@ -2,10 +2,7 @@
 //! grow from 1,200 bytes to the configured bound, and full-size batches of
 //! them reach the peer (no black hole, no fall back to 1,200).
 
-#[allow(unused_macros)]
-mod common;
-
-use common::*;
+use crate::common::*;
 use connector_core::pki::ThrowawayCa;
 use connector_core::tls::{AgentTls, ServerTls};
 use connector_core::transport::quic::{

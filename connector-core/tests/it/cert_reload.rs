@@ -3,14 +3,10 @@
 //! listener, TCP frontends) and on the agent (its client certificate, the CAs
 //! it trusts). A broken update keeps the previous certificate or bundle.
 
-#[allow(unused_macros)]
-#[macro_use]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use connector_core::pki::{IssuedPem, ThrowawayCa};
 use connector_core::tls::{AgentTls, CaBundle, Identity, ServerTls};
 use connector_core::transport::quic::{QuicConnector, QuicListener, QuicSettings};

@@ -1,4 +1,4 @@
-//! A userspace UDP impairment proxy for tests and benchmarks (cargo feature `netsim`).
+//! A userspace UDP impairment proxy for tests and benchmarks.
 //!
 //! [`UdpImpairProxy`] listens on `127.0.0.1:0` and relays datagrams between
 //! clients and upstream servers, applying an [`Impairment`] (drop, duplicate,

@@ -2,15 +2,12 @@
 //! over mutual TLS exactly as kube-apiserver's egress dialer speaks it,
 //! routing across agents, forwards, and hostile frontend clients.
 
-#[macro_use]
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use connector_core::frontend::{FrontendBind, FrontendLimits, FrontendListener, forward, http_connect};
 use connector_core::server::{DialError, ProxyStrategy, Selector};
 use connector_core::tls::{CaBundle, FrontendTls, Identity};

@@ -1,21 +1,17 @@
 //! Each congestion controller, chosen through the setup layer the binary
 //! uses: a tunnelled transfer over a lossy, delayed path arrives intact.
 
-#[allow(unused_macros)]
-#[macro_use]
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use connector_core::agent::{AgentStatus, DestinationPolicy};
 use connector_core::auth::StaticCredential;
-use connector_core::netsim::{Impairment, UdpImpairProxy};
 use connector_core::pki::ThrowawayCa;
 use connector_core::server::Selector;
 use connector_core::setup::{AgentSetup, ServerSetup};
 use connector_core::transport::congestion::CongestionControl;
+use connector_testkit::netsim::{Impairment, UdpImpairProxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bbr_carries_a_transfer_intact_over_a_lossy_path() {

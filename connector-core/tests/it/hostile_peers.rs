@@ -2,12 +2,9 @@
 //! streams, unknown versions, wrong certificates. Each gets a protocol error
 //! and nothing else is disturbed.
 
-#[macro_use]
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use connector_core::agent::{Agent, AgentStatus};
 use connector_core::frame_io::{read_frame, write_frame};
 use connector_core::proto::{

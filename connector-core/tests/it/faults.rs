@@ -1,26 +1,23 @@
 //! Fault injection over real QUIC on loopback, with the UDP impairment proxy
-//! (`connector_core::netsim`) between agent and server: loss with reordering
+//! (`connector_testkit::netsim`) between agent and server: loss with reordering
 //! and duplication, NAT rebinding, a blackholed path, a server restart.
 //!
 //! Both ends use a short keepalive (250 ms) and idle timeout (2 s), so that
 //! a dead path is noticed quickly. Waits are on events (agent status,
 //! registry changes, transferred bytes), each under a hang guard.
 
-#[allow(unused_macros)]
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use connector_core::agent::{Agent, AgentStatus};
-use connector_core::netsim::{Impairment, UdpImpairProxy};
 use connector_core::pki::ThrowawayCa;
 use connector_core::server::{DialError, Selector, Server, ServerConfig, TunnelStream};
 use connector_core::tls::{AgentTls, ServerTls};
 use connector_core::transport::TransportError;
 use connector_core::transport::quic::{QuicConnector, QuicListener, QuicSettings, QuicSetupError};
+use connector_testkit::netsim::{Impairment, UdpImpairProxy};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;

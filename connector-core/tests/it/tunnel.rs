@@ -2,10 +2,7 @@
 //! QMux) on loopback and over the in-memory transport (each test body runs
 //! once per transport).
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use connector_core::agent::{Agent, AgentStatus, DestinationPolicy};
 use connector_core::proto::{DialCode, RejectCode, StreamCode};
 use connector_core::server::{DialError, Selector, TunnelStream};

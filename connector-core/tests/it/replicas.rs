@@ -4,16 +4,12 @@
 //! and an agent moves to a new connection (make before break) when its
 //! transport asks for it.
 
-#[allow(unused_macros)]
-#[macro_use]
-mod common;
-
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use connector_core::agent::{Agent, AgentStatus};
 use connector_core::proto::ConnectionCode;
 use connector_core::server::{DialError, Selector, Server, ServerConfig, TunnelStream};
@@ -391,10 +387,10 @@ mod behind_a_udp_load_balancer {
 
     use std::net::SocketAddr;
 
-    use connector_core::netsim::UdpImpairProxy;
     use connector_core::pki::ThrowawayCa;
     use connector_core::tls::{AgentTls, ServerTls};
     use connector_core::transport::quic::{QuicConnector, QuicListener, QuicSettings};
+    use connector_testkit::netsim::UdpImpairProxy;
 
     use super::*;
 
