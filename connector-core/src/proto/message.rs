@@ -206,47 +206,8 @@ impl Hello {
         w.u16(self.version_major);
         w.u16(self.version_minor);
         put_str(w, "agent id", &self.agent_id, MAX_ID_LEN)?;
-        let ids = &self.identifiers;
-        let count = ids.hosts.len() + ids.addresses.len() + ids.cidrs.len();
-        check_len("identifiers", count, MAX_IDENTIFIERS)?;
-        w.u16(count as u16);
-        for host in &ids.hosts {
-            w.u8(ident::HOST);
-            put_str(w, "host identifier", host, crate::identifiers::MAX_HOST_LEN)?;
-        }
-        for addr in &ids.addresses {
-            match addr {
-                IpAddr::V4(v4) => {
-                    w.u8(ident::IPV4);
-                    w.bytes(&v4.octets());
-                }
-                IpAddr::V6(v6) => {
-                    w.u8(ident::IPV6);
-                    w.bytes(&v6.octets());
-                }
-            }
-        }
-        for net in &ids.cidrs {
-            w.u8(ident::CIDR);
-            let mut v = match net.addr() {
-                IpAddr::V4(a) => a.octets().to_vec(),
-                IpAddr::V6(a) => a.octets().to_vec(),
-            };
-            v.push(net.prefix_len());
-            w.bytes(&v);
-        }
-        w.u8(if ids.default_route { FLAG_DEFAULT_ROUTE } else { 0 });
-        match &self.credential {
-            Credential::None => {
-                w.u8(CRED_NONE);
-                w.bytes(&[]);
-            }
-            Credential::Bearer(token) => {
-                w.u8(CRED_BEARER);
-                check_len("bearer token", token.expose().len(), u16::MAX as usize)?;
-                w.bytes(token.expose());
-            }
-        }
+        encode_identifiers(w, &self.identifiers)?;
+        encode_credential(w, &self.credential)?;
         check_len("connected servers", self.connected_servers.len(), MAX_CONNECTED_SERVERS)?;
         w.u16(self.connected_servers.len() as u16);
         for server in &self.connected_servers {
@@ -265,82 +226,14 @@ impl Hello {
             });
         }
         let agent_id = get_id(r, "agent id")?;
-        let mut identifiers = Identifiers::default();
-        let count = r.u16("identifier count")?;
-        if usize::from(count) > MAX_IDENTIFIERS {
-            return Err(DecodeError::InvalidValue {
-                field: "identifier count",
-                reason: "more than 1,024 identifiers",
-            });
-        }
-        for _ in 0..count {
-            let kind = r.u8("identifier kind")?;
-            let value = r.bytes("identifier value")?;
-            let bad = |reason| DecodeError::InvalidValue {
-                field: "identifier",
-                reason,
-            };
-            match kind {
-                ident::HOST => {
-                    let host = std::str::from_utf8(value).map_err(|_| DecodeError::InvalidUtf8 {
-                        field: "host identifier",
-                    })?;
-                    if !valid_host(host) {
-                        return Err(bad("host is not a valid DNS name"));
-                    }
-                    identifiers.hosts.push(crate::identifiers::normalize_host(host));
-                }
-                ident::IPV4 => {
-                    let octets: [u8; 4] = value.try_into().map_err(|_| bad("IPv4 address must be 4 bytes"))?;
-                    identifiers.addresses.push(Ipv4Addr::from(octets).into());
-                }
-                ident::IPV6 => {
-                    let octets: [u8; 16] = value.try_into().map_err(|_| bad("IPv6 address must be 16 bytes"))?;
-                    identifiers.addresses.push(Ipv6Addr::from(octets).into());
-                }
-                ident::CIDR => {
-                    let (addr, prefix): (IpAddr, u8) = match value {
-                        [a, b, c, d, p] => (Ipv4Addr::new(*a, *b, *c, *d).into(), *p),
-                        [rest @ .., p] if rest.len() == 16 => {
-                            let octets: [u8; 16] = rest.try_into().map_err(|_| bad("bad CIDR"))?;
-                            (Ipv6Addr::from(octets).into(), *p)
-                        }
-                        _ => return Err(bad("CIDR must be 5 or 17 bytes")),
-                    };
-                    let net = IpNet::new(addr, prefix).map_err(|_| bad("CIDR prefix too long"))?;
-                    identifiers.cidrs.push(net.trunc());
-                }
-                // Identifier kinds from newer minor versions are skipped.
-                _ => {}
-            }
-        }
-        identifiers.default_route = r.u8("flags")? & FLAG_DEFAULT_ROUTE != 0;
-        let cred_kind = r.u8("credential kind")?;
-        let cred = r.bytes("credential")?;
-        let credential = match cred_kind {
-            CRED_NONE => Credential::None,
-            CRED_BEARER => Credential::Bearer(Secret::new(cred)),
-            _ => {
-                return Err(DecodeError::InvalidValue {
-                    field: "credential kind",
-                    reason: "unknown kind",
-                });
-            }
-        };
+        let identifiers = decode_identifiers(r)?;
+        let credential = decode_credential(r)?;
         // Appended in 1.1; a 1.0 Hello ends here.
-        let mut connected_servers = Vec::new();
-        if !r.is_empty() {
-            let count = r.u16("connected server count")? as usize;
-            if count > MAX_CONNECTED_SERVERS {
-                return Err(DecodeError::InvalidValue {
-                    field: "connected servers",
-                    reason: "more than 64 entries",
-                });
-            }
-            for _ in 0..count {
-                connected_servers.push(get_id(r, "connected server id")?);
-            }
-        }
+        let connected_servers = if r.is_empty() {
+            Vec::new()
+        } else {
+            decode_connected_servers(r)?
+        };
         Ok(Self {
             version_major,
             version_minor,
@@ -350,6 +243,139 @@ impl Hello {
             connected_servers,
         })
     }
+}
+
+/// A `Hello`'s identifiers: a count, each as kind and value, then the flags byte.
+fn encode_identifiers(w: &mut Writer, ids: &Identifiers) -> Result<(), EncodeError> {
+    let count = ids.hosts.len() + ids.addresses.len() + ids.cidrs.len();
+    check_len("identifiers", count, MAX_IDENTIFIERS)?;
+    w.u16(count as u16);
+    for host in &ids.hosts {
+        w.u8(ident::HOST);
+        put_str(w, "host identifier", host, crate::identifiers::MAX_HOST_LEN)?;
+    }
+    for addr in &ids.addresses {
+        match addr {
+            IpAddr::V4(v4) => {
+                w.u8(ident::IPV4);
+                w.bytes(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                w.u8(ident::IPV6);
+                w.bytes(&v6.octets());
+            }
+        }
+    }
+    for net in &ids.cidrs {
+        w.u8(ident::CIDR);
+        let mut v = match net.addr() {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        v.push(net.prefix_len());
+        w.bytes(&v);
+    }
+    w.u8(if ids.default_route { FLAG_DEFAULT_ROUTE } else { 0 });
+    Ok(())
+}
+
+fn decode_identifiers(r: &mut Reader<'_>) -> Result<Identifiers, DecodeError> {
+    let mut identifiers = Identifiers::default();
+    let count = r.u16("identifier count")?;
+    if usize::from(count) > MAX_IDENTIFIERS {
+        return Err(DecodeError::InvalidValue {
+            field: "identifier count",
+            reason: "more than 1,024 identifiers",
+        });
+    }
+    for _ in 0..count {
+        let kind = r.u8("identifier kind")?;
+        let value = r.bytes("identifier value")?;
+        decode_identifier(kind, value, &mut identifiers)?;
+    }
+    identifiers.default_route = r.u8("flags")? & FLAG_DEFAULT_ROUTE != 0;
+    Ok(identifiers)
+}
+
+/// Adds the identifier of `kind` encoded in `value` to `identifiers`; kinds
+/// from newer minor versions are skipped.
+fn decode_identifier(kind: u8, value: &[u8], identifiers: &mut Identifiers) -> Result<(), DecodeError> {
+    let bad = |reason| DecodeError::InvalidValue {
+        field: "identifier",
+        reason,
+    };
+    match kind {
+        ident::HOST => {
+            let host = std::str::from_utf8(value).map_err(|_| DecodeError::InvalidUtf8 {
+                field: "host identifier",
+            })?;
+            if !valid_host(host) {
+                return Err(bad("host is not a valid DNS name"));
+            }
+            identifiers.hosts.push(crate::identifiers::normalize_host(host));
+        }
+        ident::IPV4 => {
+            let octets: [u8; 4] = value.try_into().map_err(|_| bad("IPv4 address must be 4 bytes"))?;
+            identifiers.addresses.push(Ipv4Addr::from(octets).into());
+        }
+        ident::IPV6 => {
+            let octets: [u8; 16] = value.try_into().map_err(|_| bad("IPv6 address must be 16 bytes"))?;
+            identifiers.addresses.push(Ipv6Addr::from(octets).into());
+        }
+        ident::CIDR => {
+            let (addr, prefix): (IpAddr, u8) = match value {
+                [a, b, c, d, p] => (Ipv4Addr::new(*a, *b, *c, *d).into(), *p),
+                [rest @ .., p] if rest.len() == 16 => {
+                    let octets: [u8; 16] = rest.try_into().map_err(|_| bad("bad CIDR"))?;
+                    (Ipv6Addr::from(octets).into(), *p)
+                }
+                _ => return Err(bad("CIDR must be 5 or 17 bytes")),
+            };
+            let net = IpNet::new(addr, prefix).map_err(|_| bad("CIDR prefix too long"))?;
+            identifiers.cidrs.push(net.trunc());
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn encode_credential(w: &mut Writer, credential: &Credential) -> Result<(), EncodeError> {
+    match credential {
+        Credential::None => {
+            w.u8(CRED_NONE);
+            w.bytes(&[]);
+        }
+        Credential::Bearer(token) => {
+            w.u8(CRED_BEARER);
+            check_len("bearer token", token.expose().len(), u16::MAX as usize)?;
+            w.bytes(token.expose());
+        }
+    }
+    Ok(())
+}
+
+fn decode_credential(r: &mut Reader<'_>) -> Result<Credential, DecodeError> {
+    let kind = r.u8("credential kind")?;
+    let value = r.bytes("credential")?;
+    match kind {
+        CRED_NONE => Ok(Credential::None),
+        CRED_BEARER => Ok(Credential::Bearer(Secret::new(value))),
+        _ => Err(DecodeError::InvalidValue {
+            field: "credential kind",
+            reason: "unknown kind",
+        }),
+    }
+}
+
+fn decode_connected_servers(r: &mut Reader<'_>) -> Result<Vec<String>, DecodeError> {
+    let count = r.u16("connected server count")? as usize;
+    if count > MAX_CONNECTED_SERVERS {
+        return Err(DecodeError::InvalidValue {
+            field: "connected servers",
+            reason: "more than 64 entries",
+        });
+    }
+    (0..count).map(|_| get_id(r, "connected server id")).collect()
 }
 
 impl Welcome {
