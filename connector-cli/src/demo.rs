@@ -52,6 +52,45 @@ const AGENT_ID: &str = "demo-node";
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("connector demo: a server, an agent and a target service in one process\n");
+    let (server, connector, token) = start_server(args.transport).await?;
+    let target = echo_target().await?;
+    step(
+        3,
+        format!("target service: a TCP echo server on {target}, reached only from the agent's side"),
+    );
+    let agent = start_agent(&server, connector, token, target).await?;
+
+    let by_host = Selector::Host(AGENT_ID.into());
+    let target = target.to_string();
+    let measured = measure(&server, &by_host, &target, &args).await?;
+    let (refused, nobody) = dials_that_fail(&server, &by_host).await?;
+
+    agent.stop().await;
+    server.shutdown();
+    println!(
+        "\nsummary: {:.2} Gbit/s each way, round trip p50 {}, {:.0} dials/s, data {}",
+        gbits(args.bytes, measured.bulk.elapsed),
+        us(percentile(&measured.round_trips, 50.0)),
+        args.connections as f64 / measured.fan_out.elapsed.as_secs_f64(),
+        if measured.bulk.intact { "intact" } else { "CORRUPTED" }
+    );
+    anyhow::ensure!(measured.bulk.intact, "data corrupted in the tunnel");
+    anyhow::ensure!(
+        matches!(&refused, Err(e) if e.code() == connector_core::proto::DialCode::Refused),
+        "the dial to a closed port did not fail as refused: {}",
+        outcome(&refused)
+    );
+    anyhow::ensure!(
+        matches!(&nobody, Err(DialError::NoAgent(_))),
+        "the dial to a node with no agent did not fail as such: {}",
+        outcome(&nobody)
+    );
+    Ok(())
+}
+
+/// Steps 1 and 2: a throw-away CA and token, and a server listening on
+/// `transport`; returns the server, the agent's way to it and its token.
+async fn start_server(transport: Transport) -> anyhow::Result<(Server, Arc<dyn Connector>, Secret)> {
     let t = Instant::now();
     let ca = ThrowawayCa::new("connector demo CA")?;
     let server_cert = ca.issue_server("connector demo server", &["localhost", "127.0.0.1"])?;
@@ -67,7 +106,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let allowed = "host=demo-node,ipv4=127.0.0.1".parse()?;
     let auth = TokenAuthenticator::from_entries(vec![TokenEntry::new(&token, AGENT_ID, Allowance::Only(allowed))]);
     let server = Server::new(ServerConfig::new("demo-server", Arc::new(auth)));
-    let (listener, connector): (Arc<dyn Listener>, Arc<dyn Connector>) = match args.transport {
+    let (listener, connector): (Arc<dyn Listener>, Arc<dyn Connector>) = match transport {
         Transport::Quic => {
             let tls = ServerTls {
                 identity: server_cert.identity(),
@@ -91,7 +130,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             (Arc::new(listener), Arc::new(connector))
         }
     };
-    let transport_name = match args.transport {
+    let transport_name = match transport {
         Transport::Quic => format!("QUIC on udp://{} (TLS 1.3, ALPN connector/1)", listener.local_addr()),
         Transport::Memory => "the in-memory transport (no QUIC, no TLS)".to_owned(),
     };
@@ -100,13 +139,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         2,
         format!("server \"demo-server\" listening for agents over {transport_name}"),
     );
+    Ok((server, connector, token))
+}
 
-    let target = echo_target().await?;
-    step(
-        3,
-        format!("target service: a TCP echo server on {target}, reached only from the agent's side"),
-    );
-
+/// Step 4: an agent that may reach `target` dials out to the server and registers.
+async fn start_agent(
+    server: &Server,
+    connector: Arc<dyn Connector>,
+    token: Secret,
+    target: SocketAddr,
+) -> anyhow::Result<Agent> {
     let t = Instant::now();
     let mut config = AgentConfig::new(AGENT_ID, Arc::new(StaticCredential(Credential::Bearer(token))));
     config.identifiers = "host=demo-node".parse()?;
@@ -128,18 +170,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             info.identifiers
         ),
     );
+    Ok(agent)
+}
 
-    let by_host = Selector::Host(AGENT_ID.into());
-    let target_text = target.to_string();
+/// What steps 5 to 8 measured.
+struct Measured {
+    bulk: Bulk,
+    round_trips: Vec<Duration>,
+    fan_out: FanOut,
+}
+
+/// Steps 5 to 8: a first dial, bulk both ways, round trips and a fan-out through the tunnel.
+async fn measure(server: &Server, by_host: &Selector, target: &str, args: &DemoArgs) -> anyhow::Result<Measured> {
     let t = Instant::now();
-    let mut stream = server.dial(&by_host, &target_text).await?;
+    let mut stream = server.dial(by_host, target).await?;
     stream.write_all(b"!").await?;
     let mut one = [0u8; 1];
     stream.read_exact(&mut one).await?;
     step(
         5,
         format!(
-            "server.dial(host={AGENT_ID}, {target_text}): connected, first byte echoed back after {}",
+            "server.dial(host={AGENT_ID}, {target}): connected, first byte echoed back after {}",
             ms(t.elapsed())
         ),
     );
@@ -157,7 +208,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
     );
 
-    let rtts = round_trips(&server, &by_host, &target_text, args.round_trips).await?;
+    let rtts = round_trips(server, by_host, target, args.round_trips).await?;
     step(
         7,
         format!(
@@ -168,7 +219,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
     );
 
-    let fan = fan_out(&server, &by_host, &target_text, args.connections).await?;
+    let fan = fan_out(server, by_host, target, args.connections).await?;
     step(
         8,
         format!(
@@ -180,13 +231,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.connections as f64 / fan.elapsed.as_secs_f64()
         ),
     );
+    Ok(Measured {
+        bulk,
+        round_trips: rtts,
+        fan_out: fan,
+    })
+}
 
+type DialOutcome = Result<TunnelStream, DialError>;
+
+/// Steps 9 and 10: a dial to a closed port and one to a node without an agent, which must fail.
+async fn dials_that_fail(server: &Server, by_host: &Selector) -> anyhow::Result<(DialOutcome, DialOutcome)> {
     let closed_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
     let t = Instant::now();
-    let refused = server.dial(&by_host, &format!("127.0.0.1:{closed_port}")).await;
+    let refused = server.dial(by_host, &format!("127.0.0.1:{closed_port}")).await;
     step(
         9,
         format!(
@@ -207,28 +268,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             outcome(&nobody)
         ),
     );
-
-    agent.stop().await;
-    server.shutdown();
-    println!(
-        "\nsummary: {:.2} Gbit/s each way, round trip p50 {}, {:.0} dials/s, data {}",
-        gbits(args.bytes, bulk.elapsed),
-        us(percentile(&rtts, 50.0)),
-        args.connections as f64 / fan.elapsed.as_secs_f64(),
-        if bulk.intact { "intact" } else { "CORRUPTED" }
-    );
-    anyhow::ensure!(bulk.intact, "data corrupted in the tunnel");
-    anyhow::ensure!(
-        matches!(&refused, Err(e) if e.code() == connector_core::proto::DialCode::Refused),
-        "the dial to a closed port did not fail as refused: {}",
-        outcome(&refused)
-    );
-    anyhow::ensure!(
-        matches!(&nobody, Err(DialError::NoAgent(_))),
-        "the dial to a node with no agent did not fail as such: {}",
-        outcome(&nobody)
-    );
-    Ok(())
+    Ok((refused, nobody))
 }
 
 fn step(n: usize, text: String) {
