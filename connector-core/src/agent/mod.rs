@@ -21,7 +21,7 @@ mod serve;
 mod session;
 
 pub use backoff::{Backoff, BackoffConfig};
-pub use policy::{DestinationPolicy, Rule, RuleParseError};
+pub use policy::{Denied, DestinationPolicy, Rule, RuleParseError};
 pub use serve::MAX_DIAL_TIMEOUT;
 
 use std::sync::Arc;

@@ -251,7 +251,7 @@ impl DestinationPolicy {
     /// Whether the agent may connect to `addr:port`, reached by the name
     /// `name` (None for an address literal). `Err` carries a reason for the
     /// dialer.
-    pub fn check(&self, name: Option<&str>, addr: IpAddr, port: u16) -> Result<(), String> {
+    pub fn check(&self, name: Option<&str>, addr: IpAddr, port: u16) -> Result<(), Denied> {
         let addr = canonical_ip(addr);
         let in_rule = |net: &IpNet| net.contains(&addr);
         let view = guard_view(addr);
@@ -262,17 +262,14 @@ impl DestinationPolicy {
                         .map(guard_view_net)
                         .is_some_and(|n| guard.contains(&n) && n.contains(&view))
             });
-            let shown = if view == addr {
-                addr.to_string()
-            } else {
-                format!("{addr} (which carries {view})")
-            };
             return if unlocked {
                 Ok(())
             } else {
-                Err(format!(
-                    "{shown} is in the guarded range {guard}; allow it explicitly with a rule inside {guard}"
-                ))
+                Err(Denied::Guarded {
+                    addr,
+                    carried: (view != addr).then_some(view),
+                    range: guard,
+                })
             };
         }
         if self.rules.is_empty() {
@@ -288,12 +285,38 @@ impl DestinationPolicy {
         if by_network || by_name {
             Ok(())
         } else {
-            Err(format!(
-                "{} port {port} is not in the agent's allow-list",
-                name.map_or(addr.to_string(), |n| format!("{n} ({addr})"))
-            ))
+            Err(Denied::NotAllowed {
+                name: name.map(str::to_owned),
+                addr,
+                port,
+            })
         }
     }
+}
+
+/// Why [`DestinationPolicy::check`] refused a destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// The address is in a guarded range and no rule inside that range allows it.
+    #[error("{addr}{} is in the guarded range {range}; allow it explicitly with a rule inside {range}", carried.map(|v| format!(" (which carries {v})")).unwrap_or_default())]
+    Guarded {
+        /// The address asked for.
+        addr: IpAddr,
+        /// The IPv4 address it carries, when that is what is guarded.
+        carried: Option<IpAddr>,
+        /// The guarded range it falls in.
+        range: IpNet,
+    },
+    /// No rule of the allow-list covers the destination.
+    #[error("{} port {port} is not in the agent's allow-list", name.as_ref().map_or(addr.to_string(), |n| format!("{n} ({addr})")))]
+    NotAllowed {
+        /// The host name asked for, if the dial named one.
+        name: Option<String>,
+        /// The address it resolved to (or was given).
+        addr: IpAddr,
+        /// The port asked for.
+        port: u16,
+    },
 }
 
 impl fmt::Display for DestinationPolicy {
@@ -401,13 +424,17 @@ mod tests {
             let p = policy(rules);
             for addr in denied {
                 let err = p.check(Some("metadata.example"), ip(addr), 80).unwrap_err();
-                assert!(err.contains("guarded range"), "{rules:?} {addr}: {err}");
+                assert!(matches!(err, Denied::Guarded { .. }), "{rules:?} {addr}: {err}");
+                assert!(err.to_string().contains("guarded range"), "{rules:?} {addr}: {err}");
             }
         }
         let err = DestinationPolicy::default()
             .check(None, ip("64:ff9b::7f00:1"), 80)
             .unwrap_err();
-        assert!(err.contains("64:ff9b::7f00:1 (which carries 127.0.0.1)"), "{err}");
+        assert!(
+            err.to_string().contains("64:ff9b::7f00:1 (which carries 127.0.0.1)"),
+            "{err}"
+        );
         // What is not guarded stays reachable by default, in every notation.
         let p = DestinationPolicy::default();
         for allowed in [

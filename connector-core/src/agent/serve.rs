@@ -151,7 +151,7 @@ async fn connect(dial: &Dial, policy: &DestinationPolicy) -> Result<TcpStream, (
     }
     match (last_error, denied) {
         (Some((addr, err)), _) => Err((connect_code(&err), format!("{addr}: {err}"))),
-        (None, Some(reason)) => Err((DialCode::DeniedByPolicy, reason)),
+        (None, Some(reason)) => Err((DialCode::DeniedByPolicy, reason.to_string())),
         (None, None) => Err((DialCode::Internal, "no address to try".into())),
     }
 }
