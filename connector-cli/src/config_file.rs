@@ -3,7 +3,7 @@
 //! Every setting a flag takes can come from the file, under the flag's long
 //! name (`max-agents` or `max_agents`): global ones (`log`, `log-format`) at
 //! the top level, the rest in a table named after the command (`[server]`,
-//! `[agent]`, `[forward]`). Lists (`allow`, `forward`) are TOML arrays.
+//! `[agent]`, `[forward]`, `[agents]`). Lists (`allow`, `forward`) are TOML arrays.
 //!
 //! Precedence, highest first: command-line flag, environment variable
 //! (`CONNECTOR_*`, shown in `--help`), config file, built-in default. The
@@ -46,7 +46,7 @@ pub fn expand(args: Vec<OsString>, cli: &Command) -> anyhow::Result<Vec<OsString
             }
             toml::Value::Table(_) if cli.find_subcommand(key).is_some() => {} // another command's settings
             toml::Value::Table(_) => bail!(
-                "config file {}: unknown section [{key}]: use [server], [agent] or [forward]",
+                "config file {}: unknown section [{key}]: use [server], [agent], [forward] or [agents]",
                 path.display()
             ),
             value => global.extend(flags(&path, "the top level", cli, key, value)?),

@@ -2,6 +2,7 @@
 
 mod admin;
 mod agent_cmd;
+mod agents_cmd;
 mod config_file;
 mod demo;
 mod dev_pki;
@@ -42,6 +43,8 @@ enum Command {
     Server(Box<server_cmd::ServerArgs>),
     /// Run an agent that connects out to a server and serves its dials (on the node side).
     Agent(Box<agent_cmd::AgentArgs>),
+    /// List the agents connected to a server, from its admin listener (`--admin`).
+    Agents(agents_cmd::AgentsArgs),
     /// Tunnel a local TCP port to a target through a server's HTTP CONNECT frontend.
     Forward(forward_cmd::ForwardArgs),
     /// Start a server, an agent and a target in one process, tunnel traffic and report.
@@ -84,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => server_cmd::run(*args).await,
             Command::Agent(args) => agent_cmd::run(*args).await,
+            Command::Agents(args) => agents_cmd::run(args).await,
             Command::Forward(args) => forward_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::DevPki(args) => dev_pki::run(args),

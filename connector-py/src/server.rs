@@ -28,10 +28,34 @@ pub struct AgentInfo {
     identifiers: String,
     /// Its network address (`ip:port`).
     remote_addr: Option<String>,
+    /// `"quic"`, or `"tcp"` for the TLS/TCP fallback.
+    transport: &'static str,
+    /// The id of the server (replica) it is connected to.
+    server_id: String,
     /// Tunnelled connections open through it now.
     active_streams: u32,
     /// Seconds since it connected.
     connected_for: f64,
+    /// When it connected: seconds since the Unix epoch.
+    connected_since: f64,
+    /// Tunnelled bytes sent through it to targets over this connection.
+    bytes_to_agent: u64,
+    /// Tunnelled bytes received through it from targets over this connection.
+    bytes_from_agent: u64,
+    /// Smoothed round-trip time in seconds; `None` when not measured (TCP:
+    /// until the first keepalive is answered).
+    rtt: Option<f64>,
+    /// Why its previous connection to this server ended, if it had one.
+    last_disconnect: Option<String>,
+    /// When that was: seconds since the Unix epoch.
+    last_disconnect_at: Option<f64>,
+}
+
+/// Seconds since the Unix epoch.
+fn unix_seconds(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 impl From<CoreAgentInfo> for AgentInfo {
@@ -41,8 +65,16 @@ impl From<CoreAgentInfo> for AgentInfo {
             identity: info.identity,
             identifiers: info.identifiers.to_string(),
             remote_addr: info.remote_addr.map(|a| a.to_string()),
+            transport: info.transport,
+            server_id: info.server_id,
             active_streams: info.active_streams,
             connected_for: info.connected_for.as_secs_f64(),
+            connected_since: unix_seconds(info.connected_since),
+            bytes_to_agent: info.bytes_to_agent,
+            bytes_from_agent: info.bytes_from_agent,
+            rtt: info.rtt.map(|rtt| rtt.as_secs_f64()),
+            last_disconnect_at: info.last_disconnect.as_ref().map(|d| unix_seconds(d.at)),
+            last_disconnect: info.last_disconnect.map(|d| d.reason),
         }
     }
 }
@@ -51,8 +83,14 @@ impl From<CoreAgentInfo> for AgentInfo {
 impl AgentInfo {
     fn __repr__(&self) -> String {
         format!(
-            "AgentInfo(agent_id={:?}, identity={:?}, identifiers={:?}, remote_addr={:?}, active_streams={})",
-            self.agent_id, self.identity, self.identifiers, self.remote_addr, self.active_streams
+            "AgentInfo(agent_id={:?}, identity={:?}, identifiers={:?}, remote_addr={:?}, transport={:?}, server_id={:?}, active_streams={})",
+            self.agent_id,
+            self.identity,
+            self.identifiers,
+            self.remote_addr,
+            self.transport,
+            self.server_id,
+            self.active_streams
         )
     }
 }

@@ -24,6 +24,16 @@ def test_agent_information(connector_tunnel: LocalTunnel) -> None:
     assert (info.agent_id, info.identity, info.identifiers) == ("node-0", "node-0", "host=node-0")
     assert info.remote_addr is not None and info.remote_addr.startswith("127.0.0.1:")
     assert info.active_streams == 0 and info.connected_for >= 0
+    assert info.transport == "quic" and info.server_id == connector_tunnel.server.server_id
+    assert info.connected_since > 1e9 and info.rtt is not None and info.rtt >= 0
+    assert info.last_disconnect is None and info.last_disconnect_at is None
+    web = connector_tunnel.http_target({"/": b"x" * 1000})
+    with connector_tunnel.server.dial(web.address, host="node-0") as stream:
+        request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        stream.sendall(request)
+        response = stream.readall()
+    (info,) = connector_tunnel.server.agents()
+    assert (info.bytes_to_agent, info.bytes_from_agent) == (len(request), len(response))
     assert "node-0" in repr(info)
     agent = connector_tunnel.agents[0]
     assert agent.agent_id == "node-0" and agent.status == "connected" and agent.status_reason is None

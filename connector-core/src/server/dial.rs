@@ -389,10 +389,9 @@ impl Server {
             }
             Ok(Frame::DialResult(result)) if result.code == DialCode::Ok => {
                 tracing::debug!(relayed = relay.relayed(), "dial succeeded");
-                self.inner
-                    .metrics
-                    .bytes_to_targets
-                    .add(first_bytes.len() as u64 + relay.relayed());
+                let early = first_bytes.len() as u64 + relay.relayed();
+                self.inner.metrics.bytes_to_targets.add(early);
+                agent.bytes_to_agent.fetch_add(early, Ordering::Relaxed);
                 Ok(TunnelStream::new(
                     bi.send,
                     bi.recv,

@@ -22,7 +22,7 @@ mod session;
 mod tunnel;
 
 pub use dial::DialError;
-pub use registry::AgentInfo;
+pub use registry::{AgentInfo, Disconnect, MAX_DISCONNECTS};
 pub use routing::{DEFAULT_STRATEGIES, ProxyStrategy, Selector, StrategyParseError};
 pub use tunnel::TunnelStream;
 
@@ -217,11 +217,12 @@ impl Server {
         let handshakes = SlotPool::new(limits.max_handshakes);
         let pre_hello = SlotPool::new(limits.max_pre_hello);
         let sources = Sources::new(limits.max_unadmitted_per_source);
+        let registry = Registry::new(&config.server_id);
         Self {
             inner: Arc::new(Inner {
                 config,
                 metrics: Arc::default(),
-                registry: Registry::new(),
+                registry,
                 next_request: AtomicU64::new(1),
                 next_conn: AtomicU64::new(1),
                 pending_dials: AtomicUsize::new(0),
@@ -296,6 +297,14 @@ impl Server {
     /// A snapshot of the connected agents, sorted by agent id.
     pub fn agents(&self) -> Vec<AgentInfo> {
         self.inner.registry.snapshot()
+    }
+
+    /// How the last connection of each recently disconnected agent that is
+    /// not connected now ended, newest first (at most [`MAX_DISCONNECTS`]
+    /// agent ids are remembered; connected agents carry theirs in
+    /// [`AgentInfo::last_disconnect`]).
+    pub fn recent_disconnects(&self) -> Vec<Disconnect> {
+        self.inner.registry.disconnected()
     }
 
     /// Waits until `predicate` holds for the connected agents (checked now and
@@ -437,6 +446,7 @@ impl Server {
     fn close_everything(&self) -> Vec<Arc<dyn Listener>> {
         self.inner.shutdown.send_replace(true);
         for agent in self.inner.registry.drain() {
+            let _ = agent.ended_by_server.set("server shutting down");
             agent.conn.close(ConnectionCode::Shutdown, "server shutting down");
         }
         let listeners: Vec<_> = self.inner.listeners.lock().expect("listeners").drain(..).collect();

@@ -1,16 +1,16 @@
 //! One agent's connection on the server: handshake, `Hello`, authentication,
 //! registration, then watching the connection until it ends.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
 
 use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::Server;
 use super::admission::{SourceGuard, read_hello};
-use super::registry::AgentEntry;
+use super::registry::{AgentEntry, Disconnect};
 use crate::auth::{AuthRejection, AuthRequest, check_agent_id, served_identifiers};
 use crate::frame_io::{FrameIoError, read_frame, write_frame};
 use crate::proto::{
@@ -83,10 +83,22 @@ pub(super) async fn run(server: Server, incoming: Incoming, source: SourceGuard)
             return;
         };
         tracing::Span::current().record("agent", entry.agent_id.as_str());
-        watch(&server, &conn, control, &entry, minor).await;
+        let ended = watch(&server, &conn, control, &entry, minor).await;
+        // The server's own reason first: the transport then only knows it closed locally.
+        let reason = match entry.ended_by_server.get() {
+            Some(reason) => (*reason).to_owned(),
+            None => ended,
+        };
+        tracing::info!(%reason, "agent disconnected");
         // Already out of routing if it sent a GoAway or a newer connection replaced it.
-        server.inner.registry.remove(entry.conn_id);
-        tracing::info!("agent disconnected");
+        server.inner.registry.ended(
+            entry.conn_id,
+            Disconnect {
+                agent_id: entry.agent_id.clone(),
+                reason,
+                at: SystemTime::now(),
+            },
+        );
     }
     .instrument(span)
     .await
@@ -254,7 +266,7 @@ async fn authorize(
     })?;
     let registry = &server.inner.registry;
     let limit = server.inner.config.limits.max_agents;
-    let reconnecting = registry.snapshot().iter().any(|a| a.agent_id == hello.agent_id);
+    let reconnecting = registry.contains_agent(&hello.agent_id);
     if !reconnecting && registry.len() >= limit {
         return Err(AuthRejection {
             code: RejectCode::Overloaded,
@@ -282,6 +294,10 @@ async fn authorize(
         conn: conn.clone(),
         active: AtomicU32::new(0),
         connected_at: Instant::now(),
+        connected_since: SystemTime::now(),
+        bytes_to_agent: AtomicU64::new(0),
+        bytes_from_agent: AtomicU64::new(0),
+        ended_by_server: OnceLock::new(),
         tunnel_closed: server.inner.tunnel_closed.clone(),
     }))
 }
@@ -344,7 +360,15 @@ impl Drop for AckDebt<'_> {
 /// lets [`Server::drain`] go on (agents older than protocol 1.1 get no
 /// `GoAway` and just see the close at shutdown). Streams the agent opens are
 /// refused: tunnelled connections only go from the server to the agent.
-async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, entry: &AgentEntry, minor: u16) {
+/// Returns why the connection ended, for [`Server::recent_disconnects`]
+/// (peer-supplied text escaped).
+async fn watch(
+    server: &Server,
+    conn: &Arc<dyn Connection>,
+    control: BiStream,
+    entry: &AgentEntry,
+    minor: u16,
+) -> String {
     let mut shutdown = server.inner.shutdown.subscribe();
     let mut draining = server.inner.draining.subscribe();
     let debt = AckDebt::new(&server.inner.unacknowledged);
@@ -353,6 +377,8 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, e
         debt.settle();
     }
     let go_away_sent = AtomicBool::new(false);
+    // The agent's own GoAway (not an acknowledgement of ours), for the disconnect reason.
+    let agent_went_away: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let BiStream { mut send, mut recv } = control;
     let control_ended = async {
         // After the Hello an agent may only send GoAway: another frame or garbage is a protocol error.
@@ -371,6 +397,11 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, e
                         );
                     } else {
                         server.inner.metrics.go_aways.inc("received");
+                        *agent_went_away.lock().expect("go-away reason") = Some(format!(
+                            "the agent went away ({}: {})",
+                            go_away.code,
+                            escaped(&go_away.reason)
+                        ));
                         if removed {
                             tracing::info!(
                                 code = %go_away.code,
@@ -423,22 +454,42 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, e
         }
         std::future::pending::<()>().await
     };
-    tokio::select! {
-        reason = conn.closed() => tracing::debug!(%reason, "agent connection closed"),
+    let mut ended = tokio::select! {
+        reason = conn.closed() => {
+            tracing::debug!(%reason, "agent connection closed");
+            reason.to_string()
+        }
         result = control_ended => match result {
-            Ok(()) => conn.close(ConnectionCode::Normal, "control stream closed"),
+            Ok(()) => {
+                conn.close(ConnectionCode::Normal, "control stream closed");
+                "the agent closed its control stream".to_owned()
+            }
             Err(reason) => match conn.closed().now_or_never() {
                 // The connection ended first (the agent stopped or vanished): nothing to report.
-                Some(closed) => tracing::debug!(%closed, "agent connection closed"),
+                Some(closed) => {
+                    tracing::debug!(%closed, "agent connection closed");
+                    closed.to_string()
+                }
                 None => {
                     tracing::warn!(%reason, "closing agent connection");
                     conn.close(ConnectionCode::ProtocolError, &clip_text(&reason));
+                    format!("closed by this server: {}", escaped(&reason))
                 }
             },
         },
-        _ = refuse_streams => {}
-        _ = go_away => {}
-        _ = shutdown.wait_for(|s| *s) => conn.close(ConnectionCode::Shutdown, "server shutting down"),
+        _ = refuse_streams => match conn.closed().now_or_never() {
+            Some(closed) => closed.to_string(),
+            None => "the connection stopped accepting streams".to_owned(),
+        },
+        // Never ready: it sends the GoAway, then waits for ever.
+        _ = go_away => "go-away sent".to_owned(),
+        _ = shutdown.wait_for(|s| *s) => {
+            conn.close(ConnectionCode::Shutdown, "server shutting down");
+            "server shutting down".to_owned()
+        }
+    };
+    if let Some(went_away) = agent_went_away.lock().expect("go-away reason").take() {
+        ended = format!("{went_away}; then {ended}");
     }
     // An agent with nothing open answers a GoAway by closing at once (and on
     // QUIC the close may overtake its GoAway): that is its acknowledgement.
@@ -449,4 +500,5 @@ async fn watch(server: &Server, conn: &Arc<dyn Connection>, control: BiStream, e
         server.inner.metrics.go_aways.inc("acknowledged");
         tracing::info!(agent = %entry.agent_id, %reason, "go-away acknowledged: the agent closed the connection");
     }
+    ended
 }

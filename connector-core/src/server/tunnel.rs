@@ -82,6 +82,18 @@ impl TunnelStream {
 }
 
 impl TunnelStream {
+    /// Counts `n` bytes written towards the target (server-wide and for the agent).
+    fn sent(&self, n: usize) {
+        self.metrics.bytes_to_targets.add(n as u64);
+        self.agent.bytes_to_agent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `n` bytes read from the target.
+    fn received(&self, n: usize) {
+        self.metrics.bytes_from_targets.add(n as u64);
+        self.agent.bytes_from_agent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// Notes how a read or write failed: a reset by the agent's stall
     /// timeout is logged and counted, once per tunnel.
     fn failed<T>(&mut self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
@@ -132,7 +144,7 @@ impl AsyncRead for TunnelStream {
             if read == 0 && buf.remaining() > 0 {
                 this.read_eof = true;
             }
-            this.metrics.bytes_from_targets.add(read as u64);
+            this.received(read);
         }
         poll
     }
@@ -143,7 +155,7 @@ impl AsyncWrite for TunnelStream {
         let poll = Pin::new(&mut self.send).poll_write(cx, buf);
         let poll = self.failed(poll);
         if let Poll::Ready(Ok(n)) = poll {
-            self.metrics.bytes_to_targets.add(n as u64);
+            self.sent(n);
         }
         poll
     }
@@ -170,7 +182,7 @@ impl ChunkSink for TunnelStream {
         let poll = self.send.poll_write_chunk(cx, chunk);
         let poll = self.failed(poll);
         if let Poll::Ready(Ok(n)) = poll {
-            self.metrics.bytes_to_targets.add(n as u64);
+            self.sent(n);
         }
         poll
     }
@@ -189,7 +201,7 @@ impl ChunkSource for TunnelStream {
                 self.read_eof = true;
             }
             let read: usize = chunks[..filled].iter().map(Bytes::len).sum();
-            self.metrics.bytes_from_targets.add(read as u64);
+            self.received(read);
         }
         poll
     }

@@ -477,6 +477,9 @@ impl<C: Connection + ?Sized> Connection for Supervised<C> {
     fn transport(&self) -> &'static str {
         self.inner.transport()
     }
+    fn rtt(&self) -> Option<std::time::Duration> {
+        self.inner.rtt()
+    }
     fn superseded(&self) -> BoxFuture<'static, String> {
         let mut rx = self.superseded.clone();
         Box::pin(async move {

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 
@@ -175,6 +176,12 @@ pub trait Connection: Send + Sync + 'static {
     fn peer(&self) -> PeerInfo;
     /// Which transport carries this connection (`"quic"`, `"tcp"`, `"memory"`), for logs and metrics.
     fn transport(&self) -> &'static str;
+    /// The smoothed round-trip time to the peer, when the transport measures
+    /// one: QUIC from its acknowledgements, TCP (QMux) from its keepalive
+    /// pings (none until the first one is answered). The default is `None`.
+    fn rtt(&self) -> Option<Duration> {
+        None
+    }
     /// Resolves, with the reason, when the transport wants this connection
     /// replaced by a fresh one: the agent then connects again and drains this
     /// connection instead of dropping it (make before break). A starved QUIC

@@ -577,6 +577,10 @@ impl Connection for QuicConnection {
         "quic"
     }
 
+    fn rtt(&self) -> Option<Duration> {
+        Some(self.conn.rtt())
+    }
+
     fn admitted(&self) {
         let mut ledger = self.credit.ledger.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(window) = ledger.admit() {

@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod agents_view;
 mod cert_reload;
 mod congestion;
 mod drain;

@@ -163,6 +163,10 @@ pub struct Conn {
     max_stream_data_queue: VecDeque<u64>,
     ping_seq: u64,
     ping_response: Option<u64>,
+    /// Our latest keepalive QX_PING not yet answered, and when it was queued.
+    ping_sent: Option<(u64, Instant)>,
+    /// Smoothed round-trip time from answered keepalives (RFC 9002's 7/8 weighting).
+    rtt: Option<Duration>,
     last_recv: Instant,
     next_keepalive: Instant,
     error: Option<ConnError>,
@@ -217,6 +221,8 @@ impl Conn {
             max_stream_data_queue: VecDeque::new(),
             ping_seq: 0,
             ping_response: None,
+            ping_sent: None,
+            rtt: None,
             last_recv: now,
             next_keepalive: now + config.keepalive,
             error: None,
@@ -226,6 +232,13 @@ impl Conn {
             open_wakers: Vec::new(),
             config,
         }
+    }
+
+    /// The smoothed round-trip time, measured from keepalive QX_PINGs and
+    /// their answers (queueing behind stream data included, as TCP delivers
+    /// in order); `None` until the first answer.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
     }
 
     /// Why the connection ended, once it has.
@@ -363,6 +376,7 @@ impl Conn {
                 seq: self.ping_seq,
                 response: false,
             });
+            self.ping_sent = Some((self.ping_seq, now));
             self.next_keepalive = now + self.config.keepalive;
         }
     }
@@ -478,6 +492,13 @@ impl Conn {
             Frame::Ping { seq, response } => {
                 if !response {
                     self.ping_response = Some(self.ping_response.map_or(seq, |s| s.max(seq)));
+                } else if let Some((sent_seq, sent_at)) = self.ping_sent
+                    && sent_seq == seq
+                {
+                    // `last_recv` is the time of the record carrying this answer.
+                    self.ping_sent = None;
+                    let sample = self.last_recv.saturating_duration_since(sent_at);
+                    self.rtt = Some(self.rtt.map_or(sample, |rtt| (rtt * 7 + sample) / 8));
                 }
             }
         }
@@ -1213,6 +1234,43 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(ready(s.poll_read(sid, &cx(), &mut buf)), Ok(0), "FIN before the close");
         assert!(matches!(s.error(), Some(ConnError::ClosedByPeer { code: 0, .. })));
+    }
+
+    #[test]
+    fn answered_keepalives_measure_the_round_trip_time() {
+        let (mut c, mut s, now) = pair();
+        assert_eq!(c.rtt(), None, "no keepalive answered yet");
+        // A keepalive at 3 s, answered 40 ms later.
+        let sent = now + Duration::from_secs(3);
+        c.handle_timeout(sent);
+        pump(&mut c, &mut s, sent + Duration::from_millis(20));
+        pump(&mut s, &mut c, sent + Duration::from_millis(40));
+        assert_eq!(c.rtt(), Some(Duration::from_millis(40)));
+        assert_eq!(s.rtt(), None, "the answering side measured nothing");
+        // The next one takes 120 ms: smoothed as 7/8 old + 1/8 new.
+        let sent = sent + Duration::from_secs(3);
+        c.handle_timeout(sent);
+        pump(&mut c, &mut s, sent);
+        pump(&mut s, &mut c, sent + Duration::from_millis(120));
+        assert_eq!(c.rtt(), Some(Duration::from_millis(50)));
+        // A keepalive lost on the way is never answered; the next one is
+        // measured from its own sending, not from the lost one's.
+        let sent = sent + Duration::from_secs(3);
+        c.handle_timeout(sent);
+        let mut lost = Vec::new();
+        while c.poll_transmit(&mut lost, 1 << 20) {}
+        c.handle_timeout(sent + Duration::from_secs(3));
+        pump(&mut c, &mut s, sent + Duration::from_secs(3));
+        pump(
+            &mut s,
+            &mut c,
+            sent + Duration::from_secs(3) + Duration::from_millis(50),
+        );
+        assert_eq!(
+            c.rtt(),
+            Some(Duration::from_millis(50)),
+            "50 ms sample into a 50 ms average"
+        );
     }
 
     #[test]

@@ -590,6 +590,10 @@ impl Connection for QmuxConnection {
     fn transport(&self) -> &'static str {
         "tcp"
     }
+
+    fn rtt(&self) -> Option<std::time::Duration> {
+        self.shared.conn.lock().unwrap().rtt()
+    }
 }
 
 fn stream_io_error(e: StreamError) -> io::Error {
