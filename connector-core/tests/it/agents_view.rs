@@ -1,9 +1,6 @@
 //! The operator's view of connected agents: `GET /agents` on a server's
 //! admin listener (what `connector agents` reads), over QUIC and TCP.
 
-#[macro_use]
-#[allow(unused_macros)] // only `on_tls_transports` here
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
