@@ -385,16 +385,12 @@ async fn watch(
         loop {
             match read_frame(&mut recv, MAX_FRAME_PAYLOAD).await {
                 Ok(Frame::GoAway(go_away)) => {
-                    let removed = server.inner.registry.remove(entry.conn_id);
                     // Either way the agent is leaving this connection: nothing more to wait for.
                     let first = debt.settle();
-                    if first && go_away_sent.load(Ordering::Acquire) {
+                    let acknowledgement = first && go_away_sent.load(Ordering::Acquire);
+                    // Counted before the agent leaves routing, which is what observers wait on.
+                    if acknowledgement {
                         server.inner.metrics.go_aways.inc("acknowledged");
-                        tracing::info!(
-                            agent = %entry.agent_id,
-                            open = entry.active.load(Ordering::Relaxed),
-                            "go-away acknowledged"
-                        );
                     } else {
                         server.inner.metrics.go_aways.inc("received");
                         *agent_went_away.lock().expect("go-away reason") = Some(format!(
@@ -402,14 +398,21 @@ async fn watch(
                             go_away.code,
                             escaped(&go_away.reason)
                         ));
-                        if removed {
-                            tracing::info!(
-                                code = %go_away.code,
-                                reason = %escaped(&go_away.reason),
-                                open = entry.active.load(Ordering::Relaxed),
-                                "agent is going away: no new dials to it; open tunnelled connections continue"
-                            );
-                        }
+                    }
+                    let removed = server.inner.registry.remove(entry.conn_id);
+                    if acknowledgement {
+                        tracing::info!(
+                            agent = %entry.agent_id,
+                            open = entry.active.load(Ordering::Relaxed),
+                            "go-away acknowledged"
+                        );
+                    } else if removed {
+                        tracing::info!(
+                            code = %go_away.code,
+                            reason = %escaped(&go_away.reason),
+                            open = entry.active.load(Ordering::Relaxed),
+                            "agent is going away: no new dials to it; open tunnelled connections continue"
+                        );
                     }
                 }
                 Ok(frame) => return Err(format!("unexpected {} on the control stream", frame.name())),
