@@ -1,7 +1,11 @@
 //! Choosing between QUIC and the TCP fallback (QMux) on the agent.
 //!
 //! In [`TransportMode::Auto`] the [`FallbackConnector`] tries QUIC first,
-//! within [`FallbackSettings::quic_connect_timeout`], and falls back to TCP.
+//! within [`FallbackSettings::quic_connect_timeout`], and falls back to TCP
+//! when QUIC got no answer. A server that answered over QUIC and refused
+//! (a replica draining, a TLS error: [`TransportError::Rejected`]) has shown
+//! that QUIC works; that error is returned as it is, and the agent retries
+//! over QUIC.
 //! It keeps watching what it handed out:
 //!
 //! * a QUIC connection whose path is starved (see [`Degradation`]) is marked
@@ -238,6 +242,8 @@ impl FallbackConnector {
         } else {
             match self.try_quic().await {
                 Ok(conn) => return Ok(self.watch_quic(conn)),
+                // The server answered over QUIC: the path works, whatever it said.
+                Err(e @ TransportError::Rejected(_)) => return Err(e),
                 Err(e) => {
                     tracing::info!(error = %e, "QUIC unavailable; falling back to TCP");
                     Some(e)

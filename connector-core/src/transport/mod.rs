@@ -292,6 +292,11 @@ pub enum TransportError {
     /// The connection could not be set up (address, handshake, TLS, ALPN).
     #[error("could not connect: {}", escaped(.0))]
     Connect(String),
+    /// The server answered the handshake but the connection was not set up:
+    /// it refused it (it is draining or overloaded), or TLS failed. The path
+    /// to the server works, so an agent keeps its transport and retries.
+    #[error("the server answered but the connection was not set up: {}", escaped(.0))]
+    Rejected(String),
     /// Any other failure of the connection.
     #[error("connection lost: {}", escaped(.0))]
     Lost(String),

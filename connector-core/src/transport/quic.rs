@@ -393,7 +393,7 @@ impl QuicConnector {
             let conn = tokio::time::timeout(self.handshake_timeout, connecting)
                 .await
                 .map_err(|_| TransportError::Connect(format!("handshake with {addr} timed out")))?
-                .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
+                .map_err(|e| handshake_error(addr, e))?;
             Ok(QuicConnection::new(conn, Some(endpoint), Admission::NotNeeded))
         }
     }
@@ -515,6 +515,19 @@ impl Drop for QuicConnection {
         );
         if let Some(endpoint) = &self.endpoint {
             endpoint.close(VarInt::from_u32(ConnectionCode::Normal.to_wire()), b"");
+        }
+    }
+}
+
+/// A failed handshake: [`TransportError::Rejected`] when the server answered
+/// (a close, a refusal, a TLS alert or a certificate we refused, a version
+/// negotiation), [`TransportError::Connect`] when nothing came back.
+fn handshake_error(addr: SocketAddr, err: quinn::ConnectionError) -> TransportError {
+    use quinn::ConnectionError as E;
+    match err {
+        E::TimedOut | E::LocallyClosed | E::CidsExhausted => TransportError::Connect(format!("{addr}: {err}")),
+        E::VersionMismatch | E::TransportError(_) | E::ConnectionClosed(_) | E::ApplicationClosed(_) | E::Reset => {
+            TransportError::Rejected(format!("{addr}: {err}"))
         }
     }
 }

@@ -190,6 +190,41 @@ async fn udp_blocked_agent_connects_over_tcp_and_returns_to_quic_when_unblocked(
     .await
 }
 
+/// A server that answers over QUIC but refuses the connection (a replica
+/// draining in a rolling update) has shown that QUIC works: the agent does
+/// not fall back to TCP, where the same server would have taken it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_quic_connections_does_not_send_the_agent_to_tcp() {
+    guard(async {
+        let s = two_listeners();
+        let tls = ServerTls {
+            identity: s.ca.issue("connector server", &["localhost"]).unwrap().identity(),
+            client_cas: None,
+        };
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.rustls_config().unwrap()).unwrap();
+        let refusing = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let refusing_addr = refusing.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = refusing.accept().await {
+                incoming.refuse();
+            }
+        });
+        let connector = fallback(&s.ca, refusing_addr, s.tcp, fast_settings());
+        let err = match connector.connect().await {
+            Ok(conn) => panic!("connected over {} to a server refusing QUIC", conn.transport()),
+            Err(err) => err,
+        };
+        assert!(matches!(err, TransportError::Rejected(_)), "{err}");
+        assert!(err.to_string().contains("refused"), "{err}");
+        assert!(!connector.prefers_tcp());
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn return_to_quic_keeps_in_flight_tunnelled_connections() {
     guard(async {
