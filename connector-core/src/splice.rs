@@ -31,8 +31,7 @@ use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 use crate::proto::StreamCode;
-use crate::server::TunnelStream;
-use crate::transport::{RecvStream, SendStream, StreamReset, poll_read_copying, poll_write_copying};
+use crate::transport::{ChunkSink, ChunkSource, RecvStream, SendStream, StreamReset};
 
 /// Largest read per copy step (the buffer's capacity while it exists).
 const BUF_LEN: usize = 32 * 1024;
@@ -85,100 +84,6 @@ fn poll_write_chunk_all<W: ChunkSink + ?Sized>(
     }
     Poll::Ready(Ok(()))
 }
-
-/// A writer the copy loops write to. One that keeps what it was given until
-/// the peer acknowledges it (a QUIC stream) takes owned chunks of the read
-/// buffer, which saves copying every byte once more; any other writer is
-/// written through [`AsyncWrite`].
-pub(crate) trait ChunkSink: AsyncWrite + Unpin {
-    /// Whether [`ChunkSink::poll_write_chunk`] saves a copy.
-    fn takes_chunks(&self) -> bool {
-        false
-    }
-
-    /// Writes from the front of `chunk`, advancing it; returns the count.
-    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
-        poll_write_copying(Pin::new(self), cx, chunk)
-    }
-
-    /// Writes from the front of `chunks` (not empty) in one call where the
-    /// writer can gather them; returns the count. The default writes the
-    /// first one only: `writev` on a socket whose peer has gone raises
-    /// `SIGPIPE`, which ends a host process that has not ignored it (a Go
-    /// program using the C library: the signal arrives on one of our
-    /// threads), so only writers that pass `MSG_NOSIGNAL` gather.
-    fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(self).poll_write(cx, &chunks[0])
-    }
-
-    /// Whether [`ChunkSink::poll_write_gather`] takes several chunks at once;
-    /// a copy loop reads a [`ChunkSource`]'s chunks only into a writer that
-    /// does (one write per packet-sized chunk costs more than the copy).
-    fn gathers(&self) -> bool {
-        false
-    }
-}
-
-impl ChunkSink for Box<dyn SendStream> {
-    fn takes_chunks(&self) -> bool {
-        (**self).takes_chunks()
-    }
-
-    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
-        (**self).poll_write_chunk(cx, chunk)
-    }
-}
-
-impl ChunkSink for tokio::net::tcp::WriteHalf<'_> {
-    fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        crate::no_sigpipe::poll_send_gathered(self.as_ref(), cx, chunks)
-    }
-
-    fn gathers(&self) -> bool {
-        true
-    }
-}
-
-impl ChunkSink for TcpStream {
-    fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        crate::no_sigpipe::poll_send_gathered(self, cx, chunks)
-    }
-
-    fn gathers(&self) -> bool {
-        true
-    }
-}
-
-/// A reader the copy loops read from. One that holds what arrived as
-/// chunks of its own (a QUIC stream: slices of the decrypted packets) hands
-/// them out, and they are written on as they are
-/// ([`ChunkSink::poll_write_gather`]), which saves copying every byte into a
-/// read buffer first; any other reader is read through [`AsyncRead`].
-pub(crate) trait ChunkSource: AsyncRead + Unpin {
-    /// Whether [`ChunkSource::poll_read_chunks`] saves a copy.
-    fn yields_chunks(&self) -> bool {
-        false
-    }
-
-    /// Fills `chunks` from the front; returns how many (0 at the end).
-    fn poll_read_chunks(&mut self, cx: &mut Context<'_>, chunks: &mut [Bytes]) -> Poll<io::Result<usize>> {
-        poll_read_copying(Pin::new(self), cx, chunks)
-    }
-}
-
-impl ChunkSource for Box<dyn RecvStream> {
-    fn yields_chunks(&self) -> bool {
-        (**self).yields_chunks()
-    }
-
-    fn poll_read_chunks(&mut self, cx: &mut Context<'_>, chunks: &mut [Bytes]) -> Poll<io::Result<usize>> {
-        (**self).poll_read_chunks(cx, chunks)
-    }
-}
-
-impl ChunkSource for tokio::net::tcp::ReadHalf<'_> {}
-
-impl ChunkSource for TcpStream {}
 
 /// Most chunks one gathered write takes.
 const MAX_CHUNKS: usize = 8;
@@ -242,7 +147,7 @@ impl Received {
 }
 
 /// Any reader and writer, written through [`AsyncWrite`].
-struct Plain<'a, T: ?Sized>(&'a mut T);
+pub(crate) struct Plain<'a, T: ?Sized>(pub(crate) &'a mut T);
 
 impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Plain<'_, T> {
     fn poll_read(
@@ -788,24 +693,9 @@ where
     copy_pair(&mut Plain(a), &mut Plain(b)).await
 }
 
-/// [`copy_both`] between a client connection and a tunnel stream, feeding
-/// the stream without a copy of our own where its transport allows (QUIC;
-/// see the module's description). Returns the bytes copied client→tunnel
-/// and tunnel→client.
-pub async fn copy_tunnel<A>(client: &mut A, tunnel: &mut TunnelStream) -> io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    copy_pair(&mut Plain(client), tunnel).await
-}
-
-/// [`copy_tunnel`] for a TCP client, which also takes what the tunnel
-/// received as the transport's own chunks, gathered into one `sendmsg`.
-pub async fn copy_tunnel_tcp(client: &mut TcpStream, tunnel: &mut TunnelStream) -> io::Result<(u64, u64)> {
-    copy_pair(client, tunnel).await
-}
-
-async fn copy_pair<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+/// Copies both ways between `a` and `b` until both directions have ended;
+/// the first error ends both. Returns the bytes copied a→b and b→a.
+pub(crate) async fn copy_pair<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
     A: ChunkSource + ChunkSink + ?Sized,
     B: ChunkSource + ChunkSink + ?Sized,

@@ -51,7 +51,7 @@ pub async fn serve(server: Server, listener: TcpListener, selector: Selector, ta
                         return;
                     }
                 };
-                match crate::splice::copy_tunnel_tcp(&mut tcp, &mut stream).await {
+                match crate::server::copy_tunnel_tcp(&mut tcp, &mut stream).await {
                     Ok((up, down)) => tracing::debug!(to_target = up, to_client = down, "closed"),
                     Err(err) => tracing::debug!(%err, "aborted"),
                 }

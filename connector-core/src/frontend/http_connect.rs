@@ -182,7 +182,7 @@ async fn handle(server: Server, mut conn: FrontendConn, limits: FrontendLimits) 
     if !head.leftover.is_empty() && stream.write_all(&head.leftover).await.is_err() {
         return;
     }
-    match crate::splice::copy_tunnel(&mut conn, &mut stream).await {
+    match crate::server::copy_tunnel(&mut conn, &mut stream).await {
         Ok((up, down)) => tracing::debug!(to_target = up, to_client = down, "tunnel closed"),
         Err(err) => tracing::debug!(%err, "tunnel aborted"),
     }

@@ -18,6 +18,7 @@ use super::registry::AgentEntry;
 
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
+use super::target::split_target;
 use crate::frame_io::read_frame;
 use crate::proto::{Dial, DialCode, Frame, MAX_FRAME_PAYLOAD, StreamCode, escaped};
 use crate::splice::Relay;
@@ -139,31 +140,6 @@ impl DialError {
     }
 }
 
-/// Splits `host:port` (`[v6]:port` for IPv6 literals) into its parts.
-pub(crate) fn split_target(target: &str) -> Result<(String, u16), DialError> {
-    let invalid = |reason| DialError::InvalidTarget {
-        target: target.to_owned(),
-        reason,
-    };
-    let (host, port) = target.rsplit_once(':').ok_or_else(|| invalid("missing :port"))?;
-    let host = match host.strip_prefix('[') {
-        Some(inner) => inner.strip_suffix(']').ok_or_else(|| invalid("unbalanced brackets"))?,
-        None if host.contains(':') => return Err(invalid("IPv6 addresses need brackets")),
-        None => host,
-    };
-    if host.is_empty() {
-        return Err(invalid("empty host"));
-    }
-    if host.parse::<std::net::IpAddr>().is_err() && !crate::identifiers::valid_host(host) {
-        return Err(invalid("host is neither an IP address nor a DNS name"));
-    }
-    let port: u16 = port.parse().map_err(|_| invalid("port is not a number in 1..=65535"))?;
-    if port == 0 {
-        return Err(invalid("port 0"));
-    }
-    Ok((host.to_owned(), port))
-}
-
 /// What goes to the target right behind a `Dial`.
 enum Early<'a> {
     /// These bytes, in the `Dial`'s packet.
@@ -260,7 +236,10 @@ impl Server {
         if !self.accepting() {
             return Err(DialError::ShuttingDown);
         }
-        let (host, port) = split_target(target)?;
+        let (host, port) = split_target(target).map_err(|reason| DialError::InvalidTarget {
+            target: target.to_owned(),
+            reason,
+        })?;
         let agent = self
             .inner
             .registry
@@ -468,32 +447,6 @@ impl Drop for SlotGuard {
     fn drop(&mut self) {
         if let Some(agent) = &self.0 {
             agent.active.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_target;
-
-    #[test]
-    fn splits_targets() {
-        assert_eq!(split_target("10.0.0.5:10250").unwrap(), ("10.0.0.5".into(), 10250));
-        assert_eq!(split_target("[fd00::1]:443").unwrap(), ("fd00::1".into(), 443));
-        assert_eq!(
-            split_target("node-a.cluster.local:80").unwrap(),
-            ("node-a.cluster.local".into(), 80)
-        );
-        for bad in [
-            "10.0.0.5",
-            "fd00::1:443",
-            ":80",
-            "host:0",
-            "host:99999",
-            "ho st:80",
-            "[fd00::1:443",
-        ] {
-            assert!(split_target(bad).is_err(), "{bad}");
         }
     }
 }

@@ -19,12 +19,13 @@ mod dial;
 mod registry;
 mod routing;
 mod session;
+mod target;
 mod tunnel;
 
 pub use dial::DialError;
 pub use registry::{AgentInfo, Disconnect, MAX_DISCONNECTS};
 pub use routing::{DEFAULT_STRATEGIES, ProxyStrategy, Selector, StrategyParseError};
-pub use tunnel::TunnelStream;
+pub use tunnel::{TunnelStream, copy_tunnel, copy_tunnel_tcp};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

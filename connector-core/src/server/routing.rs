@@ -24,7 +24,7 @@ impl Selector {
     /// Routes by the host part of a `host:port` target, the usual choice for
     /// an apiserver reaching a node.
     pub fn for_target(target: &str) -> Self {
-        match super::dial::split_target(target) {
+        match super::target::split_target(target) {
             Ok((host, _)) => Selector::Host(host),
             Err(_) => Selector::Host(target.to_owned()),
         }

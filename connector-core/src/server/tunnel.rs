@@ -8,12 +8,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::registry::AgentEntry;
 use crate::metrics::ServerMetrics;
 use crate::proto::StreamCode;
-use crate::splice::{ChunkSink, ChunkSource};
-use crate::transport::{RecvStream, SendStream, StreamReset};
+use crate::transport::{ChunkSink, ChunkSource, RecvStream, SendStream, StreamReset};
 
 /// A TCP connection opened by an agent, seen from the server side.
 ///
@@ -205,4 +205,21 @@ impl ChunkSource for TunnelStream {
         }
         poll
     }
+}
+
+/// Copies both ways between a client connection and a tunnelled connection
+/// until both directions have ended, feeding the tunnel without a copy of
+/// our own where its transport allows (QUIC; see [`crate::splice`]).
+/// Returns the bytes copied client→tunnel and tunnel→client.
+pub async fn copy_tunnel<A>(client: &mut A, tunnel: &mut TunnelStream) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    crate::splice::copy_pair(&mut crate::splice::Plain(client), tunnel).await
+}
+
+/// [`copy_tunnel`] for a TCP client, which also takes what the tunnel
+/// received as the transport's own chunks, gathered into one `sendmsg`.
+pub async fn copy_tunnel_tcp(client: &mut TcpStream, tunnel: &mut TunnelStream) -> io::Result<(u64, u64)> {
+    crate::splice::copy_pair(client, tunnel).await
 }

@@ -14,8 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    BiStream, BoxFuture, Connection, Connector, Handshake, Incoming, Listener, PeerInfo, RecvStream, SendStream,
-    StreamReset, TransportError,
+    BiStream, BoxFuture, ChunkSink, ChunkSource, Connection, Connector, Handshake, Incoming, Listener, PeerInfo,
+    RecvStream, SendStream, StreamReset, TransportError,
 };
 use crate::proto::{ConnectionCode, StreamCode};
 
@@ -346,6 +346,8 @@ impl SendStream for PipeWriter {
     }
 }
 
+impl ChunkSink for PipeWriter {}
+
 impl Drop for PipeWriter {
     /// Like a QUIC stream, a dropped sender ends its stream in order.
     fn drop(&mut self) {
@@ -392,6 +394,8 @@ impl RecvStream for PipeReader {
         });
     }
 }
+
+impl ChunkSource for PipeReader {}
 
 impl Drop for PipeReader {
     /// Like a QUIC stream, a dropped receiver tells the sender to stop.

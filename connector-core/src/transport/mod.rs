@@ -46,9 +46,112 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// A boxed, sendable future (the traits here are used as trait objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A writer the copy loops write to: a stream's sending half, a TCP socket.
+/// One that keeps what it was given until the peer acknowledges it (a QUIC
+/// stream) takes owned chunks of the read buffer, which saves copying every
+/// byte once more; any other writer is written through [`AsyncWrite`].
+pub trait ChunkSink: AsyncWrite + Unpin {
+    /// Whether [`ChunkSink::poll_write_chunk`] takes the bytes over without
+    /// copying them (QUIC); copy loops hand over owned chunks only then.
+    fn takes_chunks(&self) -> bool {
+        false
+    }
+
+    /// Writes from the front of `chunk` and advances it past what was
+    /// written; returns that count. The default writes through [`AsyncWrite`].
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
+        poll_write_copying(Pin::new(self), cx, chunk)
+    }
+
+    /// Writes from the front of `chunks` (not empty) in one call where the
+    /// writer can gather them; returns the count. The default writes the
+    /// first one only: `writev` on a socket whose peer has gone raises
+    /// `SIGPIPE`, which ends a host process that has not ignored it (a Go
+    /// program using the C library: the signal arrives on one of our
+    /// threads), so only writers that pass `MSG_NOSIGNAL` gather.
+    fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, &chunks[0])
+    }
+
+    /// Whether [`ChunkSink::poll_write_gather`] takes several chunks at once;
+    /// a copy loop reads a [`ChunkSource`]'s chunks only into a writer that
+    /// does (one write per packet-sized chunk costs more than the copy).
+    fn gathers(&self) -> bool {
+        false
+    }
+}
+
+/// A reader the copy loops read from: a stream's receiving half, a TCP
+/// socket. One that holds what arrived as chunks of its own (a QUIC stream:
+/// slices of the decrypted packets) hands them out, and they are written on
+/// as they are ([`ChunkSink::poll_write_gather`]), which saves copying every
+/// byte into a read buffer first; any other reader is read through [`AsyncRead`].
+pub trait ChunkSource: AsyncRead + Unpin {
+    /// Whether [`ChunkSource::poll_read_chunks`] hands out the transport's
+    /// own buffers without copying them (QUIC); copy loops read chunks only then.
+    fn yields_chunks(&self) -> bool {
+        false
+    }
+
+    /// Fills `chunks` from the front with what has arrived, in order, and
+    /// returns how many it filled; 0 is the end (the peer's FIN). The
+    /// default reads through [`AsyncRead`] into one new buffer.
+    fn poll_read_chunks(&mut self, cx: &mut Context<'_>, chunks: &mut [Bytes]) -> Poll<io::Result<usize>> {
+        poll_read_copying(Pin::new(self), cx, chunks)
+    }
+}
+
+impl<T: ChunkSink + ?Sized> ChunkSink for Box<T> {
+    fn takes_chunks(&self) -> bool {
+        (**self).takes_chunks()
+    }
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
+        (**self).poll_write_chunk(cx, chunk)
+    }
+    fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        (**self).poll_write_gather(cx, chunks)
+    }
+    fn gathers(&self) -> bool {
+        (**self).gathers()
+    }
+}
+
+impl<T: ChunkSource + ?Sized> ChunkSource for Box<T> {
+    fn yields_chunks(&self) -> bool {
+        (**self).yields_chunks()
+    }
+    fn poll_read_chunks(&mut self, cx: &mut Context<'_>, chunks: &mut [Bytes]) -> Poll<io::Result<usize>> {
+        (**self).poll_read_chunks(cx, chunks)
+    }
+}
+
+impl ChunkSink for tokio::net::TcpStream {
+    fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        crate::no_sigpipe::poll_send_gathered(self, cx, chunks)
+    }
+
+    fn gathers(&self) -> bool {
+        true
+    }
+}
+
+impl ChunkSink for tokio::net::tcp::WriteHalf<'_> {
+    fn poll_write_gather(&mut self, cx: &mut Context<'_>, chunks: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        crate::no_sigpipe::poll_send_gathered(self.as_ref(), cx, chunks)
+    }
+
+    fn gathers(&self) -> bool {
+        true
+    }
+}
+
+impl ChunkSource for tokio::net::TcpStream {}
+
+impl ChunkSource for tokio::net::tcp::ReadHalf<'_> {}
+
 /// The sending half of a stream. Shutting it down (`AsyncWriteExt::shutdown`)
 /// sends an orderly end of stream (FIN); [`SendStream::reset`] aborts it.
-pub trait SendStream: AsyncWrite + Send + Unpin {
+pub trait SendStream: ChunkSink + Send {
     /// Abandons the stream: unsent data is dropped and the peer's reads fail
     /// with [`StreamReset`] carrying `code`.
     fn reset(&mut self, code: StreamCode);
@@ -61,20 +164,6 @@ pub trait SendStream: AsyncWrite + Send + Unpin {
     /// close delivers what was written).
     fn delivered(&self) -> BoxFuture<'static, ()> {
         Box::pin(std::future::ready(()))
-    }
-
-    /// Whether [`SendStream::poll_write_chunk`] takes the bytes over without
-    /// copying them (QUIC); copy loops hand over owned chunks only then.
-    fn takes_chunks(&self) -> bool {
-        false
-    }
-
-    /// Writes from the front of `chunk` and advances it past what was
-    /// written; returns that count. A transport that keeps data until the
-    /// peer acknowledges it can keep the chunk itself instead of a copy. The
-    /// default writes through [`AsyncWrite`].
-    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<usize>> {
-        poll_write_copying(Pin::new(self), cx, chunk)
     }
 }
 
@@ -92,22 +181,9 @@ pub(crate) fn poll_write_copying<W: AsyncWrite + ?Sized>(
 
 /// The receiving half of a stream. A read of 0 bytes is the peer's FIN; a
 /// reset by the peer surfaces as an [`io::Error`] wrapping [`StreamReset`].
-pub trait RecvStream: AsyncRead + Send + Unpin {
+pub trait RecvStream: ChunkSource + Send {
     /// Tells the peer to stop sending: its writes fail with [`StreamReset`] carrying `code`.
     fn stop(&mut self, code: StreamCode);
-
-    /// Whether [`RecvStream::poll_read_chunks`] hands out the transport's
-    /// own buffers without copying them (QUIC); copy loops read chunks only then.
-    fn yields_chunks(&self) -> bool {
-        false
-    }
-
-    /// Fills `chunks` from the front with what has arrived, in order, and
-    /// returns how many it filled; 0 is the peer's FIN. The default reads
-    /// through [`AsyncRead`] into one new buffer.
-    fn poll_read_chunks(&mut self, cx: &mut Context<'_>, chunks: &mut [Bytes]) -> Poll<io::Result<usize>> {
-        poll_read_copying(Pin::new(self), cx, chunks)
-    }
 }
 
 /// Size of the buffer [`poll_read_copying`] reads into.

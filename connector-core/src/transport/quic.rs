@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::congestion::CongestionControl;
 use super::credit::CreditLedger;
 use super::{
-    BiStream, BoxFuture, Connection, Connector, Handshake, Incoming, Listener, PeerInfo, RecvStream, SendStream,
-    StreamReset, TransportError,
+    BiStream, BoxFuture, ChunkSink, ChunkSource, Connection, Connector, Handshake, Incoming, Listener, PeerInfo,
+    RecvStream, SendStream, StreamReset, TransportError,
 };
 use crate::proto::{ConnectionCode, StreamCode};
 use crate::tls::{AgentTls, ServerTls, TlsError};
@@ -660,6 +660,15 @@ impl SendStream for QuicSend {
         let _ = self.0.reset(VarInt::from_u32(code.to_wire()));
     }
 
+    fn delivered(&self) -> BoxFuture<'static, ()> {
+        let stopped = self.0.stopped();
+        Box::pin(async move {
+            let _ = stopped.await;
+        })
+    }
+}
+
+impl ChunkSink for QuicSend {
     fn takes_chunks(&self) -> bool {
         true
     }
@@ -671,13 +680,6 @@ impl SendStream for QuicSend {
         let write = self.0.write_chunks(std::slice::from_mut(chunk));
         let written = std::task::ready!(std::pin::pin!(write).poll(cx)).map_err(|e| map_io(e.into()))?;
         Poll::Ready(Ok(written.bytes))
-    }
-
-    fn delivered(&self) -> BoxFuture<'static, ()> {
-        let stopped = self.0.stopped();
-        Box::pin(async move {
-            let _ = stopped.await;
-        })
     }
 }
 
@@ -691,7 +693,9 @@ impl RecvStream for QuicRecv {
     fn stop(&mut self, code: StreamCode) {
         let _ = self.0.stop(VarInt::from_u32(code.to_wire()));
     }
+}
 
+impl ChunkSource for QuicRecv {
     fn yields_chunks(&self) -> bool {
         true
     }

@@ -369,7 +369,7 @@ async fn bytes_relayed_during_the_dial_reach_the_target_in_order_and_once(kind: 
             .dial_relaying(&Selector::Any, &target.to_string(), &mut local)
             .await
             .unwrap();
-        connector_core::splice::copy_tunnel(&mut local, &mut stream)
+        connector_core::server::copy_tunnel(&mut local, &mut stream)
             .await
             .unwrap();
         assert_eq!(writer.await.unwrap(), sha256(&data), "dial {seed}");

@@ -29,8 +29,8 @@ use self::conn::{Config, Conn, ConnError, Side, StreamError};
 use self::proxy::ProxyChoice;
 use super::quic::AGENT_OPENED_STREAMS;
 use super::{
-    BiStream, BoxFuture, Connection, Connector, Handshake, Incoming, Listener, PeerInfo, RecvStream, SendStream,
-    StreamReset, TransportError,
+    BiStream, BoxFuture, ChunkSink, ChunkSource, Connection, Connector, Handshake, Incoming, Listener, PeerInfo,
+    RecvStream, SendStream, StreamReset, TransportError,
 };
 use crate::no_sigpipe::NoSigPipe;
 use crate::proto::{ConnectionCode, StreamCode};
@@ -638,6 +638,8 @@ impl SendStream for QmuxSend {
     }
 }
 
+impl ChunkSink for QmuxSend {}
+
 impl Drop for QmuxSend {
     fn drop(&mut self) {
         self.shared.with(|c| c.drop_send(self.id));
@@ -664,6 +666,8 @@ impl RecvStream for QmuxRecv {
         self.shared.with(|c| c.stop(self.id, u64::from(code.to_wire())));
     }
 }
+
+impl ChunkSource for QmuxRecv {}
 
 impl Drop for QmuxRecv {
     fn drop(&mut self) {
