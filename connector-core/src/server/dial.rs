@@ -19,10 +19,10 @@ use super::registry::AgentEntry;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use super::target::split_target;
-use crate::frame_io::read_frame;
+use crate::frame_io::{FrameIoError, read_frame};
 use crate::proto::{Dial, DialCode, Frame, MAX_FRAME_PAYLOAD, StreamCode, escaped};
 use crate::splice::Relay;
-use crate::transport::TransportError;
+use crate::transport::{BiStream, TransportError};
 
 /// Why a dial failed. [`DialError::code`] maps each case to the protocol's
 /// dial codes (frontends turn those into HTTP statuses).
@@ -273,140 +273,152 @@ impl Server {
         timeout: Duration,
         early: Early<'_>,
     ) -> Result<TunnelStream, DialError> {
-        let agent_id = agent.agent_id.clone();
         // From here on, the TunnelStream (or this guard) owns the slot.
         let slot = SlotGuard(Some(agent.clone()));
+        let timed_out = || DialError::TimedOut {
+            target: target.to_owned(),
+            agent: agent.agent_id.clone(),
+            after: timeout,
+        };
         // One deadline for the whole dial: opening the stream (which can wait for the
         // agent's stream credit) and the exchange share it, and the agent gets what is left.
         let deadline = tokio::time::Instant::now() + timeout;
-        let bi = tokio::time::timeout_at(deadline, agent.conn.open_bi()).await;
-        let mut bi = match bi {
-            Err(_) => {
-                return Err(DialError::TimedOut {
-                    target: target.to_owned(),
-                    agent: agent_id,
-                    after: timeout,
-                });
-            }
+        let mut bi = match tokio::time::timeout_at(deadline, agent.conn.open_bi()).await {
+            Err(_) => return Err(timed_out()),
             Ok(Err(source)) => {
                 return Err(DialError::Transport {
-                    agent: agent_id,
+                    agent: agent.agent_id.clone(),
                     source,
                 });
             }
             Ok(Ok(bi)) => bi,
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let timeout_ms = left.as_millis().clamp(1, u32::MAX as u128) as u32;
         let dial = Frame::Dial(Dial {
             request_id,
             host,
             port,
-            timeout_ms,
+            timeout_ms: left.as_millis().clamp(1, u32::MAX as u128) as u32,
         });
         let mut relay = Relay::default();
         let (first_bytes, client) = match early {
             Early::Bytes(bytes) => (bytes, None),
             Early::Relay(client) => (&[][..], Some(client)),
         };
-        let exchange = async {
-            let mut request = dial.encode()?;
-            request.extend_from_slice(first_bytes);
-            bi.send.write_all(&request).await?;
-            let answer = read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD);
-            let Some(client) = client else {
-                return answer.await;
-            };
-            // What the client has sent already goes out right behind the
-            // `Dial`, before any answer is taken (it may be in by now, if
-            // the task waited to write). Then relay the client's bytes until
-            // the answer is in, and finish the chunk under way: the caller
-            // copies on from the next byte.
-            poll_fn(|cx| {
-                let _ = relay.poll_relay(cx, Pin::new(&mut *client), Pin::new(&mut bi.send));
-                Poll::Ready(())
+        let exchanged = exchange(&mut bi, &dial, first_bytes, client, &mut relay);
+        let Ok(answer) = tokio::time::timeout_at(deadline, exchanged).await else {
+            bi.send.reset(StreamCode::Cancelled);
+            bi.recv.stop(StreamCode::Cancelled);
+            return Err(timed_out());
+        };
+        judge_answer(answer, &mut bi, &agent, request_id, target, &relay)?;
+        tracing::debug!(relayed = relay.relayed(), "dial succeeded");
+        let early = first_bytes.len() as u64 + relay.relayed();
+        self.inner.metrics.bytes_to_targets.add(early);
+        agent.bytes_to_agent.fetch_add(early, Ordering::Relaxed);
+        Ok(TunnelStream::new(
+            bi.send,
+            bi.recv,
+            request_id,
+            slot.into_inner(),
+            self.inner.metrics.clone(),
+        ))
+    }
+}
+
+/// Sends `dial` with `first_bytes` right behind it and reads the agent's
+/// answer; with a `client`, relays what it sends meanwhile (through `relay`).
+async fn exchange(
+    bi: &mut BiStream,
+    dial: &Frame,
+    first_bytes: &[u8],
+    client: Option<&mut (dyn AsyncRead + Unpin + Send)>,
+    relay: &mut Relay,
+) -> Result<Frame, FrameIoError> {
+    let mut request = dial.encode()?;
+    request.extend_from_slice(first_bytes);
+    bi.send.write_all(&request).await?;
+    let answer = read_frame(&mut bi.recv, MAX_FRAME_PAYLOAD);
+    let Some(client) = client else {
+        return answer.await;
+    };
+    // What the client has sent already goes out right behind the `Dial`,
+    // before any answer is taken (it may be in by now, if the task waited to
+    // write). Then relay the client's bytes until the answer is in, and
+    // finish the chunk under way: the caller copies on from the next byte.
+    poll_fn(|cx| {
+        let _ = relay.poll_relay(cx, Pin::new(&mut *client), Pin::new(&mut bi.send));
+        Poll::Ready(())
+    })
+    .await;
+    tokio::pin!(answer);
+    let answer = loop {
+        tokio::select! {
+            biased;
+            answer = &mut answer => break answer,
+            () = poll_fn(|cx| relay.poll_relay(cx, Pin::new(&mut *client), Pin::new(&mut bi.send))),
+                if !relay.is_done() => {}
+        }
+    };
+    poll_fn(|cx| relay.poll_settle(cx, Pin::new(&mut bi.send))).await;
+    answer
+}
+
+/// The dial's outcome from the agent's answer: `Ok` when the target is
+/// connected; otherwise the error, with the stream reset where the answer
+/// ends it.
+fn judge_answer(
+    answer: Result<Frame, FrameIoError>,
+    bi: &mut BiStream,
+    agent: &AgentEntry,
+    request_id: u64,
+    target: &str,
+    relay: &Relay,
+) -> Result<(), DialError> {
+    let agent_id = agent.agent_id.clone();
+    match answer {
+        Ok(Frame::DialResult(result)) if result.request_id != request_id => Err(DialError::Protocol {
+            agent: agent_id,
+            reason: format!(
+                "DialResult for request {} on the stream of request {request_id}",
+                result.request_id
+            ),
+        }),
+        Ok(Frame::DialResult(_)) if let Some(err) = relay.client_failed() => {
+            bi.send.reset(StreamCode::Cancelled);
+            bi.recv.stop(StreamCode::Cancelled);
+            Err(DialError::ClientFailed {
+                reason: err.to_string(),
             })
-            .await;
-            tokio::pin!(answer);
-            let answer = loop {
-                tokio::select! {
-                    biased;
-                    answer = &mut answer => break answer,
-                    () = poll_fn(|cx| relay.poll_relay(cx, Pin::new(&mut *client), Pin::new(&mut bi.send))),
-                        if !relay.is_done() => {}
-                }
-            };
-            poll_fn(|cx| relay.poll_settle(cx, Pin::new(&mut bi.send))).await;
-            answer
-        };
-        let answer = match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                bi.send.reset(StreamCode::Cancelled);
-                bi.recv.stop(StreamCode::Cancelled);
-                return Err(DialError::TimedOut {
-                    target: target.to_owned(),
-                    agent: agent_id,
-                    after: timeout,
-                });
-            }
-        };
-        match answer {
-            Ok(Frame::DialResult(result)) if result.request_id != request_id => Err(DialError::Protocol {
+        }
+        Ok(Frame::DialResult(result)) if result.code == DialCode::Ok => Ok(()),
+        Ok(Frame::DialResult(result)) => {
+            tracing::debug!(code = %result.code, message = %escaped(&result.message), "dial failed");
+            Err(DialError::Failed {
                 agent: agent_id,
-                reason: format!(
-                    "DialResult for request {} on the stream of request {request_id}",
-                    result.request_id
-                ),
-            }),
-            Ok(Frame::DialResult(_)) if let Some(err) = relay.client_failed() => {
-                bi.send.reset(StreamCode::Cancelled);
-                bi.recv.stop(StreamCode::Cancelled);
-                Err(DialError::ClientFailed {
+                target: target.to_owned(),
+                code: result.code,
+                message: result.message,
+            })
+        }
+        Ok(other) => {
+            bi.send.reset(StreamCode::ProtocolError);
+            Err(DialError::Protocol {
+                agent: agent_id,
+                reason: format!("expected DialResult, got {}", other.name()),
+            })
+        }
+        Err(err) => {
+            bi.send.reset(StreamCode::ProtocolError);
+            match agent.conn.closed().now_or_never() {
+                Some(source) => Err(DialError::Transport {
+                    agent: agent_id,
+                    source,
+                }),
+                None => Err(DialError::Protocol {
+                    agent: agent_id,
                     reason: err.to_string(),
-                })
-            }
-            Ok(Frame::DialResult(result)) if result.code == DialCode::Ok => {
-                tracing::debug!(relayed = relay.relayed(), "dial succeeded");
-                let early = first_bytes.len() as u64 + relay.relayed();
-                self.inner.metrics.bytes_to_targets.add(early);
-                agent.bytes_to_agent.fetch_add(early, Ordering::Relaxed);
-                Ok(TunnelStream::new(
-                    bi.send,
-                    bi.recv,
-                    request_id,
-                    slot.into_inner(),
-                    self.inner.metrics.clone(),
-                ))
-            }
-            Ok(Frame::DialResult(result)) => {
-                tracing::debug!(code = %result.code, message = %escaped(&result.message), "dial failed");
-                Err(DialError::Failed {
-                    agent: agent_id,
-                    target: target.to_owned(),
-                    code: result.code,
-                    message: result.message,
-                })
-            }
-            Ok(other) => {
-                bi.send.reset(StreamCode::ProtocolError);
-                Err(DialError::Protocol {
-                    agent: agent_id,
-                    reason: format!("expected DialResult, got {}", other.name()),
-                })
-            }
-            Err(err) => {
-                bi.send.reset(StreamCode::ProtocolError);
-                match agent.conn.closed().now_or_never() {
-                    Some(source) => Err(DialError::Transport {
-                        agent: agent_id,
-                        source,
-                    }),
-                    None => Err(DialError::Protocol {
-                        agent: agent_id,
-                        reason: err.to_string(),
-                    }),
-                }
+                }),
             }
         }
     }
