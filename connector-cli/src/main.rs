@@ -7,8 +7,8 @@ mod demo;
 mod dev_pki;
 mod forward_cmd;
 mod frontends;
-mod quic_args;
 mod server_cmd;
+mod settings_args;
 mod units;
 
 use clap::{CommandFactory, Parser, Subcommand};

@@ -187,3 +187,15 @@ fn every_field_has_a_doc_and_a_default_that_reads_back() {
     check::<ServerSettings>();
     check::<AgentSettings>();
 }
+
+#[test]
+fn units_parse() {
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+    assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    assert!(parse_duration("5x").is_err());
+    assert!(parse_duration("-1").is_err());
+    assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+    assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+    assert!(parse_size("-1").is_err());
+}
