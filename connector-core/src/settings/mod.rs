@@ -108,6 +108,24 @@ impl Field {
             .collect::<Vec<_>>()
             .join(" ")
     }
+
+    /// A value `T` accepts for this field, for the front doors' tests: the
+    /// default's text, or else one of its kind.
+    #[doc(hidden)]
+    pub fn sample<T: Schema>(&self) -> String {
+        let default = T::default().text(self.key).unwrap_or_default();
+        let of_kind = match self.kind {
+            Kind::Path => "/nonexistent/connector-sample",
+            Kind::Number => "1",
+            Kind::Duration => "1s",
+            Kind::Text | Kind::Address | Kind::List => "localhost:1",
+        };
+        [default.as_str(), of_kind, "host=localhost"]
+            .into_iter()
+            .find(|text| !text.is_empty() && T::default().set(self.key, text).is_ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
 }
 
 /// Why a setting was refused.
