@@ -14,7 +14,7 @@ use crate::settings_args::{SettingsArgs, flag_error};
 pub struct AgentArgs {
     /// The settings of `connector_core::settings::AgentSettings`, one flag each.
     #[command(flatten)]
-    settings: SettingsArgs<AgentSettings>,
+    pub(crate) settings: SettingsArgs<AgentSettings>,
     /// On SIGTERM (node shutdown): servers are sent GoAway so they route no new dials
     /// here; open tunnelled connections may finish within this grace, then the agent exits.
     #[arg(long, env = "CONNECTOR_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]

@@ -16,7 +16,7 @@ use crate::settings_args::{SettingsArgs, flag_error};
 pub struct ServerArgs {
     /// The settings of `connector_core::settings::ServerSettings`, one flag each.
     #[command(flatten)]
-    settings: SettingsArgs<ServerSettings>,
+    pub(crate) settings: SettingsArgs<ServerSettings>,
     /// On SIGTERM: agents are sent GoAway and new dials refused at once; open tunnelled
     /// connections may finish within this grace, then the server exits.
     #[arg(long, env = "CONNECTOR_DRAIN_GRACE", default_value = "20s", value_parser = parse_duration)]
