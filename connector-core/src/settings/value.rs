@@ -111,7 +111,7 @@ macro_rules! number_value {
             fn parse(text: &str) -> Result<Self, String> {
                 text.trim()
                     .parse()
-                    .map_err(|_| format!("{text:?} is not a whole number from 0 to {}", <$ty>::MAX))
+                    .map_err(|_| format!("{text:?} is not a whole number"))
             }
 
             fn to_text(&self) -> String {
