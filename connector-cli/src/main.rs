@@ -8,8 +8,8 @@ mod demo;
 mod dev_pki;
 mod forward_cmd;
 mod frontends;
-mod quic_args;
 mod server_cmd;
+mod settings_args;
 mod units;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -108,4 +108,120 @@ pub(crate) async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use clap::{CommandFactory, Parser};
+    use connector_core::settings::{AgentSettings, Schema, ServerSettings};
+
+    use super::{Cli, Command};
+
+    /// Parses `connector <command> --config FILE` with `section` as the file's table.
+    fn parse_file(command: &str, section: &str) -> Cli {
+        let dir = std::env::temp_dir().join(format!("connector-reach-{}-{command}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("connector.toml");
+        std::fs::write(&path, format!("[{command}]\n{section}")).unwrap();
+        let argv: Vec<OsString> = vec!["connector".into(), command.into(), "--config".into(), path.into()];
+        let argv = crate::config_file::expand(argv, &Cli::command()).unwrap();
+        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{section}: {e}"))
+    }
+
+    /// Checks that every field of `T` is a flag of `command` with its
+    /// variable, and a key of its TOML table that reaches the field.
+    fn reachable<T: Schema>(command: &str, settings_of: impl Fn(Cli) -> T) {
+        let cli = Cli::command();
+        let sub = cli.find_subcommand(command).unwrap();
+        for field in T::FIELDS {
+            let name = field.name();
+            let arg = sub
+                .get_arguments()
+                .find(|a| a.get_long() == Some(name.as_str()))
+                .unwrap_or_else(|| panic!("connector {command} has no --{name}"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(field.env().as_str()));
+            let sample = field.sample::<T>();
+            let mut expected = T::default();
+            expected.set(&name, &sample).unwrap();
+            for key in [name.clone(), field.key.to_owned()] {
+                let settings = settings_of(parse_file(command, &format!("{key} = {sample:?}\n")));
+                assert_eq!(settings.text(&name).unwrap(), expected.text(&name).unwrap(), "{key}");
+            }
+        }
+    }
+
+    /// Every setting of the schema is a flag (with its `CONNECTOR_*`
+    /// variable) and a `--config` file key, under both spellings; C and
+    /// Python have their own such test (connector-ffi's config tests,
+    /// connector-py's tests/test_settings.py).
+    #[test]
+    fn every_setting_is_a_flag_and_a_file_key() {
+        reachable::<ServerSettings>("server", |cli| match cli.command {
+            Command::Server(args) => args.settings.0,
+            _ => unreachable!(),
+        });
+        reachable::<AgentSettings>("agent", |cli| match cli.command {
+            Command::Agent(args) => args.settings.0,
+            _ => unreachable!(),
+        });
+    }
+
+    /// The settings reference in docs/settings.md, generated from the
+    /// schema's doc comments.
+    fn settings_reference() -> String {
+        fn table<T: Schema>(out: &mut String, command: &str) {
+            out.push_str(&format!(
+                "\n## `connector {command}` (`[{command}]`)\n\n| Setting | Variable | Default | |\n|---|---|---|---|\n"
+            ));
+            let defaults = T::default();
+            for field in T::FIELDS {
+                let default = defaults.text(field.key).unwrap();
+                let default = if default.is_empty() {
+                    String::new()
+                } else {
+                    format!("`{default}`")
+                };
+                out.push_str(&format!(
+                    "| `{}` | `{}` | {default} | {} |\n",
+                    field.name(),
+                    field.env(),
+                    field.help().replace('|', "\\|")
+                ));
+            }
+        }
+        let mut out = String::from(
+            "# Settings reference\n\n\
+             <!-- Generated from the doc comments of connector-core/src/settings/{server,agent}.rs \
+             by `UPDATE_DOCS=1 cargo test -p connector-cli settings_reference`; do not edit. -->\n\n\
+             Every setting below is, under the same name, a flag of the `connector` binary\n\
+             (`--max-agents`), a key of its `--config` file's table (`max-agents` or\n\
+             `max_agents`), an environment variable (precedence: flag, variable, file,\n\
+             default), a key of the C API's `connector_server_config_set` /\n\
+             `connector_agent_config_set` (and `_set_toml`), and a keyword of Python's\n\
+             `connector.Server` / `connector.Agent` (`max_agents`; `tokens` is `tokens_file`\n\
+             there and `congestion-control` is `congestion`, and durations may be given in\n\
+             seconds). Values are checked by one `validate()` in `connector_core::settings`.\n\
+             Durations read `500ms`, `5s`, `2m`, `1h` (a bare number is seconds); lists take\n\
+             several values (a TOML array, a repeated flag) or commas.\n",
+        );
+        table::<ServerSettings>(&mut out, "server");
+        table::<AgentSettings>(&mut out, "agent");
+        out
+    }
+
+    #[test]
+    fn settings_reference_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/settings.md");
+        let generated = settings_reference();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let current = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            current == generated,
+            "docs/settings.md is stale: run UPDATE_DOCS=1 cargo test -p connector-cli settings_reference"
+        );
+    }
 }

@@ -20,6 +20,7 @@ pub mod frame_io;
 pub mod frontend;
 pub mod pki;
 pub mod server;
+pub mod settings;
 pub mod setup;
 pub mod tls;
 pub mod transport;

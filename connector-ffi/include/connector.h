@@ -312,6 +312,39 @@ connector_result connector_server_config_new(connector_server_config **out, char
 // `error` null or writable.
 connector_result connector_server_config_free(connector_server_config *config, char **error);
 
+// Sets one setting by name, as the `connector server` flag of that name
+// (without `--`) or its `[server]` TOML key takes it: `key` such as
+// `"max-agents"` (or `"max_agents"`), `value` its text such as `"5000"`,
+// `"30s"`, `"off"`; a list (`"proxy-strategies"`) takes its values
+// separated by commas. docs/settings.md lists every key.
+//
+// # Safety
+// `key` and `value` NUL-terminated; `error` null or writable.
+connector_result connector_server_config_set(const connector_server_config *config,
+                                             const char *key,
+                                             const char *value,
+                                             char **error);
+
+// Adds values (separated by commas) to a list setting (`"proxy-strategies"`).
+//
+// # Safety
+// `key` and `value` NUL-terminated; `error` null or writable.
+connector_result connector_server_config_add(const connector_server_config *config,
+                                             const char *key,
+                                             const char *value,
+                                             char **error);
+
+// Sets every setting of a TOML table (the `[server]` section of a
+// `connector server --config` file, without its header), e.g.
+// `"max-agents = 5000\nhello-timeout = \"5s\""`. Settings it does not name keep
+// their values; an unknown key is refused (and the settings before it stay set).
+//
+// # Safety
+// `toml` NUL-terminated; `error` null or writable.
+connector_result connector_server_config_set_toml(const connector_server_config *config,
+                                                  const char *toml,
+                                                  char **error);
+
 // Sets the UDP address agents connect to, e.g. `"0.0.0.0:8443"` (port 0 picks a free port).
 //
 // # Safety
@@ -476,6 +509,39 @@ connector_result connector_agent_config_new(connector_agent_config **out, char *
 // # Safety
 // `error` null or writable.
 connector_result connector_agent_config_free(connector_agent_config *config, char **error);
+
+// Sets one setting by name, as the `connector agent` flag of that name
+// (without `--`) or its `[agent]` TOML key takes it: `key` such as
+// `"max-connections"`, `value` its text such as `"500"`, `"3m"`, `"off"`;
+// a list (`"server"`, `"allow"`) takes its values separated by commas and
+// replaces what was set (see [`connector_agent_config_add`]).
+// docs/settings.md lists every key.
+//
+// # Safety
+// `key` and `value` NUL-terminated; `error` null or writable.
+connector_result connector_agent_config_set(const connector_agent_config *config,
+                                            const char *key,
+                                            const char *value,
+                                            char **error);
+
+// Adds values (separated by commas) to a list setting such as `"allow"` or `"server"`.
+//
+// # Safety
+// `key` and `value` NUL-terminated; `error` null or writable.
+connector_result connector_agent_config_add(const connector_agent_config *config,
+                                            const char *key,
+                                            const char *value,
+                                            char **error);
+
+// Sets every setting of a TOML table (the `[agent]` section of a
+// `connector agent --config` file, without its header); see
+// [`connector_server_config_set_toml`].
+//
+// # Safety
+// `toml` NUL-terminated; `error` null or writable.
+connector_result connector_agent_config_set_toml(const connector_agent_config *config,
+                                                 const char *toml,
+                                                 char **error);
 
 // Sets the server address, `host:port` (resolved at every connection
 // attempt), replacing any set before. One address may front several

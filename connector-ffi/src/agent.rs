@@ -4,9 +4,8 @@ use std::ffi::c_char;
 use std::sync::{Arc, Mutex};
 
 use connector_core::agent::{Agent, AgentStatus};
-use connector_core::auth::{CredentialSource, StaticCredential, TokenFile};
+use connector_core::auth::{CredentialSource, StaticCredential};
 use connector_core::proto::Credential;
-use connector_core::setup::AgentSetup;
 
 use crate::cancel::{self, connector_cancel};
 use crate::config::{AGENT_CONFIGS, connector_agent_config};
@@ -29,44 +28,21 @@ const STOP_GRACE_US: u64 = 5_000_000;
 
 fn start(config: &connector_agent_config) -> Result<connector_agent, Error> {
     let s = config.snapshot();
-    let server = s
-        .servers
-        .first()
-        .cloned()
-        .ok_or_else(|| Error::setup("no server address"))?;
-    let agent_id = s.agent_id.clone().ok_or_else(|| Error::setup("no agent id"))?;
-    if s.server_cas.is_empty() {
-        return Err(Error::setup(
-            "no server CA: add the CA the server certificate chains to",
+    if s.token.is_some() && s.settings.token_file.is_some() {
+        return Err(Error::invalid("set either a token or a token file, not both"));
+    }
+    if s.client_identity.is_some() && s.settings.cert.is_some() {
+        return Err(Error::invalid(
+            "set the client certificate either in memory or as files, not both",
         ));
     }
-    let mut setup = AgentSetup::new(server, s.server_cas.clone(), agent_id);
-    setup.server_name = s.server_name.clone();
-    setup.credentials = match (&s.token, &s.token_file) {
-        (Some(_), Some(_)) => return Err(Error::invalid("set either a token or a token file, not both")),
-        (Some(token), None) => {
-            Some(Arc::new(StaticCredential(Credential::Bearer(token.clone()))) as Arc<dyn CredentialSource>)
-        }
-        (None, Some(path)) => Some(Arc::new(TokenFile(path.into())) as Arc<dyn CredentialSource>),
-        (None, None) => None,
-    };
-    setup.client_identity = s.client_identity.clone();
-    setup.identifiers = s.identifiers.clone();
-    setup.policy = s.policy();
-    setup.max_connections = s.max_connections;
-    setup.servers = s.servers.clone();
-    setup.tunnel_idle_timeout = s.tunnel_idle_timeout;
-    setup.tunnel_stall_timeout = s.tunnel_stall_timeout;
-    if let Some(keepalive) = s.liveness.keepalive {
-        setup.keepalive = keepalive;
+    let mut setup = s.settings.into_setup_with(s.server_cas).map_err(Error::setup)?;
+    if let Some(token) = s.token {
+        setup.credentials = Some(Arc::new(StaticCredential(Credential::Bearer(token))) as Arc<dyn CredentialSource>);
     }
-    if let Some(idle) = s.liveness.idle_timeout {
-        setup.idle_timeout = idle;
+    if s.client_identity.is_some() {
+        setup.client_identity = s.client_identity;
     }
-    if let Some(transport) = s.transport {
-        setup.transport = transport;
-    }
-    setup.tcp_server = s.tcp_server.clone();
     setup.check().map_err(Error::setup)?;
     let rt = OwnedRuntime::new(s.worker_threads)?;
     let agent = {

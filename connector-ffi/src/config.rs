@@ -1,21 +1,24 @@
-//! Server and agent settings, built up through setter calls on a config
-//! handle and then passed to [`crate::server::connector_server_start`] or
-//! [`crate::agent::connector_agent_start`]. Invalid input is rejected by the
-//! setter that receives it, with a message saying what is wrong.
+//! Server and agent settings, built up on a config handle and then passed
+//! to [`crate::server::connector_server_start`] or
+//! [`crate::agent::connector_agent_start`]. Every setting of the schema
+//! (`connector_core::settings`, the same as the `connector` binary's flags
+//! and TOML keys) goes through one generic path:
+//! [`connector_server_config_set`] / [`connector_agent_config_set`] take a
+//! key and its value as text, [`connector_server_config_set_toml`] /
+//! [`connector_agent_config_set_toml`] a TOML table of them. The typed
+//! setters are thin wrappers over that path, kept for existing callers; the
+//! rest take what is not a setting (PEM material in memory, tokens, the C
+//! authenticator, worker threads). Invalid input is rejected by the call
+//! that receives it, with a message saying what is wrong.
 
 use std::ffi::{c_char, c_void};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use connector_core::Identifiers;
-use connector_core::agent::{DestinationPolicy, Rule};
 use connector_core::auth::{Allowance, TokenEntry};
 use connector_core::proto::Secret;
-use connector_core::server::{Limits, ProxyStrategy};
-use connector_core::setup::TcpListen;
+use connector_core::settings::{AgentSettings, Schema, ServerSettings, SettingsError, SettingsMap};
 use connector_core::tls::{CaBundle, Identity};
-use connector_core::transport::fallback::TransportMode;
 
 use crate::auth::connector_auth_callback;
 use crate::connector_result;
@@ -24,75 +27,79 @@ use crate::handle::Registry;
 
 /// Settings of a server, edited through `connector_server_config_*` calls.
 pub struct connector_server_config {
-    settings: Mutex<ServerSettings>,
+    state: Mutex<ServerState>,
 }
 
-#[derive(Clone)]
-pub(crate) struct ServerSettings {
-    pub(crate) listen: SocketAddr,
+/// A server config: the schema's settings, and what is not a setting.
+#[derive(Clone, Default)]
+pub(crate) struct ServerState {
+    pub(crate) settings: ServerSettings,
+    /// Certificate and key given as PEM bytes or loaded from files.
     pub(crate) identity: Option<Identity>,
     pub(crate) tokens: Vec<TokenEntry>,
-    pub(crate) tokens_file: Option<String>,
+    /// Client CAs given as PEM bytes or added from files.
     pub(crate) client_cas: CaBundle,
     pub(crate) callback: Option<(connector_auth_callback, usize)>,
-    pub(crate) server_id: String,
-    pub(crate) limits: Limits,
-    pub(crate) proxy_strategies: Option<Vec<ProxyStrategy>>,
     pub(crate) worker_threads: usize,
-    pub(crate) server_count: u16,
-    pub(crate) tcp_listen: TcpListen,
-    pub(crate) liveness: Liveness,
-}
-
-/// Keepalive interval and idle timeout of the connection between agent and
-/// server (`None`: the library's default).
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Liveness {
-    pub(crate) keepalive: Option<Duration>,
-    pub(crate) idle_timeout: Option<Duration>,
-}
-
-impl Liveness {
-    /// Sets either value from milliseconds (0 keeps it as it is).
-    fn set(&mut self, keepalive_ms: u64, idle_timeout_ms: u64) -> Result<(), Error> {
-        if keepalive_ms == 0 && idle_timeout_ms == 0 {
-            return Err(Error::invalid(
-                "give a keepalive interval, an idle timeout, or both (0 keeps one as it is)",
-            ));
-        }
-        if keepalive_ms > 0 {
-            self.keepalive = Some(Duration::from_millis(keepalive_ms));
-        }
-        if idle_timeout_ms > 0 {
-            self.idle_timeout = Some(Duration::from_millis(idle_timeout_ms));
-        }
-        Ok(())
-    }
 }
 
 /// Settings of an agent, edited through `connector_agent_config_*` calls.
 pub struct connector_agent_config {
-    settings: Mutex<AgentSettings>,
+    state: Mutex<AgentState>,
 }
 
+/// An agent config: the schema's settings, and what is not a setting.
 #[derive(Clone, Default)]
-pub(crate) struct AgentSettings {
-    pub(crate) servers: Vec<String>,
-    pub(crate) server_name: Option<String>,
+pub(crate) struct AgentState {
+    pub(crate) settings: AgentSettings,
+    /// Server CAs given as PEM bytes or added from files.
     pub(crate) server_cas: CaBundle,
-    pub(crate) agent_id: Option<String>,
     pub(crate) token: Option<Secret>,
-    pub(crate) token_file: Option<String>,
     pub(crate) client_identity: Option<Identity>,
-    pub(crate) identifiers: Identifiers,
-    pub(crate) rules: Vec<Rule>,
-    pub(crate) max_connections: usize,
     pub(crate) worker_threads: usize,
-    pub(crate) tunnel_idle_timeout: Option<Duration>,
-    pub(crate) tunnel_stall_timeout: Option<Duration>,
-    pub(crate) liveness: Liveness,
-    pub(crate) transport: Option<TransportMode>,
-    pub(crate) tcp_server: Option<String>,
+}
+
+/// A refused setting: the schema's message.
+fn invalid(err: SettingsError) -> Error {
+    Error::invalid(err.to_string())
+}
+
+/// Sets `key` to `text` on `settings`.
+fn set_text(settings: &mut impl Schema, key: &str, text: &str) -> Result<(), Error> {
+    settings.set(key, text).map_err(invalid)
+}
+
+/// Sets a key to a C string.
+fn set_arg(settings: &mut impl Schema, key: &str, value: *const c_char, what: &str) -> Result<(), Error> {
+    set_text(settings, key, arg_str(value, what)?)
+}
+
+/// Sets every entry of a TOML table.
+fn set_toml(settings: &mut impl Schema, text: &str) -> Result<(), Error> {
+    let map: SettingsMap =
+        toml::from_str(text).map_err(|e| Error::invalid(format!("not a TOML table of settings: {e}")))?;
+    settings.merge(map).map_err(invalid)
+}
+
+/// Sets keepalive and idle timeout from milliseconds (0 keeps one as it is).
+fn set_liveness(settings: &mut impl Schema, keepalive_ms: u64, idle_timeout_ms: u64) -> Result<(), Error> {
+    if keepalive_ms == 0 && idle_timeout_ms == 0 {
+        return Err(Error::invalid(
+            "give a keepalive interval, an idle timeout, or both (0 keeps one as it is)",
+        ));
+    }
+    if keepalive_ms > 0 {
+        set_text(settings, "keepalive", &format!("{keepalive_ms}ms"))?;
+    }
+    if idle_timeout_ms > 0 {
+        set_text(settings, "idle-timeout", &format!("{idle_timeout_ms}ms"))?;
+    }
+    Ok(())
+}
+
+/// A duration in milliseconds as a setting's text, 0 meaning `off`.
+fn optional_ms(ms: u64) -> String {
+    if ms == 0 { "off".into() } else { format!("{ms}ms") }
 }
 
 /// Server resource bounds; a zero field keeps the default.
@@ -120,38 +127,38 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl connector_server_config {
-    pub(crate) fn snapshot(&self) -> ServerSettings {
-        lock(&self.settings).clone()
+    pub(crate) fn snapshot(&self) -> ServerState {
+        lock(&self.state).clone()
     }
 }
 
 impl connector_agent_config {
-    pub(crate) fn snapshot(&self) -> AgentSettings {
-        lock(&self.settings).clone()
+    pub(crate) fn snapshot(&self) -> AgentState {
+        lock(&self.state).clone()
     }
 }
 
 fn edit_server(
     config: *const connector_server_config,
     error: *mut *mut c_char,
-    change: impl FnOnce(&mut ServerSettings) -> Result<(), Error>,
+    change: impl FnOnce(&mut ServerState) -> Result<(), Error>,
 ) -> connector_result {
     guard(error, || {
         let config = SERVER_CONFIGS.get(config)?;
-        let mut settings = lock(&config.settings);
-        change(&mut settings)
+        let mut state = lock(&config.state);
+        change(&mut state)
     })
 }
 
 fn edit_agent(
     config: *const connector_agent_config,
     error: *mut *mut c_char,
-    change: impl FnOnce(&mut AgentSettings) -> Result<(), Error>,
+    change: impl FnOnce(&mut AgentState) -> Result<(), Error>,
 ) -> connector_result {
     guard(error, || {
         let config = AGENT_CONFIGS.get(config)?;
-        let mut settings = lock(&config.settings);
-        change(&mut settings)
+        let mut state = lock(&config.state);
+        change(&mut state)
     })
 }
 
@@ -178,23 +185,8 @@ pub unsafe extern "C" fn connector_server_config_new(
 ) -> connector_result {
     guard(error, || {
         check_out(out, "out")?;
-        let settings = ServerSettings {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            identity: None,
-            tokens: Vec::new(),
-            tokens_file: None,
-            client_cas: CaBundle::default(),
-            callback: None,
-            server_id: "connector".into(),
-            limits: Limits::default(),
-            proxy_strategies: None,
-            worker_threads: 0,
-            server_count: 1,
-            tcp_listen: TcpListen::SameAsQuic,
-            liveness: Liveness::default(),
-        };
         let config = Arc::new(connector_server_config {
-            settings: Mutex::new(settings),
+            state: Mutex::new(ServerState::default()),
         });
         write_out(out, SERVER_CONFIGS.insert(config), "out")
     })
@@ -212,6 +204,60 @@ pub unsafe extern "C" fn connector_server_config_free(
     guard(error, || SERVER_CONFIGS.remove(config).map(drop))
 }
 
+/// Sets one setting by name, as the `connector server` flag of that name
+/// (without `--`) or its `[server]` TOML key takes it: `key` such as
+/// `"max-agents"` (or `"max_agents"`), `value` its text such as `"5000"`,
+/// `"30s"`, `"off"`; a list (`"proxy-strategies"`) takes its values
+/// separated by commas. docs/settings.md lists every key.
+///
+/// # Safety
+/// `key` and `value` NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_config_set(
+    config: *const connector_server_config,
+    key: *const c_char,
+    value: *const c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_server(config, error, |s| {
+        set_arg(&mut s.settings, arg_str(key, "key")?, value, "value")
+    })
+}
+
+/// Adds values (separated by commas) to a list setting (`"proxy-strategies"`).
+///
+/// # Safety
+/// `key` and `value` NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_config_add(
+    config: *const connector_server_config,
+    key: *const c_char,
+    value: *const c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_server(config, error, |s| {
+        s.settings
+            .push(arg_str(key, "key")?, arg_str(value, "value")?)
+            .map_err(invalid)
+    })
+}
+
+/// Sets every setting of a TOML table (the `[server]` section of a
+/// `connector server --config` file, without its header), e.g.
+/// `"max-agents = 5000\nhello-timeout = \"5s\""`. Settings it does not name keep
+/// their values; an unknown key is refused (and the settings before it stay set).
+///
+/// # Safety
+/// `toml` NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_server_config_set_toml(
+    config: *const connector_server_config,
+    toml: *const c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_server(config, error, |s| set_toml(&mut s.settings, arg_str(toml, "toml")?))
+}
+
 /// Sets the UDP address agents connect to, e.g. `"0.0.0.0:8443"` (port 0 picks a free port).
 ///
 /// # Safety
@@ -222,13 +268,7 @@ pub unsafe extern "C" fn connector_server_config_set_listen(
     listen: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
-        let text = arg_str(listen, "listen")?;
-        s.listen = text
-            .parse()
-            .map_err(|_| Error::invalid(format!("listen address {text:?} is not IP:PORT")))?;
-        Ok(())
-    })
+    edit_server(config, error, |s| set_arg(&mut s.settings, "listen", listen, "listen"))
 }
 
 /// Sets the server's certificate chain (leaf first) and private key from PEM bytes.
@@ -361,10 +401,7 @@ pub unsafe extern "C" fn connector_server_config_set_tokens_file(
     path: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
-        s.tokens_file = Some(arg_str(path, "path")?.to_owned());
-        Ok(())
-    })
+    edit_server(config, error, |s| set_arg(&mut s.settings, "tokens", path, "path"))
 }
 
 /// Installs a C authenticator, asked (after tokens and client certificates,
@@ -408,22 +445,23 @@ pub unsafe extern "C" fn connector_server_config_set_limits(
         }
         // SAFETY: non-null and readable per the contract.
         let l = unsafe { *limits };
-        let ms = Duration::from_millis;
-        if l.max_agents > 0 {
-            s.limits.max_agents = usize::try_from(l.max_agents).unwrap_or(usize::MAX);
+        let numbers = [
+            ("max-agents", l.max_agents),
+            ("max-streams-per-agent", u64::from(l.max_streams_per_agent)),
+            ("max-pending-dials", l.max_pending_dials),
+        ];
+        let durations = [
+            ("hello-timeout", l.hello_timeout_ms),
+            ("dial-timeout", l.dial_timeout_ms),
+        ];
+        let mut settings = s.settings.clone();
+        for (key, n) in numbers.into_iter().filter(|(_, n)| *n > 0) {
+            set_text(&mut settings, key, &n.to_string())?;
         }
-        if l.max_streams_per_agent > 0 {
-            s.limits.max_streams_per_agent = l.max_streams_per_agent;
+        for (key, ms) in durations.into_iter().filter(|(_, ms)| *ms > 0) {
+            set_text(&mut settings, key, &format!("{ms}ms"))?;
         }
-        if l.hello_timeout_ms > 0 {
-            s.limits.hello_timeout = ms(l.hello_timeout_ms);
-        }
-        if l.dial_timeout_ms > 0 {
-            s.limits.dial_timeout = ms(l.dial_timeout_ms);
-        }
-        if l.max_pending_dials > 0 {
-            s.limits.max_pending_dials = usize::try_from(l.max_pending_dials).unwrap_or(usize::MAX);
-        }
+        s.settings = settings;
         Ok(())
     })
 }
@@ -439,12 +477,7 @@ pub unsafe extern "C" fn connector_server_config_set_server_id(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_server(config, error, |s| {
-        let id = arg_str(server_id, "server_id")?;
-        if id.is_empty() {
-            return Err(Error::invalid("server_id is empty"));
-        }
-        s.server_id = id.to_owned();
-        Ok(())
+        set_arg(&mut s.settings, "server-id", server_id, "server_id")
     })
 }
 
@@ -460,10 +493,7 @@ pub unsafe extern "C" fn connector_server_config_set_proxy_strategies(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_server(config, error, |s| {
-        let list =
-            ProxyStrategy::parse_list(arg_str(strategies, "strategies")?).map_err(|e| Error::invalid(e.to_string()))?;
-        s.proxy_strategies = Some(list);
-        Ok(())
+        set_arg(&mut s.settings, "proxy-strategies", strategies, "strategies")
     })
 }
 
@@ -497,11 +527,7 @@ pub unsafe extern "C" fn connector_server_config_set_server_count(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_server(config, error, |s| {
-        if count == 0 {
-            return Err(Error::invalid("server_count must be at least 1"));
-        }
-        s.server_count = count;
-        Ok(())
+        set_text(&mut s.settings, "server-count", &count.to_string())
     })
 }
 
@@ -518,8 +544,7 @@ pub unsafe extern "C" fn connector_server_config_set_tcp_listen(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_server(config, error, |s| {
-        s.tcp_listen = arg_str(listen, "listen")?.parse().map_err(Error::invalid)?;
-        Ok(())
+        set_arg(&mut s.settings, "tcp-listen", listen, "listen")
     })
 }
 
@@ -537,7 +562,9 @@ pub unsafe extern "C" fn connector_server_config_set_keepalive(
     idle_timeout_ms: u64,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| s.liveness.set(keepalive_ms, idle_timeout_ms))
+    edit_server(config, error, |s| {
+        set_liveness(&mut s.settings, keepalive_ms, idle_timeout_ms)
+    })
 }
 
 // ---------------------------------------------------------------- agent
@@ -554,13 +581,8 @@ pub unsafe extern "C" fn connector_agent_config_new(
 ) -> connector_result {
     guard(error, || {
         check_out(out, "out")?;
-        let settings = AgentSettings {
-            max_connections: connector_core::agent::DEFAULT_MAX_CONNECTIONS,
-            tunnel_stall_timeout: Some(connector_core::agent::DEFAULT_TUNNEL_STALL_TIMEOUT),
-            ..Default::default()
-        };
         let config = Arc::new(connector_agent_config {
-            settings: Mutex::new(settings),
+            state: Mutex::new(AgentState::default()),
         });
         write_out(out, AGENT_CONFIGS.insert(config), "out")
     })
@@ -578,12 +600,58 @@ pub unsafe extern "C" fn connector_agent_config_free(
     guard(error, || AGENT_CONFIGS.remove(config).map(drop))
 }
 
-fn server_address(server: *const c_char, what: &str) -> Result<String, Error> {
-    let text = arg_str(server, what)?;
-    if !text.contains(':') {
-        return Err(Error::invalid(format!("{what} address {text:?} is not host:port")));
-    }
-    Ok(text.to_owned())
+/// Sets one setting by name, as the `connector agent` flag of that name
+/// (without `--`) or its `[agent]` TOML key takes it: `key` such as
+/// `"max-connections"`, `value` its text such as `"500"`, `"3m"`, `"off"`;
+/// a list (`"server"`, `"allow"`) takes its values separated by commas and
+/// replaces what was set (see [`connector_agent_config_add`]).
+/// docs/settings.md lists every key.
+///
+/// # Safety
+/// `key` and `value` NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_config_set(
+    config: *const connector_agent_config,
+    key: *const c_char,
+    value: *const c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_agent(config, error, |s| {
+        set_arg(&mut s.settings, arg_str(key, "key")?, value, "value")
+    })
+}
+
+/// Adds values (separated by commas) to a list setting such as `"allow"` or `"server"`.
+///
+/// # Safety
+/// `key` and `value` NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_config_add(
+    config: *const connector_agent_config,
+    key: *const c_char,
+    value: *const c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_agent(config, error, |s| {
+        s.settings
+            .push(arg_str(key, "key")?, arg_str(value, "value")?)
+            .map_err(invalid)
+    })
+}
+
+/// Sets every setting of a TOML table (the `[agent]` section of a
+/// `connector agent --config` file, without its header); see
+/// [`connector_server_config_set_toml`].
+///
+/// # Safety
+/// `toml` NUL-terminated; `error` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connector_agent_config_set_toml(
+    config: *const connector_agent_config,
+    toml: *const c_char,
+    error: *mut *mut c_char,
+) -> connector_result {
+    edit_agent(config, error, |s| set_toml(&mut s.settings, arg_str(toml, "toml")?))
 }
 
 /// Sets the server address, `host:port` (resolved at every connection
@@ -599,10 +667,7 @@ pub unsafe extern "C" fn connector_agent_config_set_server(
     server: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
-        s.servers = vec![server_address(server, "server")?];
-        Ok(())
-    })
+    edit_agent(config, error, |s| set_arg(&mut s.settings, "server", server, "server"))
 }
 
 /// Adds a server address, `host:port`: with several, each is one replica
@@ -617,8 +682,7 @@ pub unsafe extern "C" fn connector_agent_config_add_server(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        s.servers.push(server_address(server, "server")?);
-        Ok(())
+        s.settings.push("server", arg_str(server, "server")?).map_err(invalid)
     })
 }
 
@@ -632,10 +696,7 @@ pub unsafe extern "C" fn connector_agent_config_set_server_name(
     name: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
-        s.server_name = Some(arg_str(name, "name")?.to_owned());
-        Ok(())
-    })
+    edit_agent(config, error, |s| set_arg(&mut s.settings, "server-name", name, "name"))
 }
 
 /// Adds CA certificates (PEM) the server certificate must chain to.
@@ -687,12 +748,7 @@ pub unsafe extern "C" fn connector_agent_config_set_agent_id(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        let id = arg_str(agent_id, "agent_id")?;
-        if id.is_empty() || id.len() > 128 {
-            return Err(Error::invalid("agent_id must be 1 to 128 bytes"));
-        }
-        s.agent_id = Some(id.to_owned());
-        Ok(())
+        set_arg(&mut s.settings, "agent-id", agent_id, "agent_id")
     })
 }
 
@@ -727,10 +783,7 @@ pub unsafe extern "C" fn connector_agent_config_set_token_file(
     path: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
-        s.token_file = Some(arg_str(path, "path")?.to_owned());
-        Ok(())
-    })
+    edit_agent(config, error, |s| set_arg(&mut s.settings, "token-file", path, "path"))
 }
 
 /// Sets a client certificate and key (PEM) for mTLS.
@@ -784,10 +837,7 @@ pub unsafe extern "C" fn connector_agent_config_set_identifiers(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        s.identifiers = arg_str(identifiers, "identifiers")?
-            .parse()
-            .map_err(|e: connector_core::identifiers::IdentifierParseError| Error::invalid(e.to_string()))?;
-        Ok(())
+        set_arg(&mut s.settings, "identifiers", identifiers, "identifiers")
     })
 }
 
@@ -804,11 +854,7 @@ pub unsafe extern "C" fn connector_agent_config_add_allow_rule(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        let rule: Rule = arg_str(rule, "rule")?
-            .parse()
-            .map_err(|e: connector_core::agent::RuleParseError| Error::invalid(e.to_string()))?;
-        s.rules.push(rule);
-        Ok(())
+        s.settings.push("allow", arg_str(rule, "rule")?).map_err(invalid)
     })
 }
 
@@ -823,11 +869,7 @@ pub unsafe extern "C" fn connector_agent_config_set_max_connections(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        if max == 0 {
-            return Err(Error::invalid("max_connections must be at least 1"));
-        }
-        s.max_connections = max as usize;
-        Ok(())
+        set_text(&mut s.settings, "max-connections", &max.to_string())
     })
 }
 
@@ -860,8 +902,7 @@ pub unsafe extern "C" fn connector_agent_config_set_tunnel_idle_timeout(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        s.tunnel_idle_timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
-        Ok(())
+        set_text(&mut s.settings, "tunnel-idle-timeout", &optional_ms(timeout_ms))
     })
 }
 
@@ -879,8 +920,7 @@ pub unsafe extern "C" fn connector_agent_config_set_tunnel_stall_timeout(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        s.tunnel_stall_timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
-        Ok(())
+        set_text(&mut s.settings, "tunnel-stall-timeout", &optional_ms(timeout_ms))
     })
 }
 
@@ -897,7 +937,9 @@ pub unsafe extern "C" fn connector_agent_config_set_keepalive(
     idle_timeout_ms: u64,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| s.liveness.set(keepalive_ms, idle_timeout_ms))
+    edit_agent(config, error, |s| {
+        set_liveness(&mut s.settings, keepalive_ms, idle_timeout_ms)
+    })
 }
 
 /// Sets the transport to the server: `"auto"` (the default: QUIC, falling
@@ -912,8 +954,7 @@ pub unsafe extern "C" fn connector_agent_config_set_transport(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        s.transport = Some(arg_str(transport, "transport")?.parse().map_err(Error::invalid)?);
-        Ok(())
+        set_arg(&mut s.settings, "transport", transport, "transport")
     })
 }
 
@@ -929,13 +970,123 @@ pub unsafe extern "C" fn connector_agent_config_set_tcp_server(
     error: *mut *mut c_char,
 ) -> connector_result {
     edit_agent(config, error, |s| {
-        s.tcp_server = Some(server_address(server, "tcp_server")?);
-        Ok(())
+        set_arg(&mut s.settings, "tcp-server", server, "tcp_server")
     })
 }
 
-impl AgentSettings {
-    pub(crate) fn policy(&self) -> DestinationPolicy {
-        DestinationPolicy::new(self.rules.clone())
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+    use std::ptr;
+
+    use super::*;
+    use crate::error::connector_string_free;
+
+    fn c(text: &str) -> CString {
+        CString::new(text).unwrap()
+    }
+
+    /// The result and, on failure, the message.
+    fn call(f: impl FnOnce(*mut *mut c_char) -> connector_result) -> Result<(), String> {
+        let mut error = ptr::null_mut();
+        match f(&mut error) {
+            connector_result::CONNECTOR_OK => Ok(()),
+            _ => {
+                // SAFETY: an error message the library allocated.
+                let message = unsafe { std::ffi::CStr::from_ptr(error) }
+                    .to_string_lossy()
+                    .into_owned();
+                unsafe { connector_string_free(error) };
+                Err(message)
+            }
+        }
+    }
+
+    fn new_server() -> *mut connector_server_config {
+        let mut config = ptr::null_mut();
+        call(|e| unsafe { connector_server_config_new(&mut config, e) }).unwrap();
+        config
+    }
+
+    fn new_agent() -> *mut connector_agent_config {
+        let mut config = ptr::null_mut();
+        call(|e| unsafe { connector_agent_config_new(&mut config, e) }).unwrap();
+        config
+    }
+
+    /// Every setting of the schema is reachable from C by its name, through
+    /// the generic setter and a TOML table.
+    #[test]
+    fn every_setting_is_reachable_by_name() {
+        let config = new_server();
+        for field in ServerSettings::FIELDS {
+            let (key, value) = (c(&field.name()), c(&field.sample::<ServerSettings>()));
+            call(|e| unsafe { connector_server_config_set(config, key.as_ptr(), value.as_ptr(), e) })
+                .unwrap_or_else(|err| panic!("{}: {err}", field.name()));
+            let toml = c(&format!("{} = {:?}", field.name(), field.sample::<ServerSettings>()));
+            call(|e| unsafe { connector_server_config_set_toml(config, toml.as_ptr(), e) })
+                .unwrap_or_else(|err| panic!("{}: {err}", field.name()));
+        }
+        call(|e| unsafe { connector_server_config_free(config, e) }).unwrap();
+        let config = new_agent();
+        for field in AgentSettings::FIELDS {
+            let (key, value) = (c(&field.name()), c(&field.sample::<AgentSettings>()));
+            call(|e| unsafe { connector_agent_config_set(config, key.as_ptr(), value.as_ptr(), e) })
+                .unwrap_or_else(|err| panic!("{}: {err}", field.name()));
+            let toml = c(&format!("{} = {:?}", field.name(), field.sample::<AgentSettings>()));
+            call(|e| unsafe { connector_agent_config_set_toml(config, toml.as_ptr(), e) })
+                .unwrap_or_else(|err| panic!("{}: {err}", field.name()));
+        }
+        call(|e| unsafe { connector_agent_config_free(config, e) }).unwrap();
+    }
+
+    #[test]
+    fn the_typed_setters_and_the_generic_path_set_the_same_settings() {
+        let config = new_agent();
+        let (key, value) = (c("max-connections"), c("500"));
+        call(|e| unsafe { connector_agent_config_set(config, key.as_ptr(), value.as_ptr(), e) }).unwrap();
+        call(|e| unsafe { connector_agent_config_set_tunnel_stall_timeout(config, 0, e) }).unwrap();
+        let rule = c("10.0.0.0/8");
+        call(|e| unsafe { connector_agent_config_add_allow_rule(config, rule.as_ptr(), e) }).unwrap();
+        let (key, value) = (c("allow"), c("192.168.0.0/16"));
+        call(|e| unsafe { connector_agent_config_add(config, key.as_ptr(), value.as_ptr(), e) }).unwrap();
+        let state = AGENT_CONFIGS.get(config).unwrap().snapshot();
+        assert_eq!(state.settings.max_connections, 500);
+        assert_eq!(state.settings.tunnel_stall_timeout, None);
+        assert_eq!(state.settings.allow.len(), 2);
+
+        // The schema's message comes back; a refused value changes nothing.
+        let err = call(|e| unsafe { connector_agent_config_set_max_connections(config, 0, e) }).unwrap_err();
+        assert!(
+            err.contains("max-connections") && err.contains("from 1 to 1000000"),
+            "{err}"
+        );
+        let (key, value) = (c("max-conections"), c("5"));
+        let err = call(|e| unsafe { connector_agent_config_set(config, key.as_ptr(), value.as_ptr(), e) }).unwrap_err();
+        assert!(err.contains("unknown setting"), "{err}");
+        let toml = c("keepalive = \"2s\"\nbogus = 1\n");
+        let err = call(|e| unsafe { connector_agent_config_set_toml(config, toml.as_ptr(), e) }).unwrap_err();
+        assert!(err.contains("unknown setting \"bogus\""), "{err}");
+        assert_eq!(
+            AGENT_CONFIGS.get(config).unwrap().snapshot().settings.max_connections,
+            500
+        );
+        call(|e| unsafe { connector_agent_config_free(config, e) }).unwrap();
+
+        let config = new_server();
+        let limits = connector_limits {
+            max_agents: 7,
+            max_streams_per_agent: 0,
+            hello_timeout_ms: 1500,
+            dial_timeout_ms: 0,
+            max_pending_dials: 3,
+        };
+        call(|e| unsafe { connector_server_config_set_limits(config, &limits, e) }).unwrap();
+        let settings = SERVER_CONFIGS.get(config).unwrap().snapshot().settings;
+        assert_eq!(settings.max_agents, 7);
+        assert_eq!(settings.max_streams_per_agent, 10_000);
+        assert_eq!(settings.hello_timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(settings.max_pending_dials, 3);
+        call(|e| unsafe { connector_server_config_free(config, e) }).unwrap();
     }
 }

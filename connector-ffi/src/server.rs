@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connector_core::auth::TokenAuthenticator;
-use connector_core::setup::ServerSetup;
 use connector_core::tls::CaBundle;
 use connector_core::{Selector, Server, TunnelStream};
 
@@ -68,23 +67,21 @@ pub(crate) static SERVERS: Registry<connector_server> = Registry::new("server");
 
 fn start(config: &connector_server_config) -> Result<connector_server, Error> {
     let s = config.snapshot();
-    let identity = s
-        .identity
-        .ok_or_else(|| Error::setup("no server certificate: set an identity (PEM bytes or files)"))?;
+    if s.settings.tokens.is_some() && !s.tokens.is_empty() {
+        return Err(Error::invalid("use either a tokens file or add_token, not both"));
+    }
     let rt = OwnedRuntime::new(s.worker_threads)?;
-    let mut setup = ServerSetup::new(s.listen, identity);
-    if let Some(path) = &s.tokens_file {
-        if !s.tokens.is_empty() {
-            return Err(Error::invalid("use either a tokens file or add_token, not both"));
-        }
-        setup.tokens = Some(TokenAuthenticator::from_file(path).map_err(Error::setup)?);
-    } else if !s.tokens.is_empty() {
+    let mut setup = s.settings.into_setup_with(s.identity).map_err(Error::setup)?;
+    if !s.tokens.is_empty() {
         setup.tokens = Some(TokenAuthenticator::from_entries(s.tokens));
     }
-    let agent_client_cas = s.client_cas.clone();
     if !s.client_cas.is_empty() {
-        setup.client_cas = Some(s.client_cas);
+        setup
+            .client_cas
+            .get_or_insert_with(CaBundle::default)
+            .extend(s.client_cas);
     }
+    let agent_client_cas = setup.client_cas.clone().unwrap_or_default();
     let mut auth_gate = None;
     if let Some((Some(callback), user_data)) = s.callback {
         let gate = Arc::new(CallbackGate::default());
@@ -94,19 +91,6 @@ fn start(config: &connector_server_config) -> Result<connector_server, Error> {
             user_data,
             gate,
         }));
-    }
-    setup.server_id = s.server_id;
-    setup.limits = s.limits;
-    setup.server_count = s.server_count;
-    setup.tcp_listen = s.tcp_listen;
-    if let Some(keepalive) = s.liveness.keepalive {
-        setup.keepalive = keepalive;
-    }
-    if let Some(idle) = s.liveness.idle_timeout {
-        setup.idle_timeout = idle;
-    }
-    if let Some(strategies) = s.proxy_strategies {
-        setup.proxy_strategies = strategies;
     }
     let started = {
         let _entered = rt.handle().enter();

@@ -2,22 +2,19 @@
 
 use std::sync::Arc;
 
-use connector_core::Identifiers;
-use connector_core::agent::{AgentObserver, AgentStatus, DestinationPolicy, Rule};
+use connector_core::agent::{AgentObserver, AgentStatus};
 use connector_core::auth::StaticCredential;
 use connector_core::proto::{Credential, Secret};
-use connector_core::setup::{AgentSetup, SetupError};
+use connector_core::settings::AgentSettings;
+use connector_core::setup::SetupError;
 use connector_core::tls::{Identity, certs_from_pem};
-use connector_core::transport::fallback::TransportMode;
-use connector_core::transport::qmux::proxy::ProxyChoice;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use tokio::sync::watch;
 
 use crate::errors::Failure;
 use crate::runtime::{runtime, seconds, wait};
-
-/// Largest `max_connections` accepted.
-const MAX_CONNECTIONS: usize = 1_000_000;
+use crate::settings::{apply, config_error};
 
 /// An agent: connects out to a server and serves its dials until stopped.
 /// Reconnects by itself with backoff when the connection ends.
@@ -41,63 +38,29 @@ fn setup_error(err: SetupError) -> Failure {
 
 #[pymethods]
 impl Agent {
+    /// `settings`: the schema's settings by name (`server`, `agent_id`,
+    /// `max_connections`, ...); the rest is what is not a setting.
     #[new]
-    #[pyo3(signature = (
-        *, servers, ca_pem, agent_id, token=None, token_file=None, cert_pem=None, key_pem=None,
-        server_name=None, identifiers="", allow=Vec::new(), max_connections=None,
-        tunnel_idle_timeout=None, tunnel_stall_timeout=None, keepalive=None, idle_timeout=None, transport=None,
-        tcp_server=None, proxy=None, quic_connect_timeout=None, quic_probe_interval=None,
-        congestion=None, max_udp_payload=None,
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (settings, *, ca_pem, token=None, cert_pem=None, key_pem=None))]
     fn new(
         py: Python<'_>,
-        servers: Vec<String>,
+        settings: &Bound<'_, PyDict>,
         ca_pem: Vec<u8>,
-        agent_id: String,
         token: Option<String>,
-        token_file: Option<String>,
         cert_pem: Option<Vec<u8>>,
         key_pem: Option<Vec<u8>>,
-        server_name: Option<String>,
-        identifiers: &str,
-        allow: Vec<String>,
-        max_connections: Option<usize>,
-        tunnel_idle_timeout: Option<f64>,
-        tunnel_stall_timeout: Option<f64>,
-        keepalive: Option<f64>,
-        idle_timeout: Option<f64>,
-        transport: Option<&str>,
-        tcp_server: Option<String>,
-        proxy: Option<&str>,
-        quic_connect_timeout: Option<f64>,
-        quic_probe_interval: Option<f64>,
-        congestion: Option<&str>,
-        max_udp_payload: Option<u16>,
     ) -> PyResult<Self> {
-        let config = |e: &dyn std::fmt::Display| Failure::Config(e.to_string());
-        if agent_id.is_empty() {
-            return Err(Failure::Config("agent_id must not be empty".into()).into());
+        let mut schema = AgentSettings::default();
+        apply(&mut schema, settings)?;
+        if token.is_some() && schema.token_file.is_some() {
+            return Err(Failure::Config("pass token= or token_file=, not both".into()).into());
         }
+        let agent_id = schema.agent_id.clone().unwrap_or_default();
         let cas = certs_from_pem(&ca_pem, "ca").map_err(|e| Failure::Config(e.to_string()))?;
-        let mut setup = AgentSetup::new(String::new(), cas, agent_id.clone());
-        setup.servers = servers;
-        setup.server_name = server_name;
-        setup.identifiers = identifiers
-            .parse::<Identifiers>()
-            .map_err(|e| Failure::Config(e.to_string()))?;
-        let rules = allow
-            .iter()
-            .map(|r| r.parse::<Rule>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::Config(e.to_string()))?;
-        setup.policy = DestinationPolicy::new(rules);
-        setup.credentials = match (token, token_file) {
-            (Some(_), Some(_)) => return Err(Failure::Config("pass token= or token_file=, not both".into()).into()),
-            (Some(token), None) => Some(Arc::new(StaticCredential(Credential::Bearer(Secret::new(token))))),
-            (None, Some(path)) => Some(Arc::new(connector_core::auth::TokenFile(path.into()))),
-            (None, None) => None,
-        };
+        let mut setup = schema.into_setup_with(cas.into()).map_err(config_error)?;
+        if let Some(token) = token {
+            setup.credentials = Some(Arc::new(StaticCredential(Credential::Bearer(Secret::new(token)))));
+        }
         setup.client_identity = match (cert_pem, key_pem) {
             (Some(cert), Some(key)) => {
                 Some(Identity::from_pem(&cert, &key).map_err(|e| Failure::Config(e.to_string()))?)
@@ -105,44 +68,6 @@ impl Agent {
             (None, None) => None,
             _ => return Err(Failure::Config("pass both cert= and key= for a client certificate".into()).into()),
         };
-        if let Some(n) = max_connections {
-            if n == 0 || n > MAX_CONNECTIONS {
-                return Err(
-                    Failure::Config(format!("max_connections must be in 1..={MAX_CONNECTIONS}, not {n}")).into(),
-                );
-            }
-            setup.max_connections = n;
-        }
-        if let Some(d) = seconds("keepalive", keepalive)? {
-            setup.keepalive = d;
-        }
-        setup.tunnel_idle_timeout = seconds("tunnel_idle_timeout", tunnel_idle_timeout)?;
-        if let Some(d) = seconds("tunnel_stall_timeout", tunnel_stall_timeout)? {
-            // 0 turns it off; None keeps the default.
-            setup.tunnel_stall_timeout = (!d.is_zero()).then_some(d);
-        }
-        if let Some(d) = seconds("idle_timeout", idle_timeout)? {
-            setup.idle_timeout = d;
-        }
-        if let Some(mode) = transport {
-            setup.transport = mode.parse::<TransportMode>().map_err(|e| config(&e))?;
-        }
-        setup.tcp_server = tcp_server;
-        if let Some(url) = proxy {
-            setup.proxy = Some(ProxyChoice::parse(url).map_err(|e| config(&e))?);
-        }
-        if let Some(d) = seconds("quic_connect_timeout", quic_connect_timeout)? {
-            setup.fallback.quic_connect_timeout = d;
-        }
-        if let Some(d) = seconds("quic_probe_interval", quic_probe_interval)? {
-            setup.fallback.probe_interval = d;
-        }
-        if let Some(name) = congestion {
-            setup.congestion = name.parse().map_err(|e: String| config(&e))?;
-        }
-        if let Some(n) = max_udp_payload {
-            setup.max_udp_payload = n;
-        }
         let agent = py.detach(|| {
             let _enter = runtime().enter();
             setup.start()

@@ -17,6 +17,7 @@ mod logging;
 mod pki;
 mod runtime;
 mod server;
+mod settings;
 mod stream;
 mod testing;
 
@@ -50,6 +51,8 @@ fn _connector(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<auth::Reject>()?;
     m.add_class::<pki::ThrowawayCa>()?;
     m.add_class::<testing::EchoTarget>()?;
+    m.add_function(wrap_pyfunction!(settings::server_settings, m)?)?;
+    m.add_function(wrap_pyfunction!(settings::agent_settings, m)?)?;
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(flush_logs, m)?)?;
     m.add_function(wrap_pyfunction!(testing::diagnostics, m)?)?;

@@ -6,15 +6,18 @@ use std::time::Duration;
 
 use connector_core::auth::{Allowance, TokenAuthenticator, TokenEntry};
 use connector_core::proto::Secret;
-use connector_core::server::{AgentInfo as CoreAgentInfo, ProxyStrategy, Selector};
-use connector_core::setup::{ClientCertificates, ServerSetup, SetupError, TcpListen};
+use connector_core::server::{AgentInfo as CoreAgentInfo, Selector};
+use connector_core::settings::ServerSettings;
+use connector_core::setup::{ClientCertificates, SetupError};
 use connector_core::tls::{CaBundle, Identity};
 use connector_core::{Identifiers, Server as CoreServer};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::auth::PythonAuthenticator;
 use crate::errors::Failure;
 use crate::runtime::{runtime, seconds, wait};
+use crate::settings::{apply, config_error};
 use crate::stream::{AsyncStream, Stream, awaitable};
 
 /// A connected agent, as `Server.agents()` reports it.
@@ -143,20 +146,6 @@ fn selector(target: &str, agent: Option<String>, host: Option<String>) -> Result
     }
 }
 
-/// `client_certificates=`: `"authenticate"` or `"verify-only"`; by default
-/// `"verify-only"` when a Python authenticator is given (it then decides,
-/// seeing the certificate), else `"authenticate"`.
-fn certificate_use(value: Option<&str>, has_authenticator: bool) -> Result<ClientCertificates, Failure> {
-    match value.map(str::trim) {
-        None if has_authenticator => Ok(ClientCertificates::VerifyOnly),
-        None | Some("authenticate") => Ok(ClientCertificates::Authenticate),
-        Some("verify-only") => Ok(ClientCertificates::VerifyOnly),
-        Some(other) => Err(Failure::Config(format!(
-            "client_certificates must be \"authenticate\" or \"verify-only\", not {other:?}"
-        ))),
-    }
-}
-
 impl Server {
     fn dial_timeout(&self, timeout: Option<f64>) -> Result<Duration, Failure> {
         Ok(seconds("timeout", timeout)?.unwrap_or(self.server.config().limits.dial_timeout))
@@ -165,98 +154,41 @@ impl Server {
 
 #[pymethods]
 impl Server {
+    /// `settings`: the schema's settings by name (`max_agents`, ...); the
+    /// rest is what is not a setting.
     #[new]
-    #[pyo3(signature = (
-        *, listen, cert_pem, key_pem, tokens=None, tokens_file=None, client_ca_pem=None,
-        client_certificates=None, authenticator=None, server_id=None, server_count=None,
-        max_agents=None, max_streams_per_agent=None, max_pending_dials=None, hello_timeout=None,
-        dial_timeout=None, keepalive=None, idle_timeout=None, proxy_strategies=None,
-        tcp_listen=None, congestion=None, max_udp_payload=None,
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (settings, *, cert_pem, key_pem, tokens=None, client_ca_pem=None, authenticator=None))]
     fn new(
         py: Python<'_>,
-        listen: &str,
+        settings: &Bound<'_, PyDict>,
         cert_pem: Vec<u8>,
         key_pem: Vec<u8>,
         tokens: Option<Vec<TokenSpec>>,
-        tokens_file: Option<String>,
         client_ca_pem: Option<Vec<u8>>,
-        client_certificates: Option<&str>,
         authenticator: Option<Bound<'_, PyAny>>,
-        server_id: Option<String>,
-        server_count: Option<u16>,
-        max_agents: Option<usize>,
-        max_streams_per_agent: Option<u32>,
-        max_pending_dials: Option<usize>,
-        hello_timeout: Option<f64>,
-        dial_timeout: Option<f64>,
-        keepalive: Option<f64>,
-        idle_timeout: Option<f64>,
-        proxy_strategies: Option<&str>,
-        tcp_listen: Option<&str>,
-        congestion: Option<&str>,
-        max_udp_payload: Option<u16>,
     ) -> PyResult<Self> {
         let config = |e: &dyn std::fmt::Display| Failure::Config(e.to_string());
-        let listen: SocketAddr = listen
-            .parse()
-            .map_err(|_| Failure::Config(format!("listen must be ip:port, not {listen:?}")))?;
+        let mut schema = ServerSettings::default();
+        // A Python authenticator decides, seeing the certificate, unless told otherwise.
+        if authenticator.is_some() {
+            schema.client_certificates = ClientCertificates::VerifyOnly;
+        }
+        apply(&mut schema, settings)?;
+        if tokens.is_some() && schema.tokens.is_some() {
+            return Err(Failure::Config("pass tokens= or tokens_file=, not both".into()).into());
+        }
         let identity = Identity::from_pem(&cert_pem, &key_pem).map_err(|e| config(&e))?;
-        let mut setup = ServerSetup::new(listen, identity);
-        setup.tokens = match (tokens, tokens_file) {
-            (Some(_), Some(_)) => return Err(Failure::Config("pass tokens= or tokens_file=, not both".into()).into()),
-            (Some(tokens), None) => Some(TokenAuthenticator::from_entries(token_entries(tokens)?)),
-            (None, Some(path)) => Some(TokenAuthenticator::from_file(path).map_err(|e| config(&e))?),
-            (None, None) => None,
-        };
+        let mut setup = schema.into_setup_with(Some(identity)).map_err(config_error)?;
+        if let Some(tokens) = tokens {
+            setup.tokens = Some(TokenAuthenticator::from_entries(token_entries(tokens)?));
+        }
         if let Some(pem) = client_ca_pem {
             setup.client_cas = Some(CaBundle::from_pem(&pem, "client_ca").map_err(|e| config(&e))?);
         }
-        setup.client_certificates = certificate_use(client_certificates, authenticator.is_some())?;
         if let Some(callable) = authenticator {
             setup
                 .authenticators
                 .push(Arc::new(PythonAuthenticator::new(&callable)?));
-        }
-        if let Some(id) = server_id {
-            setup.server_id = id;
-        }
-        if let Some(n) = server_count {
-            setup.server_count = n;
-        }
-        if let Some(n) = max_agents {
-            setup.limits.max_agents = n;
-        }
-        if let Some(n) = max_streams_per_agent {
-            setup.limits.max_streams_per_agent = n;
-        }
-        if let Some(n) = max_pending_dials {
-            setup.limits.max_pending_dials = n;
-        }
-        if let Some(d) = seconds("hello_timeout", hello_timeout)? {
-            setup.limits.hello_timeout = d;
-        }
-        if let Some(d) = seconds("dial_timeout", dial_timeout)? {
-            setup.limits.dial_timeout = d;
-        }
-        if let Some(d) = seconds("keepalive", keepalive)? {
-            setup.keepalive = d;
-        }
-        if let Some(d) = seconds("idle_timeout", idle_timeout)? {
-            setup.idle_timeout = d;
-        }
-        if let Some(list) = proxy_strategies {
-            setup.proxy_strategies = ProxyStrategy::parse_list(list).map_err(|e| config(&e))?;
-        }
-        if let Some(listen) = tcp_listen {
-            setup.tcp_listen = listen.parse::<TcpListen>().map_err(|e| config(&e))?;
-        }
-        if let Some(name) = congestion {
-            setup.congestion = name.parse().map_err(|e: String| config(&e))?;
-        }
-        if let Some(n) = max_udp_payload {
-            setup.max_udp_payload = n;
         }
         let started = py.detach(|| {
             let _enter = runtime().enter();

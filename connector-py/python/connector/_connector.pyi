@@ -1,7 +1,7 @@
 """The compiled extension behind ``connector`` (use the ``connector`` package's API)."""
 
 from types import TracebackType
-from typing import Awaitable, Callable, Dict, List, Literal, Optional, Tuple, Type, Union, final
+from typing import Any, Awaitable, Callable, Dict, List, Literal, Optional, Tuple, Type, Union, final
 
 __all__ = [
     "Server",
@@ -14,6 +14,8 @@ __all__ = [
     "Reject",
     "ThrowawayCa",
     "EchoTarget",
+    "server_settings",
+    "agent_settings",
     "set_log_level",
     "flush_logs",
     "diagnostics",
@@ -152,28 +154,13 @@ class Reject:
 class Server:
     def __new__(
         cls,
+        settings: Dict[str, Any],
         *,
-        listen: str,
         cert_pem: bytes,
         key_pem: bytes,
         tokens: Optional[List[Tuple[str, str, Optional[str]]]] = None,
-        tokens_file: Optional[str] = None,
         client_ca_pem: Optional[bytes] = None,
-        client_certificates: Optional[str] = None,
         authenticator: Optional[Callable[[AuthRequest], Union[Accept, Reject]]] = None,
-        server_id: Optional[str] = None,
-        server_count: Optional[int] = None,
-        max_agents: Optional[int] = None,
-        max_streams_per_agent: Optional[int] = None,
-        max_pending_dials: Optional[int] = None,
-        hello_timeout: Optional[float] = None,
-        dial_timeout: Optional[float] = None,
-        keepalive: Optional[float] = None,
-        idle_timeout: Optional[float] = None,
-        proxy_strategies: Optional[str] = None,
-        tcp_listen: Optional[str] = None,
-        congestion: Optional[str] = None,
-        max_udp_payload: Optional[int] = None,
     ) -> "Server": ...
     @property
     def address(self) -> str: ...
@@ -201,29 +188,12 @@ class Server:
 class Agent:
     def __new__(
         cls,
+        settings: Dict[str, Any],
         *,
-        servers: List[str],
         ca_pem: bytes,
-        agent_id: str,
         token: Optional[str] = None,
-        token_file: Optional[str] = None,
         cert_pem: Optional[bytes] = None,
         key_pem: Optional[bytes] = None,
-        server_name: Optional[str] = None,
-        identifiers: str = "",
-        allow: List[str] = ...,
-        max_connections: Optional[int] = None,
-        tunnel_idle_timeout: Optional[float] = None,
-        tunnel_stall_timeout: Optional[float] = None,
-        keepalive: Optional[float] = None,
-        idle_timeout: Optional[float] = None,
-        transport: Optional[str] = None,
-        tcp_server: Optional[str] = None,
-        proxy: Optional[str] = None,
-        quic_connect_timeout: Optional[float] = None,
-        quic_probe_interval: Optional[float] = None,
-        congestion: Optional[str] = None,
-        max_udp_payload: Optional[int] = None,
     ) -> "Agent": ...
     @property
     def agent_id(self) -> str: ...
@@ -254,6 +224,12 @@ class EchoTarget:
     @property
     def port(self) -> int: ...
     def close(self) -> None: ...
+
+def server_settings() -> List[str]:
+    """The server's settings (``connector_core::settings``), by their Python names."""
+
+def agent_settings() -> List[str]:
+    """The agent's settings (``connector_core::settings``), by their Python names."""
 
 def set_log_level(level: int) -> None: ...
 def flush_logs() -> None: ...

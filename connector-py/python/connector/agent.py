@@ -8,16 +8,22 @@ from typing import Iterable, Optional, Sequence, Type, Union
 
 from . import _connector
 from ._pem import PemSource, pem_bytes, seconds
+from ._settings import AGENT_RENAMED, settings
 from .errors import ConfigError
 
 __all__ = ["Agent"]
+
+_NOT_SETTINGS = ("ca", "token", "cert", "key")
+"""Keywords that are not settings of the schema: PEM material (text, bytes
+or a path, read here) and the token itself."""
 
 
 class Agent:
     """A connector agent, started at once; it reconnects with backoff until stopped.
 
-    The options are the Rust ``connector_core::setup::AgentSetup``'s; ``None``
-    keeps the Rust default. Durations are in seconds.
+    The options are the settings of ``connector agent`` (``docs/settings.md``)
+    under their Python names, checked by the same Rust code; ``None`` keeps
+    the default. Durations are in seconds (or a text such as ``"500ms"``).
 
     - ``server``: the server's ``host:port``, or a list of them (one replica
       each); ``ca``: the CA(s) its certificate must chain to; ``server_name``:
@@ -74,31 +80,16 @@ class Agent:
     ) -> None:
         if isinstance(allow, str):
             allow = [allow]
-        servers = [server] if isinstance(server, str) else list(server)
+        if isinstance(server, str):
+            server = [server]
+        options = settings(locals(), besides=_NOT_SETTINGS, renamed=AGENT_RENAMED)
         try:
             self._inner = _connector.Agent(
-                servers=servers,
+                options,
                 ca_pem=pem_bytes(ca, "ca"),
-                agent_id=agent_id,
                 token=token,
-                token_file=None if token_file is None else os.fspath(token_file),
                 cert_pem=None if cert is None else pem_bytes(cert, "cert"),
                 key_pem=None if key is None else pem_bytes(key, "key"),
-                server_name=server_name,
-                identifiers=identifiers,
-                allow=list(allow),
-                max_connections=max_connections,
-                tunnel_idle_timeout=seconds(tunnel_idle_timeout, "tunnel_idle_timeout"),
-                tunnel_stall_timeout=seconds(tunnel_stall_timeout, "tunnel_stall_timeout"),
-                keepalive=seconds(keepalive, "keepalive"),
-                idle_timeout=seconds(idle_timeout, "idle_timeout"),
-                transport=transport,
-                tcp_server=tcp_server,
-                proxy=proxy,
-                quic_connect_timeout=seconds(quic_connect_timeout, "quic_connect_timeout"),
-                quic_probe_interval=seconds(quic_probe_interval, "quic_probe_interval"),
-                congestion=congestion,
-                max_udp_payload=max_udp_payload,
             )
         except (TypeError, OverflowError) as e:
             raise ConfigError(str(e)) from e

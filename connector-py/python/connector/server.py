@@ -9,6 +9,7 @@ from typing import Callable, Iterable, List, Mapping, Optional, Tuple, Type, Uni
 from . import _connector
 from ._connector import AgentInfo, AsyncStream, AuthRequest, Accept, Reject, Stream
 from ._pem import PemSource, pem_bytes, seconds
+from ._settings import SERVER_RENAMED, settings
 from .errors import ConfigError
 
 __all__ = ["Authenticator", "Server", "TokenSpec"]
@@ -37,6 +38,12 @@ def _token_entries(tokens: Mapping[str, TokenSpec]) -> List[Tuple[str, str, Opti
     return entries
 
 
+_NOT_SETTINGS = ("cert", "key", "tokens", "client_ca", "authenticator")
+"""Keywords that are not settings of the schema: PEM material, token
+entries and the authenticator (``cert``/``key``/``client_ca`` are PEM text,
+bytes or a path, read here)."""
+
+
 def _grace(grace: float) -> float:
     value = seconds(grace, "grace")
     if value is None:
@@ -47,8 +54,10 @@ def _grace(grace: float) -> float:
 class Server:
     """A connector server: accepts agents over QUIC (and TCP) and dials through them.
 
-    The options are the Rust ``connector_core::setup::ServerSetup``'s (and its
-    ``Limits``); ``None`` keeps the Rust default. Durations are in seconds.
+    The options are the settings of ``connector server`` (``docs/settings.md``:
+    each is described there, and ``connector server --help``) under their
+    Python names, checked by the same Rust code; ``None`` keeps the default.
+    Durations are in seconds (or a text such as ``"500ms"``).
 
     Authentication (at least one is required), tried in this order:
 
@@ -67,7 +76,8 @@ class Server:
     Other options: ``listen`` (UDP ``ip:port``), ``server_id`` (reported to
     agents), ``server_count`` (replicas behind the agents' address),
     ``max_agents``, ``max_streams_per_agent``, ``max_pending_dials`` (dials
-    waiting for an agent's answer, server-wide), ``hello_timeout``,
+    waiting for an agent's answer, server-wide), ``max_pre_hello``,
+    ``max_handshakes``, ``max_unadmitted_per_source``, ``auth_timeout``, ``hello_timeout``,
     ``dial_timeout`` (the default of :meth:`dial`'s ``timeout``), ``keepalive``,
     ``idle_timeout``, ``proxy_strategies`` (how host dials pick an agent),
     ``tcp_listen`` (the TCP fallback listener: ``"same"`` as the QUIC address,
@@ -94,6 +104,10 @@ class Server:
         max_agents: Optional[int] = None,
         max_streams_per_agent: Optional[int] = None,
         max_pending_dials: Optional[int] = None,
+        max_pre_hello: Optional[int] = None,
+        max_handshakes: Optional[int] = None,
+        max_unadmitted_per_source: Optional[int] = None,
+        auth_timeout: Optional[float] = None,
         hello_timeout: Optional[float] = None,
         dial_timeout: Optional[float] = None,
         keepalive: Optional[float] = None,
@@ -103,31 +117,15 @@ class Server:
         congestion: Optional[str] = None,
         max_udp_payload: Optional[int] = None,
     ) -> None:
-        if proxy_strategies is not None and not isinstance(proxy_strategies, str):
-            proxy_strategies = ",".join(proxy_strategies)
+        options = settings(locals(), besides=_NOT_SETTINGS, renamed=SERVER_RENAMED)
         try:
             self._inner = _connector.Server(
-                listen=listen,
+                options,
                 cert_pem=pem_bytes(cert, "cert"),
                 key_pem=pem_bytes(key, "key"),
                 tokens=None if tokens is None else _token_entries(tokens),
-                tokens_file=None if tokens_file is None else os.fspath(tokens_file),
                 client_ca_pem=None if client_ca is None else pem_bytes(client_ca, "client_ca"),
-                client_certificates=client_certificates,
                 authenticator=authenticator,
-                server_id=server_id,
-                server_count=server_count,
-                max_agents=max_agents,
-                max_streams_per_agent=max_streams_per_agent,
-                max_pending_dials=max_pending_dials,
-                hello_timeout=seconds(hello_timeout, "hello_timeout"),
-                dial_timeout=seconds(dial_timeout, "dial_timeout"),
-                keepalive=seconds(keepalive, "keepalive"),
-                idle_timeout=seconds(idle_timeout, "idle_timeout"),
-                proxy_strategies=proxy_strategies,
-                tcp_listen=tcp_listen,
-                congestion=congestion,
-                max_udp_payload=max_udp_payload,
             )
         except (TypeError, OverflowError) as e:
             raise ConfigError(str(e)) from e
