@@ -79,7 +79,7 @@ impl Proxy {
             roots.add(ca)?;
         }
         let identity = Identity::from_files(cert, key)?;
-        connector_core::secret_file::warn_if_exposed(key, "TLS key file");
+        connector_core::warn_if_exposed(key, "TLS key file");
         let config = rustls::ClientConfig::builder_with_provider(connector_core::tls::crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
@@ -159,7 +159,7 @@ pub async fn run(args: ForwardArgs) -> anyhow::Result<()> {
             let result = async {
                 let mut remote = proxy.connect().await.context("connecting to the proxy")?;
                 handshake(&mut remote, &target).await?;
-                let copied = connector_core::splice::copy_both(&mut local, &mut remote).await?;
+                let copied = connector_core::copy_both(&mut local, &mut remote).await?;
                 anyhow::Ok(copied)
             };
             match result.await {

@@ -156,7 +156,7 @@ impl FrontendArgs {
             return Ok(None);
         };
         let mut tls = FrontendTls::from_files(cert, key, ca)?;
-        connector_core::secret_file::warn_if_exposed(key, "frontend TLS key file");
+        connector_core::warn_if_exposed(key, "frontend TLS key file");
         tls.allowed_clients = self.frontend_allow_client.clone();
         if self.connect_tls.is_some() || self.grpc_tls.is_some() {
             tls.check_trust_domains(agent_client_cas)

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::*;
 use connector_core::agent::{Agent, AgentStatus};
-use connector_core::frame_io::{read_frame, write_frame};
+use connector_core::fuzzing::{read_frame, write_frame};
 use connector_core::proto::{
     ConnectionCode, DialCode, DialResult, Frame, GoAway, Hello, MAX_FRAME_PAYLOAD, Reject, RejectCode,
 };

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use connector_core::no_sigpipe::NoSigPipe;
+use connector_core::fuzzing::NoSigPipe;
 use connector_core::server::Selector;
 use connector_core::transport::StreamReset;
 use tokio::io::AsyncWriteExt;

@@ -16,7 +16,7 @@ use crate::error::Error;
 /// create. Blocked, the signal stays pending on that thread and the write
 /// just fails with `EPIPE`, which the library handles like any broken
 /// connection. connector-core's own socket writes already pass
-/// `MSG_NOSIGNAL` ([`connector_core::no_sigpipe`]); this covers any write it
+/// `MSG_NOSIGNAL` (connector-core's `no_sigpipe`); this covers any write it
 /// does not control, since here one is enough to end the host.
 fn block_sigpipe() {
     // SAFETY: plain libc calls on a local, initialised signal set.

@@ -4,7 +4,7 @@
 #![no_main]
 
 use connector_core::frontend::grpc::pb::Packet;
-use connector_core::frontend::h2_authority::Rewriter;
+use connector_core::fuzzing::Rewriter;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 

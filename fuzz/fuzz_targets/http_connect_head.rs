@@ -2,7 +2,7 @@
 //! that follows it (`Selector::for_target`), on arbitrary bytes.
 #![no_main]
 
-use connector_core::frontend::http_connect::{HeadError, parse_head};
+use connector_core::fuzzing::{HeadError, parse_head};
 use connector_core::server::Selector;
 use libfuzzer_sys::fuzz_target;
 

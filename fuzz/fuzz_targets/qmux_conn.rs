@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use connector_core::transport::PRE_ADMISSION_WINDOW;
-use connector_core::transport::credit::window_for;
-use connector_core::transport::qmux::conn::{Config, Conn, Side};
-use connector_core::transport::qmux::frame::{
+use connector_core::fuzzing::window_for;
+use connector_core::fuzzing::{Config, Conn, Side};
+use connector_core::fuzzing::{
     DEFAULT_MAX_RECORD_SIZE, Frame, TransportParams, put_record, take_record,
 };
 use libfuzzer_sys::fuzz_target;

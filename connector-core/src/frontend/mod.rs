@@ -11,7 +11,7 @@ pub mod forward;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "grpc")]
-pub mod h2_authority;
+pub(crate) mod h2_authority;
 pub mod http_connect;
 mod listener;
 

@@ -209,7 +209,7 @@ impl ChunkSource for TunnelStream {
 
 /// Copies both ways between a client connection and a tunnelled connection
 /// until both directions have ended, feeding the tunnel without a copy of
-/// our own where its transport allows (QUIC; see [`crate::splice`]).
+/// our own where its transport allows (QUIC; see `splice`).
 /// Returns the bytes copied client→tunnel and tunnel→client.
 pub async fn copy_tunnel<A>(client: &mut A, tunnel: &mut TunnelStream) -> io::Result<(u64, u64)>
 where

@@ -111,6 +111,7 @@ impl CreditLedger {
     }
 
     /// Streams open now.
+    #[cfg(test)]
     pub fn open(&self) -> u64 {
         self.open
     }

@@ -7,7 +7,7 @@
 //! tests and benchmarks.
 
 pub mod congestion;
-pub mod credit;
+pub(crate) mod credit;
 pub mod fallback;
 pub mod memory;
 pub mod qmux;
@@ -36,7 +36,7 @@ use crate::proto::{ConnectionCode, StreamCode, escaped};
 /// held one connection to 0.1–0.27 Gbit/s on a 20 ms, 1 %-loss path; see
 /// `docs/benchmarks.md`). A reader that stops reading holds at most this
 /// much buffered at this end; every open stream has this much connection
-/// credit of its own ([`credit`]).
+/// credit of its own (`credit`).
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
 // The receive window of a whole connection is not a fixed second limit: it

@@ -451,7 +451,7 @@ pub async fn accept_agent(
     connector_core::transport::BiStream,
     connector_core::proto::Hello,
 ) {
-    use connector_core::frame_io::read_frame;
+    use connector_core::fuzzing::read_frame;
     use connector_core::proto::{Frame, MAX_FRAME_PAYLOAD};
     let conn = raw.listener.accept().await.unwrap().await.unwrap();
     let mut control = conn.accept_bi().await.unwrap();
@@ -464,7 +464,7 @@ pub async fn accept_agent(
 /// The test, playing the server, admits `agent` on `control` and waits
 /// until the agent sees itself connected.
 pub async fn welcome_agent(control: &mut connector_core::transport::BiStream, agent: &Agent) {
-    use connector_core::frame_io::write_frame;
+    use connector_core::fuzzing::write_frame;
     use connector_core::proto::{Frame, MAX_FRAME_PAYLOAD, Welcome};
     let welcome = Welcome {
         server_id: "fake".into(),

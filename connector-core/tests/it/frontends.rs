@@ -1212,8 +1212,8 @@ async fn grpc_dial_and_echo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 #[cfg(feature = "grpc")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_dial_cls_releases_a_pending_dial_at_once() {
-    use connector_core::frame_io::{read_frame, write_frame};
     use connector_core::frontend::FrontendProtocol;
+    use connector_core::fuzzing::{read_frame, write_frame};
     use connector_core::proto::{Frame, Hello, MAX_FRAME_PAYLOAD};
     use grpc_pb::packet::Payload;
     guard(async {

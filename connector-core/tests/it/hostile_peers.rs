@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::common::*;
 use connector_core::agent::{Agent, AgentStatus};
-use connector_core::frame_io::{read_frame, write_frame};
+use connector_core::fuzzing::{read_frame, write_frame};
 use connector_core::proto::{
     Credential, Dial, DialCode, Frame, Hello, MAX_FRAME_PAYLOAD, Reject, RejectCode, StreamCode,
 };

@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::common::*;
 use connector_core::agent::{Agent, AgentConfig, AgentStatus, BackoffConfig};
 use connector_core::auth::{AgentIdentity, AuthRejection, AuthRequest, Authenticator, StaticCredential};
-use connector_core::frame_io::{read_frame, write_frame};
 use connector_core::frontend::{self, FrontendBind, FrontendLimits, FrontendProtocol};
+use connector_core::fuzzing::{read_frame, write_frame};
 use connector_core::proto::{
     ConnectionCode, DialCode, DialResult, Frame, Hello, MAX_FRAME_PAYLOAD, RejectCode, StreamCode,
 };

@@ -1,6 +1,6 @@
 //! Congestion control for the QUIC transport: which controller decides how
-//! much an end has in flight ([`CongestionControl`]), our BBR ([`bbr`]), the
-//! default that picks Cubic or BBR by the path's round trip ([`by_rtt`]), and
+//! much an end has in flight ([`CongestionControl`]), our BBR (`bbr`), the
+//! default that picks Cubic or BBR by the path's round trip (`by_rtt`), and
 //! the loss measurement BBR uses to tell random loss from congestion
 //! ([`LossMeter`]).
 //!
@@ -12,8 +12,8 @@
 //! does, counts loss as congestion only above 2 % of the data of a window
 //! (draft-cardwell-iccrg-bbr-congestion-control-02, `BBRLossThresh`).
 
-pub mod bbr;
-pub mod by_rtt;
+mod bbr;
+mod by_rtt;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,12 +24,12 @@ use quinn::congestion::ControllerFactory;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CongestionControl {
     /// Cubic on paths with a minimum round trip under 5 ms, BBR on longer
-    /// ones ([`by_rtt::ByRoundTrip`]): each where it measured best.
+    /// ones (`by_rtt::ByRoundTrip`): each where it measured best.
     #[default]
     Auto,
     /// CUBIC (RFC 9438), quinn's default: conservative, backs off on every loss.
     Cubic,
-    /// BBR ([`bbr::Bbr`]): keeps the measured bandwidth-delay product in
+    /// BBR (`bbr::Bbr`): keeps the measured bandwidth-delay product in
     /// flight and takes loss as congestion only above 2 % of a window, so a
     /// lossy long path keeps its throughput; measured in `docs/benchmarks.md`
     /// (WAN rows).
@@ -86,7 +86,7 @@ struct Tally {
 }
 
 /// Measures the loss rate over the current and the previous window, each at
-/// least a round trip and [`MIN_WINDOW_BYTES`] long; plain bookkeeping, no I/O.
+/// least a round trip and `MIN_WINDOW_BYTES` long; plain bookkeeping, no I/O.
 #[derive(Debug, Clone, Copy)]
 pub struct LossMeter {
     /// Latest smoothed round trip: the shortest window.

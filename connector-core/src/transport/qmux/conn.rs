@@ -42,7 +42,7 @@ pub struct Config {
     /// QX_PING interval.
     pub keepalive: Duration,
     /// Receive window per stream. The connection's window covers one of
-    /// these per open stream ([`CreditLedger`]).
+    /// these per open stream (`CreditLedger`).
     pub stream_window: u64,
     /// Streams the peer may have open at once.
     pub max_incoming_streams: u64,

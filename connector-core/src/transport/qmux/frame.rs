@@ -24,7 +24,8 @@ pub const MAX_REASON_LEN: usize = 1024;
 
 /// QUIC transport error codes used when closing on a protocol violation.
 pub mod error_code {
-    /// No error.
+    /// No error (RFC 9000; this implementation closes cleanly with an application code instead).
+    #[allow(dead_code)]
     pub const NO_ERROR: u64 = 0x0;
     /// Flow-control limit exceeded.
     pub const FLOW_CONTROL_ERROR: u64 = 0x3;

@@ -2,11 +2,11 @@
 //! over TCP. QUIC's stream semantics (FIN, reset and stop codes, per-stream
 //! and connection flow control, stream limits, close code and reason) carried
 //! by QUIC frames in QMux records, for networks where UDP is blocked or
-//! degraded. [`conn`] is the protocol without I/O; this module drives it with
+//! degraded. `conn` is the protocol without I/O; this module drives it with
 //! tokio: one task reads records from the socket, one writes them.
 
-pub mod conn;
-pub mod frame;
+pub(crate) mod conn;
+pub(crate) mod frame;
 pub mod proxy;
 
 use std::future::poll_fn;
