@@ -20,6 +20,10 @@ WORK="$(mktemp -d /tmp/connector-failover.XXXXXX)"
 SERVER_BIN="${CONNECTOR:-}"
 NB_BIN="${NB:-}"
 ulimit -n 65536 2>/dev/null || true
+# Every agent here comes from 127.0.0.1: lift the servers' cap on unadmitted
+# connections per source address (256), which real nodes, each with its own
+# address, do not share (older servers without the setting ignore it).
+export CONNECTOR_MAX_UNADMITTED_PER_SOURCE="${CONNECTOR_MAX_UNADMITTED_PER_SOURCE:-100000}"
 build
 SERVER_BIN="${SERVER_BIN:-$CONNECTOR}"
 NB="${NB_BIN:-$NB}"
@@ -27,11 +31,16 @@ NB="${NB_BIN:-$NB}"
 "$SERVER_BIN" dev-pki --out "$WORK/pki" >/dev/null
 echo "server: $SERVER_BIN; agents: $NB; logs: $WORK; $(uptime)" >&2
 
+# UDP datagrams the kernel dropped for want of receive buffer, machine-wide.
+udp_drops() { awk '/^Udp:/ && $2 ~ /^[0-9]/ { print $6 }' /proc/net/snmp; }
+
 for signal in ${SIGNALS:-term kill}; do
 	for transport in ${TRANSPORTS:-quic tcp}; do
+		drops=$(udp_drops)
 		# shellcheck disable=SC2086
 		"$NB" failover --connector "$SERVER_BIN" --pki "$WORK/pki" --logs "$WORK/$signal-$transport" \
 			--signal "$signal" --transport "$transport" --label "${LABEL:-}" ${FAILOVER_ARGS:-}
+		echo "UDP receive-buffer drops during the run (machine-wide): $(($(udp_drops) - drops))" >&2
 		free -m | awk '/^Mem:/ { print "memory after the run: " $3 " MiB used, " $7 " MiB available" }' >&2
 	done
 done
