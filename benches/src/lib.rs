@@ -2,8 +2,9 @@
 //! an echo, a sink and a source mode ([`target`]), the client side of each
 //! measurement ([`client`]), and a server + agent pair over QUIC on loopback
 //! or over the in-memory transport ([`harness`]); the soak test's driver
-//! ([`soak`]); and an IP-level impaired path between two network namespaces
-//! ([`tun_impair`]).
+//! ([`soak`]); an IP-level impaired path between two network namespaces
+//! ([`tun_impair`]); and the drivers of `netbench attack` ([`attack`]) and
+//! `netbench failover` ([`failover`]).
 //!
 //! The criterion benches (`benches/tunnel.rs`, `benches/codec.rs`) and the
 //! `netbench` program behind `benches/compare.sh` both use them, so every row
@@ -14,6 +15,7 @@
 
 pub mod attack;
 pub mod client;
+pub mod failover;
 pub mod harness;
 pub mod soak;
 pub mod target;

@@ -12,6 +12,8 @@
 //!   tunnel's RSS (issue 15), a row per k and direction;
 //! * `attack`: the agent port under anonymous load while agents register
 //!   ([`connector_benches::attack`]);
+//! * `failover`: agents re-registering when a server replica stops and its
+//!   replacement starts ([`connector_benches::failover`]);
 //! * `table`: prints the collected rows (of `run` or `isolation`) with ratios.
 
 use std::fs::OpenOptions;
@@ -129,6 +131,8 @@ enum Cmd {
     },
     /// The server's agent port under anonymous load while legitimate agents register.
     Attack(connector_benches::attack::AttackArgs),
+    /// Two server replicas and many agents: re-registration time when one replica is stopped and replaced.
+    Failover(connector_benches::failover::FailoverArgs),
     /// Retries dial + first echo through a path until it works (at most 60 s): a readiness check.
     Probe {
         /// Where to connect (`host:port` or `unix:PATH`).
@@ -326,6 +330,7 @@ fn main() -> anyhow::Result<()> {
             server_pid,
         } => multi_thread()?.block_on(agents(server, ca, token_file, n, server_pid)),
         Cmd::Attack(args) => multi_thread()?.block_on(connector_benches::attack::run(args)),
+        Cmd::Failover(args) => multi_thread()?.block_on(connector_benches::failover::run(args)),
         Cmd::Probe { addr, connect_target } => current_thread()?.block_on(probe(TcpDialer { addr, connect_target })),
         Cmd::Table { input } => table(&input),
     }
