@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rand::Rng;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -30,6 +31,16 @@ pub(super) const GO_AWAY_ACKNOWLEDGED: &str = "go-away acknowledged";
 /// connects again, so a server that sends nothing but `GoAway`s cannot make
 /// it spin.
 const RAPID_GO_AWAY: Duration = Duration::from_secs(1);
+
+/// After a `GoAway`, attempts that find the replica still draining (it
+/// refuses) or not yet replaced (nothing answers) are retried this often
+/// (±50 %), without growing the backoff: the replacement is usually up
+/// within seconds, and an agent asleep in a grown backoff would miss it.
+const REPLACEMENT_PROBE: Duration = Duration::from_millis(250);
+
+/// How long after a `GoAway` (beyond the grace it announced) the agent
+/// probes for the replacement at [`REPLACEMENT_PROBE`]; then the normal backoff.
+const REPLACEMENT_WAIT: Duration = Duration::from_secs(60);
 
 /// How the agent finds its server replicas.
 pub(super) enum Discovery {
@@ -161,6 +172,9 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
     let mut replaced: Option<oneshot::Sender<()>> = None;
     // The last session ended with a GoAway soon after it began.
     let mut rapid_go_away = false;
+    // Until when a failed attempt means "the replica that sent GoAway is
+    // still draining or not yet replaced" rather than a failure.
+    let mut probing_until: Option<Instant> = None;
     loop {
         if matches!(discovery, Discovery::LoadBalanced) && index > 0 {
             // An extra link waits until the servers report more replicas than links before it.
@@ -181,6 +195,15 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
         }
         let mut delay_after = true;
         let mut quiet = false;
+        // Refused because it drains, or nothing answers yet: the replacement is not up.
+        let replacement_pending = matches!(
+            attempt,
+            Attempt::Failed(_)
+                | Attempt::Rejected {
+                    code: RejectCode::ShuttingDown,
+                    ..
+                }
+        );
         match attempt {
             Attempt::Stopped => break,
             Attempt::Rejected {
@@ -201,6 +224,7 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                 shared.publish(Some(AgentStatus::Disconnected { reason }));
             }
             Attempt::Connected(mut session) => {
+                probing_until = None;
                 let server_id = session.server_id.clone();
                 tracing::info!(
                     server_id = %server_id,
@@ -239,6 +263,7 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                         // grace. The agent answers with a GoAway of its own (the server waits
                         // for it before it closes) and closes once nothing is open.
                         let grace = Duration::from_millis(go_away.grace_ms.into());
+                        probing_until = Some(Instant::now() + grace + REPLACEMENT_WAIT);
                         let ack = session::going_away(go_away.code, grace, GO_AWAY_ACKNOWLEDGED);
                         shared.draining.spawn(session.drain(
                             shared.ctx.clone(),
@@ -285,8 +310,13 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
         if !delay_after {
             continue;
         }
-        let delay = backoff.next_delay(&mut rand::rng());
-        if quiet {
+        let probing = replacement_pending && probing_until.is_some_and(|until| Instant::now() < until);
+        let delay = if probing {
+            REPLACEMENT_PROBE.mul_f64(rand::rng().random_range(0.5..1.5))
+        } else {
+            backoff.next_delay(&mut rand::rng())
+        };
+        if quiet || probing {
             tracing::debug!(link = index, "trying again in {delay:.1?}");
         } else {
             tracing::info!(link = index, "reconnecting in {delay:.1?}");

@@ -259,6 +259,15 @@ impl Server {
                     None => break,
                 },
             };
+            if !self.accepting() {
+                // Draining: refused before its handshake (QUIC answers
+                // CONNECTION_REFUSED statelessly), so no half-made connection
+                // is left for the drain's close to wait on; the agent, told
+                // by the answer that this replica is up but leaving, retries.
+                self.inner.metrics.agent_rejections.inc("shutting_down");
+                drop(incoming);
+                continue;
+            }
             match self.inner.sources.enter(incoming.remote) {
                 Some(source) => {
                     tokio::spawn(session::run(self.clone(), incoming, source));

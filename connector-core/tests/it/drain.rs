@@ -343,3 +343,83 @@ async fn a_killed_server_is_not_a_degraded_path() {
     })
     .await
 }
+
+/// Counts the connection attempts through it that failed, for waiting on.
+struct CountingFailures {
+    inner: Arc<dyn Connector>,
+    failures: tokio::sync::watch::Sender<usize>,
+}
+
+impl Connector for CountingFailures {
+    fn connect(&self) -> BoxFuture<'_, Result<Arc<dyn Connection>, TransportError>> {
+        Box::pin(async move {
+            let result = self.inner.connect().await;
+            if result.is_err() {
+                self.failures.send_modify(|n| *n += 1);
+            }
+            result
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+mod after_a_go_away_the_agent_finds_the_replacement_without_backoff {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic() {
+        guard(super::after_a_go_away_the_agent_finds_the_replacement_without_backoff(
+            TransportMode::Quic,
+        ))
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp() {
+        guard(super::after_a_go_away_the_agent_finds_the_replacement_without_backoff(
+            TransportMode::Tcp,
+        ))
+        .await
+    }
+}
+
+/// A rolling update of a replica at a fixed address: it drains and exits,
+/// and its replacement comes up on the same address only after the agent's
+/// attempts have failed (the replica refused while draining, or nothing
+/// answered). The agent's backoff is an hour, so it finds the replacement
+/// only by probing for it, as it does after a `GoAway`.
+async fn after_a_go_away_the_agent_finds_the_replacement_without_backoff(mode: TransportMode) {
+    let (process, old) = replica_in_process("srv-old");
+    let (ca, quic, tcp) = (old.ca.clone(), old.quic, old.tcp);
+    let failures = tokio::sync::watch::channel(0).0;
+    let address = Arc::new(CountingFailures {
+        inner: fallback(&old, mode, Duration::from_secs(3)),
+        failures: failures.clone(),
+    });
+    let agent = Agent::start(address, no_backoff_config("node-a"));
+    wait_on(&agent, "srv-old").await;
+
+    let draining = old.server.clone();
+    process
+        .spawn(async move { draining.drain(Duration::from_secs(10)).await })
+        .await
+        .unwrap();
+    process.shutdown_background();
+    drop(old);
+    tokio::time::timeout(Duration::from_secs(60), failures.subscribe().wait_for(|n| *n >= 1))
+        .await
+        .expect("the agent never tried to reconnect")
+        .unwrap();
+
+    let replacement = loop {
+        match replica_on(ca.clone(), "srv-new", quic, tcp) {
+            Ok(r) => break r,
+            // The old sockets are released once nothing holds them any more.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    wait_on(&agent, "srv-new").await;
+    assert_eq!(agent.observer().metrics().go_aways.get(), 1);
+    drop(replacement);
+}
