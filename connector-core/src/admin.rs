@@ -239,7 +239,7 @@ async fn handle(mut tcp: TcpStream, target: &dyn AdminTarget, head_timeout: Dura
         "/metrics" => {
             let mut page = target.render_metrics();
             page.push_str(&crate::metrics::render_runtime());
-            respond(&mut tcp, 200, "text/plain; version=0.0.4; charset=utf-8", &page).await
+            respond(&mut tcp, 200, crate::metrics::CONTENT_TYPE, &page).await
         }
         "/healthz" | "/livez" => respond(&mut tcp, 200, "text/plain", "ok\n").await,
         "/readyz" => match target.readiness() {
