@@ -288,13 +288,7 @@ async fn register_agents(
             Err(_) => locked_out += 1,
         }
         let observer = agent.observer();
-        refusals += observer
-            .metrics()
-            .connect_failures
-            .snapshot()
-            .iter()
-            .map(|(_, n)| n)
-            .sum::<u64>();
+        refusals += observer.metrics().connect_failures.total();
         agents.push(agent);
     }
     for agent in agents {

@@ -329,18 +329,33 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// The reasons an agent counts a failed connection attempt under: no
+/// connection, or the server's `Reject` code.
+const FAILURE_REASONS: &[&str] = &[
+    "connection_failed",
+    "shutting_down",
+    "overloaded",
+    "unauthenticated",
+    "identifiers_not_allowed",
+    "unsupported_version",
+    "malformed",
+    "internal",
+    "other",
+];
+
 /// Connection failures of all agents, summed by reason.
 fn failures(agents: &[Arc<Agent>]) -> Vec<(&'static str, u64)> {
-    let mut sum: Vec<(&'static str, u64)> = Vec::new();
-    for agent in agents {
-        for (label, n) in agent.observer().metrics().connect_failures.snapshot() {
-            match sum.iter_mut().find(|(l, _)| *l == label) {
-                Some((_, total)) => *total += n,
-                None => sum.push((label, n)),
-            }
-        }
-    }
-    sum
+    FAILURE_REASONS
+        .iter()
+        .map(|&reason| {
+            let total = agents
+                .iter()
+                .map(|agent| agent.observer().metrics().connect_failures.get(reason))
+                .sum();
+            (reason, total)
+        })
+        .filter(|(_, total)| *total > 0)
+        .collect()
 }
 
 fn show_failures(failures: &[(&'static str, u64)]) -> String {

@@ -1,55 +1,28 @@
-//! What servers and agents count, and its rendering in the Prometheus text
-//! exposition format (version 0.0.4). Counters are plain atomics updated on
-//! the paths that already do work (a dial, a rejection, a read); rendering
-//! happens only when `/metrics` is scraped ([`crate::admin`]).
+//! What servers and agents count, and the `/metrics` page ([`crate::admin`])
+//! in the Prometheus text format (version 0.0.4).
+//!
+//! The counters, gauges and histograms are [`prometheus_client`]'s (the
+//! Prometheus project's Rust client), updated on the paths that already do
+//! work (a dial, a rejection, a read), and its encoder writes the page. What
+//! is only known when `/metrics` is scraped (connected agents by transport,
+//! connections not yet admitted, the runtime's tasks) is read then: each
+//! render registers the live metrics and those values in a fresh
+//! [`Registry`], in the order the page has always had. Counters are
+//! registered without their `_total` suffix, which the encoder appends.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Metric, Registry};
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::histogram::Histogram;
 
-impl Counter {
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Subtracts one.
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+/// The `Content-Type` of the page.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Counts how often each label value occurs (for gauges by transport).
 pub fn tally(values: impl IntoIterator<Item = &'static str>) -> Vec<(&'static str, usize)> {
@@ -63,25 +36,52 @@ pub fn tally(values: impl IntoIterator<Item = &'static str>) -> Vec<(&'static st
     counts
 }
 
-/// Counters keyed by one label value from a small, fixed vocabulary (a dial
-/// result, a reject code), so the number of series stays bounded.
-#[derive(Debug, Default)]
-pub struct LabeledCounter(Mutex<BTreeMap<&'static str, u64>>);
+/// Counters keyed by one label whose values come from a small, fixed
+/// vocabulary (a dial result, a reject code), so the number of series stays
+/// bounded: a [`Family`] of [`Counter`]s.
+#[derive(Debug, Clone)]
+pub struct LabeledCounter {
+    label: &'static str,
+    series: Family<[(&'static str, &'static str); 1], Counter>,
+    total: Counter,
+}
 
 impl LabeledCounter {
-    /// Adds one to the series `label`.
-    pub fn inc(&self, label: &'static str) {
-        *self.0.lock().expect("metrics").entry(label).or_default() += 1;
+    /// No series yet; `label` is the label's name.
+    pub fn new(label: &'static str) -> Self {
+        Self {
+            label,
+            series: Family::default(),
+            total: Counter::default(),
+        }
     }
 
-    /// The series and their values, ordered by label.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        self.0.lock().expect("metrics").iter().map(|(k, v)| (*k, *v)).collect()
+    /// Adds one to the series `value`.
+    pub fn inc(&self, value: &'static str) {
+        self.series.get_or_create(&[(self.label, value)]).inc();
+        self.total.inc();
     }
 
     /// The value of one series (0 if it never happened).
-    pub fn get(&self, label: &str) -> u64 {
-        self.0.lock().expect("metrics").get(label).copied().unwrap_or(0)
+    pub fn get(&self, value: &'static str) -> u64 {
+        self.series.get(&[(self.label, value)]).map_or(0, |c| c.get())
+    }
+
+    /// The sum over all series.
+    pub fn total(&self) -> u64 {
+        self.total.get()
+    }
+}
+
+/// Encoded as its [`Family`], but never skipped as empty: the page has the
+/// counter's `HELP` and `TYPE` before its first series too.
+impl EncodeMetric for LabeledCounter {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.series.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
     }
 }
 
@@ -90,130 +90,53 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A latency histogram with [`LATENCY_BUCKETS`].
-#[derive(Debug)]
-pub struct Histogram {
-    /// Non-cumulative counts per bucket; the last one is `+Inf`.
-    buckets: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
+/// A latency histogram with [`LATENCY_BUCKETS`] (observations in seconds).
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: (0..=LATENCY_BUCKETS.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-}
+/// One `/metrics` page being put together.
+struct Page(Registry);
 
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, value: Duration) {
-        let seconds = value.as_secs_f64();
-        let index = LATENCY_BUCKETS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(value.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+impl Page {
+    fn new() -> Self {
+        Self(Registry::default())
     }
 
-    /// How many observations were recorded.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-}
-
-/// Builds a Prometheus text-format page.
-#[derive(Debug, Default)]
-pub struct TextEncoder {
-    out: String,
-}
-
-impl TextEncoder {
-    /// An empty page.
-    pub fn new() -> Self {
-        Self::default()
+    /// Registers `metric`. `help` is a sentence; the registry appends the
+    /// full stop itself, so it is taken off here.
+    fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
+        self.0.register(name, help.strip_suffix('.').unwrap_or(help), metric);
     }
 
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (key, val)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{key}=\"{}\"", escape_label(val));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-
-    /// A counter without labels (`name` ends in `_total`).
-    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.header(name, "counter", help);
-        self.sample(name, &[], value);
-    }
-
-    /// A counter with one label; always has a `HELP`/`TYPE` even without series.
-    pub fn labeled_counter(&mut self, name: &str, help: &str, label: &str, counter: &LabeledCounter) {
-        self.header(name, "counter", help);
-        for (value, count) in counter.snapshot() {
-            self.sample(name, &[(label, value)], count);
-        }
-    }
-
-    /// A gauge, optionally with constant labels.
-    pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: i64) {
-        self.header(name, "gauge", help);
-        self.sample(name, labels, value);
+    /// A gauge whose value is known now.
+    fn gauge(&mut self, name: &str, help: &str, value: i64) {
+        self.add(name, help, ConstGauge::new(value));
     }
 
     /// A gauge with one series per value of `label`.
-    pub fn labeled_gauge(&mut self, name: &str, help: &str, label: &str, series: &[(&str, i64)]) {
-        self.header(name, "gauge", help);
+    fn gauges_by(&mut self, name: &str, help: &str, label: &'static str, series: &[(&str, i64)]) {
+        let family = Family::<[(&'static str, String); 1], Gauge>::default();
         for (value, sample) in series {
-            self.sample(name, &[(label, value)], *sample);
+            family.get_or_create(&[(label, (*value).to_owned())]).set(*sample);
         }
+        self.add(name, help, family);
     }
 
-    /// A histogram in seconds.
-    pub fn histogram(&mut self, name: &str, help: &str, histogram: &Histogram) {
-        self.header(name, "histogram", help);
-        let mut cumulative = 0;
-        for (i, bucket) in histogram.buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let le = LATENCY_BUCKETS
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            self.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative);
-        }
-        let sum = histogram.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        self.sample(&format!("{name}_sum"), &[], sum);
-        self.sample(&format!("{name}_count"), &[], cumulative);
+    /// An info metric: `{name}_info{label="value"} 1`, typed as a gauge.
+    fn info(&mut self, name: &str, help: &str, label: &'static str, value: &str) {
+        self.add(name, help, Info::new([(label, value.to_owned())]));
     }
 
-    /// The page.
-    pub fn finish(self) -> String {
-        self.out
+    fn finish(self) -> String {
+        let mut page = String::new();
+        prometheus_text::encode(&mut page, &self.0).expect("writing to a String cannot fail");
+        page
     }
-}
-
-fn escape_label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// What a [`crate::Server`] counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServerMetrics {
     /// Dials by result (`ok`, or the failure's [`crate::DialError::label`]).
     pub dials: LabeledCounter,
@@ -241,18 +164,35 @@ pub struct ServerMetrics {
     pub go_aways: LabeledCounter,
 }
 
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        Self {
+            dials: LabeledCounter::new("result"),
+            dial_duration: latency_histogram(),
+            tunnels_active: Gauge::default(),
+            tunnels_stalled: Counter::default(),
+            bytes_to_targets: Counter::default(),
+            bytes_from_targets: Counter::default(),
+            agent_rejections: LabeledCounter::new("reason"),
+            agent_connections: Counter::default(),
+            refused_agent_streams: Counter::default(),
+            go_aways: LabeledCounter::new("direction"),
+        }
+    }
+}
+
 impl ServerMetrics {
     /// Renders the page; `agents` are the agents connected now, by
     /// transport, `unadmitted` the connections not yet admitted.
     pub fn render(&self, server_id: &str, agents: &[(&str, usize)], unadmitted: crate::server::Unadmitted) -> String {
-        let mut page = TextEncoder::new();
-        page.gauge(
-            "connector_server_info",
+        let mut page = Page::new();
+        page.info(
+            "connector_server",
             "This server replica's id (always 1).",
-            &[("server_id", server_id)],
-            1,
+            "server_id",
+            server_id,
         );
-        page.labeled_gauge(
+        page.gauges_by(
             "connector_server_agents_unadmitted",
             "Agent connections not yet admitted: handshake in progress, or waiting for their Hello and its authentication.",
             "stage",
@@ -274,72 +214,68 @@ impl ServerMetrics {
                 by_transport.push((transport, *n as i64));
             }
         }
-        page.labeled_gauge(
+        page.gauges_by(
             "connector_server_agents_connected",
             "Agents connected now, by transport (QUIC, or the TCP fallback).",
             "transport",
             &by_transport,
         );
-        page.counter(
-            "connector_server_agent_connections_total",
+        page.add(
+            "connector_server_agent_connections",
             "Agent connections admitted (each reconnect counts).",
-            self.agent_connections.get(),
+            self.agent_connections.clone(),
         );
-        page.labeled_counter(
-            "connector_server_agent_rejections_total",
+        page.add(
+            "connector_server_agent_rejections",
             "Agent connections refused, by reason.",
-            "reason",
-            &self.agent_rejections,
+            self.agent_rejections.clone(),
         );
-        page.counter(
-            "connector_server_refused_agent_streams_total",
+        page.add(
+            "connector_server_refused_agent_streams",
             "Streams opened by agents other than their control stream, refused.",
-            self.refused_agent_streams.get(),
+            self.refused_agent_streams.clone(),
         );
-        page.labeled_counter(
-            "connector_server_go_aways_total",
+        page.add(
+            "connector_server_go_aways",
             "GoAways, by direction: sent to agents while draining, received from agents leaving or moving, acknowledged by agents (answered with a GoAway or a close).",
-            "direction",
-            &self.go_aways,
+            self.go_aways.clone(),
         );
-        page.labeled_counter(
-            "connector_server_dials_total",
+        page.add(
+            "connector_server_dials",
             "Dials through agents, by result.",
-            "result",
-            &self.dials,
+            self.dials.clone(),
         );
-        page.histogram(
+        page.add(
             "connector_server_dial_duration_seconds",
             "Time from a dial to its answer.",
-            &self.dial_duration,
+            self.dial_duration.clone(),
         );
-        page.gauge(
+        page.add(
             "connector_server_tunnels_active",
             "Tunnelled connections open now.",
-            &[],
-            self.tunnels_active.get(),
+            self.tunnels_active.clone(),
         );
-        page.counter(
-            "connector_server_tunnels_stalled_total",
+        page.add(
+            "connector_server_tunnels_stalled",
             "Tunnelled connections the agent closed because one side read nothing for its stall timeout.",
-            self.tunnels_stalled.get(),
+            self.tunnels_stalled.clone(),
         );
-        page.counter(
-            "connector_server_bytes_to_targets_total",
+        page.add(
+            "connector_server_bytes_to_targets",
             "Bytes sent through tunnels towards targets.",
-            self.bytes_to_targets.get(),
+            self.bytes_to_targets.clone(),
         );
-        page.counter(
-            "connector_server_bytes_from_targets_total",
+        page.add(
+            "connector_server_bytes_from_targets",
             "Bytes received through tunnels from targets.",
-            self.bytes_from_targets.get(),
+            self.bytes_from_targets.clone(),
         );
         page.finish()
     }
 }
 
 /// What an [`crate::Agent`] counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AgentMetrics {
     /// Sessions established with a server.
     pub connects: Counter,
@@ -357,33 +293,39 @@ pub struct AgentMetrics {
     pub tunnels_stalled: Counter,
 }
 
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self {
+            connects: Counter::default(),
+            connect_failures: LabeledCounter::new("reason"),
+            dials: LabeledCounter::new("result"),
+            tunnels_active: Gauge::default(),
+            go_aways: Counter::default(),
+            tunnels_idle_closed: Counter::default(),
+            tunnels_stalled: Counter::default(),
+        }
+    }
+}
+
 impl AgentMetrics {
     /// Renders the page: `connected` distinct server replicas held out of
     /// `expected`, and live sessions per transport.
     pub fn render(&self, agent_id: &str, connected: usize, expected: usize, transports: &[(&str, usize)]) -> String {
-        let mut page = TextEncoder::new();
-        page.gauge(
-            "connector_agent_info",
-            "This agent's id (always 1).",
-            &[("agent_id", agent_id)],
-            1,
-        );
+        let mut page = Page::new();
+        page.info("connector_agent", "This agent's id (always 1).", "agent_id", agent_id);
         page.gauge(
             "connector_agent_connected",
             "1 while the agent holds a session with at least one server.",
-            &[],
             i64::from(connected > 0),
         );
         page.gauge(
             "connector_agent_servers_connected",
             "Distinct server replicas the agent holds a session with.",
-            &[],
             connected as i64,
         );
         page.gauge(
             "connector_agent_servers_expected",
             "Server replicas the agent should hold (listed addresses, or the count the servers report).",
-            &[],
             expected as i64,
         );
         let live = |transport: &str| {
@@ -392,49 +334,42 @@ impl AgentMetrics {
                 .find(|(t, _)| *t == transport)
                 .map_or(0, |(_, n)| *n as i64)
         };
-        page.labeled_gauge(
+        page.gauges_by(
             "connector_agent_sessions",
             "Live sessions by transport (QUIC, or the TCP fallback).",
             "transport",
             &[("quic", live("quic")), ("tcp", live("tcp"))],
         );
-        page.counter(
-            "connector_agent_go_aways_total",
+        page.add(
+            "connector_agent_go_aways",
             "GoAways received from servers (a replica draining); the agent connected elsewhere.",
-            self.go_aways.get(),
+            self.go_aways.clone(),
         );
-        page.counter(
-            "connector_agent_connects_total",
+        page.add(
+            "connector_agent_connects",
             "Sessions established (the first and every reconnect).",
-            self.connects.get(),
+            self.connects.clone(),
         );
-        page.labeled_counter(
-            "connector_agent_connect_failures_total",
+        page.add(
+            "connector_agent_connect_failures",
             "Connection attempts that failed or were rejected, by reason.",
-            "reason",
-            &self.connect_failures,
+            self.connect_failures.clone(),
         );
-        page.labeled_counter(
-            "connector_agent_dials_total",
-            "Dials served, by result.",
-            "result",
-            &self.dials,
-        );
-        page.gauge(
+        page.add("connector_agent_dials", "Dials served, by result.", self.dials.clone());
+        page.add(
             "connector_agent_tunnels_active",
             "Tunnelled connections open now.",
-            &[],
-            self.tunnels_active.get(),
+            self.tunnels_active.clone(),
         );
-        page.counter(
-            "connector_agent_tunnels_idle_closed_total",
+        page.add(
+            "connector_agent_tunnels_idle_closed",
             "Tunnelled connections closed because no byte moved for the idle timeout.",
-            self.tunnels_idle_closed.get(),
+            self.tunnels_idle_closed.clone(),
         );
-        page.counter(
-            "connector_agent_tunnels_stalled_total",
+        page.add(
+            "connector_agent_tunnels_stalled",
             "Tunnelled connections closed on both ends because one side read nothing for the stall timeout.",
-            self.tunnels_stalled.get(),
+            self.tunnels_stalled.clone(),
         );
         page.finish()
     }
@@ -448,17 +383,15 @@ pub fn render_runtime() -> String {
         return String::new();
     };
     let runtime = handle.metrics();
-    let mut page = TextEncoder::new();
+    let mut page = Page::new();
     page.gauge(
         "connector_runtime_alive_tasks",
         "Tasks spawned on the process's tokio runtime and not yet finished.",
-        &[],
         runtime.num_alive_tasks() as i64,
     );
     page.gauge(
         "connector_runtime_workers",
         "Worker threads of the process's tokio runtime.",
-        &[],
         runtime.num_workers() as i64,
     );
     page.finish()
@@ -466,29 +399,74 @@ pub fn render_runtime() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::server::Unadmitted;
 
     #[test]
     fn histogram_buckets_are_cumulative_and_end_with_inf() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(300));
-        h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_secs(60));
-        let mut page = TextEncoder::new();
-        page.histogram("x_seconds", "help", &h);
-        let text = page.finish();
-        assert!(text.contains("x_seconds_bucket{le=\"0.0005\"} 1\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"0.005\"} 2\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"30\"} 2\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("x_seconds_count 3\n"), "{text}");
-        assert_eq!(h.count(), 3);
+        let metrics = ServerMetrics::default();
+        for seconds in [
+            Duration::from_micros(300),
+            Duration::from_millis(3),
+            Duration::from_secs(60),
+        ] {
+            metrics.dial_duration.observe(seconds.as_secs_f64());
+        }
+        let text = metrics.render("s", &[], Unadmitted::default());
+        let name = "connector_server_dial_duration_seconds";
+        assert!(text.contains(&format!("# TYPE {name} histogram\n")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{le=\"0.0005\"}} 1\n")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{le=\"0.005\"}} 2\n")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{le=\"30\"}} 2\n")), "{text}");
+        assert!(text.contains(&format!("{name}_bucket{{le=\"+Inf\"}} 3\n")), "{text}");
+        assert!(text.contains(&format!("{name}_count 3\n")), "{text}");
     }
 
     #[test]
     fn label_values_are_escaped() {
-        let mut page = TextEncoder::new();
-        page.gauge("g", "help", &[("id", "a\"b\\c\nd")], 1);
-        assert!(page.finish().contains("g{id=\"a\\\"b\\\\c\\nd\"} 1\n"));
+        let page = AgentMetrics::default().render("a\"b\\c\nd", 0, 1, &[]);
+        assert!(
+            page.contains("connector_agent_info{agent_id=\"a\\\"b\\\\c\\nd\"} 1\n"),
+            "{page}"
+        );
+    }
+
+    /// Counters keep their `_total` names in `HELP` and `TYPE` too, a
+    /// labelled counter has both before its first series, help texts end
+    /// in one full stop, and the page has no OpenMetrics `# EOF`.
+    #[test]
+    fn the_page_keeps_its_names_types_and_help_texts() {
+        let metrics = ServerMetrics::default();
+        metrics.go_aways.inc("sent");
+        metrics.go_aways.inc("sent");
+        metrics.agent_connections.inc();
+        let page = metrics.render("s", &[("quic", 2), ("memory", 1)], Unadmitted::default());
+        for line in [
+            "# HELP connector_server_info This server replica's id (always 1).\n",
+            "# TYPE connector_server_info gauge\n",
+            "connector_server_info{server_id=\"s\"} 1\n",
+            "# HELP connector_server_agent_connections_total Agent connections admitted (each reconnect counts).\n",
+            "# TYPE connector_server_agent_connections_total counter\n",
+            "connector_server_agent_connections_total 1\n",
+            "# HELP connector_server_dials_total Dials through agents, by result.\n",
+            "# TYPE connector_server_dials_total counter\n",
+            "# TYPE connector_server_go_aways_total counter\n",
+            "connector_server_go_aways_total{direction=\"sent\"} 2\n",
+            "connector_server_agents_connected{transport=\"quic\"} 2\n",
+            "connector_server_agents_connected{transport=\"tcp\"} 0\n",
+            "connector_server_agents_connected{transport=\"memory\"} 1\n",
+            "# TYPE connector_server_tunnels_active gauge\n",
+            "connector_server_tunnels_active 0\n",
+        ] {
+            assert!(page.contains(line), "no {line:?} in:\n{page}");
+        }
+        assert!(!page.contains("connector_server_dials_total{"), "{page}");
+        assert!(!page.contains(".."), "{page}");
+        assert!(!page.contains("# EOF"), "{page}");
+        assert_eq!(metrics.go_aways.get("sent"), 2);
+        assert_eq!(metrics.go_aways.get("received"), 0);
+        assert_eq!(metrics.go_aways.total(), 2);
     }
 }

@@ -14,6 +14,10 @@
 //! replaced by `localhost`, and the block is encoded again for the server
 //! with an encoder of its own, so both HPACK tables stay consistent. The
 //! server's direction is not touched.
+//!
+//! Ours because the refusal is inside h2's header decoding, which tonic
+//! gives no hook before; the HPACK coding itself is loona-hpack's. It can go
+//! once h2 accepts such an `:authority`.
 
 use std::future::Future;
 use std::io;

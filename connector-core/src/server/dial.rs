@@ -218,7 +218,7 @@ impl Server {
         let started = std::time::Instant::now();
         let result = self.dial_uncounted(selector, target, timeout, early).await;
         let metrics = &self.inner.metrics;
-        metrics.dial_duration.observe(started.elapsed());
+        metrics.dial_duration.observe(started.elapsed().as_secs_f64());
         metrics.dials.inc(match &result {
             Ok(_) => "ok",
             Err(err) => err.label(),
@@ -314,7 +314,7 @@ impl Server {
         judge_answer(answer, &mut bi, &agent, request_id, target, &relay)?;
         tracing::debug!(relayed = relay.relayed(), "dial succeeded");
         let early = first_bytes.len() as u64 + relay.relayed();
-        self.inner.metrics.bytes_to_targets.add(early);
+        self.inner.metrics.bytes_to_targets.inc_by(early);
         agent.bytes_to_agent.fetch_add(early, Ordering::Relaxed);
         Ok(TunnelStream::new(
             bi.send,

@@ -84,13 +84,13 @@ impl TunnelStream {
 impl TunnelStream {
     /// Counts `n` bytes written towards the target (server-wide and for the agent).
     fn sent(&self, n: usize) {
-        self.metrics.bytes_to_targets.add(n as u64);
+        self.metrics.bytes_to_targets.inc_by(n as u64);
         self.agent.bytes_to_agent.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Counts `n` bytes read from the target.
     fn received(&self, n: usize) {
-        self.metrics.bytes_from_targets.add(n as u64);
+        self.metrics.bytes_from_targets.inc_by(n as u64);
         self.agent.bytes_from_agent.fetch_add(n as u64, Ordering::Relaxed);
     }
 

@@ -4,6 +4,11 @@
 //! by QUIC frames in QMux records, for networks where UDP is blocked or
 //! degraded. `conn` is the protocol without I/O; this module drives it with
 //! tokio: one task reads records from the socket, one writes them.
+//!
+//! Ours because no crate implements QMux, and the multiplexers that exist do
+//! not carry QUIC's semantics one to one: yamux has no reset, stop or close
+//! codes, and in HTTP/2 the server cannot open streams (`docs/protocol.md`
+//! §1.1). TLS is rustls (tokio-rustls), as on QUIC.
 
 pub(crate) mod conn;
 pub(crate) mod frame;
