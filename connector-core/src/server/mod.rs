@@ -201,6 +201,9 @@ struct Inner {
     /// Woken whenever a tunnelled connection closes.
     tunnel_closed: Arc<Notify>,
     listeners: Mutex<Vec<Arc<dyn Listener>>>,
+    /// Every agent connection's session task, from handshake to close; a
+    /// drain waits for them after closing, each ending once its close went out.
+    sessions: tokio_util::task::TaskTracker,
     /// Handshakes in progress ([`Limits::max_handshakes`]).
     handshakes: Arc<SlotPool>,
     /// Connections past their handshake, not yet admitted ([`Limits::max_pre_hello`]).
@@ -232,6 +235,7 @@ impl Server {
                 unacknowledged: watch::channel(0).0,
                 tunnel_closed: Arc::new(Notify::new()),
                 listeners: Mutex::new(Vec::new()),
+                sessions: tokio_util::task::TaskTracker::new(),
                 handshakes,
                 pre_hello,
                 sources,
@@ -270,7 +274,7 @@ impl Server {
             }
             match self.inner.sources.enter(incoming.remote) {
                 Some(source) => {
-                    tokio::spawn(session::run(self.clone(), incoming, source));
+                    self.inner.sessions.spawn(session::run(self.clone(), incoming, source));
                 }
                 // Dropped before its handshake: the cheapest refusal there is.
                 None => session::refuse_over_source_limit(&self, incoming),
@@ -437,14 +441,18 @@ impl Server {
             }
         }
         let listeners = self.close_everything();
-        let sent = futures_util::future::join_all(listeners.iter().map(|l| l.closed_sent()));
+        self.inner.sessions.close();
+        let sessions = &self.inner.sessions;
+        let sent = async {
+            futures_util::future::join_all(listeners.iter().map(|l| l.closed_sent())).await;
+            // Each session ends once its connection's close went out.
+            sessions.wait().await;
+        };
         match tokio::time::timeout(CLOSE_SENT_LIMIT, sent).await {
             Ok(_) => tracing::info!("closed: every agent connection's close has gone out"),
-            // A QUIC connection stays in its draining period for three probe
-            // timeouts after its close went out, longer on a loaded machine
-            // whose round-trip estimates grew; a TCP one may be stalled.
+            // A TCP connection whose peer stopped reading may never take its close.
             Err(_) => tracing::info!(
-                "agent connections not all closed after {CLOSE_SENT_LIMIT:?} (QUIC ones drain for three probe timeouts after their close is sent); exiting without waiting longer"
+                "agent connections not all closed after {CLOSE_SENT_LIMIT:?}; exiting without waiting longer"
             ),
         }
     }

@@ -99,6 +99,8 @@ pub(super) async fn run(server: Server, incoming: Incoming, source: SourceGuard)
                 at: SystemTime::now(),
             },
         );
+        // A drain waits for every session: this one ends once its close went out.
+        conn.close_sent().await;
     }
     .instrument(span)
     .await

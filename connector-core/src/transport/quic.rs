@@ -226,15 +226,19 @@ fn server_endpoint_config(tls: &ServerTls) -> quinn::EndpointConfig {
     let cid_key = u64::from_le_bytes(cid_key[..8].try_into().expect("8 bytes"));
     let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
     config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
-    // quinn sends at most one reset per interval (20 ms by default); after a
-    // replica restarts, every agent's next packet asks for one. A reset is
-    // smaller than the packet that caused it, so this allows no amplification.
+    // quinn sends at most one reset per interval (20 ms by default), against
+    // reset loops and floods; after a replica restarts, every agent's next
+    // packet asks for one at about the same time, and an agent whose packet
+    // got none waits for its next probe (seconds, doubling). Neither risk
+    // applies here: only a packet carrying a connection id that this key
+    // issued (checked first, `cid_generator`) gets a reset, and a reset is
+    // smaller than the packet that caused it.
     config.min_reset_interval(STATELESS_RESET_INTERVAL);
     config
 }
 
 /// Least time between two stateless resets a server endpoint sends.
-const STATELESS_RESET_INTERVAL: Duration = Duration::from_millis(1);
+const STATELESS_RESET_INTERVAL: Duration = Duration::ZERO;
 
 /// Server side: a QUIC endpoint accepting agents.
 pub struct QuicListener {
@@ -337,11 +341,9 @@ impl Listener for QuicListener {
     }
 
     fn closed_sent(&self) -> BoxFuture<'static, ()> {
-        // Closing connections stay in their draining state (three probe
-        // timeouts) and answer what arrives with their CONNECTION_CLOSE;
-        // the endpoint is idle once every one has drained.
-        let endpoint = self.endpoint.clone();
-        Box::pin(async move { endpoint.wait_idle().await })
+        // Each agent connection's close is waited for by its own session
+        // (`Connection::close_sent`); the endpoint itself has nothing to send.
+        Box::pin(std::future::ready(()))
     }
 }
 
@@ -519,6 +521,27 @@ impl Drop for QuicConnection {
     }
 }
 
+/// Resolves once `conn`'s CONNECTION_CLOSE has been put on the wire, or the
+/// connection ended otherwise (the peer closed it, it timed out or was
+/// reset: nothing of ours is left to send). quinn's own signal,
+/// `Endpoint::wait_idle`, also waits out every connection's draining period
+/// (three probe timeouts, seconds on a loaded machine), which a process that
+/// only has to tell its peers does not need; quinn reports no event for the
+/// close going out, so its frame counter is looked at every millisecond.
+async fn close_went_out(conn: &quinn::Connection) {
+    loop {
+        if conn.stats().frame_tx.connection_close > 0 {
+            return;
+        }
+        if let Some(reason) = conn.close_reason()
+            && !matches!(reason, quinn::ConnectionError::LocallyClosed)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A failed handshake: [`TransportError::Rejected`] when the server answered
 /// (a close, a refusal, a TLS alert or a certificate we refused, a version
 /// negotiation), [`TransportError::Connect`] when nothing came back.
@@ -567,14 +590,9 @@ impl Connection for QuicConnection {
     }
 
     fn close_sent(&self) -> BoxFuture<'static, ()> {
-        // The agent's own endpoint sends the CONNECTION_CLOSE from its driver task;
-        // it is idle once the connection has drained. (A server's shared endpoint
-        // keeps running, so there is nothing to wait for.)
-        let endpoint = self.endpoint.clone();
+        let conn = self.conn.clone();
         Box::pin(async move {
-            if let Some(endpoint) = endpoint {
-                let _ = tokio::time::timeout(CLOSE_SENT_LIMIT, endpoint.wait_idle()).await;
-            }
+            let _ = tokio::time::timeout(CLOSE_SENT_LIMIT, close_went_out(&conn)).await;
         })
     }
 
