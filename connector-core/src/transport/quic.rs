@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -423,6 +423,9 @@ pub struct QuicConnection {
     endpoint: Option<Endpoint>,
     /// Sizes the receive window to the streams open on this connection.
     credit: Arc<Credit>,
+    /// Datagrams sent on it when [`Connection::close`] was called (`u64::MAX`
+    /// until then): the first one after is the CONNECTION_CLOSE.
+    datagrams_at_close: Arc<AtomicU64>,
 }
 
 /// Whether a connection waits for its peer's admission ([`Connection::admitted`]).
@@ -493,6 +496,7 @@ impl QuicConnection {
             peer,
             endpoint,
             credit,
+            datagrams_at_close: Arc::new(AtomicU64::new(u64::MAX)),
         }
     }
 
@@ -521,16 +525,21 @@ impl Drop for QuicConnection {
     }
 }
 
-/// Resolves once `conn`'s CONNECTION_CLOSE has been put on the wire, or the
-/// connection ended otherwise (the peer closed it, it timed out or was
+/// Resolves once `conn`'s CONNECTION_CLOSE has been put on the wire (a
+/// datagram went out after [`Connection::close`], which recorded the count
+/// in `at_close`: once closed, a connection sends nothing but its close), or
+/// the connection ended otherwise (the peer closed it, it timed out or was
 /// reset: nothing of ours is left to send). quinn's own signal,
 /// `Endpoint::wait_idle`, also waits out every connection's draining period
 /// (three probe timeouts, seconds on a loaded machine), which a process that
 /// only has to tell its peers does not need; quinn reports no event for the
-/// close going out, so its frame counter is looked at every millisecond.
-async fn close_went_out(conn: &quinn::Connection) {
+/// close going out, so its datagram counter is looked at every millisecond.
+/// A connection closed other than through [`Connection::close`] (the whole
+/// endpoint closed) waits for the caller's bound.
+async fn close_went_out(conn: &quinn::Connection, at_close: &AtomicU64) {
     loop {
-        if conn.stats().frame_tx.connection_close > 0 {
+        let at_close = at_close.load(Ordering::Relaxed);
+        if at_close != u64::MAX && conn.stats().udp_tx.datagrams > at_close {
             return;
         }
         if let Some(reason) = conn.close_reason()
@@ -581,6 +590,10 @@ impl Connection for QuicConnection {
     }
 
     fn close(&self, code: ConnectionCode, reason: &str) {
+        let sent = self.conn.stats().udp_tx.datagrams;
+        let _ = self
+            .datagrams_at_close
+            .compare_exchange(u64::MAX, sent, Ordering::Relaxed, Ordering::Relaxed);
         self.conn.close(VarInt::from_u32(code.to_wire()), reason.as_bytes());
     }
 
@@ -590,9 +603,9 @@ impl Connection for QuicConnection {
     }
 
     fn close_sent(&self) -> BoxFuture<'static, ()> {
-        let conn = self.conn.clone();
+        let (conn, at_close) = (self.conn.clone(), self.datagrams_at_close.clone());
         Box::pin(async move {
-            let _ = tokio::time::timeout(CLOSE_SENT_LIMIT, close_went_out(&conn)).await;
+            let _ = tokio::time::timeout(CLOSE_SENT_LIMIT, close_went_out(&conn, &at_close)).await;
         })
     }
 
