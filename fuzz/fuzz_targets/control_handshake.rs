@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use connector_core::agent::{Agent, AgentConfig, BackoffConfig};
 use connector_core::auth::{Allowance, StaticCredential, TokenAuthenticator, TokenEntry};
-use connector_core::fuzzing::read_frame;
 use connector_core::fuzzing::normalize_host;
+use connector_core::fuzzing::read_frame;
 use connector_core::proto::{Credential, Frame, FrameHeader, HEADER_LEN, Hello, MAX_FRAME_PAYLOAD, Secret, Welcome};
 use connector_core::server::{Server, ServerConfig};
 use connector_core::transport::memory::{self, MemoryConnector};

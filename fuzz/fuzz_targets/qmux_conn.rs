@@ -15,12 +15,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use connector_core::transport::PRE_ADMISSION_WINDOW;
 use connector_core::fuzzing::window_for;
 use connector_core::fuzzing::{Config, Conn, Side};
-use connector_core::fuzzing::{
-    DEFAULT_MAX_RECORD_SIZE, Frame, TransportParams, put_record, take_record,
-};
+use connector_core::fuzzing::{DEFAULT_MAX_RECORD_SIZE, Frame, TransportParams, put_record, take_record};
+use connector_core::transport::PRE_ADMISSION_WINDOW;
 use libfuzzer_sys::fuzz_target;
 
 const STREAM_WINDOW: u64 = 8 * 1024;
