@@ -195,7 +195,8 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
         }
         let mut delay_after = true;
         let mut quiet = false;
-        // Refused because it drains, or nothing answers yet: the replacement is not up.
+        // Refused because it drains, or nothing answers yet: the replacement
+        // is not up. Such an attempt is retried soon, and logged at debug.
         let replacement_pending = matches!(
             attempt,
             Attempt::Failed(_)
@@ -204,6 +205,7 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                     ..
                 }
         );
+        let probing = replacement_pending && probing_until.is_some_and(|until| Instant::now() < until);
         match attempt {
             Attempt::Stopped => break,
             Attempt::Rejected {
@@ -214,12 +216,20 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                 quiet = true;
             }
             Attempt::Rejected { code, reason } => {
-                tracing::error!(%code, reason = %escaped(&reason), "the server rejected this agent");
+                if probing {
+                    tracing::debug!(%code, reason = %escaped(&reason), "the replica is still draining");
+                } else {
+                    tracing::error!(%code, reason = %escaped(&reason), "the server rejected this agent");
+                }
                 shared.metrics.connect_failures.inc(code.label());
                 shared.publish(Some(AgentStatus::Rejected { code, reason }));
             }
             Attempt::Failed(reason) => {
-                tracing::warn!(reason = %escaped(&reason), server = %connector.describe(), "could not connect to the server");
+                if probing {
+                    tracing::debug!(reason = %escaped(&reason), server = %connector.describe(), "the replacement is not up yet");
+                } else {
+                    tracing::warn!(reason = %escaped(&reason), server = %connector.describe(), "could not connect to the server");
+                }
                 shared.metrics.connect_failures.inc("connection_failed");
                 shared.publish(Some(AgentStatus::Disconnected { reason }));
             }
@@ -310,7 +320,6 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
         if !delay_after {
             continue;
         }
-        let probing = replacement_pending && probing_until.is_some_and(|until| Instant::now() < until);
         let delay = if probing {
             REPLACEMENT_PROBE.mul_f64(rand::rng().random_range(0.5..1.5))
         } else {
