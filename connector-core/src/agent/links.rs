@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::serve::DialContext;
-use super::session::{self, Attempt, Served};
+use super::session::{self, Attempt, Served, Session};
 use super::{AgentConfig, AgentStatus, Backoff, Mode, ServerSession};
 use crate::metrics::AgentMetrics;
 use crate::proto::{ConnectionCode, RejectCode, escaped};
@@ -165,36 +165,96 @@ fn running(mode: &watch::Receiver<Mode>) -> bool {
 
 /// One link: sessions one after another over `connector` until the agent stops or drains.
 pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<dyn Connector>, discovery: Discovery) {
-    let config = &shared.config;
-    let mut mode = shared.mode.clone();
-    let mut backoff = Backoff::new(config.backoff.clone());
-    // The session being replaced keeps serving until the next attempt is over.
-    let mut replaced: Option<oneshot::Sender<()>> = None;
-    // The last session ended with a GoAway soon after it began.
-    let mut rapid_go_away = false;
-    // Until when a failed attempt means "the replica that sent GoAway is
-    // still draining or not yet replaced" rather than a failure.
-    let mut probing_until: Option<Instant> = None;
-    loop {
-        if matches!(discovery, Discovery::LoadBalanced) && index > 0 {
-            // An extra link waits until the servers report more replicas than links before it.
-            let mut servers = shared.servers.subscribe();
-            tokio::select! {
-                _ = servers.wait_for(|s| s.expected > index) => {}
-                _ = mode.wait_for(|m| *m != Mode::Run) => {}
+    let link = Link {
+        mode: shared.mode.clone(),
+        backoff: Backoff::new(shared.config.backoff.clone()),
+        shared,
+        index,
+        connector,
+        discovery,
+        replaced: None,
+        rapid_go_away: false,
+        probing_until: None,
+    };
+    link.run().await
+}
+
+/// What a link does after an attempt or a session.
+enum Next {
+    /// The agent stops or drains.
+    Stop,
+    /// Connect again at once.
+    Now,
+    /// Connect again after a pause: `probing` for a replica's replacement,
+    /// else the backoff (`quiet`: not worth an info line).
+    Later { quiet: bool, probing: bool },
+}
+
+/// The state of one link between its sessions.
+struct Link {
+    shared: Arc<Shared>,
+    index: usize,
+    connector: Arc<dyn Connector>,
+    discovery: Discovery,
+    mode: watch::Receiver<Mode>,
+    backoff: Backoff,
+    /// The session being replaced keeps serving until the next attempt is over.
+    replaced: Option<oneshot::Sender<()>>,
+    /// The last session ended with a GoAway soon after it began.
+    rapid_go_away: bool,
+    /// Until when a failed attempt means "the replica that sent GoAway is
+    /// still draining or not yet replaced" rather than a failure.
+    probing_until: Option<Instant>,
+}
+
+impl Link {
+    async fn run(mut self) {
+        loop {
+            self.wait_for_turn().await;
+            if !running(&self.mode) {
+                break;
+            }
+            let started = Instant::now();
+            let held = self.shared.held_by_others(self.index);
+            let attempt = session::open(self.connector.as_ref(), &self.shared.config, held, &mut self.mode).await;
+            if let Some(trigger) = self.replaced.take() {
+                let _ = trigger.send(());
+            }
+            let next = match attempt {
+                Attempt::Stopped => Next::Stop,
+                Attempt::Connected(session) => self.serve(session, started).await,
+                refused => self.not_connected(refused),
+            };
+            if matches!(next, Next::Stop) {
+                break;
+            }
+            self.backoff.connection_lasted(started.elapsed());
+            if let Next::Later { quiet, probing } = next
+                && !self.pause(quiet, probing).await
+            {
+                break;
             }
         }
-        if !running(&mode) {
-            break;
-        }
-        let started = Instant::now();
-        let held = shared.held_by_others(index);
-        let attempt = session::open(connector.as_ref(), config, held, &mut mode).await;
-        if let Some(trigger) = replaced.take() {
+        if let Some(trigger) = self.replaced.take() {
             let _ = trigger.send(());
         }
-        let mut delay_after = true;
-        let mut quiet = false;
+    }
+
+    /// With one address in front of all replicas, an extra link waits until
+    /// the servers report more replicas than links before it.
+    async fn wait_for_turn(&mut self) {
+        if matches!(self.discovery, Discovery::LoadBalanced) && self.index > 0 {
+            let mut servers = self.shared.servers.subscribe();
+            tokio::select! {
+                _ = servers.wait_for(|s| s.expected > self.index) => {}
+                _ = self.mode.wait_for(|m| *m != Mode::Run) => {}
+            }
+        }
+    }
+
+    /// An attempt that did not end in a session: logged, counted, published.
+    fn not_connected(&mut self, attempt: Attempt) -> Next {
+        let shared = &self.shared;
         // Refused because it drains, or nothing answers yet: the replacement
         // is not up. Such an attempt is retried soon, and logged at debug.
         let replacement_pending = matches!(
@@ -205,15 +265,14 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
                     ..
                 }
         );
-        let probing = replacement_pending && probing_until.is_some_and(|until| Instant::now() < until);
+        let probing = replacement_pending && self.probing_until.is_some_and(|until| Instant::now() < until);
         match attempt {
-            Attempt::Stopped => break,
             Attempt::Rejected {
                 code: RejectCode::AlreadyConnected,
                 reason,
             } => {
-                tracing::debug!(link = index, reason = %escaped(&reason), "landed on a replica this agent already holds; trying again");
-                quiet = true;
+                tracing::debug!(link = self.index, reason = %escaped(&reason), "landed on a replica this agent already holds; trying again");
+                return Next::Later { quiet: true, probing };
             }
             Attempt::Rejected { code, reason } => {
                 if probing {
@@ -226,116 +285,128 @@ pub(super) async fn run_link(shared: Arc<Shared>, index: usize, connector: Arc<d
             }
             Attempt::Failed(reason) => {
                 if probing {
-                    tracing::debug!(reason = %escaped(&reason), server = %connector.describe(), "the replacement is not up yet");
+                    tracing::debug!(reason = %escaped(&reason), server = %self.connector.describe(), "the replacement is not up yet");
                 } else {
-                    tracing::warn!(reason = %escaped(&reason), server = %connector.describe(), "could not connect to the server");
+                    tracing::warn!(reason = %escaped(&reason), server = %self.connector.describe(), "could not connect to the server");
                 }
                 shared.metrics.connect_failures.inc("connection_failed");
                 shared.publish(Some(AgentStatus::Disconnected { reason }));
             }
-            Attempt::Connected(mut session) => {
-                probing_until = None;
-                let server_id = session.server_id.clone();
-                tracing::info!(
-                    server_id = %server_id,
-                    server_count = session.server_count,
-                    transport = session.transport(),
-                    "connected"
-                );
-                shared.sessions.fetch_add(1, Ordering::Relaxed);
-                shared.metrics.connects.inc();
-                let live = ServerSession {
-                    server_id: server_id.clone(),
-                    transport: session.transport(),
-                };
-                shared.set_live(index, Some(live), &discovery, session.server_count);
-                let served = session.serve(&shared.ctx, &mut mode).await;
-                shared.set_live(index, None, &discovery, 0);
-                match served {
-                    Served::Stopping => {
-                        let leaving = *mode.borrow();
-                        match leaving {
-                            Mode::Drain(grace) => {
-                                let code = ConnectionCode::Draining;
-                                let announce = session::going_away(code, grace, code.describe());
-                                session
-                                    .drain(shared.ctx.clone(), mode.clone(), Some(announce), code, grace)
-                                    .await
-                            }
-                            _ => session.close(ConnectionCode::Normal, "agent stopping").await,
-                        }
-                        break;
+            Attempt::Stopped | Attempt::Connected(_) => unreachable!("handled by the caller"),
+        }
+        Next::Later { quiet: false, probing }
+    }
+
+    /// Serves a session until it ends, and decides what comes next.
+    async fn serve(&mut self, mut session: Session, started: Instant) -> Next {
+        self.probing_until = None;
+        let shared = self.shared.clone();
+        let server_id = session.server_id.clone();
+        tracing::info!(
+            server_id = %server_id,
+            server_count = session.server_count,
+            transport = session.transport(),
+            "connected"
+        );
+        shared.sessions.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connects.inc();
+        let live = ServerSession {
+            server_id: server_id.clone(),
+            transport: session.transport(),
+        };
+        shared.set_live(self.index, Some(live), &self.discovery, session.server_count);
+        let served = session.serve(&shared.ctx, &mut self.mode).await;
+        shared.set_live(self.index, None, &self.discovery, 0);
+        match served {
+            Served::Stopping => {
+                let leaving = *self.mode.borrow();
+                match leaving {
+                    Mode::Drain(grace) => {
+                        let code = ConnectionCode::Draining;
+                        let announce = session::going_away(code, grace, code.describe());
+                        session
+                            .drain(shared.ctx.clone(), self.mode.clone(), Some(announce), code, grace)
+                            .await
                     }
-                    Served::GoAway(go_away) => {
-                        tracing::info!(%server_id, reason = %escaped(&go_away.reason), "the server is going away; connecting elsewhere");
-                        shared.metrics.go_aways.inc();
-                        // The server stopped routing here; what is open may finish within its
-                        // grace. The agent answers with a GoAway of its own (the server waits
-                        // for it before it closes) and closes once nothing is open.
-                        let grace = Duration::from_millis(go_away.grace_ms.into());
-                        probing_until = Some(Instant::now() + grace + REPLACEMENT_WAIT);
-                        let ack = session::going_away(go_away.code, grace, GO_AWAY_ACKNOWLEDGED);
-                        shared.draining.spawn(session.drain(
-                            shared.ctx.clone(),
-                            mode.clone(),
-                            Some(ack),
-                            ConnectionCode::Normal,
-                            grace,
-                        ));
-                        shared.publish(Some(AgentStatus::Disconnected {
-                            reason: format!("server {server_id} is going away"),
-                        }));
-                        // A replica that drains is no failure: connect again at once (to
-                        // another replica, or to its replacement). Only a server that keeps
-                        // sending GoAway right after the Welcome meets the backoff.
-                        let lasted = started.elapsed();
-                        if !rapid_go_away {
-                            delay_after = false;
-                        }
-                        rapid_go_away = lasted < RAPID_GO_AWAY;
+                    _ => session.close(ConnectionCode::Normal, "agent stopping").await,
+                }
+                Next::Stop
+            }
+            Served::GoAway(go_away) => {
+                tracing::info!(%server_id, reason = %escaped(&go_away.reason), "the server is going away; connecting elsewhere");
+                shared.metrics.go_aways.inc();
+                // The server stopped routing here; what is open may finish within its
+                // grace. The agent answers with a GoAway of its own (the server waits
+                // for it before it closes) and closes once nothing is open.
+                let grace = Duration::from_millis(go_away.grace_ms.into());
+                self.probing_until = Some(Instant::now() + grace + REPLACEMENT_WAIT);
+                let ack = session::going_away(go_away.code, grace, GO_AWAY_ACKNOWLEDGED);
+                shared.draining.spawn(session.drain(
+                    shared.ctx.clone(),
+                    self.mode.clone(),
+                    Some(ack),
+                    ConnectionCode::Normal,
+                    grace,
+                ));
+                shared.publish(Some(AgentStatus::Disconnected {
+                    reason: format!("server {server_id} is going away"),
+                }));
+                // A replica that drains is no failure: connect again at once (to
+                // another replica, or to its replacement). Only a server that keeps
+                // sending GoAway right after the Welcome meets the backoff.
+                let was_rapid = self.rapid_go_away;
+                self.rapid_go_away = started.elapsed() < RAPID_GO_AWAY;
+                if was_rapid {
+                    Next::Later {
+                        quiet: false,
+                        probing: false,
                     }
-                    Served::Superseded(reason) => {
-                        tracing::info!(%server_id, %reason, "moving to a new connection; draining this one");
-                        let (trigger, fired) = oneshot::channel();
-                        replaced = Some(trigger);
-                        shared.draining.spawn(session.drain_after(
-                            async {
-                                let _ = fired.await;
-                            },
-                            shared.ctx.clone(),
-                            mode.clone(),
-                            ConnectionCode::Superseded,
-                            config.replace_grace,
-                        ));
-                        delay_after = false;
-                    }
-                    Served::Lost(reason) => {
-                        tracing::warn!(%server_id, reason = %escaped(&reason), "connection to the server ended");
-                        shared.publish(Some(AgentStatus::Disconnected { reason }));
-                    }
+                } else {
+                    Next::Now
+                }
+            }
+            Served::Superseded(reason) => {
+                tracing::info!(%server_id, %reason, "moving to a new connection; draining this one");
+                let (trigger, fired) = oneshot::channel();
+                self.replaced = Some(trigger);
+                shared.draining.spawn(session.drain_after(
+                    async {
+                        let _ = fired.await;
+                    },
+                    shared.ctx.clone(),
+                    self.mode.clone(),
+                    ConnectionCode::Superseded,
+                    shared.config.replace_grace,
+                ));
+                Next::Now
+            }
+            Served::Lost(reason) => {
+                tracing::warn!(%server_id, reason = %escaped(&reason), "connection to the server ended");
+                shared.publish(Some(AgentStatus::Disconnected { reason }));
+                Next::Later {
+                    quiet: false,
+                    probing: false,
                 }
             }
         }
-        backoff.connection_lasted(started.elapsed());
-        if !delay_after {
-            continue;
-        }
+    }
+
+    /// Waits before the next attempt: the probe interval while probing for
+    /// a replacement, else the backoff. False if the agent stops meanwhile.
+    async fn pause(&mut self, quiet: bool, probing: bool) -> bool {
         let delay = if probing {
             REPLACEMENT_PROBE.mul_f64(rand::rng().random_range(0.5..1.5))
         } else {
-            backoff.next_delay(&mut rand::rng())
+            self.backoff.next_delay(&mut rand::rng())
         };
         if quiet || probing {
-            tracing::debug!(link = index, "trying again in {delay:.1?}");
+            tracing::debug!(link = self.index, "trying again in {delay:.1?}");
         } else {
-            tracing::info!(link = index, "reconnecting in {delay:.1?}");
+            tracing::info!(link = self.index, "reconnecting in {delay:.1?}");
         }
         tokio::select! {
-            _ = mode.wait_for(|m| *m != Mode::Run) => break,
-            _ = tokio::time::sleep(delay) => {}
+            _ = self.mode.wait_for(|m| *m != Mode::Run) => false,
+            _ = tokio::time::sleep(delay) => true,
         }
-    }
-    if let Some(trigger) = replaced.take() {
-        let _ = trigger.send(());
     }
 }
