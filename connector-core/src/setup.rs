@@ -129,16 +129,27 @@ pub enum TcpListen {
     At(SocketAddr),
 }
 
+/// A TCP listen address that is neither `same`, `off` nor `IP:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid TCP listen address {given:?} ({source}): expected IP:PORT or off")]
+pub struct TcpListenParseError {
+    /// The text given.
+    pub given: String,
+    /// Why it is no `IP:PORT`.
+    #[source]
+    pub source: std::net::AddrParseError,
+}
+
 impl std::str::FromStr for TcpListen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = TcpListenParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "off" | "none" => Ok(Self::Off),
             "same" => Ok(Self::SameAsQuic),
-            addr => addr
-                .parse()
-                .map(Self::At)
-                .map_err(|e| format!("invalid TCP listen address {addr:?} ({e}): expected IP:PORT or off")),
+            addr => addr.parse().map(Self::At).map_err(|source| TcpListenParseError {
+                given: addr.to_owned(),
+                source,
+            }),
         }
     }
 }

@@ -214,6 +214,7 @@ impl Value for TcpListen {
 
     fn parse(text: &str) -> Result<Self, String> {
         text.parse()
+            .map_err(|e: crate::setup::TcpListenParseError| e.to_string())
     }
 
     fn to_text(&self) -> String {
@@ -248,7 +249,9 @@ impl Value for CongestionControl {
     const KIND: Kind = Kind::Text;
 
     fn parse(text: &str) -> Result<Self, String> {
-        text.trim().parse()
+        text.trim()
+            .parse()
+            .map_err(|e: crate::transport::UnknownChoice| e.to_string())
     }
 
     fn to_text(&self) -> String {

@@ -48,13 +48,17 @@ pub enum TransportMode {
 }
 
 impl FromStr for TransportMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = super::UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
             "quic" => Ok(Self::Quic),
             "tcp" => Ok(Self::Tcp),
-            other => Err(format!("unknown transport {other:?}: expected auto, quic or tcp")),
+            other => Err(super::UnknownChoice {
+                what: "transport",
+                given: other.to_owned(),
+                choices: "expected auto, quic or tcp",
+            }),
         }
     }
 }

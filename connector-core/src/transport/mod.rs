@@ -378,6 +378,19 @@ pub enum TransportError {
     Lost(String),
 }
 
+/// A setting's text that names none of its choices (a transport, a
+/// congestion controller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {given:?}: {choices}")]
+pub struct UnknownChoice {
+    /// What was being chosen.
+    pub what: &'static str,
+    /// The text given.
+    pub given: String,
+    /// What to write instead (`expected auto, quic or tcp`).
+    pub choices: &'static str,
+}
+
 /// The error inside an [`io::Error`] when the peer reset or stopped a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("stream reset by peer: {0}")]

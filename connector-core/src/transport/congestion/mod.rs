@@ -37,16 +37,18 @@ pub enum CongestionControl {
 }
 
 impl std::str::FromStr for CongestionControl {
-    type Err = String;
+    type Err = super::UnknownChoice;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
             "cubic" => Ok(Self::Cubic),
             "bbr" => Ok(Self::Bbr),
-            other => Err(format!(
-                "unknown congestion controller {other:?}: use auto, cubic or bbr"
-            )),
+            other => Err(super::UnknownChoice {
+                what: "congestion controller",
+                given: other.to_owned(),
+                choices: "use auto, cubic or bbr",
+            }),
         }
     }
 }
