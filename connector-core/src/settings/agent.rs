@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Schema, SettingsError, check_range, settings_schema};
+use super::{Schema, SettingsError, check_range, check_udp_payload, settings_schema};
 use crate::Identifiers;
 use crate::agent::{DEFAULT_MAX_CONNECTIONS, DEFAULT_TUNNEL_STALL_TIMEOUT, DestinationPolicy, Rule};
 use crate::auth::TokenFile;
@@ -14,7 +14,7 @@ use crate::tls::{CaBundle, Identity};
 use crate::transport::congestion::CongestionControl;
 use crate::transport::fallback::{FallbackSettings, TransportMode};
 use crate::transport::qmux::proxy::ProxyChoice;
-use crate::transport::quic::{MAX_UDP_PAYLOAD, MIN_UDP_PAYLOAD, QuicSettings};
+use crate::transport::quic::{MAX_UDP_PAYLOAD, QuicSettings};
 
 /// Largest `max-connections` accepted.
 pub const MAX_CONNECTIONS: usize = 1_000_000;
@@ -120,11 +120,7 @@ impl AgentSettings {
                 Err(SettingsError::invalid("server-name", "must not be empty"))
             }
             "max_connections" => check_range("max-connections", self.max_connections, 1..=MAX_CONNECTIONS),
-            "max_udp_payload" => check_range(
-                "max-udp-payload",
-                self.max_udp_payload,
-                MIN_UDP_PAYLOAD..=MAX_UDP_PAYLOAD,
-            ),
+            "max_udp_payload" => check_udp_payload(self.max_udp_payload),
             _ => Ok(()),
         }
     }

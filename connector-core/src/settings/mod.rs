@@ -313,6 +313,12 @@ macro_rules! settings_schema {
 pub(crate) use settings_schema;
 
 /// Checks that `value` is within `range`, naming `key` otherwise.
+/// `max-udp-payload`, the same bound for a server and an agent.
+pub(crate) fn check_udp_payload(value: u16) -> Result<(), SettingsError> {
+    use crate::transport::quic::{MAX_UDP_PAYLOAD, MIN_UDP_PAYLOAD};
+    check_range("max-udp-payload", value, MIN_UDP_PAYLOAD..=MAX_UDP_PAYLOAD)
+}
+
 pub(crate) fn check_range<T>(key: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<(), SettingsError>
 where
     T: PartialOrd + std::fmt::Display,

@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Schema, SettingsError, check_range, settings_schema};
+use super::{Schema, SettingsError, check_range, check_udp_payload, settings_schema};
 use crate::auth::TokenAuthenticator;
 use crate::server::{DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_PENDING_DIALS, DEFAULT_MAX_PRE_HELLO};
 use crate::server::{DEFAULT_MAX_UNADMITTED_PER_SOURCE, DEFAULT_STRATEGIES, Limits, ProxyStrategy};
 use crate::setup::{ClientCertificates, ServerSetup, TcpListen};
 use crate::tls::{CaBundle, Identity};
 use crate::transport::congestion::CongestionControl;
-use crate::transport::quic::{MAX_UDP_PAYLOAD, MIN_UDP_PAYLOAD, QuicSettings};
+use crate::transport::quic::{MAX_UDP_PAYLOAD, QuicSettings};
 
 settings_schema! {
     /// A server's settings (see the [module](super)); `Default` is what a
@@ -102,11 +102,7 @@ impl ServerSettings {
                 "proxy-strategies",
                 "name at least one of destHost, defaultRoute, default",
             )),
-            "max_udp_payload" => check_range(
-                "max-udp-payload",
-                self.max_udp_payload,
-                MIN_UDP_PAYLOAD..=MAX_UDP_PAYLOAD,
-            ),
+            "max_udp_payload" => check_udp_payload(self.max_udp_payload),
             _ => Ok(()),
         }
     }
