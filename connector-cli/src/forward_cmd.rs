@@ -20,7 +20,8 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
-    /// Local address to listen on.
+    /// Local address to listen on: a loopback address, since whoever reaches it
+    /// reaches the target through the tunnel without authenticating.
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
     /// Where every connection goes, as seen from the agent: `host:port`.
@@ -142,6 +143,7 @@ async fn handshake(io: &mut (impl AsyncRead + AsyncWrite + Unpin), target: &str)
 }
 
 pub async fn run(args: ForwardArgs) -> anyhow::Result<()> {
+    connector_core::frontend::require_loopback(args.listen).context("--listen")?;
     let proxy = Arc::new(Proxy::from_args(&args)?);
     let listener = TcpListener::bind(args.listen)
         .await

@@ -163,6 +163,26 @@ fn server_forward_flag_carries_a_bulk_transfer_intact() {
     assert_digest_answered(std::net::TcpStream::connect(&local).unwrap(), &data);
 }
 
+/// Whoever reaches a forward's port reaches its target without
+/// authenticating: it listens on loopback only (before, it served every
+/// interface; the process then ran on, which `wait_exit` turns into a failure).
+#[test]
+fn forward_command_refuses_a_non_loopback_listen_address() {
+    let mut forward = Running::spawn(connector(&[
+        "forward",
+        "--listen",
+        "0.0.0.0:0",
+        "--target",
+        "10.0.0.5:80",
+        "--proxy",
+        "tcp://127.0.0.1:8131",
+    ]));
+    let status = forward.wait_exit();
+    assert!(!status.success());
+    let said = forward.seen().join("\n");
+    assert!(said.contains("0.0.0.0 is not a loopback address"), "{said}");
+}
+
 #[test]
 fn server_forward_flag_refuses_a_non_loopback_listen_address() {
     let out = connector(&["server", "--forward", "0.0.0.0:8080=10.0.0.5:80,agent=node-a"])
