@@ -142,7 +142,7 @@ impl Agent {
         let timeout = seconds("timeout", timeout)?;
         let mut status = self.status.clone();
         let agent_id = self.agent_id.clone();
-        let reached = wait(py, timeout, "waiting for the agent to connect", async move {
+        let waited = wait(py, timeout, "waiting for the agent to connect", async move {
             let reached = status
                 .wait_for(|s| {
                     matches!(
@@ -154,7 +154,18 @@ impl Agent {
                 .map(|s| s.clone())
                 .unwrap_or(AgentStatus::Stopped);
             Ok(reached)
-        })?;
+        });
+        let reached = match waited {
+            // Say why: the last attempt's failure (a bad CA, no server) is known.
+            Err(Failure::Timeout(waiting)) => {
+                let why = match &*self.status.borrow() {
+                    AgentStatus::Disconnected { reason } => format!("; the last attempt: {reason}"),
+                    _ => "; no attempt has ended yet (the server does not answer?)".to_owned(),
+                };
+                return Err(Failure::Timeout(format!("{waiting}{why}")).into());
+            }
+            other => other?,
+        };
         match reached {
             AgentStatus::Connected { server_id, .. } => Ok(server_id),
             AgentStatus::Rejected { code, reason } => Err(Failure::Auth {

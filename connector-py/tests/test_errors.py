@@ -137,3 +137,18 @@ def test_extreme_arguments_are_handled(connector_tunnel: LocalTunnel) -> None:
             connector.Agent(server.address, ca=ca.cert_pem, agent_id="x", token="t", max_connections=bad)
     with pytest.raises(connector.ConfigError):
         connector.Agent(server.address, ca=ca.cert_pem, agent_id="x", token="t", max_connections=-1)
+
+
+def test_wait_connected_timeout_says_why() -> None:
+    ca = ThrowawayCa()
+    agent = connector.Agent(closed_port(), ca=ca.cert_pem, agent_id="lonely", token="t", transport="tcp")
+    try:
+        # The timeout says why the agent is not connected: the last attempt's
+        # failure (here a refused TCP connect), or that none has ended yet.
+        with pytest.raises(connector.TimeoutError) as err:
+            agent.wait_connected(timeout=2)
+        said = str(err.value)
+        assert "waiting for the agent to connect timed out" in said
+        assert "the last attempt: could not connect" in said or "no attempt has ended yet" in said, said
+    finally:
+        agent.stop()

@@ -119,7 +119,9 @@ class Agent:
         """Waits until the server has registered the agent; returns the server's id.
 
         Raises :class:`connector.AuthError` if the server rejects the agent,
-        :class:`connector.TimeoutError` after ``timeout`` seconds and
+        :class:`connector.TimeoutError` after ``timeout`` seconds (its message
+        gives the last attempt's failure: a certificate the CA does not sign,
+        no server listening...) and
         :class:`connector.ClosedError` if the agent was stopped.
         """
         return self._inner.wait_connected(seconds(timeout, "timeout"))
