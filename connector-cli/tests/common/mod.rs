@@ -304,20 +304,17 @@ impl Drop for CpuLoad {
     }
 }
 
-/// `GET path` from the HTTP listener at `addr` (an admin endpoint); returns the status and body.
+/// `GET path` from the admin listener at `addr` (`connector_core::admin::get`,
+/// what `connector agents` uses); returns the status and body.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-    write!(tcp, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
-    (status, body)
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let response = runtime
+        .block_on(connector_core::admin::get(addr, path))
+        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+    (response.status, response.body)
 }
 
 /// The value of the unlabelled sample `name` on a Prometheus text page.

@@ -223,7 +223,8 @@ impl Link {
             let next = match attempt {
                 Attempt::Stopped => Next::Stop,
                 Attempt::Connected(session) => self.serve(session, started).await,
-                refused => self.not_connected(refused),
+                Attempt::Rejected { code, reason } => self.rejected(code, reason),
+                Attempt::Failed(reason) => self.failed(reason),
             };
             if matches!(next, Next::Stop) {
                 break;
@@ -252,48 +253,44 @@ impl Link {
         }
     }
 
-    /// An attempt that did not end in a session: logged, counted, published.
-    fn not_connected(&mut self, attempt: Attempt) -> Next {
-        let shared = &self.shared;
-        // Refused because it drains, or nothing answers yet: the replacement
-        // is not up. Such an attempt is retried soon, and logged at debug.
-        let replacement_pending = matches!(
-            attempt,
-            Attempt::Failed(_)
-                | Attempt::Rejected {
-                    code: RejectCode::ShuttingDown,
-                    ..
-                }
-        );
-        let probing = replacement_pending && self.probing_until.is_some_and(|until| Instant::now() < until);
-        match attempt {
-            Attempt::Rejected {
-                code: RejectCode::AlreadyConnected,
-                reason,
-            } => {
-                tracing::debug!(link = self.index, reason = %escaped(&reason), "landed on a replica this agent already holds; trying again");
-                return Next::Later { quiet: true, probing };
-            }
-            Attempt::Rejected { code, reason } => {
-                if probing {
-                    tracing::debug!(%code, reason = %escaped(&reason), "the replica is still draining");
-                } else {
-                    tracing::error!(%code, reason = %escaped(&reason), "the server rejected this agent");
-                }
-                shared.metrics.connect_failures.inc(code.label());
-                shared.publish(Some(AgentStatus::Rejected { code, reason }));
-            }
-            Attempt::Failed(reason) => {
-                if probing {
-                    tracing::debug!(reason = %escaped(&reason), server = %self.connector.describe(), "the replacement is not up yet");
-                } else {
-                    tracing::warn!(reason = %escaped(&reason), server = %self.connector.describe(), "could not connect to the server");
-                }
-                shared.metrics.connect_failures.inc("connection_failed");
-                shared.publish(Some(AgentStatus::Disconnected { reason }));
-            }
-            Attempt::Stopped | Attempt::Connected(_) => unreachable!("handled by the caller"),
+    /// Whether a failed attempt is one of the probes for the replacement of
+    /// a replica that sent GoAway: retried soon, and logged at debug.
+    fn probing(&self) -> bool {
+        self.probing_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// The server refused the agent: logged, counted, published.
+    fn rejected(&mut self, code: RejectCode, reason: String) -> Next {
+        if code == RejectCode::AlreadyConnected {
+            tracing::debug!(link = self.index, reason = %escaped(&reason), "landed on a replica this agent already holds; trying again");
+            return Next::Later {
+                quiet: true,
+                probing: false,
+            };
         }
+        // Refused because it drains: its replacement is not up yet.
+        let probing = code == RejectCode::ShuttingDown && self.probing();
+        if probing {
+            tracing::debug!(%code, reason = %escaped(&reason), "the replica is still draining");
+        } else {
+            tracing::error!(%code, reason = %escaped(&reason), "the server rejected this agent");
+        }
+        self.shared.metrics.connect_failures.inc(code.label());
+        self.shared.publish(Some(AgentStatus::Rejected { code, reason }));
+        Next::Later { quiet: false, probing }
+    }
+
+    /// No session could be set up: logged, counted, published.
+    fn failed(&mut self, reason: String) -> Next {
+        // Nothing answers (yet): a replaced replica's successor may not be up.
+        let probing = self.probing();
+        if probing {
+            tracing::debug!(reason = %escaped(&reason), server = %self.connector.describe(), "the replacement is not up yet");
+        } else {
+            tracing::warn!(reason = %escaped(&reason), server = %self.connector.describe(), "could not connect to the server");
+        }
+        self.shared.metrics.connect_failures.inc("connection_failed");
+        self.shared.publish(Some(AgentStatus::Disconnected { reason }));
         Next::Later { quiet: false, probing }
     }
 

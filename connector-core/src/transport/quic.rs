@@ -643,30 +643,20 @@ fn stream_code(code: VarInt) -> StreamCode {
 /// or stopped the stream, and as the [`TransportError`] that ended the
 /// connection where it was lost (quinn's own message says only "connection lost").
 fn map_io(err: io::Error) -> io::Error {
-    let lost = err
-        .get_ref()
-        .and_then(|inner| match inner.downcast_ref::<quinn::ReadError>() {
-            Some(quinn::ReadError::ConnectionLost(cause)) => Some(cause.clone()),
-            _ => match inner.downcast_ref::<quinn::WriteError>() {
-                Some(quinn::WriteError::ConnectionLost(cause)) => Some(cause.clone()),
-                _ => None,
-            },
-        });
-    if let Some(cause) = lost {
-        return io::Error::new(err.kind(), map_conn_error(cause));
-    }
-    let reset = err.get_ref().and_then(|inner| {
-        if let Some(quinn::ReadError::Reset(code)) = inner.downcast_ref::<quinn::ReadError>() {
-            return Some(stream_code(*code));
+    let Some(inner) = err.get_ref() else {
+        return err;
+    };
+    match (
+        inner.downcast_ref::<quinn::ReadError>(),
+        inner.downcast_ref::<quinn::WriteError>(),
+    ) {
+        (Some(quinn::ReadError::ConnectionLost(cause)), _) | (_, Some(quinn::WriteError::ConnectionLost(cause))) => {
+            io::Error::new(err.kind(), map_conn_error(cause.clone()))
         }
-        if let Some(quinn::WriteError::Stopped(code)) = inner.downcast_ref::<quinn::WriteError>() {
-            return Some(stream_code(*code));
+        (Some(quinn::ReadError::Reset(code)), _) | (_, Some(quinn::WriteError::Stopped(code))) => {
+            StreamReset(stream_code(*code)).into_io()
         }
-        None
-    });
-    match reset {
-        Some(code) => StreamReset(code).into_io(),
-        None => err,
+        _ => err,
     }
 }
 

@@ -54,6 +54,17 @@ fn replica_on(ca: Arc<ThrowawayCa>, id: &str, quic: SocketAddr, tcp: SocketAddr)
     })
 }
 
+/// Replica `id` on the addresses a replica that went away held, once its
+/// sockets are released (nothing holds them any more).
+async fn replacement_on(ca: Arc<ThrowawayCa>, id: &str, quic: SocketAddr, tcp: SocketAddr) -> Replica {
+    loop {
+        match replica_on(ca.clone(), id, quic, tcp) {
+            Ok(r) => return r,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
@@ -329,13 +340,7 @@ async fn a_killed_server_is_not_a_degraded_path() {
         );
 
         // The replacement comes up on the same addresses: the agent is back over QUIC.
-        let replacement = loop {
-            match replica_on(ca.clone(), "srv-a2", quic, tcp) {
-                Ok(r) => break r,
-                // The old sockets are released once nothing holds them any more.
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        let replacement = replacement_on(ca.clone(), "srv-a2", quic, tcp).await;
         assert_eq!(wait_on(&agent, "srv-a2").await, "quic");
         assert!(!connector.prefers_tcp());
         assert_eq!(agent.observer().metrics().go_aways.get(), 0);
@@ -412,13 +417,7 @@ async fn after_a_go_away_the_agent_finds_the_replacement_without_backoff(mode: T
         .expect("the agent never tried to reconnect")
         .unwrap();
 
-    let replacement = loop {
-        match replica_on(ca.clone(), "srv-new", quic, tcp) {
-            Ok(r) => break r,
-            // The old sockets are released once nothing holds them any more.
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let replacement = replacement_on(ca.clone(), "srv-new", quic, tcp).await;
     wait_on(&agent, "srv-new").await;
     assert_eq!(agent.observer().metrics().go_aways.get(), 1);
     drop(replacement);
