@@ -313,16 +313,16 @@ impl Server {
         };
         judge_answer(answer, &mut bi, &agent, request_id, target, &relay)?;
         tracing::debug!(relayed = relay.relayed(), "dial succeeded");
-        let early = first_bytes.len() as u64 + relay.relayed();
-        self.inner.metrics.bytes_to_targets.inc_by(early);
-        agent.bytes_to_agent.fetch_add(early, Ordering::Relaxed);
-        Ok(TunnelStream::new(
+        let stream = TunnelStream::new(
             bi.send,
             bi.recv,
             request_id,
             slot.into_inner(),
             self.inner.metrics.clone(),
-        ))
+        );
+        // What went out with the Dial and while it waited counts as sent.
+        stream.sent(first_bytes.len() + relay.relayed() as usize);
+        Ok(stream)
     }
 }
 

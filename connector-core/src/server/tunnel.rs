@@ -83,7 +83,7 @@ impl TunnelStream {
 
 impl TunnelStream {
     /// Counts `n` bytes written towards the target (server-wide and for the agent).
-    fn sent(&self, n: usize) {
+    pub(super) fn sent(&self, n: usize) {
         self.metrics.bytes_to_targets.inc_by(n as u64);
         self.agent.bytes_to_agent.fetch_add(n as u64, Ordering::Relaxed);
     }
