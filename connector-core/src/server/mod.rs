@@ -106,9 +106,9 @@ pub const DEFAULT_MAX_UNADMITTED_PER_SOURCE: usize = 256;
 pub const DEFAULT_MAX_PRE_HELLO: usize = 1_000;
 
 /// Longest [`Server::drain`] waits, after closing every agent connection,
-/// for the closes to go out (QUIC: the endpoint's closing connections have
-/// drained, three probe timeouts; TCP: the close is written and the agent
-/// has ended its side).
+/// for the closes to go out (each agent session ends once its connection's
+/// close is on the wire or the agent closed first: QUIC, a datagram left
+/// after the close; TCP, the close is written and the agent ended its side).
 pub const CLOSE_SENT_LIMIT: Duration = Duration::from_secs(3);
 
 /// Default of [`Limits::max_pending_dials`]. A healthy dial waits for about
