@@ -365,3 +365,37 @@ fn an_agent_with_the_wrong_ca_is_told_which_ca_file_does_not_sign_the_server() {
         );
     }
 }
+
+/// A token file missing when the agent starts is a configuration error, like
+/// a missing `--ca`: the agent exits at once naming the file. One that goes
+/// away later (a rotation) is retried until it is back.
+#[test]
+fn a_missing_token_file_stops_the_agent_at_start_but_is_waited_for_once_running() {
+    let dir = temp_dir("missing-token");
+    dev_pki(&dir);
+    let mut server = server(&dir, &[]);
+    let addr = listen_addr(&server.wait_for(&["accepting agents"]));
+    let token = dir.join("node-a.token");
+    let moved = dir.join("node-a.token.moved");
+    std::fs::rename(&token, &moved).unwrap();
+    let mut refused = Running::spawn(agent_command(&dir, &addr));
+    let status = refused.wait_exit();
+    let stderr = refused.seen().join("\n");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--token-file") && stderr.contains(&format!("cannot read token file {}", token.display())),
+        "{stderr}"
+    );
+
+    std::fs::rename(&moved, &token).unwrap();
+    let mut agent = agent(&dir, &addr);
+    agent.wait_for(&["connected", "srv-test"]);
+    std::fs::rename(&token, &moved).unwrap();
+    server.signal("TERM"); // the agent reconnects to the replacement, and reads the token again
+    server.wait_exit();
+    let mut replacement = server_at(&dir, &addr, "srv-next", &[]);
+    replacement.wait_for(&["accepting agents"]);
+    agent.wait_for(&["cannot read token file", &token.display().to_string()]);
+    std::fs::rename(&moved, &token).unwrap();
+    agent.wait_for(&["connected", "srv-next"]);
+}
