@@ -329,3 +329,73 @@ fn check_config_validates_transport_proxy_and_tcp_listen() {
         "{err}"
     );
 }
+
+/// An agent given the wrong CA file (another `dev-pki` run) is told which
+/// file does not sign the server's certificate, over QUIC and over TCP, and
+/// the auto transport does not take the certificate error for a blocked
+/// UDP path.
+#[test]
+fn an_agent_with_the_wrong_ca_is_told_which_ca_file_does_not_sign_the_server() {
+    let dir = temp_dir("wrong-ca");
+    let other = dir.join("other");
+    dev_pki(&dir);
+    dev_pki(&other);
+    let mut server = server(&dir, &[]);
+    let addr = listen_addr(&server.wait_for(&["accepting agents"]));
+    let wrong_ca = other.join("ca.pem");
+    for transport in ["auto", "tcp"] {
+        let mut cmd = connector(&["agent", "--server", &addr, "--server-name", "localhost"]);
+        cmd.arg("--ca")
+            .arg(&wrong_ca)
+            .arg("--token-file")
+            .arg(dir.join("node-a.token"))
+            .args(["--identifiers", "host=node-a", "--transport", transport]);
+        let mut agent = Running::spawn(cmd);
+        let expected = format!(
+            "the server's certificate is not signed by the CA in {}",
+            wrong_ca.display()
+        );
+        let failure = agent.wait_for(&["could not connect", &expected]);
+        assert!(failure.contains("set the agent's CA"), "{failure}");
+        // The fallback decides (and logs) before the attempt's failure is reported.
+        assert!(
+            !agent.seen().iter().any(|l| l.contains("falling back to TCP")),
+            "{transport}: {:#?}",
+            agent.seen()
+        );
+    }
+}
+
+/// A token file missing when the agent starts is a configuration error, like
+/// a missing `--ca`: the agent exits at once naming the file. One that goes
+/// away later (a rotation) is retried until it is back.
+#[test]
+fn a_missing_token_file_stops_the_agent_at_start_but_is_waited_for_once_running() {
+    let dir = temp_dir("missing-token");
+    dev_pki(&dir);
+    let mut server = server(&dir, &[]);
+    let addr = listen_addr(&server.wait_for(&["accepting agents"]));
+    let token = dir.join("node-a.token");
+    let moved = dir.join("node-a.token.moved");
+    std::fs::rename(&token, &moved).unwrap();
+    let mut refused = Running::spawn(agent_command(&dir, &addr));
+    let status = refused.wait_exit();
+    let stderr = refused.seen().join("\n");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--token-file") && stderr.contains(&format!("cannot read token file {}", token.display())),
+        "{stderr}"
+    );
+
+    std::fs::rename(&moved, &token).unwrap();
+    let mut agent = agent(&dir, &addr);
+    agent.wait_for(&["connected", "srv-test"]);
+    std::fs::rename(&token, &moved).unwrap();
+    server.signal("TERM"); // the agent reconnects to the replacement, and reads the token again
+    server.wait_exit();
+    let mut replacement = server_at(&dir, &addr, "srv-next", &[]);
+    replacement.wait_for(&["accepting agents"]);
+    agent.wait_for(&["cannot read token file", &token.display().to_string()]);
+    std::fs::rename(&moved, &token).unwrap();
+    agent.wait_for(&["connected", "srv-next"]);
+}

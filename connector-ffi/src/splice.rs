@@ -2,6 +2,14 @@
 //! socketpair: a task copies between the other end and the tunnel, carrying
 //! half-closes both ways. The caller's own event loop (Go's netpoller) then
 //! provides deadlines, concurrent close and readiness.
+//!
+//! The copy loop is this crate's own rather than core's `copy_tunnel`: the
+//! caller is told *how* the splice ended ([`SpliceEnd`]: a broken tunnel is
+//! an error with its cause, the caller closing its end is not), what the
+//! caller wrote before freeing its handle still drains for a grace period,
+//! and writes to the caller's socket use `MSG_NOSIGNAL` because the host
+//! program (Go) decides how SIGPIPE is handled. Core's copy reports byte
+//! counts and one error, without saying which side failed.
 
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};

@@ -224,7 +224,8 @@ impl Link {
                 Attempt::Stopped => Next::Stop,
                 Attempt::Connected(session) => self.serve(session, started).await,
                 Attempt::Rejected { code, reason } => self.rejected(code, reason),
-                Attempt::Failed(reason) => self.failed(reason),
+                Attempt::Failed(reason) => self.failed(reason, self.probing()),
+                Attempt::NoCredential(reason) => self.failed(reason, false),
             };
             if matches!(next, Next::Stop) {
                 break;
@@ -280,10 +281,10 @@ impl Link {
         Next::Later { quiet: false, probing }
     }
 
-    /// No session could be set up: logged, counted, published.
-    fn failed(&mut self, reason: String) -> Next {
-        // Nothing answers (yet): a replaced replica's successor may not be up.
-        let probing = self.probing();
+    /// No session could be set up: logged, counted, published. While
+    /// `probing`, nothing answering means a replaced replica's successor is
+    /// not up yet.
+    fn failed(&mut self, reason: String, probing: bool) -> Next {
         if probing {
             tracing::debug!(reason = %escaped(&reason), server = %self.connector.describe(), "the replacement is not up yet");
         } else {

@@ -25,6 +25,10 @@ pub(super) enum Attempt {
     Rejected { code: RejectCode, reason: String },
     /// No session: the connection or the handshake failed.
     Failed(String),
+    /// No attempt: this agent has no credential to present (its token file
+    /// went away). A fault of this side, never part of probing for a
+    /// replica's replacement.
+    NoCredential(String),
 }
 
 /// Why [`Session::serve`] returned.
@@ -68,7 +72,7 @@ pub(super) async fn open(
     };
     let credential = match config.credentials.credential().await {
         Ok(c) => c,
-        Err(err) => return Attempt::Failed(format!("no credential: {err}")),
+        Err(err) => return Attempt::NoCredential(format!("no credential: {err}")),
     };
     let mut hello = Hello::new(config.agent_id.clone(), config.identifiers.clone(), credential);
     hello.connected_servers = connected_servers;

@@ -46,22 +46,35 @@ impl CredentialSource for StaticCredential {
 #[derive(Debug, Clone)]
 pub struct TokenFile(pub PathBuf);
 
+impl TokenFile {
+    /// Reads the token now, as a start-up check: a file that is missing,
+    /// unreadable or empty when the agent starts is a configuration error
+    /// (the agent then retries only for a file that goes away later, during
+    /// a rotation).
+    pub fn check(&self) -> Result<(), CredentialError> {
+        self.token(std::fs::read(&self.0)).map(drop)
+    }
+
+    /// The credential in `read`, the file's content.
+    fn token(&self, read: std::io::Result<Vec<u8>>) -> Result<Credential, CredentialError> {
+        let path = self.0.display().to_string();
+        // Zeroed when dropped: the token is copied into the `Secret`.
+        let text = Zeroizing::new(read.map_err(|source| CredentialError::Read {
+            path: path.clone(),
+            source,
+        })?);
+        crate::secret_file::warn_if_exposed(&self.0, "token file");
+        let token = text.trim_ascii();
+        if token.is_empty() {
+            return Err(CredentialError::Empty(path));
+        }
+        Ok(Credential::Bearer(Secret::new(token)))
+    }
+}
+
 impl CredentialSource for TokenFile {
     fn credential(&self) -> BoxFuture<'_, Result<Credential, CredentialError>> {
-        Box::pin(async move {
-            let path = self.0.display().to_string();
-            // Zeroed when dropped: the token is copied into the `Secret`.
-            let text = Zeroizing::new(tokio::fs::read(&self.0).await.map_err(|source| CredentialError::Read {
-                path: path.clone(),
-                source,
-            })?);
-            crate::secret_file::warn_if_exposed(&self.0, "token file");
-            let token = text.trim_ascii();
-            if token.is_empty() {
-                return Err(CredentialError::Empty(path));
-            }
-            Ok(Credential::Bearer(Secret::new(token)))
-        })
+        Box::pin(async move { self.token(tokio::fs::read(&self.0).await) })
     }
 }
 

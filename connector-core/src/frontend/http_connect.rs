@@ -5,7 +5,11 @@
 //! exactly `HTTP/1.1 200 Connection established` and an empty line, after
 //! which the connection carries the tunnelled bytes (kube-apiserver treats any
 //! byte after the response head as an error, so none is ever added). A
-//! failed dial is answered with a status and a one-line reason:
+//! failed dial is answered with a status and a one-line reason, in the body
+//! and in the status line's reason phrase (`HTTP/1.1 503 Service
+//! Unavailable: no connected agent matches host "10.0.0.5"`): kube-apiserver
+//! reports only the status line of a failed CONNECT, so that is where an
+//! operator reads why.
 //!
 //! | failure | status |
 //! |---|---|
@@ -124,11 +128,32 @@ fn status_for(err: &DialError) -> (u16, &'static str) {
     }
 }
 
-/// Writes an error response with a one-line plain-text body, then closes.
+/// Longest reason copied into a status line (the body carries it whole).
+const MAX_REASON_PHRASE: usize = 200;
+
+/// `text` and `reason` as a status line's reason phrase: what a peer sent in
+/// `reason` is escaped (no control character can end the line or forge a
+/// header) and a long one is cut.
+fn reason_phrase(text: &str, reason: &str) -> String {
+    let mut phrase = format!("{text}: {}", escaped(reason));
+    if phrase.len() > MAX_REASON_PHRASE {
+        let mut end = MAX_REASON_PHRASE;
+        while !phrase.is_char_boundary(end) {
+            end -= 1;
+        }
+        phrase.truncate(end);
+        phrase.push_str("...");
+    }
+    phrase
+}
+
+/// Writes an error response with the reason in its status line and as a
+/// one-line plain-text body, then closes.
 async fn respond_error(conn: &mut FrontendConn, status: u16, text: &str, reason: &str, extra: &str) {
     let body = format!("{}\n", reason.replace(['\r', '\n'], " "));
     let response = format!(
-        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        reason_phrase(text, reason),
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -191,6 +216,18 @@ async fn handle(server: Server, mut conn: FrontendConn, limits: FrontendLimits) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reason_phrase_is_one_escaped_bounded_line() {
+        assert_eq!(
+            reason_phrase("Service Unavailable", "no agent serves 10.0.0.5"),
+            "Service Unavailable: no agent serves 10.0.0.5"
+        );
+        let forged = reason_phrase("Bad Request", "x\r\nSet-Cookie: a\x1b[2K");
+        assert!(!forged.contains(['\r', '\n', '\x1b']), "{forged}");
+        let long = reason_phrase("Bad Gateway", &"é".repeat(500));
+        assert!(long.len() <= MAX_REASON_PHRASE + 3 && long.ends_with("..."), "{long}");
+    }
 
     #[test]
     fn parses_the_apiserver_request() {

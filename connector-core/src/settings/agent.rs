@@ -42,7 +42,8 @@ settings_schema! {
         /// `host=NODE,ipv4=10.0.0.5,ipv6=fd00::5,cidr=10.0.0.0/24,default-route=true`.
         /// Empty: whatever the agent's identity allows.
         pub identifiers: Identifiers = Identifiers::default(),
-        /// File holding the bearer token, re-read at each connection (rotation-safe).
+        /// File holding the bearer token, re-read at each connection (rotation-safe). It
+        /// must be readable at start-up; one that goes away later is waited for.
         pub token_file: Option<PathBuf> = None,
         /// Client certificate chain (PEM file) for mTLS; it needs EKU clientAuth, and its
         /// common name is the agent's identity.
@@ -181,7 +182,9 @@ impl AgentSettings {
         setup.server_name = self.server_name;
         setup.identifiers = self.identifiers;
         if let Some(path) = self.token_file {
-            setup.credentials = Some(Arc::new(TokenFile(path)));
+            let file = TokenFile(path);
+            file.check().map_err(|e| SettingsError::file("token-file", e))?;
+            setup.credentials = Some(Arc::new(file));
         }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             setup.client_identity = Some(Identity::from_files(cert, key).map_err(|e| SettingsError::file("cert", e))?);

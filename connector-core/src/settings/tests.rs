@@ -165,6 +165,11 @@ fn into_setup_reads_the_files_and_names_the_setting_of_a_bad_one() {
     agent.set("agent-id", "node-a").unwrap();
     agent.set("token-file", dir.join("token").to_str().unwrap()).unwrap();
     agent.set("quic-connect-timeout", "2s").unwrap();
+    // The token file is read at start-up: a missing one names the setting.
+    let err = agent.clone().into_setup().err().unwrap();
+    assert_eq!(err.key(), Some("token-file"));
+    assert!(err.to_string().contains("cannot read token file"), "{err}");
+    std::fs::write(dir.join("token"), "tok\n").unwrap();
     let setup = agent.into_setup().unwrap();
     assert_eq!(setup.fallback.quic_connect_timeout, Duration::from_secs(2));
     setup.check().unwrap();

@@ -82,6 +82,27 @@ impl CaBundle {
         self.files.iter().map(|(path, _)| path.as_path())
     }
 
+    /// What an agent trusts, for an error message: `the CA in /etc/ca.pem`,
+    /// `the CAs in a.pem, b.pem`, or the certificates given directly.
+    pub fn describe(&self) -> String {
+        let files: Vec<String> = self.files().map(|p| p.display().to_string()).collect();
+        let given = match self.fixed.len() {
+            0 => None,
+            1 => Some("the CA certificate given directly".to_owned()),
+            n => Some(format!("the {n} CA certificates given directly")),
+        };
+        let in_files = match files.len() {
+            0 => None,
+            1 => Some(format!("the CA in {}", files[0])),
+            _ => Some(format!("the CAs in {}", files.join(", "))),
+        };
+        match (in_files, given) {
+            (Some(files), Some(given)) => format!("{files} and {given}"),
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => "no CA at all".to_owned(),
+        }
+    }
+
     /// Whether there is no certificate at all.
     pub fn is_empty(&self) -> bool {
         self.certs().next().is_none()

@@ -247,7 +247,7 @@ impl FallbackConnector {
             match self.try_quic().await {
                 Ok(conn) => return Ok(self.watch_quic(conn)),
                 // The server answered over QUIC: the path works, whatever it said.
-                Err(e @ TransportError::Rejected(_)) => return Err(e),
+                Err(e @ (TransportError::Rejected(_) | TransportError::UntrustedServer { .. })) => return Err(e),
                 Err(e) => {
                     tracing::info!(error = %e, "QUIC unavailable; falling back to TCP");
                     Some(e)

@@ -376,6 +376,61 @@ pub enum TransportError {
     /// Any other failure of the connection.
     #[error("connection lost: {}", escaped(.0))]
     Lost(String),
+    /// This agent refused the server's certificate in the handshake. Like
+    /// [`Rejected`](Self::Rejected), the path works: the agent keeps its
+    /// transport (a certificate error is no reason to fall back to TCP).
+    #[error("{server}: {}", explain_refusal(.trusted, .cause, *.unknown_issuer))]
+    UntrustedServer {
+        /// The server's address.
+        server: String,
+        /// What the agent trusts ([`crate::tls::CaBundle::describe`]).
+        trusted: String,
+        /// The TLS library's finding (`invalid peer certificate: UnknownIssuer`).
+        cause: String,
+        /// Whether the certificate does not chain to a trusted CA (rather
+        /// than being expired, for another name or another purpose).
+        unknown_issuer: bool,
+    },
+}
+
+impl TransportError {
+    /// [`TransportError::UntrustedServer`] when `alert`, the TLS alert this
+    /// agent raised in its handshake with `server`, refuses the server's
+    /// certificate; `None` for any other alert.
+    pub(crate) fn untrusted_server(server: String, trusted: String, cause: String, alert: u8) -> Option<Self> {
+        use rustls::AlertDescription as A;
+        let unknown_issuer = match A::from(alert) {
+            A::UnknownCA | A::DecryptError => true,
+            A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown => false,
+            _ => return None,
+        };
+        Some(Self::UntrustedServer {
+            server,
+            trusted,
+            cause,
+            unknown_issuer,
+        })
+    }
+}
+
+/// The message of [`TransportError::UntrustedServer`]: what is wrong and
+/// which setting to fix.
+fn explain_refusal(trusted: &str, cause: &str, unknown_issuer: bool) -> String {
+    if unknown_issuer {
+        format!(
+            "the server's certificate is not signed by {trusted} ({}): set the agent's CA (`--ca`) to the CA that signed the server's certificate",
+            escaped(cause)
+        )
+    } else {
+        format!(
+            "the server's certificate was refused: {} (trusted: {trusted})",
+            escaped(cause)
+        )
+    }
 }
 
 /// A setting's text that names none of its choices (a transport, a

@@ -354,6 +354,8 @@ pub struct QuicConnector {
     config: quinn::ClientConfig,
     handshake_timeout: Duration,
     max_udp_payload: u16,
+    /// The CAs trusted, for the message when the server's certificate is refused.
+    trusted: String,
 }
 
 impl QuicConnector {
@@ -370,6 +372,7 @@ impl QuicConnector {
             config,
             handshake_timeout: settings.handshake_timeout,
             max_udp_payload: settings.max_udp_payload,
+            trusted: tls.server_cas.describe(),
         })
     }
 }
@@ -395,7 +398,7 @@ impl QuicConnector {
             let conn = tokio::time::timeout(self.handshake_timeout, connecting)
                 .await
                 .map_err(|_| TransportError::Connect(format!("handshake with {addr} timed out")))?
-                .map_err(|e| handshake_error(addr, e))?;
+                .map_err(|e| handshake_error(addr, e, &self.trusted))?;
             Ok(QuicConnection::new(conn, Some(endpoint), Admission::NotNeeded))
         }
     }
@@ -554,14 +557,29 @@ async fn close_went_out(conn: &quinn::Connection, at_close: &AtomicU64) {
 /// A failed handshake: [`TransportError::Rejected`] when the server answered
 /// (a close, a refusal, a TLS alert or a certificate we refused, a version
 /// negotiation), [`TransportError::Connect`] when nothing came back.
-fn handshake_error(addr: SocketAddr, err: quinn::ConnectionError) -> TransportError {
+/// A certificate this agent refused (a TLS alert it raised) is
+/// [`TransportError::UntrustedServer`], naming what it trusts (`trusted`).
+fn handshake_error(addr: SocketAddr, err: quinn::ConnectionError, trusted: &str) -> TransportError {
     use quinn::ConnectionError as E;
+    if let E::TransportError(local) = &err
+        && let Some(alert) = crypto_alert(local.code)
+        && let Some(refused) =
+            TransportError::untrusted_server(addr.to_string(), trusted.to_owned(), local.reason.clone(), alert)
+    {
+        return refused;
+    }
     match err {
         E::TimedOut | E::LocallyClosed | E::CidsExhausted => TransportError::Connect(format!("{addr}: {err}")),
         E::VersionMismatch | E::TransportError(_) | E::ConnectionClosed(_) | E::ApplicationClosed(_) | E::Reset => {
             TransportError::Rejected(format!("{addr}: {err}"))
         }
     }
+}
+
+/// The TLS alert a QUIC CRYPTO_ERROR code carries (RFC 9001, section 4.8).
+fn crypto_alert(code: quinn::TransportErrorCode) -> Option<u8> {
+    let code = u64::from(code);
+    (0x100..=0x1ff).contains(&code).then(|| (code - 0x100) as u8)
 }
 
 fn map_conn_error(err: quinn::ConnectionError) -> TransportError {

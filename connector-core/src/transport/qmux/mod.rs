@@ -232,6 +232,8 @@ pub struct QmuxConnector {
     tls: TlsConnector,
     settings: QmuxSettings,
     proxy: ProxyChoice,
+    /// The CAs trusted, for the message when the server's certificate is refused.
+    trusted: String,
 }
 
 impl QmuxConnector {
@@ -246,6 +248,7 @@ impl QmuxConnector {
             tls: TlsConnector::from(Arc::new(config)),
             settings: settings.clone(),
             proxy: ProxyChoice::Environment,
+            trusted: tls.server_cas.describe(),
         })
     }
 
@@ -253,6 +256,23 @@ impl QmuxConnector {
     pub fn with_proxy(mut self, proxy: ProxyChoice) -> Self {
         self.proxy = proxy;
         self
+    }
+
+    /// A failed TLS handshake: [`TransportError::UntrustedServer`] when this
+    /// agent refused the server's certificate.
+    fn handshake_error(&self, err: std::io::Error) -> TransportError {
+        if let Some(rustls::Error::InvalidCertificate(refusal)) =
+            err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            && let Some(refused) = TransportError::untrusted_server(
+                self.server.clone(),
+                self.trusted.clone(),
+                err.to_string(),
+                rustls::AlertDescription::from(refusal.clone()).into(),
+            )
+        {
+            return refused;
+        }
+        TransportError::Connect(format!("TLS handshake with {}: {err}", self.server))
     }
 
     async fn connect_inner(&self) -> Result<Arc<dyn Connection>, TransportError> {
@@ -275,7 +295,7 @@ impl QmuxConnector {
             .tls
             .connect(self.server_name.clone(), NoSigPipe(tcp))
             .await
-            .map_err(|e| TransportError::Connect(format!("TLS handshake with {}: {e}", self.server)))?;
+            .map_err(|e| self.handshake_error(e))?;
         let (_, session) = stream.get_ref();
         if session.alpn_protocol() != Some(QMUX_ALPN) {
             return Err(TransportError::Connect(format!(
