@@ -20,7 +20,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -244,7 +243,10 @@ func (c *cluster) startAgent() error {
 	mark := c.server.mark()
 	agent, err := spawn("connector-agent", c.nodeNS, []string{"CONNECTOR_LOG=info"}, c.bin.connector,
 		"agent", "--server", c.quicAddr, "--ca", c.pki.connectorCA, "--agent-id", nodeName,
-		"--token-file", c.tokenFile, "--identifiers", agentIdentifiers, "--allow", nodeIP+"/32")
+		"--token-file", c.tokenFile, "--identifiers", agentIdentifiers, "--allow", nodeIP+"/32",
+		// kube-apiserver keeps idle connections to the kubelet open; a short
+		// drain lets a stopped agent exit without waiting for them.
+		"--drain-grace", "1s")
 	if err != nil {
 		return err
 	}
@@ -253,19 +255,15 @@ func (c *cluster) startAgent() error {
 	return err
 }
 
-// stopAgent stops the node's agent and waits until connector server no
-// longer routes to it (it is gone from the server's /agents).
+// stopAgent stops the node's agent as Kubernetes does (SIGTERM: it drains,
+// closes its sessions and exits) and waits until connector server no longer
+// routes to it (it is gone from the server's /agents).
 func (c *cluster) stopAgent(t *testing.T) {
 	t.Helper()
-	// The first signal drains (kube-apiserver's idle keep-alive connections
-	// to the kubelet would hold it for the drain grace), the second stops
-	// it at once.
-	mark := c.agent.mark()
-	if err := c.agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	c.agent.waitFrom(t, mark, hangGuard, "draining")
 	c.agent.stop()
+	if err := c.agent.exitErr(); err != nil {
+		t.Fatalf("connector agent did not exit cleanly on SIGTERM: %v\n%s", err, c.agent.tail(20))
+	}
 	waitUntil(t, "connector server to drop "+nodeName+" from /agents", func() (bool, string) {
 		agents, err := serverAgents(c.serverAdmin)
 		if err != nil {
