@@ -232,8 +232,17 @@ impl Session {
                     Ok(None) => break None,
                     Err(status) => match undecodable(&status) {
                         Some(status) => break Some(status),
+                        // konnectivity-client ends a single-use tunnel by closing its
+                        // whole gRPC connection once CLOSE_RSP arrived, without ending
+                        // the stream: an HTTP/2 error here, but nothing was cut short.
+                        None if self.conns.is_empty() && self.pending.is_empty() => break None,
                         None => {
-                            tracing::debug!(status = %escaped(&status.to_string()), "client stream failed");
+                            tracing::debug!(
+                                status = %escaped(&status.to_string()),
+                                connections = self.conns.len(),
+                                pending_dials = self.pending.len(),
+                                "client stream failed with tunnels open"
+                            );
                             break None;
                         }
                     },

@@ -436,6 +436,36 @@ impl CapturedLog {
         captured
     }
 
+    /// Captures what `filter` lets through on this thread only, until the
+    /// guard is dropped: a `current_thread` runtime's tasks log here, other
+    /// tests' threads do not. Works beside a process-wide subscriber.
+    pub fn scoped(filter: &str) -> (CapturedLog, tracing::subscriber::DefaultGuard) {
+        let captured = CapturedLog::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Waits until a line contains `needle`, and returns the lines that do.
+    pub async fn wait_for(&self, needle: &str) -> Vec<String> {
+        loop {
+            let lines: Vec<String> = self
+                .text()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(String::from)
+                .collect();
+            if !lines.is_empty() {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// What was logged so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
@@ -476,4 +506,142 @@ pub async fn welcome_agent(control: &mut connector_core::transport::BiStream, ag
     };
     write_frame(&mut control.send, &Frame::Welcome(welcome)).await.unwrap();
     agent.connected().await;
+}
+
+/// A Konnectivity client in a few lines of raw HTTP/2: one `Proxy` stream
+/// carrying length-prefixed `Packet`s both ways.
+#[cfg(feature = "grpc")]
+pub struct ProxyStream {
+    send: h2::SendStream<bytes::Bytes>,
+    body: h2::RecvStream,
+    buf: Vec<u8>,
+    /// The task driving the HTTP/2 connection (and owning its socket).
+    connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
+}
+
+#[cfg(feature = "grpc")]
+impl ProxyStream {
+    pub async fn open<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(io: S) -> ProxyStream {
+        let (client, connection) = h2::client::handshake(io).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post("http://localhost/ProxyService/Proxy")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, send) = client.send_request(request, false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        ProxyStream {
+            send,
+            body: response.into_body(),
+            buf: Vec::new(),
+            connection,
+        }
+    }
+
+    pub fn send(&mut self, payload: connector_core::frontend::grpc::pb::packet::Payload) {
+        use connector_core::frontend::grpc::pb::PacketType;
+        use connector_core::frontend::grpc::pb::packet::Payload;
+        use prost::Message;
+        let kind = match &payload {
+            Payload::DialRequest(_) => PacketType::DialReq,
+            Payload::Data(_) => PacketType::Data,
+            Payload::CloseDial(_) => PacketType::DialCls,
+            Payload::CloseRequest(_) => PacketType::CloseReq,
+            other => panic!("a client does not send {other:?}"),
+        };
+        let body = connector_core::frontend::grpc::pb::Packet {
+            r#type: kind as i32,
+            payload: Some(payload),
+        }
+        .encode_to_vec();
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        self.send.send_data(framed.into(), false).unwrap();
+    }
+
+    pub fn dial(&mut self, address: &str, random: i64) {
+        self.send(connector_core::frontend::grpc::pb::packet::Payload::DialRequest(
+            connector_core::frontend::grpc::pb::DialRequest {
+                protocol: "tcp".into(),
+                address: address.into(),
+                random,
+            },
+        ));
+    }
+
+    /// The next packet's payload from the server.
+    pub async fn next(&mut self) -> connector_core::frontend::grpc::pb::packet::Payload {
+        use prost::Message;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if self.buf.len() >= 5 + len {
+                    let packet = connector_core::frontend::grpc::pb::Packet::decode(&self.buf[5..5 + len]).unwrap();
+                    self.buf.drain(..5 + len);
+                    return packet.payload.expect("a packet without payload");
+                }
+            }
+            let chunk = self.body.data().await.expect("the Proxy stream ended").unwrap();
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next packet, which must be the `DIAL_RSP` for `random`.
+    pub async fn dial_response(&mut self, random: i64) -> connector_core::frontend::grpc::pb::DialResponse {
+        match self.next().await {
+            connector_core::frontend::grpc::pb::packet::Payload::DialResponse(rsp) if rsp.random == random => rsp,
+            other => panic!("expected DIAL_RSP for {random}, got {other:?}"),
+        }
+    }
+
+    /// Sends `data` on `connect_id` and reads it back from an echo target.
+    pub async fn echo(&mut self, connect_id: i64, data: &[u8]) {
+        self.send(connector_core::frontend::grpc::pb::packet::Payload::Data(
+            connector_core::frontend::grpc::pb::Data {
+                connect_id,
+                error: String::new(),
+                data: data.to_vec(),
+            },
+        ));
+        let mut back = Vec::new();
+        while back.len() < data.len() {
+            match self.next().await {
+                connector_core::frontend::grpc::pb::packet::Payload::Data(d) if d.connect_id == connect_id => {
+                    back.extend_from_slice(&d.data)
+                }
+                other => panic!("expected DATA, got {other:?}"),
+            }
+        }
+        assert_eq!(back, data);
+    }
+
+    /// Closes `connect_id` as konnectivity-client's `conn.Close()` does:
+    /// `CLOSE_REQ`, then waits for the server's `CLOSE_RSP`.
+    pub async fn close(&mut self, connect_id: i64) {
+        use connector_core::frontend::grpc::pb::packet::Payload;
+        self.send(Payload::CloseRequest(
+            connector_core::frontend::grpc::pb::CloseRequest { connect_id },
+        ));
+        loop {
+            match self.next().await {
+                Payload::CloseResponse(rsp) if rsp.connect_id == connect_id => {
+                    assert_eq!(rsp.error, "", "CLOSE_RSP for {connect_id}");
+                    return;
+                }
+                Payload::Data(d) if d.connect_id == connect_id => {}
+                other => panic!("expected CLOSE_RSP for {connect_id}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Closes the whole HTTP/2 connection without ending the stream, as
+    /// konnectivity-client's single-use tunnels do (`grpcConn.Close()`).
+    pub fn drop_connection(self) {
+        self.connection.abort();
+    }
 }

@@ -1092,110 +1092,6 @@ fn h2_tls_client(ca: &connector_core::pki::ThrowawayCa, identity: Option<Identit
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// A Konnectivity client in a few lines of raw HTTP/2: one `Proxy` stream
-/// carrying length-prefixed `Packet`s both ways.
-#[cfg(feature = "grpc")]
-struct ProxyStream {
-    send: h2::SendStream<bytes::Bytes>,
-    body: h2::RecvStream,
-    buf: Vec<u8>,
-}
-
-#[cfg(feature = "grpc")]
-impl ProxyStream {
-    async fn open<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S) -> ProxyStream {
-        let (client, connection) = h2::client::handshake(io).await.unwrap();
-        tokio::spawn(connection);
-        let mut client = client.ready().await.unwrap();
-        let request = http::Request::post("http://localhost/ProxyService/Proxy")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, send) = client.send_request(request, false).unwrap();
-        let response = response.await.unwrap();
-        assert_eq!(response.status(), 200);
-        ProxyStream {
-            send,
-            body: response.into_body(),
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, payload: grpc_pb::packet::Payload) {
-        use grpc_pb::PacketType;
-        use grpc_pb::packet::Payload;
-        use prost::Message;
-        let kind = match &payload {
-            Payload::DialRequest(_) => PacketType::DialReq,
-            Payload::Data(_) => PacketType::Data,
-            Payload::CloseDial(_) => PacketType::DialCls,
-            Payload::CloseRequest(_) => PacketType::CloseReq,
-            other => panic!("a client does not send {other:?}"),
-        };
-        let body = grpc_pb::Packet {
-            r#type: kind as i32,
-            payload: Some(payload),
-        }
-        .encode_to_vec();
-        let mut framed = vec![0];
-        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&body);
-        self.send.send_data(framed.into(), false).unwrap();
-    }
-
-    fn dial(&mut self, address: &str, random: i64) {
-        self.send(grpc_pb::packet::Payload::DialRequest(grpc_pb::DialRequest {
-            protocol: "tcp".into(),
-            address: address.into(),
-            random,
-        }));
-    }
-
-    /// The next packet's payload from the server.
-    async fn next(&mut self) -> grpc_pb::packet::Payload {
-        use prost::Message;
-        loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-                if self.buf.len() >= 5 + len {
-                    let packet = grpc_pb::Packet::decode(&self.buf[5..5 + len]).unwrap();
-                    self.buf.drain(..5 + len);
-                    return packet.payload.expect("a packet without payload");
-                }
-            }
-            let chunk = self.body.data().await.expect("the Proxy stream ended").unwrap();
-            let _ = self.body.flow_control().release_capacity(chunk.len());
-            self.buf.extend_from_slice(&chunk);
-        }
-    }
-
-    /// The next packet, which must be the `DIAL_RSP` for `random`.
-    async fn dial_response(&mut self, random: i64) -> grpc_pb::DialResponse {
-        match self.next().await {
-            grpc_pb::packet::Payload::DialResponse(rsp) if rsp.random == random => rsp,
-            other => panic!("expected DIAL_RSP for {random}, got {other:?}"),
-        }
-    }
-
-    /// Sends `data` on `connect_id` and reads it back from an echo target.
-    async fn echo(&mut self, connect_id: i64, data: &[u8]) {
-        self.send(grpc_pb::packet::Payload::Data(grpc_pb::Data {
-            connect_id,
-            error: String::new(),
-            data: data.to_vec(),
-        }));
-        let mut back = Vec::new();
-        while back.len() < data.len() {
-            match self.next().await {
-                grpc_pb::packet::Payload::Data(d) if d.connect_id == connect_id => back.extend_from_slice(&d.data),
-                other => panic!("expected DATA, got {other:?}"),
-            }
-        }
-        assert_eq!(back, data);
-    }
-}
-
 #[cfg(feature = "grpc")]
 use connector_core::frontend::grpc::pb as grpc_pb;
 
@@ -1207,6 +1103,52 @@ async fn grpc_dial_and_echo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let dialled = proxy.dial_response(42).await;
     assert_eq!(dialled.error, "");
     proxy.echo(dialled.connect_id, b"konnectivity").await;
+}
+
+/// Issue 19: konnectivity-client (kube-apiserver's GRPC egress) ends a
+/// single-use tunnel with `CLOSE_REQ`, waits for `CLOSE_RSP`, then closes its
+/// whole gRPC connection without ending the stream. That normal close is not
+/// logged as a failed stream (it was, as `client stream failed ... h2
+/// protocol error`); a client that goes away with a tunnel still open is.
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "current_thread")]
+async fn grpc_a_client_closing_its_connection_after_close_rsp_is_no_failure() {
+    use connector_core::frontend::FrontendProtocol;
+    let (log, _scope) = CapturedLog::scoped("connector_core::frontend=debug");
+    guard(async {
+        let h = Harness::new(Kind::Memory).await;
+        let _agent = h.agent("node-a").await;
+        let path = socket_path("grpc-close");
+        connector_core::frontend::start(
+            &h.server,
+            FrontendProtocol::Grpc,
+            &FrontendBind::unix(&path),
+            &FrontendLimits::default(),
+        )
+        .unwrap();
+        let target = echo_target().await.to_string();
+
+        // As kube-apiserver closes a tunnel.
+        let mut proxy = ProxyStream::open(UnixStream::connect(&path).await.unwrap()).await;
+        proxy.dial(&target, 1);
+        let dialled = proxy.dial_response(1).await;
+        assert_eq!(dialled.error, "");
+        proxy.echo(dialled.connect_id, b"kubectl logs").await;
+        proxy.close(dialled.connect_id).await;
+        proxy.drop_connection();
+        log.wait_for("client stream ended").await;
+        assert!(!log.text().contains("client stream failed"), "{}", log.text());
+
+        // Gone with a tunnel open: that one was cut short.
+        let mut proxy = ProxyStream::open(UnixStream::connect(&path).await.unwrap()).await;
+        proxy.dial(&target, 2);
+        let dialled = proxy.dial_response(2).await;
+        proxy.echo(dialled.connect_id, b"kubectl exec").await;
+        proxy.drop_connection();
+        let failed = log.wait_for("client stream failed with tunnels open").await;
+        assert!(failed[0].contains("connections=1"), "{failed:?}");
+    })
+    .await
 }
 
 /// `DIAL_CLS` abandons a pending dial on a stream that stays open: the
