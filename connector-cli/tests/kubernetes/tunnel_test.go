@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -42,12 +43,16 @@ func TestKubectlThroughConnector(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			c := env(t)
 			c.useAPIServer(t, mode)
+			mark := c.server.mark()
 			t.Run("logs", func(t *testing.T) { checkLogs(t, c) })
 			t.Run("logs-follow", func(t *testing.T) { checkLogsFollow(t, c) })
 			t.Run("exec-stdin-round-trip", func(t *testing.T) { checkExecRoundTrip(t, c) })
 			t.Run("exec-exit-code", func(t *testing.T) { checkExecExitCode(t, c) })
 			t.Run("port-forward", func(t *testing.T) { checkPortForward(t, c) })
 			t.Run("node-proxy-healthz", func(t *testing.T) { checkNodeProxy(t, c) })
+			if mode.name == grpcUDS.name {
+				t.Run("closed-tunnels-are-not-failures", func(t *testing.T) { checkNoFailedStreams(t, c, mark) })
+			}
 			t.Run("stopped-agent-fails-fast", func(t *testing.T) { checkStoppedAgent(t, c) })
 		})
 	}
@@ -177,6 +182,27 @@ func checkNodeProxy(t *testing.T, c *cluster) {
 		t.Fatalf("kubectl get --raw .../proxy/healthz: %q, want the kubelet's %q", got, "ok")
 	}
 	c.kubelet.waitFrom(t, mark, hangGuard, "GET /healthz from", "kube-apiserver-kubelet-client")
+}
+
+// checkNoFailedStreams: kube-apiserver closed every tunnel of the checks
+// above normally (konnectivity-client closes its gRPC connection after
+// CLOSE_RSP); connector server's log reports none as a failed stream.
+func checkNoFailedStreams(t *testing.T, c *cluster, mark int) {
+	c.server.mu.Lock()
+	lines := slices.Clone(c.server.lines[mark:])
+	c.server.mu.Unlock()
+	streams := 0
+	for _, line := range lines {
+		if strings.Contains(line, "client stream failed") {
+			t.Errorf("connector server logged a normal close as a failure: %s", line)
+		}
+		if strings.Contains(line, "client stream ended") {
+			streams++
+		}
+	}
+	if streams == 0 {
+		t.Fatal("connector server logged no ended client stream: were the tunnels gRPC streams?")
+	}
 }
 
 // checkStoppedAgent: with the agent stopped, kubectl logs fails with an
