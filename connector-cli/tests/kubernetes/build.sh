@@ -27,10 +27,11 @@ export CGO_ENABLED=0
 echo "kubernetes: building kube-apiserver, kubectl $KUBERNETES_VERSION and etcd $ETCD_VERSION into $out"
 start=$SECONDS
 # What `kubectl version` and kube-apiserver's /version report (the release
-# build stamps the same variables); only the link step depends on them.
+# build stamps the same variables), without debug information; only the link
+# step depends on these flags.
 minor="${KUBERNETES_VERSION#v1.}"
 minor="${minor%%.*}"
-stamp=""
+stamp="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   stamp+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 done

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -155,6 +156,10 @@ func startCluster(t *testing.T) (c *cluster, err error) {
 	if c.bin.self, err = os.Executable(); err != nil {
 		return nil, err
 	}
+	t.Logf("components: %s", strings.Join([]string{
+		firstLine(c.bin.apiserver, "--version"), "kubectl " + firstLine(c.bin.kubectl, "version", "--client"),
+		firstLine(c.bin.etcd, "--version"), firstLine(c.bin.connector, "--version"),
+	}, ", "))
 	c.pki = newPKI(workDir, serverIP, nodeIP, nodeName)
 	c.logDir = filepath.Join(workDir, "containers")
 	if err := os.Mkdir(c.logDir, 0o755); err != nil {
@@ -221,6 +226,16 @@ func startCluster(t *testing.T) (c *cluster, err error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// firstLine is the first line a command prints (a version).
+func firstLine(bin string, args ...string) string {
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("%s: %v", filepath.Base(bin), err)
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	return line
 }
 
 // fieldValue is the value of a `key=value` field of a connector log line,
