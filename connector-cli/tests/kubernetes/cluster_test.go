@@ -157,7 +157,7 @@ func startCluster(t *testing.T) (c *cluster, err error) {
 		return nil, err
 	}
 	t.Logf("components: %s", strings.Join([]string{
-		firstLine(c.bin.apiserver, "--version"), "kubectl " + firstLine(c.bin.kubectl, "version", "--client"),
+		firstLine(c.bin.apiserver, "--version"), "kubectl " + strings.TrimPrefix(firstLine(c.bin.kubectl, "version", "--client"), "Client Version: "),
 		firstLine(c.bin.etcd, "--version"), firstLine(c.bin.connector, "--version"),
 	}, ", "))
 	c.pki = newPKI(workDir, serverIP, nodeIP, nodeName)
