@@ -10,6 +10,8 @@ use connector_core::server::{AgentInfo as CoreAgentInfo, Selector};
 use connector_core::settings::ServerSettings;
 use connector_core::setup::{ClientCertificates, SetupError};
 use connector_core::tls::{CaBundle, Identity};
+use connector_core::transport::qmux::QmuxSetupError;
+use connector_core::transport::quic::QuicSetupError;
 use connector_core::{Identifiers, Server as CoreServer};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -198,6 +200,11 @@ impl Server {
             SetupError::NoAuthentication => Failure::Config(
                 "no way to authenticate agents: pass tokens=, tokens_file=, client_ca= and/or authenticator=".into(),
             ),
+            SetupError::Quic(QuicSetupError::Bind { ref source, .. })
+            | SetupError::Qmux(QmuxSetupError::Bind { ref source, .. }) => Failure::Listen {
+                errno: source.raw_os_error(),
+                message: e.to_string(),
+            },
             other => config(&other),
         })?;
         Ok(Self {
