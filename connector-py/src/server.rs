@@ -20,6 +20,7 @@ use crate::auth::PythonAuthenticator;
 use crate::errors::Failure;
 use crate::runtime::{runtime, seconds, wait};
 use crate::settings::{apply, config_error};
+use crate::socket;
 use crate::stream::{AsyncStream, Stream, awaitable};
 
 /// A connected agent, as `Server.agents()` reports it.
@@ -310,6 +311,53 @@ impl Server {
             let stream = server.dial_timeout(&selector, &target, timeout).await?;
             Ok(AsyncStream::new(stream))
         })
+    }
+
+    /// `dial` as a socket: a connected Unix socket whose other end is
+    /// spliced to the tunnelled connection on the runtime; returns its file
+    /// descriptor (for `socket.socket(fileno=)`). Blocks (GIL released) like `dial`.
+    #[pyo3(signature = (target, agent=None, host=None, timeout=None))]
+    fn dial_socket(
+        &self,
+        py: Python<'_>,
+        target: String,
+        agent: Option<String>,
+        host: Option<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<i32> {
+        let selector = selector(&target, agent, host)?;
+        let timeout = self.dial_timeout(timeout)?;
+        let server = self.server.clone();
+        let (python, splice) = socket::pair()?;
+        wait(py, None, "dial", async move {
+            let stream = server.dial_timeout(&selector, &target, timeout).await?;
+            splice.start(stream)
+        })?;
+        Ok(socket::into_fd(python))
+    }
+
+    /// `dial_socket` for asyncio: the socket's file descriptor at once, and
+    /// an awaitable that completes when the dial has (then the socket carries
+    /// the connection; until then it is silent, and if the dial fails or the
+    /// awaiting task is cancelled it reads end of file).
+    #[pyo3(signature = (target, agent=None, host=None, timeout=None))]
+    fn dial_socket_async<'py>(
+        &self,
+        py: Python<'py>,
+        target: String,
+        agent: Option<String>,
+        host: Option<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<(i32, Bound<'py, PyAny>)> {
+        let selector = selector(&target, agent, host)?;
+        let timeout = self.dial_timeout(timeout)?;
+        let server = self.server.clone();
+        let (python, splice) = socket::pair()?;
+        let dialled = awaitable(py, async move {
+            let stream = server.dial_timeout(&selector, &target, timeout).await?;
+            splice.start(stream)
+        })?;
+        Ok((socket::into_fd(python), dialled))
     }
 
     /// Drains the server, then shuts it down (what `connector server` does on
