@@ -140,6 +140,47 @@ fn token_entries(tokens: Vec<TokenSpec>) -> Result<Vec<TokenEntry>, Failure> {
         .collect()
 }
 
+/// Waits until at least `count` agents are connected, including each of
+/// `agent_ids`, for at most `timeout`; the timeout's error says who is missing.
+async fn until_agents(
+    server: CoreServer,
+    count: usize,
+    agent_ids: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<Vec<AgentInfo>, Failure> {
+    let enough = |agents: &[CoreAgentInfo]| {
+        agents.len() >= count && agent_ids.iter().all(|id| agents.iter().any(|a| a.agent_id == *id))
+    };
+    let waiting = server.wait_for_agents(enough);
+    let reached = match timeout {
+        Some(limit) => tokio::time::timeout(limit, waiting).await.is_ok(),
+        None => {
+            waiting.await;
+            true
+        }
+    };
+    let agents = server.agents();
+    if !reached {
+        let missing: Vec<&str> = agent_ids
+            .iter()
+            .filter(|id| !agents.iter().any(|a| a.agent_id == **id))
+            .map(String::as_str)
+            .collect();
+        let missing = if missing.is_empty() {
+            String::new()
+        } else {
+            format!("; not connected: {}", missing.join(", "))
+        };
+        let wanted = count.max(agent_ids.len());
+        return Err(Failure::Timeout(format!(
+            "waiting for agents timed out after {:?}: {} connected (waiting for at least {wanted}){missing}",
+            timeout.unwrap_or_default(),
+            agents.len()
+        )));
+    }
+    Ok(agents.into_iter().map(AgentInfo::from).collect())
+}
+
 fn selector(target: &str, agent: Option<String>, host: Option<String>) -> Result<Selector, Failure> {
     match (agent, host) {
         (Some(_), Some(_)) => Err(Failure::Config("pass agent= or host=, not both".into())),
@@ -260,15 +301,28 @@ impl Server {
     ) -> PyResult<Vec<AgentInfo>> {
         let timeout = seconds("timeout", timeout)?;
         let server = self.server.clone();
-        let agents = wait(py, timeout, "waiting for agents", async move {
-            server
-                .wait_for_agents(|agents| {
-                    agents.len() >= count && agent_ids.iter().all(|id| agents.iter().any(|a| a.agent_id == *id))
-                })
-                .await;
-            Ok(server.agents())
-        })?;
-        Ok(agents.into_iter().map(AgentInfo::from).collect())
+        let agents = wait(
+            py,
+            None,
+            "waiting for agents",
+            until_agents(server, count, agent_ids, timeout),
+        )?;
+        Ok(agents)
+    }
+
+    /// `wait_for_agents` for asyncio: an awaitable of `agents()`. Cancelling
+    /// the awaiting task stops the wait.
+    #[pyo3(signature = (count=1, agent_ids=Vec::new(), timeout=None))]
+    fn wait_for_agents_async<'py>(
+        &self,
+        py: Python<'py>,
+        count: usize,
+        agent_ids: Vec<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = seconds("timeout", timeout)?;
+        let server = self.server.clone();
+        awaitable(py, until_agents(server, count, agent_ids, timeout))
     }
 
     /// Opens a TCP connection to `target` (`host:port`) from an agent's

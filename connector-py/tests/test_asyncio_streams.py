@@ -1,5 +1,6 @@
 """asyncio as asyncio users write it: ``server.open_connection`` gives
-asyncio's own StreamReader/StreamWriter."""
+asyncio's own StreamReader/StreamWriter, and the waits have ``_async`` forms
+that leave the event loop free."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from conftest import StuckTarget, closed_port
 
 import connector
-from connector.testing import LocalTunnel, wait_busy, wait_idle
+from connector.testing import LocalTunnel, ThrowawayCa, wait_busy, wait_idle
 
 
 @pytest.mark.asyncio
@@ -70,3 +71,40 @@ async def test_open_connection_errors_and_cancel(connector_tunnel: LocalTunnel, 
         await task
     await loop.run_in_executor(None, lambda: wait_idle(timeout=30))
     assert server.agents()[0].active_streams == 0
+
+
+@pytest.mark.asyncio
+async def test_async_waits_leave_the_loop_free() -> None:
+    ca = ThrowawayCa()
+    cert, key = ca.issue("connector server", ["127.0.0.1"])
+    with connector.Server(cert=cert, key=key, tokens={"t": ("node-a", "*")}) as server:
+        waiting = asyncio.ensure_future(server.wait_for_agents_async(agent_ids=["node-a"], timeout=60))
+        # The wait runs while the loop does other work: the agent is started from the loop itself.
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        agent = connector.Agent(server.address, ca=ca.cert_pem, agent_id="node-a", token="t")
+        try:
+            assert await agent.wait_connected_async(timeout=60) == server.server_id
+            (info,) = await waiting
+            assert info.agent_id == "node-a"
+            # A timeout says who is missing.
+            with pytest.raises(connector.TimeoutError, match=r"1 connected \(waiting for at least 2\); not connected: node-b$"):
+                await server.wait_for_agents_async(agent_ids=["node-a", "node-b"], timeout=0.2)
+        finally:
+            agent.stop()
+        with pytest.raises(connector.ClosedError):
+            await agent.wait_connected_async(timeout=60)
+
+
+@pytest.mark.asyncio
+async def test_async_wait_connected_says_why() -> None:
+    ca = ThrowawayCa()
+    agent = connector.Agent(closed_port(), ca=ca.cert_pem, agent_id="lonely", token="t", transport="tcp")
+    try:
+        with pytest.raises(connector.TimeoutError) as err:
+            await agent.wait_connected_async(timeout=2)
+        said = str(err.value)
+        assert "waiting for the agent to connect timed out" in said
+        assert "the last attempt: could not connect" in said or "no attempt has ended yet" in said, said
+    finally:
+        agent.stop()

@@ -189,6 +189,12 @@ class Server:
         """
         return self._inner.wait_for_agents(count, list(agent_ids), seconds(timeout, "timeout"))
 
+    async def wait_for_agents_async(
+        self, count: int = 1, *, agent_ids: Iterable[str] = (), timeout: Optional[float] = None
+    ) -> List[AgentInfo]:
+        """:meth:`wait_for_agents` for asyncio; cancelling the awaiting task stops the wait."""
+        return await self._inner.wait_for_agents_async(count, list(agent_ids), seconds(timeout, "timeout"))
+
     def dial(
         self,
         target: str,
