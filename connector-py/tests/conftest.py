@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import hashlib
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -75,6 +76,18 @@ def accept_queue(port: int) -> Tuple[int, int]:
                 tx_queue, rx_queue = fields[4].split(":")
                 return int(rx_queue, 16), int(tx_queue, 16)
     raise RuntimeError(f"no listener on 127.0.0.1:{port} in /proc/net/tcp")
+
+
+def listen_backlog(port: int) -> int:
+    """The backlog limit of the listener on 127.0.0.1:``port`` (what it passed
+    to ``listen()``, capped by ``net.core.somaxconn``), as the kernel reports it
+    to ``ss`` (iproute2): a listener's Send-Q."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"src 127.0.0.1:{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    if len(out) < 3 or out[0] != "LISTEN":
+        raise RuntimeError(f"no listener on 127.0.0.1:{port} in `ss -ltn`: {out}")
+    return int(out[2])
 
 
 class StuckTarget:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -66,7 +67,10 @@ class HttpTarget:
     with ``tls=(cert_pem, key_pem)`` (e.g. from :meth:`ThrowawayCa.issue`).
 
     ``GET /anything`` answers ``200`` with the body ``hello from /anything``,
-    or with ``routes[path]`` when given (see :data:`Route`).
+    or with ``routes[path]`` when given (see :data:`Route`). Each connection
+    is served by its own thread and the listen backlog holds
+    :data:`socket.SOMAXCONN` connections, so concurrent requests are served
+    concurrently (as a real service would), not queued behind each other.
     """
 
     def __init__(
@@ -101,6 +105,9 @@ class HttpTarget:
 
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
+            # socketserver's default backlog is 5: a burst of connections
+            # beyond it waits for the client's SYN retransmission (1 s, 3 s...).
+            request_queue_size = socket.SOMAXCONN
 
             def finish_request(self, request: Any, client_address: Any) -> None:
                 # The TLS handshake runs in the connection's own thread.
