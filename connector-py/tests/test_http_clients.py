@@ -1,10 +1,11 @@
 """The standard HTTP clients through a tunnel: a real socket from
 ``server.create_connection``, ``http.client`` (``connector.http``) and httpx
-(``connector.httpx``), each doing HTTPS GETs to a TLS target that the agent
+(``connector.httpx``, sync and asyncio), each doing HTTPS GETs to a TLS target that the agent
 dials, with the certificate checked end to end."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
@@ -16,7 +17,7 @@ from conftest import closed_port
 
 import connector
 from connector.http import HTTPConnection, HTTPSConnection
-from connector.httpx import Transport
+from connector.httpx import AsyncTransport, Transport
 from connector.testing import LocalTunnel
 
 BODY = b"hello over TLS, through the agent"
@@ -137,3 +138,21 @@ def test_httpx_https_get_through_the_tunnel(connector_tunnel: LocalTunnel) -> No
         assert isinstance(cause, connector.DialError) and cause.code == connector.DialCode.REFUSED
     with pytest.raises(connector.ConfigError):
         Transport(connector_tunnel.server, agent="node-0", agent_host="node-0")
+
+
+@pytest.mark.asyncio
+async def test_httpx_async_client_through_the_tunnel(connector_tunnel: LocalTunnel) -> None:
+    web = connector_tunnel.https_target({"/hello": BODY})
+    context = ssl.create_default_context(cadata=connector_tunnel.ca.cert_pem)
+    before = carried(connector_tunnel)
+    transport = AsyncTransport(connector_tunnel.server, agent="node-0", verify=context)
+    async with httpx.AsyncClient(transport=transport) as client:
+        responses = await asyncio.gather(*(client.get(f"https://localhost:{web.port}/hello") for _ in range(4)))
+        assert [r.content for r in responses] == [BODY] * 4
+        assert (await client.get(f"https://localhost:{web.port}/again")).text == "hello from /again"
+        with pytest.raises(httpx.ConnectError, match="connection refused"):
+            await client.get(f"http://{closed_port()}/")
+    assert carried(connector_tunnel) - before > 4 * len(BODY)
+    async with httpx.AsyncClient(transport=AsyncTransport(connector_tunnel.server, agent="node-0")) as client:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await client.get(f"https://localhost:{web.port}/hello")

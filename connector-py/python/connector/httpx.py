@@ -1,13 +1,18 @@
 """httpx through a tunnel: :class:`Transport` is an :class:`httpx.HTTPTransport`
-whose connections are dialled through a :class:`~connector.Server`::
+(and :class:`AsyncTransport` an :class:`httpx.AsyncHTTPTransport`) whose
+connections are dialled through a :class:`~connector.Server`::
 
     import httpx
-    from connector.httpx import Transport
+    from connector.httpx import AsyncTransport, Transport
 
     with httpx.Client(transport=Transport(server, verify="service-ca.pem")) as client:
         print(client.get("https://10.0.0.7:8443/healthz").text)
 
-Needs httpx (``pip install 'connector[httpx]'``). Everything but the network
+    async with httpx.AsyncClient(transport=AsyncTransport(server, verify="service-ca.pem")) as client:
+        print((await client.get("https://10.0.0.7:8443/healthz")).text)
+
+Needs httpx (``pip install 'connector[httpx]'``; :class:`AsyncTransport`
+runs on asyncio and needs anyio >= 4.10, which the extra requires). Everything but the network
 is httpx's own: TLS (``verify``, ``cert``, end to end between this process and
 the target), HTTP/1.1 and HTTP/2, the connection pool and its ``limits``,
 ``retries``. Dial failures become :class:`httpx.ConnectError` (or
@@ -23,6 +28,9 @@ import ssl
 from typing import Any, Iterable, Optional, Union
 
 try:
+    import anyio
+    import anyio.abc
+    import anyio.streams.tls
     import httpcore
     import httpx
 except ImportError as e:  # pragma: no cover - depends on the environment
@@ -31,7 +39,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from .errors import ConfigError, ConnectorError, DialTimeoutError
 from .server import Server
 
-__all__ = ["Transport"]
+__all__ = ["AsyncTransport", "Transport"]
 
 
 def _target(host: str, port: int) -> str:
@@ -87,11 +95,18 @@ class _SocketStream(httpcore.NetworkStream):
         if info == "socket":
             return self._sock
         if info == "is_readable":
-            # An idle pooled connection that is readable was closed by the far side.
-            if isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
-                return True
-            return bool(select.select([self._sock], [], [], 0)[0])
+            return _is_readable(self._sock)
         return None
+
+
+def _is_readable(sock: Optional[socket.socket]) -> bool:
+    """Whether ``sock`` has something to read (for an idle pooled connection:
+    the far side closed it)."""
+    if sock is None:
+        return True
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 class _TunnelBackend(httpcore.NetworkBackend):
@@ -114,16 +129,112 @@ class _TunnelBackend(httpcore.NetworkBackend):
             sock = self._server.create_connection(
                 _target(host, port), timeout, agent=self._agent, host=self._agent_host
             )
-        except DialTimeoutError as e:
-            raise httpcore.ConnectTimeout(str(e)) from e
         except ConnectorError as e:
-            raise httpcore.ConnectError(str(e)) from e
+            raise _dial_error(e) from e
         return _SocketStream(sock)
 
     def connect_unix_socket(
         self, path: str, timeout: Optional[float] = None, socket_options: Optional[Iterable[Any]] = None
     ) -> httpcore.NetworkStream:
         raise httpcore.ConnectError("connections through a tunnel are TCP; a Unix socket path is not dialled")
+
+
+def _dial_error(e: ConnectorError) -> Exception:
+    """httpcore's error for a failed dial (httpx makes it its own)."""
+    return httpcore.ConnectTimeout(str(e)) if isinstance(e, DialTimeoutError) else httpcore.ConnectError(str(e))
+
+
+class _AsyncSocketStream(httpcore.AsyncNetworkStream):
+    """httpcore's view of an anyio stream over a tunnel's socket (plain, or TLS)."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
+        try:
+            with anyio.fail_after(timeout):
+                return await self._stream.receive(max_bytes)
+        except anyio.EndOfStream:
+            return b""
+        except TimeoutError as e:
+            raise httpcore.ReadTimeout(str(e)) from e
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            raise httpcore.ReadError(str(e)) from e
+
+    async def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
+        if not buffer:
+            return
+        try:
+            with anyio.fail_after(timeout):
+                await self._stream.send(buffer)
+        except TimeoutError as e:
+            raise httpcore.WriteTimeout(str(e)) from e
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            raise httpcore.WriteError(str(e)) from e
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: Optional[str] = None, timeout: Optional[float] = None
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            with anyio.fail_after(timeout):
+                tls = await anyio.streams.tls.TLSStream.wrap(
+                    self._stream, hostname=server_hostname, ssl_context=ssl_context, standard_compatible=False
+                )
+        except BaseException as e:
+            await self.aclose()
+            if isinstance(e, TimeoutError):
+                raise httpcore.ConnectTimeout(str(e)) from e
+            if isinstance(e, (anyio.BrokenResourceError, anyio.EndOfStream, OSError)):  # ssl.SSLError included
+                raise httpcore.ConnectError(str(e)) from e
+            raise
+        return _AsyncSocketStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._stream.extra(anyio.streams.tls.TLSAttribute.ssl_object, None)
+        if info == "socket":
+            return self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if info == "is_readable":
+            return _is_readable(self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None))
+        return None
+
+
+class _AsyncTunnelBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's asyncio network, dialling through ``server``."""
+
+    def __init__(self, server: Server, agent: Optional[str], agent_host: Optional[str]) -> None:
+        self._server = server
+        self._agent = agent
+        self._agent_host = agent_host
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: Optional[float] = None,
+        local_address: Optional[str] = None,
+        socket_options: Optional[Iterable[Any]] = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            sock = await self._server._socket_async(_target(host, port), self._agent, self._agent_host, timeout)
+        except ConnectorError as e:
+            raise _dial_error(e) from e
+        return _AsyncSocketStream(await anyio.abc.UNIXSocketStream.from_socket(sock))
+
+    async def connect_unix_socket(
+        self, path: str, timeout: Optional[float] = None, socket_options: Optional[Iterable[Any]] = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("connections through a tunnel are TCP; a Unix socket path is not dialled")
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+_DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+"""httpx's default limits."""
 
 
 class Transport(httpx.HTTPTransport):
@@ -149,7 +260,7 @@ class Transport(httpx.HTTPTransport):
         trust_env: bool = True,
         http1: bool = True,
         http2: bool = False,
-        limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        limits: httpx.Limits = _DEFAULT_LIMITS,
         retries: int = 0,
     ) -> None:
         if agent is not None and agent_host is not None:
@@ -171,3 +282,50 @@ class Transport(httpx.HTTPTransport):
             retries=retries,
             network_backend=_TunnelBackend(server, agent, agent_host),
         )
+
+
+class AsyncTransport(httpx.AsyncHTTPTransport):
+    """:class:`Transport` for :class:`httpx.AsyncClient` on asyncio:
+    ``httpx.AsyncClient(transport=AsyncTransport(server, ...))``. Cancelling
+    a request's task cancels its dial."""
+
+    def __init__(
+        self,
+        server: Server,
+        *,
+        agent: Optional[str] = None,
+        agent_host: Optional[str] = None,
+        verify: Union[ssl.SSLContext, str, bool] = True,
+        cert: Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = _DEFAULT_LIMITS,
+        retries: int = 0,
+    ) -> None:
+        if agent is not None and agent_host is not None:
+            raise ConfigError("pass agent= or agent_host=, not both")
+        if not hasattr(anyio.abc.UNIXSocketStream, "from_socket"):
+            raise ImportError(f"connector.httpx.AsyncTransport needs anyio >= 4.10, not {_anyio_version()}")
+        super().__init__(
+            verify=verify, cert=cert, trust_env=trust_env, http1=http1, http2=http2, limits=limits, retries=retries
+        )
+        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
+            raise RuntimeError(f"connector.httpx does not support this httpx version ({httpx.__version__})")
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=http1,
+            http2=http2,
+            retries=retries,
+            network_backend=_AsyncTunnelBackend(server, agent, agent_host),
+        )
+
+
+def _anyio_version() -> str:
+    """The installed anyio's version."""
+    from importlib.metadata import version
+
+    return version("anyio")

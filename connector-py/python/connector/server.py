@@ -277,10 +277,8 @@ class Server:
         ``server_hostname`` (default: the target's host). Cancelling the
         awaiting task cancels the dial. Raises what :meth:`dial_async` raises.
         """
-        fd, dialled = self._inner.dial_socket_async(target, agent, host, seconds(timeout, "timeout"))
-        sock = _TunnelSocket(fileno=fd)
+        sock = await self._socket_async(target, agent, host, timeout)
         try:
-            await dialled
             if ssl and server_hostname is None:
                 server_hostname = _host_of(target)
             return await asyncio.open_connection(
@@ -289,6 +287,21 @@ class Server:
         except BaseException:
             sock.close()
             raise
+
+    async def _socket_async(
+        self, target: str, agent: Optional[str], host: Optional[str], timeout: Optional[float]
+    ) -> socket.socket:
+        """:meth:`create_connection` for asyncio (a blocking socket, which the
+        caller hands to its event loop). The socket exists before the dial so
+        that a cancelled dial leaves nothing open."""
+        fd, dialled = self._inner.dial_socket_async(target, agent, host, seconds(timeout, "timeout"))
+        sock = _TunnelSocket(fileno=fd)
+        try:
+            await dialled
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def drain(self, grace: float = 30.0) -> None:
         """Drains the server, then shuts it down: what ``connector server`` does on SIGTERM.
