@@ -6,7 +6,7 @@ import concurrent.futures
 import pathlib
 import threading
 
-from conftest import HANG_GUARD_SECONDS, listen_backlog
+from conftest import HANG_GUARD_SECONDS, accept_queue
 
 import connector
 import connector.testing
@@ -90,7 +90,7 @@ def test_http_target_serves_concurrent_requests_concurrently(connector_tunnel: L
     # The listener queues a burst of N connections instead of dropping SYNs
     # beyond socketserver's default backlog of 5 (each dropped one waits
     # for the client's retransmission, a second or more).
-    assert listen_backlog(web.port) >= n
+    assert accept_queue(web.port)[1] >= n
 
     def get(_: int) -> bytes:
         conn = HTTPConnection(connector_tunnel.server, "127.0.0.1", web.port, agent="node-0")
