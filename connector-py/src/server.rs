@@ -240,7 +240,7 @@ impl Server {
         });
         let started = started.map_err(|e| match e {
             SetupError::NoAuthentication => Failure::Config(
-                "no way to authenticate agents: pass tokens=, tokens_file=, client_ca= and/or authenticator=".into(),
+                "no way to authenticate agents: pass tokens=, tokens_file=, client_ca=, kube_service_accounts= and/or authenticator=".into(),
             ),
             SetupError::Quic(QuicSetupError::Bind { ref source, .. })
             | SetupError::Qmux(QmuxSetupError::Bind { ref source, .. }) => Failure::Listen {

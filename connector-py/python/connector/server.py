@@ -90,6 +90,13 @@ class Server:
       verifies the chain and the authenticator decides, seeing the certificate
       in :class:`AuthRequest` (``certificates``, ``certificate_name``,
       ``certificate_identifiers``).
+    - ``kube_service_accounts``: Kubernetes ServiceAccounts (``"NAMESPACE/NAME"``)
+      whose tokens admit agents, checked with a TokenReview against the
+      apiserver of ``kubeconfig`` (default: the pod's in-cluster configuration),
+      for ``kube_audiences`` (default ``["connector"]``); a token bound to a
+      pod may serve only that pod's node. ``kube_unbound_identifiers`` says
+      what a token without a node may claim (``"none"``, the default: refused),
+      ``kube_review_cache_ttl`` how long a review is reused.
     - ``authenticator``: a Python callable (see :data:`Authenticator`).
 
     Other options: ``listen`` (UDP ``ip:port``), ``server_id`` (reported to
@@ -102,7 +109,9 @@ class Server:
     ``tcp_listen`` (the TCP fallback listener: ``"same"`` as the QUIC address,
     the default; ``"off"``; or an ``ip:port``), ``congestion`` (``"auto"``,
     ``"cubic"`` or ``"bbr"``) and ``max_udp_payload`` (upper bound of QUIC path
-    MTU discovery).
+    MTU discovery). With ``lease_namespace`` the server counts the replicas by
+    their Leases (``lease_label``, ``lease_duration``, ``lease_renew_interval``)
+    and reports that count instead of ``server_count``.
 
     Use as a context manager, or call :meth:`close`.
     """
@@ -117,9 +126,18 @@ class Server:
         tokens_file: Optional[Union[str, "os.PathLike[str]"]] = None,
         client_ca: Optional[PemSource] = None,
         client_certificates: Optional[str] = None,
+        kube_service_accounts: Optional[Union[str, Iterable[str]]] = None,
+        kube_audiences: Optional[Union[str, Iterable[str]]] = None,
+        kube_unbound_identifiers: Optional[str] = None,
+        kube_review_cache_ttl: Optional[float] = None,
+        kubeconfig: Optional[Union[str, "os.PathLike[str]"]] = None,
         authenticator: Optional[Authenticator] = None,
         server_id: Optional[str] = None,
         server_count: Optional[int] = None,
+        lease_namespace: Optional[str] = None,
+        lease_label: Optional[str] = None,
+        lease_duration: Optional[float] = None,
+        lease_renew_interval: Optional[float] = None,
         max_agents: Optional[int] = None,
         max_streams_per_agent: Optional[int] = None,
         max_pending_dials: Optional[int] = None,
