@@ -1,8 +1,10 @@
 # The whole test suite, every language in the repository. `.ci/run` installs
 # what it needs and then runs exactly this.
-.PHONY: test test-rust connector-bin test-go-interop test-kubernetes test-python test-ffi test-deploy demo
+.PHONY: test test-rust connector-bin test-go-interop test-kubernetes test-python test-ffi test-deploy demo install-ffi
 
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+# Where install-ffi puts the C library (an absolute path).
+PREFIX ?= /usr/local
 
 test: test-rust test-go-interop test-kubernetes test-python test-ffi test-deploy
 
@@ -32,8 +34,10 @@ test-kubernetes: connector-bin
 test-python: connector-bin
 	CONNECTOR_BIN=$(TARGET_DIR)/debug/connector connector-py/run-tests.sh
 
-# The C ABI (header freshness, a C program under Valgrind) and the Go package
-# and example built on it (`go test -race`).
+# The C ABI (header freshness, a C program under Valgrind), the Go package
+# and example built on it (`go test -race`), and docs/ffi.md's quick start
+# run as written: install-ffi (release), then a Go module and a C program
+# outside the repository, built against it and run through a tunnel.
 test-ffi:
 	connector-ffi/run-tests.sh
 
@@ -44,3 +48,9 @@ test-deploy: connector-bin
 
 demo:
 	cargo run --release -p connector-cli -- demo
+
+# connector's C library for C and Go programs (release build): PREFIX/lib gets
+# libconnector_ffi.a and .so, PREFIX/include connector.h, PREFIX/lib/pkgconfig
+# connector.pc and connector-static.pc (docs/ffi.md: using it).
+install-ffi:
+	DESTDIR="$(DESTDIR)" connector-ffi/install.sh "$(PREFIX)"

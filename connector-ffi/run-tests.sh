@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Tests of the C ABI and the Go package, from a clean machine with Rust, Go
 # and a C compiler:
-#   1. installs cbindgen (crates.io) and valgrind (apt) when missing;
-#   2. builds connector-ffi's static library and checks that
+#   1. installs cbindgen (crates.io), valgrind and pkg-config (apt) when missing;
+#   2. builds connector-ffi (debug) and installs it as `make install-ffi`
+#      does, into a prefix under the target directory, and checks that
 #      include/connector.h is what cbindgen generates from the source;
 #   3. builds the C test programs (tests/c: the end-to-end test and the ABI
-#      soundness test) against the header and the static library and runs
-#      them under Valgrind, failing on any definite or possible leak;
+#      soundness test) against the installed header and static library
+#      (`pkg-config connector-static`) and runs them under Valgrind, failing
+#      on any definite or possible leak;
 #   4. the sanitizer job: builds the same C programs with AddressSanitizer
 #      and UndefinedBehaviorSanitizer and runs them, then runs the Rust ABI
 #      tests under Miri when CONNECTOR_FFI_MIRI=1 (it installs the nightly
@@ -14,13 +16,18 @@
 #      about 12 minutes on 2 cores, so it is not part of the default run or
 #      CI); see docs/ffi.md for what each one covers;
 #   5. runs `go test -race ./...` for connector-ffi/go and
-#      examples/go-apiserver-plugin, then prints the round-trip measurement.
+#      examples/go-apiserver-plugin, linked through pkg-config with that
+#      prefix, then prints the round-trip measurement;
+#   6. tests/quickstart.sh: docs/ffi.md's commands and programs, run as
+#      written: `make install-ffi` (release) into a fresh prefix, a Go module
+#      and a C program outside the repository, built and run through a tunnel.
 # Usage: connector-ffi/run-tests.sh   (honours CARGO_TARGET_DIR)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+case "$target_dir" in /*) ;; *) target_dir="$repo/$target_dir" ;; esac
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 CBINDGEN_VERSION=0.29.4
@@ -41,18 +48,22 @@ if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen $CBINDGEN_VERSION" ]; then
         command -v cbindgen >/dev/null 2>&1 || cbindgen="${CARGO_HOME:-$HOME/.cargo}/bin/cbindgen"
     fi
 fi
-if ! command -v valgrind >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then apt-get install -y valgrind || { apt-get update && apt-get install -y valgrind; }
-    else sudo apt-get install -y valgrind || { sudo apt-get update && sudo apt-get install -y valgrind; }
+for tool in valgrind pkg-config; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then apt-get install -y "$tool" || { apt-get update && apt-get install -y "$tool"; }
+        else sudo apt-get install -y "$tool" || { sudo apt-get update && sudo apt-get install -y "$tool"; }
+        fi
     fi
-fi
+done
 "$cbindgen" --version
 
-step "build the static library"
-(cd "$repo" && cargo build -p connector-ffi)
-# Copied at once: every build of the workspace rewrites this path.
-lib="$work/libconnector_ffi.a"
-cp "$target_dir/debug/libconnector_ffi.a" "$lib"
+step "build the library and install it (debug) into $target_dir/ffi-prefix"
+# What the C and Go tests link, through its pkg-config files, as programs
+# outside the repository do (a copy: every build of the workspace rewrites
+# the target directory's own).
+prefix="$target_dir/ffi-prefix"
+"$here/install.sh" "$prefix" debug
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 
 step "header is fresh (cbindgen --verify)"
 (cd "$here" && "$cbindgen" --quiet --config cbindgen.toml --verify --output include/connector.h) || {
@@ -66,8 +77,8 @@ grep -q '^test result: ok' "$work/rust.log" || { cat "$work/rust.log"; exit 1; }
 rust_passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$work/rust.log" | awk '{s+=$4} END {print s+0}')
 
 c_programs=(e2e abi)
-cflags=(-std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -g -I "$here/include")
-libs=("$lib" -lpthread -ldl -lm)
+read -ra cflags <<<"-std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -g $(pkg-config --cflags connector-static)"
+read -ra libs <<<"$(pkg-config --libs connector-static)"
 
 step "C tests under Valgrind (e2e, abi)"
 # Valgrind's uninitialised-value checker flags bytes decrypted by the crypto
@@ -112,9 +123,7 @@ else
     miri_passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$work/miri.log" | awk '{print $4}')
 fi
 
-step "Go package and example: go test -race ./..."
-mkdir -p "$here/go/lib"
-cp "$lib" "$here/go/lib/libconnector_ffi.a"
+step "Go package and example: go test -race ./... (cgo: pkg-config connector-static)"
 go_status=0
 (cd "$here/go" && go vet ./... && go test -race -count=1 -timeout 5m -v ./...) >"$work/go.log" 2>&1 || go_status=$?
 (cd "$repo/examples/go-apiserver-plugin" && go vet ./... && go test -race -count=1 -timeout 5m -v ./...) >>"$work/go.log" 2>&1 || go_status=$?
@@ -130,5 +139,9 @@ go_sub_passed=$(grep -Ec -- '^ +--- PASS' "$work/go.log")
 step "round trip through the Go Conn vs the Rust API (one run, no -race)"
 (cd "$here/go" && go test -count=1 -run 'TestMeasureRoundTrip$' -v . | grep -E 'round trip|µs|MiB|threads|median')
 
-printf '\nconnector-ffi: %s Rust tests, Miri %s, C e2e %s checks and abi %s checks (Valgrind: no leaks; ASan+UBSan: clean), Go %s tests + %s subtests passed (-race)\n' \
-    "$rust_passed" "$miri_passed" "$c_checks" "$abi_checks" "$go_passed" "$go_sub_passed"
+step "docs/ffi.md quick start, as written: make install-ffi (release), a Go module and a C program outside the repository"
+"$here/tests/quickstart.sh" | tee "$work/quickstart.log"
+
+printf '\nconnector-ffi: %s Rust tests, Miri %s, C e2e %s checks and abi %s checks (Valgrind: no leaks; ASan+UBSan: clean), Go %s tests + %s subtests passed (-race); docs quick start: %s Go-module and %s C builds ran\n' \
+    "$rust_passed" "$miri_passed" "$c_checks" "$abi_checks" "$go_passed" "$go_sub_passed" \
+    "$(grep -c '^\$ .*go build.*\./hello' "$work/quickstart.log")" "$(grep -c '^\$ cc ' "$work/quickstart.log")"

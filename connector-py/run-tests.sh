@@ -18,7 +18,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  "maturin==1.16.0" "pytest==9.2.0" "pytest-asyncio==1.5.0" "prometheus-client==0.26.0" "mypy==2.4.1"
+  "maturin==1.16.0" "pytest==9.2.0" "pytest-asyncio==1.5.0" "prometheus-client==0.26.0" "mypy==2.4.1" \
+  "httpx==0.29.0"
 # The build backend runs `maturin` from PATH.
 export PATH="$venv/bin:$PATH"
 

@@ -38,6 +38,9 @@ PKI_FILES = {
     "/etc/connector/token/token": "node-a.token",
     "/etc/connector/tls/tls.crt": "node-a.pem",
     "/etc/connector/tls/tls.key": "node-a-key.pem",
+    "/etc/connector/kubeconfig/kubeconfig": "kubeconfig",
+    # The projected ServiceAccount token (components/serviceaccount-token).
+    "/var/run/secrets/connector/token": "node-a.token",
 }
 SOCKET_DIR = "/etc/kubernetes/connector/"
 # Values of the downward API in the fake pod.

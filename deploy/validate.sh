@@ -59,6 +59,29 @@ fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 "$CONNECTOR_BIN" dev-pki --out "$WORK/pki" --server-name connector.tenant-a.example.com --node node-a >/dev/null
+# The server's kubeconfig (Secret connector-kubeconfig): an apiserver on a
+# loopback port nothing listens on. --check-config reads and checks it; in the
+# smoke run the server's Lease rounds fail (logged) and it keeps server-count.
+cat >"$WORK/pki/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: workload
+  cluster:
+    server: https://127.0.0.1:1
+    certificate-authority: $WORK/pki/ca.pem
+users:
+- name: connector-server
+  user:
+    client-certificate: $WORK/pki/node-a.pem
+    client-key: $WORK/pki/node-a-key.pem
+contexts:
+- name: workload
+  context:
+    cluster: workload
+    user: connector-server
+current-context: workload
+EOF
 
 overlays=0 manifests=0 validations=0 checks=0 failed=0
 cd "$DEPLOY"

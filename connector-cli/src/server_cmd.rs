@@ -37,7 +37,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     settings.server_id.get_or_insert_with(host_name);
     let setup = settings.into_setup().map_err(flag_error)?;
     if let Err(SetupError::NoAuthentication) = setup.check() {
-        bail!("no way to authenticate agents: pass --tokens FILE and/or --client-ca FILE");
+        bail!(
+            "no way to authenticate agents: pass --tokens FILE, --client-ca FILE and/or --kube-service-accounts NAMESPACE/NAME"
+        );
     }
     // Kept for the frontends: a TLS frontend must not admit every agent.
     let agent_client_cas = setup.client_cas.clone().unwrap_or_default();

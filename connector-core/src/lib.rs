@@ -17,6 +17,7 @@ pub mod admin;
 pub mod agent;
 pub mod auth;
 pub mod frontend;
+pub mod kubernetes;
 pub mod metrics;
 pub mod pki;
 pub mod proto;

@@ -135,6 +135,28 @@ impl Page {
     }
 }
 
+/// What the ServiceAccount-token authenticator
+/// ([`crate::auth::KubernetesAuthenticator`]) counts. Clones count together.
+#[derive(Debug, Clone)]
+pub struct TokenReviewMetrics {
+    /// TokenReviews sent to the apiserver, by result: `authenticated`,
+    /// `denied` (not authenticated) or `error` (no answer in time, or an error).
+    pub reviews: LabeledCounter,
+    /// ServiceAccount-token authentications by what the cache held for the
+    /// token: `hit` (a decision still standing: no review), `shared` (a review
+    /// of the same token in flight, waited for) or `miss` (a review of its own).
+    pub cache: LabeledCounter,
+}
+
+impl Default for TokenReviewMetrics {
+    fn default() -> Self {
+        Self {
+            reviews: LabeledCounter::new("result"),
+            cache: LabeledCounter::new("result"),
+        }
+    }
+}
+
 /// What a [`crate::Server`] counts.
 #[derive(Debug)]
 pub struct ServerMetrics {
@@ -162,6 +184,12 @@ pub struct ServerMetrics {
     /// `acknowledged`: agents that answered a sent one (with a `GoAway` of
     /// their own or by closing their connection).
     pub go_aways: LabeledCounter,
+    /// ServiceAccount-token reviews and cache answers (shared with the
+    /// server's [`crate::auth::KubernetesAuthenticator`], if it has one).
+    pub token_reviews: TokenReviewMetrics,
+    /// Lease rounds (renew this server's Lease, count the others), by
+    /// result: `ok` or `error` (the last good count is kept).
+    pub lease_updates: LabeledCounter,
 }
 
 impl Default for ServerMetrics {
@@ -177,20 +205,34 @@ impl Default for ServerMetrics {
             agent_connections: Counter::default(),
             refused_agent_streams: Counter::default(),
             go_aways: LabeledCounter::new("direction"),
+            token_reviews: TokenReviewMetrics::default(),
+            lease_updates: LabeledCounter::new("result"),
         }
     }
 }
 
 impl ServerMetrics {
     /// Renders the page; `agents` are the agents connected now, by
-    /// transport, `unadmitted` the connections not yet admitted.
-    pub fn render(&self, server_id: &str, agents: &[(&str, usize)], unadmitted: crate::server::Unadmitted) -> String {
+    /// transport, `unadmitted` the connections not yet admitted,
+    /// `server_count` the replica count this server reports to agents.
+    pub fn render(
+        &self,
+        server_id: &str,
+        agents: &[(&str, usize)],
+        unadmitted: crate::server::Unadmitted,
+        server_count: u16,
+    ) -> String {
         let mut page = Page::new();
         page.info(
             "connector_server",
             "This server replica's id (always 1).",
             "server_id",
             server_id,
+        );
+        page.gauge(
+            "connector_server_replicas",
+            "Server replicas this server reports to agents in its Welcome: server-count, or the unexpired Leases it counts.",
+            i64::from(server_count),
         );
         page.gauges_by(
             "connector_server_agents_unadmitted",
@@ -234,6 +276,21 @@ impl ServerMetrics {
             "connector_server_refused_agent_streams",
             "Streams opened by agents other than their control stream, refused.",
             self.refused_agent_streams.clone(),
+        );
+        page.add(
+            "connector_server_token_reviews",
+            "TokenReviews of agents' ServiceAccount tokens sent to the apiserver, by result (authenticated, denied, error).",
+            self.token_reviews.reviews.clone(),
+        );
+        page.add(
+            "connector_server_token_review_cache",
+            "ServiceAccount-token authentications by what the review cache held: hit (no review), shared (waited for a review of the same token in flight), miss (reviewed).",
+            self.token_reviews.cache.clone(),
+        );
+        page.add(
+            "connector_server_lease_updates",
+            "Lease rounds (renew this server's Lease, count the replicas' unexpired Leases), by result (ok, error).",
+            self.lease_updates.clone(),
         );
         page.add(
             "connector_server_go_aways",
@@ -414,7 +471,7 @@ mod tests {
         ] {
             metrics.dial_duration.observe(seconds.as_secs_f64());
         }
-        let text = metrics.render("s", &[], Unadmitted::default());
+        let text = metrics.render("s", &[], Unadmitted::default(), 1);
         let name = "connector_server_dial_duration_seconds";
         assert!(text.contains(&format!("# TYPE {name} histogram\n")), "{text}");
         assert!(text.contains(&format!("{name}_bucket{{le=\"0.0005\"}} 1\n")), "{text}");
@@ -442,7 +499,7 @@ mod tests {
         metrics.go_aways.inc("sent");
         metrics.go_aways.inc("sent");
         metrics.agent_connections.inc();
-        let page = metrics.render("s", &[("quic", 2), ("memory", 1)], Unadmitted::default());
+        let page = metrics.render("s", &[("quic", 2), ("memory", 1)], Unadmitted::default(), 1);
         for line in [
             "# HELP connector_server_info This server replica's id (always 1).\n",
             "# TYPE connector_server_info gauge\n",

@@ -22,7 +22,11 @@ use std::time::Duration;
 
 use crate::Identifiers;
 use crate::agent::{Agent, AgentConfig, DestinationPolicy};
-use crate::auth::{Authenticator, CertificateAuthenticator, CredentialSource, FirstOf, TokenAuthenticator};
+use crate::auth::{
+    Authenticator, CertificateAuthenticator, CredentialSource, FirstOf, KubernetesAuthenticator, TokenAuthenticator,
+};
+use crate::metrics::ServerMetrics;
+use crate::server::leases::{LeaseController, LeaseNameError, lease_name};
 use crate::server::{Limits, ProxyStrategy, Server, ServerConfig};
 use crate::tls::{AgentTls, CaBundle, Identity, ServerTls};
 use crate::transport::Connector;
@@ -36,8 +40,13 @@ use crate::transport::quic::{QuicConnector, QuicListener, QuicSettings, QuicSetu
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// The server was given no way to authenticate agents.
-    #[error("no way to authenticate agents: configure tokens, client CAs and/or an authenticator")]
+    #[error(
+        "no way to authenticate agents: configure tokens, client CAs, Kubernetes ServiceAccounts and/or an authenticator"
+    )]
     NoAuthentication,
+    /// The server id cannot name the server's Lease.
+    #[error(transparent)]
+    LeaseName(#[from] LeaseNameError),
     /// The agent was given no server address.
     #[error("no server address: configure at least one")]
     NoServer,
@@ -78,12 +87,20 @@ pub struct ServerSetup {
     pub client_cas: Option<CaBundle>,
     /// What a verified client certificate decides (with `client_cas`).
     pub client_certificates: ClientCertificates,
-    /// The user's own verifiers, asked after tokens and certificates.
+    /// ServiceAccount-token agents (TokenReview, bound to their node), asked
+    /// after tokens and certificates; its counts join the server's `/metrics`.
+    pub kubernetes: Option<KubernetesAuthenticator>,
+    /// The user's own verifiers, asked after tokens, certificates and
+    /// ServiceAccount tokens.
     pub authenticators: Vec<Arc<dyn Authenticator>>,
     /// This replica's id, reported to agents.
     pub server_id: String,
-    /// Replicas behind the agents' server address.
+    /// Replicas behind the agents' server address (with `leases`: until
+    /// their first count).
     pub server_count: u16,
+    /// Counts the replicas by their Leases and reports that count instead
+    /// (holding the Lease `connector-<server_id>` while the server runs).
+    pub leases: Option<LeaseController>,
     /// Resource bounds.
     pub limits: Limits,
     /// QUIC keepalive interval.
@@ -174,9 +191,11 @@ impl ServerSetup {
             tokens: None,
             client_cas: None,
             client_certificates: ClientCertificates::Authenticate,
+            kubernetes: None,
             authenticators: Vec::new(),
             server_id: "connector".into(),
             server_count: 1,
+            leases: None,
             limits: Limits::default(),
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
@@ -191,8 +210,15 @@ impl ServerSetup {
     pub fn check(&self) -> Result<(), SetupError> {
         let certificates_authenticate =
             self.client_cas.is_some() && self.client_certificates == ClientCertificates::Authenticate;
-        if self.tokens.is_none() && !certificates_authenticate && self.authenticators.is_empty() {
+        if self.tokens.is_none()
+            && !certificates_authenticate
+            && self.kubernetes.is_none()
+            && self.authenticators.is_empty()
+        {
             return Err(SetupError::NoAuthentication);
+        }
+        if self.leases.is_some() {
+            lease_name(&self.server_id)?;
         }
         Ok(())
     }
@@ -210,6 +236,10 @@ impl ServerSetup {
         }
         if self.client_cas.is_some() && self.client_certificates == ClientCertificates::Authenticate {
             authenticators.push(Arc::new(CertificateAuthenticator));
+        }
+        let metrics = Arc::new(ServerMetrics::default());
+        if let Some(kubernetes) = self.kubernetes {
+            authenticators.push(Arc::new(kubernetes.with_metrics(metrics.token_reviews.clone())));
         }
         authenticators.extend(self.authenticators);
         let tls = ServerTls {
@@ -265,7 +295,11 @@ impl ServerSetup {
         config.idle_timeout = self.idle_timeout;
         config.limits = self.limits;
         config.proxy_strategies = self.proxy_strategies;
+        config.metrics = metrics;
         let server = Server::new(config);
+        if let Some(leases) = self.leases {
+            leases.start(&server)?;
+        }
         server.serve(Arc::new(listener));
         if let Some(tcp) = tcp_listener {
             server.serve(Arc::new(tcp));

@@ -1,8 +1,11 @@
 package connector
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../include
-#cgo LDFLAGS: ${SRCDIR}/lib/libconnector_ffi.a -lm -ldl -lpthread
+// The installed library (`make install-ffi PREFIX=...`, see docs/ffi.md):
+// its header, the static library and the system libraries it needs, so a
+// program is one self-contained binary. PKG_CONFIG_PATH=PREFIX/lib/pkgconfig
+// when PREFIX is not where pkg-config looks.
+#cgo pkg-config: connector-static
 #include <stdlib.h>
 #include "connector.h"
 */

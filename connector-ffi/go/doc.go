@@ -19,7 +19,13 @@
 // CloseWrite. Failed calls return *Error values wrapping sentinels such as
 // ErrNoAgent, ErrRefused or ErrClosed, for errors.Is.
 //
-// Building needs the static library: run `cargo build -p connector-ffi` and
-// copy libconnector_ffi.a into this package's lib/ directory
-// (connector-ffi/run-tests.sh does both).
+// Building needs connector's C library installed with its pkg-config files
+// (cgo links it through `pkg-config connector-static`). From a clone of the
+// repository, with the module that uses this package next to it:
+//
+//	make -C ../connector install-ffi PREFIX=$HOME/.local
+//	go mod edit -replace github.com/connector-project/connector/connector-ffi/go=../connector/connector-ffi/go && go mod tidy
+//	PKG_CONFIG_PATH=$HOME/.local/lib/pkgconfig go build
+//
+// docs/ffi.md ("Using it") has the details.
 package connector

@@ -12,7 +12,9 @@
  *  - Blocking calls take `timeout_us` (0: no limit) and an optional
  *    connector_cancel that any thread may fire. Call them from your own
  *    threads, not from inside the auth callback.
- *  - Link with: libconnector_ffi.a -lpthread -ldl -lm
+ *  - Link with: pkg-config --libs connector-static (the static library and
+ *    the system libraries it needs) or connector (libconnector_ffi.so), as
+ *    installed by `make install-ffi PREFIX=...`.
  */
 
 #ifndef CONNECTOR_H

@@ -1,6 +1,7 @@
 //! `Agent`: an agent started from Python, running on the shared runtime.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use connector_core::agent::{AgentObserver, AgentStatus};
 use connector_core::auth::StaticCredential;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use crate::errors::Failure;
 use crate::runtime::{runtime, seconds, wait};
 use crate::settings::{apply, config_error};
+use crate::stream::awaitable;
 
 /// An agent: connects out to a server and serves its dials until stopped.
 /// Reconnects by itself with backoff when the connection ends.
@@ -25,6 +27,51 @@ pub struct Agent {
     observer: AgentObserver,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
+}
+
+/// Waits until the agent is connected (the server's id), rejected
+/// (`AuthError`) or stopped (`ClosedError`), for at most `timeout`; the
+/// timeout's error says why the agent is not connected.
+async fn until_connected(
+    mut status: watch::Receiver<AgentStatus>,
+    agent_id: String,
+    timeout: Option<Duration>,
+) -> Result<String, Failure> {
+    let settled = |s: &AgentStatus| {
+        matches!(
+            s,
+            AgentStatus::Connected { .. } | AgentStatus::Rejected { .. } | AgentStatus::Stopped
+        )
+    };
+    let reached = match timeout {
+        Some(limit) => tokio::time::timeout(limit, status.wait_for(settled))
+            .await
+            .map(|s| s.map(|s| s.clone()).unwrap_or(AgentStatus::Stopped)),
+        None => Ok(status
+            .wait_for(settled)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(AgentStatus::Stopped)),
+    };
+    let Ok(reached) = reached else {
+        // Say why: the last attempt's failure (a bad CA, no server) is known.
+        let why = match &*status.borrow() {
+            AgentStatus::Disconnected { reason } => format!("; the last attempt: {reason}"),
+            _ => "; no attempt has ended yet (the server does not answer?)".to_owned(),
+        };
+        let after = timeout.unwrap_or_default();
+        return Err(Failure::Timeout(format!(
+            "waiting for the agent to connect timed out after {after:?}{why}"
+        )));
+    };
+    match reached {
+        AgentStatus::Connected { server_id, .. } => Ok(server_id),
+        AgentStatus::Rejected { code, reason } => Err(Failure::Auth {
+            code: format!("{code:?}"),
+            reason,
+        }),
+        _ => Err(Failure::Closed(format!("agent {agent_id:?} is stopped"))),
+    }
 }
 
 fn setup_error(err: SetupError) -> Failure {
@@ -136,45 +183,21 @@ impl Agent {
 
     /// Waits until the agent is registered with the server and returns the
     /// server's id. Raises `AuthError` if the server rejects it,
-    /// `TimeoutError` after `timeout` seconds, `ClosedError` if stopped.
+    /// `TimeoutError` after `timeout` seconds (saying why it is not
+    /// connected), `ClosedError` if stopped.
     #[pyo3(signature = (timeout=None))]
     fn wait_connected(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<String> {
         let timeout = seconds("timeout", timeout)?;
-        let mut status = self.status.clone();
-        let agent_id = self.agent_id.clone();
-        let waited = wait(py, timeout, "waiting for the agent to connect", async move {
-            let reached = status
-                .wait_for(|s| {
-                    matches!(
-                        s,
-                        AgentStatus::Connected { .. } | AgentStatus::Rejected { .. } | AgentStatus::Stopped
-                    )
-                })
-                .await
-                .map(|s| s.clone())
-                .unwrap_or(AgentStatus::Stopped);
-            Ok(reached)
-        });
-        let reached = match waited {
-            // Say why: the last attempt's failure (a bad CA, no server) is known.
-            Err(Failure::Timeout(waiting)) => {
-                let why = match &*self.status.borrow() {
-                    AgentStatus::Disconnected { reason } => format!("; the last attempt: {reason}"),
-                    _ => "; no attempt has ended yet (the server does not answer?)".to_owned(),
-                };
-                return Err(Failure::Timeout(format!("{waiting}{why}")).into());
-            }
-            other => other?,
-        };
-        match reached {
-            AgentStatus::Connected { server_id, .. } => Ok(server_id),
-            AgentStatus::Rejected { code, reason } => Err(Failure::Auth {
-                code: format!("{code:?}"),
-                reason,
-            }
-            .into()),
-            _ => Err(Failure::Closed(format!("agent {agent_id:?} is stopped")).into()),
-        }
+        let waiting = until_connected(self.status.clone(), self.agent_id.clone(), timeout);
+        Ok(wait(py, None, "waiting for the agent to connect", waiting)?)
+    }
+
+    /// `wait_connected` for asyncio: an awaitable of the server's id.
+    /// Cancelling the awaiting task stops the wait.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_connected_async<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = seconds("timeout", timeout)?;
+        awaitable(py, until_connected(self.status.clone(), self.agent_id.clone(), timeout))
     }
 
     /// Closes the connection to the server and stops reconnecting. Safe to call twice.

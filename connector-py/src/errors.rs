@@ -29,6 +29,13 @@ pub enum Failure {
         /// The server's reason.
         reason: String,
     },
+    /// A listener could not be bound (`ListenError`, an `OSError` with the errno).
+    Listen {
+        /// The OS error number (`EADDRINUSE`, ...), when there is one.
+        errno: Option<i32>,
+        /// What failed, and why.
+        message: String,
+    },
     /// Already a Python exception (`KeyboardInterrupt` from a signal handler, ...).
     Python(PyErr),
 }
@@ -112,6 +119,17 @@ impl Failure {
                         Some(kwargs),
                     ),
                     Err(e) => e,
+                }
+            }
+            // `OSError(errno, strerror)` sets both; without an errno, only the message.
+            Failure::Listen { errno, message } => {
+                let made = class(py, "ListenError").and_then(|cls| match errno {
+                    Some(n) => cls.call1((n, message.clone())),
+                    None => cls.call1((message.clone(),)),
+                });
+                match made {
+                    Ok(exc) => PyErr::from_value(exc),
+                    Err(_) => pyo3::exceptions::PyOSError::new_err(message),
                 }
             }
             Failure::Python(err) => err,

@@ -18,6 +18,7 @@ mod pki;
 mod runtime;
 mod server;
 mod settings;
+mod socket;
 mod stream;
 mod testing;
 

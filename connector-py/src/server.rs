@@ -10,6 +10,8 @@ use connector_core::server::{AgentInfo as CoreAgentInfo, Selector};
 use connector_core::settings::ServerSettings;
 use connector_core::setup::{ClientCertificates, SetupError};
 use connector_core::tls::{CaBundle, Identity};
+use connector_core::transport::qmux::QmuxSetupError;
+use connector_core::transport::quic::QuicSetupError;
 use connector_core::{Identifiers, Server as CoreServer};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -18,6 +20,7 @@ use crate::auth::PythonAuthenticator;
 use crate::errors::Failure;
 use crate::runtime::{runtime, seconds, wait};
 use crate::settings::{apply, config_error};
+use crate::socket;
 use crate::stream::{AsyncStream, Stream, awaitable};
 
 /// A connected agent, as `Server.agents()` reports it.
@@ -137,6 +140,47 @@ fn token_entries(tokens: Vec<TokenSpec>) -> Result<Vec<TokenEntry>, Failure> {
         .collect()
 }
 
+/// Waits until at least `count` agents are connected, including each of
+/// `agent_ids`, for at most `timeout`; the timeout's error says who is missing.
+async fn until_agents(
+    server: CoreServer,
+    count: usize,
+    agent_ids: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<Vec<AgentInfo>, Failure> {
+    let enough = |agents: &[CoreAgentInfo]| {
+        agents.len() >= count && agent_ids.iter().all(|id| agents.iter().any(|a| a.agent_id == *id))
+    };
+    let waiting = server.wait_for_agents(enough);
+    let reached = match timeout {
+        Some(limit) => tokio::time::timeout(limit, waiting).await.is_ok(),
+        None => {
+            waiting.await;
+            true
+        }
+    };
+    let agents = server.agents();
+    if !reached {
+        let missing: Vec<&str> = agent_ids
+            .iter()
+            .filter(|id| !agents.iter().any(|a| a.agent_id == **id))
+            .map(String::as_str)
+            .collect();
+        let missing = if missing.is_empty() {
+            String::new()
+        } else {
+            format!("; not connected: {}", missing.join(", "))
+        };
+        let wanted = count.max(agent_ids.len());
+        return Err(Failure::Timeout(format!(
+            "waiting for agents timed out after {:?}: {} connected (waiting for at least {wanted}){missing}",
+            timeout.unwrap_or_default(),
+            agents.len()
+        )));
+    }
+    Ok(agents.into_iter().map(AgentInfo::from).collect())
+}
+
 fn selector(target: &str, agent: Option<String>, host: Option<String>) -> Result<Selector, Failure> {
     match (agent, host) {
         (Some(_), Some(_)) => Err(Failure::Config("pass agent= or host=, not both".into())),
@@ -196,8 +240,13 @@ impl Server {
         });
         let started = started.map_err(|e| match e {
             SetupError::NoAuthentication => Failure::Config(
-                "no way to authenticate agents: pass tokens=, tokens_file=, client_ca= and/or authenticator=".into(),
+                "no way to authenticate agents: pass tokens=, tokens_file=, client_ca=, kube_service_accounts= and/or authenticator=".into(),
             ),
+            SetupError::Quic(QuicSetupError::Bind { ref source, .. })
+            | SetupError::Qmux(QmuxSetupError::Bind { ref source, .. }) => Failure::Listen {
+                errno: source.raw_os_error(),
+                message: e.to_string(),
+            },
             other => config(&other),
         })?;
         Ok(Self {
@@ -252,15 +301,28 @@ impl Server {
     ) -> PyResult<Vec<AgentInfo>> {
         let timeout = seconds("timeout", timeout)?;
         let server = self.server.clone();
-        let agents = wait(py, timeout, "waiting for agents", async move {
-            server
-                .wait_for_agents(|agents| {
-                    agents.len() >= count && agent_ids.iter().all(|id| agents.iter().any(|a| a.agent_id == *id))
-                })
-                .await;
-            Ok(server.agents())
-        })?;
-        Ok(agents.into_iter().map(AgentInfo::from).collect())
+        let agents = wait(
+            py,
+            None,
+            "waiting for agents",
+            until_agents(server, count, agent_ids, timeout),
+        )?;
+        Ok(agents)
+    }
+
+    /// `wait_for_agents` for asyncio: an awaitable of `agents()`. Cancelling
+    /// the awaiting task stops the wait.
+    #[pyo3(signature = (count=1, agent_ids=Vec::new(), timeout=None))]
+    fn wait_for_agents_async<'py>(
+        &self,
+        py: Python<'py>,
+        count: usize,
+        agent_ids: Vec<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = seconds("timeout", timeout)?;
+        let server = self.server.clone();
+        awaitable(py, until_agents(server, count, agent_ids, timeout))
     }
 
     /// Opens a TCP connection to `target` (`host:port`) from an agent's
@@ -303,6 +365,53 @@ impl Server {
             let stream = server.dial_timeout(&selector, &target, timeout).await?;
             Ok(AsyncStream::new(stream))
         })
+    }
+
+    /// `dial` as a socket: a connected Unix socket whose other end is
+    /// spliced to the tunnelled connection on the runtime; returns its file
+    /// descriptor (for `socket.socket(fileno=)`). Blocks (GIL released) like `dial`.
+    #[pyo3(signature = (target, agent=None, host=None, timeout=None))]
+    fn dial_socket(
+        &self,
+        py: Python<'_>,
+        target: String,
+        agent: Option<String>,
+        host: Option<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<i32> {
+        let selector = selector(&target, agent, host)?;
+        let timeout = self.dial_timeout(timeout)?;
+        let server = self.server.clone();
+        let (python, splice) = socket::pair()?;
+        wait(py, None, "dial", async move {
+            let stream = server.dial_timeout(&selector, &target, timeout).await?;
+            splice.start(stream)
+        })?;
+        Ok(socket::into_fd(python))
+    }
+
+    /// `dial_socket` for asyncio: the socket's file descriptor at once, and
+    /// an awaitable that completes when the dial has (then the socket carries
+    /// the connection; until then it is silent, and if the dial fails or the
+    /// awaiting task is cancelled it reads end of file).
+    #[pyo3(signature = (target, agent=None, host=None, timeout=None))]
+    fn dial_socket_async<'py>(
+        &self,
+        py: Python<'py>,
+        target: String,
+        agent: Option<String>,
+        host: Option<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<(i32, Bound<'py, PyAny>)> {
+        let selector = selector(&target, agent, host)?;
+        let timeout = self.dial_timeout(timeout)?;
+        let server = self.server.clone();
+        let (python, splice) = socket::pair()?;
+        let dialled = awaitable(py, async move {
+            let stream = server.dial_timeout(&selector, &target, timeout).await?;
+            splice.start(stream)
+        })?;
+        Ok((socket::into_fd(python), dialled))
     }
 
     /// Drains the server, then shuts it down (what `connector server` does on

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import hashlib
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -65,16 +66,16 @@ def hold_target() -> Iterator[HoldTarget]:
 
 def accept_queue(port: int) -> Tuple[int, int]:
     """The accept queue of the listener on 127.0.0.1:``port``: (length, limit),
-    as the kernel reports it in /proc/net/tcp (a listening socket's rx_queue is
-    its queue length, tx_queue its backlog limit)."""
-    local = "0100007F:%04X" % port
-    with open("/proc/net/tcp") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == local and fields[3] == "0A":  # 0A: LISTEN
-                tx_queue, rx_queue = fields[4].split(":")
-                return int(rx_queue, 16), int(tx_queue, 16)
-    raise RuntimeError(f"no listener on 127.0.0.1:{port} in /proc/net/tcp")
+    as the kernel reports it to ``ss`` (iproute2): a listener's Recv-Q is the
+    connections waiting for accept(), its Send-Q the backlog limit (what it
+    passed to listen(), capped by net.core.somaxconn). /proc/net/tcp has the
+    length but not the limit."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"src 127.0.0.1:{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    if len(out) < 3 or out[0] != "LISTEN":
+        raise RuntimeError(f"no listener on 127.0.0.1:{port} in `ss -ltn`: {out}")
+    return int(out[1]), int(out[2])
 
 
 class StuckTarget:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import pathlib
+import threading
+
+from conftest import HANG_GUARD_SECONDS, accept_queue
 
 import connector
 import connector.testing
+from connector.http import HTTPConnection
 from connector.testing import LocalTunnel
 
 
@@ -69,3 +74,31 @@ def test_package_ships_type_information() -> None:
     assert issubclass(connector.TimeoutError, TimeoutError)
     assert issubclass(connector.ConfigError, ValueError)
     assert issubclass(connector.StreamError, ConnectionError)
+
+
+def test_http_target_serves_concurrent_requests_concurrently(connector_tunnel: LocalTunnel) -> None:
+    # Each request is answered only once all N have arrived: a target that
+    # serves one request (or a few) at a time never answers.
+    n = 50
+    arrived = threading.Barrier(n, timeout=HANG_GUARD_SECONDS / 2)
+
+    def together(path: str) -> bytes:
+        arrived.wait()
+        return f"all {n} at once".encode()
+
+    web = connector_tunnel.http_target({"/together": together})
+    # The listener queues a burst of N connections instead of dropping SYNs
+    # beyond socketserver's default backlog of 5 (each dropped one waits
+    # for the client's retransmission, a second or more).
+    assert accept_queue(web.port)[1] >= n
+
+    def get(_: int) -> bytes:
+        conn = HTTPConnection(connector_tunnel.server, "127.0.0.1", web.port, agent="node-0")
+        try:
+            conn.request("GET", "/together")
+            return conn.getresponse().read()
+        finally:
+            conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        assert list(pool.map(get, range(n))) == [f"all {n} at once".encode()] * n

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import errno
+import socket
 
 import pytest
 from conftest import HoldTarget, StuckTarget, closed_port
@@ -152,3 +154,42 @@ def test_wait_connected_timeout_says_why() -> None:
         assert "the last attempt: could not connect" in said or "no attempt has ended yet" in said, said
     finally:
         agent.stop()
+
+
+def test_address_in_use_is_an_os_error() -> None:
+    ca = ThrowawayCa()
+    cert, key = ca.issue("server", ["127.0.0.1"])
+    # The UDP port (QUIC) taken by someone else.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        taken = "127.0.0.1:%d" % udp.getsockname()[1]
+        with pytest.raises(OSError) as err:
+            connector.Server(cert=cert, key=key, tokens={"t": "a"}, listen=taken, tcp_listen="off")
+    assert isinstance(err.value, connector.ListenError) and isinstance(err.value, connector.ConnectorError)
+    assert err.value.errno == errno.EADDRINUSE
+    assert f"cannot bind UDP {taken}" in str(err.value)
+    # The TCP fallback's port taken.
+    with socket.socket() as tcp:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        taken = "127.0.0.1:%d" % tcp.getsockname()[1]
+        with pytest.raises(connector.ListenError) as err:
+            connector.Server(cert=cert, key=key, tokens={"t": "a"}, tcp_listen=taken)
+    assert err.value.errno == errno.EADDRINUSE
+    assert f"cannot bind TCP {taken}" in str(err.value)
+
+
+def test_pem_text_that_is_no_pem_and_no_file() -> None:
+    ca = ThrowawayCa()
+    cert, key = ca.issue("server", ["127.0.0.1"])
+    with pytest.raises(connector.ConfigError) as err:
+        connector.Server(cert="not a pem", key=key, tokens={"t": "a"})
+    assert str(err.value) == (
+        "cert is neither PEM text (starting with -----BEGIN) nor the path of an existing file: 'not a pem'"
+    )
+    with pytest.raises(connector.ConfigError, match="^ca is neither PEM text .* file: '/nowhere/ca.pem'$"):
+        connector.Agent("127.0.0.1:1", ca="/nowhere/ca.pem", agent_id="a", token="t")
+    # A key's text is not repeated: it may be key material without its header.
+    with pytest.raises(connector.ConfigError) as err:
+        connector.Server(cert=cert, key="MC4CAQAwBQYDK2VwBCIEIKey", tokens={"t": "a"})
+    assert str(err.value) == "key is neither PEM text (starting with -----BEGIN) nor the path of an existing file"

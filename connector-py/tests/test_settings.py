@@ -44,3 +44,16 @@ def test_values_are_checked_by_the_schema_and_name_their_keyword() -> None:
         max_unadmitted_per_source=2, auth_timeout=0.5,
     ):  # fmt: skip
         pass
+
+
+def test_kubernetes_settings_are_checked_and_name_their_keyword() -> None:
+    ca = ThrowawayCa()
+    cert, key = ca.issue("server", ["127.0.0.1"])
+    with pytest.raises(connector.ConfigError, match="kube_service_accounts.*NAMESPACE/NAME"):
+        connector.Server(cert=cert, key=key, kube_service_accounts=["connector-agent"])
+    with pytest.raises(connector.ConfigError, match="kubeconfig.*nonexistent"):
+        connector.Server(
+            cert=cert, key=key, kube_service_accounts="connector/connector-agent", kubeconfig="/nonexistent/kubeconfig"
+        )
+    with pytest.raises(connector.ConfigError, match="lease_renew_interval"):
+        connector.Server(cert=cert, key=key, tokens={"t": "a"}, lease_duration=5, lease_renew_interval=5)

@@ -4,16 +4,20 @@
 //! [`Authenticator`]; the identity it returns decides which identifiers
 //! (node names, addresses, networks, default route) the agent may claim.
 //! Built in: bearer tokens ([`TokenAuthenticator`]), client certificates
-//! ([`CertificateAuthenticator`]) and [`FirstOf`] to accept either.
+//! ([`CertificateAuthenticator`]), Kubernetes ServiceAccount tokens bound
+//! to the agent's node ([`KubernetesAuthenticator`], checked with a
+//! TokenReview) and [`FirstOf`] to accept any of them.
 //! On the agent, a [`CredentialSource`] supplies the credential at each
 //! connection attempt.
 
 mod certificate;
 mod credential;
+pub mod kubernetes;
 mod token;
 
 pub use certificate::CertificateAuthenticator;
 pub use credential::{CredentialError, CredentialSource, StaticCredential, TokenFile};
+pub use kubernetes::{KubernetesAuthConfig, KubernetesAuthenticator, ServiceAccount, UnboundTokens};
 pub use token::{TokenAuthenticator, TokenEntry, TokenFileError, parse_tokens};
 
 #[cfg(test)]

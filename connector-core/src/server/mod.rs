@@ -16,6 +16,7 @@
 
 mod admission;
 mod dial;
+pub mod leases;
 mod registry;
 mod routing;
 mod session;
@@ -138,7 +139,9 @@ impl Default for Limits {
 pub struct ServerConfig {
     /// This replica's id, reported to agents.
     pub server_id: String,
-    /// How many replicas run behind the agents' server address (0 = unknown).
+    /// How many replicas run behind the agents' server address (0 = unknown),
+    /// reported in each `Welcome` until [`Server::set_server_count`] changes it
+    /// (the Lease controller, [`leases`], does).
     pub server_count: u16,
     /// Decides who may connect as an agent.
     pub authenticator: Arc<dyn Authenticator>,
@@ -150,6 +153,11 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// How [`Selector::Host`] dials find their agent (default [`DEFAULT_STRATEGIES`]).
     pub proxy_strategies: Vec<ProxyStrategy>,
+    /// Where the server counts (default: counters of its own). Give a
+    /// component that counts for the server, such as a
+    /// [`crate::auth::KubernetesAuthenticator`], the same counters
+    /// ([`crate::metrics::TokenReviewMetrics`] are shared by cloning).
+    pub metrics: Arc<ServerMetrics>,
 }
 
 impl ServerConfig {
@@ -164,6 +172,7 @@ impl ServerConfig {
             keepalive: quic.keepalive,
             idle_timeout: quic.idle_timeout,
             proxy_strategies: DEFAULT_STRATEGIES.to_vec(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -195,14 +204,19 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     /// Set by [`Server::drain`] to the grace announced in `GoAway`s.
     draining: watch::Sender<Option<Duration>>,
+    /// The replica count reported in each `Welcome` ([`Server::server_count`]).
+    server_count: watch::Sender<u16>,
     /// Registered sessions whose agent has not yet acknowledged this
     /// server's `GoAway` (nor closed its connection); a drain waits for none.
     unacknowledged: watch::Sender<usize>,
     /// Woken whenever a tunnelled connection closes.
     tunnel_closed: Arc<Notify>,
     listeners: Mutex<Vec<Arc<dyn Listener>>>,
-    /// Every agent connection's session task, from handshake to close; a
-    /// drain waits for them after closing, each ending once its close went out.
+    /// Every agent connection's session task, from handshake to close, and
+    /// the tasks that must finish before the process exits (the Lease
+    /// controller releasing its Lease); a drain waits for them after
+    /// closing (at most [`CLOSE_SENT_LIMIT`]), each session ending once its
+    /// close went out.
     sessions: tokio_util::task::TaskTracker,
     /// Handshakes in progress ([`Limits::max_handshakes`]).
     handshakes: Arc<SlotPool>,
@@ -224,8 +238,9 @@ impl Server {
         let registry = Registry::new(&config.server_id);
         Self {
             inner: Arc::new(Inner {
+                metrics: config.metrics.clone(),
+                server_count: watch::channel(config.server_count).0,
                 config,
-                metrics: Arc::default(),
                 registry,
                 next_request: AtomicU64::new(1),
                 next_conn: AtomicU64::new(1),
@@ -355,6 +370,48 @@ impl Server {
         self.inner.pending_dials.load(Ordering::Relaxed)
     }
 
+    /// The replica count this server reports in each `Welcome`:
+    /// [`ServerConfig::server_count`] until [`Server::set_server_count`]
+    /// changes it. Agents behind one load-balanced address hold a session
+    /// with as many replicas.
+    pub fn server_count(&self) -> u16 {
+        *self.inner.server_count.borrow()
+    }
+
+    /// Changes the replica count reported to agents from their next
+    /// `Welcome` on (what the Lease controller does after each count).
+    pub fn set_server_count(&self, count: u16) {
+        self.inner.server_count.send_if_modified(|current| {
+            let changed = *current != count;
+            *current = count;
+            changed
+        });
+    }
+
+    /// Waits until `predicate` holds for [`Server::server_count`] (checked
+    /// now and after every change).
+    pub async fn wait_for_server_count(&self, predicate: impl FnMut(&u16) -> bool) {
+        let _ = self.inner.server_count.subscribe().wait_for(predicate).await;
+    }
+
+    /// Resolves once a drain or a shutdown has begun: the server is leaving.
+    pub async fn leaving(&self) {
+        let (mut draining, mut shutdown) = (self.inner.draining.subscribe(), self.inner.shutdown.subscribe());
+        tokio::select! {
+            _ = draining.wait_for(Option::is_some) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+    }
+
+    /// Runs `task` in the background; a drain waits for it (at most
+    /// [`CLOSE_SENT_LIMIT`]) before it returns, as for agent sessions.
+    pub(crate) fn spawn_tracked<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.sessions.spawn(task);
+    }
+
     /// This server's settings.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
@@ -368,9 +425,12 @@ impl Server {
     /// The metrics page in the Prometheus text format (what `/metrics` serves).
     pub fn render_metrics(&self) -> String {
         let agents = self.inner.registry.by_transport();
-        self.inner
-            .metrics
-            .render(&self.inner.config.server_id, &agents, self.unadmitted())
+        self.inner.metrics.render(
+            &self.inner.config.server_id,
+            &agents,
+            self.unadmitted(),
+            self.server_count(),
+        )
     }
 
     /// Whether the server is serving: at least one listener accepting agents

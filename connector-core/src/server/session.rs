@@ -200,7 +200,7 @@ async fn welcome(
     let config = &server.inner.config;
     let welcome = Frame::Welcome(Welcome {
         server_id: config.server_id.clone(),
-        server_count: config.server_count,
+        server_count: server.server_count(),
         keepalive_ms: config.keepalive.as_millis().min(u32::MAX as u128) as u32,
         idle_timeout_ms: config.idle_timeout.as_millis().min(u32::MAX as u128) as u32,
         max_streams: config.limits.max_streams_per_agent,

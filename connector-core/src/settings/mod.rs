@@ -120,11 +120,18 @@ impl Field {
             Kind::Duration => "1s",
             Kind::Text | Kind::Address | Kind::List => "localhost:1",
         };
-        [default.as_str(), of_kind, "host=localhost"]
-            .into_iter()
-            .find(|text| !text.is_empty() && T::default().set(self.key, text).is_ok())
-            .unwrap_or_default()
-            .to_owned()
+        // Then a plain word and a namespaced name, for the Kubernetes settings.
+        [
+            default.as_str(),
+            of_kind,
+            "host=localhost",
+            "connector",
+            "connector/agent",
+        ]
+        .into_iter()
+        .find(|text| !text.is_empty() && T::default().set(self.key, text).is_ok())
+        .unwrap_or_default()
+        .to_owned()
     }
 }
 

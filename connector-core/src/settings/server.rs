@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Schema, SettingsError, check_range, check_udp_payload, settings_schema};
-use crate::auth::TokenAuthenticator;
+use crate::auth::kubernetes::{DEFAULT_AUDIENCE, DEFAULT_CACHE_TTL, MAX_CACHE_TTL};
+use crate::auth::{ServiceAccount, TokenAuthenticator, UnboundTokens};
+use crate::kubernetes::{Label, is_dns_label};
+use crate::server::leases::{DEFAULT_LEASE_DURATION, DEFAULT_RENEW_INTERVAL, lease_name};
 use crate::server::{DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_PENDING_DIALS, DEFAULT_MAX_PRE_HELLO};
 use crate::server::{DEFAULT_MAX_UNADMITTED_PER_SOURCE, DEFAULT_STRATEGIES, Limits, ProxyStrategy};
 use crate::setup::{ClientCertificates, ServerSetup, TcpListen};
@@ -39,11 +42,50 @@ settings_schema! {
         /// (it admits the agent by itself) or `verify-only` (TLS checks the chain;
         /// tokens or an authenticator decide).
         pub client_certificates: ClientCertificates = ClientCertificates::Authenticate,
+        /// Kubernetes ServiceAccounts (`NAMESPACE/NAME`) whose tokens admit agents, checked
+        /// with a TokenReview (the agent's token-file is its projected ServiceAccount token).
+        /// A token bound to a pod may serve only that pod's node: `host=NODE` and the Node's
+        /// addresses. Empty (default): ServiceAccount tokens are not accepted.
+        pub kube_service_accounts: Vec<ServiceAccount> = Vec::new(),
+        /// Audiences the agents' ServiceAccount tokens must be issued for (the projected
+        /// token's `audience`), asked for in each TokenReview; at least one.
+        pub kube_audiences: Vec<String> = vec![DEFAULT_AUDIENCE.to_owned()],
+        /// What an agent whose ServiceAccount token names no node may claim: `none` (it is
+        /// refused: the default, as anyone allowed to create tokens for the ServiceAccount
+        /// could mint one), `*` (anything), or identifiers such as
+        /// `cidr=10.0.0.0/16,default-route=true`.
+        pub kube_unbound_identifiers: UnboundTokens = UnboundTokens::Refuse,
+        /// How long a TokenReview's answer is reused for the same token, never past the
+        /// token's expiry (a failed review is not reused, a refused token 10s at most;
+        /// `0`: not reused; concurrent agents with one token always share one review).
+        pub kube_review_cache_ttl: Duration = DEFAULT_CACHE_TTL,
+        /// Kubeconfig file for the apiserver that reviews ServiceAccount tokens, serves
+        /// Node addresses and holds the Leases (default: the pod's in-cluster
+        /// ServiceAccount). Its user needs RBAC: create tokenreviews, get nodes, and
+        /// get/list/create/patch/delete leases in lease-namespace.
+        pub kubeconfig: Option<PathBuf> = None,
         /// This replica's id, reported to agents (default: the host name for
         /// `connector server`, `connector` in the libraries).
         pub server_id: Option<String> = None,
-        /// Number of server replicas behind the agents' address.
+        /// Number of server replicas behind the agents' address (with lease-namespace:
+        /// until the first count of the Leases).
         pub server_count: u16 = 1,
+        /// Count server replicas by their Leases in this namespace (e.g. `kube-system`):
+        /// this server holds the Lease `connector-<server-id>`, renews it, and reports the
+        /// unexpired Leases with lease-label to agents as the server count. Unset
+        /// (default): no Leases, server-count is reported.
+        pub lease_namespace: Option<String> = None,
+        /// Label of the replicas' Leases, `KEY=VALUE`: the same on every replica.
+        pub lease_label: Label = Label {
+            key: "k8s-app".into(),
+            value: "connector-server".into(),
+        },
+        /// A replica whose Lease is not renewed for this long drops out of the count
+        /// (whole seconds, 1s to 1h); a draining replica deletes its Lease at once.
+        pub lease_duration: Duration = DEFAULT_LEASE_DURATION,
+        /// How often a server renews its Lease and counts the replicas; shorter than
+        /// lease-duration.
+        pub lease_renew_interval: Duration = DEFAULT_RENEW_INTERVAL,
         /// Most agents connected at once; further agents are rejected `Overloaded`
         /// and retry with backoff.
         pub max_agents: usize = Limits::default().max_agents,
@@ -103,6 +145,31 @@ impl ServerSettings {
                 "name at least one of destHost, defaultRoute, default",
             )),
             "max_udp_payload" => check_udp_payload(self.max_udp_payload),
+            "kube_review_cache_ttl" if self.kube_review_cache_ttl > MAX_CACHE_TTL => Err(SettingsError::invalid(
+                "kube-review-cache-ttl",
+                format!("must be at most {MAX_CACHE_TTL:?}"),
+            )),
+            "lease_namespace" => match self.lease_namespace.as_deref() {
+                Some(namespace) if !is_dns_label(namespace) => Err(SettingsError::invalid(
+                    "lease-namespace",
+                    format!("{namespace:?} is not a namespace name (lower-case letters, digits and '-')"),
+                )),
+                _ => Ok(()),
+            },
+            "lease_duration" => {
+                let whole = self.lease_duration.subsec_nanos() == 0;
+                if whole && (1..=3600).contains(&self.lease_duration.as_secs()) {
+                    Ok(())
+                } else {
+                    Err(SettingsError::invalid(
+                        "lease-duration",
+                        "must be whole seconds from 1s to 1h (a Lease counts in seconds)",
+                    ))
+                }
+            }
+            "lease_renew_interval" if self.lease_renew_interval < Duration::from_millis(100) => {
+                Err(SettingsError::invalid("lease-renew-interval", "must be at least 100ms"))
+            }
             _ => Ok(()),
         }
     }
@@ -118,7 +185,88 @@ impl ServerSettings {
                 "cert and key go together",
             ));
         }
+        if !self.kube_service_accounts.is_empty() && self.kube_audiences.is_empty() {
+            return Err(SettingsError::invalid(
+                "kube-audiences",
+                "name at least one audience: without one the apiserver accepts tokens meant for the Kubernetes API itself (any pod's token of the ServiceAccount)",
+            ));
+        }
+        if self.lease_renew_interval >= self.lease_duration {
+            return Err(SettingsError::invalid(
+                "lease-renew-interval",
+                format!(
+                    "must be shorter than lease-duration ({:?}), or replicas drop out of each other's count between renewals",
+                    self.lease_duration
+                ),
+            ));
+        }
+        if self.kubeconfig.is_some() && !self.uses_kubernetes() {
+            return Err(SettingsError::invalid(
+                "kubeconfig",
+                "is set, but nothing uses the apiserver: set kube-service-accounts and/or lease-namespace",
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether a setting needs the apiserver (kube-service-accounts, lease-namespace).
+    fn uses_kubernetes(&self) -> bool {
+        !self.kube_service_accounts.is_empty() || self.lease_namespace.is_some()
+    }
+
+    /// Builds the ServiceAccount-token authenticator and the Lease
+    /// controller the settings ask for.
+    #[cfg(feature = "kubernetes")]
+    fn kubernetes_into(&self, setup: &mut ServerSetup) -> Result<(), SettingsError> {
+        use std::sync::Arc;
+
+        use crate::auth::{KubernetesAuthConfig, KubernetesAuthenticator};
+        use crate::kubernetes::KubeClient;
+        use crate::server::leases::{LeaseController, LeaseSettings};
+
+        if !self.uses_kubernetes() {
+            return Ok(());
+        }
+        let client =
+            Arc::new(KubeClient::new(self.kubeconfig.as_deref()).map_err(|e| SettingsError::file("kubeconfig", e))?);
+        if !self.kube_service_accounts.is_empty() {
+            let mut config = KubernetesAuthConfig::new(self.kube_service_accounts.clone());
+            config.audiences = self.kube_audiences.clone();
+            config.unbound = self.kube_unbound_identifiers.clone();
+            config.cache_ttl = self.kube_review_cache_ttl;
+            // A rotated token and its successor may both be in use.
+            config.cache_capacity = self.max_agents.saturating_mul(2).max(1024);
+            // Within the authentication timeout, so that the agents sharing a
+            // review are refused with its own reason.
+            config.review_timeout = self.auth_timeout.mul_f64(0.75);
+            setup.kubernetes = Some(KubernetesAuthenticator::new(client.clone(), config));
+        }
+        if let Some(namespace) = &self.lease_namespace {
+            let settings = LeaseSettings {
+                duration: self.lease_duration,
+                renew_interval: self.lease_renew_interval,
+            };
+            let store = Arc::new(client.leases(namespace, &self.lease_label));
+            setup.leases = Some(LeaseController::new(store, settings));
+        }
+        Ok(())
+    }
+
+    /// Without the cargo feature `kubernetes`: refuses the settings that need it.
+    #[cfg(not(feature = "kubernetes"))]
+    fn kubernetes_into(&self, _setup: &mut ServerSetup) -> Result<(), SettingsError> {
+        if !self.uses_kubernetes() {
+            return Ok(());
+        }
+        Err(SettingsError::invalid(
+            if self.kube_service_accounts.is_empty() {
+                "lease-namespace"
+            } else {
+                "kube-service-accounts"
+            },
+            "this build has no Kubernetes support: build connector-core with its cargo feature `kubernetes` \
+             (the `connector` binary, the C library and the Python package have it)",
+        ))
     }
 
     /// Validates, reads the files (certificate, key, tokens, client CAs) and
@@ -157,6 +305,11 @@ impl ServerSettings {
             setup.client_cas = Some(CaBundle::from_file(path).map_err(|e| SettingsError::file("client-ca", e))?);
         }
         setup.client_certificates = self.client_certificates;
+        if self.lease_namespace.is_some() {
+            let id = self.server_id.as_deref().unwrap_or(&setup.server_id);
+            lease_name(id).map_err(|e| SettingsError::invalid("server-id", e.to_string()))?;
+        }
+        self.kubernetes_into(&mut setup)?;
         if let Some(id) = self.server_id {
             setup.server_id = id;
         }

@@ -204,3 +204,83 @@ fn units_parse() {
     assert_eq!(parse_size("1g").unwrap(), 1 << 30);
     assert!(parse_size("-1").is_err());
 }
+
+#[test]
+fn kubernetes_settings_are_checked() {
+    let mut server = ServerSettings::default();
+    assert_eq!(server.text("kube-audiences").unwrap(), "connector");
+    assert_eq!(server.text("kube-unbound-identifiers").unwrap(), "none");
+    assert_eq!(server.text("lease-label").unwrap(), "k8s-app=connector-server");
+    server
+        .set(
+            "kube-service-accounts",
+            "connector/connector-agent, kube-system/konnectivity-agent",
+        )
+        .unwrap();
+    assert_eq!(server.kube_service_accounts.len(), 2);
+    let err = server
+        .set("kube-service-accounts", "connector-agent")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("kube-service-accounts") && err.contains("NAMESPACE/NAME"),
+        "{err}"
+    );
+    server.set("kube-unbound-identifiers", "cidr=10.0.0.0/16").unwrap();
+    assert!(server.set("kube-unbound-identifiers", "everything").is_err());
+    assert!(server.set("kube-review-cache-ttl", "2h").is_err());
+    server.set("kube-review-cache-ttl", "0").unwrap();
+    for bad in ["Kube_System", "a/b", ""] {
+        assert!(server.set("lease-namespace", bad).is_err(), "{bad:?}");
+    }
+    assert!(server.set("lease-label", "no-value").is_err());
+    for bad in ["1.5s", "0", "2h"] {
+        assert!(server.set("lease-duration", bad).is_err(), "{bad}");
+    }
+    assert!(server.set("lease-renew-interval", "10ms").is_err());
+    server.validate().unwrap();
+
+    server.set("kube-audiences", "").unwrap();
+    assert_eq!(server.validate().unwrap_err().key(), Some("kube-audiences"));
+    server.set("kube-audiences", "connector").unwrap();
+    server.set("lease-duration", "5s").unwrap();
+    server.set("lease-renew-interval", "5s").unwrap();
+    let err = server.validate().unwrap_err();
+    assert_eq!(err.key(), Some("lease-renew-interval"), "{err}");
+
+    let mut server = ServerSettings::default();
+    server.set("kubeconfig", "/etc/connector/kubeconfig").unwrap();
+    let err = server.validate().unwrap_err().to_string();
+    assert!(err.contains("nothing uses the apiserver"), "{err}");
+}
+
+/// The Kubernetes settings need the apiserver client: a kubeconfig that
+/// cannot be read is named (with the feature), or the build says it lacks
+/// the feature; a server id that cannot name a Lease is refused.
+#[test]
+fn kubernetes_settings_need_a_usable_kubeconfig_and_lease_name() {
+    let dir = std::env::temp_dir().join(format!("connector-kube-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = ThrowawayCa::new("settings ca").unwrap();
+    let issued = ca.issue("server", &["localhost"]).unwrap();
+    let mut server = ServerSettings::default();
+    server
+        .set("kube-service-accounts", "connector/connector-agent")
+        .unwrap();
+    server.set("kubeconfig", dir.join("missing").to_str().unwrap()).unwrap();
+    let err = server.clone().into_setup_with(Some(issued.identity())).err().unwrap();
+    if cfg!(feature = "kubernetes") {
+        assert_eq!(err.key(), Some("kubeconfig"), "{err}");
+        assert!(err.to_string().contains("missing"), "{err}");
+    } else {
+        assert_eq!(err.key(), Some("kube-service-accounts"), "{err}");
+        assert!(err.to_string().contains("feature `kubernetes`"), "{err}");
+    }
+    let mut leases = ServerSettings::default();
+    leases.set("lease-namespace", "kube-system").unwrap();
+    leases.set("server-id", "Replica_1").unwrap();
+    let err = leases.into_setup_with(Some(issued.identity())).err().unwrap();
+    assert_eq!(err.key(), Some("server-id"), "{err}");
+    assert!(err.to_string().contains("cannot name a Lease"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

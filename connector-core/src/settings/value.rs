@@ -12,6 +12,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use super::Kind;
 use crate::Identifiers;
 use crate::agent::Rule;
+use crate::auth::{ServiceAccount, UnboundTokens};
+use crate::kubernetes::Label;
 use crate::server::ProxyStrategy;
 use crate::setup::{ClientCertificates, TcpListen};
 use crate::transport::congestion::CongestionControl;
@@ -207,7 +209,15 @@ macro_rules! text_value {
         }
     )*};
 }
-text_value!(Identifiers, Rule, ProxyStrategy, TransportMode);
+text_value!(
+    Identifiers,
+    Rule,
+    ProxyStrategy,
+    TransportMode,
+    ServiceAccount,
+    UnboundTokens,
+    Label
+);
 
 impl Value for TcpListen {
     const KIND: Kind = Kind::Address;

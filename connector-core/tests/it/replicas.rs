@@ -135,6 +135,25 @@ async fn an_agent_behind_one_address_connects_to_every_replica() {
     .await
 }
 
+/// The count a server reports may change while it runs (the Lease
+/// controller sets it, `server::leases`): each `Welcome` carries the count of
+/// the moment, and agents behind one address hold that many replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_hold_as_many_replicas_as_the_servers_count_now() {
+    guard(async {
+        let replicas: Vec<Replica> = ["srv-a", "srv-b"].iter().map(|id| replica(id, 1)).collect();
+        for r in &replicas {
+            r.server.set_server_count(2);
+            assert!(r.server.render_metrics().contains("connector_server_replicas 2\n"));
+        }
+        let lb = LoadBalancer::new(replicas.iter().map(|r| r.connector.clone()).collect(), vec![0, 1]);
+        let agent = Agent::start(lb, Harness::agent_config_for("node-a", token("node-a")));
+        wait_ready(&agent, 2).await;
+        assert_eq!(agent.observer().expected_servers(), 2);
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_a_list_of_servers_over_quic_holds_each() {
     guard(async {

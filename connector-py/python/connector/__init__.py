@@ -33,6 +33,7 @@ from .errors import (
     DialCode,
     DialError,
     DialTimeoutError,
+    ListenError,
     StreamError,
     TimeoutError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "DialCode",
     "DialError",
     "DialTimeoutError",
+    "ListenError",
     "Reject",
     "Server",
     "Stream",

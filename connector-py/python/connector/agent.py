@@ -126,6 +126,10 @@ class Agent:
         """
         return self._inner.wait_connected(seconds(timeout, "timeout"))
 
+    async def wait_connected_async(self, timeout: Optional[float] = None) -> str:
+        """:meth:`wait_connected` for asyncio; cancelling the awaiting task stops the wait."""
+        return await self._inner.wait_connected_async(seconds(timeout, "timeout"))
+
     def stop(self) -> None:
         """Disconnects and stops reconnecting. Safe to call twice."""
         self._inner.stop()

@@ -14,6 +14,7 @@ __all__ = [
     "DialCode",
     "DialError",
     "DialTimeoutError",
+    "ListenError",
     "StreamError",
     "TimeoutError",
 ]
@@ -115,6 +116,16 @@ class AuthError(ConnectorError):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class ListenError(ConnectorError, builtins.OSError):
+    """A listener could not be bound: the address is in use (``errno``
+    :data:`errno.EADDRINUSE`), not available on this machine
+    (``EADDRNOTAVAIL``), or needs privileges (``EACCES``).
+
+    An :class:`OSError`: ``errno`` and ``strerror`` are set (``errno`` is
+    ``None`` if the system gave none); ``except OSError`` catches it.
+    """
 
 
 class StreamError(ConnectorError, builtins.ConnectionError):

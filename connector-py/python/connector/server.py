@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import ssl as _ssl
 from types import TracebackType
-from typing import Callable, Iterable, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple, Type, Union
 
 from . import _connector
 from ._connector import AgentInfo, AsyncStream, AuthRequest, Accept, Reject, Stream
@@ -44,6 +47,22 @@ entries and the authenticator (``cert``/``key``/``client_ca`` are PEM text,
 bytes or a path, read here)."""
 
 
+class _TunnelSocket(socket.socket):
+    """A local socket spliced to a tunnelled connection: TCP-level options
+    (``TCP_NODELAY``, which ``http.client`` and others set) are accepted and
+    ignored, since the connection to the target is the agent's."""
+
+    def setsockopt(self, level: int, *args: Any) -> None:
+        if level != socket.IPPROTO_TCP:
+            super().setsockopt(level, *args)
+
+
+def _host_of(target: str) -> str:
+    """The host part of ``host:port`` (``[v6]:port`` without brackets)."""
+    host = target.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def _grace(grace: float) -> float:
     value = seconds(grace, "grace")
     if value is None:
@@ -71,6 +90,13 @@ class Server:
       verifies the chain and the authenticator decides, seeing the certificate
       in :class:`AuthRequest` (``certificates``, ``certificate_name``,
       ``certificate_identifiers``).
+    - ``kube_service_accounts``: Kubernetes ServiceAccounts (``"NAMESPACE/NAME"``)
+      whose tokens admit agents, checked with a TokenReview against the
+      apiserver of ``kubeconfig`` (default: the pod's in-cluster configuration),
+      for ``kube_audiences`` (default ``["connector"]``); a token bound to a
+      pod may serve only that pod's node. ``kube_unbound_identifiers`` says
+      what a token without a node may claim (``"none"``, the default: refused),
+      ``kube_review_cache_ttl`` how long a review is reused.
     - ``authenticator``: a Python callable (see :data:`Authenticator`).
 
     Other options: ``listen`` (UDP ``ip:port``), ``server_id`` (reported to
@@ -83,7 +109,9 @@ class Server:
     ``tcp_listen`` (the TCP fallback listener: ``"same"`` as the QUIC address,
     the default; ``"off"``; or an ``ip:port``), ``congestion`` (``"auto"``,
     ``"cubic"`` or ``"bbr"``) and ``max_udp_payload`` (upper bound of QUIC path
-    MTU discovery).
+    MTU discovery). With ``lease_namespace`` the server counts the replicas by
+    their Leases (``lease_label``, ``lease_duration``, ``lease_renew_interval``)
+    and reports that count instead of ``server_count``.
 
     Use as a context manager, or call :meth:`close`.
     """
@@ -98,9 +126,18 @@ class Server:
         tokens_file: Optional[Union[str, "os.PathLike[str]"]] = None,
         client_ca: Optional[PemSource] = None,
         client_certificates: Optional[str] = None,
+        kube_service_accounts: Optional[Union[str, Iterable[str]]] = None,
+        kube_audiences: Optional[Union[str, Iterable[str]]] = None,
+        kube_unbound_identifiers: Optional[str] = None,
+        kube_review_cache_ttl: Optional[float] = None,
+        kubeconfig: Optional[Union[str, "os.PathLike[str]"]] = None,
         authenticator: Optional[Authenticator] = None,
         server_id: Optional[str] = None,
         server_count: Optional[int] = None,
+        lease_namespace: Optional[str] = None,
+        lease_label: Optional[str] = None,
+        lease_duration: Optional[float] = None,
+        lease_renew_interval: Optional[float] = None,
         max_agents: Optional[int] = None,
         max_streams_per_agent: Optional[int] = None,
         max_pending_dials: Optional[int] = None,
@@ -170,6 +207,12 @@ class Server:
         """
         return self._inner.wait_for_agents(count, list(agent_ids), seconds(timeout, "timeout"))
 
+    async def wait_for_agents_async(
+        self, count: int = 1, *, agent_ids: Iterable[str] = (), timeout: Optional[float] = None
+    ) -> List[AgentInfo]:
+        """:meth:`wait_for_agents` for asyncio; cancelling the awaiting task stops the wait."""
+        return await self._inner.wait_for_agents_async(count, list(agent_ids), seconds(timeout, "timeout"))
+
     def dial(
         self,
         target: str,
@@ -198,6 +241,85 @@ class Server:
     ) -> AsyncStream:
         """:meth:`dial` for asyncio; cancelling the awaiting task cancels the dial."""
         return await self._inner.dial_async(target, agent, host, seconds(timeout, "timeout"))
+
+    def create_connection(
+        self,
+        target: str,
+        timeout: Optional[float] = None,
+        *,
+        agent: Optional[str] = None,
+        host: Optional[str] = None,
+    ) -> socket.socket:
+        """:meth:`dial`, as a connected :class:`socket.socket`, like
+        :func:`socket.create_connection`: for code that needs a real socket
+        (``http.client``, :mod:`ssl`, ``select``, a library's own socket
+        handling). See :mod:`connector.http` and :mod:`connector.httpx` for
+        HTTP clients.
+
+        The socket is one end of a local socket pair; the runtime copies
+        between its other end and the tunnelled connection (both ways, end of
+        file becoming a half-close: ``sock.shutdown(socket.SHUT_WR)`` reaches
+        the target as end of file). ``timeout``: seconds the dial may take,
+        and the socket's timeout, as :func:`socket.create_connection` sets it;
+        ``None``: the server's ``dial_timeout``, and a blocking socket. TCP
+        options (``TCP_NODELAY``...) are accepted and ignored: the agent's
+        TCP connection to the target is its own.
+
+        Raises what :meth:`dial` raises.
+        """
+        fd = self._inner.dial_socket(target, agent, host, seconds(timeout, "timeout"))
+        sock = _TunnelSocket(fileno=fd)
+        sock.settimeout(timeout)
+        return sock
+
+    async def open_connection(
+        self,
+        target: str,
+        *,
+        agent: Optional[str] = None,
+        host: Optional[str] = None,
+        timeout: Optional[float] = None,
+        limit: int = 2**16,
+        ssl: Union[_ssl.SSLContext, bool, None] = None,
+        server_hostname: Optional[str] = None,
+    ) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """:meth:`dial` for asyncio's streams, like :func:`asyncio.open_connection`:
+        returns a real :class:`asyncio.StreamReader` and
+        :class:`asyncio.StreamWriter` (``readline``, ``readuntil``,
+        ``readexactly``, ``at_eof``, ``write`` + ``drain``, ``write_eof``,
+        ``close`` + ``wait_closed``).
+
+        ``timeout`` bounds the dial (default: the server's ``dial_timeout``).
+        ``limit`` is the reader's buffer limit; ``ssl`` (``True`` or an
+        :class:`ssl.SSLContext`) speaks TLS to the target, checking
+        ``server_hostname`` (default: the target's host). Cancelling the
+        awaiting task cancels the dial. Raises what :meth:`dial_async` raises.
+        """
+        sock = await self._socket_async(target, agent, host, timeout)
+        try:
+            if ssl and server_hostname is None:
+                server_hostname = _host_of(target)
+            return await asyncio.open_connection(
+                sock=sock, limit=limit, ssl=ssl, server_hostname=server_hostname if ssl else None
+            )
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _socket_async(
+        self, target: str, agent: Optional[str], host: Optional[str], timeout: Optional[float]
+    ) -> socket.socket:
+        """:meth:`create_connection` for asyncio (a blocking socket, which the
+        caller hands to its event loop). The socket exists before the dial so
+        that a cancelled dial leaves nothing open."""
+        fd, dialled = self._inner.dial_socket_async(target, agent, host, seconds(timeout, "timeout"))
+        sock = _TunnelSocket(fileno=fd)
+        try:
+            await dialled
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def drain(self, grace: float = 30.0) -> None:
         """Drains the server, then shuts it down: what ``connector server`` does on SIGTERM.

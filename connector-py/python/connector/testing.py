@@ -20,9 +20,13 @@ Example::
 from __future__ import annotations
 
 import http.server
+import os
+import socket
+import ssl
+import tempfile
 import threading
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Type
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from . import _connector
 from ._connector import EchoTarget, ThrowawayCa, diagnostics, wait_busy, wait_idle
@@ -33,6 +37,7 @@ __all__ = [
     "EchoTarget",
     "HttpTarget",
     "LocalTunnel",
+    "Route",
     "ThrowawayCa",
     "diagnostics",
     "rust_echo_transfer",
@@ -51,21 +56,44 @@ def rust_echo_transfer(
     return _connector.rust_echo_transfer(server._inner, target, total, chunk, agent)
 
 
+Route = Union[bytes, Callable[[str], bytes]]
+"""What :class:`HttpTarget` answers on a path: a body, or a callable given the
+path and returning the body (called in the thread serving the request, so it
+may block without holding up other requests)."""
+
+
 class HttpTarget:
-    """An HTTP/1.1 server on 127.0.0.1 (a thread of this process).
+    """An HTTP/1.1 server on 127.0.0.1 (threads of this process), or HTTPS
+    with ``tls=(cert_pem, key_pem)`` (e.g. from :meth:`ThrowawayCa.issue`).
 
     ``GET /anything`` answers ``200`` with the body ``hello from /anything``,
-    or with ``routes[path]`` when given.
+    or with ``routes[path]`` when given (see :data:`Route`). Each connection
+    is served by its own thread and the listen backlog holds
+    :data:`socket.SOMAXCONN` connections, so concurrent requests are served
+    concurrently (as a real service would), not queued behind each other.
     """
 
-    def __init__(self, routes: Optional[Dict[str, bytes]] = None) -> None:
-        table: Dict[str, bytes] = dict(routes or {})
+    def __init__(
+        self, routes: Optional[Mapping[str, Route]] = None, *, tls: Optional[Tuple[str, str]] = None
+    ) -> None:
+        table: Dict[str, Route] = dict(routes or {})
+        context: Optional[ssl.SSLContext] = None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            # ssl loads a certificate chain from files only; they are read at once.
+            with tempfile.TemporaryDirectory(prefix="connector-http-target-") as tmp:
+                cert_file, key_file = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+                for path, pem in ((cert_file, tls[0]), (key_file, tls[1])):
+                    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                        f.write(pem)
+                context.load_cert_chain(cert_file, key_file)
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                body = table.get(self.path, f"hello from {self.path}".encode())
+                route = table.get(self.path, f"hello from {self.path}".encode())
+                body = route if isinstance(route, bytes) else route(self.path)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))
@@ -75,8 +103,27 @@ class HttpTarget:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            # socketserver's default backlog is 5: a burst of connections
+            # beyond it waits for the client's SYN retransmission (1 s, 3 s...).
+            request_queue_size = socket.SOMAXCONN
+
+            def finish_request(self, request: Any, client_address: Any) -> None:
+                # The TLS handshake runs in the connection's own thread.
+                if context is not None:
+                    try:
+                        request = context.wrap_socket(request, server_side=True)
+                    except (OSError, ssl.SSLError):
+                        return
+                super().finish_request(request, client_address)
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that went away is not the target's problem
+
+        self.tls = tls is not None
+        """Whether this target speaks HTTPS."""
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="connector-http-target", daemon=True)
         self._thread.start()
 
@@ -170,9 +217,18 @@ class LocalTunnel:
         self._closers.append(target.close)
         return target
 
-    def http_target(self, routes: Optional[Dict[str, bytes]] = None) -> HttpTarget:
+    def http_target(self, routes: Optional[Mapping[str, Route]] = None) -> HttpTarget:
         """An HTTP server on 127.0.0.1 (see :class:`HttpTarget`), closed with the tunnel."""
         target = HttpTarget(routes)
+        self._closers.append(target.close)
+        return target
+
+    def https_target(self, routes: Optional[Mapping[str, Route]] = None) -> HttpTarget:
+        """An HTTPS server on 127.0.0.1 (see :class:`HttpTarget`) whose
+        certificate :attr:`ca` issued for ``localhost`` and ``127.0.0.1``
+        (trust ``ca.cert_pem``, e.g. ``ssl.create_default_context(cadata=tunnel.ca.cert_pem)``);
+        closed with the tunnel."""
+        target = HttpTarget(routes, tls=self.ca.issue("connector test HTTPS target", ["localhost", "127.0.0.1"]))
         self._closers.append(target.close)
         return target
 
