@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -486,6 +488,20 @@ func (c *cluster) appendLog(t *testing.T, line string) {
 	defer f.Close()
 	if _, err := fmt.Fprintln(f, line); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTheNodeIsReachableOnlyThroughTheAgent is the premise of every other
+// test: from the control plane's namespace, where kube-apiserver runs, there
+// is no route to the kubelet.
+func TestTheNodeIsReachableOnlyThroughTheAgent(t *testing.T) {
+	env(t)
+	err := dialDirect()
+	if err == nil {
+		t.Fatalf("the kubelet (%s:%d) is reachable from the control plane's namespace without the tunnel", nodeIP, kubePort)
+	}
+	if !errors.Is(err, syscall.ENETUNREACH) {
+		t.Fatalf("dialling the kubelet directly: %v; want 'network is unreachable'", err)
 	}
 }
 

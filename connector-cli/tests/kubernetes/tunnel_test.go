@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,20 +22,6 @@ import (
 	"testing"
 	"time"
 )
-
-// TestTheNodeIsReachableOnlyThroughTheAgent is the premise of every other
-// test: from the control plane's namespace, where kube-apiserver runs, there
-// is no route to the kubelet.
-func TestTheNodeIsReachableOnlyThroughTheAgent(t *testing.T) {
-	env(t)
-	err := dialDirect()
-	if err == nil {
-		t.Fatalf("the kubelet (%s:%d) is reachable from the control plane's namespace without the tunnel", nodeIP, kubePort)
-	}
-	if !errors.Is(err, syscall.ENETUNREACH) {
-		t.Fatalf("dialling the kubelet directly: %v; want 'network is unreachable'", err)
-	}
-}
 
 func TestKubectlThroughConnector(t *testing.T) {
 	for _, mode := range []egressMode{httpConnectUDS, grpcUDS, httpConnectTLS} {
