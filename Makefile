@@ -24,10 +24,13 @@ test-go-interop: connector-bin
 # the versions in connector-cli/tests/kubernetes/versions.env; a cold build
 # takes ~16 min on 2 cores, a warm Go build cache seconds) reaching a kubelet
 # stand-in through `connector server` and `connector agent`, across two
-# network namespaces. Needs root (ip netns). See docs/kube-apiserver.md.
+# network namespaces; connector-core/tests/kube_apiserver.rs runs against its
+# kube-apiserver too (E2E_CARGO_TEST; built by test-rust). Needs root (ip
+# netns). See docs/kube-apiserver.md.
 test-kubernetes: connector-bin
 	connector-cli/tests/kubernetes/build.sh $(TARGET_DIR)/kubernetes/bin
-	cd connector-cli/tests/kubernetes && CONNECTOR_BIN=$(TARGET_DIR)/debug/connector KUBE_BIN_DIR=$(TARGET_DIR)/kubernetes/bin go test -count=1 -v -timeout 30m ./...
+	cd connector-cli/tests/kubernetes && CONNECTOR_BIN=$(TARGET_DIR)/debug/connector KUBE_BIN_DIR=$(TARGET_DIR)/kubernetes/bin \
+	  E2E_CARGO_TEST=1 go test -count=1 -v -timeout 40m ./...
 
 # The Python package: builds the abi3 wheel into a venv and runs pytest
 # (its interop test drives the `connector` binary).

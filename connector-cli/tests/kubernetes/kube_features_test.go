@@ -8,6 +8,8 @@ import (
 	"bufio"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -237,4 +239,33 @@ func TestServerCountFromLeases(t *testing.T) {
 	first.stop()
 	_, admin := c.startNodeAgent(t, "connector-agent-lease-1", a.quic, c.tokenFile, nodeName, agentIdentifiers)
 	waitMetric(t, "an agent connected after lease-b stopped", admin, "connector_agent_servers_expected", 1)
+}
+
+// cargoTestEnv opts in to TestConnectorCoreAgainstThisAPIServer.
+const cargoTestEnv = "E2E_CARGO_TEST"
+
+// TestConnectorCoreAgainstThisAPIServer runs connector-core's own tests that
+// need a real kube-apiserver (connector-core/tests/kube_apiserver.rs: the
+// ServiceAccount-token authenticator and the Lease controller as a library,
+// and a reconnect storm of 1,000 agents; they skip without one) against this
+// suite's, when E2E_CARGO_TEST is set (make test-kubernetes sets it, after
+// `cargo test --workspace` built them).
+func TestConnectorCoreAgainstThisAPIServer(t *testing.T) {
+	if os.Getenv(cargoTestEnv) == "" {
+		t.Skipf("set %s=1 to run connector-core/tests/kube_apiserver.rs against this suite's kube-apiserver", cargoTestEnv)
+	}
+	c := env(t)
+	c.useAnyAPIServer(t)
+	cmd := exec.Command("cargo", "test", "--workspace", "--test", "kube_apiserver", "--", "--nocapture")
+	cmd.Dir = filepath.Join("..", "..", "..")
+	cmd.Env = append(childEnv(), "CONNECTOR_TEST_KUBE_APISERVER="+c.pki.adminKubeconfig)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
+	t.Logf("cargo test --workspace --test kube_apiserver:\n%s", out)
+	if err != nil {
+		t.Fatalf("connector-core's tests against this kube-apiserver: %v", err)
+	}
+	if strings.Contains(string(out), "skipped") || !strings.Contains(string(out), "test result: ok.") {
+		t.Fatal("connector-core's tests against this kube-apiserver did not run")
+	}
 }
