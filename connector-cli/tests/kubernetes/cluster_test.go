@@ -1,9 +1,9 @@
 package kubernetes
 
 // The cluster every test shares, started by the first test that needs it:
-// etcd, `connector server` (HTTP CONNECT and gRPC frontends on Unix sockets)
-// and kube-apiserver in the control plane's namespace; the kubelet stand-in
-// and `connector agent` in the node's. kube-apiserver runs in one egress mode
+// etcd, `connector server` (HTTP CONNECT and gRPC frontends on Unix sockets,
+// HTTP CONNECT over TCP with mutual TLS) and kube-apiserver in the control
+// plane's namespace; the kubelet stand-in and `connector agent` in the node's. kube-apiserver runs in one egress mode
 // at a time and is restarted to switch.
 
 import (
