@@ -237,6 +237,28 @@ _DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20
 """httpx's default limits."""
 
 
+def _pool_settings(
+    verify: Union[ssl.SSLContext, str, bool],
+    cert: Any,
+    trust_env: bool,
+    http1: bool,
+    http2: bool,
+    limits: httpx.Limits,
+    retries: int,
+) -> dict[str, Any]:
+    """The keyword arguments of httpcore's connection pools for a
+    transport's settings, as httpx's own transports build them."""
+    return {
+        "ssl_context": httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env),
+        "max_connections": limits.max_connections,
+        "max_keepalive_connections": limits.max_keepalive_connections,
+        "keepalive_expiry": limits.keepalive_expiry,
+        "http1": http1,
+        "http2": http2,
+        "retries": retries,
+    }
+
+
 class Transport(httpx.HTTPTransport):
     """An :class:`httpx.HTTPTransport` whose connections go through ``server``:
     ``httpx.Client(transport=Transport(server, ...))``.
@@ -273,13 +295,7 @@ class Transport(httpx.HTTPTransport):
         if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
             raise RuntimeError(f"connector.httpx does not support this httpx version ({httpx.__version__})")
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=http1,
-            http2=http2,
-            retries=retries,
+            **_pool_settings(verify, cert, trust_env, http1, http2, limits, retries),
             network_backend=_TunnelBackend(server, agent, agent_host),
         )
 
@@ -313,13 +329,7 @@ class AsyncTransport(httpx.AsyncHTTPTransport):
         if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
             raise RuntimeError(f"connector.httpx does not support this httpx version ({httpx.__version__})")
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=http1,
-            http2=http2,
-            retries=retries,
+            **_pool_settings(verify, cert, trust_env, http1, http2, limits, retries),
             network_backend=_AsyncTunnelBackend(server, agent, agent_host),
         )
 
