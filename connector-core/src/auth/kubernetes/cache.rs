@@ -3,8 +3,10 @@
 //! (least recently used go first) and in time, and one apiserver request for
 //! any number of concurrent lookups of one key.
 
+use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lru::LruCache;
 use tokio::sync::OnceCell;
@@ -17,6 +19,16 @@ pub(super) struct Entry<V> {
     pub value: V,
     /// Until when it is reused; `None`: never (a request that failed).
     pub until: Option<Instant>,
+}
+
+impl<V> Entry<V> {
+    /// `value`, reused for `ttl` from now (never when `ttl` is zero).
+    pub(super) fn lasting(value: V, ttl: Duration) -> Self {
+        Self {
+            value,
+            until: (!ttl.is_zero()).then(|| Instant::now() + ttl),
+        }
+    }
 }
 
 /// One key's entry, made once by whichever lookup gets there first while
@@ -62,7 +74,7 @@ impl<V> Cache<V> {
     /// The slot of `key` at `now`: its standing decision, the review in
     /// flight, or a new empty slot (replacing an expired or failed decision;
     /// the least recently used entry goes when the cache is full).
-    pub(super) fn slot(&self, key: [u8; 32], now: Instant) -> (Slot<V>, Found) {
+    fn slot(&self, key: [u8; 32], now: Instant) -> (Slot<V>, Found) {
         let mut entries = self.entries.lock().expect("review cache");
         if let Some(slot) = entries.get(&key) {
             match slot.get() {
@@ -77,11 +89,28 @@ impl<V> Cache<V> {
     }
 
     /// Drops `key` if it still holds `slot` (a decision not to be reused).
-    pub(super) fn forget(&self, key: &[u8; 32], slot: &Slot<V>) {
+    fn forget(&self, key: &[u8; 32], slot: &Slot<V>) {
         let mut entries = self.entries.lock().expect("review cache");
         if entries.peek(key).is_some_and(|held| Arc::ptr_eq(held, slot)) {
             entries.pop(key);
         }
+    }
+
+    /// The value of `key`: a standing one, the one a lookup in flight
+    /// makes, or the one `make` makes now; `found` is told which, at once.
+    /// A value not to be reused (no `until`) is dropped from the cache once made.
+    pub(super) async fn get_or_make<F>(&self, key: [u8; 32], found: impl FnOnce(Found), make: impl FnOnce() -> F) -> V
+    where
+        V: Clone,
+        F: Future<Output = Entry<V>>,
+    {
+        let (slot, how) = self.slot(key, Instant::now());
+        found(how);
+        let entry = slot.get_or_init(make).await.clone();
+        if entry.until.is_none() {
+            self.forget(&key, &slot);
+        }
+        entry.value
     }
 
     /// Entries held now.

@@ -329,13 +329,13 @@ impl KubernetesAuthenticator {
             )));
         }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let (slot, found) = self.cache.slot(key, Instant::now());
-        self.metrics.cache.inc(found.label());
-        let decision = slot.get_or_init(|| self.decide(token, expiry)).await.clone();
-        if decision.until.is_none() {
-            self.cache.forget(&key, &slot);
-        }
-        decision.value
+        self.cache
+            .get_or_make(
+                key,
+                |found| self.metrics.cache.inc(found.label()),
+                || self.decide(token, expiry),
+            )
+            .await
     }
 
     /// Reviews `token`, reads its node, and says until when the outcome stands.
@@ -442,19 +442,15 @@ impl KubernetesAuthenticator {
         if let Some(expiry) = expiry {
             ttl = ttl.min(expiry.duration_since(SystemTime::now()).unwrap_or_default());
         }
-        Entry {
-            value: result,
-            until: (!ttl.is_zero()).then(|| Instant::now() + ttl),
-        }
+        Entry::lasting(result, ttl)
     }
 
     /// Node `node`'s addresses, from the cache or read once for all who ask
     /// at once (by `deadline`); `Err` says why they could not be read.
     async fn node_addresses(&self, node: &str, deadline: Instant) -> NodeLookup {
         let key: [u8; 32] = Sha256::digest(node.as_bytes()).into();
-        let (slot, _) = self.nodes.slot(key, Instant::now());
-        let entry = slot
-            .get_or_init(|| async {
+        self.nodes
+            .get_or_make(key, |_| {}, || async {
                 let limit = self.config.review_timeout;
                 let value = match tokio::time::timeout_at(deadline, self.reviewer.node_addresses(node)).await {
                     Err(_) => Err(format!(
@@ -470,17 +466,9 @@ impl KubernetesAuthenticator {
                     Ok(None) => DENIED_CACHE_TTL.min(self.config.cache_ttl),
                     Ok(Some(_)) => self.config.cache_ttl,
                 };
-                Entry {
-                    value,
-                    until: (!ttl.is_zero()).then(|| Instant::now() + ttl),
-                }
+                Entry::lasting(value, ttl)
             })
             .await
-            .clone();
-        if entry.until.is_none() {
-            self.nodes.forget(&key, &slot);
-        }
-        entry.value
     }
 }
 
