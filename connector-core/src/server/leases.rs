@@ -171,27 +171,27 @@ impl LeaseController {
                 _ = &mut leaving => break,
                 _ = ticks.tick() => {}
             }
-            let round = tokio::time::timeout(self.settings.renew_interval, self.round(&server, &name));
+            let round = tokio::time::timeout(self.settings.renew_interval, async {
+                self.round(&server, &name).await.map_err(|err| err.to_string())
+            });
             let result = tokio::select! {
                 biased;
                 _ = &mut leaving => break,
                 result = round => result,
             };
+            let result = result.unwrap_or_else(|_| {
+                Err(format!(
+                    "the apiserver did not answer within the renew interval ({:?})",
+                    self.settings.renew_interval
+                ))
+            });
             match result {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     server.inner.metrics.lease_updates.inc("ok");
                     errors.recovered(server.server_count());
                 }
-                Ok(Err(err)) => {
+                Err(err) => {
                     server.inner.metrics.lease_updates.inc("error");
-                    errors.failed(&err.to_string(), server.server_count());
-                }
-                Err(_) => {
-                    server.inner.metrics.lease_updates.inc("error");
-                    let err = format!(
-                        "the apiserver did not answer within the renew interval ({:?})",
-                        self.settings.renew_interval
-                    );
                     errors.failed(&err, server.server_count());
                 }
             }
