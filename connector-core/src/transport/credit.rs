@@ -111,7 +111,6 @@ impl CreditLedger {
     }
 
     /// Streams open now.
-    #[cfg(test)]
     pub fn open(&self) -> u64 {
         self.open
     }
@@ -137,9 +136,80 @@ impl CreditLedger {
     }
 }
 
+/// Streams the peer may open at first: 32 tunnels at once before the first raise.
+const INITIAL_STREAM_LIMIT: u32 = 64;
+
+/// How many streams the peer may have open at once, raised as they are used, up
+/// to the configured maximum.
+///
+/// quinn allocates the state of every stream the peer may open as soon as it
+/// grants them: an agent that allowed its 10,064 tunnels from the start held
+/// about 690 KiB of stream maps while idle (heaptrack, `docs/benchmarks.md`).
+/// So the limit starts at [`INITIAL_STREAM_LIMIT`] and doubles whenever half of
+/// it is open; the raise (a MAX_STREAMS frame) reaches the peer before it runs
+/// out, unless it opens more than the open half again within one round trip,
+/// when its next opens wait that round trip. The limit is never lowered.
+#[derive(Debug)]
+pub struct StreamLimit {
+    limit: u32,
+    max: u32,
+}
+
+impl StreamLimit {
+    /// A limit that grows up to `max` streams open at once.
+    pub fn new(max: u32) -> Self {
+        Self {
+            limit: max.min(INITIAL_STREAM_LIMIT),
+            max,
+        }
+    }
+
+    /// The limit now (the one to announce at the handshake, before any stream opened).
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// `open` streams are open now; returns the new limit if it was raised.
+    pub fn opened(&mut self, open: u64) -> Option<u32> {
+        if open.saturating_mul(2) < u64::from(self.limit) || self.limit >= self.max {
+            return None;
+        }
+        self.limit = self.limit.saturating_mul(2).min(self.max);
+        Some(self.limit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_limit_doubles_at_half_use_up_to_its_maximum() {
+        let mut limit = StreamLimit::new(10_064);
+        assert_eq!(limit.limit(), INITIAL_STREAM_LIMIT);
+        let mut raised = Vec::new();
+        for open in 1..=10_064u64 {
+            if let Some(new) = limit.opened(open) {
+                raised.push((open, new));
+            }
+            assert!(u64::from(limit.limit()) >= open, "every open stream was allowed");
+        }
+        assert_eq!(
+            raised,
+            [
+                (32, 128),
+                (64, 256),
+                (128, 512),
+                (256, 1024),
+                (512, 2048),
+                (1024, 4096),
+                (2048, 8192),
+                (4096, 10_064)
+            ]
+        );
+        assert_eq!(limit.opened(10_064), None, "never past the maximum");
+        assert_eq!(StreamLimit::new(10).limit(), 10, "a small maximum is allowed at once");
+    }
 
     #[test]
     fn every_open_stream_keeps_a_window_and_one_more_is_spare() {

@@ -18,7 +18,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::congestion::CongestionControl;
-use super::credit::CreditLedger;
+use super::credit::{CreditLedger, StreamLimit};
 use super::{
     BiStream, BoxFuture, ChunkSink, ChunkSource, Connection, Connector, Handshake, Incoming, Listener, PeerInfo,
     RecvStream, SendStream, StreamReset, TransportError,
@@ -36,7 +36,8 @@ pub struct QuicSettings {
     /// Agent side: how many tunnelled connections (streams) the server may
     /// have open at once. Keep it a little above the agent's own limit so
     /// that excess dials get an `Overloaded` answer instead of waiting for
-    /// stream credit. (A server always lets an agent open at most
+    /// stream credit. The limit announced starts lower and grows as streams
+    /// open (`StreamLimit` in `transport::credit`). (A server always lets an agent open at most
     /// [`AGENT_OPENED_STREAMS`] streams: its control stream, plus a few that are refused.)
     pub max_tunnelled_streams: u32,
     /// Limit for the TLS/QUIC handshake.
@@ -197,10 +198,12 @@ fn endpoint_with(
     mut config: quinn::EndpointConfig,
     max_udp_payload: u16,
 ) -> io::Result<Endpoint> {
+    let max_udp_payload = udp_payload_bound(max_udp_payload);
     config
-        .max_udp_payload_size(udp_payload_bound(max_udp_payload))
+        .max_udp_payload_size(max_udp_payload)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:?}")))?;
-    Endpoint::new(config, server, bind_udp(addr)?, Arc::new(quinn::TokioRuntime))
+    let socket = super::gro_socket::wrap(bind_udp(addr)?, max_udp_payload)?;
+    Endpoint::new_with_abstract_socket(config, server, socket, Arc::new(quinn::TokioRuntime))
 }
 
 /// The endpoint configuration of a server: its stateless-reset key, and the
@@ -320,7 +323,7 @@ impl Listener for QuicListener {
                     .await
                     .map_err(|_| TransportError::Connect("handshake timed out".into()))?
                     .map_err(|e| TransportError::Connect(e.to_string()))?;
-                Ok(Arc::new(QuicConnection::new(conn, None, Admission::Pending)) as Arc<dyn Connection>)
+                Ok(Arc::new(QuicConnection::new(conn, None, Admission::Pending, None)) as Arc<dyn Connection>)
             }) as Handshake;
             Some(Incoming::new(Some(remote), handshake))
         })
@@ -354,6 +357,8 @@ pub struct QuicConnector {
     config: quinn::ClientConfig,
     handshake_timeout: Duration,
     max_udp_payload: u16,
+    /// Streams the server may open at once, at most ([`StreamLimit`]).
+    max_tunnelled_streams: u32,
     /// The CAs trusted, for the message when the server's certificate is refused.
     trusted: String,
 }
@@ -365,13 +370,15 @@ impl QuicConnector {
         let crypto =
             QuicClientConfig::try_from(tls.rustls_config()?).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config(settings, settings.max_tunnelled_streams)));
+        let streams = StreamLimit::new(settings.max_tunnelled_streams).limit();
+        config.transport_config(Arc::new(transport_config(settings, streams)));
         Ok(Self {
             server: server.into(),
             server_name: tls.server_name()?,
             config,
             handshake_timeout: settings.handshake_timeout,
             max_udp_payload: settings.max_udp_payload,
+            max_tunnelled_streams: settings.max_tunnelled_streams,
             trusted: tls.server_cas.describe(),
         })
     }
@@ -399,7 +406,13 @@ impl QuicConnector {
                 .await
                 .map_err(|_| TransportError::Connect(format!("handshake with {addr} timed out")))?
                 .map_err(|e| handshake_error(addr, e, &self.trusted))?;
-            Ok(QuicConnection::new(conn, Some(endpoint), Admission::NotNeeded))
+            let streams = StreamLimit::new(self.max_tunnelled_streams);
+            Ok(QuicConnection::new(
+                conn,
+                Some(endpoint),
+                Admission::NotNeeded,
+                Some(streams),
+            ))
         }
     }
 }
@@ -440,19 +453,31 @@ enum Admission {
     NotNeeded,
 }
 
-/// A connection's [`CreditLedger`], applied to quinn's receive window.
+/// A connection's [`CreditLedger`], applied to quinn's receive window, and
+/// (on an agent's connection) its [`StreamLimit`], applied to the streams the
+/// server may open.
 struct Credit {
     conn: quinn::Connection,
-    ledger: Mutex<CreditLedger>,
+    ledger: Mutex<Ledgers>,
+}
+
+/// What [`Credit`] counts, under one lock.
+struct Ledgers {
+    window: CreditLedger,
+    streams: Option<StreamLimit>,
 }
 
 impl Credit {
     /// Counts a new stream until the returned guard (held by its receiving half) drops.
     fn opened(self: &Arc<Self>) -> CreditGuard {
-        let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(window) = ledger.opened() {
-            // Under the lock, so that concurrent changes reach quinn in order.
+        let mut ledgers = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock, so that concurrent changes reach quinn in order.
+        if let Some(window) = ledgers.window.opened() {
             self.set(window);
+        }
+        let open = ledgers.window.open();
+        if let Some(limit) = ledgers.streams.as_mut().and_then(|s| s.opened(open)) {
+            self.conn.set_max_concurrent_bi_streams(VarInt::from_u32(limit));
         }
         CreditGuard(self.clone())
     }
@@ -468,15 +493,20 @@ struct CreditGuard(Arc<Credit>);
 
 impl Drop for CreditGuard {
     fn drop(&mut self) {
-        let mut ledger = self.0.ledger.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(window) = ledger.closed() {
+        let mut ledgers = self.0.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = ledgers.window.closed() {
             self.0.set(window);
         }
     }
 }
 
 impl QuicConnection {
-    fn new(conn: quinn::Connection, endpoint: Option<Endpoint>, admission: Admission) -> Self {
+    fn new(
+        conn: quinn::Connection,
+        endpoint: Option<Endpoint>,
+        admission: Admission,
+        streams: Option<StreamLimit>,
+    ) -> Self {
         let certificates = conn
             .peer_identity()
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -486,13 +516,13 @@ impl QuicConnection {
             remote_addr: Some(conn.remote_address()),
             certificates,
         };
-        let ledger = match admission {
+        let window = match admission {
             Admission::Pending => CreditLedger::restricted(super::STREAM_WINDOW.into()),
             Admission::NotNeeded => CreditLedger::default(),
         };
         let credit = Arc::new(Credit {
             conn: conn.clone(),
-            ledger: Mutex::new(ledger),
+            ledger: Mutex::new(Ledgers { window, streams }),
         });
         Self {
             conn,
@@ -644,8 +674,8 @@ impl Connection for QuicConnection {
     }
 
     fn admitted(&self) {
-        let mut ledger = self.credit.ledger.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(window) = ledger.admit() {
+        let mut ledgers = self.credit.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = ledgers.window.admit() {
             self.credit.set(window);
             self.conn
                 .set_max_concurrent_bi_streams(VarInt::from_u32(AGENT_OPENED_STREAMS));

@@ -25,7 +25,36 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::time::{Instant, timeout};
 
-on_all_transports!(an_oversized_frame_on_a_registered_agents_control_stream_closes_that_agent_only);
+on_all_transports!(
+    an_oversized_frame_on_a_registered_agents_control_stream_closes_that_agent_only,
+    a_burst_of_tunnels_far_beyond_the_first_stream_limit_is_served_and_held_at_once,
+);
+
+/// An agent first lets the server open a few dozen streams (quinn allocates the
+/// state of every stream allowed) and raises the limit as they open: a burst of
+/// 500 dials at once, eight times the first limit, all get through and stay
+/// open together, each echoing its own bytes.
+async fn a_burst_of_tunnels_far_beyond_the_first_stream_limit_is_served_and_held_at_once(kind: Kind) {
+    let h = Harness::new(kind).await;
+    let target = echo_target().await;
+    let agent = h.agent("node-a").await;
+    let node_a = Selector::Agent("node-a".into());
+    let target_text = target.to_string();
+    let dials = (0..500).map(|_| h.server.dial(&node_a, &target_text));
+    let mut tunnels = within("500 dials at once", futures_util::future::try_join_all(dials))
+        .await
+        .expect("every dial of the burst");
+    for (i, tunnel) in tunnels.iter_mut().enumerate() {
+        let sent = format!("{i:04}");
+        tunnel.write_all(sent.as_bytes()).await.unwrap();
+        let mut back = [0u8; 4];
+        tunnel.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, sent.as_bytes(), "tunnel {i}");
+    }
+    assert_eq!(agent.observer().metrics().tunnels_active.get(), 500);
+    drop(tunnels);
+    agent.stop().await;
+}
 
 /// Waits for `what`, failing the test with `what` if it takes over a minute.
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
