@@ -9,6 +9,7 @@
 pub mod congestion;
 pub(crate) mod credit;
 pub mod fallback;
+mod gro_socket;
 pub mod memory;
 pub mod qmux;
 pub mod quic;
