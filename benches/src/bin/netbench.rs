@@ -111,7 +111,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         pids: Vec<u32>,
     },
-    /// Starts --n agents in this process against a running server and reports the server's RSS growth.
+    /// Starts --n agents in this process against a running server and reports the server's RSS
+    /// growth and this process's memory (peak and settled).
     Agents {
         /// The server's QUIC address (`host:port`).
         #[arg(long)]
@@ -122,6 +123,9 @@ enum Cmd {
         /// File holding a bearer token the server accepts.
         #[arg(long)]
         token_file: PathBuf,
+        /// The token's identity: agent i takes the id `<agent-id>/idle-<i>`.
+        #[arg(long, default_value = "node-a")]
+        agent_id: String,
         /// How many agents.
         #[arg(long, default_value_t = 2_000)]
         n: usize,
@@ -272,10 +276,15 @@ struct IsolationArgs {
 }
 
 /// The `connector` binary's allocator, so that raw QUIC stays the ceiling of the same build.
+/// `--features system-allocator` leaves glibc's malloc in place, which heaptrack can follow.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    // As the `connector` binary does (connector-cli/src/main.rs, `GLOBAL`):
+    // mimalloc's memory on transparent huge pages made idle agents cost 2 MiB each.
+    rustix::thread::disable_transparent_huge_pages(true)?;
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { listen } => multi_thread()?.block_on(async move {
@@ -326,9 +335,17 @@ fn main() -> anyhow::Result<()> {
             server,
             ca,
             token_file,
+            agent_id,
             n,
             server_pid,
-        } => multi_thread()?.block_on(agents(server, ca, token_file, n, server_pid)),
+        } => multi_thread()?.block_on(agents(AgentsArgs {
+            server,
+            ca,
+            token_file,
+            agent_id,
+            n,
+            server_pid,
+        })),
         Cmd::Attack(args) => multi_thread()?.block_on(connector_benches::attack::run(args)),
         Cmd::Failover(args) => multi_thread()?.block_on(connector_benches::failover::run(args)),
         Cmd::Probe { addr, connect_target } => current_thread()?.block_on(probe(TcpDialer { addr, connect_target })),
@@ -1239,27 +1256,62 @@ async fn impair(listen: SocketAddr, upstream: SocketAddr, delay: Duration, loss:
     Ok(())
 }
 
-async fn agents(server: String, ca: PathBuf, token_file: PathBuf, n: usize, server_pid: u32) -> anyhow::Result<()> {
+/// What `netbench agents` is given.
+struct AgentsArgs {
+    server: String,
+    ca: PathBuf,
+    token_file: PathBuf,
+    agent_id: String,
+    n: usize,
+    server_pid: u32,
+}
+
+/// Starts the agents one after another, waits until each is connected (failing on the first
+/// refusal), and prints the server's RSS growth per agent and this process's own memory: its
+/// peak (VmHWM, the transient while connecting included) and its RSS once all are idle.
+async fn agents(args: AgentsArgs) -> anyhow::Result<()> {
+    use connector_core::agent::AgentStatus;
     use connector_core::auth::StaticCredential;
     use connector_core::proto::{Credential, Secret};
+    let AgentsArgs {
+        server,
+        ca,
+        token_file,
+        agent_id,
+        n,
+        server_pid,
+    } = args;
     let cas = connector_core::tls::certs_from_file(&ca)?;
     let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
+    let own = std::process::id();
+    let own_before = status_kib(own, "VmRSS:");
     let before = status_kib(server_pid, "VmRSS:");
     let mut agents = Vec::with_capacity(n);
     for i in 0..n {
-        let mut setup = connector_core::setup::AgentSetup::new(server.clone(), cas.clone(), format!("idle-agent-{i}"));
+        let mut setup =
+            connector_core::setup::AgentSetup::new(server.clone(), cas.clone(), format!("{agent_id}/idle-{i}"));
         setup.credentials = Some(Arc::new(StaticCredential(Credential::Bearer(Secret::new(
             token.clone(),
         )))));
         agents.push(setup.start()?);
     }
-    for agent in &agents {
-        agent.connected().await;
+    for (i, agent) in agents.iter().enumerate() {
+        match agent
+            .wait_for(|s| matches!(s, AgentStatus::Connected { .. } | AgentStatus::Rejected { .. }))
+            .await
+        {
+            AgentStatus::Connected { .. } => {}
+            other => bail!("agent {i} was not admitted: {other:?}"),
+        }
     }
     let after = status_kib(server_pid, "VmRSS:");
+    let own_after = status_kib(own, "VmRSS:");
+    let own_peak = status_kib(own, "VmHWM:");
     let per = after.saturating_sub(before) as f64 * 1024.0 / n as f64;
+    let own_per = own_after.saturating_sub(own_before) as f64 / n as f64;
     println!(
-        "agents\t{n}\tserver_before_kib={before}\tserver_after_kib={after}\tper_agent_bytes={per:.0}\tper_agent_kib={:.2}",
+        "agents\t{n}\tserver_before_kib={before}\tserver_after_kib={after}\tper_agent_bytes={per:.0}\tper_agent_kib={:.2}\t\
+         agents_rss_kib={own_after}\tagents_peak_kib={own_peak}\tagents_rss_per_agent_kib={own_per:.1}",
         per / 1024.0
     );
     Ok(())
