@@ -32,8 +32,10 @@
 #   ISOLATION_ONLY=1 SECS=3 benches/compare.sh
 #
 # Needs: release builds (built here), rathole (RATHOLE=..., `cargo install rathole`),
-# konnectivity-server/-agent (KONN_BIN=dir, see docs/benchmarks.md). A missing
-# peer is skipped with a note. Peers' binaries default to $CARGO_TARGET_DIR/peers.
+# konnectivity-server/-agent (KONN_BIN=dir, see docs/benchmarks.md). Peers' binaries
+# default to $CARGO_TARGET_DIR/peers. A row that fails, or whose peer is missing, is
+# noted and the run ends with exit status 1 once every other row has run
+# (ALLOW_MISSING_PEERS=1: a missing peer is a note only).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,6 +57,17 @@ build
 trap stop_all EXIT
 
 note() { echo "# $*" | tee -a "$WORK/notes.txt" >&2; }
+# fail WHAT: a row that failed or could not run. The run goes on (the other rows are
+# still worth having) but ends with a non-zero exit: no row is lost silently.
+# ALLOW_MISSING_PEERS=1 turns a missing rathole or Konnectivity into a note only.
+FAILED=0
+fail() {
+	note "FAILED: $*"
+	FAILED=$((FAILED + 1))
+}
+missing_peer() {
+	if [ "${ALLOW_MISSING_PEERS:-0}" = 1 ]; then note "$*"; else fail "$*"; fi
+}
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)" | tee "$WORK/notes.txt" >&2
 echo "work dir: $WORK" >&2
@@ -68,7 +81,7 @@ TARGET_PID=$LAST
 # Konnectivity is built from the Go module proxy by a tiny module of ours (benches/konnectivity).
 if [ ! -x "$KONN_BIN/konnectivity-server" ] && command -v go >/dev/null; then
 	(cd "$ROOT/benches/konnectivity" && go build -o "$KONN_BIN/konnectivity-server" ./server &&
-		go build -o "$KONN_BIN/konnectivity-agent" ./agent) || note "konnectivity: build failed"
+		go build -o "$KONN_BIN/konnectivity-agent" ./agent) || missing_peer "konnectivity: build failed"
 fi
 
 run() { "$NB" run --secs "$SECS" --out "$OUT" --endpoint-pids "$TARGET_PID" "$@"; }
@@ -106,13 +119,13 @@ else
 	# Idle connections through one agent: RSS growth of server + agent per connection.
 	if [ "$(ulimit -n)" -gt $((IDLE_N + 1000)) ]; then
 		"$NB" idle --addr 127.0.0.1:17010 --n "$IDLE_N" --pids "$CSERVER,$CAGENT" | tee "$WORK/idle.txt" >&2 ||
-			note "idle connections: failed (see above)"
+			fail "idle connections (see above)"
 	else
-		note "idle connections: skipped, open-file limit $(ulimit -n) too low for $IDLE_N"
+		fail "idle connections: open-file limit $(ulimit -n) too low for $IDLE_N"
 	fi
 	# Idle agents on one server: the server's RSS growth per agent (agents in one netbench process).
 	"$NB" agents --server 127.0.0.1:17443 --ca "$WORK/pki/ca.pem" --token-file "$WORK/pki/node-a.token" \
-		--n "$AGENTS_N" --server-pid "$CSERVER" | tee "$WORK/agents.txt" >&2 || note "idle agents: failed (see above)"
+		--n "$AGENTS_N" --server-pid "$CSERVER" | tee "$WORK/agents.txt" >&2 || fail "idle agents (see above)"
 	# 3b. connector over its TCP fallback transport (TLS + QMux) to the same server.
 	stop "$CAGENT"
 	start connector-agent-tcp "$CONNECTOR" agent --server 127.0.0.1:17443 --ca "$WORK/pki/ca.pem" --agent-id node-a \
@@ -137,7 +150,7 @@ else
 			wait "$RSERVER" "$RCLIENT" 2>/dev/null || true
 		done
 	else
-		note "rathole: not found at $RATHOLE, rows skipped"
+		missing_peer "rathole: not found at $RATHOLE, rows skipped"
 	fi
 
 	# 5. Konnectivity, HTTP CONNECT frontend on a Unix socket (as kube-apiserver uses it).
@@ -152,10 +165,10 @@ else
 		KAGENT=$LAST
 		"$NB" probe --addr "unix:$WORK/konn.sock" --connect-target 127.0.0.1:17001
 		run --label konnectivity --addr "unix:$WORK/konn.sock" --connect-target 127.0.0.1:17001 --pids "$KSERVER,$KAGENT" ||
-			note "konnectivity: run failed (see above)"
+			fail "konnectivity (see above)"
 		stop "$KSERVER" "$KAGENT"
 	else
-		note "konnectivity: binaries not found in $KONN_BIN, row skipped"
+		missing_peer "konnectivity: binaries not found in $KONN_BIN, row skipped"
 	fi
 
 	# 6. WAN: 20 ms RTT, 1 % loss each way, between agent and server (QUIC rows only).
@@ -209,7 +222,7 @@ else
 	# 7. The same WAN path at the IP level, for every peer including the TCP-based
 	#    ones: network namespaces joined by a TUN forwarder (benches/wan-ip.sh; root only).
 	WAN_SECS="$WAN_SECS" WAN_DELAY_MS="$WAN_DELAY_MS" WAN_LOSS="$WAN_LOSS" RATHOLE="$RATHOLE" KONN_BIN="$KONN_BIN" \
-		"$ROOT/benches/wan-ip.sh" >"$WORK/wan-ip.txt" 2>"$WORK/wan-ip.log" || note "wan-ip: failed (see $WORK/wan-ip.log)"
+		"$ROOT/benches/wan-ip.sh" >"$WORK/wan-ip.txt" 2>"$WORK/wan-ip.log" || fail "wan-ip (see $WORK/wan-ip.log)"
 fi
 
 # 8. Isolation beside stalled tunnels (issue 15). A fresh server and agent for each path and
@@ -240,7 +253,7 @@ for transport in quic tcp; do
 		"$NB" probe --addr "unix:$sock" --connect-target 127.0.0.1:17001
 		isolation --label "connector-$transport-connect" --directions "$direction" --addr "unix:$sock" \
 			--connect-target 127.0.0.1:17001 --server-pid "$CSERVER" --agent-pid "$CAGENT" ||
-			note "isolation, connector-$transport-connect $direction: failed (see above)"
+			fail "isolation, connector-$transport-connect $direction (see above)"
 		stop_wait "$CSERVER" "$CAGENT"
 	done
 done
@@ -258,11 +271,11 @@ if [ -x "$KONN_BIN/konnectivity-server" ] && [ -x "$KONN_BIN/konnectivity-agent"
 		"$NB" probe --addr "unix:$WORK/konn-iso-$direction.sock" --connect-target 127.0.0.1:17001
 		isolation --label konnectivity --directions "$direction" --addr "unix:$WORK/konn-iso-$direction.sock" \
 			--connect-target 127.0.0.1:17001 --server-pid "$KSERVER" --agent-pid "$KAGENT" ||
-			note "isolation, konnectivity $direction: failed (see above)"
+			fail "isolation, konnectivity $direction (see above)"
 		stop_wait "$KSERVER" "$KAGENT"
 	done
 else
-	note "konnectivity: binaries not found in $KONN_BIN, isolation rows skipped"
+	missing_peer "konnectivity: binaries not found in $KONN_BIN, isolation rows skipped"
 fi
 
 echo
@@ -285,3 +298,7 @@ if [ -s "$WORK/wan-ip.txt" ]; then
 	cat "$WORK/wan-ip.txt"
 fi
 echo "raw results: $OUT $ISO_OUT"
+if [ "$FAILED" -gt 0 ]; then
+	echo "compare.sh: $FAILED row(s) failed (see the notes above)" >&2
+	exit 1
+fi
