@@ -65,7 +65,7 @@ enum Command {
 ///
 /// mimalloc asks for transparent huge pages on the memory it reserves
 /// (`madvise(MADV_HUGEPAGE)`), so where THP is on (`always` or `madvise`) a
-/// single touched byte made 2 MiB resident: an idle agent held 35 MiB RSS, 22.5
+/// single touched byte made 2 MiB resident: an idle agent held 34 MiB RSS, 22
 /// of them huge pages, and 500 agents in one process 2.3 MiB each instead of 121
 /// KiB. `main` turns THP off for the process first (`PR_SET_THP_DISABLE`); bulk
 /// throughput did not change (`docs/benchmarks.md`).

@@ -6,8 +6,8 @@
 //! `recvmmsg`, each large enough for the 64 datagrams Linux may coalesce
 //! (UDP GRO) at the endpoint's largest packet. With connector's 6,550-byte
 //! packets that is 13.4 MB per endpoint, and an agent has an endpoint per
-//! connection attempt: 100 agents in one process committed 1.2 GiB and
-//! held 2.6 MiB of RSS each (`docs/benchmarks.md`).
+//! connection attempt: 100 agents in one process committed 1.2 GiB of
+//! address space for them (mimalloc's statistics; `docs/benchmarks.md`).
 //!
 //! But a coalesced datagram cannot exceed 64 KiB: the kernel stops merging
 //! at the device's `gro_max_size` (65,536 unless raised for BIG TCP, which
