@@ -69,6 +69,10 @@ enum Command {
 /// of them huge pages, and 500 agents in one process 2.3 MiB each instead of 121
 /// KiB. `main` turns THP off for the process first (`PR_SET_THP_DISABLE`); bulk
 /// throughput did not change (`docs/benchmarks.md`).
+///
+/// `--features system-allocator` keeps glibc's malloc, for heap profiles
+/// (heaptrack follows malloc only).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
