@@ -9,13 +9,18 @@
 //! connection attempt: 100 agents in one process committed 1.2 GiB of
 //! address space for them (mimalloc's statistics; `docs/benchmarks.md`).
 //!
-//! But a coalesced datagram cannot exceed 64 KiB: the kernel stops merging
-//! at the device's `gro_max_size` (65,536 unless raised for BIG TCP, which
-//! applies to TCP) and a UDP length field cannot describe more. So this
-//! wrapper reports as many receive segments as fill 64 KiB at the
-//! endpoint's packet size ([`segments_for`]), and quinn's slots shrink to
-//! 64 KiB each: 2 MiB per endpoint. Everything else is quinn's own tokio
+//! But a coalesced datagram does not exceed 64 KiB: the kernel stops
+//! merging at the device's `gro_max_size` (65,536 by default; `ip -d link`
+//! shows it), and the UDP length field of the merged datagram cannot state
+//! more. So this wrapper reports as many receive segments as fill 64 KiB at
+//! the endpoint's packet size ([`segments_for`]), and quinn's slots shrink
+//! to 64 KiB each: 2 MiB per endpoint. Everything else is quinn's own tokio
 //! socket, unchanged.
+//!
+//! The assumption is untested on a host whose `gro_max_size` was raised
+//! (for BIG TCP). Were a larger coalesced read ever delivered, it would be
+//! cut at the slot's end, and quinn would drop the cut packet (its AEAD
+//! check fails) as if it were lost: slower, never corrupt.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
