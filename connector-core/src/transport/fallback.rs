@@ -290,13 +290,7 @@ impl FallbackConnector {
             self.state.clone(),
             tx,
         ));
-        let conn: Arc<dyn Connection> = Arc::new(Supervised {
-            inner: conn,
-            superseded: rx,
-            monitor: monitor.abort_handle(),
-        });
-        self.handed_out(&conn);
-        conn
+        self.supervised(conn, rx, monitor.abort_handle())
     }
 
     fn watch_tcp(&self, conn: Arc<dyn Connection>) -> Arc<dyn Connection> {
@@ -308,10 +302,21 @@ impl FallbackConnector {
             conn.closed(),
             tx,
         ));
+        self.supervised(conn, rx, monitor.abort_handle())
+    }
+
+    /// `inner`, handed out with the `monitor` that says (through `superseded`)
+    /// when the other transport should replace it.
+    fn supervised<C: Connection + ?Sized>(
+        &self,
+        inner: Arc<C>,
+        superseded: watch::Receiver<Option<String>>,
+        monitor: AbortHandle,
+    ) -> Arc<dyn Connection> {
         let conn: Arc<dyn Connection> = Arc::new(Supervised {
-            inner: conn,
-            superseded: rx,
-            monitor: monitor.abort_handle(),
+            inner,
+            superseded,
+            monitor,
         });
         self.handed_out(&conn);
         conn
