@@ -228,17 +228,10 @@ mod grpc {
 
     use bytes::Bytes;
     use connector_core::frontend::grpc::pb;
-    use connector_core::frontend::{FrontendBind, FrontendLimits, FrontendProtocol};
     use prost::Message;
     use tokio::net::UnixStream;
 
     use super::*;
-
-    fn socket_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("connector-li-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("proxy.sock")
-    }
 
     /// A gRPC message frame: flag, length, bytes.
     fn message(flag: u8, body: &[u8]) -> Vec<u8> {
@@ -298,14 +291,7 @@ mod grpc {
         logs();
         guard(async {
             let h = Harness::new(Kind::Memory).await;
-            let path = socket_path("bad-packets");
-            connector_core::frontend::start(
-                &h.server,
-                FrontendProtocol::Grpc,
-                &FrontendBind::unix(&path),
-                &FrontendLimits::default(),
-            )
-            .unwrap();
+            let path = grpc_frontend_on_unix(&h.server, "bad-packets");
             const INVALID_ARGUMENT: &str = "3";
             const RESOURCE_EXHAUSTED: &str = "8";
             let dial_rsp = packet(
@@ -356,14 +342,7 @@ mod grpc {
         logs();
         guard(async {
             let h = Harness::new(Kind::Memory).await;
-            let path = socket_path("address");
-            connector_core::frontend::start(
-                &h.server,
-                FrontendProtocol::Grpc,
-                &FrontendBind::unix(&path),
-                &FrontendLimits::default(),
-            )
-            .unwrap();
+            let path = grpc_frontend_on_unix(&h.server, "address");
             let dial = packet(
                 pb::PacketType::DialReq,
                 Some(pb::packet::Payload::DialRequest(pb::DialRequest {

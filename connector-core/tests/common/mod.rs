@@ -519,6 +519,29 @@ pub struct ProxyStream {
     connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
 }
 
+/// A fresh path for a frontend's Unix socket, unique to this process and `name`.
+pub fn socket_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("connector-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("proxy.sock")
+}
+
+/// Starts `server`'s gRPC frontend (default limits) on a fresh Unix socket
+/// ([`socket_path`] of `name`) and returns the socket's path.
+#[cfg(feature = "grpc")]
+pub fn grpc_frontend_on_unix(server: &connector_core::server::Server, name: &str) -> std::path::PathBuf {
+    use connector_core::frontend::{FrontendBind, FrontendLimits, FrontendProtocol};
+    let path = socket_path(name);
+    connector_core::frontend::start(
+        server,
+        FrontendProtocol::Grpc,
+        &FrontendBind::unix(&path),
+        &FrontendLimits::default(),
+    )
+    .unwrap();
+    path
+}
+
 #[cfg(feature = "grpc")]
 impl ProxyStream {
     pub async fn open<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(io: S) -> ProxyStream {

@@ -3,7 +3,6 @@
 //! routing across agents, forwards, and hostile frontend clients.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +18,6 @@ on_all_transports!(
     connect_over_uds_tunnels_like_kube_apiserver,
     dials_route_to_the_agent_serving_the_host,
 );
-
-fn socket_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("connector-fe-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("proxy.sock")
-}
 
 fn start_connect(h: &Harness, bind: FrontendBind, limits: FrontendLimits) -> String {
     let listener = FrontendListener::bind(&bind, &[b"http/1.1"], &limits).unwrap();
@@ -1012,18 +1005,10 @@ async fn grpc_slow_loris(
 #[cfg(feature = "grpc")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_streams_beyond_the_per_connection_limit_are_refused() {
-    use connector_core::frontend::FrontendProtocol;
     use connector_core::frontend::grpc::MAX_STREAMS_PER_CONNECTION;
     guard(async {
         let h = Harness::new(Kind::Quic).await;
-        let path = socket_path("grpc-streams");
-        connector_core::frontend::start(
-            &h.server,
-            FrontendProtocol::Grpc,
-            &FrontendBind::unix(&path),
-            &FrontendLimits::default(),
-        )
-        .unwrap();
+        let path = grpc_frontend_on_unix(&h.server, "grpc-streams");
         // One `Proxy` request header block, HPACK without the dynamic table
         // (so the same bytes serve every stream): indexed :method POST and
         // :scheme http, literal :path, :authority, content-type and te.
@@ -1113,19 +1098,11 @@ async fn grpc_dial_and_echo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 #[cfg(feature = "grpc")]
 #[tokio::test(flavor = "current_thread")]
 async fn grpc_a_client_closing_its_connection_after_close_rsp_is_no_failure() {
-    use connector_core::frontend::FrontendProtocol;
     let (log, _scope) = CapturedLog::scoped("connector_core::frontend=debug");
     guard(async {
         let h = Harness::new(Kind::Memory).await;
         let _agent = h.agent("node-a").await;
-        let path = socket_path("grpc-close");
-        connector_core::frontend::start(
-            &h.server,
-            FrontendProtocol::Grpc,
-            &FrontendBind::unix(&path),
-            &FrontendLimits::default(),
-        )
-        .unwrap();
+        let path = grpc_frontend_on_unix(&h.server, "grpc-close");
         let target = echo_target().await.to_string();
 
         // As kube-apiserver closes a tunnel.
@@ -1159,7 +1136,6 @@ async fn grpc_a_client_closing_its_connection_after_close_rsp_is_no_failure() {
 #[cfg(feature = "grpc")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_dial_cls_releases_a_pending_dial_at_once() {
-    use connector_core::frontend::FrontendProtocol;
     use connector_core::fuzzing::{read_frame, write_frame};
     use connector_core::proto::{Frame, Hello, MAX_FRAME_PAYLOAD};
     use grpc_pb::packet::Payload;
@@ -1177,14 +1153,7 @@ async fn grpc_dial_cls_releases_a_pending_dial_at_once() {
         write_frame(&mut control.send, &hello).await.unwrap();
         let welcome = read_frame(&mut control.recv, MAX_FRAME_PAYLOAD).await.unwrap();
         assert!(matches!(welcome, Frame::Welcome(_)), "{welcome:?}");
-        let path = socket_path("dial-cls");
-        connector_core::frontend::start(
-            &h.server,
-            FrontendProtocol::Grpc,
-            &FrontendBind::unix(&path),
-            &FrontendLimits::default(),
-        )
-        .unwrap();
+        let path = grpc_frontend_on_unix(&h.server, "dial-cls");
         let target = echo_target().await.to_string();
 
         let mut proxy = ProxyStream::open(UnixStream::connect(&path).await.unwrap()).await;
