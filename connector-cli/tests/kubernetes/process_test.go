@@ -170,28 +170,30 @@ func (p *proc) waitFrom(t testing.TB, mark int, guard time.Duration, needles ...
 	return line
 }
 
+// find returns the first line from mark on that contains every needle.
+func (p *proc) find(mark int, needles []string) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, line := range p.lines[min(mark, len(p.lines)):] {
+		if containsAll(line, needles) {
+			return line, true
+		}
+	}
+	return "", false
+}
+
 func (p *proc) await(mark int, guard time.Duration, needles ...string) (string, error) {
 	deadline := time.After(guard)
 	for {
-		p.mu.Lock()
-		for _, line := range p.lines[min(mark, len(p.lines)):] {
-			if containsAll(line, needles) {
-				p.mu.Unlock()
-				return line, nil
-			}
+		if line, ok := p.find(mark, needles); ok {
+			return line, nil
 		}
-		p.mu.Unlock()
 		select {
 		case <-p.done:
 			// Lines read before the exit were looked at above; look once more.
-			p.mu.Lock()
-			for _, line := range p.lines[min(mark, len(p.lines)):] {
-				if containsAll(line, needles) {
-					p.mu.Unlock()
-					return line, nil
-				}
+			if line, ok := p.find(mark, needles); ok {
+				return line, nil
 			}
-			p.mu.Unlock()
 			return "", fmt.Errorf("%s exited (%v) before printing a line with %q:\n%s", p.name, p.exitErr(), needles, p.tail(30))
 		default:
 		}
