@@ -256,12 +256,7 @@ mod grpc {
         let (client, connection) = h2::client::handshake(io).await.unwrap();
         tokio::spawn(connection);
         let mut client = client.ready().await.unwrap();
-        let request = http::Request::post("http://localhost/ProxyService/Proxy")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, mut send) = client.send_request(request, false).unwrap();
+        let (response, mut send) = client.send_request(proxy_request(), false).unwrap();
         send.send_data(Bytes::from(bytes), end).unwrap();
         let response = within("the response head", response).await.unwrap();
         assert_eq!(response.status(), 200);
@@ -355,12 +350,7 @@ mod grpc {
             let (client, connection) = h2::client::handshake(io).await.unwrap();
             tokio::spawn(connection);
             let mut client = client.ready().await.unwrap();
-            let request = http::Request::post("http://localhost/ProxyService/Proxy")
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())
-                .unwrap();
-            let (_response, mut send) = client.send_request(request, false).unwrap();
+            let (_response, mut send) = client.send_request(proxy_request(), false).unwrap();
             send.send_data(Bytes::from(message(0, &dial)), false).unwrap();
             assert_logged_once("forged-grpc-address", "dial failed").await;
         })

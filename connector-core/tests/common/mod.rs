@@ -542,18 +542,23 @@ pub fn grpc_frontend_on_unix(server: &connector_core::server::Server, name: &str
     path
 }
 
+/// The request head of Konnectivity's `ProxyService/Proxy` call, as konnectivity-client sends it.
+#[cfg(feature = "grpc")]
+pub fn proxy_request() -> http::Request<()> {
+    http::Request::post("http://localhost/ProxyService/Proxy")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
 #[cfg(feature = "grpc")]
 impl ProxyStream {
     pub async fn open<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(io: S) -> ProxyStream {
         let (client, connection) = h2::client::handshake(io).await.unwrap();
         let connection = tokio::spawn(connection);
         let mut client = client.ready().await.unwrap();
-        let request = http::Request::post("http://localhost/ProxyService/Proxy")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        let (response, send) = client.send_request(request, false).unwrap();
+        let (response, send) = client.send_request(proxy_request(), false).unwrap();
         let response = response.await.unwrap();
         assert_eq!(response.status(), 200);
         ProxyStream {
