@@ -393,8 +393,11 @@ pub unsafe extern "C" fn connector_server_free(
             ));
         }
         let server = SERVERS.remove(server)?;
-        server.server.shutdown();
+        // Fire `closed` first: shutting down ends the tunnelled connections,
+        // which could otherwise let a drain in progress finish as if it had
+        // completed, instead of returning CONNECTOR_ERR_CLOSED.
         server.closed.fire();
+        server.server.shutdown();
         if let Some(gate) = &server.auth_gate {
             gate.close();
         }
