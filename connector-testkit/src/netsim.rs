@@ -2,7 +2,7 @@
 //!
 //! [`UdpImpairProxy`] listens on `127.0.0.1:0` and relays datagrams between
 //! clients and upstream servers, applying an [`Impairment`] (drop, duplicate,
-//! reorder, delay with jitter, blackhole) in both directions. Each client
+//! reorder, delay with jitter, blackhole) in both directions or in one. Each client
 //! flow has its own upstream socket, which [`UdpImpairProxy::rebind`]
 //! replaces: the server then sees the client under a new source port, as
 //! after a NAT rebinding.
@@ -57,6 +57,9 @@ pub struct Impairment {
     pub jitter: Duration,
     /// Drop everything (a dead path), including datagrams already delayed or held back.
     pub blackhole: bool,
+    /// Relay only every `n`-th datagram and drop the others (`0` and `1`: off). Heavy loss with
+    /// no long run of drops, unlike `drop`: one datagram in `n` always gets through.
+    pub keep_one_in: u32,
 }
 
 /// Datagram counts of one direction.
@@ -145,7 +148,12 @@ impl UdpImpairProxy {
 
     /// Applies to datagrams in both directions from now on.
     pub fn set(&self, impairment: Impairment) {
-        *lock(&self.shared.impairment) = impairment;
+        *lock(&self.shared.impairment) = [impairment.clone(), impairment];
+    }
+
+    /// Applies to datagrams in one direction from now on; the other keeps its impairment.
+    pub fn set_direction(&self, direction: Direction, impairment: Impairment) {
+        lock(&self.shared.impairment)[direction as usize] = impairment;
     }
 
     /// Every flow gets a fresh upstream socket (new source port): NAT rebinding as the server sees it.
@@ -188,9 +196,12 @@ impl std::fmt::Debug for UdpImpairProxy {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Direction {
+/// One direction of the proxy's flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client → upstream.
     ToUpstream = 0,
+    /// Upstream → client.
     ToClient = 1,
 }
 
@@ -220,7 +231,8 @@ fn add(counter: &AtomicU64, n: u64) {
 }
 
 struct Shared {
-    impairment: Mutex<Impairment>,
+    /// By [`Direction`].
+    impairment: Mutex<[Impairment; 2]>,
     counters: [Counters; 2],
     flows: Mutex<FlowTable>,
     /// The runtime that owns the sockets (for `rebind`, a plain function).
@@ -228,8 +240,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn impairment(&self) -> Impairment {
-        lock(&self.impairment).clone()
+    fn impairment(&self, direction: Direction) -> Impairment {
+        lock(&self.impairment)[direction as usize].clone()
     }
 }
 
@@ -436,6 +448,8 @@ struct Pipe {
     /// Delayed datagrams by release time (then arrival order).
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
+    /// Datagrams arrived, for [`Impairment::keep_one_in`].
+    arrived: u64,
 }
 
 impl Pipe {
@@ -447,6 +461,7 @@ impl Pipe {
             held: None,
             queue: BinaryHeap::new(),
             seq: 0,
+            arrived: 0,
         }
     }
 
@@ -470,7 +485,7 @@ impl Pipe {
                 _ = sleep_until_some(next_release), if next_release.is_some() => self.release_due(&out).await,
                 _ = sleep_until_some(hold_until), if hold_until.is_some() => {
                     if let Some((d, copies, _)) = self.held.take() {
-                        self.schedule(d, copies, &self.shared.impairment(), &out).await;
+                        self.schedule(d, copies, &self.shared.impairment(self.direction), &out).await;
                     }
                 }
             }
@@ -478,9 +493,11 @@ impl Pipe {
     }
 
     async fn arrive(&mut self, datagram: Vec<u8>, out: &Out) {
-        let imp = self.shared.impairment();
+        let imp = self.shared.impairment(self.direction);
         add(&self.counters().received, 1);
-        if imp.blackhole || self.chance(imp.drop) {
+        self.arrived += 1;
+        let thinned = imp.keep_one_in > 1 && !self.arrived.is_multiple_of(u64::from(imp.keep_one_in));
+        if imp.blackhole || thinned || self.chance(imp.drop) {
             add(&self.counters().dropped, 1);
             return;
         }
@@ -537,7 +554,7 @@ impl Pipe {
     }
 
     async fn send(&self, datagram: &[u8], out: &Out) {
-        if self.shared.impairment().blackhole {
+        if self.shared.impairment(self.direction).blackhole {
             add(&self.counters().dropped, 1);
             return;
         }
@@ -657,6 +674,38 @@ mod tests {
         assert_ne!(a, c, "another seed loses other datagrams");
         assert!((50..150).contains(&a.len()), "about half arrive: {}", a.len());
         assert!(a.windows(2).all(|w| w[0] < w[1]), "no reordering: {a:?}");
+    }
+
+    #[tokio::test]
+    async fn keeps_one_in_n_in_one_direction_only() {
+        let rig = rig(5).await;
+        rig.proxy.set_direction(
+            Direction::ToUpstream,
+            Impairment {
+                keep_one_in: 3,
+                ..Default::default()
+            },
+        );
+        for i in 0..9u8 {
+            rig.client.send(&[i]).await.unwrap();
+        }
+        settled(&rig.proxy, 9).await;
+        rig.proxy.set_direction(Direction::ToUpstream, Impairment::default());
+        rig.client.send(b"marker").await.unwrap();
+        let mut got = Vec::new();
+        let proxy_side = loop {
+            let (d, from) = recv_from(&rig.upstream).await;
+            if d == b"marker" {
+                break from;
+            }
+            got.push(d[0]);
+        };
+        assert_eq!(got, [2, 5, 8], "every third datagram, none of the others");
+        // The way back was not touched.
+        for i in 0..3u8 {
+            rig.upstream.send_to(&[i], proxy_side).await.unwrap();
+            assert_eq!(recv_from(&rig.client).await.0, [i]);
+        }
     }
 
     #[tokio::test]

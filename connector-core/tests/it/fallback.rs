@@ -18,7 +18,7 @@ use connector_core::transport::qmux::proxy::{HttpProxy, ProxyChoice};
 use connector_core::transport::qmux::{QmuxConnector, QmuxListener, QmuxSettings};
 use connector_core::transport::quic::{QuicConnector, QuicListener, QuicSettings};
 use connector_core::transport::{BoxFuture, Connection, Connector, TransportError};
-use connector_testkit::netsim::{Impairment, UdpImpairProxy};
+use connector_testkit::netsim::{Direction, Impairment, UdpImpairProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -279,8 +279,11 @@ async fn degraded_quic_path_falls_back_to_tcp() {
         assert_eq!(transport, "quic", "a clean path uses QUIC");
 
         // A tunnelled connection that streams from the node (like `kubectl logs -f`)
-        // is open and flowing; then most datagrams disappear while the agent has
-        // data to send.
+        // is open and flowing; then two in three datagrams towards the server
+        // disappear while the agent has data to send. The third always gets
+        // through and the way back is clean, so ACKs keep coming: the path
+        // starves, the server is not silent (random loss both ways could
+        // leave no ACK for eight packets, which means a server gone).
         let source = source_target().await;
         let mut stream = s
             .server
@@ -289,10 +292,13 @@ async fn degraded_quic_path_falls_back_to_tcp() {
             .unwrap();
         let mut first = [0u8; 1];
         stream.read_exact(&mut first).await.unwrap();
-        udp.set(Impairment {
-            drop: 0.7,
-            ..Default::default()
-        });
+        udp.set_direction(
+            Direction::ToUpstream,
+            Impairment {
+                keep_one_in: 3,
+                ..Default::default()
+            },
+        );
         let traffic = tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
             while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
