@@ -88,10 +88,16 @@ fn poll_write_chunk_all<W: ChunkSink + ?Sized>(
 /// Most chunks one gathered write takes.
 const MAX_CHUNKS: usize = 8;
 
-/// Chunks a [`ChunkSource`] handed out, written on as they are.
-/// Empty between reads: an idle direction holds no packet buffer.
+/// Chunks a [`ChunkSource`] handed out, written on as they are. Their slots
+/// exist only while the direction is busy: once a read finds nothing, they
+/// go (an idle tunnel holds no room for eight chunks in each direction).
 #[derive(Default)]
 struct Received {
+    slots: Option<Box<ChunkSlots>>,
+}
+
+#[derive(Default)]
+struct ChunkSlots {
     chunks: [Bytes; MAX_CHUNKS],
     next: usize,
     filled: usize,
@@ -101,26 +107,44 @@ struct Received {
 impl Received {
     /// Reads the next chunks; returns their bytes, 0 at the end.
     fn poll_fill<R: ChunkSource + ?Sized>(&mut self, cx: &mut Context<'_>, r: &mut R) -> Poll<io::Result<usize>> {
-        let filled = ready!(r.poll_read_chunks(cx, &mut self.chunks))?;
-        self.next = 0;
-        self.filled = filled;
-        self.bytes = self.chunks[..filled].iter().map(Bytes::len).sum();
-        Poll::Ready(Ok(self.bytes))
+        let slots = self.slots.get_or_insert_with(Box::default);
+        let filled = match r.poll_read_chunks(cx, &mut slots.chunks) {
+            Poll::Pending => {
+                // Only read once the last read went out: the slots are empty.
+                self.slots = None;
+                return Poll::Pending;
+            }
+            Poll::Ready(filled) => filled?,
+        };
+        slots.next = 0;
+        slots.filled = filled;
+        slots.bytes = slots.chunks[..filled].iter().map(Bytes::len).sum();
+        Poll::Ready(Ok(slots.bytes))
     }
 
     /// Whether chunks are waiting to be written.
     fn is_pending(&self) -> bool {
-        self.next < self.filled
+        self.slots.as_ref().is_some_and(|s| s.next < s.filled)
+    }
+
+    /// The bytes of the chunks waiting to be written.
+    fn waiting(&self) -> usize {
+        self.slots
+            .as_ref()
+            .map_or(0, |s| s.chunks[s.next..s.filled].iter().map(Bytes::len).sum())
     }
 
     /// Writes out every chunk not yet written, keeping its place across
     /// `Pending`, and lets each go as soon as it is out. Returns the bytes
     /// of the whole read.
     fn poll_drain<W: ChunkSink + ?Sized>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<io::Result<usize>> {
-        while self.next < self.filled {
+        let Some(slots) = self.slots.as_deref_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        while slots.next < slots.filled {
             let mut n = {
                 let mut slices = [io::IoSlice::new(&[]); MAX_CHUNKS];
-                let pending = &self.chunks[self.next..self.filled];
+                let pending = &slots.chunks[slots.next..slots.filled];
                 for (slice, chunk) in slices.iter_mut().zip(pending) {
                     *slice = io::IoSlice::new(chunk);
                 }
@@ -130,19 +154,19 @@ impl Received {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             while n > 0 {
-                let chunk = &mut self.chunks[self.next];
+                let chunk = &mut slots.chunks[slots.next];
                 if n < chunk.len() {
                     chunk.advance(n);
                     break;
                 }
                 n -= chunk.len();
                 *chunk = Bytes::new();
-                self.next += 1;
+                slots.next += 1;
             }
         }
-        self.next = 0;
-        self.filled = 0;
-        Poll::Ready(Ok(std::mem::take(&mut self.bytes)))
+        slots.next = 0;
+        slots.filled = 0;
+        Poll::Ready(Ok(std::mem::take(&mut slots.bytes)))
     }
 }
 
@@ -582,12 +606,8 @@ impl Direction {
 
     /// Bytes read and not yet written.
     fn waiting(&self) -> usize {
-        let received: usize = self.received.chunks[self.received.next..self.received.filled]
-            .iter()
-            .map(Bytes::len)
-            .sum();
         let buffered = self.buf.as_ref().map_or(0, |b| b.len().saturating_sub(self.written));
-        received + self.chunk.len() + buffered
+        self.received.waiting() + self.chunk.len() + buffered
     }
 
     /// Copies until `r` ends, then shuts `w` down; returns the bytes copied,
@@ -823,8 +843,9 @@ mod tests {
         assert_eq!(keeper.copies.concat(), small);
     }
 
-    /// Hands out what "arrived" as chunks of its own, as a QUIC stream does.
-    struct Arrived(std::collections::VecDeque<Bytes>);
+    /// Hands out what "arrived" as chunks of its own, as a QUIC stream does;
+    /// then the end, or, while `open`, nothing yet.
+    struct Arrived(std::collections::VecDeque<Bytes>, bool);
 
     impl AsyncRead for Arrived {
         fn poll_read(
@@ -846,6 +867,9 @@ mod tests {
                 let Some(chunk) = self.0.pop_front() else { break };
                 *slot = chunk;
                 filled += 1;
+            }
+            if filled == 0 && self.1 {
+                return Poll::Pending;
             }
             Poll::Ready(Ok(filled))
         }
@@ -902,7 +926,7 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
         // Packet-sized chunks, as QUIC hands them out.
         let chunks = data.chunks(1_400).map(Bytes::copy_from_slice).collect();
-        let mut source = Arrived(chunks);
+        let mut source = Arrived(chunks, false);
         let mut sink = Trickle::default();
         let mut direction = Direction::default();
         let copied = poll_fn(|cx| direction.poll_copy(cx, &mut source, &mut sink))
@@ -912,8 +936,27 @@ mod tests {
         assert_eq!(sink.got, data, "every byte once, in order, across partial writes");
         assert!(sink.slices.iter().any(|&n| n > 1), "several chunks per write");
         assert!(
-            direction.received.chunks.iter().all(Bytes::is_empty),
+            direction
+                .received
+                .slots
+                .iter()
+                .all(|s| s.chunks.iter().all(Bytes::is_empty)),
             "no chunk kept once written"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_direction_lets_its_chunk_slots_go() {
+        let chunks = [b"hello".as_slice(), b" world"].map(Bytes::from_static).into();
+        let mut source = Arrived(chunks, true);
+        let mut sink = Trickle::default();
+        let mut direction = Direction::default();
+        let poll = poll_fn(|cx| Poll::Ready(direction.poll_copy(cx, &mut source, &mut sink))).await;
+        assert!(poll.is_pending(), "the source stays open");
+        assert_eq!(sink.got, b"hello world");
+        assert!(
+            direction.received.slots.is_none(),
+            "no chunk slots held while nothing arrives"
         );
     }
 }
