@@ -67,8 +67,11 @@ enum Command {
 /// (`madvise(MADV_HUGEPAGE)`), so where THP is on (`always` or `madvise`) a
 /// single touched byte made 2 MiB resident: an idle agent held 34 MiB RSS, 22
 /// of them huge pages, and 500 agents in one process 2.3 MiB each instead of 121
-/// KiB. `main` turns THP off for the process first (`PR_SET_THP_DISABLE`); bulk
-/// throughput did not change (`docs/benchmarks.md`).
+/// KiB. Built with its `no_thp` feature, mimalloc does not ask; and `main`
+/// turns THP off for the process first (`PR_SET_THP_DISABLE`), for hosts
+/// where THP is `always`. The feature covers what mimalloc touches before
+/// `main` (two huge pages, 4 MiB of an idle agent). Bulk throughput did not
+/// change (`docs/benchmarks.md`).
 ///
 /// `--features system-allocator` keeps glibc's malloc, for heap profiles
 /// (heaptrack follows malloc only).
