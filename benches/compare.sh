@@ -6,6 +6,7 @@
 #
 #   benches/compare.sh                 # everything; prints a markdown table
 #   SECS=3 benches/compare.sh          # shorter bulk phases
+#   WAN_REPEAT=10 benches/compare.sh   # each QUIC WAN row (default controller) ten times
 #
 # Every row is measured by the same client (`netbench run`, benches/src/bin/netbench.rs)
 # against the same target service (`netbench serve`):
@@ -186,10 +187,12 @@ else
 		--token-file "$WORK/pki/node-a.token" --identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32
 	CAGENT=$LAST
 	"$NB" probe --addr 127.0.0.1:17011
-	"$NB" quic-run --label wan-raw-quic --addr 127.0.0.1:17051 --ca "$WORK/rawquic-ca.pem" --pids "$RAWQUIC_PID" \
-		--secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
-	"$NB" run --label wan-connector-quic --addr 127.0.0.1:17011 --pids "$CSERVER,$CAGENT" --endpoint-pids "$TARGET_PID" \
-		--secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
+	for run in $(seq 1 "$WAN_REPEAT"); do
+		"$NB" quic-run --label "$(repeat_label wan-raw-quic "$run")" --addr 127.0.0.1:17051 --ca "$WORK/rawquic-ca.pem" \
+			--pids "$RAWQUIC_PID" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
+		"$NB" run --label "$(repeat_label wan-connector-quic "$run")" --addr 127.0.0.1:17011 --pids "$CSERVER,$CAGENT" \
+			--endpoint-pids "$TARGET_PID" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
+	done
 	# Raw QUIC and connector with Cubic instead of the default (BBR on a path this long): what
 	# the congestion controller is worth.
 	start rawquic-cubic "$NB" quic-serve --listen 127.0.0.1:17003 --ca-out "$WORK/rawquic-cubic-ca.pem" --congestion-control cubic
@@ -221,8 +224,8 @@ else
 
 	# 7. The same WAN path at the IP level, for every peer including the TCP-based
 	#    ones: network namespaces joined by a TUN forwarder (benches/wan-ip.sh; root only).
-	WAN_SECS="$WAN_SECS" WAN_DELAY_MS="$WAN_DELAY_MS" WAN_LOSS="$WAN_LOSS" RATHOLE="$RATHOLE" KONN_BIN="$KONN_BIN" \
-		"$ROOT/benches/wan-ip.sh" >"$WORK/wan-ip.txt" 2>"$WORK/wan-ip.log" || fail "wan-ip (see $WORK/wan-ip.log)"
+	WAN_SECS="$WAN_SECS" WAN_DELAY_MS="$WAN_DELAY_MS" WAN_LOSS="$WAN_LOSS" WAN_REPEAT="$WAN_REPEAT" RATHOLE="$RATHOLE" \
+		KONN_BIN="$KONN_BIN" "$ROOT/benches/wan-ip.sh" >"$WORK/wan-ip.txt" 2>"$WORK/wan-ip.log" || fail "wan-ip (see $WORK/wan-ip.log)"
 fi
 
 # 8. Isolation beside stalled tunnels (issue 15). A fresh server and agent for each path and

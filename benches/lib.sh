@@ -10,6 +10,12 @@ KONN_BIN="${KONN_BIN:-$PEERS/konn/bin}"
 WAN_SECS="${WAN_SECS:-10}"
 WAN_DELAY_MS="${WAN_DELAY_MS:-10}" # each way: 20 ms RTT
 WAN_LOSS="${WAN_LOSS:-0.01}"       # each way
+# Runs of each WAN row with the default controller (raw QUIC and connector over QUIC); runs
+# after the first are labelled "#2", "#3", ...: a collapse shows as one run far below the others.
+WAN_REPEAT="${WAN_REPEAT:-1}"
+
+# repeat_label LABEL RUN: the label of the RUN-th run of a repeated row.
+repeat_label() { if [ "$2" = 1 ]; then echo "$1"; else echo "$1#$2"; fi; }
 
 # build: the release `connector` and `netbench`, as $CONNECTOR and $NB.
 build() {

@@ -11,6 +11,7 @@
 #
 #   benches/wan-ip.sh                  # prints a markdown table
 #   WAN_SECS=15 benches/wan-ip.sh
+#   WAN_REPEAT=10 benches/wan-ip.sh    # raw QUIC and connector-quic ten times each (fresh processes)
 #
 # Row labels are those of compare.sh, so the table gives ratios to direct TCP
 # and rathole-noise on this path. Needs root (network namespaces, TUN).
@@ -82,7 +83,7 @@ raw_quic_row() {
 	stop "$server"
 	wait "$server" 2>/dev/null || true
 }
-raw_quic_row raw-quic 17102
+for run in $(seq 1 "$WAN_REPEAT"); do raw_quic_row "$(repeat_label raw-quic "$run")" 17102; done
 raw_quic_row raw-quic-cubic 17103 --congestion-control cubic
 
 # connector: server (with its --forward entry) in A, agent in B.
@@ -106,7 +107,7 @@ connector_row() {
 	stop "$server" "$agent"
 	wait "$server" "$agent" 2>/dev/null || true
 }
-connector_row connector-quic 17443 -- --transport quic
+for run in $(seq 1 "$WAN_REPEAT"); do connector_row "$(repeat_label connector-quic "$run")" 17443 -- --transport quic; done
 connector_row connector-quic-cubic 17445 --congestion-control cubic -- --transport quic --congestion-control cubic
 connector_row connector-tcp 17447 -- --transport tcp
 
