@@ -12,7 +12,7 @@ use connector_core::setup::{ClientCertificates, SetupError};
 use connector_core::tls::{CaBundle, Identity};
 use connector_core::transport::qmux::QmuxSetupError;
 use connector_core::transport::quic::QuicSetupError;
-use connector_core::{Identifiers, Server as CoreServer};
+use connector_core::{Identifiers, Server as CoreServer, TunnelStream};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -194,6 +194,22 @@ impl Server {
     fn dial_timeout(&self, timeout: Option<f64>) -> Result<Duration, Failure> {
         Ok(seconds("timeout", timeout)?.unwrap_or(self.server.config().limits.dial_timeout))
     }
+
+    /// The dial every `dial*` method makes: `target` through the agent that
+    /// `agent`/`host` pick, within `timeout` seconds (default: the server's
+    /// dial timeout); the arguments are checked now, the future owns the rest.
+    fn dialling(
+        &self,
+        target: String,
+        agent: Option<String>,
+        host: Option<String>,
+        timeout: Option<f64>,
+    ) -> Result<impl Future<Output = Result<TunnelStream, Failure>> + Send + 'static, Failure> {
+        let selector = selector(&target, agent, host)?;
+        let timeout = self.dial_timeout(timeout)?;
+        let server = self.server.clone();
+        Ok(async move { Ok(server.dial_timeout(&selector, &target, timeout).await?) })
+    }
 }
 
 #[pymethods]
@@ -338,12 +354,7 @@ impl Server {
         host: Option<String>,
         timeout: Option<f64>,
     ) -> PyResult<Stream> {
-        let selector = selector(&target, agent, host)?;
-        let timeout = self.dial_timeout(timeout)?;
-        let server = self.server.clone();
-        let stream = wait(py, None, "dial", async move {
-            Ok(server.dial_timeout(&selector, &target, timeout).await?)
-        })?;
+        let stream = wait(py, None, "dial", self.dialling(target, agent, host, timeout)?)?;
         Ok(Stream::new(stream))
     }
 
@@ -358,13 +369,8 @@ impl Server {
         host: Option<String>,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let selector = selector(&target, agent, host)?;
-        let timeout = self.dial_timeout(timeout)?;
-        let server = self.server.clone();
-        awaitable(py, async move {
-            let stream = server.dial_timeout(&selector, &target, timeout).await?;
-            Ok(AsyncStream::new(stream))
-        })
+        let dialling = self.dialling(target, agent, host, timeout)?;
+        awaitable(py, async move { Ok(AsyncStream::new(dialling.await?)) })
     }
 
     /// `dial` as a socket: a connected Unix socket whose other end is
@@ -379,14 +385,8 @@ impl Server {
         host: Option<String>,
         timeout: Option<f64>,
     ) -> PyResult<i32> {
-        let selector = selector(&target, agent, host)?;
-        let timeout = self.dial_timeout(timeout)?;
-        let server = self.server.clone();
-        let (python, splice) = socket::pair()?;
-        wait(py, None, "dial", async move {
-            let stream = server.dial_timeout(&selector, &target, timeout).await?;
-            splice.start(stream)
-        })?;
+        let (python, spliced) = socket::spliced(self.dialling(target, agent, host, timeout)?)?;
+        wait(py, None, "dial", spliced)?;
         Ok(socket::into_fd(python))
     }
 
@@ -403,14 +403,8 @@ impl Server {
         host: Option<String>,
         timeout: Option<f64>,
     ) -> PyResult<(i32, Bound<'py, PyAny>)> {
-        let selector = selector(&target, agent, host)?;
-        let timeout = self.dial_timeout(timeout)?;
-        let server = self.server.clone();
-        let (python, splice) = socket::pair()?;
-        let dialled = awaitable(py, async move {
-            let stream = server.dial_timeout(&selector, &target, timeout).await?;
-            splice.start(stream)
-        })?;
+        let (python, spliced) = socket::spliced(self.dialling(target, agent, host, timeout)?)?;
+        let dialled = awaitable(py, spliced)?;
         Ok((socket::into_fd(python), dialled))
     }
 

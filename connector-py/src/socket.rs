@@ -39,6 +39,15 @@ impl Splice {
     }
 }
 
+/// A [`pair`] for the connection `dialling` makes: Python's end, and the
+/// dial (to run on the runtime), which then splices the other end to it.
+pub fn spliced(
+    dialling: impl Future<Output = Result<TunnelStream, Failure>> + Send + 'static,
+) -> Result<(UnixStream, impl Future<Output = Result<(), Failure>> + Send + 'static), Failure> {
+    let (python, splice) = pair()?;
+    Ok((python, async move { splice.start(dialling.await?) }))
+}
+
 /// Python's end of a pair, as the file descriptor `socket.socket(fileno=)` takes over.
 pub fn into_fd(python: UnixStream) -> RawFd {
     python.into_raw_fd()
