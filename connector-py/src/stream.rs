@@ -164,6 +164,15 @@ impl Duplex {
     pub fn is_closed(&self) -> bool {
         *self.closed.borrow()
     }
+
+    /// The `repr` of the stream class `class` wrapping this connection.
+    fn repr(&self, class: &str) -> String {
+        let closed = if self.is_closed() { " closed" } else { "" };
+        format!(
+            "<connector.{class} agent_id={:?} request_id={}{closed}>",
+            self.agent_id, self.request_id
+        )
+    }
 }
 
 /// Bytes to send, copied out of a `bytes`, `bytearray` or any buffer object.
@@ -317,12 +326,7 @@ impl Stream {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "<connector.Stream agent_id={:?} request_id={}{}>",
-            self.duplex.agent_id,
-            self.duplex.request_id,
-            if self.duplex.is_closed() { " closed" } else { "" }
-        )
+        self.duplex.repr("Stream")
     }
 }
 
@@ -471,11 +475,6 @@ impl AsyncStream {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "<connector.AsyncStream agent_id={:?} request_id={}{}>",
-            self.duplex.agent_id,
-            self.duplex.request_id,
-            if self.duplex.is_closed() { " closed" } else { "" }
-        )
+        self.duplex.repr("AsyncStream")
     }
 }
