@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from types import TracebackType
-from typing import Iterable, Optional, Sequence, Type, Union
+from typing import Iterable, Optional, Sequence, Union
 
 from . import _connector
+from ._closing import ClosedOnExit
 from ._pem import PemSource, pem_bytes, seconds
 from ._settings import AGENT_RENAMED, settings
 from .errors import ConfigError
@@ -18,7 +18,7 @@ _NOT_SETTINGS = ("ca", "token", "cert", "key")
 or a path, read here) and the token itself."""
 
 
-class Agent:
+class Agent(ClosedOnExit):
     """A connector agent, started at once; it reconnects with backoff until stopped.
 
     The options are the settings of ``connector agent`` (``docs/settings.md``)
@@ -135,17 +135,6 @@ class Agent:
         self._inner.stop()
 
     close = stop
-
-    def __enter__(self) -> "Agent":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return repr(self._inner)

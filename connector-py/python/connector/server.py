@@ -6,10 +6,10 @@ import asyncio
 import os
 import socket
 import ssl as _ssl
-from types import TracebackType
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _connector
+from ._closing import ClosedOnExit
 from ._connector import AgentInfo, AsyncStream, AuthRequest, Accept, Reject, Stream
 from ._pem import PemSource, pem_bytes, seconds
 from ._settings import SERVER_RENAMED, settings
@@ -70,7 +70,7 @@ def _grace(grace: float) -> float:
     return value
 
 
-class Server:
+class Server(ClosedOnExit):
     """A connector server: accepts agents over QUIC (and TCP) and dials through them.
 
     The options are the settings of ``connector server`` (``docs/settings.md``:
@@ -343,17 +343,6 @@ class Server:
         """Stops accepting agents, refuses new dials and disconnects every agent."""
         self._closed = True
         self._inner.close()
-
-    def __enter__(self) -> "Server":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return repr(self._inner)

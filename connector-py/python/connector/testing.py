@@ -25,10 +25,10 @@ import socket
 import ssl
 import tempfile
 import threading
-from types import TracebackType
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _connector
+from ._closing import ClosedOnExit
 from ._connector import EchoTarget, ThrowawayCa, diagnostics, wait_busy, wait_idle
 from .agent import Agent
 from .server import Authenticator, Server
@@ -144,7 +144,7 @@ class HttpTarget:
         self._thread.join()
 
 
-class LocalTunnel:
+class LocalTunnel(ClosedOnExit):
     """A server on loopback with ``agents`` agents connected to it, ready to dial.
 
     Agents are named ``node-0``, ``node-1``, ... (or ``agent_ids``), each
@@ -241,17 +241,6 @@ class LocalTunnel:
         for close in reversed(self._closers):
             close()
         self._closers.clear()
-
-    def __enter__(self) -> "LocalTunnel":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
 
 try:
