@@ -22,10 +22,11 @@ exception's chain (``__cause__``/``__context__``).
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl
-from typing import Any, Iterable, Optional, Union
+from typing import Any, ClassVar, Dict, Iterable, Iterator, Optional, Type, Union
 
 try:
     import anyio
@@ -109,13 +110,22 @@ def _is_readable(sock: Optional[socket.socket]) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-class _TunnelBackend(httpcore.NetworkBackend):
-    """httpcore's network, dialling through ``server``."""
+_NO_UNIX_SOCKETS = "connections through a tunnel are TCP; a Unix socket path is not dialled"
+"""Why the network backends refuse a Unix socket."""
+
+
+class _Dialling:
+    """Where the network backends dial: through ``server``, by the agent
+    with id ``agent`` or else the one serving ``agent_host``."""
 
     def __init__(self, server: Server, agent: Optional[str], agent_host: Optional[str]) -> None:
         self._server = server
         self._agent = agent
         self._agent_host = agent_host
+
+
+class _TunnelBackend(_Dialling, httpcore.NetworkBackend):
+    """httpcore's network, dialling through ``server``."""
 
     def connect_tcp(
         self,
@@ -125,23 +135,26 @@ class _TunnelBackend(httpcore.NetworkBackend):
         local_address: Optional[str] = None,
         socket_options: Optional[Iterable[Any]] = None,
     ) -> httpcore.NetworkStream:
-        try:
+        with _connect_errors():
             sock = self._server.create_connection(
                 _target(host, port), timeout, agent=self._agent, host=self._agent_host
             )
-        except ConnectorError as e:
-            raise _dial_error(e) from e
         return _SocketStream(sock)
 
     def connect_unix_socket(
         self, path: str, timeout: Optional[float] = None, socket_options: Optional[Iterable[Any]] = None
     ) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("connections through a tunnel are TCP; a Unix socket path is not dialled")
+        raise httpcore.ConnectError(_NO_UNIX_SOCKETS)
 
 
-def _dial_error(e: ConnectorError) -> Exception:
-    """httpcore's error for a failed dial (httpx makes it its own)."""
-    return httpcore.ConnectTimeout(str(e)) if isinstance(e, DialTimeoutError) else httpcore.ConnectError(str(e))
+@contextlib.contextmanager
+def _connect_errors() -> Iterator[None]:
+    """Turns a failed dial into httpcore's error (httpx makes it its own)."""
+    try:
+        yield
+    except ConnectorError as e:
+        error = httpcore.ConnectTimeout if isinstance(e, DialTimeoutError) else httpcore.ConnectError
+        raise error(str(e)) from e
 
 
 class _AsyncSocketStream(httpcore.AsyncNetworkStream):
@@ -202,13 +215,8 @@ class _AsyncSocketStream(httpcore.AsyncNetworkStream):
         return None
 
 
-class _AsyncTunnelBackend(httpcore.AsyncNetworkBackend):
+class _AsyncTunnelBackend(_Dialling, httpcore.AsyncNetworkBackend):
     """httpcore's asyncio network, dialling through ``server``."""
-
-    def __init__(self, server: Server, agent: Optional[str], agent_host: Optional[str]) -> None:
-        self._server = server
-        self._agent = agent
-        self._agent_host = agent_host
 
     async def connect_tcp(
         self,
@@ -218,16 +226,14 @@ class _AsyncTunnelBackend(httpcore.AsyncNetworkBackend):
         local_address: Optional[str] = None,
         socket_options: Optional[Iterable[Any]] = None,
     ) -> httpcore.AsyncNetworkStream:
-        try:
+        with _connect_errors():
             sock = await self._server._socket_async(_target(host, port), self._agent, self._agent_host, timeout)
-        except ConnectorError as e:
-            raise _dial_error(e) from e
         return _AsyncSocketStream(await anyio.abc.UNIXSocketStream.from_socket(sock))
 
     async def connect_unix_socket(
         self, path: str, timeout: Optional[float] = None, socket_options: Optional[Iterable[Any]] = None
     ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("connections through a tunnel are TCP; a Unix socket path is not dialled")
+        raise httpcore.ConnectError(_NO_UNIX_SOCKETS)
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
@@ -259,7 +265,54 @@ def _pool_settings(
     }
 
 
-class Transport(httpx.HTTPTransport):
+class _TunnelTransport:
+    """The constructor :class:`Transport` and :class:`AsyncTransport` share:
+    httpx's own transport (the next class in the MRO) with its settings, then
+    its pool (a ``_pool_class``) replaced by one with the same settings whose
+    network backend (a ``_backend_class``) dials through ``server``."""
+
+    # Any: each transport pairs its own pool and backend classes, which these
+    # annotations cannot say; so ``_pool`` keeps the type httpx's transport gives it.
+    _pool_class: ClassVar[Type[Any]]
+    """httpcore's pool that httpx's transport builds (and this one replaces)."""
+    _backend_class: ClassVar[Type[Any]]
+    """httpcore's network backend for that pool, dialling through the tunnel."""
+
+    def __init__(
+        self,
+        server: Server,
+        *,
+        agent: Optional[str] = None,
+        agent_host: Optional[str] = None,
+        verify: Union[ssl.SSLContext, str, bool] = True,
+        cert: Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = _DEFAULT_LIMITS,
+        retries: int = 0,
+    ) -> None:
+        if agent is not None and agent_host is not None:
+            raise ConfigError("pass agent= or agent_host=, not both")
+        self._check_requirements()
+        settings: Dict[str, Any] = dict(
+            verify=verify, cert=cert, trust_env=trust_env, http1=http1, http2=http2, limits=limits, retries=retries
+        )
+        super().__init__(**settings)
+        # httpx builds its pool on the local network; this one dials through
+        # the tunnel (the same settings, httpcore's public API).
+        if not isinstance(getattr(self, "_pool", None), self._pool_class):
+            raise RuntimeError(f"connector.httpx does not support this httpx version ({httpx.__version__})")
+        self._pool = self._pool_class(
+            **_pool_settings(**settings),
+            network_backend=self._backend_class(server, agent, agent_host),
+        )
+
+    def _check_requirements(self) -> None:
+        """Raises :class:`ImportError` if what this transport needs besides httpx is missing."""
+
+
+class Transport(_TunnelTransport, httpx.HTTPTransport):
     """An :class:`httpx.HTTPTransport` whose connections go through ``server``:
     ``httpx.Client(transport=Transport(server, ...))``.
 
@@ -271,67 +324,21 @@ class Transport(httpx.HTTPTransport):
     ``http2``, ``limits`` and ``retries`` are :class:`httpx.HTTPTransport`'s.
     """
 
-    def __init__(
-        self,
-        server: Server,
-        *,
-        agent: Optional[str] = None,
-        agent_host: Optional[str] = None,
-        verify: Union[ssl.SSLContext, str, bool] = True,
-        cert: Any = None,
-        trust_env: bool = True,
-        http1: bool = True,
-        http2: bool = False,
-        limits: httpx.Limits = _DEFAULT_LIMITS,
-        retries: int = 0,
-    ) -> None:
-        if agent is not None and agent_host is not None:
-            raise ConfigError("pass agent= or agent_host=, not both")
-        super().__init__(
-            verify=verify, cert=cert, trust_env=trust_env, http1=http1, http2=http2, limits=limits, retries=retries
-        )
-        # httpx builds its pool on the local network; this one dials through
-        # the tunnel (the same settings, httpcore's public API).
-        if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
-            raise RuntimeError(f"connector.httpx does not support this httpx version ({httpx.__version__})")
-        self._pool = httpcore.ConnectionPool(
-            **_pool_settings(verify, cert, trust_env, http1, http2, limits, retries),
-            network_backend=_TunnelBackend(server, agent, agent_host),
-        )
+    _pool_class = httpcore.ConnectionPool
+    _backend_class = _TunnelBackend
 
 
-class AsyncTransport(httpx.AsyncHTTPTransport):
+class AsyncTransport(_TunnelTransport, httpx.AsyncHTTPTransport):
     """:class:`Transport` for :class:`httpx.AsyncClient` on asyncio:
     ``httpx.AsyncClient(transport=AsyncTransport(server, ...))``. Cancelling
     a request's task cancels its dial."""
 
-    def __init__(
-        self,
-        server: Server,
-        *,
-        agent: Optional[str] = None,
-        agent_host: Optional[str] = None,
-        verify: Union[ssl.SSLContext, str, bool] = True,
-        cert: Any = None,
-        trust_env: bool = True,
-        http1: bool = True,
-        http2: bool = False,
-        limits: httpx.Limits = _DEFAULT_LIMITS,
-        retries: int = 0,
-    ) -> None:
-        if agent is not None and agent_host is not None:
-            raise ConfigError("pass agent= or agent_host=, not both")
+    _pool_class = httpcore.AsyncConnectionPool
+    _backend_class = _AsyncTunnelBackend
+
+    def _check_requirements(self) -> None:
         if not hasattr(anyio.abc.UNIXSocketStream, "from_socket"):
             raise ImportError(f"connector.httpx.AsyncTransport needs anyio >= 4.10, not {_anyio_version()}")
-        super().__init__(
-            verify=verify, cert=cert, trust_env=trust_env, http1=http1, http2=http2, limits=limits, retries=retries
-        )
-        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
-            raise RuntimeError(f"connector.httpx does not support this httpx version ({httpx.__version__})")
-        self._pool = httpcore.AsyncConnectionPool(
-            **_pool_settings(verify, cert, trust_env, http1, http2, limits, retries),
-            network_backend=_AsyncTunnelBackend(server, agent, agent_host),
-        )
 
 
 def _anyio_version() -> str:
