@@ -21,14 +21,9 @@ import socket
 import ssl
 from typing import Optional, Tuple
 
-from .server import Server
+from .server import Server, _target
 
 __all__ = ["HTTPConnection", "HTTPSConnection"]
-
-
-def _target(host: str, port: int) -> str:
-    """``host:port`` for a dial (an IPv6 address in brackets)."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 class _Dialler:

@@ -38,14 +38,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("connector.httpx needs httpx: pip install 'connector[httpx]'") from e
 
 from .errors import ConfigError, ConnectorError, DialTimeoutError
-from .server import Server
+from .server import Server, _target
 
 __all__ = ["AsyncTransport", "Transport"]
-
-
-def _target(host: str, port: int) -> str:
-    """``host:port`` for a dial (an IPv6 address in brackets)."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 class _SocketStream(httpcore.NetworkStream):

@@ -57,6 +57,11 @@ class _TunnelSocket(socket.socket):
             super().setsockopt(level, *args)
 
 
+def _target(host: str, port: int) -> str:
+    """``host:port`` for a dial (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def _host_of(target: str) -> str:
     """The host part of ``host:port`` (``[v6]:port`` without brackets)."""
     host = target.rsplit(":", 1)[0]
