@@ -22,21 +22,10 @@ form. Errors derive from :class:`ConnectorError`. Rust logs go to
 
 from __future__ import annotations
 
-from . import _connector
+from . import _connector, errors
 from ._connector import Accept, AgentInfo, AsyncStream, AuthRequest, Reject, Stream
 from .agent import Agent
-from .errors import (
-    AuthError,
-    ClosedError,
-    ConfigError,
-    ConnectorError,
-    DialCode,
-    DialError,
-    DialTimeoutError,
-    ListenError,
-    StreamError,
-    TimeoutError,
-)
+from .errors import *  # noqa: F403 (errors.__all__, re-exported below)
 from .logs import _init as _init_logs
 from .logs import flush_logs, set_log_level
 from .server import Authenticator, Server, TokenSpec
@@ -48,24 +37,17 @@ __all__ = [
     "Agent",
     "AgentInfo",
     "AsyncStream",
-    "AuthError",
     "AuthRequest",
     "Authenticator",
-    "ClosedError",
-    "ConfigError",
-    "ConnectorError",
-    "DialCode",
-    "DialError",
-    "DialTimeoutError",
-    "ListenError",
     "Reject",
     "Server",
     "Stream",
-    "StreamError",
-    "TimeoutError",
     "TokenSpec",
     "flush_logs",
     "set_log_level",
 ]
+# The exceptions are errors.py's, all of them; the whole list in alphabetical order.
+__all__ += errors.__all__
+__all__.sort()
 
 _init_logs()
