@@ -429,23 +429,14 @@ impl Conn {
             Frame::Stream { id, offset, data, fin } => self.on_stream(id, offset, data, fin, &peer),
             Frame::ResetStream { id, code, final_size } => self.on_reset(id, code, final_size, &peer),
             Frame::StopSending { id, code } => {
-                if let Some(s) = self.stream_for_frame(id, &peer) {
-                    let s = self.streams.get_mut(&s).expect("just found");
+                if let Some(id) = self.stream_for_frame(id, &peer) {
+                    let s = self.streams.get_mut(&id).expect("just found");
                     if s.send_stopped.is_none() {
                         s.send_stopped = Some(code);
                         if !s.fin_sent && s.send_reset.is_none() {
-                            let unsent = s.send_accepted - s.send_sent;
-                            s.send_reset = Some(code);
-                            s.send_buf.clear();
-                            s.send_buffered = 0;
-                            s.send_accepted = s.send_sent;
-                            self.conn_send_used -= unsent;
-                            if !s.queued {
-                                s.queued = true;
-                                self.send_queue.push_back(id);
-                            }
+                            self.reset_send(id, code);
                         }
-                        s.wake_writer();
+                        self.streams.get_mut(&id).expect("just found").wake_writer();
                     }
                 }
             }
@@ -812,10 +803,18 @@ impl Conn {
 
     /// Abandons the sending half with `code`.
     pub fn reset(&mut self, id: u64, code: u64) {
-        let Some(s) = self.streams.get_mut(&id) else { return };
+        let Some(s) = self.streams.get(&id) else { return };
         if s.fin_sent || s.send_reset.is_some() || self.error.is_some() {
             return;
         }
+        self.reset_send(id, code);
+    }
+
+    /// Resets the sending half of `id` (a stream neither finished nor reset)
+    /// with `code`: what was accepted but not sent is dropped and its credit
+    /// returned, and the stream is queued for its RESET_STREAM.
+    fn reset_send(&mut self, id: u64, code: u64) {
+        let s = self.streams.get_mut(&id).expect("a stream being reset");
         let unsent = s.send_accepted - s.send_sent;
         s.send_reset = Some(code);
         s.send_buf.clear();
