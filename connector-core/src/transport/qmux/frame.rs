@@ -274,61 +274,61 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// The frame type this frame is sent as (for STREAM, with explicit offset
+    /// and length, the FIN bit as `fin` says).
+    fn frame_type(&self) -> u64 {
+        match self {
+            Frame::ResetStream { .. } => 0x04,
+            Frame::StopSending { .. } => 0x05,
+            // Always with explicit offset and length, so frames can follow it.
+            Frame::Stream { fin, .. } => 0x08 | 0x04 | 0x02 | u64::from(*fin),
+            Frame::MaxData(_) => 0x10,
+            Frame::MaxStreamData { .. } => 0x11,
+            Frame::MaxStreams { bidi: true, .. } => 0x12,
+            Frame::MaxStreams { bidi: false, .. } => 0x13,
+            Frame::DataBlocked(_) => 0x14,
+            Frame::StreamDataBlocked { .. } => 0x15,
+            Frame::StreamsBlocked { bidi: true, .. } => 0x16,
+            Frame::StreamsBlocked { bidi: false, .. } => 0x17,
+            Frame::ConnectionClose { application: false, .. } => 0x1c,
+            Frame::ConnectionClose { application: true, .. } => 0x1d,
+            Frame::TransportParameters(_) => QX_TRANSPORT_PARAMETERS,
+            Frame::Ping { response: false, .. } => QX_PING_REQUEST,
+            Frame::Ping { response: true, .. } => QX_PING_RESPONSE,
+        }
+    }
+
     /// Appends this frame's encoding.
     pub fn encode(&self, buf: &mut impl BufMut) {
+        put_varint(buf, self.frame_type());
         match self {
             Frame::ResetStream { id, code, final_size } => {
-                put_varint(buf, 0x04);
                 put_varint(buf, *id);
                 put_varint(buf, *code);
                 put_varint(buf, *final_size);
             }
             Frame::StopSending { id, code } => {
-                put_varint(buf, 0x05);
                 put_varint(buf, *id);
                 put_varint(buf, *code);
             }
-            Frame::Stream { id, offset, data, fin } => {
-                // Always with explicit offset and length, so frames can follow it.
-                put_varint(buf, 0x08 | 0x04 | 0x02 | u64::from(*fin));
+            Frame::Stream { id, offset, data, .. } => {
                 put_varint(buf, *id);
                 put_varint(buf, *offset);
                 put_varint(buf, data.len() as u64);
                 buf.put_slice(data);
             }
-            Frame::MaxData(max) => {
-                put_varint(buf, 0x10);
-                put_varint(buf, *max);
-            }
-            Frame::MaxStreamData { id, max } => {
-                put_varint(buf, 0x11);
+            Frame::MaxData(max) | Frame::DataBlocked(max) => put_varint(buf, *max),
+            Frame::MaxStreamData { id, max } | Frame::StreamDataBlocked { id, max } => {
                 put_varint(buf, *id);
                 put_varint(buf, *max);
             }
-            Frame::MaxStreams { bidi, max } => {
-                put_varint(buf, if *bidi { 0x12 } else { 0x13 });
-                put_varint(buf, *max);
-            }
-            Frame::DataBlocked(max) => {
-                put_varint(buf, 0x14);
-                put_varint(buf, *max);
-            }
-            Frame::StreamDataBlocked { id, max } => {
-                put_varint(buf, 0x15);
-                put_varint(buf, *id);
-                put_varint(buf, *max);
-            }
-            Frame::StreamsBlocked { bidi, max } => {
-                put_varint(buf, if *bidi { 0x16 } else { 0x17 });
-                put_varint(buf, *max);
-            }
+            Frame::MaxStreams { max, .. } | Frame::StreamsBlocked { max, .. } => put_varint(buf, *max),
             Frame::ConnectionClose {
                 application,
                 code,
                 frame_type,
                 reason,
             } => {
-                put_varint(buf, if *application { 0x1d } else { 0x1c });
                 put_varint(buf, *code);
                 if !application {
                     put_varint(buf, *frame_type);
@@ -337,14 +337,10 @@ impl Frame {
                 buf.put_slice(reason);
             }
             Frame::TransportParameters(params) => {
-                put_varint(buf, QX_TRANSPORT_PARAMETERS);
                 put_varint(buf, params.encoded_len() as u64);
                 params.encode(buf);
             }
-            Frame::Ping { seq, response } => {
-                put_varint(buf, if *response { QX_PING_RESPONSE } else { QX_PING_REQUEST });
-                put_varint(buf, *seq);
-            }
+            Frame::Ping { seq, .. } => put_varint(buf, *seq),
         }
     }
 
