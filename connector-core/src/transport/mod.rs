@@ -320,6 +320,12 @@ impl fmt::Debug for Incoming {
     }
 }
 
+/// [`Listener::local_addr`] of a listener bound to a socket: its address, or
+/// why the address cannot be read.
+fn socket_addr_for_logs(addr: io::Result<SocketAddr>) -> String {
+    addr.map(|a| a.to_string()).unwrap_or_else(|e| e.to_string())
+}
+
 /// Server side: yields incoming agent connections.
 pub trait Listener: Send + Sync + 'static {
     /// Waits for the next incoming connection. The returned handshake is

@@ -330,10 +330,7 @@ impl Listener for QuicListener {
     }
 
     fn local_addr(&self) -> String {
-        self.endpoint
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|e| e.to_string())
+        super::socket_addr_for_logs(self.local_socket_addr())
     }
 
     fn shutdown(&self) {

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use self::conn::{Config, Conn, ConnError, Side, StreamError};
 use self::proxy::ProxyChoice;
-use super::quic::AGENT_OPENED_STREAMS;
+use super::quic::{AGENT_OPENED_STREAMS, QuicSettings};
 use super::{
     BiStream, BoxFuture, ChunkSink, ChunkSource, Connection, Connector, Handshake, Incoming, Listener, PeerInfo,
     RecvStream, SendStream, StreamReset, TransportError,
@@ -67,12 +67,14 @@ pub struct QmuxSettings {
 }
 
 impl Default for QmuxSettings {
+    /// QUIC's defaults ([`QuicSettings`]) for the settings the two transports share.
     fn default() -> Self {
+        let quic = QuicSettings::default();
         Self {
-            keepalive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
-            max_tunnelled_streams: 10_064,
-            handshake_timeout: Duration::from_secs(10),
+            keepalive: quic.keepalive,
+            idle_timeout: quic.idle_timeout,
+            max_tunnelled_streams: quic.max_tunnelled_streams,
+            handshake_timeout: quic.handshake_timeout,
             stream_window: super::STREAM_WINDOW as u64,
         }
     }
@@ -199,10 +201,7 @@ impl Listener for QmuxListener {
     }
 
     fn local_addr(&self) -> String {
-        self.listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|e| e.to_string())
+        super::socket_addr_for_logs(self.local_socket_addr())
     }
 
     fn shutdown(&self) {
