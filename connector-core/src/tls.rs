@@ -4,6 +4,35 @@
 //! present a client certificate of its own (mTLS). Certificates, keys and CA
 //! bundles read from files follow their files (see [`Identity`], [`CaBundle`]).
 
+/// The signature methods of a rustls certificate verifier that wraps another
+/// (`self.$inner`, a field or a method call) and hands them to it unchanged:
+/// signatures do not depend on the CAs or on the checks the wrapper adds.
+/// Defined before the modules so that they can use it.
+macro_rules! delegate_signatures {
+    (@verify $method:ident, $($inner:tt)+) => {
+        fn $method(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.$($inner)+.$method(message, cert, dss)
+        }
+    };
+    ($($inner:tt)+) => {
+        delegate_signatures!(@verify verify_tls12_signature, $($inner)+);
+        delegate_signatures!(@verify verify_tls13_signature, $($inner)+);
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.$($inner)+.supported_verify_schemes()
+        }
+
+        fn requires_raw_public_keys(&self) -> bool {
+            self.$($inner)+.requires_raw_public_keys()
+        }
+    };
+}
+
 mod ca;
 mod follow;
 mod purpose;

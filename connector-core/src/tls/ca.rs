@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{DistinguishedName, RootCertStore};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::follow::Following;
@@ -191,38 +191,6 @@ fn webpki_client(roots: Arc<RootCertStore>, optional: bool) -> Result<Arc<dyn Cl
     builder.build().map_err(|e| TlsError::ClientCa(e.to_string()))
 }
 
-/// The methods both verifiers hand to the WebPKI verifier in use
-/// (`self.inner()`), unchanged: signatures do not depend on the CAs.
-macro_rules! delegate_signatures {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.inner().verify_tls12_signature(message, cert, dss)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.inner().verify_tls13_signature(message, cert, dss)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.inner().supported_verify_schemes()
-        }
-
-        fn requires_raw_public_keys(&self) -> bool {
-            self.inner().requires_raw_public_keys()
-        }
-    };
-}
-
 /// Agent side: checks the file at each server certificate, then verifies with the bundle in use.
 #[derive(Debug)]
 struct FollowingServerVerifier(Following<Arc<WebPkiServerVerifier>>);
@@ -247,7 +215,7 @@ impl ServerCertVerifier for FollowingServerVerifier {
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
-    delegate_signatures!();
+    delegate_signatures!(inner());
 
     // `root_hint_subjects`: the WebPKI verifier sends none (the default), and so does this one.
 }
@@ -292,5 +260,5 @@ impl ClientCertVerifier for FollowingClientVerifier {
         self.inner().verify_client_cert(end_entity, intermediates, now)
     }
 
-    delegate_signatures!();
+    delegate_signatures!(inner());
 }

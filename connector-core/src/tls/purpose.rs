@@ -12,9 +12,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
+use rustls::{CertificateError, DistinguishedName, OtherError};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -142,37 +142,6 @@ pub fn check_allowed_client(der: &[u8], allowed: &[String]) -> Result<(), Purpos
     }
 }
 
-/// The methods the checking verifiers hand to the verifier they wrap.
-macro_rules! delegate_signatures {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.inner.verify_tls12_signature(message, cert, dss)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.inner.verify_tls13_signature(message, cert, dss)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.inner.supported_verify_schemes()
-        }
-
-        fn requires_raw_public_keys(&self) -> bool {
-            self.inner.requires_raw_public_keys()
-        }
-    };
-}
-
 /// Agent side: the chain as `inner` verifies it, then serverAuth on the leaf.
 #[derive(Debug)]
 pub(crate) struct ServerAuthVerifier {
@@ -197,7 +166,7 @@ impl ServerCertVerifier for ServerAuthVerifier {
         Ok(verified)
     }
 
-    delegate_signatures!();
+    delegate_signatures!(inner);
 }
 
 /// Server and frontend side: the chain as `inner` verifies it, then
@@ -241,7 +210,7 @@ impl ClientCertVerifier for ClientAuthVerifier {
         Ok(verified)
     }
 
-    delegate_signatures!();
+    delegate_signatures!(inner);
 }
 
 #[cfg(test)]
