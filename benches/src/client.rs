@@ -59,18 +59,19 @@ pub async fn download<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, bytes: 
 
 /// Asks a [`SOURCE`] for `bytes` without reading them (`u64::MAX`: endless).
 pub async fn start_download<S: AsyncWrite + Unpin>(stream: &mut S, bytes: u64) -> io::Result<()> {
-    let mut request = [0u8; 9];
-    request[0] = SOURCE;
-    request[1..].copy_from_slice(&bytes.to_be_bytes());
-    stream.write_all(&request).await?;
-    stream.flush().await
+    send_request(stream, SOURCE, bytes).await
 }
 
 /// Asks for an endless [`COUNTED_SOURCE`] of group `key` without reading it.
 pub async fn start_counted_download<S: AsyncWrite + Unpin>(stream: &mut S, key: u64) -> io::Result<()> {
+    send_request(stream, COUNTED_SOURCE, key).await
+}
+
+/// Sends a source request: the `service` byte, then `value` (big-endian u64).
+async fn send_request<S: AsyncWrite + Unpin>(stream: &mut S, service: u8, value: u64) -> io::Result<()> {
     let mut request = [0u8; 9];
-    request[0] = COUNTED_SOURCE;
-    request[1..].copy_from_slice(&key.to_be_bytes());
+    request[0] = service;
+    request[1..].copy_from_slice(&value.to_be_bytes());
     stream.write_all(&request).await?;
     stream.flush().await
 }
