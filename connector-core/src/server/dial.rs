@@ -168,13 +168,8 @@ impl Server {
         first_bytes: &[u8],
     ) -> Result<TunnelStream, DialError> {
         let timeout = self.inner.config.limits.dial_timeout;
-        self.count_dial(Box::pin(self.dial_uncounted(
-            selector,
-            target,
-            timeout,
-            Early::Bytes(first_bytes),
-        )))
-        .await
+        let dial = self.dial_uncounted(selector, target, timeout, Early::Bytes(first_bytes));
+        self.count_dial(Box::pin(dial)).await
     }
 
     /// Like [`Server::dial`], relaying what `client` sends from the moment the
@@ -199,13 +194,8 @@ impl Server {
         R: AsyncRead + Unpin + Send,
     {
         let timeout = self.inner.config.limits.dial_timeout;
-        self.count_dial(Box::pin(self.dial_uncounted(
-            selector,
-            target,
-            timeout,
-            Early::Relay(client),
-        )))
-        .await
+        let dial = self.dial_uncounted(selector, target, timeout, Early::Relay(client));
+        self.count_dial(Box::pin(dial)).await
     }
 
     /// Like [`Server::dial`] with an explicit deadline, which covers choosing
@@ -216,13 +206,8 @@ impl Server {
         target: &str,
         timeout: Duration,
     ) -> Result<TunnelStream, DialError> {
-        self.count_dial(Box::pin(self.dial_uncounted(
-            selector,
-            target,
-            timeout,
-            Early::Bytes(&[]),
-        )))
-        .await
+        let dial = self.dial_uncounted(selector, target, timeout, Early::Bytes(&[]));
+        self.count_dial(Box::pin(dial)).await
     }
 
     /// Runs `dial` (every public dial goes through here), recording its
