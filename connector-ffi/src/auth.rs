@@ -67,18 +67,16 @@ pub unsafe extern "C" fn connector_auth_accept(
     allowed: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    guard(error, || {
-        let decision = decision_ref(decision)?;
+    decide(decision, error, || {
         let name = arg_str(name, "name")?;
         if name.is_empty() {
             return Err(Error::invalid("name is empty"));
         }
         let allowance = parse_allowance(arg_str(allowed, "allowed")?)?;
-        *decision.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(AgentIdentity {
+        Ok(Ok(AgentIdentity {
             name: name.to_owned(),
             allowance,
-        }));
-        Ok(())
+        }))
     })
 }
 
@@ -92,11 +90,23 @@ pub unsafe extern "C" fn connector_auth_reject(
     reason: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
+    decide(decision, error, || {
+        let reason = arg_str(reason, "reason")?;
+        Ok(Err(AuthRejection::unauthenticated(reason.to_owned())))
+    })
+}
+
+/// Runs one decision entry point: checks `decision`, then records the
+/// outcome `outcome` reads from the arguments (a later decision replaces it).
+fn decide(
+    decision: *mut connector_auth_decision,
+    error: *mut *mut c_char,
+    outcome: impl FnOnce() -> Result<Result<AgentIdentity, AuthRejection>, Error>,
+) -> connector_result {
     guard(error, || {
         let decision = decision_ref(decision)?;
-        let reason = arg_str(reason, "reason")?;
-        *decision.outcome.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Err(AuthRejection::unauthenticated(reason.to_owned())));
+        let outcome = outcome()?;
+        *decision.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
         Ok(())
     })
 }

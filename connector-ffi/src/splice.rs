@@ -104,25 +104,17 @@ async fn splice(tunnel: TunnelStream, sock: &UnixStream, abort: Arc<connector_ca
         tokio::select! {
             outcome = &mut up, if !up_done => {
                 up_done = true;
-                match outcome {
-                    Ok(()) => {}
-                    Err(Broken::Target(err)) => return Err(broken(&err)),
-                    Err(Broken::Caller(err)) => {
-                        tracing::debug!(%err, "spliced stream: caller side failed");
-                        return Ok(());
-                    }
+                if let Some(err) = caller_failure(outcome)? {
+                    tracing::debug!(%err, "spliced stream: caller side failed");
+                    return Ok(());
                 }
             }
             outcome = &mut down, if !down_done => {
                 down_done = true;
-                match outcome {
-                    Ok(()) => {}
-                    Err(Broken::Target(err)) => return Err(broken(&err)),
-                    Err(Broken::Caller(err)) => {
-                        // The caller closed its end: stop reading from the target,
-                        // but let what the caller wrote before closing drain.
-                        tracing::debug!(%err, "spliced stream: caller stopped reading");
-                    }
+                if let Some(err) = caller_failure(outcome)? {
+                    // The caller closed its end: stop reading from the target,
+                    // but let what the caller wrote before closing drain.
+                    tracing::debug!(%err, "spliced stream: caller stopped reading");
                 }
             }
             _ = abort.fired() => break,
@@ -162,6 +154,17 @@ enum Broken {
     Target(io::Error),
     /// The caller's socket failed (the caller closed it).
     Caller(io::Error),
+}
+
+/// How one direction ended, for [`splice`]: the `Err` the caller is told
+/// when the tunnel broke, else the caller side's failure, if any (what to do
+/// about it depends on the direction).
+fn caller_failure(outcome: Result<(), Broken>) -> Result<Option<io::Error>, Error> {
+    match outcome {
+        Ok(()) => Ok(None),
+        Err(Broken::Target(err)) => Err(broken(&err)),
+        Err(Broken::Caller(err)) => Ok(Some(err)),
+    }
 }
 
 /// A tunnel failure, logged and turned into the error the caller is told.
