@@ -1,6 +1,7 @@
 //! [`connector_agent`]: an agent that dials out to a server and serves its dials.
 
 use std::ffi::c_char;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use connector_core::agent::{Agent, AgentStatus};
@@ -8,9 +9,9 @@ use connector_core::auth::{CredentialSource, StaticCredential};
 use connector_core::proto::Credential;
 
 use crate::cancel::{self, connector_cancel};
-use crate::config::{AGENT_CONFIGS, connector_agent_config};
+use crate::config::{AGENT_CONFIGS, Config, connector_agent_config};
 use crate::connector_result;
-use crate::error::{Error, check_out, guard, to_c_string, write_out};
+use crate::error::{Error, check_out, fill_string_out, guard, to_c_string, write_out};
 use crate::handle::Registry;
 use crate::runtime::OwnedRuntime;
 
@@ -64,14 +65,24 @@ impl connector_agent {
             .clone()
             .ok_or_else(|| Error::new(connector_result::CONNECTOR_ERR_CLOSED, "the agent was stopped"))
     }
+}
 
-    fn status(&self) -> Result<AgentStatus, Error> {
-        let guard = self.agent.lock().unwrap_or_else(|p| p.into_inner());
-        guard
-            .as_ref()
-            .map(|a| a.status())
-            .ok_or_else(|| Error::new(connector_result::CONNECTOR_ERR_CLOSED, "the agent was stopped"))
-    }
+/// Looks up the agent and the cancel handle, then blocks on `wait` (given
+/// the running agent) until it ends, `timeout_us` passes, `cancel` fires or
+/// the agent is freed.
+fn wait_on<T, F: Future<Output = T>>(
+    agent: *const connector_agent,
+    timeout_us: u64,
+    cancel: *const connector_cancel,
+    wait: impl FnOnce(Arc<Agent>) -> F,
+) -> Result<T, Error> {
+    let (agent, cancel) = cancel::with_handle(&AGENTS, agent, cancel)?;
+    let running = agent.running()?;
+    agent
+        .rt
+        .block(timeout_us, cancel.as_deref(), Some(&agent.closed), async {
+            Ok(wait(running).await)
+        })
 }
 
 /// Starts an agent from `config` (which stays usable and must still be
@@ -85,12 +96,7 @@ pub unsafe extern "C" fn connector_agent_start(
     out: *mut *mut connector_agent,
     error: *mut *mut c_char,
 ) -> connector_result {
-    guard(error, || {
-        check_out(out, "out")?;
-        let config = AGENT_CONFIGS.get(config)?;
-        let agent = start(&config)?;
-        write_out(out, AGENTS.insert(Arc::new(agent)), "out")
-    })
+    guard(error, || AGENTS.insert_out(out, || start(&*AGENT_CONFIGS.get(config)?)))
 }
 
 /// Waits until the agent is registered with a server (`CONNECTOR_OK`) or
@@ -107,21 +113,16 @@ pub unsafe extern "C" fn connector_agent_wait_connected(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        let agent = AGENTS.get(agent)?;
-        let cancel = cancel::optional(cancel)?;
-        let running = agent.running()?;
-        let outcome = agent
-            .rt
-            .block(timeout_us, cancel.as_deref(), Some(&agent.closed), async {
-                Ok(running
-                    .wait_for(|s| {
-                        matches!(
-                            s,
-                            AgentStatus::Connected { .. } | AgentStatus::Rejected { .. } | AgentStatus::Stopped
-                        )
-                    })
-                    .await)
-            })?;
+        let outcome = wait_on(agent, timeout_us, cancel, |running| async move {
+            running
+                .wait_for(|s| {
+                    matches!(
+                        s,
+                        AgentStatus::Connected { .. } | AgentStatus::Rejected { .. } | AgentStatus::Stopped
+                    )
+                })
+                .await
+        })?;
         match outcome {
             AgentStatus::Rejected { code, reason } => Err(Error::new(
                 connector_result::CONNECTOR_ERR_REJECTED,
@@ -146,16 +147,15 @@ pub unsafe extern "C" fn connector_agent_status(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(out, "out")?;
-        let agent = AGENTS.get(agent)?;
-        let text = match agent.status()? {
-            AgentStatus::Connecting => "connecting".to_owned(),
-            AgentStatus::Connected { server_id, .. } => format!("connected to {server_id}"),
-            AgentStatus::Rejected { code, reason } => format!("rejected: {reason} ({code})"),
-            AgentStatus::Disconnected { reason } => format!("disconnected: {reason}"),
-            AgentStatus::Stopped => "stopped".to_owned(),
-        };
-        write_out(out, to_c_string(&text), "out")
+        fill_string_out(out, || {
+            Ok(match AGENTS.get(agent)?.running()?.status() {
+                AgentStatus::Connecting => "connecting".to_owned(),
+                AgentStatus::Connected { server_id, .. } => format!("connected to {server_id}"),
+                AgentStatus::Rejected { code, reason } => format!("rejected: {reason} ({code})"),
+                AgentStatus::Disconnected { reason } => format!("disconnected: {reason}"),
+                AgentStatus::Stopped => "stopped".to_owned(),
+            })
+        })
     })
 }
 
@@ -202,15 +202,9 @@ pub unsafe extern "C" fn connector_agent_wait_sessions(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        let agent = AGENTS.get(agent)?;
-        let cancel = cancel::optional(cancel)?;
-        let running = agent.running()?;
-        agent
-            .rt
-            .block(timeout_us, cancel.as_deref(), Some(&agent.closed), async {
-                running.wait_for_servers(|held| held.len() >= count).await;
-                Ok(())
-            })
+        wait_on(agent, timeout_us, cancel, |running| async move {
+            running.wait_for_servers(|held| held.len() >= count).await;
+        })
     })
 }
 
@@ -228,9 +222,7 @@ pub unsafe extern "C" fn connector_agent_metrics(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(out, "out")?;
-        let running = AGENTS.get(agent)?.running()?;
-        write_out(out, to_c_string(&running.observer().render_metrics()), "out")
+        fill_string_out(out, || Ok(AGENTS.get(agent)?.running()?.observer().render_metrics()))
     })
 }
 

@@ -10,7 +10,7 @@ use connector_core::Selector;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::connector_result;
-use crate::error::{Error, arg_str, check_out, guard, write_out};
+use crate::error::{Error, arg_str, fill_out, guard};
 use crate::server::{SERVERS, connector_server};
 
 /// Dials `target` (an echo service) through the agent serving its host and
@@ -30,38 +30,38 @@ pub unsafe extern "C" fn connector_bench_round_trip(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(ns_per_round_trip, "ns_per_round_trip")?;
-        let server = SERVERS.get(server)?;
-        let target = arg_str(target, "target")?.to_owned();
-        if iterations == 0 || size == 0 || size > 1 << 20 {
-            return Err(Error::invalid("iterations must be > 0 and size in 1..=1MiB"));
-        }
-        let handle = server.rt.handle().clone();
-        let core = server.server.clone();
-        // Run as a task on the runtime: the way Rust code embedding the library would.
-        let nanos = server.rt.block(0, None, None, async move {
-            let task = handle.spawn(async move {
-                let mut stream = core.dial(&Selector::for_target(&target), &target).await?;
-                let message = vec![0x5au8; size as usize];
-                let mut echo = vec![0u8; size as usize];
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    stream.write_all(&message).await.map_err(|e| Error::io(&e))?;
-                    stream.read_exact(&mut echo).await.map_err(|e| Error::io(&e))?;
-                }
-                let elapsed = start.elapsed();
-                if echo != message {
-                    return Err(Error::new(
-                        connector_result::CONNECTOR_ERR_IO,
-                        "the echo differs from the message",
-                    ));
-                }
-                stream.abort();
-                Ok(elapsed.as_nanos() as u64 / u64::from(iterations))
-            });
-            task.await
-                .map_err(|e| Error::new(connector_result::CONNECTOR_ERR_PANIC, e.to_string()))?
-        })?;
-        write_out(ns_per_round_trip, nanos, "ns_per_round_trip")
+        fill_out(ns_per_round_trip, "ns_per_round_trip", || {
+            let server = SERVERS.get(server)?;
+            let target = arg_str(target, "target")?.to_owned();
+            if iterations == 0 || size == 0 || size > 1 << 20 {
+                return Err(Error::invalid("iterations must be > 0 and size in 1..=1MiB"));
+            }
+            let handle = server.rt.handle().clone();
+            let core = server.server.clone();
+            // Run as a task on the runtime: the way Rust code embedding the library would.
+            server.rt.block(0, None, None, async move {
+                let task = handle.spawn(async move {
+                    let mut stream = core.dial(&Selector::for_target(&target), &target).await?;
+                    let message = vec![0x5au8; size as usize];
+                    let mut echo = vec![0u8; size as usize];
+                    let start = Instant::now();
+                    for _ in 0..iterations {
+                        stream.write_all(&message).await.map_err(|e| Error::io(&e))?;
+                        stream.read_exact(&mut echo).await.map_err(|e| Error::io(&e))?;
+                    }
+                    let elapsed = start.elapsed();
+                    if echo != message {
+                        return Err(Error::new(
+                            connector_result::CONNECTOR_ERR_IO,
+                            "the echo differs from the message",
+                        ));
+                    }
+                    stream.abort();
+                    Ok(elapsed.as_nanos() as u64 / u64::from(iterations))
+                });
+                task.await
+                    .map_err(|e| Error::new(connector_result::CONNECTOR_ERR_PANIC, e.to_string()))?
+            })
+        })
     })
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 
 use crate::connector_result;
-use crate::error::{Error, guard, write_out};
+use crate::error::{Error, guard};
 use crate::handle::Registry;
 
 /// A cancellation flag. Pass it to blocking calls; [`connector_cancel_fire`]
@@ -61,6 +61,17 @@ pub(crate) fn optional(cancel: *const connector_cancel) -> Result<Option<Arc<con
     }
 }
 
+/// Looks up the handle a blocking call is made on, then its optional cancel
+/// handle.
+pub(crate) fn with_handle<T>(
+    registry: &Registry<T>,
+    handle: *const T,
+    cancel: *const connector_cancel,
+) -> Result<(Arc<T>, Option<Arc<connector_cancel>>), Error> {
+    let handle = registry.get(handle)?;
+    Ok((handle, optional(cancel)?))
+}
+
 /// Creates a cancel handle in `*out`.
 ///
 /// # Safety
@@ -70,10 +81,7 @@ pub unsafe extern "C" fn connector_cancel_new(
     out: *mut *mut connector_cancel,
     error: *mut *mut c_char,
 ) -> connector_result {
-    guard(error, || {
-        crate::error::check_out(out, "out")?;
-        write_out(out, CANCELS.insert(Arc::new(connector_cancel::new())), "out")
-    })
+    guard(error, || CANCELS.insert_out(out, || Ok(connector_cancel::new())))
 }
 
 /// Fires the handle: pending and later calls using it return `CONNECTOR_ERR_CANCELLED`.

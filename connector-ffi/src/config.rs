@@ -12,7 +12,7 @@
 //! that receives it, with a message saying what is wrong.
 
 use std::ffi::{c_char, c_void};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use connector_core::Identifiers;
 use connector_core::auth::{Allowance, TokenEntry};
@@ -22,7 +22,7 @@ use connector_core::tls::{CaBundle, Identity};
 
 use crate::auth::connector_auth_callback;
 use crate::connector_result;
-use crate::error::{Error, arg_bytes, arg_str, check_out, guard, write_out};
+use crate::error::{Error, arg_bytes, arg_str, guard};
 use crate::handle::Registry;
 
 /// Settings of a server, edited through `connector_server_config_*` calls.
@@ -126,44 +126,110 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl connector_server_config {
-    pub(crate) fn snapshot(&self) -> ServerState {
-        lock(&self.state).clone()
+/// What the server and agent config handles have in common: a registry, and
+/// a state edited under a lock by the `connector_*_config_*` calls.
+pub(crate) trait Config: Sized + 'static {
+    /// The settings and what is not a setting.
+    type State: Clone + Default;
+    /// The live handles of this kind.
+    fn registry() -> &'static Registry<Self>;
+    /// A config holding `state`.
+    fn holding(state: Self::State) -> Self;
+    /// The state, under its lock.
+    fn state(&self) -> &Mutex<Self::State>;
+
+    /// A copy of the state, to start a server or agent from.
+    fn snapshot(&self) -> Self::State {
+        lock(self.state()).clone()
     }
 }
 
-impl connector_agent_config {
-    pub(crate) fn snapshot(&self) -> AgentState {
-        lock(&self.state).clone()
+impl Config for connector_server_config {
+    type State = ServerState;
+    fn registry() -> &'static Registry<Self> {
+        &SERVER_CONFIGS
+    }
+    fn holding(state: ServerState) -> Self {
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+    fn state(&self) -> &Mutex<ServerState> {
+        &self.state
     }
 }
 
-fn edit_server(
-    config: *const connector_server_config,
+impl Config for connector_agent_config {
+    type State = AgentState;
+    fn registry() -> &'static Registry<Self> {
+        &AGENT_CONFIGS
+    }
+    fn holding(state: AgentState) -> Self {
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+    fn state(&self) -> &Mutex<AgentState> {
+        &self.state
+    }
+}
+
+/// Creates a config with the default state in `*out`.
+fn new_config<C: Config>(out: *mut *mut C, error: *mut *mut c_char) -> connector_result {
+    guard(error, || {
+        C::registry().insert_out(out, || Ok(C::holding(C::State::default())))
+    })
+}
+
+/// Runs one edit of a config's state.
+fn edit<C: Config>(
+    config: *const C,
     error: *mut *mut c_char,
-    change: impl FnOnce(&mut ServerState) -> Result<(), Error>,
+    change: impl FnOnce(&mut C::State) -> Result<(), Error>,
 ) -> connector_result {
     guard(error, || {
-        let config = SERVER_CONFIGS.get(config)?;
-        let mut state = lock(&config.state);
+        let config = C::registry().get(config)?;
+        let mut state = lock(config.state());
         change(&mut state)
     })
 }
 
-fn edit_agent(
-    config: *const connector_agent_config,
-    error: *mut *mut c_char,
-    change: impl FnOnce(&mut AgentState) -> Result<(), Error>,
-) -> connector_result {
-    guard(error, || {
-        let config = AGENT_CONFIGS.get(config)?;
-        let mut state = lock(&config.state);
-        change(&mut state)
-    })
+/// Adds values (separated by commas) to a list setting from a C string.
+fn push_arg(settings: &mut impl Schema, key: &str, value: *const c_char, what: &str) -> Result<(), Error> {
+    settings.push(key, arg_str(value, what)?).map_err(invalid)
 }
 
-fn identity_from_pem(chain: &[u8], key: &[u8]) -> Result<Identity, Error> {
-    Identity::from_pem(chain, key).map_err(|e| Error::invalid(e.to_string()))
+/// A certificate chain and key from PEM buffers.
+fn identity_from_pem(
+    chain_pem: *const u8,
+    chain_len: usize,
+    key_pem: *const u8,
+    key_len: usize,
+) -> Result<Identity, Error> {
+    Identity::from_pem(
+        arg_bytes(chain_pem, chain_len, "chain_pem")?,
+        arg_bytes(key_pem, key_len, "key_pem")?,
+    )
+    .map_err(|e| Error::invalid(e.to_string()))
+}
+
+/// CA certificates from a PEM buffer; `name` names them in errors.
+fn cas_from_pem(pem: *const u8, len: usize, name: &str) -> Result<CaBundle, Error> {
+    CaBundle::from_pem(arg_bytes(pem, len, "pem")?, name).map_err(|e| Error::invalid(e.to_string()))
+}
+
+/// CA certificates from a PEM file (followed when it changes).
+fn cas_from_file(path: *const c_char) -> Result<CaBundle, Error> {
+    CaBundle::from_file(arg_str(path, "path")?).map_err(|e| Error::invalid(e.to_string()))
+}
+
+/// A bearer token argument, which must not be empty.
+fn token_arg<'a>(token: *const u8, len: usize, what: &str) -> Result<&'a [u8], Error> {
+    let token = arg_bytes(token, len, what)?;
+    if token.is_empty() {
+        return Err(Error::invalid(format!("{what} is empty")));
+    }
+    Ok(token)
 }
 
 fn identity_from_files(chain: *const c_char, key: *const c_char) -> Result<Identity, Error> {
@@ -183,13 +249,7 @@ pub unsafe extern "C" fn connector_server_config_new(
     out: *mut *mut connector_server_config,
     error: *mut *mut c_char,
 ) -> connector_result {
-    guard(error, || {
-        check_out(out, "out")?;
-        let config = Arc::new(connector_server_config {
-            state: Mutex::new(ServerState::default()),
-        });
-        write_out(out, SERVER_CONFIGS.insert(config), "out")
-    })
+    new_config(out, error)
 }
 
 /// Frees server settings (servers started from them are unaffected).
@@ -219,7 +279,7 @@ pub unsafe extern "C" fn connector_server_config_set(
     value: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
+    edit(config, error, |s| {
         set_arg(&mut s.settings, arg_str(key, "key")?, value, "value")
     })
 }
@@ -235,10 +295,8 @@ pub unsafe extern "C" fn connector_server_config_add(
     value: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
-        s.settings
-            .push(arg_str(key, "key")?, arg_str(value, "value")?)
-            .map_err(invalid)
+    edit(config, error, |s| {
+        push_arg(&mut s.settings, arg_str(key, "key")?, value, "value")
     })
 }
 
@@ -255,7 +313,7 @@ pub unsafe extern "C" fn connector_server_config_set_toml(
     toml: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| set_toml(&mut s.settings, arg_str(toml, "toml")?))
+    edit(config, error, |s| set_toml(&mut s.settings, arg_str(toml, "toml")?))
 }
 
 /// Sets the UDP address agents connect to, e.g. `"0.0.0.0:8443"` (port 0 picks a free port).
@@ -268,7 +326,7 @@ pub unsafe extern "C" fn connector_server_config_set_listen(
     listen: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| set_arg(&mut s.settings, "listen", listen, "listen"))
+    edit(config, error, |s| set_arg(&mut s.settings, "listen", listen, "listen"))
 }
 
 /// Sets the server's certificate chain (leaf first) and private key from PEM bytes.
@@ -284,12 +342,8 @@ pub unsafe extern "C" fn connector_server_config_set_identity_pem(
     key_len: usize,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
-        let identity = identity_from_pem(
-            arg_bytes(chain_pem, chain_len, "chain_pem")?,
-            arg_bytes(key_pem, key_len, "key_pem")?,
-        )?;
-        s.identity = Some(identity);
+    edit(config, error, |s| {
+        s.identity = Some(identity_from_pem(chain_pem, chain_len, key_pem, key_len)?);
         Ok(())
     })
 }
@@ -305,7 +359,7 @@ pub unsafe extern "C" fn connector_server_config_set_identity_files(
     key_path: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
+    edit(config, error, |s| {
         s.identity = Some(identity_from_files(chain_path, key_path)?);
         Ok(())
     })
@@ -324,10 +378,8 @@ pub unsafe extern "C" fn connector_server_config_add_client_ca_pem(
     len: usize,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
-        let cas = CaBundle::from_pem(arg_bytes(pem, len, "pem")?, "client CA PEM")
-            .map_err(|e| Error::invalid(e.to_string()))?;
-        s.client_cas.extend(cas);
+    edit(config, error, |s| {
+        s.client_cas.extend(cas_from_pem(pem, len, "client CA PEM")?);
         Ok(())
     })
 }
@@ -344,9 +396,8 @@ pub unsafe extern "C" fn connector_server_config_add_client_ca_file(
     path: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
-        let cas = CaBundle::from_file(arg_str(path, "path")?).map_err(|e| Error::invalid(e.to_string()))?;
-        s.client_cas.extend(cas);
+    edit(config, error, |s| {
+        s.client_cas.extend(cas_from_file(path)?);
         Ok(())
     })
 }
@@ -378,11 +429,8 @@ pub unsafe extern "C" fn connector_server_config_add_token(
     allowed: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
-        let token = arg_bytes(token, token_len, "token")?;
-        if token.is_empty() {
-            return Err(Error::invalid("token is empty"));
-        }
+    edit(config, error, |s| {
+        let token = token_arg(token, token_len, "token")?;
         let name = arg_str(name, "name")?;
         let allowance = parse_allowance(arg_str(allowed, "allowed")?)?;
         s.tokens.push(TokenEntry::new(&Secret::new(token), name, allowance));
@@ -401,7 +449,7 @@ pub unsafe extern "C" fn connector_server_config_set_tokens_file(
     path: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| set_arg(&mut s.settings, "tokens", path, "path"))
+    edit(config, error, |s| set_arg(&mut s.settings, "tokens", path, "path"))
 }
 
 /// Installs a C authenticator, asked (after tokens and client certificates,
@@ -420,7 +468,7 @@ pub unsafe extern "C" fn connector_server_config_set_authenticator(
     user_data: *mut c_void,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
+    edit(config, error, |s| {
         if callback.is_none() {
             return Err(Error::invalid("callback is null"));
         }
@@ -439,7 +487,7 @@ pub unsafe extern "C" fn connector_server_config_set_limits(
     limits: *const connector_limits,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
+    edit(config, error, |s| {
         if limits.is_null() {
             return Err(Error::invalid("limits is null"));
         }
@@ -476,7 +524,7 @@ pub unsafe extern "C" fn connector_server_config_set_server_id(
     server_id: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
+    edit(config, error, |s| {
         set_arg(&mut s.settings, "server-id", server_id, "server_id")
     })
 }
@@ -492,7 +540,7 @@ pub unsafe extern "C" fn connector_server_config_set_proxy_strategies(
     strategies: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
+    edit(config, error, |s| {
         set_arg(&mut s.settings, "proxy-strategies", strategies, "strategies")
     })
 }
@@ -507,7 +555,7 @@ pub unsafe extern "C" fn connector_server_config_set_worker_threads(
     threads: u32,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
+    edit(config, error, |s| {
         s.worker_threads = threads as usize;
         Ok(())
     })
@@ -526,7 +574,7 @@ pub unsafe extern "C" fn connector_server_config_set_server_count(
     count: u16,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
+    edit(config, error, |s| {
         set_text(&mut s.settings, "server-count", &count.to_string())
     })
 }
@@ -543,7 +591,7 @@ pub unsafe extern "C" fn connector_server_config_set_tcp_listen(
     listen: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
+    edit(config, error, |s| {
         set_arg(&mut s.settings, "tcp-listen", listen, "listen")
     })
 }
@@ -562,7 +610,7 @@ pub unsafe extern "C" fn connector_server_config_set_keepalive(
     idle_timeout_ms: u64,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_server(config, error, |s| {
+    edit(config, error, |s| {
         set_liveness(&mut s.settings, keepalive_ms, idle_timeout_ms)
     })
 }
@@ -579,13 +627,7 @@ pub unsafe extern "C" fn connector_agent_config_new(
     out: *mut *mut connector_agent_config,
     error: *mut *mut c_char,
 ) -> connector_result {
-    guard(error, || {
-        check_out(out, "out")?;
-        let config = Arc::new(connector_agent_config {
-            state: Mutex::new(AgentState::default()),
-        });
-        write_out(out, AGENT_CONFIGS.insert(config), "out")
-    })
+    new_config(out, error)
 }
 
 /// Frees agent settings (agents started from them are unaffected).
@@ -616,7 +658,7 @@ pub unsafe extern "C" fn connector_agent_config_set(
     value: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         set_arg(&mut s.settings, arg_str(key, "key")?, value, "value")
     })
 }
@@ -632,10 +674,8 @@ pub unsafe extern "C" fn connector_agent_config_add(
     value: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
-        s.settings
-            .push(arg_str(key, "key")?, arg_str(value, "value")?)
-            .map_err(invalid)
+    edit(config, error, |s| {
+        push_arg(&mut s.settings, arg_str(key, "key")?, value, "value")
     })
 }
 
@@ -651,7 +691,7 @@ pub unsafe extern "C" fn connector_agent_config_set_toml(
     toml: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| set_toml(&mut s.settings, arg_str(toml, "toml")?))
+    edit(config, error, |s| set_toml(&mut s.settings, arg_str(toml, "toml")?))
 }
 
 /// Sets the server address, `host:port` (resolved at every connection
@@ -667,7 +707,7 @@ pub unsafe extern "C" fn connector_agent_config_set_server(
     server: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| set_arg(&mut s.settings, "server", server, "server"))
+    edit(config, error, |s| set_arg(&mut s.settings, "server", server, "server"))
 }
 
 /// Adds a server address, `host:port`: with several, each is one replica
@@ -681,9 +721,7 @@ pub unsafe extern "C" fn connector_agent_config_add_server(
     server: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
-        s.settings.push("server", arg_str(server, "server")?).map_err(invalid)
-    })
+    edit(config, error, |s| push_arg(&mut s.settings, "server", server, "server"))
 }
 
 /// Sets the name expected on the server certificate (default: the host part of the server address).
@@ -696,7 +734,7 @@ pub unsafe extern "C" fn connector_agent_config_set_server_name(
     name: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| set_arg(&mut s.settings, "server-name", name, "name"))
+    edit(config, error, |s| set_arg(&mut s.settings, "server-name", name, "name"))
 }
 
 /// Adds CA certificates (PEM) the server certificate must chain to.
@@ -710,10 +748,8 @@ pub unsafe extern "C" fn connector_agent_config_add_server_ca_pem(
     len: usize,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
-        let cas = CaBundle::from_pem(arg_bytes(pem, len, "pem")?, "server CA PEM")
-            .map_err(|e| Error::invalid(e.to_string()))?;
-        s.server_cas.extend(cas);
+    edit(config, error, |s| {
+        s.server_cas.extend(cas_from_pem(pem, len, "server CA PEM")?);
         Ok(())
     })
 }
@@ -730,9 +766,8 @@ pub unsafe extern "C" fn connector_agent_config_add_server_ca_file(
     path: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
-        let cas = CaBundle::from_file(arg_str(path, "path")?).map_err(|e| Error::invalid(e.to_string()))?;
-        s.server_cas.extend(cas);
+    edit(config, error, |s| {
+        s.server_cas.extend(cas_from_file(path)?);
         Ok(())
     })
 }
@@ -747,7 +782,7 @@ pub unsafe extern "C" fn connector_agent_config_set_agent_id(
     agent_id: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         set_arg(&mut s.settings, "agent-id", agent_id, "agent_id")
     })
 }
@@ -763,11 +798,8 @@ pub unsafe extern "C" fn connector_agent_config_set_token(
     len: usize,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
-        let token = arg_bytes(token, len, "token")?;
-        if token.is_empty() {
-            return Err(Error::invalid("token is empty"));
-        }
+    edit(config, error, |s| {
+        let token = token_arg(token, len, "token")?;
         s.token = Some(Secret::new(token));
         Ok(())
     })
@@ -783,7 +815,7 @@ pub unsafe extern "C" fn connector_agent_config_set_token_file(
     path: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| set_arg(&mut s.settings, "token-file", path, "path"))
+    edit(config, error, |s| set_arg(&mut s.settings, "token-file", path, "path"))
 }
 
 /// Sets a client certificate and key (PEM) for mTLS.
@@ -799,12 +831,8 @@ pub unsafe extern "C" fn connector_agent_config_set_client_identity_pem(
     key_len: usize,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
-        let identity = identity_from_pem(
-            arg_bytes(chain_pem, chain_len, "chain_pem")?,
-            arg_bytes(key_pem, key_len, "key_pem")?,
-        )?;
-        s.client_identity = Some(identity);
+    edit(config, error, |s| {
+        s.client_identity = Some(identity_from_pem(chain_pem, chain_len, key_pem, key_len)?);
         Ok(())
     })
 }
@@ -820,7 +848,7 @@ pub unsafe extern "C" fn connector_agent_config_set_client_identity_files(
     key_path: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         s.client_identity = Some(identity_from_files(chain_path, key_path)?);
         Ok(())
     })
@@ -836,7 +864,7 @@ pub unsafe extern "C" fn connector_agent_config_set_identifiers(
     identifiers: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         set_arg(&mut s.settings, "identifiers", identifiers, "identifiers")
     })
 }
@@ -853,9 +881,7 @@ pub unsafe extern "C" fn connector_agent_config_add_allow_rule(
     rule: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
-        s.settings.push("allow", arg_str(rule, "rule")?).map_err(invalid)
-    })
+    edit(config, error, |s| push_arg(&mut s.settings, "allow", rule, "rule"))
 }
 
 /// Sets how many tunnelled connections the agent serves at once (default 10,000).
@@ -868,7 +894,7 @@ pub unsafe extern "C" fn connector_agent_config_set_max_connections(
     max: u32,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         set_text(&mut s.settings, "max-connections", &max.to_string())
     })
 }
@@ -883,7 +909,7 @@ pub unsafe extern "C" fn connector_agent_config_set_worker_threads(
     threads: u32,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         s.worker_threads = threads as usize;
         Ok(())
     })
@@ -901,7 +927,7 @@ pub unsafe extern "C" fn connector_agent_config_set_tunnel_idle_timeout(
     timeout_ms: u64,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         set_text(&mut s.settings, "tunnel-idle-timeout", &optional_ms(timeout_ms))
     })
 }
@@ -919,7 +945,7 @@ pub unsafe extern "C" fn connector_agent_config_set_tunnel_stall_timeout(
     timeout_ms: u64,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         set_text(&mut s.settings, "tunnel-stall-timeout", &optional_ms(timeout_ms))
     })
 }
@@ -937,7 +963,7 @@ pub unsafe extern "C" fn connector_agent_config_set_keepalive(
     idle_timeout_ms: u64,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         set_liveness(&mut s.settings, keepalive_ms, idle_timeout_ms)
     })
 }
@@ -953,7 +979,7 @@ pub unsafe extern "C" fn connector_agent_config_set_transport(
     transport: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         set_arg(&mut s.settings, "transport", transport, "transport")
     })
 }
@@ -969,7 +995,7 @@ pub unsafe extern "C" fn connector_agent_config_set_tcp_server(
     server: *const c_char,
     error: *mut *mut c_char,
 ) -> connector_result {
-    edit_agent(config, error, |s| {
+    edit(config, error, |s| {
         set_arg(&mut s.settings, "tcp-server", server, "tcp_server")
     })
 }

@@ -294,6 +294,23 @@ pub(crate) fn check_out<T>(out: *mut T, what: &str) -> Result<(), Error> {
     }
 }
 
+/// Fills the out-parameter `out` with what `make` returns. `out` is checked
+/// first, so that a null one is reported before any work is done.
+pub(crate) fn fill_out<T>(out: *mut T, what: &str, make: impl FnOnce() -> Result<T, Error>) -> Result<(), Error> {
+    check_out(out, what)?;
+    let value = make()?;
+    write_out(out, value, what)
+}
+
+/// [`fill_out`] for the usual `char **out`: a string for the caller (freed
+/// with [`connector_string_free`]).
+pub(crate) fn fill_string_out(
+    out: *mut *mut c_char,
+    make: impl FnOnce() -> Result<String, Error>,
+) -> Result<(), Error> {
+    fill_out(out, "out", || make().map(|text| to_c_string(&text)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

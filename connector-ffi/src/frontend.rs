@@ -10,7 +10,7 @@ use connector_core::frontend::{self, FrontendBind, FrontendLimits, FrontendProto
 use connector_core::tls::{CaBundle, FrontendTls};
 
 use crate::connector_result;
-use crate::error::{Error, arg_enum, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
+use crate::error::{Error, arg_enum, arg_opt_str, arg_str, fill_string_out, guard};
 use crate::server::{SERVERS, connector_server};
 
 /// Bounds of one frontend; a zero field keeps the default.
@@ -143,35 +143,33 @@ pub unsafe extern "C" fn connector_server_start_frontend(
             connector_frontend_protocol::CONNECTOR_FRONTEND_HTTP_CONNECT => FrontendProtocol::HttpConnect,
             connector_frontend_protocol::CONNECTOR_FRONTEND_GRPC => FrontendProtocol::Grpc,
         };
-        check_out(out, "out")?;
-        let server = SERVERS.get(server)?;
-        let bind = arg_str(bind, "bind")?;
-        let tls = match (
-            arg_opt_str(cert_path, "cert_path")?,
-            arg_opt_str(key_path, "key_path")?,
-            arg_opt_str(client_ca_path, "client_ca_path")?,
-        ) {
-            (Some(c), Some(k), Some(ca)) => Some((c, k, ca)),
-            (None, None, None) => None,
-            _ => {
-                return Err(Error::invalid(
-                    "give all of cert_path, key_path and client_ca_path, or none",
-                ));
-            }
-        };
-        let allowed_clients = names(arg_opt_str(allowed_clients, "allowed_clients")?);
-        let bind = parse_bind(bind, tls, allowed_clients, &server.agent_client_cas)?;
-        let limits = if limits.is_null() {
-            FrontendLimits::default()
-        } else {
-            // SAFETY: non-null and readable per the contract.
-            unsafe { *limits }.apply()
-        };
-        let local = {
+        fill_string_out(out, || {
+            let server = SERVERS.get(server)?;
+            let bind = arg_str(bind, "bind")?;
+            let tls = match (
+                arg_opt_str(cert_path, "cert_path")?,
+                arg_opt_str(key_path, "key_path")?,
+                arg_opt_str(client_ca_path, "client_ca_path")?,
+            ) {
+                (Some(c), Some(k), Some(ca)) => Some((c, k, ca)),
+                (None, None, None) => None,
+                _ => {
+                    return Err(Error::invalid(
+                        "give all of cert_path, key_path and client_ca_path, or none",
+                    ));
+                }
+            };
+            let allowed_clients = names(arg_opt_str(allowed_clients, "allowed_clients")?);
+            let bind = parse_bind(bind, tls, allowed_clients, &server.agent_client_cas)?;
+            let limits = if limits.is_null() {
+                FrontendLimits::default()
+            } else {
+                // SAFETY: non-null and readable per the contract.
+                unsafe { *limits }.apply()
+            };
             let _entered = server.rt.handle().enter();
-            frontend::start(&server.server, protocol, &bind, &limits).map_err(Error::setup)?
-        };
-        write_out(out, to_c_string(&local), "out")
+            frontend::start(&server.server, protocol, &bind, &limits).map_err(Error::setup)
+        })
     })
 }
 
@@ -193,22 +191,23 @@ pub unsafe extern "C" fn connector_server_start_forward(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(out, "out")?;
-        let server = SERVERS.get(server)?;
-        let listen_text = arg_str(listen, "listen")?;
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|_| Error::invalid(format!("listen address {listen_text:?} is not IP:PORT")))?;
-        let target = arg_str(target, "target")?.to_owned();
-        let selector = match arg_opt_str(agent_id, "agent_id")? {
-            Some(id) => Selector::Agent(id.to_owned()),
-            None => Selector::for_target(&target),
-        };
-        let bound = server.rt.block(0, None, None, async {
-            frontend::start_forward(&server.server, listen, selector, target)
-                .await
-                .map_err(Error::setup)
-        })?;
-        write_out(out, to_c_string(&bound.to_string()), "out")
+        fill_string_out(out, || {
+            let server = SERVERS.get(server)?;
+            let listen_text = arg_str(listen, "listen")?;
+            let listen: SocketAddr = listen_text
+                .parse()
+                .map_err(|_| Error::invalid(format!("listen address {listen_text:?} is not IP:PORT")))?;
+            let target = arg_str(target, "target")?.to_owned();
+            let selector = match arg_opt_str(agent_id, "agent_id")? {
+                Some(id) => Selector::Agent(id.to_owned()),
+                None => Selector::for_target(&target),
+            };
+            let bound = server.rt.block(0, None, None, async {
+                frontend::start_forward(&server.server, listen, selector, target)
+                    .await
+                    .map_err(Error::setup)
+            })?;
+            Ok(bound.to_string())
+        })
     })
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, connector_result};
+use crate::error::{Error, connector_result, fill_out};
 
 /// Handle numbers are unique across all kinds and never reused.
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0x1000);
@@ -36,6 +36,12 @@ impl<T> Registry<T> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, value);
         id as *mut T
+    }
+
+    /// Builds an object with `make` and registers it, its handle going to
+    /// the out-parameter `out` (checked before `make` runs).
+    pub(crate) fn insert_out(&self, out: *mut *mut T, make: impl FnOnce() -> Result<T, Error>) -> Result<(), Error> {
+        fill_out(out, "out", || make().map(|value| self.insert(Arc::new(value))))
     }
 
     /// The object behind a handle.

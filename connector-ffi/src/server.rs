@@ -11,9 +11,11 @@ use connector_core::{Selector, Server, TunnelStream};
 
 use crate::auth::{CallbackAuthenticator, CallbackGate};
 use crate::cancel::{self, connector_cancel};
-use crate::config::{SERVER_CONFIGS, connector_server_config};
+use crate::config::{Config, SERVER_CONFIGS, connector_server_config};
 use crate::connector_result;
-use crate::error::{Error, arg_enum, arg_opt_str, arg_str, check_out, guard, to_c_string, write_out};
+use crate::error::{
+    Error, arg_enum, arg_opt_str, arg_str, check_out, fill_out, fill_string_out, guard, to_c_string, write_out,
+};
 use crate::handle::Registry;
 use crate::runtime::OwnedRuntime;
 use crate::stream::{STREAMS, connector_stream};
@@ -119,10 +121,7 @@ pub unsafe extern "C" fn connector_server_start(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(out, "out")?;
-        let config = SERVER_CONFIGS.get(config)?;
-        let server = start(&config)?;
-        write_out(out, SERVERS.insert(Arc::new(server)), "out")
+        SERVERS.insert_out(out, || start(&*SERVER_CONFIGS.get(config)?))
     })
 }
 
@@ -137,9 +136,7 @@ pub unsafe extern "C" fn connector_server_local_addr(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(out, "out")?;
-        let server = SERVERS.get(server)?;
-        write_out(out, to_c_string(&server.local_addr.to_string()), "out")
+        fill_string_out(out, || Ok(SERVERS.get(server)?.local_addr.to_string()))
     })
 }
 
@@ -156,13 +153,12 @@ pub unsafe extern "C" fn connector_server_tcp_addr(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(out, "out")?;
-        let server = SERVERS.get(server)?;
-        let addr = match server.tcp_addr {
-            Some(addr) => to_c_string(&addr.to_string()),
-            None => std::ptr::null_mut(),
-        };
-        write_out(out, addr, "out")
+        fill_out(out, "out", || {
+            Ok(match SERVERS.get(server)?.tcp_addr {
+                Some(addr) => to_c_string(&addr.to_string()),
+                None => std::ptr::null_mut(),
+            })
+        })
     })
 }
 
@@ -177,9 +173,7 @@ pub unsafe extern "C" fn connector_server_agent_count(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(out, "out")?;
-        let server = SERVERS.get(server)?;
-        write_out(out, server.server.agents().len(), "out")
+        fill_out(out, "out", || Ok(SERVERS.get(server)?.server.agents().len()))
     })
 }
 
@@ -197,8 +191,7 @@ pub unsafe extern "C" fn connector_server_wait_agent(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        let server = SERVERS.get(server)?;
-        let cancel = cancel::optional(cancel)?;
+        let (server, cancel) = cancel::with_handle(&SERVERS, server, cancel)?;
         let agent_id = arg_opt_str(agent_id, "agent_id")?.map(str::to_owned);
         server
             .rt
@@ -222,6 +215,24 @@ fn selector(kind: connector_selector_kind, selector: *const c_char, target: &str
         connector_selector_kind::CONNECTOR_SELECT_AGENT => Selector::Agent(arg_str(selector, "selector")?.to_owned()),
         connector_selector_kind::CONNECTOR_SELECT_ANY => Selector::Any,
     })
+}
+
+/// What both dial entry points do once their enum and out-parameters are
+/// checked: looks up the server and the cancel handle, reads the target and
+/// the selector, and dials, blocking the calling thread.
+fn dial_tunnel(
+    server: *const connector_server,
+    kind: connector_selector_kind,
+    selector_arg: *const c_char,
+    target: *const c_char,
+    timeout_us: u64,
+    cancel: *const connector_cancel,
+) -> Result<(Arc<connector_server>, TunnelStream), Error> {
+    let (server, cancel) = cancel::with_handle(&SERVERS, server, cancel)?;
+    let target = arg_str(target, "target")?;
+    let selector = selector(kind, selector_arg, target)?;
+    let tunnel = server.dial(&selector, target, timeout_us, cancel.as_deref())?;
+    Ok((server, tunnel))
 }
 
 impl connector_server {
@@ -268,14 +279,10 @@ pub unsafe extern "C" fn connector_server_dial(
 ) -> connector_result {
     guard(error, || {
         let kind = arg_enum(kind, "kind")?;
-        check_out(out, "out")?;
-        let server = SERVERS.get(server)?;
-        let cancel = cancel::optional(cancel)?;
-        let target = arg_str(target, "target")?;
-        let selector = selector(kind, selector_arg, target)?;
-        let tunnel = server.dial(&selector, target, timeout_us, cancel.as_deref())?;
-        let stream = connector_stream::blocking(server.rt.clone(), tunnel);
-        write_out(out, STREAMS.insert(Arc::new(stream)), "out")
+        STREAMS.insert_out(out, || {
+            let (server, tunnel) = dial_tunnel(server, kind, selector_arg, target, timeout_us, cancel)?;
+            Ok(connector_stream::blocking(server.rt.clone(), tunnel))
+        })
     })
 }
 
@@ -304,20 +311,16 @@ pub unsafe extern "C" fn connector_server_dial_fd(
 ) -> connector_result {
     guard(error, || {
         let kind = arg_enum(kind, "kind")?;
-        check_out(out, "out")?;
-        check_out(fd, "fd")?;
-        let server = SERVERS.get(server)?;
-        let cancel = cancel::optional(cancel)?;
-        let target = arg_str(target, "target")?;
-        let selector = selector(kind, selector_arg, target)?;
-        let tunnel = server.dial(&selector, target, timeout_us, cancel.as_deref())?;
-        let agent_id = tunnel.agent_id().to_owned();
-        let abort = Arc::new(connector_cancel::new());
-        let end = Arc::new(crate::splice::SpliceEnd::default());
-        let raw = crate::splice::start(server.rt.handle(), tunnel, abort.clone(), end.clone())?;
-        let stream = connector_stream::spliced(server.rt.clone(), agent_id, abort, end);
-        write_out(fd, raw, "fd")?;
-        write_out(out, STREAMS.insert(Arc::new(stream)), "out")
+        STREAMS.insert_out(out, || {
+            check_out(fd, "fd")?;
+            let (server, tunnel) = dial_tunnel(server, kind, selector_arg, target, timeout_us, cancel)?;
+            let agent_id = tunnel.agent_id().to_owned();
+            let abort = Arc::new(connector_cancel::new());
+            let end = Arc::new(crate::splice::SpliceEnd::default());
+            let raw = crate::splice::start(server.rt.handle(), tunnel, abort.clone(), end.clone())?;
+            write_out(fd, raw, "fd")?;
+            Ok(connector_stream::spliced(server.rt.clone(), agent_id, abort, end))
+        })
     })
 }
 

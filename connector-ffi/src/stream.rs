@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::cancel::{self, connector_cancel};
 use crate::connector_result;
-use crate::error::{Error, check_out, guard, to_c_string, write_out};
+use crate::error::{Error, check_out, fill_string_out, guard, to_c_string, write_out};
 use crate::handle::Registry;
 use crate::runtime::OwnedRuntime;
 use crate::splice::SpliceEnd;
@@ -144,10 +144,8 @@ pub unsafe extern "C" fn connector_stream_read(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(read, "read")?;
         write_out(read, 0, "read")?;
-        let stream = STREAMS.get(stream)?;
-        let cancel = cancel::optional(cancel)?;
+        let (stream, cancel) = cancel::with_handle(&STREAMS, stream, cancel)?;
         if buf.is_null() || len == 0 {
             return Err(Error::invalid("buf must be non-null with len > 0"));
         }
@@ -175,10 +173,8 @@ pub unsafe extern "C" fn connector_stream_write(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(written, "written")?;
         write_out(written, 0, "written")?;
-        let stream = STREAMS.get(stream)?;
-        let cancel = cancel::optional(cancel)?;
+        let (stream, cancel) = cancel::with_handle(&STREAMS, stream, cancel)?;
         let buf = crate::error::arg_bytes(buf, len, "buf")?;
         let (n, outcome) = stream.write(buf, timeout_us, cancel.as_deref());
         write_out(written, n, "written")?;
@@ -199,8 +195,7 @@ pub unsafe extern "C" fn connector_stream_close_write(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        let stream = STREAMS.get(stream)?;
-        let cancel = cancel::optional(cancel)?;
+        let (stream, cancel) = cancel::with_handle(&STREAMS, stream, cancel)?;
         stream.close_write(timeout_us, cancel.as_deref())
     })
 }
@@ -216,9 +211,7 @@ pub unsafe extern "C" fn connector_stream_agent_id(
     error: *mut *mut c_char,
 ) -> connector_result {
     guard(error, || {
-        check_out(out, "out")?;
-        let stream = STREAMS.get(stream)?;
-        write_out(out, to_c_string(&stream.agent_id), "out")
+        fill_string_out(out, || Ok(STREAMS.get(stream)?.agent_id.clone()))
     })
 }
 
@@ -247,7 +240,6 @@ pub unsafe extern "C" fn connector_stream_status(
 ) -> connector_result {
     guard(error, || {
         check_out(ended, "ended")?;
-        check_out(reason, "reason")?;
         write_out(reason, std::ptr::null_mut(), "reason")?;
         let stream = STREAMS.get(stream)?;
         match stream.end.as_deref().and_then(SpliceEnd::get) {
