@@ -84,19 +84,22 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		defer freeString(p)
 		return set(what, func(m **C.char) C.connector_result { return f(p, m) })
 	}
+	strs := func(what string, vs []string, f func(p *C.char, m **C.char) C.connector_result) error {
+		for _, v := range vs {
+			if err := str(what, v, f); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	steps := []func() error{
 		func() error {
 			return str("server", cfg.Server, func(p *C.char, m **C.char) C.connector_result { return C.connector_agent_config_set_server(h, p, m) })
 		},
 		func() error {
-			for _, addr := range cfg.Servers {
-				if err := str("server", addr, func(p *C.char, m **C.char) C.connector_result {
-					return C.connector_agent_config_add_server(h, p, m)
-				}); err != nil {
-					return err
-				}
-			}
-			return nil
+			return strs("server", cfg.Servers, func(p *C.char, m **C.char) C.connector_result {
+				return C.connector_agent_config_add_server(h, p, m)
+			})
 		},
 		func() error {
 			if cfg.TunnelIdleTimeout <= 0 {
@@ -196,14 +199,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 			})
 		},
 		func() error {
-			for _, rule := range cfg.Allow {
-				if err := str("allow rule", rule, func(p *C.char, m **C.char) C.connector_result {
-					return C.connector_agent_config_add_allow_rule(h, p, m)
-				}); err != nil {
-					return err
-				}
-			}
-			return nil
+			return strs("allow rule", cfg.Allow, func(p *C.char, m **C.char) C.connector_result {
+				return C.connector_agent_config_add_allow_rule(h, p, m)
+			})
 		},
 		func() error {
 			if cfg.MaxConnections <= 0 {
@@ -238,13 +236,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 // server refuses it (an error matching ErrRejected; the agent keeps
 // retrying), or ctx ends.
 func (a *Agent) WaitConnected(ctx context.Context) error {
-	if err := enter(&a.closed, "wait connected", "agent"); err != nil {
-		return err
-	}
-	err := blocking(ctx, "wait connected", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	return blockingOn(ctx, &a.closed, "agent", "wait connected", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_agent_wait_connected(a.h, timeout, cancel, m)
 	})
-	return settle(&a.closed, "wait connected", "agent", err)
 }
 
 // Session is a server replica the agent holds a session with.
@@ -257,41 +251,33 @@ type Session struct {
 // how many it should hold (the number of server addresses, or the replica
 // count the servers announce).
 func (a *Agent) Sessions() (held []Session, expected int, err error) {
-	if err := enter(&a.closed, "sessions", "agent"); err != nil {
-		return nil, 0, err
-	}
 	var out *C.char
 	var n C.size_t
-	err = call("sessions", func(m **C.char) C.connector_result { return C.connector_agent_sessions(a.h, &out, &n, m) })
+	err = callOn(&a.closed, "agent", "sessions", func(m **C.char) C.connector_result {
+		return C.connector_agent_sessions(a.h, &out, &n, m)
+	})
 	for line := range strings.SplitSeq(takeString(out), "\n") {
 		if id, transport, ok := strings.Cut(line, " "); ok {
 			held = append(held, Session{ServerID: id, Transport: transport})
 		}
 	}
-	return held, int(n), settle(&a.closed, "sessions", "agent", err)
+	return held, int(n), err
 }
 
 // WaitSessions blocks until the agent holds sessions with at least n
 // server replicas, or ctx ends.
 func (a *Agent) WaitSessions(ctx context.Context, n int) error {
-	if err := enter(&a.closed, "wait sessions", "agent"); err != nil {
-		return err
-	}
-	err := blocking(ctx, "wait sessions", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	return blockingOn(ctx, &a.closed, "agent", "wait sessions", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_agent_wait_sessions(a.h, C.size_t(max(n, 0)), timeout, cancel, m)
 	})
-	return settle(&a.closed, "wait sessions", "agent", err)
 }
 
 // Metrics is the agent's metrics page in the Prometheus text format (the
 // connector_agent_* series `connector agent --admin` serves at /metrics).
 func (a *Agent) Metrics() (string, error) {
-	if err := enter(&a.closed, "metrics", "agent"); err != nil {
-		return "", err
-	}
 	var out *C.char
-	err := call("metrics", func(m **C.char) C.connector_result { return C.connector_agent_metrics(a.h, &out, m) })
-	return takeString(out), settle(&a.closed, "metrics", "agent", err)
+	err := callOn(&a.closed, "agent", "metrics", func(m **C.char) C.connector_result { return C.connector_agent_metrics(a.h, &out, m) })
+	return takeString(out), err
 }
 
 // Status describes where the agent stands: "connecting", "connected to

@@ -12,6 +12,7 @@ package connector
 import "C"
 
 import (
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
@@ -30,6 +31,12 @@ func call(op string, f func(msg **C.char) C.connector_result) error {
 		C.connector_string_free(msg)
 	}
 	return newError(op, Code(rc), text)
+}
+
+// callOn is call for a method of a Server or Agent (what names it), whose
+// closed flag is closed: see guarded.
+func callOn(closed *atomic.Bool, what, op string, f func(msg **C.char) C.connector_result) error {
+	return guarded(closed, op, what, func() error { return call(op, f) })
 }
 
 // cString converts s for a call; the caller frees it with freeString.

@@ -133,6 +133,15 @@ func enter(closed *atomic.Bool, op, what string) error {
 	return nil
 }
 
+// guarded runs one call on a Server or Agent: enter, then the call, then
+// settle, with the same op for both.
+func guarded(closed *atomic.Bool, op, what string, run func() error) error {
+	if err := enter(closed, op, what); err != nil {
+		return err
+	}
+	return settle(closed, op, what, run())
+}
+
 // settle reports a call that raced Close as ErrClosed: Close freed the
 // handle after the call's closed check, so the library answered
 // CodeInvalidHandle (or CodeClosed, which already matches ErrClosed).

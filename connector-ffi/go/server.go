@@ -307,12 +307,8 @@ func (s *Server) Close() error {
 // from another goroutine stops the drain at once (Drain then returns
 // ErrClosed); after Drain the Server must still be closed.
 func (s *Server) Drain(grace time.Duration) error {
-	if err := enter(&s.closed, "drain", "server"); err != nil {
-		return err
-	}
 	ms := C.uint64_t(max(grace, 0).Milliseconds())
-	err := call("drain", func(m **C.char) C.connector_result { return C.connector_server_drain(s.h, ms, m) })
-	return settle(&s.closed, "drain", "server", err)
+	return callOn(&s.closed, "server", "drain", func(m **C.char) C.connector_result { return C.connector_server_drain(s.h, ms, m) })
 }
 
 // free frees the C server; once it succeeds, Authenticate is not running
@@ -332,29 +328,22 @@ func (s *Server) releaseAuth() {
 
 // AgentCount is the number of connected agents.
 func (s *Server) AgentCount() (int, error) {
-	if err := enter(&s.closed, "agent count", "server"); err != nil {
-		return 0, err
-	}
 	var n C.size_t
-	err := call("agent count", func(m **C.char) C.connector_result { return C.connector_server_agent_count(s.h, &n, m) })
-	return int(n), settle(&s.closed, "agent count", "server", err)
+	err := callOn(&s.closed, "server", "agent count", func(m **C.char) C.connector_result { return C.connector_server_agent_count(s.h, &n, m) })
+	return int(n), err
 }
 
 // WaitForAgent blocks until the agent agentID ("" for any agent) is
 // connected, or ctx ends.
 func (s *Server) WaitForAgent(ctx context.Context, agentID string) error {
-	if err := enter(&s.closed, "wait for agent", "server"); err != nil {
-		return err
-	}
 	var id *C.char
 	if agentID != "" {
 		id = cString(agentID)
 		defer freeString(id)
 	}
-	err := blocking(ctx, "wait for agent", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	return blockingOn(ctx, &s.closed, "server", "wait for agent", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_server_wait_agent(s.h, id, timeout, cancel, m)
 	})
-	return settle(&s.closed, "wait for agent", "server", err)
 }
 
 // blocking runs a blocking C call bounded by ctx: its deadline becomes the
@@ -395,6 +384,12 @@ func blocking(ctx context.Context, op string, f func(timeout C.uint64_t, cancel 
 		}
 	}
 	return err
+}
+
+// blockingOn is blocking for a method of a Server or Agent (what names
+// it), whose closed flag is closed: see guarded.
+func blockingOn(ctx context.Context, closed *atomic.Bool, what, op string, f func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result) error {
+	return guarded(closed, op, what, func() error { return blocking(ctx, op, f) })
 }
 
 // ctxError is the error of a call ended by ctx: a passed deadline is a
@@ -511,9 +506,6 @@ type FrontendLimits struct {
 // tls is required). limits may be nil (defaults). It returns where it
 // listens and serves until Close.
 func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS, limits *FrontendLimits) (string, error) {
-	if err := enter(&s.closed, "start frontend", "server"); err != nil {
-		return "", err
-	}
 	b := cString(bind)
 	defer freeString(b)
 	var cert, key, ca, allowed *C.char
@@ -542,10 +534,10 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 		}
 	}
 	var out *C.char
-	err := call("start frontend", func(m **C.char) C.connector_result {
+	err := callOn(&s.closed, "server", "start frontend", func(m **C.char) C.connector_result {
 		return C.connector_server_start_frontend(s.h, p, b, cert, key, ca, allowed, lim, &out, m)
 	})
-	return takeString(out), settle(&s.closed, "start frontend", "server", err)
+	return takeString(out), err
 }
 
 // StartForward binds listen ("IP:PORT", a loopback address: the forward
@@ -553,9 +545,6 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 // target through agentID ("" for the agent serving target's host). It
 // returns the bound address and serves until Close.
 func (s *Server) StartForward(listen, agentID, target string) (string, error) {
-	if err := enter(&s.closed, "start forward", "server"); err != nil {
-		return "", err
-	}
 	l, t := cString(listen), cString(target)
 	defer freeString(l)
 	defer freeString(t)
@@ -565,8 +554,8 @@ func (s *Server) StartForward(listen, agentID, target string) (string, error) {
 		defer freeString(id)
 	}
 	var out *C.char
-	err := call("start forward", func(m **C.char) C.connector_result {
+	err := callOn(&s.closed, "server", "start forward", func(m **C.char) C.connector_result {
 		return C.connector_server_start_forward(s.h, l, id, t, &out, m)
 	})
-	return takeString(out), settle(&s.closed, "start forward", "server", err)
+	return takeString(out), err
 }
