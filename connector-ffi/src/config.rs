@@ -144,35 +144,28 @@ pub(crate) trait Config: Sized + 'static {
     }
 }
 
-impl Config for connector_server_config {
-    type State = ServerState;
-    fn registry() -> &'static Registry<Self> {
-        &SERVER_CONFIGS
-    }
-    fn holding(state: ServerState) -> Self {
-        Self {
-            state: Mutex::new(state),
+/// Implements [`Config`] for a config handle: its state type and registry.
+macro_rules! config_handle {
+    ($handle:ty, $state:ty, $registry:expr) => {
+        impl Config for $handle {
+            type State = $state;
+            fn registry() -> &'static Registry<Self> {
+                &$registry
+            }
+            fn holding(state: $state) -> Self {
+                Self {
+                    state: Mutex::new(state),
+                }
+            }
+            fn state(&self) -> &Mutex<$state> {
+                &self.state
+            }
         }
-    }
-    fn state(&self) -> &Mutex<ServerState> {
-        &self.state
-    }
+    };
 }
 
-impl Config for connector_agent_config {
-    type State = AgentState;
-    fn registry() -> &'static Registry<Self> {
-        &AGENT_CONFIGS
-    }
-    fn holding(state: AgentState) -> Self {
-        Self {
-            state: Mutex::new(state),
-        }
-    }
-    fn state(&self) -> &Mutex<AgentState> {
-        &self.state
-    }
-}
+config_handle!(connector_server_config, ServerState, SERVER_CONFIGS);
+config_handle!(connector_agent_config, AgentState, AGENT_CONFIGS);
 
 /// Creates a config with the default state in `*out`.
 fn new_config<C: Config>(out: *mut *mut C, error: *mut *mut c_char) -> connector_result {
