@@ -236,7 +236,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 // server refuses it (an error matching ErrRejected; the agent keeps
 // retrying), or ctx ends.
 func (a *Agent) WaitConnected(ctx context.Context) error {
-	return blockingOn(ctx, &a.closed, "agent", "wait connected", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	return blockingOn(ctx, &a.closed, "wait connected", "agent", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_agent_wait_connected(a.h, timeout, cancel, m)
 	})
 }
@@ -253,7 +253,7 @@ type Session struct {
 func (a *Agent) Sessions() (held []Session, expected int, err error) {
 	var out *C.char
 	var n C.size_t
-	err = callOn(&a.closed, "agent", "sessions", func(m **C.char) C.connector_result {
+	err = callOn(&a.closed, "sessions", "agent", func(m **C.char) C.connector_result {
 		return C.connector_agent_sessions(a.h, &out, &n, m)
 	})
 	for line := range strings.SplitSeq(takeString(out), "\n") {
@@ -267,7 +267,7 @@ func (a *Agent) Sessions() (held []Session, expected int, err error) {
 // WaitSessions blocks until the agent holds sessions with at least n
 // server replicas, or ctx ends.
 func (a *Agent) WaitSessions(ctx context.Context, n int) error {
-	return blockingOn(ctx, &a.closed, "agent", "wait sessions", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	return blockingOn(ctx, &a.closed, "wait sessions", "agent", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_agent_wait_sessions(a.h, C.size_t(max(n, 0)), timeout, cancel, m)
 	})
 }
@@ -276,7 +276,7 @@ func (a *Agent) WaitSessions(ctx context.Context, n int) error {
 // connector_agent_* series `connector agent --admin` serves at /metrics).
 func (a *Agent) Metrics() (string, error) {
 	var out *C.char
-	err := callOn(&a.closed, "agent", "metrics", func(m **C.char) C.connector_result { return C.connector_agent_metrics(a.h, &out, m) })
+	err := callOn(&a.closed, "metrics", "agent", func(m **C.char) C.connector_result { return C.connector_agent_metrics(a.h, &out, m) })
 	return takeString(out), err
 }
 

@@ -35,7 +35,7 @@ func call(op string, f func(msg **C.char) C.connector_result) error {
 
 // callOn is call for a method of a Server or Agent (what names it), whose
 // closed flag is closed: see guarded.
-func callOn(closed *atomic.Bool, what, op string, f func(msg **C.char) C.connector_result) error {
+func callOn(closed *atomic.Bool, op, what string, f func(msg **C.char) C.connector_result) error {
 	return guarded(closed, op, what, func() error { return call(op, f) })
 }
 

@@ -308,7 +308,7 @@ func (s *Server) Close() error {
 // ErrClosed); after Drain the Server must still be closed.
 func (s *Server) Drain(grace time.Duration) error {
 	ms := C.uint64_t(max(grace, 0).Milliseconds())
-	return callOn(&s.closed, "server", "drain", func(m **C.char) C.connector_result { return C.connector_server_drain(s.h, ms, m) })
+	return callOn(&s.closed, "drain", "server", func(m **C.char) C.connector_result { return C.connector_server_drain(s.h, ms, m) })
 }
 
 // free frees the C server; once it succeeds, Authenticate is not running
@@ -329,7 +329,7 @@ func (s *Server) releaseAuth() {
 // AgentCount is the number of connected agents.
 func (s *Server) AgentCount() (int, error) {
 	var n C.size_t
-	err := callOn(&s.closed, "server", "agent count", func(m **C.char) C.connector_result { return C.connector_server_agent_count(s.h, &n, m) })
+	err := callOn(&s.closed, "agent count", "server", func(m **C.char) C.connector_result { return C.connector_server_agent_count(s.h, &n, m) })
 	return int(n), err
 }
 
@@ -341,7 +341,7 @@ func (s *Server) WaitForAgent(ctx context.Context, agentID string) error {
 		id = cString(agentID)
 		defer freeString(id)
 	}
-	return blockingOn(ctx, &s.closed, "server", "wait for agent", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
+	return blockingOn(ctx, &s.closed, "wait for agent", "server", func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result {
 		return C.connector_server_wait_agent(s.h, id, timeout, cancel, m)
 	})
 }
@@ -388,7 +388,7 @@ func blocking(ctx context.Context, op string, f func(timeout C.uint64_t, cancel 
 
 // blockingOn is blocking for a method of a Server or Agent (what names
 // it), whose closed flag is closed: see guarded.
-func blockingOn(ctx context.Context, closed *atomic.Bool, what, op string, f func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result) error {
+func blockingOn(ctx context.Context, closed *atomic.Bool, op, what string, f func(timeout C.uint64_t, cancel *C.connector_cancel, m **C.char) C.connector_result) error {
 	return guarded(closed, op, what, func() error { return blocking(ctx, op, f) })
 }
 
@@ -534,7 +534,7 @@ func (s *Server) StartFrontend(protocol Protocol, bind string, tls *FrontendTLS,
 		}
 	}
 	var out *C.char
-	err := callOn(&s.closed, "server", "start frontend", func(m **C.char) C.connector_result {
+	err := callOn(&s.closed, "start frontend", "server", func(m **C.char) C.connector_result {
 		return C.connector_server_start_frontend(s.h, p, b, cert, key, ca, allowed, lim, &out, m)
 	})
 	return takeString(out), err
@@ -554,7 +554,7 @@ func (s *Server) StartForward(listen, agentID, target string) (string, error) {
 		defer freeString(id)
 	}
 	var out *C.char
-	err := callOn(&s.closed, "server", "start forward", func(m **C.char) C.connector_result {
+	err := callOn(&s.closed, "start forward", "server", func(m **C.char) C.connector_result {
 		return C.connector_server_start_forward(s.h, l, id, t, &out, m)
 	})
 	return takeString(out), err
