@@ -347,29 +347,29 @@ impl Frame {
     /// Length of [`Frame::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         let v = varint_len;
-        v(self.frame_type())
-            + match self {
-                Frame::ResetStream { id, code, final_size } => v(*id) + v(*code) + v(*final_size),
-                Frame::StopSending { id, code } => v(*id) + v(*code),
-                Frame::Stream { id, offset, data, .. } => v(*id) + v(*offset) + v(data.len() as u64) + data.len(),
-                Frame::MaxData(m) | Frame::DataBlocked(m) => v(*m),
-                Frame::MaxStreamData { id, max } | Frame::StreamDataBlocked { id, max } => v(*id) + v(*max),
-                Frame::MaxStreams { max, .. } | Frame::StreamsBlocked { max, .. } => v(*max),
-                Frame::ConnectionClose {
-                    application,
-                    code,
-                    frame_type,
-                    reason,
-                } => {
-                    let ft = if *application { 0 } else { v(*frame_type) };
-                    v(*code) + ft + v(reason.len() as u64) + reason.len()
-                }
-                Frame::TransportParameters(p) => {
-                    let len = p.encoded_len();
-                    v(len as u64) + len
-                }
-                Frame::Ping { seq, .. } => v(*seq),
+        let payload = match self {
+            Frame::ResetStream { id, code, final_size } => v(*id) + v(*code) + v(*final_size),
+            Frame::StopSending { id, code } => v(*id) + v(*code),
+            Frame::Stream { id, offset, data, .. } => v(*id) + v(*offset) + v(data.len() as u64) + data.len(),
+            Frame::MaxData(m) | Frame::DataBlocked(m) => v(*m),
+            Frame::MaxStreamData { id, max } | Frame::StreamDataBlocked { id, max } => v(*id) + v(*max),
+            Frame::MaxStreams { max, .. } | Frame::StreamsBlocked { max, .. } => v(*max),
+            Frame::ConnectionClose {
+                application,
+                code,
+                frame_type,
+                reason,
+            } => {
+                let ft = if *application { 0 } else { v(*frame_type) };
+                v(*code) + ft + v(reason.len() as u64) + reason.len()
             }
+            Frame::TransportParameters(p) => {
+                let len = p.encoded_len();
+                v(len as u64) + len
+            }
+            Frame::Ping { seq, .. } => v(*seq),
+        };
+        v(self.frame_type()) + payload
     }
 
     /// Decodes the next frame of a record, skipping PADDING. `Ok(None)` at
