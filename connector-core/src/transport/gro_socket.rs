@@ -5,8 +5,8 @@
 //! `max_udp_payload × receive segments × 32` bytes: 32 slots for one
 //! `recvmmsg`, each large enough for the 64 datagrams Linux may coalesce
 //! (UDP GRO) at the endpoint's largest packet. With connector's 6,550-byte
-//! packets that is 13.4 MB per endpoint, and an agent has an endpoint per
-//! connection attempt: 100 agents in one process committed 1.2 GiB of
+//! packets that is 13.4 MB per endpoint, and an agent has at least one
+//! (`IdleEndpoints` in `quic` reuses them): 100 agents in one process committed 1.2 GiB of
 //! address space for them (mimalloc's statistics; `docs/benchmarks.md`).
 //!
 //! But a coalesced datagram does not exceed 64 KiB: the kernel stops

@@ -202,8 +202,75 @@ fn endpoint_with(
     config
         .max_udp_payload_size(max_udp_payload)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:?}")))?;
-    let socket = super::gro_socket::wrap(bind_udp(addr)?, max_udp_payload)?;
+    let socket = udp_socket(addr, max_udp_payload)?;
     Endpoint::new_with_abstract_socket(config, server, socket, Arc::new(quinn::TokioRuntime))
+}
+
+/// quinn's socket on a fresh UDP socket from [`bind_udp`], for packets up to
+/// `max_udp_payload` (already bounded by [`udp_payload_bound`]).
+fn udp_socket(addr: SocketAddr, max_udp_payload: u16) -> io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+    super::gro_socket::wrap(bind_udp(addr)?, max_udp_payload)
+}
+
+/// Most client endpoints a [`QuicConnector`] keeps between attempts (one per
+/// concurrent link is the common case; more are closed).
+const MAX_IDLE_ENDPOINTS: usize = 4;
+
+/// Client endpoints of one [`QuicConnector`] whose connection ended (or
+/// whose handshake failed), kept for its next attempts.
+///
+/// Every attempt still gets a fresh UDP socket, hence a new source port: a
+/// load balancer in front of several servers may pick another one, and no
+/// stale NAT or conntrack entry of the old port is followed. But the socket
+/// is put under an idle endpoint ([`Endpoint::rebind_abstract`]) rather than
+/// under a new one, because each new endpoint allocates quinn's receive
+/// buffer (2 MiB, see `gro_socket`), and an allocator that hands out a block
+/// freed before has to zero it, touching every page: agents retrying against
+/// a server that refused them grew by about 1.3 MiB each (`docs/benchmarks.md`,
+/// "Refused agents").
+#[derive(Default)]
+struct IdleEndpoints(Mutex<Vec<Endpoint>>);
+
+impl IdleEndpoints {
+    /// A client endpoint on a fresh socket bound to `bind`: an idle one moved
+    /// to the new socket, or a new endpoint when none is idle.
+    fn take(&self, bind: SocketAddr, max_udp_payload: u16) -> io::Result<Endpoint> {
+        let idle = self.0.lock().unwrap().pop();
+        if let Some(endpoint) = idle {
+            let socket = udp_socket(bind, udp_payload_bound(max_udp_payload))?;
+            match endpoint.rebind_abstract(socket) {
+                Ok(()) => return Ok(endpoint),
+                Err(e) => tracing::debug!(%e, "could not move an idle QUIC endpoint to a new socket"),
+            }
+        }
+        endpoint(bind, None, max_udp_payload)
+    }
+
+    /// Keeps `endpoint` for a later [`Self::take`], or closes it when
+    /// [`MAX_IDLE_ENDPOINTS`] are kept already.
+    fn give_back(&self, endpoint: Endpoint) {
+        let mut idle = self.0.lock().unwrap();
+        if idle.len() < MAX_IDLE_ENDPOINTS {
+            idle.push(endpoint);
+        } else {
+            endpoint.close(VarInt::from_u32(ConnectionCode::Normal.to_wire()), b"");
+        }
+    }
+}
+
+/// A client endpoint serving one attempt or connection; it goes back to its
+/// connector's [`IdleEndpoints`] when dropped.
+struct AttemptEndpoint {
+    endpoint: Option<Endpoint>,
+    idle: Arc<IdleEndpoints>,
+}
+
+impl Drop for AttemptEndpoint {
+    fn drop(&mut self) {
+        if let Some(endpoint) = self.endpoint.take() {
+            self.idle.give_back(endpoint);
+        }
+    }
 }
 
 /// The endpoint configuration of a server: its stateless-reset key, and the
@@ -358,6 +425,8 @@ pub struct QuicConnector {
     max_tunnelled_streams: u32,
     /// The CAs trusted, for the message when the server's certificate is refused.
     trusted: String,
+    /// Endpoints of ended attempts, reused by the next ones.
+    idle: Arc<IdleEndpoints>,
 }
 
 impl QuicConnector {
@@ -377,6 +446,7 @@ impl QuicConnector {
             max_udp_payload: settings.max_udp_payload,
             max_tunnelled_streams: settings.max_tunnelled_streams,
             trusted: tls.server_cas.describe(),
+            idle: Arc::default(),
         })
     }
 }
@@ -393,10 +463,19 @@ impl QuicConnector {
             let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
                 .parse()
                 .expect("literal");
-            let endpoint = endpoint(bind, None, self.max_udp_payload)
-                .map_err(|e| TransportError::Connect(format!("bind {bind}: {e}")))?;
+            let endpoint = AttemptEndpoint {
+                endpoint: Some(
+                    self.idle
+                        .take(bind, self.max_udp_payload)
+                        .map_err(|e| TransportError::Connect(format!("bind {bind}: {e}")))?,
+                ),
+                idle: self.idle.clone(),
+            };
             let name = self.server_name.to_str();
             let connecting = endpoint
+                .endpoint
+                .as_ref()
+                .expect("set above")
                 .connect_with(self.config.clone(), addr, &name)
                 .map_err(|e| TransportError::Connect(e.to_string()))?;
             let conn = tokio::time::timeout(self.handshake_timeout, connecting)
@@ -432,8 +511,9 @@ const CLOSE_SENT_LIMIT: Duration = Duration::from_secs(1);
 pub struct QuicConnection {
     conn: quinn::Connection,
     peer: PeerInfo,
-    /// The agent's own endpoint, kept alive and closed with the connection.
-    endpoint: Option<Endpoint>,
+    /// The agent's own endpoint, held for the connection's life (then
+    /// given back to its connector).
+    _endpoint: Option<AttemptEndpoint>,
     /// Sizes the receive window to the streams open on this connection.
     credit: Arc<Credit>,
     /// Datagrams sent on it when [`Connection::close`] was called (`u64::MAX`
@@ -500,7 +580,7 @@ impl Drop for CreditGuard {
 impl QuicConnection {
     fn new(
         conn: quinn::Connection,
-        endpoint: Option<Endpoint>,
+        endpoint: Option<AttemptEndpoint>,
         admission: Admission,
         streams: Option<StreamLimit>,
     ) -> Self {
@@ -524,7 +604,7 @@ impl QuicConnection {
         Self {
             conn,
             peer,
-            endpoint,
+            _endpoint: endpoint,
             credit,
             datagrams_at_close: Arc::new(AtomicU64::new(u64::MAX)),
         }
@@ -549,9 +629,7 @@ impl Drop for QuicConnection {
             VarInt::from_u32(ConnectionCode::Normal.to_wire()),
             b"connection dropped",
         );
-        if let Some(endpoint) = &self.endpoint {
-            endpoint.close(VarInt::from_u32(ConnectionCode::Normal.to_wire()), b"");
-        }
+        // The endpoint (`AttemptEndpoint`) goes back to its connector.
     }
 }
 
@@ -772,5 +850,42 @@ impl ChunkSource for QuicRecv {
         let read = self.0.read_chunks(chunks);
         let filled = std::task::ready!(std::pin::pin!(read).poll(cx)).map_err(|e| map_io(e.into()))?;
         Poll::Ready(Ok(filled.unwrap_or(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_endpoint_serves_the_next_attempt_on_a_new_port() {
+        let idle = IdleEndpoints::default();
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let first = idle.take(bind, MAX_UDP_PAYLOAD).unwrap();
+        let witness = first.clone();
+        let first_addr = first.local_addr().unwrap();
+        idle.give_back(first);
+
+        let next = idle.take(bind, MAX_UDP_PAYLOAD).unwrap();
+        let next_addr = next.local_addr().unwrap();
+        assert_ne!(next_addr, first_addr, "each attempt gets a fresh source port");
+        assert_eq!(
+            witness.local_addr().unwrap(),
+            next_addr,
+            "the idle endpoint was moved, not a new one made"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_few_idle_endpoints_are_kept() {
+        let idle = IdleEndpoints::default();
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let endpoints: Vec<_> = (0..MAX_IDLE_ENDPOINTS + 2)
+            .map(|_| idle.take(bind, MAX_UDP_PAYLOAD).unwrap())
+            .collect();
+        for endpoint in endpoints {
+            idle.give_back(endpoint);
+        }
+        assert_eq!(idle.0.lock().unwrap().len(), MAX_IDLE_ENDPOINTS);
     }
 }
