@@ -265,6 +265,20 @@ struct AttemptEndpoint {
     idle: Arc<IdleEndpoints>,
 }
 
+impl AttemptEndpoint {
+    fn endpoint(&self) -> &Endpoint {
+        self.endpoint.as_ref().expect("held until dropped or discarded")
+    }
+
+    /// Closes the endpoint instead of keeping it: it could not start an
+    /// attempt (its driver stopped, say), so it must not serve the next one.
+    fn discard(mut self) {
+        if let Some(endpoint) = self.endpoint.take() {
+            endpoint.close(VarInt::from_u32(ConnectionCode::Normal.to_wire()), b"");
+        }
+    }
+}
+
 impl Drop for AttemptEndpoint {
     fn drop(&mut self) {
         if let Some(endpoint) = self.endpoint.take() {
@@ -472,12 +486,13 @@ impl QuicConnector {
                 idle: self.idle.clone(),
             };
             let name = self.server_name.to_str();
-            let connecting = endpoint
-                .endpoint
-                .as_ref()
-                .expect("set above")
-                .connect_with(self.config.clone(), addr, &name)
-                .map_err(|e| TransportError::Connect(e.to_string()))?;
+            let connecting = match endpoint.endpoint().connect_with(self.config.clone(), addr, &name) {
+                Ok(connecting) => connecting,
+                Err(e) => {
+                    endpoint.discard();
+                    return Err(TransportError::Connect(e.to_string()));
+                }
+            };
             let conn = tokio::time::timeout(self.handshake_timeout, connecting)
                 .await
                 .map_err(|_| TransportError::Connect(format!("handshake with {addr} timed out")))?
