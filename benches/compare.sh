@@ -85,7 +85,10 @@ if [ ! -x "$KONN_BIN/konnectivity-server" ] && command -v go >/dev/null; then
 		go build -o "$KONN_BIN/konnectivity-agent" ./agent) || missing_peer "konnectivity: build failed"
 fi
 
-run() { "$NB" run --secs "$SECS" --out "$OUT" --endpoint-pids "$TARGET_PID" "$@"; }
+# measure CMD...: one measurement (a row, or the probe before it). If it fails, the failure is
+# noted and the run goes on to the next rows, ending with a non-zero exit.
+measure() { "$@" || fail "exit status $? from: ${*:1:6}"; }
+run() { measure "$NB" run --secs "$SECS" --out "$OUT" --endpoint-pids "$TARGET_PID" "$@"; }
 
 if [ "$ISOLATION_ONLY" = 1 ]; then
 	note "ISOLATION_ONLY=1: the comparison rows are skipped"
@@ -97,7 +100,7 @@ else
 	start rawquic "$NB" quic-serve --listen 127.0.0.1:17002 --ca-out "$WORK/rawquic-ca.pem"
 	RAWQUIC_PID=$LAST
 	until [ -s "$WORK/rawquic-ca.pem" ]; do sleep 0.05; done # written after the bind
-	"$NB" quic-run --label raw-quic --addr 127.0.0.1:17002 --ca "$WORK/rawquic-ca.pem" --pids "$RAWQUIC_PID" \
+	measure "$NB" quic-run --label raw-quic --addr 127.0.0.1:17002 --ca "$WORK/rawquic-ca.pem" --pids "$RAWQUIC_PID" \
 		--secs "$SECS" --out "$OUT"
 
 	# 3. connector over QUIC: in-process --forward (like a rathole port), and the
@@ -111,9 +114,9 @@ else
 		--token-file "$WORK/pki/node-a.token" --identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32 \
 		--max-connections 20000
 	CAGENT=$LAST
-	"$NB" probe --addr 127.0.0.1:17010
+	measure "$NB" probe --addr 127.0.0.1:17010
 	run --label connector-quic --addr 127.0.0.1:17010 --pids "$CSERVER,$CAGENT"
-	"$NB" probe --addr "unix:$WORK/connector.sock" --connect-target 127.0.0.1:17001
+	measure "$NB" probe --addr "unix:$WORK/connector.sock" --connect-target 127.0.0.1:17001
 	run --label connector-quic-connect --addr "unix:$WORK/connector.sock" --connect-target 127.0.0.1:17001 \
 		--pids "$CSERVER,$CAGENT"
 
@@ -133,7 +136,7 @@ else
 		--token-file "$WORK/pki/node-a.token" --identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32 \
 		--max-connections 20000 --transport tcp
 	CAGENT=$LAST
-	"$NB" probe --addr 127.0.0.1:17010
+	measure "$NB" probe --addr 127.0.0.1:17010
 	run --label connector-tcp --addr 127.0.0.1:17010 --pids "$CSERVER,$CAGENT"
 	stop "$CSERVER" "$CAGENT"
 
@@ -145,7 +148,7 @@ else
 			RSERVER=$LAST
 			start "rathole-client-$transport" env RUST_LOG=warn "$RATHOLE" --client "$WORK/rathole-client-$transport.toml"
 			RCLIENT=$LAST
-			"$NB" probe --addr 127.0.0.1:17021
+			measure "$NB" probe --addr 127.0.0.1:17021
 			run --label "rathole-$transport" --addr 127.0.0.1:17021 --pids "$RSERVER,$RCLIENT"
 			stop "$RSERVER" "$RCLIENT"
 			wait "$RSERVER" "$RCLIENT" 2>/dev/null || true
@@ -164,7 +167,7 @@ else
 			--proxy-server-port 17031 --ca-cert "$WORK/pki/ca.pem" --admin-server-port 17034 \
 			--health-server-port 17035 --agent-identifiers host=node-a,ipv4=127.0.0.1
 		KAGENT=$LAST
-		"$NB" probe --addr "unix:$WORK/konn.sock" --connect-target 127.0.0.1:17001
+		measure "$NB" probe --addr "unix:$WORK/konn.sock" --connect-target 127.0.0.1:17001
 		run --label konnectivity --addr "unix:$WORK/konn.sock" --connect-target 127.0.0.1:17001 --pids "$KSERVER,$KAGENT" ||
 			fail "konnectivity (see above)"
 		stop "$KSERVER" "$KAGENT"
@@ -186,11 +189,11 @@ else
 	start connector-agent-wan "$CONNECTOR" agent --server 127.0.0.1:17052 --ca "$WORK/pki/ca.pem" --agent-id node-a \
 		--token-file "$WORK/pki/node-a.token" --identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32
 	CAGENT=$LAST
-	"$NB" probe --addr 127.0.0.1:17011
+	measure "$NB" probe --addr 127.0.0.1:17011
 	for run in $(seq 1 "$WAN_REPEAT"); do
-		"$NB" quic-run --label "$(repeat_label wan-raw-quic "$run")" --addr 127.0.0.1:17051 --ca "$WORK/rawquic-ca.pem" \
+		measure "$NB" quic-run --label "$(repeat_label wan-raw-quic "$run")" --addr 127.0.0.1:17051 --ca "$WORK/rawquic-ca.pem" \
 			--pids "$RAWQUIC_PID" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
-		"$NB" run --label "$(repeat_label wan-connector-quic "$run")" --addr 127.0.0.1:17011 --pids "$CSERVER,$CAGENT" \
+		measure "$NB" run --label "$(repeat_label wan-connector-quic "$run")" --addr 127.0.0.1:17011 --pids "$CSERVER,$CAGENT" \
 			--endpoint-pids "$TARGET_PID" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
 	done
 	# Raw QUIC and connector with Cubic instead of the default (BBR on a path this long): what
@@ -201,7 +204,7 @@ else
 		--loss "$WAN_LOSS"
 	IMPAIR3=$LAST
 	until [ -s "$WORK/rawquic-cubic-ca.pem" ]; do sleep 0.05; done
-	"$NB" quic-run --label wan-raw-quic-cubic --congestion-control cubic --addr 127.0.0.1:17053 --ca "$WORK/rawquic-cubic-ca.pem" \
+	measure "$NB" quic-run --label wan-raw-quic-cubic --congestion-control cubic --addr 127.0.0.1:17053 --ca "$WORK/rawquic-cubic-ca.pem" \
 		--pids "$RAWQUIC_CUBIC" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
 	stop "$RAWQUIC_CUBIC" "$IMPAIR3"
 	# connector with Cubic on both ends (--congestion-control cubic), same impaired path.
@@ -216,8 +219,8 @@ else
 		--token-file "$WORK/pki/node-a.token" --identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32 \
 		--congestion-control cubic
 	CAGENT_CUBIC=$LAST
-	"$NB" probe --addr 127.0.0.1:17012
-	"$NB" run --label wan-connector-quic-cubic --addr 127.0.0.1:17012 --pids "$CSERVER_CUBIC,$CAGENT_CUBIC" \
+	measure "$NB" probe --addr 127.0.0.1:17012
+	measure "$NB" run --label wan-connector-quic-cubic --addr 127.0.0.1:17012 --pids "$CSERVER_CUBIC,$CAGENT_CUBIC" \
 		--endpoint-pids "$TARGET_PID" --secs "$WAN_SECS" --bulk-and-rtt-only --out "$OUT"
 	stop "$CSERVER_CUBIC" "$CAGENT_CUBIC" "$IMPAIR4"
 	stop "$CSERVER" "$CAGENT" "$IMPAIR1" "$IMPAIR2"
@@ -236,7 +239,7 @@ read -r -a EXTRA_SERVER_ARGS <<<"${CONNECTOR_EXTRA_SERVER_ARGS:-}"
 read -r -a EXTRA_AGENT_ARGS <<<"${CONNECTOR_EXTRA_AGENT_ARGS:-}"
 # Each run's own table goes to stderr: every row is printed at the end.
 isolation() {
-	"$NB" isolation --secs "$SECS" --ks "$ISOLATION_KS" --target-direct 127.0.0.1:17001 --out "$ISO_OUT" "$@" >&2
+	measure "$NB" isolation --secs "$SECS" --ks "$ISOLATION_KS" --target-direct 127.0.0.1:17001 --out "$ISO_OUT" "$@" >&2
 }
 port=17460
 for transport in quic tcp; do
@@ -253,7 +256,7 @@ for transport in quic tcp; do
 			--identifiers host=node-a,ipv4=127.0.0.1 --allow 127.0.0.1/32 --max-connections 20000 \
 			--transport "$transport" --drain-grace 1s "${EXTRA_AGENT_ARGS[@]}"
 		CAGENT=$LAST
-		"$NB" probe --addr "unix:$sock" --connect-target 127.0.0.1:17001
+		measure "$NB" probe --addr "unix:$sock" --connect-target 127.0.0.1:17001
 		isolation --label "connector-$transport-connect" --directions "$direction" --addr "unix:$sock" \
 			--connect-target 127.0.0.1:17001 --server-pid "$CSERVER" --agent-pid "$CAGENT" ||
 			fail "isolation, connector-$transport-connect $direction (see above)"
@@ -271,7 +274,7 @@ if [ -x "$KONN_BIN/konnectivity-server" ] && [ -x "$KONN_BIN/konnectivity-agent"
 			--proxy-server-port 17041 --ca-cert "$WORK/pki/ca.pem" --admin-server-port 17044 \
 			--health-server-port 17045 --agent-identifiers host=node-a,ipv4=127.0.0.1
 		KAGENT=$LAST
-		"$NB" probe --addr "unix:$WORK/konn-iso-$direction.sock" --connect-target 127.0.0.1:17001
+		measure "$NB" probe --addr "unix:$WORK/konn-iso-$direction.sock" --connect-target 127.0.0.1:17001
 		isolation --label konnectivity --directions "$direction" --addr "unix:$WORK/konn-iso-$direction.sock" \
 			--connect-target 127.0.0.1:17001 --server-pid "$KSERVER" --agent-pid "$KAGENT" ||
 			fail "isolation, konnectivity $direction (see above)"
