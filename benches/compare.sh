@@ -87,7 +87,7 @@ fi
 
 # measure CMD...: one measurement (a row, or the probe before it). If it fails, the failure is
 # noted and the run goes on to the next rows, ending with a non-zero exit.
-measure() { "$@" || fail "exit status $? from: ${*:1:6}"; }
+measure() { "$@" || fail "exit status $? from: $*"; }
 run() { measure "$NB" run --secs "$SECS" --out "$OUT" --endpoint-pids "$TARGET_PID" "$@"; }
 
 if [ "$ISOLATION_ONLY" = 1 ]; then
@@ -168,8 +168,7 @@ else
 			--health-server-port 17035 --agent-identifiers host=node-a,ipv4=127.0.0.1
 		KAGENT=$LAST
 		measure "$NB" probe --addr "unix:$WORK/konn.sock" --connect-target 127.0.0.1:17001
-		run --label konnectivity --addr "unix:$WORK/konn.sock" --connect-target 127.0.0.1:17001 --pids "$KSERVER,$KAGENT" ||
-			fail "konnectivity (see above)"
+		run --label konnectivity --addr "unix:$WORK/konn.sock" --connect-target 127.0.0.1:17001 --pids "$KSERVER,$KAGENT"
 		stop "$KSERVER" "$KAGENT"
 	else
 		missing_peer "konnectivity: binaries not found in $KONN_BIN, row skipped"
@@ -258,8 +257,7 @@ for transport in quic tcp; do
 		CAGENT=$LAST
 		measure "$NB" probe --addr "unix:$sock" --connect-target 127.0.0.1:17001
 		isolation --label "connector-$transport-connect" --directions "$direction" --addr "unix:$sock" \
-			--connect-target 127.0.0.1:17001 --server-pid "$CSERVER" --agent-pid "$CAGENT" ||
-			fail "isolation, connector-$transport-connect $direction (see above)"
+			--connect-target 127.0.0.1:17001 --server-pid "$CSERVER" --agent-pid "$CAGENT"
 		stop_wait "$CSERVER" "$CAGENT"
 	done
 done
@@ -276,8 +274,7 @@ if [ -x "$KONN_BIN/konnectivity-server" ] && [ -x "$KONN_BIN/konnectivity-agent"
 		KAGENT=$LAST
 		measure "$NB" probe --addr "unix:$WORK/konn-iso-$direction.sock" --connect-target 127.0.0.1:17001
 		isolation --label konnectivity --directions "$direction" --addr "unix:$WORK/konn-iso-$direction.sock" \
-			--connect-target 127.0.0.1:17001 --server-pid "$KSERVER" --agent-pid "$KAGENT" ||
-			fail "isolation, konnectivity $direction (see above)"
+			--connect-target 127.0.0.1:17001 --server-pid "$KSERVER" --agent-pid "$KAGENT"
 		stop_wait "$KSERVER" "$KAGENT"
 	done
 else
