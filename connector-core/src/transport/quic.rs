@@ -246,6 +246,15 @@ impl IdleEndpoints {
         endpoint(bind, None, max_udp_payload)
     }
 
+    /// [`Self::take`] for one attempt: the endpoint comes back here when the
+    /// attempt (or the connection it made) is dropped.
+    fn attempt(self: &Arc<Self>, bind: SocketAddr, max_udp_payload: u16) -> io::Result<AttemptEndpoint> {
+        Ok(AttemptEndpoint {
+            endpoint: Some(self.take(bind, max_udp_payload)?),
+            idle: self.clone(),
+        })
+    }
+
     /// Keeps `endpoint` for a later [`Self::take`], or closes it when
     /// [`MAX_IDLE_ENDPOINTS`] are kept already.
     fn give_back(&self, endpoint: Endpoint) {
@@ -477,14 +486,10 @@ impl QuicConnector {
             let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
                 .parse()
                 .expect("literal");
-            let endpoint = AttemptEndpoint {
-                endpoint: Some(
-                    self.idle
-                        .take(bind, self.max_udp_payload)
-                        .map_err(|e| TransportError::Connect(format!("bind {bind}: {e}")))?,
-                ),
-                idle: self.idle.clone(),
-            };
+            let endpoint = self
+                .idle
+                .attempt(bind, self.max_udp_payload)
+                .map_err(|e| TransportError::Connect(format!("bind {bind}: {e}")))?;
             let name = self.server_name.to_str();
             let connecting = match endpoint.endpoint().connect_with(self.config.clone(), addr, &name) {
                 Ok(connecting) => connecting,
